@@ -1,0 +1,203 @@
+//! The command-line interface: clap subcommands over the same pipeline functions the app uses.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::pipeline::fit_arrays::fit_array_files;
+use crate::transport::{FitConfig, MapsFile, Method, Support};
+
+/// AcT Studio: concept steering of language and diffusion models with Activation Transport.
+#[derive(Debug, Parser)]
+#[command(name = "act-studio", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fit transport maps from your own pooled activations (CSV or safetensors, rows = samples,
+    /// columns = neurons) and write a maps file with one hook point named `arrays`.
+    FitArrays(FitArraysArgs),
+    /// Print a maps file's metadata and per-tensor shapes and summary statistics.
+    MapsInfo(MapsInfoArgs),
+}
+
+/// Arguments of `fit-arrays`.
+#[derive(Debug, clap::Args)]
+pub struct FitArraysArgs {
+    /// Source samples (the distribution to move away from): .csv (no header) or .safetensors
+    /// with one 2-D F32/F64 tensor.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Target samples (the distribution to move to), same format and number of columns.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Estimator: linear-act, mean-act, gaussian, aura, iti-m, act-add, det0 (or det0:THRESHOLD
+    /// for an Average-Precision threshold other than 0.75).
+    #[arg(long, default_value = "linear-act")]
+    pub method: Method,
+    /// Transport support: q0-100 (strict source min < a < max), q0.5-99.5, q1-99, q2-98,
+    /// q5-95, q10-90, q20-80, q30-70, q40-60, or unbounded. Default: q0-100 for
+    /// linear-act/mean-act/gaussian, unbounded for the others.
+    #[arg(long)]
+    pub support: Option<Support>,
+    /// Concept name stored in the file (default: the output file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output maps file (.safetensors); written atomically.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `maps-info`.
+#[derive(Debug, clap::Args)]
+pub struct MapsInfoArgs {
+    /// The maps file.
+    pub file: PathBuf,
+    /// Print the metadata as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the CLI; errors go to stderr with their context chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::FitArrays(a)) => fit_arrays(&a),
+        Some(Command::MapsInfo(a)) => maps_info(&a),
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            println!("\n(The desktop app is not part of this build yet: use a subcommand.)");
+            Ok(())
+        }
+    }
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "concept".to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+fn fit_arrays(a: &FitArraysArgs) -> Result<()> {
+    let config = FitConfig {
+        method: a.method,
+        support: a.support.unwrap_or_else(|| a.method.default_support()),
+    };
+    let concept = a.name.clone().unwrap_or_else(|| stem(&a.out));
+    let started = std::time::Instant::now();
+    let maps = fit_array_files(&a.source, &a.target, &config, &concept)
+        .with_context(|| format!("fitting {} maps", config.method.label()))?;
+    maps.save(&a.out)
+        .with_context(|| format!("saving maps to {}", a.out.display()))?;
+    let m = maps.meta();
+    eprintln!(
+        "fitted {} ({} support) on {} source × {} target samples, {} neurons in {:.1} ms → {} (concept `{}`)",
+        m.method.label(),
+        m.support,
+        m.source.count,
+        m.target.count,
+        m.hook_points.first().map_or(0, |h| h.dim),
+        started.elapsed().as_secs_f64() * 1e3,
+        a.out.display(),
+        m.concept
+    );
+    Ok(())
+}
+
+/// min, mean, max of finite values, and how many are ±inf.
+fn summary(v: &[f32]) -> (f32, f64, f32, usize) {
+    let finite: Vec<f32> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    let min = finite.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = finite.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mean = finite.iter().map(|&x| f64::from(x)).sum::<f64>() / finite.len().max(1) as f64;
+    (min, mean, max, v.len() - finite.len())
+}
+
+fn maps_info(a: &MapsInfoArgs) -> Result<()> {
+    let maps = MapsFile::load(&a.file).with_context(|| format!("reading maps file {}", a.file.display()))?;
+    let m = maps.meta();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(m)?);
+        return Ok(());
+    }
+    println!("file:         {}", a.file.display());
+    println!("concept:      {}", m.concept);
+    println!("method:       {} ({})", m.method.label(), m.method.name());
+    if let Method::Det0 { ap_threshold } = m.method {
+        println!("AP threshold: {ap_threshold}");
+    }
+    println!("support:      {}", m.support);
+    println!("pooling:      {}", m.pooling);
+    println!("estimation:   {}", m.estimation);
+    println!("model:        {}", m.fingerprint);
+    println!(
+        "source:       {} ({} samples, sha256 {})",
+        m.source.name,
+        m.source.count,
+        short(&m.source.sha256)
+    );
+    println!(
+        "target:       {} ({} samples, sha256 {})",
+        m.target.name,
+        m.target.count,
+        short(&m.target.sha256)
+    );
+    println!(
+        "created:      {} s since epoch, by act-studio {}",
+        m.created_unix_s, m.app_version
+    );
+    println!(
+        "format:       version {}, data sha256 {}",
+        m.format_version,
+        short(&m.data_sha256)
+    );
+    println!("hook points:  {}", m.hook_points.len());
+    println!();
+    println!(
+        "{:<40} {:>7} {:>12} {:>12} {:>12} {:>6}",
+        "tensor", "shape", "min", "mean", "max", "±inf"
+    );
+    for (name, map) in maps.hooks() {
+        let mut rows: Vec<(&str, &[f32])> = vec![
+            ("omega", map.omega()),
+            ("beta", map.beta()),
+            ("lo", map.lo()),
+            ("hi", map.hi()),
+        ];
+        rows.extend(map.diagnostics().iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        for (suffix, v) in rows {
+            let (min, mean, max, inf) = summary(v);
+            println!(
+                "{:<40} {:>7} {:>12.5} {:>12.5} {:>12.5} {:>6}",
+                format!("{name}.{suffix}"),
+                format!("[{}]", v.len()),
+                min,
+                mean,
+                max,
+                inf
+            );
+        }
+    }
+    Ok(())
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
+}

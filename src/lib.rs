@@ -1,0 +1,10 @@
+//! AcT Studio: interactive concept steering of language and diffusion models with
+//! Activation Transport (Rodriguez et al., "Controlling Language and Diffusion Models by
+//! Transporting Activations", ICLR 2025).
+//!
+//! Layers point one way: [`transport`] (pure math and the maps file) ← runtime (hookable
+//! forward passes) ← [`pipeline`] (data, fitting, generation, evaluation) ← app and [`cli`].
+
+pub mod cli;
+pub mod pipeline;
+pub mod transport;

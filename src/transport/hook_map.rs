@@ -1,0 +1,346 @@
+//! A fitted map at one hook point and its application — the per-token hot path.
+//!
+//! For neuron `j` with parameters `ω_j, β_j` and support `(lo_j, hi_j)`, strength λ maps an
+//! activation `a` to
+//!
+//! ```text
+//! T_λ(a) = (1 − λ)·a + λ·(ω_j·a + β_j) = a + λ·((ω_j − 1)·a + β_j)   if lo_j < a < hi_j
+//!        = a                                                          otherwise
+//! ```
+//!
+//! (AcT paper, Eq. 2 with the interpolation of §3.3). Additive methods (ITI-M, ActAdd) store
+//! ω = 1, so the same kernel yields `a + λβ`. λ = 1 is full transport, λ > 1 extrapolates.
+
+use std::collections::BTreeMap;
+
+use super::error::TransportError;
+use super::method::Method;
+use super::scope::{TokenScope, TokenWindow};
+use super::support::Support;
+
+/// The fitted parameters of one concept at one hook point: one affine map per neuron.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookMap {
+    method: Method,
+    support: Support,
+    omega: Vec<f32>,
+    beta: Vec<f32>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    diagnostics: BTreeMap<String, Vec<f32>>,
+}
+
+/// Per-neuron diagnostics every estimator records (tensor names in the maps file).
+pub mod diag {
+    /// Source sample mean.
+    pub const SRC_MEAN: &str = "src_mean";
+    /// Source sample standard deviation (unbiased).
+    pub const SRC_STD: &str = "src_std";
+    /// Target sample mean.
+    pub const TGT_MEAN: &str = "tgt_mean";
+    /// Target sample standard deviation (unbiased).
+    pub const TGT_STD: &str = "tgt_std";
+    /// 1-D Wasserstein-1 distance source → target before transport.
+    pub const W1_BEFORE: &str = "w1_before";
+    /// 1-D Wasserstein-1 distance between the transported source (λ = 1) and the target.
+    pub const W1_AFTER: &str = "w1_after";
+    /// AurA: AUROC of the neuron as a source detector.
+    pub const AUROC: &str = "auroc";
+    /// Det0: average precision of the neuron as a source detector.
+    pub const AP: &str = "ap";
+}
+
+impl HookMap {
+    /// Builds a map from per-neuron parameters. All vectors must have the same length, and
+    /// every diagnostic vector too.
+    pub fn new(
+        method: Method,
+        support: Support,
+        omega: Vec<f32>,
+        beta: Vec<f32>,
+        lo: Vec<f32>,
+        hi: Vec<f32>,
+        diagnostics: BTreeMap<String, Vec<f32>>,
+    ) -> Result<Self, String> {
+        let d = omega.len();
+        if beta.len() != d || lo.len() != d || hi.len() != d {
+            return Err(format!(
+                "parameter lengths differ: omega {d}, beta {}, lo {}, hi {}",
+                beta.len(),
+                lo.len(),
+                hi.len()
+            ));
+        }
+        if let Some((k, v)) = diagnostics.iter().find(|(_, v)| v.len() != d) {
+            return Err(format!("diagnostic `{k}` has {} values, expected {d}", v.len()));
+        }
+        Ok(Self {
+            method,
+            support,
+            omega,
+            beta,
+            lo,
+            hi,
+            diagnostics,
+        })
+    }
+
+    /// The identity map on `d` neurons (ω = 1, β = 0).
+    pub fn identity(method: Method, d: usize) -> Self {
+        Self {
+            method,
+            support: Support::Unbounded,
+            omega: vec![1.0; d],
+            beta: vec![0.0; d],
+            lo: vec![f32::NEG_INFINITY; d],
+            hi: vec![f32::INFINITY; d],
+            diagnostics: BTreeMap::new(),
+        }
+    }
+
+    /// Number of neurons.
+    pub fn dim(&self) -> usize {
+        self.omega.len()
+    }
+    /// The estimator that produced the map.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+    /// The support the bounds were computed for.
+    pub fn support(&self) -> Support {
+        self.support
+    }
+    /// Per-neuron slope ω, length `dim`.
+    pub fn omega(&self) -> &[f32] {
+        &self.omega
+    }
+    /// Per-neuron shift β, length `dim`.
+    pub fn beta(&self) -> &[f32] {
+        &self.beta
+    }
+    /// Per-neuron lower support bound (exclusive), length `dim`.
+    pub fn lo(&self) -> &[f32] {
+        &self.lo
+    }
+    /// Per-neuron upper support bound (exclusive), length `dim`.
+    pub fn hi(&self) -> &[f32] {
+        &self.hi
+    }
+    /// Named per-neuron diagnostics (see [`diag`]).
+    pub fn diagnostics(&self) -> &BTreeMap<String, Vec<f32>> {
+        &self.diagnostics
+    }
+
+    /// Transports one neuron's scalar value at strength λ (reference implementation of the
+    /// kernel; the slice functions below are the fast paths).
+    #[inline]
+    pub fn transport_scalar(&self, j: usize, a: f32, lambda: f32) -> f32 {
+        transport_one(a, self.omega[j], self.beta[j], self.lo[j], self.hi[j], lambda)
+    }
+
+    /// Applies the map in place to `rows` consecutive activation vectors: `x` is row-major
+    /// `[rows, dim]`. This is the per-token hot path: one fused pass, no allocation.
+    pub fn apply_rows(&self, x: &mut [f32], lambda: f32) {
+        let d = self.dim();
+        if d == 0 || lambda == 0.0 {
+            return;
+        }
+        for row in x.chunks_exact_mut(d) {
+            apply_row(row, &self.omega, &self.beta, &self.lo, &self.hi, lambda);
+        }
+    }
+
+    /// Applies the map to a 3-D activation `[batch, tokens, dim]` (row-major), steering only
+    /// the tokens `scope` selects in the chunk described by `window`.
+    pub fn apply_3d(
+        &self,
+        hook: &str,
+        x: &mut [f32],
+        shape: [usize; 3],
+        lambda: f32,
+        scope: TokenScope,
+        window: TokenWindow,
+    ) -> Result<(), TransportError> {
+        let [b, t, d] = shape;
+        self.check_shape(hook, x.len(), &shape, d, b * t * d, lambda)?;
+        if lambda == 0.0 {
+            return Ok(());
+        }
+        let range = scope.token_range(t, window);
+        if range.is_empty() {
+            return Ok(());
+        }
+        for seq in x.chunks_exact_mut(t * d) {
+            self.apply_rows(&mut seq[range.start * d..range.end * d], lambda);
+        }
+        Ok(())
+    }
+
+    /// Applies the map to a 4-D activation `[batch, channels, h, w]` (row-major) where
+    /// channels are the neurons. With `m` the mean of a channel over `h × w`, the support is
+    /// tested on `m` (as the reference does): a channel is steered only if `lo < m < hi`.
+    /// Linear-AcT then uses the spatial-mean rule — every pixel gets the shift `T_λ(m) − m`,
+    /// so per-pixel deviations from the mean are preserved — while the other methods map each
+    /// pixel `x ↦ (1 − λ)x + λ(ωx + β)`.
+    pub fn apply_4d(
+        &self,
+        hook: &str,
+        x: &mut [f32],
+        shape: [usize; 4],
+        lambda: f32,
+    ) -> Result<(), TransportError> {
+        let [b, c, h, w] = shape;
+        self.check_shape(hook, x.len(), &shape, c, b * c * h * w, lambda)?;
+        let hw = h * w;
+        if lambda == 0.0 || hw == 0 {
+            return Ok(());
+        }
+        let unbounded = matches!(self.support, Support::Unbounded);
+        for (k, plane) in x.chunks_exact_mut(hw).enumerate() {
+            let j = k % c;
+            let (om, be, lo, hi) = (self.omega[j], self.beta[j], self.lo[j], self.hi[j]);
+            let needs_mean = self.method.spatial_mean_rule() || !unbounded;
+            let m = if needs_mean {
+                (plane.iter().map(|&v| f64::from(v)).sum::<f64>() / hw as f64) as f32
+            } else {
+                0.0
+            };
+            if !unbounded && !((m > lo) & (m < hi)) {
+                continue;
+            }
+            if self.method.spatial_mean_rule() {
+                let shift = transport_one(m, om, be, f32::NEG_INFINITY, f32::INFINITY, lambda) - m;
+                plane.iter_mut().for_each(|v| *v += shift);
+            } else {
+                let (lo, hi) = (f32::NEG_INFINITY, f32::INFINITY);
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = transport_one(*v, om, be, lo, hi, lambda));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_shape(
+        &self,
+        hook: &str,
+        len: usize,
+        shape: &[usize],
+        dim: usize,
+        expected: usize,
+        lambda: f32,
+    ) -> Result<(), TransportError> {
+        if !lambda.is_finite() {
+            return Err(TransportError::BadLambda(lambda));
+        }
+        if dim != self.dim() || len != expected {
+            return Err(TransportError::ActivationShape {
+                hook: hook.to_string(),
+                shape: shape.to_vec(),
+                len,
+                dim: self.dim(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `T_λ(a)` for one value: see the module docs.
+#[inline(always)]
+pub(crate) fn transport_one(a: f32, omega: f32, beta: f32, lo: f32, hi: f32, lambda: f32) -> f32 {
+    let moved = a + lambda * ((omega - 1.0) * a + beta);
+    // Non-short-circuit `&` keeps the loop branch-free so it vectorises.
+    if (a > lo) & (a < hi) { moved } else { a }
+}
+
+/// One fused, branch-free pass over a token's activation vector (auto-vectorised).
+#[inline]
+fn apply_row(x: &mut [f32], omega: &[f32], beta: &[f32], lo: &[f32], hi: &[f32], lambda: f32) {
+    let n = x.len().min(omega.len());
+    let (x, omega, beta, lo, hi) = (&mut x[..n], &omega[..n], &beta[..n], &lo[..n], &hi[..n]);
+    for j in 0..n {
+        x[j] = transport_one(x[j], omega[j], beta[j], lo[j], hi[j], lambda);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> HookMap {
+        HookMap::new(
+            Method::LinearAct,
+            Support::Q0_100,
+            vec![2.0, 0.5],
+            vec![1.0, -1.0],
+            vec![0.0, -10.0],
+            vec![10.0, 10.0],
+            BTreeMap::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn strict_support_bounds_are_not_transported() {
+        let m = map();
+        let mut x = [0.0, 10.0, 5.0, 2.0];
+        m.apply_rows(&mut x, 1.0);
+        // neuron 0: 0.0 is the lower bound → untouched; 5.0 → 2·5+1 = 11
+        // neuron 1: 10.0 is the upper bound → untouched; 2.0 → 0.5·2−1 = 0
+        assert_eq!(x, [0.0, 10.0, 11.0, 0.0]);
+    }
+
+    #[test]
+    fn lambda_interpolates_and_extrapolates() {
+        let m = map();
+        for (lambda, want) in [(0.0, 5.0), (0.5, 8.0), (1.0, 11.0), (2.0, 17.0)] {
+            let mut x = [5.0, 0.0];
+            m.apply_rows(&mut x, lambda);
+            assert_eq!(x[0], want, "λ = {lambda}");
+        }
+    }
+
+    #[test]
+    fn shape_errors_do_not_panic() {
+        let m = map();
+        let mut x = vec![0.0; 6];
+        let w = TokenWindow::default();
+        assert!(
+            m.apply_3d("h", &mut x, [1, 2, 3], 1.0, TokenScope::All, w)
+                .is_err()
+        );
+        assert!(
+            m.apply_3d("h", &mut x, [1, 2, 2], 1.0, TokenScope::All, w)
+                .is_err()
+        );
+        assert!(m.apply_4d("h", &mut x, [1, 3, 1, 2], 1.0).is_err());
+        assert!(
+            m.apply_3d("h", &mut x, [1, 3, 2], f32::NAN, TokenScope::All, w)
+                .is_err()
+        );
+        assert!(
+            HookMap::new(
+                Method::MeanAct,
+                Support::Unbounded,
+                vec![1.0],
+                vec![],
+                vec![],
+                vec![],
+                BTreeMap::new()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn spatial_mean_rule_preserves_deviations() {
+        let m = map();
+        // one batch, 2 channels, 1×2 pixels; channel 0 mean 5 → T(5)=11, shift 6.
+        let mut x = vec![4.0, 6.0, 1.0, 3.0];
+        m.apply_4d("h", &mut x, [1, 2, 1, 2], 1.0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&x[..2], &[10.0, 12.0]);
+        // channel 1 mean 2 → T(2) = 0, shift −2.
+        assert_eq!(&x[2..], &[-1.0, 1.0]);
+    }
+}

@@ -1,0 +1,146 @@
+//! Composition of several concepts at the same hook points, each with its own λ.
+//!
+//! A [`SteeringStack`] is what the user edits (concepts in order, λ sliders, on/off). Before
+//! a forward pass it is compiled into a [`SteeringPlan`] indexed by the runtime's hook point
+//! numbers, so the per-token hot path does no name lookups: at each hook point it runs the
+//! maps of the active concepts, in stack order, each with its λ. A concept with λ = 0 or
+//! switched off is left out of the plan and costs nothing.
+
+use std::sync::Arc;
+
+use super::error::TransportError;
+use super::hook_map::HookMap;
+use super::maps_file::MapsFile;
+use super::scope::{TokenScope, TokenWindow};
+
+/// One concept in the stack.
+#[derive(Debug, Clone)]
+pub struct Concept {
+    /// Display name, used by `--lambda NAME=VALUE`.
+    pub name: String,
+    /// Its fitted maps.
+    pub maps: Arc<MapsFile>,
+    /// Strength: 0 = off, 1 = full transport, > 1 extrapolates.
+    pub lambda: f32,
+    /// Switched on.
+    pub enabled: bool,
+}
+
+/// The user's concepts, applied in order, and the token scope.
+#[derive(Debug, Clone, Default)]
+pub struct SteeringStack {
+    /// Concepts in application order.
+    pub concepts: Vec<Concept>,
+    /// Which tokens are steered.
+    pub scope: TokenScope,
+}
+
+/// A compiled stack: for hook point `i` (the runtime's numbering), the maps to apply in order.
+#[derive(Debug, Clone, Default)]
+pub struct SteeringPlan {
+    per_hook: Vec<Vec<(Arc<HookMap>, f32)>>,
+    scope: TokenScope,
+}
+
+impl SteeringStack {
+    /// Adds a concept at the end of the stack, named after its maps file's concept.
+    pub fn push(&mut self, maps: Arc<MapsFile>, lambda: f32) {
+        self.concepts.push(Concept {
+            name: maps.meta().concept.clone(),
+            maps,
+            lambda,
+            enabled: true,
+        });
+    }
+
+    /// Sets the λ of the concept called `name`; false if there is none.
+    pub fn set_lambda(&mut self, name: &str, lambda: f32) -> bool {
+        match self.concepts.iter_mut().find(|c| c.name == name) {
+            Some(c) => {
+                c.lambda = lambda;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Compiles the stack for a model whose hook points are `hook_names` (index = hook id).
+    /// Fails on a non-finite λ, or a map whose size differs from `dims[i]` when given.
+    pub fn compile(
+        &self,
+        hook_names: &[&str],
+        dims: Option<&[usize]>,
+    ) -> Result<SteeringPlan, TransportError> {
+        let mut per_hook = vec![Vec::new(); hook_names.len()];
+        for c in self.concepts.iter().filter(|c| c.enabled && c.lambda != 0.0) {
+            if !c.lambda.is_finite() {
+                return Err(TransportError::BadLambda(c.lambda));
+            }
+            for (i, name) in hook_names.iter().enumerate() {
+                if let Some(m) = c.maps.hook(name) {
+                    if let Some(d) = dims.and_then(|d| d.get(i))
+                        && *d != m.dim()
+                    {
+                        return Err(TransportError::ActivationShape {
+                            hook: name.to_string(),
+                            shape: vec![*d],
+                            len: *d,
+                            dim: m.dim(),
+                        });
+                    }
+                    per_hook[i].push((Arc::clone(m), c.lambda));
+                }
+            }
+        }
+        Ok(SteeringPlan {
+            per_hook,
+            scope: self.scope,
+        })
+    }
+}
+
+impl SteeringPlan {
+    /// Builds a plan directly from per-hook lists of `(map, λ)` (mainly for tests and tools).
+    pub fn from_parts(per_hook: Vec<Vec<(Arc<HookMap>, f32)>>, scope: TokenScope) -> Self {
+        Self { per_hook, scope }
+    }
+
+    /// Whether any map acts at hook point `hook`.
+    pub fn is_active(&self, hook: usize) -> bool {
+        self.per_hook.get(hook).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Whether the plan steers anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.per_hook.iter().all(Vec::is_empty)
+    }
+
+    /// Applies every active concept at hook `hook` to a 3-D activation `[batch, tokens, dim]`.
+    pub fn apply_3d(
+        &self,
+        hook: usize,
+        hook_name: &str,
+        x: &mut [f32],
+        shape: [usize; 3],
+        window: TokenWindow,
+    ) -> Result<(), TransportError> {
+        for (m, lambda) in self.per_hook.get(hook).map_or(&[][..], Vec::as_slice) {
+            m.apply_3d(hook_name, x, shape, *lambda, self.scope, window)?;
+        }
+        Ok(())
+    }
+
+    /// Applies every active concept at hook `hook` to a 4-D activation `[batch, c, h, w]`.
+    pub fn apply_4d(
+        &self,
+        hook: usize,
+        hook_name: &str,
+        x: &mut [f32],
+        shape: [usize; 4],
+    ) -> Result<(), TransportError> {
+        for (m, lambda) in self.per_hook.get(hook).map_or(&[][..], Vec::as_slice) {
+            m.apply_4d(hook_name, x, shape, *lambda)?;
+        }
+        Ok(())
+    }
+}
