@@ -30,12 +30,26 @@ fn maps(method: Method, support: Support) -> MapsFile {
     let hooks = ["layers.0.mlp_norm", "layers.1.mlp_norm"]
         .iter()
         .map(|h| {
-            let m = fit_hook(h, s.view(), t.view(), &FitConfig { method, support }).unwrap_or_else(|e| panic!("{e}"));
+            let m = fit_hook(h, s.view(), t.view(), &FitConfig { method, support })
+                .unwrap_or_else(|e| panic!("{e}"));
             (h.to_string(), m)
         })
         .collect();
-    let info = |name: &str| DatasetInfo { name: name.into(), sha256: "00".repeat(32), count: 12 };
-    let meta = MapsMeta::new("football", method, support, "mean", "causal", fingerprint(), info("neutral.txt"), info("football.txt"));
+    let info = |name: &str| DatasetInfo {
+        name: name.into(),
+        sha256: "00".repeat(32),
+        count: 12,
+    };
+    let meta = MapsMeta::new(
+        "football",
+        method,
+        support,
+        "mean",
+        "causal",
+        fingerprint(),
+        info("neutral.txt"),
+        info("football.txt"),
+    );
     MapsFile::new(meta, hooks).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -50,12 +64,20 @@ fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
     let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{e}"));
-    let json = header.metadata().as_ref().and_then(|m| m.get("act_studio")).cloned().unwrap_or_default();
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("act_studio"))
+        .cloned()
+        .unwrap_or_default();
     let mut v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
     edit(&mut v);
     let tensors: Vec<(String, TensorView<'_>)> = st.tensors();
-    let out = safetensors::serialize(tensors, Some(HashMap::from([("act_studio".to_string(), v.to_string())])))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = safetensors::serialize(
+        tensors,
+        Some(HashMap::from([("act_studio".to_string(), v.to_string())])),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(path, out).unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -66,7 +88,11 @@ fn round_trip_is_bit_exact_for_every_method() -> Result<(), MapsError> {
         if method == Method::ActAdd {
             continue; // needs one pair; covered below
         }
-        for support in [Support::Q0_100, Support::Unbounded, Support::Quantile { lo: 5.0, hi: 95.0 }] {
+        for support in [
+            Support::Q0_100,
+            Support::Unbounded,
+            Support::Quantile { lo: 5.0, hi: 95.0 },
+        ] {
             let m = maps(method, support);
             let p = saved(dir.path(), &m);
             let back = MapsFile::load(&p)?;
@@ -82,7 +108,10 @@ fn round_trip_is_bit_exact_for_every_method() -> Result<(), MapsError> {
                 assert_eq!(a, b);
             }
             // Saving what was loaded reproduces the file byte for byte.
-            assert_eq!(back.to_bytes()?, std::fs::read(&p).map_err(|e| MapsError::Invalid(e.to_string()))?);
+            assert_eq!(
+                back.to_bytes()?,
+                std::fs::read(&p).map_err(|e| MapsError::Invalid(e.to_string()))?
+            );
         }
     }
     Ok(())
@@ -131,7 +160,17 @@ fn wrong_metadata_gives_its_own_errors() {
     let p = saved(dir.path(), &m);
     rewrite_meta(&p, |v| v["format_version"] = 99.into());
     let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
-    assert!(matches!(e, MapsError::UnsupportedVersion { found: 99, supported: 1, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            MapsError::UnsupportedVersion {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 
     let p = saved(dir.path(), &m);
     rewrite_meta(&p, |v| v["method"] = serde_json::json!({"name": "telepathy"}));
@@ -141,7 +180,10 @@ fn wrong_metadata_gives_its_own_errors() {
     let p = saved(dir.path(), &m);
     rewrite_meta(&p, |v| v["hook_points"][0]["dim"] = 7.into());
     let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
-    assert!(matches!(e, MapsError::ShapeMismatch { ref tensor, .. } if tensor == "layers.0.mlp_norm.omega"), "{e:?}");
+    assert!(
+        matches!(e, MapsError::ShapeMismatch { ref tensor, .. } if tensor == "layers.0.mlp_norm.omega"),
+        "{e:?}"
+    );
 
     let p = saved(dir.path(), &m);
     rewrite_meta(&p, |v| {
@@ -150,14 +192,20 @@ fn wrong_metadata_gives_its_own_errors() {
         }
     });
     let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
-    assert!(matches!(e, MapsError::MissingTensor { ref tensor, .. } if tensor == "layers.9.resid.omega"), "{e:?}");
+    assert!(
+        matches!(e, MapsError::MissingTensor { ref tensor, .. } if tensor == "layers.9.resid.omega"),
+        "{e:?}"
+    );
 
     // A plain safetensors file without our metadata.
     let p = dir.path().join("plain.safetensors");
     let data = [0u8; 8];
     let view = TensorView::new(safetensors::Dtype::F32, vec![2], &data).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(&p, safetensors::serialize([("w", view)], None).unwrap_or_else(|e| panic!("{e}")))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &p,
+        safetensors::serialize([("w", view)], None).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
     assert!(matches!(e, MapsError::NotAMapsFile { .. }), "{e:?}");
 }
@@ -167,15 +215,24 @@ fn maps_for_another_model_are_refused_naming_both() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let p = saved(dir.path(), &maps(Method::LinearAct, Support::Q0_100));
     assert!(MapsFile::load_for(&p, &fingerprint()).is_ok());
-    let other = ModelFingerprint { hidden_size: 576, n_layers: 30, ..fingerprint() };
+    let other = ModelFingerprint {
+        hidden_size: 576,
+        n_layers: 30,
+        ..fingerprint()
+    };
     let e = MapsFile::load_for(&p, &other).map(|_| ()).unwrap_err();
     assert!(matches!(e, MapsError::FingerprintMismatch { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("hidden 576, 30 layers") && msg.contains("hidden 4, 2 layers"), "{msg}");
+    assert!(
+        msg.contains("hidden 576, 30 layers") && msg.contains("hidden 4, 2 layers"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_file_is_an_io_error() {
-    let e = MapsFile::load(Path::new("/nonexistent/maps.safetensors")).map(|_| ()).unwrap_err();
+    let e = MapsFile::load(Path::new("/nonexistent/maps.safetensors"))
+        .map(|_| ())
+        .unwrap_err();
     assert!(matches!(e, MapsError::Io { .. }), "{e:?}");
 }

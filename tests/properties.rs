@@ -30,11 +30,16 @@ fn normals(seed: u64, n: usize, mean: f64, std: f64) -> Vec<f32> {
 
 fn column(values: Vec<f32>) -> SampleMatrix {
     let rows = values.len();
-    SampleMatrix { data: values, rows, cols: 1 }
+    SampleMatrix {
+        data: values,
+        rows,
+        cols: 1,
+    }
 }
 
 fn fit(source: &SampleMatrix, target: &SampleMatrix, method: Method, support: Support) -> HookMap {
-    fit_hook("p", source.view(), target.view(), &FitConfig { method, support }).unwrap_or_else(|e| panic!("{e}"))
+    fit_hook("p", source.view(), target.view(), &FitConfig { method, support })
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn interpolating_methods() -> impl Strategy<Value = Method> {
@@ -53,7 +58,11 @@ fn sample_matrix(rows: usize, cols: usize) -> impl Strategy<Value = SampleMatrix
 }
 
 fn maps_of(name: &str, hook: &str, map: HookMap) -> Arc<MapsFile> {
-    let info = DatasetInfo { name: "d".into(), sha256: String::new(), count: 1 };
+    let info = DatasetInfo {
+        name: "d".into(),
+        sha256: String::new(),
+        count: 1,
+    };
     let meta = MapsMeta::new(
         name,
         map.method(),
@@ -156,7 +165,10 @@ fn gaussian_recovers_normal_to_normal() {
     let n = moved.len() as f64;
     let mean = moved.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
     let std = (moved.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    assert!((mean - 5.0).abs() < 0.1 && (std - 0.5).abs() < 0.1, "moved N({mean}, {std})");
+    assert!(
+        (mean - 5.0).abs() < 0.1 && (std - 0.5).abs() < 0.1,
+        "moved N({mean}, {std})"
+    );
     // Linear-AcT recovers the same map on Gaussian data.
     let lin = fit(&s, &t, Method::LinearAct, Support::Unbounded);
     assert!((lin.omega()[0] - 0.5).abs() < 0.1 && (lin.beta()[0] - 4.5).abs() < 0.1);
@@ -166,8 +178,16 @@ fn gaussian_recovers_normal_to_normal() {
 
 #[test]
 fn zero_variance_source_neuron_is_identity() {
-    let s = SampleMatrix { data: vec![3.0, 1.0, 3.0, 2.0, 3.0, 3.0], rows: 3, cols: 2 };
-    let t = SampleMatrix { data: vec![0.0, 5.0, 1.0, 6.0, 2.0, 9.0], rows: 3, cols: 2 };
+    let s = SampleMatrix {
+        data: vec![3.0, 1.0, 3.0, 2.0, 3.0, 3.0],
+        rows: 3,
+        cols: 2,
+    };
+    let t = SampleMatrix {
+        data: vec![0.0, 5.0, 1.0, 6.0, 2.0, 9.0],
+        rows: 3,
+        cols: 2,
+    };
     for method in [Method::LinearAct, Method::Gaussian] {
         let map = fit(&s, &t, method, Support::Unbounded);
         assert_eq!((map.omega()[0], map.beta()[0]), (1.0, 0.0), "{method}");
@@ -177,31 +197,104 @@ fn zero_variance_source_neuron_is_identity() {
 
 #[test]
 fn non_finite_activations_are_errors_naming_the_neuron() {
-    let s = SampleMatrix { data: vec![1.0, 2.0, 3.0, f32::NAN], rows: 2, cols: 2 };
-    let t = SampleMatrix { data: vec![1.0, 2.0, 3.0, 4.0], rows: 2, cols: 2 };
-    let e = fit_hook("layers.3.mlp_norm", s.view(), t.view(), &FitConfig::new(Method::LinearAct))
+    let s = SampleMatrix {
+        data: vec![1.0, 2.0, 3.0, f32::NAN],
+        rows: 2,
+        cols: 2,
+    };
+    let t = SampleMatrix {
+        data: vec![1.0, 2.0, 3.0, 4.0],
+        rows: 2,
+        cols: 2,
+    };
+    let e = fit_hook(
+        "layers.3.mlp_norm",
+        s.view(),
+        t.view(),
+        &FitConfig::new(Method::LinearAct),
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TransportError::NonFinite {
+                neuron: 1,
+                row: 1,
+                side: Side::Source,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("layers.3.mlp_norm") && msg.contains("neuron 1"),
+        "{msg}"
+    );
+    let t_inf = SampleMatrix {
+        data: vec![1.0, f32::INFINITY, 3.0, 4.0],
+        rows: 2,
+        cols: 2,
+    };
+    let e = fit_hook("h", t.view(), t_inf.view(), &FitConfig::new(Method::MeanAct))
         .map(|_| ())
         .unwrap_err();
-    assert!(matches!(e, TransportError::NonFinite { neuron: 1, row: 1, side: Side::Source, .. }), "{e:?}");
-    let msg = e.to_string();
-    assert!(msg.contains("layers.3.mlp_norm") && msg.contains("neuron 1"), "{msg}");
-    let t_inf = SampleMatrix { data: vec![1.0, f32::INFINITY, 3.0, 4.0], rows: 2, cols: 2 };
-    let e = fit_hook("h", t.view(), t_inf.view(), &FitConfig::new(Method::MeanAct)).map(|_| ()).unwrap_err();
-    assert!(matches!(e, TransportError::NonFinite { neuron: 1, row: 0, side: Side::Target, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            TransportError::NonFinite {
+                neuron: 1,
+                row: 0,
+                side: Side::Target,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn bad_shapes_and_pairs_are_errors() {
-    let one = SampleMatrix { data: vec![1.0, 2.0], rows: 1, cols: 2 };
-    let two = SampleMatrix { data: vec![1.0, 2.0, 3.0, 4.0], rows: 2, cols: 2 };
-    let three_cols = SampleMatrix { data: vec![1.0, 2.0, 3.0], rows: 1, cols: 3 };
-    let empty = SampleMatrix { data: vec![], rows: 0, cols: 2 };
+    let one = SampleMatrix {
+        data: vec![1.0, 2.0],
+        rows: 1,
+        cols: 2,
+    };
+    let two = SampleMatrix {
+        data: vec![1.0, 2.0, 3.0, 4.0],
+        rows: 2,
+        cols: 2,
+    };
+    let three_cols = SampleMatrix {
+        data: vec![1.0, 2.0, 3.0],
+        rows: 1,
+        cols: 3,
+    };
+    let empty = SampleMatrix {
+        data: vec![],
+        rows: 0,
+        cols: 2,
+    };
     let cfg = FitConfig::new(Method::LinearAct);
-    assert!(matches!(fit_hook("h", one.view(), three_cols.view(), &cfg), Err(TransportError::DimMismatch { .. })));
-    assert!(matches!(fit_hook("h", empty.view(), one.view(), &cfg), Err(TransportError::Empty { .. })));
+    assert!(matches!(
+        fit_hook("h", one.view(), three_cols.view(), &cfg),
+        Err(TransportError::DimMismatch { .. })
+    ));
+    assert!(matches!(
+        fit_hook("h", empty.view(), one.view(), &cfg),
+        Err(TransportError::Empty { .. })
+    ));
     let act_add = FitConfig::new(Method::ActAdd);
-    assert!(matches!(fit_hook("h", two.view(), one.view(), &act_add), Err(TransportError::ActAddNeedsOnePair { .. })));
-    let other = SampleMatrix { data: vec![3.0, 4.0], rows: 1, cols: 2 };
+    assert!(matches!(
+        fit_hook("h", two.view(), one.view(), &act_add),
+        Err(TransportError::ActAddNeedsOnePair { .. })
+    ));
+    let other = SampleMatrix {
+        data: vec![3.0, 4.0],
+        rows: 1,
+        cols: 2,
+    };
     assert!(fit_hook("h", one.view(), other.view(), &act_add).is_ok());
 }
 
@@ -210,8 +303,13 @@ fn unequal_counts_are_resampled_by_quantiles() {
     // 101 source values 0..100; the target is the affine image of the source resampled to 26
     // points, so pairing after quantile resampling is exact.
     let src: Vec<f32> = (0..=100).map(|v| v as f32).collect();
-    let tgt: Vec<f32> = (0..26).map(|i| (2.0 * (i as f32 * 4.0) - 3.0)).collect();
-    let map = fit(&column(src.clone()), &column(tgt.clone()), Method::LinearAct, Support::Unbounded);
+    let tgt: Vec<f32> = (0..26).map(|i| 2.0 * (i as f32 * 4.0) - 3.0).collect();
+    let map = fit(
+        &column(src.clone()),
+        &column(tgt.clone()),
+        Method::LinearAct,
+        Support::Unbounded,
+    );
     assert!((map.omega()[0] - 2.0).abs() < 1e-5 && (map.beta()[0] + 3.0).abs() < 1e-4);
     // Symmetric: the smaller side on the source.
     let back = fit(&column(tgt), &column(src), Method::LinearAct, Support::Unbounded);
@@ -220,8 +318,16 @@ fn unequal_counts_are_resampled_by_quantiles() {
 
 #[test]
 fn act_add_iti_and_det0_follow_their_definitions() {
-    let a = SampleMatrix { data: vec![1.0, 10.0], rows: 1, cols: 2 };
-    let b = SampleMatrix { data: vec![4.0, 6.0], rows: 1, cols: 2 };
+    let a = SampleMatrix {
+        data: vec![1.0, 10.0],
+        rows: 1,
+        cols: 2,
+    };
+    let b = SampleMatrix {
+        data: vec![4.0, 6.0],
+        rows: 1,
+        cols: 2,
+    };
     let m = fit(&a, &b, Method::ActAdd, Method::ActAdd.default_support());
     assert_eq!(m.beta(), &[3.0, -4.0]);
     let mut x = vec![100.0, -100.0];
@@ -230,8 +336,16 @@ fn act_add_iti_and_det0_follow_their_definitions() {
 
     // Det0: neuron 0 separates source (high) from target (low) perfectly: AP = 1 → zeroed.
     // Neuron 1 does not (AP = 0.5 on ties) → untouched.
-    let s = SampleMatrix { data: vec![5.0, 1.0, 6.0, 1.0, 7.0, 1.0], rows: 3, cols: 2 };
-    let t = SampleMatrix { data: vec![0.0, 1.0, 1.0, 1.0, 2.0, 1.0], rows: 3, cols: 2 };
+    let s = SampleMatrix {
+        data: vec![5.0, 1.0, 6.0, 1.0, 7.0, 1.0],
+        rows: 3,
+        cols: 2,
+    };
+    let t = SampleMatrix {
+        data: vec![0.0, 1.0, 1.0, 1.0, 2.0, 1.0],
+        rows: 3,
+        cols: 2,
+    };
     let d = fit(&s, &t, Method::Det0 { ap_threshold: 0.9 }, Support::Unbounded);
     assert_eq!(d.diagnostics()["ap"], vec![1.0, 0.5]);
     let mut x = vec![9.0, 9.0];
@@ -248,17 +362,44 @@ fn act_add_iti_and_det0_follow_their_definitions() {
 
 #[test]
 fn token_scopes_steer_only_their_tokens() {
-    let map = HookMap::new(Method::MeanAct, Support::Unbounded, vec![1.0], vec![1.0], vec![f32::NEG_INFINITY], vec![f32::INFINITY], BTreeMap::new())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let map = HookMap::new(
+        Method::MeanAct,
+        Support::Unbounded,
+        vec![1.0],
+        vec![1.0],
+        vec![f32::NEG_INFINITY],
+        vec![f32::INFINITY],
+        BTreeMap::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let run = |scope, first_position| {
         let mut x = vec![0.0f32; 8];
-        map.apply_3d("h", &mut x, [2, 4, 1], 1.0, scope, TokenWindow { first_position, prompt_len: 3 })
-            .unwrap_or_else(|e| panic!("{e}"));
+        map.apply_3d(
+            "h",
+            &mut x,
+            [2, 4, 1],
+            1.0,
+            scope,
+            TokenWindow {
+                first_position,
+                prompt_len: 3,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         x
     };
     assert_eq!(run(TokenScope::All, 0), vec![1.0; 8]);
-    assert_eq!(run(TokenScope::LastToken, 0), vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
-    assert_eq!(run(TokenScope::PromptOnly, 0), vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]);
-    assert_eq!(run(TokenScope::GeneratedOnly, 0), vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+    assert_eq!(
+        run(TokenScope::LastToken, 0),
+        vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    );
+    assert_eq!(
+        run(TokenScope::PromptOnly, 0),
+        vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    );
+    assert_eq!(
+        run(TokenScope::GeneratedOnly, 0),
+        vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    );
     assert_eq!(run(TokenScope::GeneratedOnly, 10), vec![1.0; 8]);
 }

@@ -205,7 +205,8 @@ impl HookMap {
             } else {
                 0.0
             };
-            if !unbounded && !((m > lo) & (m < hi)) {
+            let inside = (m > lo) & (m < hi);
+            if !unbounded && !inside {
                 continue;
             }
             if self.method.spatial_mean_rule() {

@@ -70,11 +70,12 @@ pub fn sorted_least_squares(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
     }
     let var = saa / a.len().max(1) as f64;
     let scale = ma.abs().max(1.0);
-    if !(var.sqrt() > 1e-7 * scale) {
-        return None;
+    if var.sqrt() > 1e-7 * scale {
+        let omega = sab / saa;
+        Some((omega, mb - omega * ma))
+    } else {
+        None
     }
-    let omega = sab / saa;
-    Some((omega, mb - omega * ma))
 }
 
 /// Area under the ROC curve of the neuron's value as a score separating `pos` (label 1)

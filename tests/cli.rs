@@ -1,0 +1,170 @@
+//! The command line end to end: `fit-arrays`, `maps-info`, and bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn act(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_act-studio"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run act-studio: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_csv(path: &Path, rows: usize, cols: usize, offset: f32) {
+    let mut s = String::new();
+    for r in 0..rows {
+        let row: Vec<String> = (0..cols)
+            .map(|c| format!("{}", offset + ((r * 7 + c * 3) % 11) as f32 * 0.5 + c as f32))
+            .collect();
+        s.push_str(&row.join(","));
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = act(&["--help"]);
+    assert!(out.status.success());
+    let s = text(&out.stdout);
+    assert!(s.contains("fit-arrays") && s.contains("maps-info"), "{s}");
+}
+
+#[test]
+fn fit_arrays_then_maps_info_from_csv_and_safetensors() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (s, t) = (dir.path().join("neutral.csv"), dir.path().join("football.csv"));
+    write_csv(&s, 20, 5, 0.0);
+    write_csv(&t, 15, 5, 3.0);
+    let out_path = dir.path().join("football.safetensors");
+    let out = act(&[
+        "fit-arrays",
+        "--source",
+        s.to_str().unwrap_or_default(),
+        "--target",
+        t.to_str().unwrap_or_default(),
+        "--out",
+        out_path.to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = act(&["maps-info", out_path.to_str().unwrap_or_default()]);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    let s_info = text(&info.stdout);
+    for needle in [
+        "concept:      football",
+        "Linear-AcT",
+        "q0-100",
+        "arrays (hidden 5, 0 layers",
+        "neutral.csv (20 samples",
+        "football.csv (15 samples",
+        "arrays.omega",
+        "[5]",
+        "arrays.w1_after",
+    ] {
+        assert!(s_info.contains(needle), "missing `{needle}` in\n{s_info}");
+    }
+
+    // The same target exported as a 2-D F64 safetensors tensor, AurA, named explicitly.
+    let st = dir.path().join("t.safetensors");
+    let m = act_studio::pipeline::arrays::load_array(&t).unwrap_or_else(|e| panic!("{e}"));
+    let bytes: Vec<u8> = m
+        .matrix
+        .data
+        .iter()
+        .flat_map(|&v| f64::from(v).to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F64,
+        vec![m.matrix.rows, m.matrix.cols],
+        &bytes,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &st,
+        safetensors::serialize([("acts", view)], None).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out2 = dir.path().join("x.safetensors");
+    let out = act(&[
+        "fit-arrays",
+        "--source",
+        s.to_str().unwrap_or_default(),
+        "--target",
+        st.to_str().unwrap_or_default(),
+        "--method",
+        "aura",
+        "--name",
+        "sport",
+        "--out",
+        out2.to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = act(&["maps-info", "--json", out2.to_str().unwrap_or_default()]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["concept"], "sport");
+    assert_eq!(v["method"]["name"], "aura");
+    assert_eq!(v["support"]["kind"], "unbounded");
+}
+
+#[test]
+fn bad_input_gives_clear_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let good = dir.path().join("good.csv");
+    write_csv(&good, 4, 3, 0.0);
+    let nan = dir.path().join("nan.csv");
+    std::fs::write(&nan, "1,2,3\n4,nan,6\n").unwrap_or_else(|e| panic!("{e}"));
+    let ragged = dir.path().join("ragged.csv");
+    std::fs::write(&ragged, "1,2,3\n4,5\n").unwrap_or_else(|e| panic!("{e}"));
+    let narrow = dir.path().join("narrow.csv");
+    write_csv(&narrow, 4, 2, 0.0);
+    let out = dir.path().join("o.safetensors");
+    let o = out.to_str().unwrap_or_default();
+    let g = good.to_str().unwrap_or_default();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--source", "/nonexistent.csv", "--target", g],
+            "/nonexistent.csv",
+        ),
+        (
+            vec!["--source", g, "--target", nan.to_str().unwrap_or_default()],
+            "neuron 1",
+        ),
+        (
+            vec!["--source", g, "--target", ragged.to_str().unwrap_or_default()],
+            "line 2 has 2 columns",
+        ),
+        (
+            vec!["--source", g, "--target", narrow.to_str().unwrap_or_default()],
+            "3 neurons but target has 2",
+        ),
+        (
+            vec!["--source", g, "--target", g, "--method", "magic"],
+            "unknown method",
+        ),
+        (
+            vec!["--source", g, "--target", g, "--support", "q9-1"],
+            "invalid support",
+        ),
+        (
+            vec!["--source", g, "--target", g, "--method", "act-add"],
+            "one prompt pair",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["fit-arrays"];
+        full.extend(args);
+        full.extend(["--out", o]);
+        let r = act(&full);
+        let err = text(&r.stderr);
+        assert!(!r.status.success(), "{full:?} succeeded");
+        assert!(err.contains(needle), "{full:?}: expected `{needle}` in\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!out.exists(), "a failed fit must not leave an output file");
+    let r = act(&["maps-info", good.to_str().unwrap_or_default()]);
+    assert!(!r.status.success() && !text(&r.stderr).contains("panicked"));
+}
