@@ -25,6 +25,72 @@ pub enum Command {
     FitArrays(FitArraysArgs),
     /// Print a maps file's metadata and per-tensor shapes and summary statistics.
     MapsInfo(MapsInfoArgs),
+    /// Describe a model: architecture, sizes, hook points, tokenizer facts.
+    Inspect(InspectArgs),
+    /// Generate text (stdout carries only the generated text).
+    Generate(GenerateArgs),
+    /// Teacher-forced perplexity of a text file.
+    Perplexity(PerplexityArgs),
+}
+
+/// Arguments of `inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Model file (.gguf).
+    #[arg(long)]
+    pub model: PathBuf,
+}
+
+/// Arguments of `generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Model file (.gguf).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Top-k filter (0 = off).
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Top-p (nucleus) filter (1 = off).
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// RNG seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Run matrix products in f32 (weights dequantized) instead of the model's quantization.
+    #[arg(long)]
+    pub dense: bool,
+    /// Print prefill and decode speed to stderr.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Arguments of `perplexity`.
+#[derive(Debug, clap::Args)]
+pub struct PerplexityArgs {
+    /// Model file (.gguf).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// UTF-8 text file.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Tokens per scoring window.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
 }
 
 /// Arguments of `fit-arrays`.
@@ -81,6 +147,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::FitArrays(a)) => fit_arrays(&a),
         Some(Command::MapsInfo(a)) => maps_info(&a),
+        Some(Command::Inspect(a)) => crate::cli_model::inspect(&a),
+        Some(Command::Generate(a)) => crate::cli_model::generate(&a),
+        Some(Command::Perplexity(a)) => crate::cli_model::perplexity(&a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

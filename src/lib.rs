@@ -6,5 +6,7 @@
 //! forward passes) ← [`pipeline`] (data, fitting, generation, evaluation) ← app and [`cli`].
 
 pub mod cli;
+pub mod cli_model;
 pub mod pipeline;
+pub mod runtime;
 pub mod transport;

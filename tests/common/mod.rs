@@ -33,3 +33,21 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
         assert!(ok, "{what}[{i}]: got {a}, expected {e} (tol {tol})");
     }
 }
+
+/// The demo model (SmolLM2-135M-Instruct Q4_1), or `None` (after printing why) when it is
+/// absent outside CI. In CI a missing model fails the test: CI fetches it first.
+pub fn demo_model() -> Option<PathBuf> {
+    let p = std::env::var_os("ACT_DEMO_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "demo model {} is missing in CI (models/fetch-demo-model.sh should have fetched it)",
+        p.display()
+    );
+    eprintln!("SKIP: demo model {} not found (run models/fetch-demo-model.sh)", p.display());
+    None
+}

@@ -1,0 +1,94 @@
+//! CLI commands that run a model: `inspect`, `generate`, `perplexity`.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{GenerateArgs, InspectArgs, PerplexityArgs};
+use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
+use crate::runtime::linear::MatPath;
+use crate::runtime::sampling::SamplingConfig;
+use crate::runtime::tokenizer::ChatMessage;
+use crate::runtime::{LoadedModel, NoHooks};
+
+fn load(path: &std::path::Path) -> Result<LoadedModel> {
+    LoadedModel::load(path).with_context(|| format!("loading model {}", path.display()))
+}
+
+/// `inspect --model M`.
+pub fn inspect(a: &InspectArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let c = m.config();
+    println!("model:          {}", a.model.display());
+    println!("architecture:   {}", c.architecture);
+    println!("layers:         {}", c.n_layers);
+    println!("hidden size:    {}", c.hidden_size);
+    println!("heads:          {} (kv {}, head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!("mlp size:       {}", c.intermediate_size);
+    println!("vocabulary:     {}", c.vocab_size);
+    println!("context:        {}", c.max_position);
+    println!("rope:           θ = {}, {}", c.rope_theta, if c.rope_interleaved { "interleaved pairs" } else { "half split" });
+    println!("norm eps:       {}", c.norm_eps);
+    println!("fingerprint:    {}", m.fingerprint);
+    let t = &m.tokenizer;
+    let name = |id: Option<u32>| id.and_then(|i| t.token_str(i).map(|s| format!("{s} ({i})"))).unwrap_or_else(|| "none".into());
+    println!("tokenizer:      {} tokens, BOS {} (added: {}), EOS {}", t.vocab_size(), name(t.bos()), t.adds_bos(), name(t.eos().first().copied()));
+    println!("chat template:  {}", if t.chat_template().is_some() { "yes" } else { "no" });
+    let points = m.hook_points();
+    println!("hook points:    {} ({} per layer)", points.len(), points.len() / c.n_layers.max(1));
+    for p in points.iter().take(5) {
+        println!("  {p}");
+    }
+    if points.len() > 5 {
+        println!("  … {}", points.last().map(|p| p.to_string()).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `generate --model M --prompt P …`.
+pub fn generate(a: &GenerateArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let text = if a.chat {
+        m.tokenizer.render_chat(&[ChatMessage::user(&a.prompt)], true)?
+    } else {
+        a.prompt.clone()
+    };
+    let ids = m.tokenizer.encode(&text)?;
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling: SamplingConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            repetition_penalty: a.repetition_penalty,
+            seed: a.seed,
+        },
+        path: if a.dense { MatPath::Dense } else { MatPath::Quantized },
+    };
+    let cancel = AtomicBool::new(false);
+    let mut stdout = std::io::stdout().lock();
+    let g = run_generate(&m, &ids, &opts, &mut NoHooks, &cancel, &mut |piece| {
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+        true
+    })?;
+    let _ = writeln!(stdout);
+    let _ = stdout.flush();
+    if a.stats {
+        let s = g.stats;
+        eprintln!("prefill: {} tokens, {:.1} tok/s", s.prompt_tokens, s.prompt_tokens as f64 / s.prefill_s.max(1e-9));
+        eprintln!("decode: {} tokens, {:.1} tok/s", s.decode_tokens, s.decode_tokens as f64 / s.decode_s.max(1e-9));
+    }
+    Ok(())
+}
+
+/// `perplexity --model M --file F`.
+pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let ids = m.tokenizer.encode(&text)?;
+    let p = run_perplexity(&m, &ids, a.window, &mut NoHooks, &AtomicBool::new(false))?;
+    println!("perplexity: {:.4} ({} tokens, {:.4} nats/token)", p.perplexity, p.tokens, p.nll);
+    Ok(())
+}

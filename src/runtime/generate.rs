@@ -1,0 +1,221 @@
+//! Text generation with streaming and cancellation, and teacher-forced perplexity.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::error::{Result, RuntimeError};
+use super::hooks::Hooks;
+use super::linear::MatPath;
+use super::llama::{Batch, LogitsMode};
+use super::model::LoadedModel;
+use super::sampling::{Sampler, SamplingConfig};
+use super::tokenizer::StreamDecoder;
+
+/// Generation settings.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateOptions {
+    /// Most new tokens.
+    pub max_tokens: usize,
+    /// Token selection.
+    pub sampling: SamplingConfig,
+    /// Matrix path for prefill and decode ([`MatPath::Quantized`] keeps the model's own
+    /// quantization: token-identical to candle's quantized model).
+    pub path: MatPath,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 128,
+            sampling: SamplingConfig::default(),
+            path: MatPath::Quantized,
+        }
+    }
+}
+
+/// Timing of one generation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerationStats {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Seconds spent on the prompt.
+    pub prefill_s: f64,
+    /// Tokens generated after the first (each needing one decode step).
+    pub decode_tokens: usize,
+    /// Seconds spent on decode steps.
+    pub decode_s: f64,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// An end-of-sequence token.
+    Eos,
+    /// `max_tokens` reached.
+    MaxTokens,
+    /// The callback asked to stop.
+    Callback,
+}
+
+/// What a generation produced.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// New token ids (EOS excluded).
+    pub tokens: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Timing.
+    pub stats: GenerationStats,
+}
+
+/// Generates a continuation of `prompt` (token ids), calling `on_text` with each new piece
+/// of text (return `false` to stop). Hooks see every forward pass (prompt and each new token).
+/// `cancel` set from another thread ends it with [`RuntimeError::Cancelled`].
+pub fn generate(
+    m: &LoadedModel,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    hooks: &mut dyn Hooks,
+    cancel: &AtomicBool,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(RuntimeError::BadInput("the prompt is empty".into()));
+    }
+    let limit = m.config().max_position;
+    if prompt.len() + opts.max_tokens > limit {
+        return Err(RuntimeError::BadInput(format!(
+            "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
+            prompt.len(),
+            opts.max_tokens
+        )));
+    }
+    let mut cache = vec![m.new_cache()];
+    let mut sampler = Sampler::new(opts.sampling);
+    let mut history = prompt.to_vec();
+    let mut stream = StreamDecoder::new();
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    let prompt_len = prompt.len();
+    let t0 = Instant::now();
+    let batch = Batch {
+        tokens: prompt,
+        batch: 1,
+        seq: prompt.len(),
+        valid: &[prompt.len()],
+        prompt_lens: &[prompt_len],
+    };
+    let mut logits = m.model.forward(&batch, &mut cache, hooks, opts.path, LogitsMode::Last)?.logits;
+    stats.prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut stop = StopReason::MaxTokens;
+    for step in 0..opts.max_tokens {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RuntimeError::Cancelled);
+        }
+        if logits.len() != m.config().vocab_size {
+            return Err(RuntimeError::BadInput("a hook stopped the forward pass during generation".into()));
+        }
+        let next = sampler.sample(&mut logits, &history);
+        if m.tokenizer.eos().contains(&next) {
+            stop = StopReason::Eos;
+            break;
+        }
+        history.push(next);
+        out.push(next);
+        let piece = stream.push(&m.tokenizer, next)?;
+        text.push_str(&piece);
+        if !on_text(&piece) {
+            stop = StopReason::Callback;
+            break;
+        }
+        if step + 1 == opts.max_tokens {
+            break;
+        }
+        let tok = [next];
+        let batch = Batch {
+            tokens: &tok,
+            batch: 1,
+            seq: 1,
+            valid: &[1],
+            prompt_lens: &[prompt_len],
+        };
+        logits = m.model.forward(&batch, &mut cache, hooks, opts.path, LogitsMode::Last)?.logits;
+        stats.decode_tokens += 1;
+    }
+    stats.decode_s = t1.elapsed().as_secs_f64();
+    Ok(Generation {
+        tokens: out,
+        text,
+        stop,
+        stats,
+    })
+}
+
+/// Perplexity of a text under teacher forcing.
+#[derive(Debug, Clone, Copy)]
+pub struct Perplexity {
+    /// exp(mean negative log-likelihood).
+    pub perplexity: f64,
+    /// Mean negative log-likelihood (nats per token).
+    pub nll: f64,
+    /// Predicted tokens.
+    pub tokens: usize,
+}
+
+/// Teacher-forced perplexity of `ids`, in windows of at most `window` tokens (each window
+/// scored from its own start), on the dense (f32) path.
+pub fn perplexity(
+    m: &LoadedModel,
+    ids: &[u32],
+    window: usize,
+    hooks: &mut dyn Hooks,
+    cancel: &AtomicBool,
+) -> Result<Perplexity> {
+    if ids.len() < 2 {
+        return Err(RuntimeError::BadInput("perplexity needs at least two tokens".into()));
+    }
+    let window = window.clamp(2, m.config().max_position);
+    let vocab = m.config().vocab_size;
+    let (mut nll, mut count) = (0.0f64, 0usize);
+    for chunk in ids.chunks(window) {
+        if chunk.len() < 2 {
+            continue;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(RuntimeError::Cancelled);
+        }
+        let mut cache = vec![m.new_cache()];
+        let batch = Batch {
+            tokens: chunk,
+            batch: 1,
+            seq: chunk.len(),
+            valid: &[chunk.len()],
+            prompt_lens: &[chunk.len()],
+        };
+        let out = m.model.forward(&batch, &mut cache, hooks, MatPath::Dense, LogitsMode::All)?;
+        for (t, row) in out.logits.chunks_exact(vocab).take(chunk.len() - 1).enumerate() {
+            nll -= log_softmax_at(row, chunk[t + 1] as usize);
+            count += 1;
+        }
+    }
+    let mean = nll / count.max(1) as f64;
+    Ok(Perplexity {
+        perplexity: mean.exp(),
+        nll: mean,
+        tokens: count,
+    })
+}
+
+/// `log softmax(row)[i]`, in f64.
+pub fn log_softmax_at(row: &[f32], i: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    row.get(i).map_or(f64::NEG_INFINITY, |&v| v as f64 - lse)
+}

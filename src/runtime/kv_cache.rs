@@ -1,0 +1,58 @@
+//! Per-sequence key/value cache.
+
+/// Keys and values of one sequence for every layer: `[position][kv_head × head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `n_layers` layers.
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![(Vec::new(), Vec::new()); n_layers],
+            len: 0,
+        }
+    }
+
+    /// Cached positions (the next token's position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets everything (keeps the allocations).
+    pub fn clear(&mut self) {
+        self.len = 0;
+        for (k, v) in &mut self.layers {
+            k.clear();
+            v.clear();
+        }
+    }
+
+    /// Drops every position at or after `len` (e.g. to rewind to the end of a shared prompt).
+    pub fn truncate(&mut self, len: usize, kv_width: usize) {
+        self.len = self.len.min(len);
+        for (k, v) in &mut self.layers {
+            k.truncate(self.len * kv_width);
+            v.truncate(self.len * kv_width);
+        }
+    }
+
+    pub(crate) fn layer_mut(&mut self, l: usize) -> Option<&mut (Vec<f32>, Vec<f32>)> {
+        self.layers.get_mut(l)
+    }
+
+    pub(crate) fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    pub(crate) fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

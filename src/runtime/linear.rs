@@ -1,0 +1,126 @@
+//! Linear layers `y = x·Wᵀ (+ b)` with weights kept in the file's own format.
+//!
+//! Two paths (see [`MatPath`]):
+//! - **quantized**: GGML-quantized weights multiplied against activations quantized to 8 bits
+//!   per row, as llama.cpp and candle's `quantized_llama` do — the decode path, token-identical
+//!   to candle's quantized model;
+//! - **dense**: f32 GEMM, for batched work (prefill of many sentences, fitting, perplexity).
+//!   Quantized weights are dequantized on the first dense use of a layer and the f32 copy is
+//!   kept (4 bytes per weight: 0.5 GB for SmolLM2-135M), so later batches pay only the GEMM.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use super::error::{Result, RuntimeError};
+
+/// Which multiplication to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatPath {
+    /// Quantized kernels when the weights are quantized, else dense.
+    #[default]
+    Quantized,
+    /// f32 GEMM (quantized weights dequantized per call).
+    Dense,
+}
+
+/// Weight storage.
+#[derive(Debug)]
+enum Weights {
+    /// f32 `[out, in]`.
+    Dense(Tensor),
+    /// GGML-quantized `[out, in]`, with an f32 copy made on first dense use.
+    Quant {
+        q: std::sync::Arc<QTensor>,
+        mm: QMatMul,
+        dense: std::sync::OnceLock<Tensor>,
+    },
+}
+
+/// A linear layer with `out × in` weights and an optional bias.
+#[derive(Debug)]
+pub struct Linear {
+    weights: Weights,
+    bias: Option<Vec<f32>>,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+impl Linear {
+    /// A dense layer from f32 weights `[out, in]`.
+    pub fn dense(w: Tensor, bias: Option<Vec<f32>>) -> Result<Self> {
+        let (out_dim, in_dim) = w.dims2()?;
+        Ok(Self {
+            weights: Weights::Dense(w),
+            bias,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// A layer from a GGML tensor (quantized or f32/f16, shape `[out, in]`).
+    pub fn from_qtensor(q: QTensor, bias: Option<Vec<f32>>) -> Result<Self> {
+        let (out_dim, in_dim) = q.shape().dims2()?;
+        let q = std::sync::Arc::new(q);
+        let mm = QMatMul::from_arc(q.clone())?;
+        Ok(Self {
+            weights: Weights::Quant {
+                q,
+                mm,
+                dense: std::sync::OnceLock::new(),
+            },
+            bias,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// `x: [n, in]` (row-major) → `[n, out]`.
+    pub fn forward(&self, x: &[f32], n: usize, path: MatPath) -> Result<Vec<f32>> {
+        if x.len() != n * self.in_dim {
+            return Err(RuntimeError::BadInput(format!(
+                "linear layer expects {n} × {} inputs, got {}",
+                self.in_dim,
+                x.len()
+            )));
+        }
+        let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
+        let y = match (&self.weights, path) {
+            (Weights::Dense(w), _) => xt.matmul(&w.t()?)?,
+            (Weights::Quant { mm, .. }, MatPath::Quantized) => mm.forward(&xt)?,
+            (Weights::Quant { q, dense, .. }, MatPath::Dense) => {
+                let w = match dense.get() {
+                    Some(w) => w,
+                    None => {
+                        let w = q.dequantize(&Device::Cpu)?;
+                        dense.get_or_init(|| w)
+                    }
+                };
+                xt.matmul(&w.t()?)?
+            }
+        };
+        let mut y = y.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(self.out_dim) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok(y)
+    }
+
+    /// The weights as dense f32 `[out, in]`.
+    pub fn dense_weights(&self) -> Result<Tensor> {
+        Ok(match &self.weights {
+            Weights::Dense(w) => w.clone(),
+            Weights::Quant { q, .. } => q.dequantize(&Device::Cpu)?,
+        })
+    }
+}

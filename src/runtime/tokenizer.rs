@@ -1,0 +1,306 @@
+//! Tokenizers from GGUF metadata or `tokenizer.json`, and chat templates rendered with
+//! minijinja.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use serde::Serialize;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+
+use super::error::{Result, RuntimeError};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A user message.
+    pub fn user(content: &str) -> Self {
+        Self {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A tokenizer with the model's special tokens and chat template.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    add_bos: bool,
+    chat_template: Option<String>,
+    bos_text: String,
+    eos_text: String,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Tokenizer(e.to_string())
+}
+
+fn md_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
+    let v = md.get(key)?;
+    v.to_u32()
+        .ok()
+        .or_else(|| v.to_u64().ok().and_then(|x| u32::try_from(x).ok()))
+        .or_else(|| v.to_i32().ok().and_then(|x| u32::try_from(x).ok()))
+}
+
+fn md_strings(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
+    let arr = md
+        .get(key)
+        .ok_or_else(|| tok_err(format!("GGUF metadata has no `{key}`")))?
+        .to_vec()
+        .map_err(tok_err)?;
+    arr.iter()
+        .map(|v| v.to_string().cloned().map_err(tok_err))
+        .collect()
+}
+
+impl TextTokenizer {
+    /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`): byte-level
+    /// BPE (`gpt2` model) from tokens and merges, with the pre-tokenizer named by
+    /// `tokenizer.ggml.pre` (`smollm`: single digits, then GPT-2 byte-level splitting; other
+    /// names are delegated to candle's GGUF tokenizer builder), special tokens (token types
+    /// 2–5) as single ids, BOS/EOS, and `tokenizer.chat_template`.
+    pub fn from_gguf(content: &Content) -> Result<Self> {
+        let md = &content.metadata;
+        let model = md
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if model != "gpt2" {
+            return Err(tok_err(format!(
+                "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` is)"
+            )));
+        }
+        let tokens = md_strings(md, "tokenizer.ggml.tokens")?;
+        let pre = md
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "gpt2".into());
+        let mut inner = match pre.as_str() {
+            "smollm" | "gpt2" | "default" => {
+                let merges = md_strings(md, "tokenizer.ggml.merges")?
+                    .into_iter()
+                    .map(|m| {
+                        m.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .ok_or_else(|| tok_err(format!("bad merge `{m}`")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let vocab: tokenizers::models::bpe::Vocab =
+                    tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+                let bpe = BPE::builder()
+                    .vocab_and_merges(vocab, merges)
+                    .build()
+                    .map_err(tok_err)?;
+                let mut t = Tokenizer::new(bpe);
+                let byte_level = ByteLevel::new(false, true, true);
+                let pre_tok: PreTokenizerWrapper = if pre == "smollm" {
+                    Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+                } else {
+                    byte_level.into()
+                };
+                t.with_pre_tokenizer(Some(pre_tok));
+                t.with_decoder(Some(ByteLevelDecoder::default()));
+                t
+            }
+            _ => <Tokenizer as candle_core::quantized::tokenizer::TokenizerFromGguf>::from_gguf(content)
+                .map_err(tok_err)?,
+        };
+        if let Some(types) = md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
+            let specials: Vec<AddedToken> = types
+                .iter()
+                .enumerate()
+                .filter(|(_, ty)| matches!(ty.to_i32().ok().or_else(|| ty.to_u32().ok().map(|u| u as i32)), Some(2..=5)))
+                .filter_map(|(i, _)| tokens.get(i))
+                .map(|t| AddedToken::from(t.clone(), true))
+                .collect();
+            inner.add_special_tokens(specials).map_err(tok_err)?;
+        }
+        let bos = md_u32(md, "tokenizer.ggml.bos_token_id");
+        let eos: Vec<u32> = md_u32(md, "tokenizer.ggml.eos_token_id").into_iter().collect();
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        let text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned().unwrap_or_default();
+        Ok(Self {
+            bos_text: text(bos),
+            eos_text: text(eos.first().copied()),
+            inner,
+            bos,
+            eos,
+            add_bos,
+            chat_template,
+        })
+    }
+
+    /// Loads `tokenizer.json`, with BOS/EOS and the chat template from
+    /// `tokenizer_config.json` beside it when present.
+    pub fn from_files(tokenizer_json: &Path, config_json: Option<&Path>) -> Result<Self> {
+        let inner = Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| tok_err(format!("{}: {e}", tokenizer_json.display())))?;
+        let cfg: serde_json::Value = match config_json {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(p).map_err(|source| RuntimeError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                serde_json::from_str(&text).map_err(|e| tok_err(format!("{}: {e}", p.display())))?
+            }
+            _ => serde_json::Value::Null,
+        };
+        let token_text = |key: &str| -> Option<String> {
+            match cfg.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                v => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            }
+        };
+        let bos_text = token_text("bos_token").unwrap_or_default();
+        let eos_text = token_text("eos_token").unwrap_or_default();
+        let bos = inner.token_to_id(&bos_text);
+        let eos: Vec<u32> = inner.token_to_id(&eos_text).into_iter().collect();
+        let add_bos = cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        let chat_template = cfg.get("chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        Ok(Self {
+            inner,
+            bos,
+            eos,
+            add_bos,
+            chat_template,
+            bos_text,
+            eos_text,
+        })
+    }
+
+    /// Encodes text. Special-token strings such as `<|im_start|>` become their single ids;
+    /// BOS is prepended when the model asks for it (`add_bos_token`).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos
+            && let Some(b) = self.bos
+        {
+            ids.push(b);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Decodes ids to text (special tokens kept unless `skip_special`).
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// The string of one token id as stored in the vocabulary.
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The id of a token string.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// BOS id.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Whether BOS is prepended by [`TextTokenizer::encode`].
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// End-of-sequence ids (generation stops on any).
+    pub fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Renders messages with the model's chat template (Jinja, via minijinja with Python
+    /// string methods), optionally opening the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| RuntimeError::ChatTemplate("this model has no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template)
+            .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_text,
+            eos_token => self.eos_text,
+        })
+        .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))
+    }
+}
+
+/// Turns a growing list of generated ids into text pieces, emitting only complete UTF-8 text
+/// (a multi-byte character split over tokens is held back until it is whole).
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl StreamDecoder {
+    /// A decoder with no tokens.
+    pub fn new() -> Self {
+        Self {
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a token; returns the new text it completes (possibly empty).
+    pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+            return Ok(String::new());
+        }
+        let piece = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}
+
+impl Default for StreamDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
