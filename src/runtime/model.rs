@@ -28,9 +28,14 @@ impl LoadedModel {
     /// Loads a `.gguf` file.
     pub fn load(path: &Path) -> Result<Self> {
         if path.is_dir() {
+            let reason = if path.join("config.json").is_file() {
+                "Hugging Face folders are not supported yet; open a .gguf file"
+            } else {
+                "this folder has no config.json: open a .gguf file or a Hugging Face model folder"
+            };
             return Err(RuntimeError::BadModel {
                 path: path.to_path_buf(),
-                reason: "Hugging Face folders are not supported yet; open a .gguf file".into(),
+                reason: reason.into(),
             });
         }
         let mut f = GgufFile::open(path)?;
