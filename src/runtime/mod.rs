@@ -12,6 +12,7 @@ pub mod llama;
 pub mod model;
 pub mod ops;
 pub mod sampling;
+pub mod steer;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};

@@ -1,0 +1,208 @@
+//! Runtime benchmarks on the demo model (run with `cargo bench --bench runtime`), ours and
+//! candle-transformers' `quantized_llama` side by side in one run, medians of repeated runs:
+//!
+//! - decode tokens/s (≈30-token prompt, 128 new tokens, greedy), idle and with another
+//!   process keeping one core busy; ours with steering at 30 layers × 2 hook points;
+//! - prefill tokens/s for a batch of 32 sentences of ≈30 tokens;
+//! - peak RSS of each engine (each measured in a child process of its own).
+//!
+//! `ACT_BENCH_REPS` sets the repetitions (default 3).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use act_studio::runtime::linear::MatPath;
+use act_studio::runtime::llama::{Batch, LogitsMode};
+use act_studio::runtime::sampling::argmax;
+use act_studio::runtime::steer::SteeringHooks;
+use act_studio::runtime::{HookKind, HookPoint, Hooks, LoadedModel, NoHooks};
+use act_studio::transport::{HookMap, Method, SteeringPlan, Support, TokenScope};
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+
+const PROMPT: &str = "Once upon a time, in a small village by the sea, there lived an old fisherman who told the children stories every evening about";
+const NEW_TOKENS: usize = 128;
+
+fn model_path() -> std::path::PathBuf {
+    std::env::var_os("ACT_DEMO_MODEL")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+fn candle_model() -> ModelWeights {
+    let p = model_path();
+    let mut f = std::fs::File::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let c = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap_or_else(|e| panic!("{e}"));
+    ModelWeights::from_gguf(c, &mut f, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Decode speed of ours: (prefill s, decode tok/s).
+fn ours_decode(m: &LoadedModel, ids: &[u32], hooks: &mut dyn Hooks) -> f64 {
+    let mut cache = vec![m.new_cache()];
+    let n = ids.len();
+    let b = Batch { tokens: ids, batch: 1, seq: n, valid: &[n], prompt_lens: &[n] };
+    let mut logits = m.model.forward(&b, &mut cache, hooks, MatPath::Quantized, LogitsMode::Last).map(|o| o.logits).unwrap_or_default();
+    let t = Instant::now();
+    for _ in 0..NEW_TOKENS - 1 {
+        let tok = [argmax(&logits)];
+        let b = Batch { tokens: &tok, batch: 1, seq: 1, valid: &[1], prompt_lens: &[n] };
+        logits = m.model.forward(&b, &mut cache, hooks, MatPath::Quantized, LogitsMode::Last).map(|o| o.logits).unwrap_or_default();
+    }
+    (NEW_TOKENS - 1) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn candle_forward(c: &mut ModelWeights, ids: &[u32], pos: usize) -> Vec<f32> {
+    Tensor::new(ids, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .and_then(|x| c.forward(&x, pos))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn candle_decode(c: &mut ModelWeights, ids: &[u32]) -> f64 {
+    c.clear_kv_cache();
+    let mut logits = candle_forward(c, ids, 0);
+    let t = Instant::now();
+    for i in 0..NEW_TOKENS - 1 {
+        logits = candle_forward(c, &[argmax(&logits)], ids.len() + i);
+    }
+    (NEW_TOKENS - 1) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn sentences(m: &LoadedModel) -> Vec<Vec<u32>> {
+    let subjects = ["The old lighthouse keeper", "A young football player", "My grandmother", "The orchestra conductor", "A curious giraffe", "The night-shift nurse", "Our new neighbour", "The spacecraft engineer"];
+    let verbs = ["watched the storm roll in over the harbour", "practised every morning before school started", "baked bread for the whole street on Sundays", "raised the baton while the audience held its breath"];
+    (0..32)
+        .map(|i| {
+            let s = format!("{} {} and then wrote a short note about it in a notebook number {}.", subjects[i % 8], verbs[i % 4], i);
+            m.tokenizer.encode(&s).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Batched dense prefill of the sentences (right-padded), tokens/s.
+fn ours_prefill(m: &LoadedModel, sents: &[Vec<u32>]) -> f64 {
+    let seq = sents.iter().map(Vec::len).max().unwrap_or(1);
+    let mut tokens = Vec::with_capacity(sents.len() * seq);
+    for s in sents {
+        tokens.extend_from_slice(s);
+        tokens.extend(std::iter::repeat_n(0, seq - s.len()));
+    }
+    let valid: Vec<usize> = sents.iter().map(Vec::len).collect();
+    let total: usize = valid.iter().sum();
+    let mut caches: Vec<_> = sents.iter().map(|_| m.new_cache()).collect();
+    let b = Batch { tokens: &tokens, batch: sents.len(), seq, valid: &valid, prompt_lens: &valid };
+    let t = Instant::now();
+    let _ = m.model.forward(&b, &mut caches, &mut NoHooks, MatPath::Dense, LogitsMode::Last);
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+fn candle_prefill(c: &mut ModelWeights, sents: &[Vec<u32>]) -> f64 {
+    let total: usize = sents.iter().map(Vec::len).sum();
+    let t = Instant::now();
+    for s in sents {
+        c.clear_kv_cache();
+        let _ = candle_forward(c, s, 0);
+    }
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Steering at every layer's attn_out and mlp_norm with dense, non-trivial maps.
+fn steering(m: &LoadedModel) -> SteeringHooks {
+    let d = m.config().hidden_size;
+    let n = m.config().n_layers * HookKind::ALL.len();
+    let mut per_hook = vec![Vec::new(); n];
+    for layer in 0..m.config().n_layers {
+        for kind in [HookKind::AttnOut, HookKind::MlpNorm] {
+            let omega = (0..d).map(|j| 0.9 + (j % 7) as f32 * 0.03).collect();
+            let beta = (0..d).map(|j| ((j % 5) as f32 - 2.0) * 0.01).collect();
+            let map = HookMap::new(Method::LinearAct, Support::Q0_100, omega, beta, vec![-50.0; d], vec![50.0; d], BTreeMap::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+            per_hook[HookPoint { layer, kind }.index()].push((Arc::new(map), 0.5));
+        }
+    }
+    SteeringHooks::from_plan(SteeringPlan::from_parts(per_hook, TokenScope::All))
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Child mode: one engine alone, decode + prefill, then print its peak RSS.
+fn child(engine: &str) {
+    let m = LoadedModel::load(&model_path()).unwrap_or_else(|e| panic!("{e}"));
+    let ids = m.tokenizer.encode(PROMPT).unwrap_or_default();
+    let sents = sentences(&m);
+    if engine == "ours" {
+        ours_decode(&m, &ids, &mut NoHooks);
+        ours_prefill(&m, &sents);
+        drop(m);
+    } else {
+        drop(m);
+        let mut c = candle_model();
+        candle_decode(&mut c, &ids);
+        candle_prefill(&mut c, &sents);
+    }
+    println!("{:.0}", peak_rss_mib());
+}
+
+fn main() {
+    if let Ok(engine) = std::env::var("ACT_BENCH_ENGINE") {
+        child(&engine);
+        return;
+    }
+    if !model_path().is_file() {
+        eprintln!("SKIP: demo model not found at {} (run models/fetch-demo-model.sh)", model_path().display());
+        return;
+    }
+    let reps: usize = std::env::var("ACT_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let m = LoadedModel::load(&model_path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = candle_model();
+    let ids = m.tokenizer.encode(PROMPT).unwrap_or_default();
+    let sents = sentences(&m);
+    let mut steer = steering(&m);
+    println!("threads: {} (rayon), prompt {} tokens, {NEW_TOKENS} new tokens, {reps} reps (medians)", rayon::current_num_threads(), ids.len());
+
+    for (label, load) in [("idle", false), ("one core busy", true)] {
+        let mut busy = load.then(|| Command::new("sh").args(["-c", "while :; do :; done"]).spawn().ok()).flatten();
+        let (mut o, mut s, mut k) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            o.push(ours_decode(&m, &ids, &mut NoHooks));
+            s.push(ours_decode(&m, &ids, &mut steer));
+            k.push(candle_decode(&mut c, &ids));
+        }
+        if let Some(b) = busy.as_mut() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        let (o, s, k) = (median(o), median(s), median(k));
+        println!("decode ({label}): ours {o:.1} tok/s, ours steered (30 layers × 2 hooks) {s:.1} tok/s (overhead {:.1} %), quantized_llama {k:.1} tok/s, ratio ours/candle {:.2}×", (o / s - 1.0) * 100.0, o / k);
+    }
+    let (mut o, mut k) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        o.push(ours_prefill(&m, &sents));
+        k.push(candle_prefill(&mut c, &sents));
+    }
+    let total: usize = sents.iter().map(Vec::len).sum();
+    let (o, k) = (median(o), median(k));
+    println!("prefill (32 sentences, {total} tokens): ours batched dense {o:.1} tok/s, quantized_llama {k:.1} tok/s, ratio {:.1}×", o / k);
+    drop((m, c));
+    let exe = std::env::current_exe().unwrap_or_default();
+    for engine in ["ours", "candle"] {
+        let out = Command::new(&exe).env("ACT_BENCH_ENGINE", engine).output();
+        let rss = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        println!("peak RSS ({engine}, decode + prefill): {rss} MiB");
+    }
+}
