@@ -128,7 +128,10 @@ impl LlamaModel {
             return bad("empty batch".into());
         }
         if b.tokens.len() != b.batch * b.seq || b.valid.len() != b.batch || b.prompt_lens.len() != b.batch {
-            return bad(format!("batch of {} × {} has inconsistent buffers", b.batch, b.seq));
+            return bad(format!(
+                "batch of {} × {} has inconsistent buffers",
+                b.batch, b.seq
+            ));
         }
         if caches.len() != b.batch {
             return bad(format!("{} caches for a batch of {}", caches.len(), b.batch));
@@ -137,7 +140,10 @@ impl LlamaModel {
             return bad(format!("a row has {v} real tokens (must be 1..={})", b.seq));
         }
         if let Some(t) = b.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return bad(format!("token id {t} is outside the vocabulary ({})", self.cfg.vocab_size));
+            return bad(format!(
+                "token id {t} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            ));
         }
         if caches.iter().any(|c| c.n_layers() != self.layers.len()) {
             return bad("cache was made for another model".into());
@@ -191,7 +197,11 @@ impl LlamaModel {
             let mut q = layer.wq.forward(&h, n, path)?;
             let mut k = layer.wk.forward(&h, n, path)?;
             let v = layer.wv.forward(&h, n, path)?;
-            for (r, (qr, kr)) in q.chunks_exact_mut(nh * hd).zip(k.chunks_exact_mut(nkv * hd)).enumerate() {
+            for (r, (qr, kr)) in q
+                .chunks_exact_mut(nh * hd)
+                .zip(k.chunks_exact_mut(nkv * hd))
+                .enumerate()
+            {
                 let pos = starts[r / batch.seq] + r % batch.seq;
                 rope.apply(qr, pos, hd);
                 rope.apply(kr, pos, hd);
@@ -228,7 +238,9 @@ impl LlamaModel {
 
         let rows: Vec<usize> = match mode {
             LogitsMode::None => return Ok(out),
-            LogitsMode::Last => (0..batch.batch).map(|b| b * batch.seq + batch.valid[b] - 1).collect(),
+            LogitsMode::Last => (0..batch.batch)
+                .map(|b| b * batch.seq + batch.valid[b] - 1)
+                .collect(),
             LogitsMode::All => (0..n).collect(),
         };
         let mut sel = Vec::with_capacity(rows.len() * d);
@@ -297,9 +309,15 @@ fn attend(
     hd: usize,
 ) -> Result<Vec<f32>> {
     let dev = Device::Cpu;
-    let q = Tensor::from_slice(q, (1, t, nh, hd), &dev)?.transpose(1, 2)?.contiguous()?;
-    let k = Tensor::from_slice(kc, (1, keys, nkv, hd), &dev)?.transpose(1, 2)?.contiguous()?;
-    let v = Tensor::from_slice(vc, (1, keys, nkv, hd), &dev)?.transpose(1, 2)?.contiguous()?;
+    let q = Tensor::from_slice(q, (1, t, nh, hd), &dev)?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let k = Tensor::from_slice(kc, (1, keys, nkv, hd), &dev)?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let v = Tensor::from_slice(vc, (1, keys, nkv, hd), &dev)?
+        .transpose(1, 2)?
+        .contiguous()?;
     let k = repeat_kv(k, nh / nkv)?;
     let v = repeat_kv(v, nh / nkv)?;
     let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;

@@ -2,8 +2,8 @@
 //! cache, hook points, sampling and generation.
 
 pub mod config;
-pub mod generate;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod hooks;
 pub mod kv_cache;
