@@ -8,10 +8,24 @@
 //!   Quantized weights are dequantized on the first dense use of a layer and the f32 copy is
 //!   kept (4 bytes per weight: 0.5 GB for SmolLM2-135M), so later batches pay only the GEMM.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use std::cell::RefCell;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use super::error::{Result, RuntimeError};
+use super::quant::{ActScratch, QDType, QMatrix};
+
+thread_local! {
+    /// Quantized-activation buffers reused across calls on this thread.
+    static SCRATCH: RefCell<ActScratch> = RefCell::new(ActScratch::new());
+}
+
+/// Our own quantized kernels are used unless `ACT_CANDLE_QMATMUL=1` asks for candle's (for
+/// side-by-side measurements; both give bit-identical results).
+fn use_own_kernels() -> bool {
+    std::env::var_os("ACT_CANDLE_QMATMUL").is_none_or(|v| v != "1")
+}
 
 /// Which multiplication to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,10 +42,13 @@ pub enum MatPath {
 enum Weights {
     /// f32 `[out, in]`.
     Dense(Tensor),
-    /// GGML-quantized `[out, in]`, with an f32 copy made on first dense use.
+    /// GGML-quantized `[out, in]`, with an f32 copy made on first dense use. `own` holds
+    /// the raw blocks for our kernels when the format has one (Q4_0, Q4_1, Q8_0); other
+    /// formats (k-quants) use candle's quantized matmul.
     Quant {
         q: std::sync::Arc<QTensor>,
         mm: QMatMul,
+        own: Option<QMatrix>,
         dense: std::sync::OnceLock<Tensor>,
     },
 }
@@ -60,12 +77,34 @@ impl Linear {
     /// A layer from a GGML tensor (quantized or f32/f16, shape `[out, in]`).
     pub fn from_qtensor(q: QTensor, bias: Option<Vec<f32>>) -> Result<Self> {
         let (out_dim, in_dim) = q.shape().dims2()?;
+        if let Some(b) = &bias
+            && b.len() != out_dim
+        {
+            return Err(RuntimeError::BadInput(format!(
+                "bias of {} values for {out_dim} outputs",
+                b.len()
+            )));
+        }
+        let own_dtype = match q.dtype() {
+            GgmlDType::Q4_0 => Some(QDType::Q4_0),
+            GgmlDType::Q4_1 => Some(QDType::Q4_1),
+            GgmlDType::Q8_0 => Some(QDType::Q8_0),
+            _ => None,
+        };
+        let own = match own_dtype {
+            Some(dt) if use_own_kernels() => Some(
+                QMatrix::new(dt, out_dim, in_dim, q.data()?.into_owned())
+                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let q = std::sync::Arc::new(q);
         let mm = QMatMul::from_arc(q.clone())?;
         Ok(Self {
             weights: Weights::Quant {
                 q,
                 mm,
+                own,
                 dense: std::sync::OnceLock::new(),
             },
             bias,
@@ -95,6 +134,13 @@ impl Linear {
         let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
         let y = match (&self.weights, path) {
             (Weights::Dense(w), _) => xt.matmul(&w.t()?)?,
+            (Weights::Quant { own: Some(own), .. }, MatPath::Quantized) => {
+                let mut y = vec![0.0f32; n * self.out_dim];
+                SCRATCH
+                    .with_borrow_mut(|s| own.matmul(x, n, &mut y, s))
+                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
+                return self.finish(y);
+            }
             (Weights::Quant { mm, .. }, MatPath::Quantized) => mm.forward(&xt)?,
             (Weights::Quant { q, dense, .. }, MatPath::Dense) => {
                 let w = match dense.get() {
@@ -107,7 +153,11 @@ impl Linear {
                 xt.matmul(&w.t()?)?
             }
         };
-        let mut y = y.flatten_all()?.to_vec1::<f32>()?;
+        self.finish(y.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Adds the bias to every row of `y` (`[n, out]`).
+    fn finish(&self, mut y: Vec<f32>) -> Result<Vec<f32>> {
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.out_dim) {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);

@@ -11,6 +11,7 @@ pub mod linear;
 pub mod llama;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod sampling;
 pub mod steer;
 pub mod tokenizer;

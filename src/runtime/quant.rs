@@ -1,0 +1,1000 @@
+//! GGML block quantization (Q4_0, Q4_1, Q8_0 weights; Q8_0 / Q8_1 activations) and CPU
+//! matrix-vector kernels for single-token decoding.
+//!
+//! Every format holds 32 values per block ([`QK`]). A weight matrix `[rows, cols]` (`cols` a
+//! multiple of 32) is kept as its raw little-endian GGUF bytes: `rows` consecutive rows of
+//! `cols / 32` blocks ([`QMatrix`]). Activations are quantized once per call into an
+//! [`ActScratch`]: to Q8_0 for Q4_0 / Q8_0 weights, to Q8_1 for Q4_1 weights, bit-identical to
+//! candle-core 0.11.1.
+//!
+//! Numerics of the dots (exact integer sums per block, float across blocks):
+//! - With AVX2 + FMA + F16C enabled at compile time, the Q4_0 and Q8_0 kernels do the same float
+//!   operations in the same order as candle's AVX kernels (one `__m256` accumulator,
+//!   `fma(dx*dy, pair sums, acc)`, candle's horizontal sum), so each output is candle's value bit
+//!   for bit. Exception: on AVX-512-VNNI CPUs candle repacks Q8_0 weights whose `cols % 256 == 0`
+//!   and `rows % 16 == 0` and quantizes activations to Q8_K instead (`MISTRALRS_FORCE_AVX2=1`
+//!   turns that off), so there the two differ at quantization-noise level.
+//! - candle has only a scalar Q4_1 dot; our Q4_1 kernel sums each block's integers with AVX2
+//!   and accumulates the floats in candle's order, so it is bit-identical too (llama.cpp's
+//!   all-SIMD form measured 1.7× faster per call but is not).
+//! - Without those features the scalar references (= candle's `vec_dot_unopt`) are used.
+
+use half::f16;
+use rayon::prelude::*;
+use std::fmt;
+
+/// Values per block in every format of this module.
+pub const QK: usize = 32;
+
+/// Below this many weight bytes × inputs a matmul runs on the calling thread only.
+const PAR_MIN_BYTES: usize = 256 * 1024;
+/// Minimum weight rows handed to one rayon task.
+const MIN_ROWS_PER_TASK: usize = 64;
+
+/// Weight formats supported by [`QMatrix`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QDType {
+    /// `d: f16, qs: [u8; 16]`, value = (nibble - 8) · d.
+    Q4_0,
+    /// `d: f16, m: f16, qs: [u8; 16]`, value = nibble · d + m.
+    Q4_1,
+    /// `d: f16, qs: [i8; 32]`, value = q · d.
+    Q8_0,
+}
+
+impl QDType {
+    /// Values per block (always 32).
+    pub const fn block_size(self) -> usize {
+        QK
+    }
+
+    /// Bytes per block: 18 (Q4_0), 20 (Q4_1), 34 (Q8_0).
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            QDType::Q4_0 => 18,
+            QDType::Q4_1 => 20,
+            QDType::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of one row of `cols` values; `None` if `cols` is not a multiple of 32 or overflows.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        if !cols.is_multiple_of(QK) {
+            return None;
+        }
+        (cols / QK).checked_mul(self.block_bytes())
+    }
+}
+
+/// Errors for bad shapes or buffer sizes. No function of this module panics on user data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuantError {
+    /// `rows` or `cols` is zero, or `cols` is not a multiple of 32.
+    BadShape { rows: usize, cols: usize },
+    /// The byte buffer does not hold exactly `rows * cols / 32` blocks.
+    ByteLen { expected: usize, got: usize },
+    /// A shape product overflowed `usize`.
+    Overflow,
+    /// A slice argument (`what`) has the wrong length.
+    Len {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    /// A row index is out of range.
+    Row { row: usize, rows: usize },
+}
+
+impl fmt::Display for QuantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "quantized matrix: {self:?}")
+    }
+}
+
+impl std::error::Error for QuantError {}
+
+/// `QuantError::Len` unless `got == expected`.
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), QuantError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(QuantError::Len { what, expected, got })
+    }
+}
+
+/// Q4_0 block (18 bytes): value `j` = `((qs[j] & 0xF) - 8) · d`, value `j + 16` = `((qs[j] >> 4) - 8) · d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    pub qs: [u8; 16],
+}
+
+/// Q4_1 block (20 bytes): value `j` = `(qs[j] & 0xF) · d + m`, value `j + 16` = `(qs[j] >> 4) · d + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; 16],
+}
+
+/// Q8_0 block (34 bytes): value `j` = `qs[j] · d`. Weight format and activation format.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; 32],
+}
+
+/// Q8_1 block (36 bytes), activation side of Q4_1: Q8_0 plus `s = f16(Σ qs) · d` (f16 product).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; 32],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18 && std::mem::size_of::<BlockQ4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34 && std::mem::size_of::<BlockQ8_1>() == 36);
+
+/// f16 at `b[i..i + 2]` (little-endian).
+#[inline(always)]
+fn get16(b: &[u8], i: usize) -> f16 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]]))
+}
+
+impl BlockQ4_0 {
+    /// Parses the 18 GGUF bytes of one block.
+    pub fn from_bytes(b: &[u8; 18]) -> Self {
+        let (d, mut qs) = (get16(b, 0), [0u8; 16]);
+        qs.copy_from_slice(&b[2..]);
+        Self { d, qs }
+    }
+
+    /// The 18 GGUF bytes of this block.
+    pub fn to_bytes(&self) -> [u8; 18] {
+        let mut b = [0u8; 18];
+        b[..2].copy_from_slice(&self.d.to_le_bytes());
+        b[2..].copy_from_slice(&self.qs);
+        b
+    }
+}
+
+impl BlockQ4_1 {
+    /// Parses the 20 GGUF bytes of one block.
+    pub fn from_bytes(b: &[u8; 20]) -> Self {
+        let (d, m, mut qs) = (get16(b, 0), get16(b, 2), [0u8; 16]);
+        qs.copy_from_slice(&b[4..]);
+        Self { d, m, qs }
+    }
+
+    /// The 20 GGUF bytes of this block.
+    pub fn to_bytes(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[..2].copy_from_slice(&self.d.to_le_bytes());
+        b[2..4].copy_from_slice(&self.m.to_le_bytes());
+        b[4..].copy_from_slice(&self.qs);
+        b
+    }
+}
+
+impl BlockQ8_0 {
+    /// Parses the 34 GGUF bytes of one block.
+    pub fn from_bytes(b: &[u8; 34]) -> Self {
+        let (d, mut qs) = (get16(b, 0), [0i8; 32]);
+        qs.iter_mut().zip(&b[2..]).for_each(|(q, &v)| *q = v as i8);
+        Self { d, qs }
+    }
+
+    /// The 34 GGUF bytes of this block.
+    pub fn to_bytes(&self) -> [u8; 34] {
+        let mut b = [0u8; 34];
+        b[..2].copy_from_slice(&self.d.to_le_bytes());
+        b[2..].iter_mut().zip(&self.qs).for_each(|(o, &q)| *o = q as u8);
+        b
+    }
+}
+
+/// Scale and quants of one 32-value activation block, as candle's `quantize_row_q8_0/1`.
+#[inline(always)]
+fn quantize_block(xs: &[f32]) -> (f16, [i8; 32]) {
+    let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; 32];
+    for (q, &x) in qs.iter_mut().zip(xs) {
+        *q = (x * id).round() as i8;
+    }
+    (f16::from_f32(d), qs)
+}
+
+/// Quantizes `x` (`[k]`, `k` a multiple of 32) into `out` (`[k / 32]` blocks, cleared first).
+/// Bit-identical to candle's `BlockQ8_0::from_float`. No allocation once `out` has capacity.
+pub fn quantize_q8_0(x: &[f32], out: &mut Vec<BlockQ8_0>) -> Result<(), QuantError> {
+    check_len("q8_0 input (multiple of 32)", x.len() / QK * QK, x.len())?;
+    out.clear();
+    out.extend(x.chunks_exact(QK).map(|xs| {
+        let (d, qs) = quantize_block(xs);
+        BlockQ8_0 { d, qs }
+    }));
+    Ok(())
+}
+
+/// Quantizes `x` (`[k]`, `k` a multiple of 32) into `out` (`[k / 32]` blocks, cleared first),
+/// with `s = f16(Σ qs) · d` computed in f16 arithmetic. Bit-identical to candle's
+/// `BlockQ8_1::from_float`. No allocation once `out` has capacity.
+pub fn quantize_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) -> Result<(), QuantError> {
+    check_len("q8_1 input (multiple of 32)", x.len() / QK * QK, x.len())?;
+    out.clear();
+    out.extend(x.chunks_exact(QK).map(|xs| {
+        let (d, qs) = quantize_block(xs);
+        let s = f16::from_f32(qs.iter().map(|&q| q as i32).sum::<i32>() as f32) * d;
+        BlockQ8_1 { d, s, qs }
+    }));
+    Ok(())
+}
+
+/// Scalar reference Q4_0·Q8_0 dot of one weight row (raw bytes, `[nb * 18]`) with `y` (`[nb]`).
+/// Extra blocks on either side are ignored. Equals candle's `BlockQ4_0::vec_dot_unopt`.
+pub fn vec_dot_q4_0_q8_0_scalar(row: &[u8], y: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0f32;
+    for (b, yb) in row.chunks_exact(18).zip(y) {
+        let mut sumi = 0i32;
+        for (j, &q) in b[2..18].iter().enumerate() {
+            sumi += ((q & 0x0F) as i32 - 8) * yb.qs[j] as i32 + ((q >> 4) as i32 - 8) * yb.qs[j + 16] as i32;
+        }
+        sumf += sumi as f32 * get16(b, 0).to_f32() * yb.d.to_f32();
+    }
+    sumf
+}
+
+/// Scalar reference Q4_1·Q8_1 dot of one weight row (raw bytes, `[nb * 20]`) with `y` (`[nb]`).
+/// Extra blocks on either side are ignored. Equals candle's `BlockQ4_1::vec_dot_unopt`.
+pub fn vec_dot_q4_1_q8_1_scalar(row: &[u8], y: &[BlockQ8_1]) -> f32 {
+    let mut sumf = 0f32;
+    for (b, yb) in row.chunks_exact(20).zip(y) {
+        let mut sumi = 0i32;
+        for (j, &q) in b[4..20].iter().enumerate() {
+            sumi += (q & 0x0F) as i32 * yb.qs[j] as i32 + (q >> 4) as i32 * yb.qs[j + 16] as i32;
+        }
+        sumf += sumi as f32 * get16(b, 0).to_f32() * yb.d.to_f32() + get16(b, 2).to_f32() * yb.s.to_f32();
+    }
+    sumf
+}
+
+/// Scalar reference Q8_0·Q8_0 dot of one weight row (raw bytes, `[nb * 34]`) with `y` (`[nb]`).
+/// Extra blocks on either side are ignored. Equals candle's `BlockQ8_0::vec_dot_unopt`.
+pub fn vec_dot_q8_0_q8_0_scalar(row: &[u8], y: &[BlockQ8_0]) -> f32 {
+    let mut sumf = 0f32;
+    for (b, yb) in row.chunks_exact(34).zip(y) {
+        let mut sumi = 0i32;
+        for (&x, &y) in b[2..34].iter().zip(&yb.qs) {
+            sumi += x as i8 as i32 * y as i32;
+        }
+        sumf += sumi as f32 * get16(b, 0).to_f32() * yb.d.to_f32();
+    }
+    sumf
+}
+
+/// AVX2 + FMA (+ F16C) kernels for one weight row. One row at a time keeps the weight reads a
+/// single sequential stream, which measured faster from DRAM than interleaving 4 rows.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+mod avx2 {
+    use super::{BlockQ8_0, BlockQ8_1};
+    use std::arch::x86_64::*;
+
+    /// Horizontal sum in the order of candle's `hsum_float_8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum_ps(x: __m256) -> f32 {
+        let r = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
+        let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        _mm_cvtss_f32(r)
+    }
+
+    /// Σ x·y over signed byte pairs as 8 f32 lanes (llama.cpp `mul_sum_i8_pairs_float`):
+    /// `maddubs` wants an unsigned left operand, so compute |x| · (y with the sign of x).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn mul_sum_i8_pairs_ps(x: __m256i, y: __m256i) -> __m256 {
+        let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), dot))
+    }
+
+    /// 16 packed bytes → 32 nibbles: low nibbles in lanes 0..16, high nibbles in lanes 16..32.
+    ///
+    /// # Safety
+    /// `p` must point to 16 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 16 readable bytes; `loadu` has no alignment requirement.
+        let t = unsafe { _mm_loadu_si128(p.cast()) };
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    }
+
+    /// The little-endian f16 at `p` as f32 in all 8 lanes (exact). A broadcast load writes the
+    /// whole register; a scalar `vpinsrw` conversion picked up a false dependency on the
+    /// accumulator register in these loops.
+    ///
+    /// # Safety
+    /// `p` must point to 2 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_splat(p: *const u8) -> __m256 {
+        // SAFETY: the caller guarantees 2 readable bytes; the read is unaligned; x86 is little-endian.
+        _mm256_cvtph_ps(_mm_set1_epi16(unsafe { p.cast::<i16>().read_unaligned() }))
+    }
+
+    /// The two little-endian f16 values at `p` (`d` and `m` / `s` of a block) as f32, exactly.
+    ///
+    /// # Safety
+    /// `p` must point to 4 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16x2_at(p: *const u8) -> (f32, f32) {
+        // SAFETY: the caller guarantees 4 readable bytes; the read is unaligned; x86 is little-endian.
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { p.cast::<i32>().read_unaligned() }));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    /// Q4_0·Q8_0; same operations and order as candle's `avx::vec_dot_q4_0_q8_0`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_q4_0(row: &[u8], y: &[BlockQ8_0]) -> f32 {
+        let nb = y.len().min(row.len() / 18);
+        let mut acc = _mm256_setzero_ps();
+        for (i, yb) in y.iter().take(nb).enumerate() {
+            // SAFETY: i < nb <= row.len() / 18, so the 18 bytes of block i are in bounds; a Q8_0
+            // block is 34 bytes starting with its f16 scale; `loadu` has no alignment requirement.
+            let (dx, bx, dy, by) = unsafe {
+                let p = row.as_ptr().add(i * 18);
+                let by = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                (
+                    f16_splat(p),
+                    nibbles(p.add(2)),
+                    f16_splat((yb as *const BlockQ8_0).cast()),
+                    by,
+                )
+            };
+            let bx = _mm256_sub_epi8(bx, _mm256_set1_epi8(8));
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), mul_sum_i8_pairs_ps(bx, by), acc);
+        }
+        hsum_ps(acc)
+    }
+
+    /// Q8_0·Q8_0; same operations and order as candle's `avx::vec_dot_q8_0_q8_0`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_q8_0(row: &[u8], y: &[BlockQ8_0]) -> f32 {
+        let nb = y.len().min(row.len() / 34);
+        let mut acc = _mm256_setzero_ps();
+        for (i, yb) in y.iter().take(nb).enumerate() {
+            // SAFETY: i < nb <= row.len() / 34, so the 34 bytes of block i are in bounds; a Q8_0
+            // block is 34 bytes starting with its f16 scale; `loadu` has no alignment requirement.
+            let (dx, bx, dy, by) = unsafe {
+                let p = row.as_ptr().add(i * 34);
+                let (bx, by) = (
+                    _mm256_loadu_si256(p.add(2).cast()),
+                    _mm256_loadu_si256(yb.qs.as_ptr().cast()),
+                );
+                (f16_splat(p), bx, f16_splat((yb as *const BlockQ8_0).cast()), by)
+            };
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), mul_sum_i8_pairs_ps(bx, by), acc);
+        }
+        hsum_ps(acc)
+    }
+
+    /// Q4_1·Q8_1, bit-identical to candle's scalar `vec_dot` for Q4_1 (its only Q4_1 kernel):
+    /// the integer sum of each block is computed with AVX2 (exact), the float part in candle's
+    /// order, `sumf += sumi·dx·dy + mx·sy`, block after block. Keeping that order makes our
+    /// decode path token-identical to candle's quantized model: a last-bit difference here can
+    /// flip a later 8-bit rounding and move the logits visibly.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_q4_1(row: &[u8], y: &[BlockQ8_1]) -> f32 {
+        let nb = y.len().min(row.len() / 20);
+        let mut sumf = 0f32;
+        for (i, yb) in y.iter().take(nb).enumerate() {
+            // SAFETY: i < nb <= row.len() / 20, so the 20 bytes of block i are in bounds; a Q8_1
+            // block starts with `d`, `s`; `loadu` has no alignment requirement.
+            let ((dx, mx), bx, (dy, sy), by) = unsafe {
+                let p = row.as_ptr().add(i * 20);
+                let by = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                (
+                    f16x2_at(p),
+                    nibbles(p.add(4)),
+                    f16x2_at((yb as *const BlockQ8_1).cast()),
+                    by,
+                )
+            };
+            // Nibbles are unsigned (0..=15), so maddubs applies directly without saturation.
+            let pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(bx, by), _mm256_set1_epi16(1));
+            let half = _mm_add_epi32(
+                _mm256_extracti128_si256::<1>(pairs),
+                _mm256_castsi256_si128(pairs),
+            );
+            let quad = _mm_add_epi32(half, _mm_shuffle_epi32::<0b01_00_11_10>(half));
+            let one = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b10_11_00_01>(quad));
+            let sumi = _mm_cvtsi128_si32(one);
+            sumf += sumi as f32 * dx * dy + mx * sy;
+        }
+        sumf
+    }
+}
+
+/// Quantized activations of one or more input rows.
+#[derive(Clone, Copy)]
+enum Act<'a> {
+    Q8_0(&'a [BlockQ8_0]),
+    Q8_1(&'a [BlockQ8_1]),
+}
+
+impl<'a> Act<'a> {
+    /// Blocks `[i * nb, (i + 1) * nb)`: input row `i`; empty if out of range.
+    fn input(self, i: usize, nb: usize) -> Act<'a> {
+        let r = i * nb..(i + 1) * nb;
+        match self {
+            Act::Q8_0(s) => Act::Q8_0(s.get(r).unwrap_or(&[])),
+            Act::Q8_1(s) => Act::Q8_1(s.get(r).unwrap_or(&[])),
+        }
+    }
+}
+
+/// Dot of one weight row with one activation row, SIMD when compiled in and `simd` is set.
+#[inline]
+fn dot_row(dtype: QDType, row: &[u8], act: Act, simd: bool) -> f32 {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    if simd {
+        // SAFETY: this code is compiled only when AVX2, FMA and F16C are enabled for the whole build.
+        return unsafe {
+            match (dtype, act) {
+                (QDType::Q4_0, Act::Q8_0(y)) => avx2::dot_q4_0(row, y),
+                (QDType::Q8_0, Act::Q8_0(y)) => avx2::dot_q8_0(row, y),
+                (QDType::Q4_1, Act::Q8_1(y)) => avx2::dot_q4_1(row, y),
+                // Not reachable: the activation format is always chosen from `dtype`.
+                _ => 0.0,
+            }
+        };
+    }
+    let _ = simd;
+    match (dtype, act) {
+        (QDType::Q4_0, Act::Q8_0(y)) => vec_dot_q4_0_q8_0_scalar(row, y),
+        (QDType::Q8_0, Act::Q8_0(y)) => vec_dot_q8_0_q8_0_scalar(row, y),
+        (QDType::Q4_1, Act::Q8_1(y)) => vec_dot_q4_1_q8_1_scalar(row, y),
+        _ => 0.0,
+    }
+}
+
+/// Reusable buffers for [`QMatrix::matvec`] / [`QMatrix::matmul`]: quantized activations and
+/// the matmul transpose buffer. One per thread of the caller; no allocation after warm-up.
+#[derive(Debug, Default)]
+pub struct ActScratch {
+    q8_0: Vec<BlockQ8_0>,
+    q8_1: Vec<BlockQ8_1>,
+    tmp: Vec<f32>,
+}
+
+impl ActScratch {
+    /// Empty scratch; buffers grow on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// A quantized weight matrix `[rows, cols]` stored as raw GGUF bytes (row-major blocks).
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    dtype: QDType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    bytes: Vec<u8>,
+}
+
+impl QMatrix {
+    /// Wraps `bytes` (`rows * cols / 32 * block_bytes` long) as a `[rows, cols]` matrix.
+    /// Errors if `rows == 0`, `cols` is not a positive multiple of 32, or the length is wrong.
+    pub fn new(dtype: QDType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, QuantError> {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(QK) {
+            return Err(QuantError::BadShape { rows, cols });
+        }
+        rows.checked_mul(cols).ok_or(QuantError::Overflow)?;
+        let row_bytes = dtype.row_bytes(cols).ok_or(QuantError::Overflow)?;
+        let expected = row_bytes.checked_mul(rows).ok_or(QuantError::Overflow)?;
+        if bytes.len() != expected {
+            return Err(QuantError::ByteLen {
+                expected,
+                got: bytes.len(),
+            });
+        }
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+            bytes,
+        })
+    }
+
+    /// Weight format.
+    pub fn dtype(&self) -> QDType {
+        self.dtype
+    }
+
+    /// Number of rows (outputs of [`Self::matvec`]).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (inputs of [`Self::matvec`]).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The raw GGUF bytes, `[rows * cols / 32 * block_bytes]`.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Raw bytes of row `r` (`[cols / 32 * block_bytes]`); empty if out of range.
+    fn row(&self, r: usize) -> &[u8] {
+        let start = r.saturating_mul(self.row_bytes);
+        self.bytes
+            .get(start..start.saturating_add(self.row_bytes))
+            .unwrap_or(&[])
+    }
+
+    /// Dequantizes row `r` into `out` (`[cols]`), e.g. for an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        if r >= self.rows {
+            return Err(QuantError::Row {
+                row: r,
+                rows: self.rows,
+            });
+        }
+        check_len("dequantize_row output", self.cols, out.len())?;
+        let bb = self.dtype.block_bytes();
+        for (b, o) in self.row(r).chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+            let d = get16(b, 0).to_f32();
+            match self.dtype {
+                QDType::Q4_0 => {
+                    for (j, &q) in b[2..18].iter().enumerate() {
+                        o[j] = ((q & 0x0F) as i16 - 8) as f32 * d;
+                        o[j + 16] = ((q >> 4) as i16 - 8) as f32 * d;
+                    }
+                }
+                QDType::Q4_1 => {
+                    let m = get16(b, 2).to_f32();
+                    for (j, &q) in b[4..20].iter().enumerate() {
+                        o[j] = (q & 0x0F) as f32 * d + m;
+                        o[j + 16] = (q >> 4) as f32 * d + m;
+                    }
+                }
+                QDType::Q8_0 => {
+                    for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                        *o = q as i8 as f32 * d;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dequantizes the whole matrix to row-major f32 `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, o) in out.chunks_exact_mut(self.cols).enumerate() {
+            // Cannot fail: r < rows and o.len() == cols.
+            let _ = self.dequantize_row(r, o);
+        }
+        out
+    }
+
+    /// `y = W · x` with `x: [cols]`, `y: [rows]`, using the SIMD kernels where compiled in.
+    /// `x` is quantized once (Q8_0, or Q8_1 for Q4_1 weights) into `scratch`.
+    pub fn matvec(&self, x: &[f32], y: &mut [f32], scratch: &mut ActScratch) -> Result<(), QuantError> {
+        self.matmul_impl(x, 1, y, scratch, true)
+    }
+
+    /// As [`Self::matvec`] but with the scalar reference kernels (same threading); for tests
+    /// and benchmarks.
+    pub fn matvec_scalar(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        scratch: &mut ActScratch,
+    ) -> Result<(), QuantError> {
+        self.matmul_impl(x, 1, y, scratch, false)
+    }
+
+    /// `ys = xs · Wᵀ` for `n` inputs: `xs: [n, cols]`, `ys: [n, rows]`, both row-major. Each
+    /// weight row is read once for all `n` inputs; `ys[i]` equals `matvec(xs[i])` bit for bit.
+    pub fn matmul(
+        &self,
+        xs: &[f32],
+        n: usize,
+        ys: &mut [f32],
+        scratch: &mut ActScratch,
+    ) -> Result<(), QuantError> {
+        self.matmul_impl(xs, n, ys, scratch, true)
+    }
+
+    fn matmul_impl(
+        &self,
+        xs: &[f32],
+        n: usize,
+        ys: &mut [f32],
+        scratch: &mut ActScratch,
+        simd: bool,
+    ) -> Result<(), QuantError> {
+        let n_in = n.checked_mul(self.cols).ok_or(QuantError::Overflow)?;
+        let n_out = n.checked_mul(self.rows).ok_or(QuantError::Overflow)?;
+        check_len("input", n_in, xs.len())?;
+        check_len("output", n_out, ys.len())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let ActScratch { q8_0, q8_1, tmp } = scratch;
+        // cols is a multiple of 32, so quantizing the concatenated inputs block-wise is the same
+        // as quantizing each input row on its own.
+        let act = match self.dtype {
+            QDType::Q4_1 => {
+                quantize_q8_1(xs, q8_1)?;
+                Act::Q8_1(q8_1)
+            }
+            QDType::Q4_0 | QDType::Q8_0 => {
+                quantize_q8_0(xs, q8_0)?;
+                Act::Q8_0(q8_0)
+            }
+        };
+        if n == 1 {
+            self.compute(act, 1, ys, simd);
+            return Ok(());
+        }
+        tmp.clear();
+        tmp.resize(n_out, 0.0);
+        self.compute(act, n, tmp, simd);
+        for (i, yrow) in ys.chunks_exact_mut(self.rows).enumerate() {
+            for (y, &t) in yrow.iter_mut().zip(tmp.iter().skip(i).step_by(n)) {
+                *y = t;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills `out` (`[rows, n]`, transposed) with the dots of every row with every input of `act`.
+    fn compute(&self, act: Act, n: usize, out: &mut [f32], simd: bool) {
+        let nb = self.cols / QK;
+        let work = |r0: usize, out: &mut [f32]| {
+            for (k, o) in out.chunks_exact_mut(n).enumerate() {
+                let row = self.row(r0 + k);
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = dot_row(self.dtype, row, act.input(i, nb), simd);
+                }
+            }
+        };
+        let threads = rayon::current_num_threads();
+        if threads <= 1 || self.bytes.len().saturating_mul(n) < PAR_MIN_BYTES {
+            work(0, out);
+        } else {
+            let chunk = self.rows.div_ceil(threads * 4).max(MIN_ROWS_PER_TASK);
+            let par = out.par_chunks_mut(chunk * n).enumerate();
+            par.for_each(|(c, o)| work(c * chunk, o));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64* in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| self.next() * scale).collect()
+        }
+    }
+
+    /// Weight-side quantizer (candle's `from_float` rules) to raw GGUF bytes.
+    fn quantize_weights(dtype: QDType, x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for xs in x.chunks_exact(QK) {
+            let (min, max) = xs
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let (d, m, off) = match dtype {
+                QDType::Q4_0 => (if -min > max { min } else { max } / -8.0, 0.0, 8.5),
+                _ => ((max - min) / 15.0, min, 0.5),
+            };
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut qs = [0u8; 16];
+            for (j, q) in qs.iter_mut().enumerate() {
+                let nib = |v: f32| 15u8.min(((v - m) * id + off) as u8);
+                *q = nib(xs[j]) | (nib(xs[j + 16]) << 4);
+            }
+            let (d, m) = (f16::from_f32(d), f16::from_f32(m));
+            match dtype {
+                QDType::Q4_0 => out.extend(BlockQ4_0 { d, qs }.to_bytes()),
+                QDType::Q4_1 => out.extend(BlockQ4_1 { d, m, qs }.to_bytes()),
+                QDType::Q8_0 => {
+                    let mut b = Vec::new();
+                    quantize_q8_0(xs, &mut b).unwrap();
+                    out.extend(b[0].to_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    fn random_matrix(dtype: QDType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<f32>, QMatrix) {
+        let w = rng.vec(rows * cols, 0.5);
+        (
+            w.clone(),
+            QMatrix::new(dtype, rows, cols, quantize_weights(dtype, &w)).unwrap(),
+        )
+    }
+
+    /// One block decoded from the block structs' field definitions.
+    fn decode_block(dtype: QDType, b: &[u8]) -> [f32; 32] {
+        let mut v = [0f32; 32];
+        let nib = |qs: [u8; 16], d: f16, m: f32, off: f32, v: &mut [f32; 32]| {
+            for j in 0..16 {
+                v[j] = ((qs[j] & 0xF) as f32 - off) * d.to_f32() + m;
+                v[j + 16] = ((qs[j] >> 4) as f32 - off) * d.to_f32() + m;
+            }
+        };
+        match dtype {
+            QDType::Q4_0 => {
+                let k = BlockQ4_0::from_bytes(b.try_into().unwrap());
+                assert_eq!(k.to_bytes(), b);
+                nib(k.qs, k.d, 0.0, 8.0, &mut v);
+            }
+            QDType::Q4_1 => {
+                let k = BlockQ4_1::from_bytes(b.try_into().unwrap());
+                assert_eq!(k.to_bytes(), b);
+                nib(k.qs, k.d, k.m.to_f32(), 0.0, &mut v);
+            }
+            QDType::Q8_0 => {
+                let k = BlockQ8_0::from_bytes(b.try_into().unwrap());
+                assert_eq!(k.to_bytes(), b);
+                (0..32).for_each(|j| v[j] = k.qs[j] as f32 * k.d.to_f32());
+            }
+        }
+        v
+    }
+
+    const DTYPES: [QDType; 3] = [QDType::Q4_0, QDType::Q4_1, QDType::Q8_0];
+
+    #[test]
+    fn dequantize_matches_block_definitions() {
+        let mut rng = Rng(0x1234_5678);
+        for dtype in DTYPES {
+            let (w, m) = random_matrix(dtype, 7, 96, &mut rng);
+            let (all, mut row) = (m.dequantize(), vec![0f32; 96]);
+            for r in 0..7 {
+                m.dequantize_row(r, &mut row).unwrap();
+                assert_eq!(&all[r * 96..(r + 1) * 96], &row[..]);
+                for (bi, b) in m.row(r).chunks_exact(dtype.block_bytes()).enumerate() {
+                    let exp = decode_block(dtype, b);
+                    assert_eq!(
+                        &row[bi * 32..bi * 32 + 32],
+                        &exp[..],
+                        "{dtype:?} row {r} block {bi}"
+                    );
+                    // The test quantizer is sane: error within one step (amax / 6 covers all formats).
+                    let step = exp.iter().fold(0f32, |a, v| a.max(v.abs())) / 6.0;
+                    let orig = &w[r * 96 + bi * 32..][..32];
+                    assert!(
+                        orig.iter().zip(exp).all(|(o, e)| (o - e).abs() <= step),
+                        "{dtype:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_activation_hand_cases() {
+        let (mut out, mut out1) = (Vec::new(), Vec::new());
+        quantize_q8_0(&[0.0; 32], &mut out).unwrap();
+        assert_eq!((out.len(), out[0].d, out[0].qs), (1, f16::ZERO, [0; 32]));
+        // amax = 127 -> d = 1, id = 1: exact .5 values round half away from zero.
+        let mut x = [0f32; 32];
+        x[..8].copy_from_slice(&[127.0, 2.5, -2.5, 0.5, -0.5, 1.4999, -126.5, 3.0]);
+        quantize_q8_0(&x, &mut out).unwrap();
+        assert_eq!(out[0].d, f16::ONE);
+        assert_eq!(&out[0].qs[..9], &[127, 3, -3, 1, -1, 1, -127, 3, 0]);
+        // Two blocks, the first all zero. amax = 254 -> d = 2, id = 0.5: 5 -> 2.5 -> 3,
+        // -3 -> -1.5 -> -2, 1 -> 0.5 -> 1.
+        let mut x = [0f32; 64];
+        x[32..36].copy_from_slice(&[-254.0, 5.0, -3.0, 1.0]);
+        quantize_q8_0(&x, &mut out).unwrap();
+        assert_eq!(
+            (out.len(), out[0].d, out[1].d),
+            (2, f16::ZERO, f16::from_f32(2.0))
+        );
+        assert_eq!(&out[1].qs[..5], &[-127, 3, -2, 1, 0]);
+        // Q8_1: sum = 16 * 127 + 17 = 2049, f16(2049) = 2048, s = 2048 * 2 = 4096 (f16 arithmetic).
+        let mut x = [0f32; 32];
+        x[..16].fill(254.0);
+        x[16] = 34.0;
+        quantize_q8_1(&x, &mut out1).unwrap();
+        assert_eq!(
+            (out1[0].d, out1[0].s),
+            (f16::from_f32(2.0), f16::from_f32(4096.0))
+        );
+        assert_eq!(out1[0].qs.iter().map(|&q| q as i32).sum::<i32>(), 2049);
+        quantize_q8_1(&[0.0; 32], &mut out1).unwrap();
+        assert_eq!(
+            (out1[0].d, out1[0].s, out1[0].qs),
+            (f16::ZERO, f16::ZERO, [0; 32])
+        );
+        // d = 1/127 is not representable: s is the f16 product of the f16 values.
+        let x: Vec<f32> = (0..32).map(|j| j as f32 / 31.0).collect();
+        quantize_q8_1(&x, &mut out1).unwrap();
+        let d = f16::from_f32(1.0 / 127.0);
+        let sum: i32 = (0..32).map(|j| (j as f32 / 31.0 * 127.0).round() as i32).sum();
+        assert_eq!((out1[0].d, out1[0].s), (d, f16::from_f32(sum as f32) * d));
+        assert!(quantize_q8_0(&[0.0; 33], &mut out).is_err());
+        assert!(quantize_q8_1(&[0.0; 31], &mut out1).is_err());
+    }
+
+    /// Per-row scalar reference dots and Σ|terms| (Q4_1 sums q·d·y and m·y apart: |q·d| <= |w| + |m|).
+    fn reference(m: &QMatrix, x: &[f32]) -> Vec<(f32, f32)> {
+        let (mut a0, mut a1) = (Vec::new(), Vec::new());
+        quantize_q8_0(x, &mut a0).unwrap();
+        quantize_q8_1(x, &mut a1).unwrap();
+        let deq = m.dequantize();
+        (0..m.rows())
+            .map(|r| {
+                let row = m.row(r);
+                let dot = match m.dtype() {
+                    QDType::Q4_0 => vec_dot_q4_0_q8_0_scalar(row, &a0),
+                    QDType::Q4_1 => vec_dot_q4_1_q8_1_scalar(row, &a1),
+                    QDType::Q8_0 => vec_dot_q8_0_q8_0_scalar(row, &a0),
+                };
+                let min = |j: usize| {
+                    if m.dtype() == QDType::Q4_1 {
+                        get16(row, j / 32 * 20 + 2).to_f32()
+                    } else {
+                        0.0
+                    }
+                };
+                let w = &deq[r * m.cols()..][..m.cols()];
+                (
+                    dot,
+                    (0..m.cols())
+                        .map(|j| (w[j].abs() + 2.0 * min(j).abs()) * x[j].abs())
+                        .sum(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matvec_matches_scalar_reference() {
+        let mut rng = Rng(0xDEAD_BEEF);
+        let mut scratch = ActScratch::new();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        // 600 x 576 is above PAR_MIN_BYTES, so the rayon path is covered too.
+        for (rows, cols) in [(37, 576), (5, 1536), (600, 576)] {
+            for dtype in DTYPES {
+                let (_, mut m) = random_matrix(dtype, rows, cols, &mut rng);
+                if dtype == QDType::Q8_0 {
+                    // GGUF Q8_0 weights may hold -128, which the sign trick must handle.
+                    m.bytes.chunks_exact_mut(34).for_each(|b| b[2] = 0x80);
+                }
+                let x = rng.vec(cols, 3.0);
+                let (mut y, mut ys, mut y1) = (vec![0f32; rows], vec![0f32; rows], vec![0f32; rows]);
+                m.matvec(&x, &mut y, &mut scratch).unwrap();
+                m.matvec_scalar(&x, &mut ys, &mut scratch).unwrap();
+                let want = reference(&m, &x);
+                for r in 0..rows {
+                    let ((got, exact), (dot, mag)) = ((y[r], ys[r]), want[r]);
+                    assert_eq!(exact.to_bits(), dot.to_bits(), "scalar path is the reference");
+                    // Integer block sums are exact; only the float summation order may differ
+                    // (Q4_0/Q8_0 follow candle's AVX order); Q4_1 follows the scalar order
+                    // exactly, so it must match bit for bit.
+                    assert!(
+                        (got - dot).abs() <= 1e-5 * mag,
+                        "{dtype:?} {rows}x{cols} r{r}: {got} {dot}"
+                    );
+                    if dtype == QDType::Q4_1 {
+                        assert_eq!(got.to_bits(), dot.to_bits(), "Q4_1 {rows}x{cols} r{r}");
+                    }
+                }
+                // A single-threaded run (different row chunking) gives the same bits.
+                pool.install(|| m.matvec(&x, &mut y1, &mut scratch)).unwrap();
+                assert_eq!(y, y1);
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_equals_matvecs() {
+        let mut rng = Rng(42);
+        let mut scratch = ActScratch::new();
+        for dtype in DTYPES {
+            let (_, m) = random_matrix(dtype, 37, 576, &mut rng);
+            let xs = rng.vec(3 * 576, 2.0);
+            let (mut ys, mut y) = (vec![0f32; 3 * 37], vec![0f32; 37]);
+            m.matmul(&xs, 3, &mut ys, &mut scratch).unwrap();
+            for i in 0..3 {
+                m.matvec(&xs[i * 576..(i + 1) * 576], &mut y, &mut scratch)
+                    .unwrap();
+                assert_eq!(&ys[i * 37..(i + 1) * 37], &y[..], "{dtype:?} input {i}");
+            }
+            assert!(m.matmul(&[], 0, &mut [], &mut scratch).is_ok());
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        let e = |dtype, rows, cols, len| QMatrix::new(dtype, rows, cols, vec![0; len]).unwrap_err();
+        assert_eq!(
+            e(QDType::Q4_0, 2, 64, 71),
+            QuantError::ByteLen {
+                expected: 72,
+                got: 71
+            }
+        );
+        assert_eq!(
+            e(QDType::Q4_1, 2, 64, 81),
+            QuantError::ByteLen {
+                expected: 80,
+                got: 81
+            }
+        );
+        assert_eq!(
+            e(QDType::Q8_0, 1, 64, 67),
+            QuantError::ByteLen {
+                expected: 68,
+                got: 67
+            }
+        );
+        assert_eq!(
+            e(QDType::Q8_0, 1, 33, 34),
+            QuantError::BadShape { rows: 1, cols: 33 }
+        );
+        assert_eq!(
+            e(QDType::Q8_0, 0, 32, 0),
+            QuantError::BadShape { rows: 0, cols: 32 }
+        );
+        assert_eq!(
+            e(QDType::Q8_0, 1, 0, 0),
+            QuantError::BadShape { rows: 1, cols: 0 }
+        );
+        assert_eq!(e(QDType::Q8_0, usize::MAX, 32, 0), QuantError::Overflow);
+        assert!(!e(QDType::Q4_0, 2, 64, 71).to_string().is_empty());
+        assert_eq!(QDType::Q4_1.row_bytes(33), None);
+        let m = QMatrix::new(QDType::Q8_0, 2, 32, vec![0; 68]).unwrap();
+        let mut s = ActScratch::new();
+        assert!(m.matvec(&[0.0; 31], &mut [0.0; 2], &mut s).is_err());
+        assert!(m.matvec(&[0.0; 32], &mut [0.0; 3], &mut s).is_err());
+        assert!(m.matmul(&[0.0; 64], 3, &mut [0.0; 6], &mut s).is_err());
+        assert_eq!(
+            m.dequantize_row(2, &mut [0.0; 32]),
+            Err(QuantError::Row { row: 2, rows: 2 })
+        );
+        assert!(m.dequantize_row(0, &mut [0.0; 31]).is_err());
+    }
+}
