@@ -77,6 +77,32 @@ pub struct GenerateArgs {
     /// Print prefill and decode speed to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Maps file(s) to steer with (repeatable); each is one concept, named by the file's
+    /// concept name (by default its stem at fit time).
+    #[arg(long = "maps")]
+    pub maps: Vec<PathBuf>,
+    /// Strength of a concept, NAME=VALUE (repeatable; default 1 for every loaded concept;
+    /// 0 = off, 1 = full transport, > 1 extrapolates).
+    #[arg(long = "lambda", value_parser = parse_lambda)]
+    pub lambdas: Vec<(String, f32)>,
+    /// Which tokens are steered: all, last, prompt or generated.
+    #[arg(long, default_value = "all")]
+    pub scope: crate::transport::TokenScope,
+}
+
+/// Parses `NAME=VALUE` for `--lambda`.
+fn parse_lambda(s: &str) -> std::result::Result<(String, f32), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=VALUE, e.g. football=1.0"))?;
+    let v: f32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number"))?;
+    if !v.is_finite() {
+        return Err(format!("λ = {v} is not finite"));
+    }
+    Ok((name.trim().to_string(), v))
 }
 
 /// Arguments of `perplexity`.

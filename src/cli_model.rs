@@ -9,8 +9,11 @@ use crate::cli::{GenerateArgs, InspectArgs, PerplexityArgs};
 use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
 use crate::runtime::linear::MatPath;
 use crate::runtime::sampling::SamplingConfig;
+use crate::runtime::steer::SteeringHooks;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{LoadedModel, NoHooks};
+use crate::transport::{MapsFile, SteeringStack};
+use std::sync::Arc;
 
 fn load(path: &std::path::Path) -> Result<LoadedModel> {
     LoadedModel::load(path).with_context(|| format!("loading model {}", path.display()))
@@ -98,8 +101,13 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         },
     };
     let cancel = AtomicBool::new(false);
+    let mut steering = steering_hooks(&m, a)?;
+    let hooks: &mut dyn crate::runtime::Hooks = match steering.as_mut() {
+        Some(h) => h,
+        None => &mut NoHooks,
+    };
     let mut stdout = std::io::stdout().lock();
-    let g = run_generate(&m, &ids, &opts, &mut NoHooks, &cancel, &mut |piece| {
+    let g = run_generate(&m, &ids, &opts, hooks, &cancel, &mut |piece| {
         let _ = stdout.write_all(piece.as_bytes());
         let _ = stdout.flush();
         true
@@ -120,6 +128,40 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Loads `--maps` files (checking they were fitted on this model), applies `--lambda`
+/// values, and compiles the stack; `None` when nothing is steered.
+fn steering_hooks(m: &LoadedModel, a: &GenerateArgs) -> Result<Option<SteeringHooks>> {
+    if a.maps.is_empty() {
+        if let Some((name, _)) = a.lambdas.first() {
+            anyhow::bail!("--lambda {name}=… given but no --maps file");
+        }
+        return Ok(None);
+    }
+    let mut stack = SteeringStack {
+        scope: a.scope,
+        ..Default::default()
+    };
+    for path in &a.maps {
+        let maps = MapsFile::load_for(path, &m.fingerprint)
+            .with_context(|| format!("loading maps {}", path.display()))?;
+        if stack.concepts.iter().any(|c| c.name == maps.meta().concept) {
+            anyhow::bail!("two maps files are both named `{}`", maps.meta().concept);
+        }
+        stack.push(Arc::new(maps), 1.0);
+    }
+    for (name, value) in &a.lambdas {
+        if !stack.set_lambda(name, *value) {
+            let known: Vec<&str> = stack.concepts.iter().map(|c| c.name.as_str()).collect();
+            anyhow::bail!(
+                "--lambda {name}=…: no loaded concept is named `{name}` (loaded: {})",
+                known.join(", ")
+            );
+        }
+    }
+    let c = m.config();
+    Ok(Some(SteeringHooks::new(&stack, c.n_layers, c.hidden_size)?))
 }
 
 /// `perplexity --model M --file F`.
