@@ -242,3 +242,83 @@ fn bad_batches_are_errors() {
         Err(RuntimeError::BadInput(_))
     ));
 }
+
+#[test]
+fn perplexity_ranks_real_text_below_scrambled_text_and_cancel_stops() {
+    use act_studio::runtime::generate::{GenerateOptions, generate, perplexity};
+    use std::sync::atomic::AtomicBool;
+    let Some(m) = model() else { return };
+    let text = "The ocean covers about seventy percent of the surface of the Earth. It is divided into \
+                several large basins, and its water is salty because rivers carry dissolved minerals \
+                from the land into the sea.";
+    let ids = m.tokenizer.encode(text).unwrap_or_default();
+    let no = AtomicBool::new(false);
+    let real =
+        perplexity(&m, &ids, 512, &mut act_studio::runtime::NoHooks, &no).unwrap_or_else(|e| panic!("{e}"));
+    let mut scrambled = ids.clone();
+    scrambled.reverse();
+    let bad = perplexity(&m, &scrambled, 512, &mut act_studio::runtime::NoHooks, &no)
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "perplexity: real {:.2}, reversed {:.2} ({} tokens)",
+        real.perplexity, bad.perplexity, real.tokens
+    );
+    assert_eq!(real.tokens, ids.len() - 1);
+    assert!(
+        real.perplexity > 1.0 && real.perplexity < 40.0,
+        "{}",
+        real.perplexity
+    );
+    assert!(bad.perplexity > 5.0 * real.perplexity);
+    // Windows: scoring in windows of 8 tokens cannot beat the full context.
+    let windowed =
+        perplexity(&m, &ids, 8, &mut act_studio::runtime::NoHooks, &no).unwrap_or_else(|e| panic!("{e}"));
+    assert!(windowed.perplexity > real.perplexity);
+    assert!(matches!(
+        perplexity(&m, &ids[..1], 512, &mut act_studio::runtime::NoHooks, &no),
+        Err(RuntimeError::BadInput(_))
+    ));
+
+    let cancel = AtomicBool::new(true);
+    let r = generate(
+        &m,
+        &ids,
+        &GenerateOptions::default(),
+        &mut act_studio::runtime::NoHooks,
+        &cancel,
+        &mut |_| true,
+    );
+    assert!(matches!(r, Err(RuntimeError::Cancelled)));
+    // Same seed, same sample; the callback can stop generation.
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let run = || {
+        generate(
+            &m,
+            &ids,
+            &opts,
+            &mut act_studio::runtime::NoHooks,
+            &no,
+            &mut |_| true,
+        )
+        .map(|g| g.tokens)
+        .unwrap_or_default()
+    };
+    assert_eq!(run(), run());
+    let mut n = 0;
+    let g = generate(
+        &m,
+        &ids,
+        &opts,
+        &mut act_studio::runtime::NoHooks,
+        &no,
+        &mut |_| {
+            n += 1;
+            n < 3
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g.tokens.len(), 3);
+}
