@@ -128,12 +128,10 @@ fn greedy_continuation_is_token_identical() {
     let ids = m.tokenizer.encode(PROMPTS[0]).unwrap_or_else(|e| panic!("{e}"));
     let mut want = Vec::new();
     let mut logits = candle_logits(&mut reference, &ids, 0);
-    let mut pos = ids.len();
-    for _ in 0..32 {
+    for pos in ids.len()..ids.len() + 32 {
         let t = argmax(&logits);
         want.push(t);
         logits = candle_logits(&mut reference, &[t], pos);
-        pos += 1;
     }
     let opts = GenerateOptions { max_tokens: 32, sampling: SamplingConfig::greedy(), path: MatPath::Quantized };
     let got = generate(&m, &ids, &opts, &mut NoHooks, &AtomicBool::new(false), &mut |_| true)

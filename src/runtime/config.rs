@@ -57,10 +57,10 @@ impl ModelConfig {
         if let Some((what, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{what} is zero"));
         }
-        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+        if self.n_heads % self.n_kv_heads != 0 {
             return Err(format!("{} heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
         }
-        if self.family == Family::Llama && !self.head_dim.is_multiple_of(2) {
+        if self.family == Family::Llama && self.head_dim % 2 != 0 {
             return Err(format!("head dim {} is odd (RoPE needs pairs)", self.head_dim));
         }
         Ok(())
