@@ -28,7 +28,10 @@ const NEW_TOKENS: usize = 128;
 fn model_path() -> std::path::PathBuf {
     std::env::var_os("ACT_DEMO_MODEL")
         .map(Into::into)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
 }
 
 fn candle_model() -> ModelWeights {
@@ -47,13 +50,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn ours_decode(m: &LoadedModel, ids: &[u32], hooks: &mut dyn Hooks) -> f64 {
     let mut cache = vec![m.new_cache()];
     let n = ids.len();
-    let b = Batch { tokens: ids, batch: 1, seq: n, valid: &[n], prompt_lens: &[n] };
-    let mut logits = m.model.forward(&b, &mut cache, hooks, MatPath::Quantized, LogitsMode::Last).map(|o| o.logits).unwrap_or_default();
+    let b = Batch {
+        tokens: ids,
+        batch: 1,
+        seq: n,
+        valid: &[n],
+        prompt_lens: &[n],
+    };
+    let mut logits = m
+        .model
+        .forward(&b, &mut cache, hooks, MatPath::Quantized, LogitsMode::Last)
+        .map(|o| o.logits)
+        .unwrap_or_default();
     let t = Instant::now();
     for _ in 0..NEW_TOKENS - 1 {
         let tok = [argmax(&logits)];
-        let b = Batch { tokens: &tok, batch: 1, seq: 1, valid: &[1], prompt_lens: &[n] };
-        logits = m.model.forward(&b, &mut cache, hooks, MatPath::Quantized, LogitsMode::Last).map(|o| o.logits).unwrap_or_default();
+        let b = Batch {
+            tokens: &tok,
+            batch: 1,
+            seq: 1,
+            valid: &[1],
+            prompt_lens: &[n],
+        };
+        logits = m
+            .model
+            .forward(&b, &mut cache, hooks, MatPath::Quantized, LogitsMode::Last)
+            .map(|o| o.logits)
+            .unwrap_or_default();
     }
     (NEW_TOKENS - 1) as f64 / t.elapsed().as_secs_f64()
 }
@@ -78,11 +101,30 @@ fn candle_decode(c: &mut ModelWeights, ids: &[u32]) -> f64 {
 }
 
 fn sentences(m: &LoadedModel) -> Vec<Vec<u32>> {
-    let subjects = ["The old lighthouse keeper", "A young football player", "My grandmother", "The orchestra conductor", "A curious giraffe", "The night-shift nurse", "Our new neighbour", "The spacecraft engineer"];
-    let verbs = ["watched the storm roll in over the harbour", "practised every morning before school started", "baked bread for the whole street on Sundays", "raised the baton while the audience held its breath"];
+    let subjects = [
+        "The old lighthouse keeper",
+        "A young football player",
+        "My grandmother",
+        "The orchestra conductor",
+        "A curious giraffe",
+        "The night-shift nurse",
+        "Our new neighbour",
+        "The spacecraft engineer",
+    ];
+    let verbs = [
+        "watched the storm roll in over the harbour",
+        "practised every morning before school started",
+        "baked bread for the whole street on Sundays",
+        "raised the baton while the audience held its breath",
+    ];
     (0..32)
         .map(|i| {
-            let s = format!("{} {} and then wrote a short note about it in a notebook number {}.", subjects[i % 8], verbs[i % 4], i);
+            let s = format!(
+                "{} {} and then wrote a short note about it in a notebook number {}.",
+                subjects[i % 8],
+                verbs[i % 4],
+                i
+            );
             m.tokenizer.encode(&s).unwrap_or_default()
         })
         .collect()
@@ -99,9 +141,17 @@ fn ours_prefill(m: &LoadedModel, sents: &[Vec<u32>]) -> f64 {
     let valid: Vec<usize> = sents.iter().map(Vec::len).collect();
     let total: usize = valid.iter().sum();
     let mut caches: Vec<_> = sents.iter().map(|_| m.new_cache()).collect();
-    let b = Batch { tokens: &tokens, batch: sents.len(), seq, valid: &valid, prompt_lens: &valid };
+    let b = Batch {
+        tokens: &tokens,
+        batch: sents.len(),
+        seq,
+        valid: &valid,
+        prompt_lens: &valid,
+    };
     let t = Instant::now();
-    let _ = m.model.forward(&b, &mut caches, &mut NoHooks, MatPath::Dense, LogitsMode::Last);
+    let _ = m
+        .model
+        .forward(&b, &mut caches, &mut NoHooks, MatPath::Dense, LogitsMode::Last);
     total as f64 / t.elapsed().as_secs_f64()
 }
 
@@ -124,8 +174,16 @@ fn steering(m: &LoadedModel) -> SteeringHooks {
         for kind in [HookKind::AttnOut, HookKind::MlpNorm] {
             let omega = (0..d).map(|j| 0.9 + (j % 7) as f32 * 0.03).collect();
             let beta = (0..d).map(|j| ((j % 5) as f32 - 2.0) * 0.01).collect();
-            let map = HookMap::new(Method::LinearAct, Support::Q0_100, omega, beta, vec![-50.0; d], vec![50.0; d], BTreeMap::new())
-                .unwrap_or_else(|e| panic!("{e}"));
+            let map = HookMap::new(
+                Method::LinearAct,
+                Support::Q0_100,
+                omega,
+                beta,
+                vec![-50.0; d],
+                vec![50.0; d],
+                BTreeMap::new(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             per_hook[HookPoint { layer, kind }.index()].push((Arc::new(map), 0.5));
         }
     }
@@ -164,19 +222,36 @@ fn main() {
         return;
     }
     if !model_path().is_file() {
-        eprintln!("SKIP: demo model not found at {} (run models/fetch-demo-model.sh)", model_path().display());
+        eprintln!(
+            "SKIP: demo model not found at {} (run models/fetch-demo-model.sh)",
+            model_path().display()
+        );
         return;
     }
-    let reps: usize = std::env::var("ACT_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let reps: usize = std::env::var("ACT_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let m = LoadedModel::load(&model_path()).unwrap_or_else(|e| panic!("{e}"));
     let mut c = candle_model();
     let ids = m.tokenizer.encode(PROMPT).unwrap_or_default();
     let sents = sentences(&m);
     let mut steer = steering(&m);
-    println!("threads: {} (rayon), prompt {} tokens, {NEW_TOKENS} new tokens, {reps} reps (medians)", rayon::current_num_threads(), ids.len());
+    println!(
+        "threads: {} (rayon), prompt {} tokens, {NEW_TOKENS} new tokens, {reps} reps (medians)",
+        rayon::current_num_threads(),
+        ids.len()
+    );
 
     for (label, load) in [("idle", false), ("one core busy", true)] {
-        let mut busy = load.then(|| Command::new("sh").args(["-c", "while :; do :; done"]).spawn().ok()).flatten();
+        let mut busy = load
+            .then(|| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .ok()
+            })
+            .flatten();
         let (mut o, mut s, mut k) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             o.push(ours_decode(&m, &ids, &mut NoHooks));
@@ -188,7 +263,11 @@ fn main() {
             let _ = b.wait();
         }
         let (o, s, k) = (median(o), median(s), median(k));
-        println!("decode ({label}): ours {o:.1} tok/s, ours steered (30 layers × 2 hooks) {s:.1} tok/s (overhead {:.1} %), quantized_llama {k:.1} tok/s, ratio ours/candle {:.2}×", (o / s - 1.0) * 100.0, o / k);
+        println!(
+            "decode ({label}): ours {o:.1} tok/s, ours steered (30 layers × 2 hooks) {s:.1} tok/s (overhead {:.1} %), quantized_llama {k:.1} tok/s, ratio ours/candle {:.2}×",
+            (o / s - 1.0) * 100.0,
+            o / k
+        );
     }
     let (mut o, mut k) = (Vec::new(), Vec::new());
     for _ in 0..reps {
@@ -197,12 +276,17 @@ fn main() {
     }
     let total: usize = sents.iter().map(Vec::len).sum();
     let (o, k) = (median(o), median(k));
-    println!("prefill (32 sentences, {total} tokens): ours batched dense {o:.1} tok/s, quantized_llama {k:.1} tok/s, ratio {:.1}×", o / k);
+    println!(
+        "prefill (32 sentences, {total} tokens): ours batched dense {o:.1} tok/s, quantized_llama {k:.1} tok/s, ratio {:.1}×",
+        o / k
+    );
     drop((m, c));
     let exe = std::env::current_exe().unwrap_or_default();
     for engine in ["ours", "candle"] {
         let out = Command::new(&exe).env("ACT_BENCH_ENGINE", engine).output();
-        let rss = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let rss = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
         println!("peak RSS ({engine}, decode + prefill): {rss} MiB");
     }
 }

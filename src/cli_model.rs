@@ -25,13 +25,20 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     println!("architecture:   {}", c.architecture);
     println!("layers:         {}", c.n_layers);
     println!("hidden size:    {}", c.hidden_size);
-    println!("heads:          {} (kv {}, head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!(
+        "heads:          {} (kv {}, head dim {})",
+        c.n_heads, c.n_kv_heads, c.head_dim
+    );
     println!("mlp size:       {}", c.intermediate_size);
     println!("vocabulary:     {}", c.vocab_size);
     println!("context:        {}", c.max_position);
     match c.family {
         Family::Llama => {
-            let pairs = if c.rope_interleaved { "interleaved pairs" } else { "half split" };
+            let pairs = if c.rope_interleaved {
+                "interleaved pairs"
+            } else {
+                "half split"
+            };
             println!("rope:           θ = {}, {pairs}", c.rope_theta);
         }
         Family::Gpt2 => println!("positions:      learned"),
@@ -39,11 +46,27 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     println!("norm eps:       {}", c.norm_eps);
     println!("fingerprint:    {}", m.fingerprint);
     let t = &m.tokenizer;
-    let name = |id: Option<u32>| id.and_then(|i| t.token_str(i).map(|s| format!("{s} ({i})"))).unwrap_or_else(|| "none".into());
-    println!("tokenizer:      {} tokens, BOS {} (added: {}), EOS {}", t.vocab_size(), name(t.bos()), t.adds_bos(), name(t.eos().first().copied()));
-    println!("chat template:  {}", if t.chat_template().is_some() { "yes" } else { "no" });
+    let name = |id: Option<u32>| {
+        id.and_then(|i| t.token_str(i).map(|s| format!("{s} ({i})")))
+            .unwrap_or_else(|| "none".into())
+    };
+    println!(
+        "tokenizer:      {} tokens, BOS {} (added: {}), EOS {}",
+        t.vocab_size(),
+        name(t.bos()),
+        t.adds_bos(),
+        name(t.eos().first().copied())
+    );
+    println!(
+        "chat template:  {}",
+        if t.chat_template().is_some() { "yes" } else { "no" }
+    );
     let points = m.hook_points();
-    println!("hook points:    {} ({} per layer)", points.len(), points.len() / c.n_layers.max(1));
+    println!(
+        "hook points:    {} ({} per layer)",
+        points.len(),
+        points.len() / c.n_layers.max(1)
+    );
     for p in points.iter().take(5) {
         println!("  {p}");
     }
@@ -71,7 +94,11 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
             repetition_penalty: a.repetition_penalty,
             seed: a.seed,
         },
-        path: if a.dense { MatPath::Dense } else { MatPath::Quantized },
+        path: if a.dense {
+            MatPath::Dense
+        } else {
+            MatPath::Quantized
+        },
     };
     let cancel = AtomicBool::new(false);
     let mut stdout = std::io::stdout().lock();
@@ -84,8 +111,16 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     let _ = stdout.flush();
     if a.stats {
         let s = g.stats;
-        eprintln!("prefill: {} tokens, {:.1} tok/s", s.prompt_tokens, s.prompt_tokens as f64 / s.prefill_s.max(1e-9));
-        eprintln!("decode: {} tokens, {:.1} tok/s", s.decode_tokens, s.decode_tokens as f64 / s.decode_s.max(1e-9));
+        eprintln!(
+            "prefill: {} tokens, {:.1} tok/s",
+            s.prompt_tokens,
+            s.prompt_tokens as f64 / s.prefill_s.max(1e-9)
+        );
+        eprintln!(
+            "decode: {} tokens, {:.1} tok/s",
+            s.decode_tokens,
+            s.decode_tokens as f64 / s.decode_s.max(1e-9)
+        );
     }
     Ok(())
 }
@@ -96,6 +131,9 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let ids = m.tokenizer.encode(&text)?;
     let p = run_perplexity(&m, &ids, a.window, &mut NoHooks, &AtomicBool::new(false))?;
-    println!("perplexity: {:.4} ({} tokens, {:.4} nats/token)", p.perplexity, p.tokens, p.nll);
+    println!(
+        "perplexity: {:.4} ({} tokens, {:.4} nats/token)",
+        p.perplexity, p.tokens, p.nll
+    );
     Ok(())
 }

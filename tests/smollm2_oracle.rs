@@ -26,7 +26,9 @@ fn candle_model(path: &std::path::Path) -> ModelWeights {
 }
 
 fn candle_logits(m: &mut ModelWeights, ids: &[u32], pos: usize) -> Vec<f32> {
-    let x = Tensor::new(ids, &Device::Cpu).and_then(|t| t.unsqueeze(0)).unwrap_or_else(|e| panic!("{e}"));
+    let x = Tensor::new(ids, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .unwrap_or_else(|e| panic!("{e}"));
     m.forward(&x, pos)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<f32>())
@@ -35,8 +37,17 @@ fn candle_logits(m: &mut ModelWeights, ids: &[u32], pos: usize) -> Vec<f32> {
 
 fn ours(m: &LoadedModel, ids: &[u32], path: MatPath, hooks: &mut dyn Hooks) -> Vec<f32> {
     let mut cache = vec![m.new_cache()];
-    let batch = Batch { tokens: ids, batch: 1, seq: ids.len(), valid: &[ids.len()], prompt_lens: &[ids.len()] };
-    m.model.forward(&batch, &mut cache, hooks, path, LogitsMode::Last).unwrap_or_else(|e| panic!("{e}")).logits
+    let batch = Batch {
+        tokens: ids,
+        batch: 1,
+        seq: ids.len(),
+        valid: &[ids.len()],
+        prompt_lens: &[ids.len()],
+    };
+    m.model
+        .forward(&batch, &mut cache, hooks, path, LogitsMode::Last)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .logits
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -92,16 +103,22 @@ fn dense_path_matches_quantized_llama_on_dequantized_weights() {
     let tensors: Vec<(String, QTensor)> = names
         .iter()
         .map(|n| {
-            let q = content.tensor(&mut f, n, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+            let q = content
+                .tensor(&mut f, n, &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{e}"));
             let w = q.dequantize(&Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-            (n.to_string(), QTensor::quantize(&w, GgmlDType::F32).unwrap_or_else(|e| panic!("{e}")))
+            (
+                n.to_string(),
+                QTensor::quantize(&w, GgmlDType::F32).unwrap_or_else(|e| panic!("{e}")),
+            )
         })
         .collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let f32_path = dir.path().join("smollm2-f32.gguf");
     {
         let mut out = std::fs::File::create(&f32_path).unwrap_or_else(|e| panic!("{e}"));
-        let md: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let md: Vec<(&str, &gguf_file::Value)> =
+            content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         gguf_file::write(&mut out, &md, &ts).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -133,9 +150,20 @@ fn greedy_continuation_is_token_identical() {
         want.push(t);
         logits = candle_logits(&mut reference, &[t], pos);
     }
-    let opts = GenerateOptions { max_tokens: 32, sampling: SamplingConfig::greedy(), path: MatPath::Quantized };
-    let got = generate(&m, &ids, &opts, &mut NoHooks, &AtomicBool::new(false), &mut |_| true)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let opts = GenerateOptions {
+        max_tokens: 32,
+        sampling: SamplingConfig::greedy(),
+        path: MatPath::Quantized,
+    };
+    let got = generate(
+        &m,
+        &ids,
+        &opts,
+        &mut NoHooks,
+        &AtomicBool::new(false),
+        &mut |_| true,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     println!("greedy: {:?}", got.text);
     assert_eq!(got.tokens, want);
 }

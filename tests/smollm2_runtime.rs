@@ -31,7 +31,11 @@ fn tokenizer_special_tokens_round_trip_and_chat_template() {
         "",
     ] {
         let ids = t.encode(text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(t.decode(&ids, false).unwrap_or_default(), text, "round trip of {text:?}");
+        assert_eq!(
+            t.decode(&ids, false).unwrap_or_default(),
+            text,
+            "round trip of {text:?}"
+        );
     }
     // SmolLM2's pre-tokenizer splits digits one by one.
     let digits = t.encode("2024").unwrap_or_default();
@@ -47,13 +51,19 @@ fn tokenizer_special_tokens_round_trip_and_chat_template() {
     let with_system = t
         .render_chat(
             &[
-                ChatMessage { role: "system".into(), content: "Be brief.".into() },
+                ChatMessage {
+                    role: "system".into(),
+                    content: "Be brief.".into(),
+                },
                 ChatMessage::user("Hi"),
             ],
             false,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(with_system, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+    assert_eq!(
+        with_system,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    );
 }
 
 /// Records one hook point's activation.
@@ -75,17 +85,37 @@ fn padding_does_not_change_activations() {
     let Some(m) = model() else { return };
     let d = m.config().hidden_size;
     let short = m.tokenizer.encode("The ocean is deep.").unwrap_or_default();
-    let long = m.tokenizer.encode("Football fans filled the stadium on a cold Saturday night.").unwrap_or_default();
+    let long = m
+        .tokenizer
+        .encode("Football fans filled the stadium on a cold Saturday night.")
+        .unwrap_or_default();
     assert!(long.len() > short.len());
     for point in [
-        HookPoint { layer: 0, kind: HookKind::AttnNorm },
-        HookPoint { layer: 7, kind: HookKind::MlpNorm },
-        HookPoint { layer: 29, kind: HookKind::Resid },
+        HookPoint {
+            layer: 0,
+            kind: HookKind::AttnNorm,
+        },
+        HookPoint {
+            layer: 7,
+            kind: HookKind::MlpNorm,
+        },
+        HookPoint {
+            layer: 29,
+            kind: HookKind::Resid,
+        },
     ] {
         for path in [MatPath::Dense, MatPath::Quantized] {
             let mut alone = Grab(point, Vec::new(), [0; 3]);
-            let b = Batch { tokens: &short, batch: 1, seq: short.len(), valid: &[short.len()], prompt_lens: &[short.len()] };
-            let out = m.model.forward(&b, &mut [m.new_cache()], &mut alone, path, LogitsMode::None);
+            let b = Batch {
+                tokens: &short,
+                batch: 1,
+                seq: short.len(),
+                valid: &[short.len()],
+                prompt_lens: &[short.len()],
+            };
+            let out = m
+                .model
+                .forward(&b, &mut [m.new_cache()], &mut alone, path, LogitsMode::None);
             assert!(out.is_ok_and(|o| o.stopped));
             // The short sentence right-padded after the long one.
             let seq = long.len();
@@ -93,12 +123,25 @@ fn padding_does_not_change_activations() {
             tokens.extend(short.iter().copied());
             tokens.resize(2 * seq, 0);
             let mut batched = Grab(point, Vec::new(), [0; 3]);
-            let b = Batch { tokens: &tokens, batch: 2, seq, valid: &[seq, short.len()], prompt_lens: &[seq, seq] };
+            let b = Batch {
+                tokens: &tokens,
+                batch: 2,
+                seq,
+                valid: &[seq, short.len()],
+                prompt_lens: &[seq, seq],
+            };
             let mut caches = [m.new_cache(), m.new_cache()];
-            m.model.forward(&b, &mut caches, &mut batched, path, LogitsMode::None).unwrap_or_else(|e| panic!("{e}"));
+            m.model
+                .forward(&b, &mut caches, &mut batched, path, LogitsMode::None)
+                .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(batched.2, [2, seq, d]);
             let padded_row = &batched.1[seq * d..(seq + short.len()) * d];
-            let diff = alone.1.iter().zip(padded_row).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let diff = alone
+                .1
+                .iter()
+                .zip(padded_row)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             println!("{point} {path:?}: max |Δ| alone vs padded batch = {diff:e}");
             assert!(diff <= 1e-4, "{point}: padding changed activations by {diff}");
         }
@@ -114,7 +157,10 @@ fn bad_model_files_give_clear_errors() {
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap_or_else(|e| panic!("{e}"));
     let e = LoadedModel::load(&cut).map(|_| ()).unwrap_err();
-    assert!(matches!(e, RuntimeError::BadModel { .. } | RuntimeError::BadGguf { .. }), "{e:?}");
+    assert!(
+        matches!(e, RuntimeError::BadModel { .. } | RuntimeError::BadGguf { .. }),
+        "{e:?}"
+    );
     // Header cut mid-way.
     std::fs::write(&cut, &bytes[..1000]).unwrap_or_else(|e| panic!("{e}"));
     let e = LoadedModel::load(&cut).map(|_| ()).unwrap_err();
@@ -122,7 +168,10 @@ fn bad_model_files_give_clear_errors() {
     // Not a GGUF at all.
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"this is not a model").unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(LoadedModel::load(&junk), Err(RuntimeError::BadGguf { .. })));
+    assert!(matches!(
+        LoadedModel::load(&junk),
+        Err(RuntimeError::BadGguf { .. })
+    ));
     // An unsupported architecture: same file, architecture renamed.
     let other = dir.path().join("other-arch.gguf");
     {
@@ -135,19 +184,27 @@ fn bad_model_files_give_clear_errors() {
             .iter()
             .map(|(k, v)| (k.as_str(), if k == "general.architecture" { &arch } else { v }))
             .collect();
-        let norm = content.tensor(&mut f, "output_norm.weight", &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let norm = content
+            .tensor(&mut f, "output_norm.weight", &candle_core::Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut out = std::fs::File::create(&other).unwrap_or_else(|e| panic!("{e}"));
         gguf_file::write(&mut out, &md, &[("output_norm.weight", &norm)]).unwrap_or_else(|e| panic!("{e}"));
         out.flush().unwrap_or_else(|e| panic!("{e}"));
     }
     let e = LoadedModel::load(&other).map(|_| ()).unwrap_err();
-    assert!(matches!(e, RuntimeError::UnsupportedArch { ref arch, .. } if arch == "mamba"), "{e:?}");
+    assert!(
+        matches!(e, RuntimeError::UnsupportedArch { ref arch, .. } if arch == "mamba"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("mamba") && e.to_string().contains("llama"));
     // A folder without config.json.
     let e = LoadedModel::load(dir.path()).map(|_| ()).unwrap_err();
     assert!(e.to_string().contains("config.json"), "{e}");
     // A missing file.
-    assert!(matches!(LoadedModel::load(&dir.path().join("nope.gguf")), Err(RuntimeError::Io { .. })));
+    assert!(matches!(
+        LoadedModel::load(&dir.path().join("nope.gguf")),
+        Err(RuntimeError::Io { .. })
+    ));
 }
 
 #[test]
@@ -155,10 +212,33 @@ fn bad_batches_are_errors() {
     let Some(m) = model() else { return };
     let mut hooks = act_studio::runtime::NoHooks;
     let run = |tokens: &[u32], valid: &[usize], hooks: &mut act_studio::runtime::NoHooks| {
-        let b = Batch { tokens, batch: 1, seq: tokens.len(), valid, prompt_lens: &[1] };
-        m.model.forward(&b, &mut [m.new_cache()], hooks, MatPath::Quantized, LogitsMode::Last).map(|_| ())
+        let b = Batch {
+            tokens,
+            batch: 1,
+            seq: tokens.len(),
+            valid,
+            prompt_lens: &[1],
+        };
+        m.model
+            .forward(
+                &b,
+                &mut [m.new_cache()],
+                hooks,
+                MatPath::Quantized,
+                LogitsMode::Last,
+            )
+            .map(|_| ())
     };
-    assert!(matches!(run(&[999_999], &[1], &mut hooks), Err(RuntimeError::BadInput(_))));
-    assert!(matches!(run(&[1, 2], &[3], &mut hooks), Err(RuntimeError::BadInput(_))));
-    assert!(matches!(run(&[], &[0], &mut hooks), Err(RuntimeError::BadInput(_))));
+    assert!(matches!(
+        run(&[999_999], &[1], &mut hooks),
+        Err(RuntimeError::BadInput(_))
+    ));
+    assert!(matches!(
+        run(&[1, 2], &[3], &mut hooks),
+        Err(RuntimeError::BadInput(_))
+    ));
+    assert!(matches!(
+        run(&[], &[0], &mut hooks),
+        Err(RuntimeError::BadInput(_))
+    ));
 }

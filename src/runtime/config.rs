@@ -58,7 +58,10 @@ impl ModelConfig {
             return Err(format!("{what} is zero"));
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return Err(format!("{} heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
+            return Err(format!(
+                "{} heads are not a multiple of {} kv heads",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.family == Family::Llama && self.head_dim % 2 != 0 {
             return Err(format!("head dim {} is odd (RoPE needs pairs)", self.head_dim));

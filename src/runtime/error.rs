@@ -6,10 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid GGUF file: {reason}")]
     BadGguf { path: PathBuf, reason: String },
     #[error("{path}: unsupported architecture `{arch}` (supported: {supported})")]

@@ -111,7 +111,10 @@ pub fn generate(
         valid: &[prompt.len()],
         prompt_lens: &[prompt_len],
     };
-    let mut logits = m.model.forward(&batch, &mut cache, hooks, opts.path, LogitsMode::Last)?.logits;
+    let mut logits = m
+        .model
+        .forward(&batch, &mut cache, hooks, opts.path, LogitsMode::Last)?
+        .logits;
     stats.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut stop = StopReason::MaxTokens;
@@ -120,7 +123,9 @@ pub fn generate(
             return Err(RuntimeError::Cancelled);
         }
         if logits.len() != m.config().vocab_size {
-            return Err(RuntimeError::BadInput("a hook stopped the forward pass during generation".into()));
+            return Err(RuntimeError::BadInput(
+                "a hook stopped the forward pass during generation".into(),
+            ));
         }
         let next = sampler.sample(&mut logits, &history);
         if m.tokenizer.eos().contains(&next) {
@@ -146,7 +151,10 @@ pub fn generate(
             valid: &[1],
             prompt_lens: &[prompt_len],
         };
-        logits = m.model.forward(&batch, &mut cache, hooks, opts.path, LogitsMode::Last)?.logits;
+        logits = m
+            .model
+            .forward(&batch, &mut cache, hooks, opts.path, LogitsMode::Last)?
+            .logits;
         stats.decode_tokens += 1;
     }
     stats.decode_s = t1.elapsed().as_secs_f64();
@@ -179,7 +187,9 @@ pub fn perplexity(
     cancel: &AtomicBool,
 ) -> Result<Perplexity> {
     if ids.len() < 2 {
-        return Err(RuntimeError::BadInput("perplexity needs at least two tokens".into()));
+        return Err(RuntimeError::BadInput(
+            "perplexity needs at least two tokens".into(),
+        ));
     }
     let window = window.clamp(2, m.config().max_position);
     let vocab = m.config().vocab_size;
@@ -199,7 +209,9 @@ pub fn perplexity(
             valid: &[chunk.len()],
             prompt_lens: &[chunk.len()],
         };
-        let out = m.model.forward(&batch, &mut cache, hooks, MatPath::Dense, LogitsMode::All)?;
+        let out = m
+            .model
+            .forward(&batch, &mut cache, hooks, MatPath::Dense, LogitsMode::All)?;
         for (t, row) in out.logits.chunks_exact(vocab).take(chunk.len() - 1).enumerate() {
             nll -= log_softmax_at(row, chunk[t + 1] as usize);
             count += 1;

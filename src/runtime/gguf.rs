@@ -66,10 +66,12 @@ impl GgufFile {
         let mut left = n;
         while left > 0 {
             let take = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            self.reader.read_exact(&mut buf[..take]).map_err(|source| RuntimeError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            self.reader
+                .read_exact(&mut buf[..take])
+                .map_err(|source| RuntimeError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
             h.update(&buf[..take]);
             left -= take as u64;
         }
@@ -77,10 +79,13 @@ impl GgufFile {
     }
 
     fn md(&self, key: &str) -> Result<&Value> {
-        self.content.metadata.get(key).ok_or_else(|| RuntimeError::MissingMetadata {
-            path: self.path.clone(),
-            key: key.to_string(),
-        })
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| RuntimeError::MissingMetadata {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })
     }
 
     fn md_usize(&self, key: &str) -> Result<usize> {
@@ -199,13 +204,20 @@ impl GgufFile {
         let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let embed_q = self.tensor("token_embd.weight", &[cfg.vocab_size, d])?;
-        let embed = embed_q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let embed = embed_q
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
                 let w = self.tensor(&p(&format!("{name}.weight")), &[out, inp])?;
-                let b = if bias { Some(self.vector(&p(&format!("{name}.bias")), out)?) } else { None };
+                let b = if bias {
+                    Some(self.vector(&p(&format!("{name}.bias")), out)?)
+                } else {
+                    None
+                };
                 Linear::from_qtensor(w, b)
             };
             let layer = LlamaLayer {

@@ -159,7 +159,10 @@ mod tests {
             assert_eq!(p.index(), i);
             assert_eq!(HookPoint::parse(&p.name()), Some(p));
         }
-        assert_eq!(HookPoint::parse("layers.3.mlp_norm").map(|p| p.kind), Some(HookKind::MlpNorm));
+        assert_eq!(
+            HookPoint::parse("layers.3.mlp_norm").map(|p| p.kind),
+            Some(HookKind::MlpNorm)
+        );
         assert!(HookPoint::parse("layers.x.mlp_norm").is_none());
         assert!(HookPoint::parse("layers.1.nothing").is_none());
     }

@@ -22,7 +22,12 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut Vec<f32>)
         let mean = row.iter().sum::<f32>() / d as f32;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
         let inv = 1.0 / (var + eps).sqrt();
-        out.extend(row.iter().zip(w).zip(b).map(|((v, g), b)| (v - mean) * inv * g + b));
+        out.extend(
+            row.iter()
+                .zip(w)
+                .zip(b)
+                .map(|((v, g), b)| (v - mean) * inv * g + b),
+        );
     }
 }
 
@@ -84,7 +89,11 @@ impl Rope {
         for head in x.chunks_exact_mut(head_dim) {
             for (k, &t) in self.theta.iter().enumerate().take(half) {
                 let (sin, cos) = (p * t).sin_cos();
-                let (i0, i1) = if self.interleaved { (2 * k, 2 * k + 1) } else { (k, k + half) };
+                let (i0, i1) = if self.interleaved {
+                    (2 * k, 2 * k + 1)
+                } else {
+                    (k, k + half)
+                };
                 let (x0, x1) = (head[i0], head[i1]);
                 head[i0] = x0 * cos - x1 * sin;
                 head[i1] = x0 * sin + x1 * cos;

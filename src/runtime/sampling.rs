@@ -153,7 +153,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let run = || {
             let mut s = Sampler::new(cfg);
-            (0..20).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
         let mut k1 = Sampler::new(SamplingConfig { top_k: 1, ..cfg });

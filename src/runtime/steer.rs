@@ -12,7 +12,11 @@ pub struct SteeringHooks {
 
 impl SteeringHooks {
     /// Compiles `stack` for a model with `n_layers` layers of width `d`.
-    pub fn new(stack: &SteeringStack, n_layers: usize, d: usize) -> std::result::Result<Self, TransportError> {
+    pub fn new(
+        stack: &SteeringStack,
+        n_layers: usize,
+        d: usize,
+    ) -> std::result::Result<Self, TransportError> {
         let n = n_layers * HookKind::ALL.len();
         let names: Vec<String> = (0..n).map(|i| HookPoint::from_index(i).name()).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();

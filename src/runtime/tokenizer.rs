@@ -102,8 +102,11 @@ impl TextTokenizer {
                             .ok_or_else(|| tok_err(format!("bad merge `{m}`")))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let vocab: tokenizers::models::bpe::Vocab =
-                    tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+                let vocab: tokenizers::models::bpe::Vocab = tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (t.clone(), i as u32))
+                    .collect();
                 let bpe = BPE::builder()
                     .vocab_and_merges(vocab, merges)
                     .build()
@@ -126,7 +129,12 @@ impl TextTokenizer {
             let specials: Vec<AddedToken> = types
                 .iter()
                 .enumerate()
-                .filter(|(_, ty)| matches!(ty.to_i32().ok().or_else(|| ty.to_u32().ok().map(|u| u as i32)), Some(2..=5)))
+                .filter(|(_, ty)| {
+                    matches!(
+                        ty.to_i32().ok().or_else(|| ty.to_u32().ok().map(|u| u as i32)),
+                        Some(2..=5)
+                    )
+                })
                 .filter_map(|(i, _)| tokens.get(i))
                 .map(|t| AddedToken::from(t.clone(), true))
                 .collect();
@@ -138,8 +146,15 @@ impl TextTokenizer {
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
-        let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-        let text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned().unwrap_or_default();
+        let chat_template = md
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        let text = |id: Option<u32>| {
+            id.and_then(|i| tokens.get(i as usize))
+                .cloned()
+                .unwrap_or_default()
+        };
         Ok(Self {
             bos_text: text(bos),
             eos_text: text(eos.first().copied()),
@@ -176,8 +191,14 @@ impl TextTokenizer {
         let eos_text = token_text("eos_token").unwrap_or_default();
         let bos = inner.token_to_id(&bos_text);
         let eos: Vec<u32> = inner.token_to_id(&eos_text).into_iter().collect();
-        let add_bos = cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
-        let chat_template = cfg.get("chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        let add_bos = cfg
+            .get("add_bos_token")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let chat_template = cfg
+            .get("chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         Ok(Self {
             inner,
             bos,
@@ -199,7 +220,11 @@ impl TextTokenizer {
             self.bos_text = text;
         }
         if self.eos.is_empty() {
-            self.eos = eos.iter().copied().filter(|&id| self.inner.id_to_token(id).is_some()).collect();
+            self.eos = eos
+                .iter()
+                .copied()
+                .filter(|&id| self.inner.id_to_token(id).is_some())
+                .collect();
             if let Some(text) = self.eos.first().and_then(|&id| self.inner.id_to_token(id)) {
                 self.eos_text = text;
             }
@@ -270,9 +295,12 @@ impl TextTokenizer {
             .ok_or_else(|| RuntimeError::ChatTemplate("this model has no chat template".into()))?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
         let tmpl = env

@@ -39,7 +39,9 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
 pub fn demo_model() -> Option<PathBuf> {
     let p = std::env::var_os("ACT_DEMO_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     if p.is_file() {
         return Some(p);
     }
@@ -48,6 +50,9 @@ pub fn demo_model() -> Option<PathBuf> {
         "demo model {} is missing in CI (models/fetch-demo-model.sh should have fetched it)",
         p.display()
     );
-    eprintln!("SKIP: demo model {} not found (run models/fetch-demo-model.sh)", p.display());
+    eprintln!(
+        "SKIP: demo model {} not found (run models/fetch-demo-model.sh)",
+        p.display()
+    );
     None
 }
