@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 
 use crate::cli::{GenerateArgs, InspectArgs, PerplexityArgs};
+use crate::runtime::config::Family;
 use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
 use crate::runtime::linear::MatPath;
 use crate::runtime::sampling::SamplingConfig;
@@ -34,15 +35,17 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     println!("mlp size:       {}", c.intermediate_size);
     println!("vocabulary:     {}", c.vocab_size);
     println!("context:        {}", c.max_position);
-    println!(
-        "rope:           θ = {}, {}",
-        c.rope_theta,
-        if c.rope_interleaved {
-            "interleaved pairs"
-        } else {
-            "half split"
+    match c.family {
+        Family::Llama => {
+            let pairs = if c.rope_interleaved {
+                "interleaved pairs"
+            } else {
+                "half split"
+            };
+            println!("rope:           θ = {}, {pairs}", c.rope_theta);
         }
-    );
+        Family::Gpt2 => println!("positions:      learned"),
+    }
     println!("norm eps:       {}", c.norm_eps);
     println!("fingerprint:    {}", m.fingerprint);
     let t = &m.tokenizer;

@@ -1,10 +1,15 @@
-//! Hookable forward passes on real models: loading (GGUF), tokenizer and chat template, KV
-//! cache, hook points, sampling and generation.
+//! Hookable forward passes on real models: loading (GGUF files, Hugging Face safetensors
+//! folders, the local hub cache), tokenizer and chat template, KV cache, hook points, sampling
+//! and generation.
 
 pub mod config;
 pub mod error;
+mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod gpt2;
+pub mod hf;
+pub mod hf_cache;
 pub mod hooks;
 pub mod kv_cache;
 pub mod linear;
@@ -12,10 +17,12 @@ pub mod llama;
 pub mod model;
 pub mod ops;
 pub mod quant;
+pub mod safetensors_shards;
 pub mod sampling;
 pub mod steer;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};
+pub use hf_cache::{CachedModel, discover_hf_cache};
 pub use hooks::{Activation, HookFlow, HookKind, HookPoint, Hooks, NoHooks};
-pub use model::LoadedModel;
+pub use model::{LoadedModel, Network};

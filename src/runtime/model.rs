@@ -1,21 +1,60 @@
-//! A loaded model: weights, tokenizer and fingerprint, from a path.
+//! A loaded model: network, tokenizer and fingerprint, from a GGUF file or a Hugging Face
+//! model folder.
 
 use std::path::{Path, PathBuf};
 
 use crate::transport::ModelFingerprint;
 
 use super::config::ModelConfig;
-use super::error::{Result, RuntimeError};
+use super::error::Result;
 use super::gguf::GgufFile;
-use super::hooks::{HookKind, HookPoint};
+use super::gpt2::Gpt2Model;
+use super::hf::HfFolder;
+use super::hooks::{HookKind, HookPoint, Hooks};
 use super::kv_cache::KvCache;
-use super::llama::LlamaModel;
+use super::linear::MatPath;
+use super::llama::{Batch, ForwardOutput, LlamaModel, LogitsMode};
 use super::tokenizer::TextTokenizer;
+
+/// A network of any supported architecture.
+#[derive(Debug)]
+pub enum Network {
+    /// Llama family (Llama, SmolLM2, Mistral, Qwen2).
+    Llama(LlamaModel),
+    /// GPT-2.
+    Gpt2(Gpt2Model),
+}
+
+impl Network {
+    /// Hyper-parameters.
+    pub fn cfg(&self) -> &ModelConfig {
+        match self {
+            Network::Llama(m) => &m.cfg,
+            Network::Gpt2(m) => &m.cfg,
+        }
+    }
+
+    /// Runs the network on a batch (see [`LlamaModel::forward`]: caches grow by the real
+    /// tokens, hooks see `[batch, seq, d]` activations, logits as `mode` asks).
+    pub fn forward(
+        &self,
+        batch: &Batch<'_>,
+        caches: &mut [KvCache],
+        hooks: &mut dyn Hooks,
+        path: MatPath,
+        mode: LogitsMode,
+    ) -> Result<ForwardOutput> {
+        match self {
+            Network::Llama(m) => m.forward(batch, caches, hooks, path, mode),
+            Network::Gpt2(m) => m.forward(batch, caches, hooks, path, mode),
+        }
+    }
+}
 
 /// A model ready to run.
 pub struct LoadedModel {
     /// The network.
-    pub model: LlamaModel,
+    pub model: Network,
     /// Its tokenizer.
     pub tokenizer: TextTokenizer,
     /// Identity for maps files.
@@ -25,25 +64,18 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a `.gguf` file.
+    /// Loads a `.gguf` file, or a Hugging Face model folder (`config.json`, safetensors
+    /// weights, `tokenizer.json`).
     pub fn load(path: &Path) -> Result<Self> {
         if path.is_dir() {
-            let reason = if path.join("config.json").is_file() {
-                "Hugging Face folders are not supported yet; open a .gguf file"
-            } else {
-                "this folder has no config.json: open a .gguf file or a Hugging Face model folder"
-            };
-            return Err(RuntimeError::BadModel {
-                path: path.to_path_buf(),
-                reason: reason.into(),
-            });
+            return HfFolder::open(path)?.load();
         }
         let mut f = GgufFile::open(path)?;
         let model = f.load_llama()?;
         let tokenizer = f.tokenizer()?;
         let fingerprint = f.fingerprint(&model.cfg)?;
         Ok(Self {
-            model,
+            model: Network::Llama(model),
             tokenizer,
             fingerprint,
             source: path.to_path_buf(),
@@ -52,7 +84,7 @@ impl LoadedModel {
 
     /// Hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
-        &self.model.cfg
+        self.model.cfg()
     }
 
     /// The hook points this model has, in forward order.

@@ -82,7 +82,8 @@ impl Sampler {
         self.probs.clear();
         self.probs
             .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)));
-        self.probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        // Stable: ties keep vocabulary order, so top-k = 1 agrees with argmax.
+        self.probs.sort_by(|a, b| b.1.total_cmp(&a.1));
         if self.cfg.top_k > 0 {
             self.probs.truncate(self.cfg.top_k);
         }

@@ -210,6 +210,28 @@ impl TextTokenizer {
         })
     }
 
+    /// Fills in BOS and EOS from ids stated elsewhere (a model's `config.json`) when the
+    /// tokenizer files named none; ids outside the vocabulary are ignored.
+    pub fn with_default_special_ids(mut self, bos: Option<u32>, eos: &[u32]) -> Self {
+        if self.bos.is_none()
+            && let Some(text) = bos.and_then(|id| self.inner.id_to_token(id))
+        {
+            self.bos = bos;
+            self.bos_text = text;
+        }
+        if self.eos.is_empty() {
+            self.eos = eos
+                .iter()
+                .copied()
+                .filter(|&id| self.inner.id_to_token(id).is_some())
+                .collect();
+            if let Some(text) = self.eos.first().and_then(|&id| self.inner.id_to_token(id)) {
+                self.eos_text = text;
+            }
+        }
+        self
+    }
+
     /// Encodes text. Special-token strings such as `<|im_start|>` become their single ids;
     /// BOS is prepended when the model asks for it (`add_bos_token`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

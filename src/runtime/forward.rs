@@ -1,0 +1,190 @@
+//! Pieces shared by the decoder forward passes ([`super::llama`], [`super::gpt2`]): batch
+//! checks, hook calls and causal attention over a row's key/value cache.
+
+use candle_core::{Device, Tensor};
+
+use crate::transport::TokenWindow;
+
+use super::error::{Result, RuntimeError};
+use super::hooks::{Activation, HookFlow, HookKind, HookPoint, Hooks};
+use super::kv_cache::KvCache;
+use super::llama::{Batch, LogitsMode};
+
+/// Checks a batch against a model of `vocab` tokens and `n_layers` layers, and its caches.
+pub(crate) fn check_batch(b: &Batch<'_>, caches: &[KvCache], vocab: usize, n_layers: usize) -> Result<()> {
+    let bad = |m: String| Err(RuntimeError::BadInput(m));
+    if b.batch == 0 || b.seq == 0 {
+        return bad("empty batch".into());
+    }
+    if b.tokens.len() != b.batch * b.seq || b.valid.len() != b.batch || b.prompt_lens.len() != b.batch {
+        return bad(format!(
+            "batch of {} × {} has inconsistent buffers",
+            b.batch, b.seq
+        ));
+    }
+    if caches.len() != b.batch {
+        return bad(format!("{} caches for a batch of {}", caches.len(), b.batch));
+    }
+    if let Some(v) = b.valid.iter().find(|&&v| v == 0 || v > b.seq) {
+        return bad(format!("a row has {v} real tokens (must be 1..={})", b.seq));
+    }
+    if let Some(t) = b.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return bad(format!("token id {t} is outside the vocabulary ({vocab})"));
+    }
+    if caches.iter().any(|c| c.n_layers() != n_layers) {
+        return bad("cache was made for another model".into());
+    }
+    Ok(())
+}
+
+/// Per batch row: the position of the chunk's first token (the cache length) and the prompt
+/// length.
+pub(crate) fn token_windows(starts: &[usize], prompt_lens: &[usize]) -> Vec<TokenWindow> {
+    starts
+        .iter()
+        .zip(prompt_lens)
+        .map(|(&s, &p)| TokenWindow {
+            first_position: s,
+            prompt_len: p,
+        })
+        .collect()
+}
+
+/// Calls the hooks at `point` if they want it; returns true when they ask to stop.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_hook(
+    hooks: &mut dyn Hooks,
+    layer: usize,
+    kind: HookKind,
+    data: &mut [f32],
+    batch: &Batch<'_>,
+    d: usize,
+    windows: &[TokenWindow],
+) -> Result<bool> {
+    let point = HookPoint { layer, kind };
+    if !hooks.wants(point) {
+        return Ok(false);
+    }
+    let act = Activation {
+        data,
+        shape: [batch.batch, batch.seq, d],
+        valid: batch.valid,
+        windows,
+    };
+    Ok(hooks.on_activation(point, act)? == HookFlow::Stop)
+}
+
+/// Causal attention of a batch over each row's cache plus the new tokens, for layer `layer`:
+/// `q` is `[batch·seq, nh·hd]`, `k` and `v` are `[batch·seq, nkv·hd]`. Appends the new keys and
+/// values (real tokens only) to the caches, after rewinding each to `starts[b]`. Returns
+/// `[batch·seq, nh·hd]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cached_attention(
+    layer: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    batch: &Batch<'_>,
+    caches: &mut [KvCache],
+    starts: &[usize],
+    (nh, nkv, hd): (usize, usize, usize),
+) -> Result<Vec<f32>> {
+    let kvw = nkv * hd;
+    let t = batch.seq;
+    let mut out = Vec::with_capacity(batch.batch * t * nh * hd);
+    for (b, cache) in caches.iter_mut().enumerate() {
+        let valid = batch.valid[b];
+        let (kc, vc) = cache
+            .layer_mut(layer)
+            .ok_or_else(|| RuntimeError::BadInput("cache has too few layers".into()))?;
+        kc.truncate(starts[b] * kvw);
+        vc.truncate(starts[b] * kvw);
+        kc.extend_from_slice(&k[b * t * kvw..(b * t + valid) * kvw]);
+        vc.extend_from_slice(&v[b * t * kvw..(b * t + valid) * kvw]);
+        let keys = starts[b] + valid;
+        let q_rows = &q[b * t * nh * hd..(b + 1) * t * nh * hd];
+        let y = attend(q_rows, kc, vc, t, keys, starts[b], nh, nkv, hd)?;
+        out.extend_from_slice(&y);
+    }
+    Ok(out)
+}
+
+/// `[t, nh·hd]` queries against `keys` cached positions (`[keys, nkv·hd]` keys and values);
+/// query `j` sits at position `start + j` and sees positions `≤ start + j`.
+///
+/// The products run as candle tensor ops in the same shapes and order as candle's
+/// `quantized_llama` (`[1, heads, t, hd] × [1, heads, hd, T]`, masked fill, softmax, `× V`), so
+/// results are bit-identical to it: with 8-bit activation quantization downstream, even a
+/// last-bit difference in an attention sum can flip a rounding and change the logits visibly.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    t: usize,
+    keys: usize,
+    start: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Result<Vec<f32>> {
+    let dev = Device::Cpu;
+    let q = Tensor::from_slice(q, (1, t, nh, hd), &dev)?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let k = Tensor::from_slice(kc, (1, keys, nkv, hd), &dev)?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let v = Tensor::from_slice(vc, (1, keys, nkv, hd), &dev)?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let k = repeat_kv(k, nh / nkv)?;
+    let v = repeat_kv(v, nh / nkv)?;
+    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+    let att = if t > 1 {
+        // 1 where the key lies after the query (or beyond the real keys).
+        let mask: Vec<u8> = (0..t)
+            .flat_map(|j| (0..keys).map(move |p| u8::from(p > start + j)))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, keys), &dev)?.broadcast_as(att.shape())?;
+        let neg_inf = Tensor::new(f32::NEG_INFINITY, &dev)?.broadcast_as(att.shape())?;
+        mask.where_cond(&neg_inf, &att)?
+    } else {
+        att
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let y = att.matmul(&v.contiguous()?)?;
+    Ok(y.transpose(1, 2)?.reshape((t * nh * hd,))?.to_vec1::<f32>()?)
+}
+
+/// Repeats each of the `[1, nkv, T, hd]` key/value heads `n_rep` times along the head axis
+/// (head `h` uses kv head `h / n_rep`).
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, nkv, t, hd) = x.dims4()?;
+    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, nkv * n_rep, t, hd))?)
+}
+
+/// The rows of `x` (`[batch·seq, d]`) whose logits `mode` asks for, gathered into
+/// `[rows, d]`, with the row count; `None` for [`LogitsMode::None`].
+pub(crate) fn logit_rows(
+    x: &[f32],
+    d: usize,
+    batch: &Batch<'_>,
+    mode: LogitsMode,
+) -> Option<(Vec<f32>, usize)> {
+    let rows: Vec<usize> = match mode {
+        LogitsMode::None => return None,
+        LogitsMode::Last => (0..batch.batch)
+            .map(|b| b * batch.seq + batch.valid[b] - 1)
+            .collect(),
+        LogitsMode::All => (0..batch.batch * batch.seq).collect(),
+    };
+    let mut sel = Vec::with_capacity(rows.len() * d);
+    for r in &rows {
+        sel.extend_from_slice(&x[r * d..(r + 1) * d]);
+    }
+    Some((sel, rows.len()))
+}

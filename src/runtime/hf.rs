@@ -1,0 +1,421 @@
+//! Loading Hugging Face model folders: `config.json`, safetensors weights (one file or shards,
+//! F32/F16/BF16, converted to f32) and `tokenizer.json` (+ `tokenizer_config.json`).
+//!
+//! Llama-family folders (`llama`, `mistral`, `qwen2`) become a [`LlamaModel`] with the
+//! Hugging Face half-split RoPE layout; `gpt2` folders become a [`Gpt2Model`]. Sliding-window
+//! attention (Mistral, Qwen2) is not applied: results match the full-attention models up to
+//! the window length (4096 tokens and more).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde_json::Value;
+
+use crate::transport::ModelFingerprint;
+
+use super::config::{Family, ModelConfig};
+use super::error::{Result, RuntimeError};
+use super::gpt2::{Gpt2Layer, Gpt2Model, LayerNormWeights};
+use super::linear::Linear;
+use super::llama::{LlamaLayer, LlamaModel};
+use super::model::{LoadedModel, Network};
+use super::safetensors_shards::SafetensorsShards;
+use super::tokenizer::TextTokenizer;
+
+/// `model_type` values this loader runs.
+pub const HF_MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2";
+
+/// A model folder with its parsed `config.json`.
+pub struct HfFolder {
+    dir: PathBuf,
+    config_path: PathBuf,
+    config: serde_json::Map<String, Value>,
+    model_type: String,
+}
+
+impl HfFolder {
+    /// Reads `dir/config.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(RuntimeError::BadModel {
+                path: dir.to_path_buf(),
+                reason: "this folder has no config.json: open a .gguf file or a Hugging Face model folder"
+                    .into(),
+            });
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(|source| RuntimeError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let bad = |reason: String| RuntimeError::BadModel {
+            path: config_path.clone(),
+            reason,
+        };
+        let config = match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(bad("not a JSON object".into())),
+            Err(e) => return Err(bad(format!("not valid JSON: {e}"))),
+        };
+        let model_type = match config.get("model_type") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(bad("`model_type` is not a string".into())),
+            None => {
+                return Err(RuntimeError::MissingMetadata {
+                    path: config_path,
+                    key: "model_type".into(),
+                });
+            }
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config_path,
+            config,
+            model_type,
+        })
+    }
+
+    /// The `model_type` of `config.json`.
+    pub fn model_type(&self) -> &str {
+        &self.model_type
+    }
+
+    fn bad(&self, reason: String) -> RuntimeError {
+        RuntimeError::BadModel {
+            path: self.config_path.clone(),
+            reason,
+        }
+    }
+
+    /// A key's value, treating `null` as absent.
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.config.get(key).filter(|v| !v.is_null())
+    }
+
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| self.bad(format!("`{key}` is not a non-negative integer: {v}")))
+            })
+            .transpose()
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| RuntimeError::MissingMetadata {
+            path: self.config_path.clone(),
+            key: key.into(),
+        })
+    }
+
+    fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        self.get(key)
+            .map(|v| {
+                v.as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| self.bad(format!("`{key}` is not a number: {v}")))
+            })
+            .transpose()
+    }
+
+    fn f32(&self, key: &str) -> Result<f32> {
+        self.opt_f32(key)?.ok_or_else(|| RuntimeError::MissingMetadata {
+            path: self.config_path.clone(),
+            key: key.into(),
+        })
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| self.bad(format!("`{key}` is not a boolean: {v}")))
+            })
+            .transpose()
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        self.get(key)
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.bad(format!("`{key}` is not a string: {v}")))
+            })
+            .transpose()
+    }
+
+    /// Token ids under `key`: a number or a list of numbers (absent → none).
+    fn ids(&self, key: &str) -> Vec<u32> {
+        let one = |v: &Value| v.as_u64().and_then(|x| u32::try_from(x).ok());
+        match self.get(key) {
+            Some(Value::Array(a)) => a.iter().filter_map(one).collect(),
+            Some(v) => one(v).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn unsupported(&self) -> RuntimeError {
+        RuntimeError::UnsupportedArch {
+            path: self.config_path.clone(),
+            arch: self.model_type.clone(),
+            supported: HF_MODEL_TYPES,
+        }
+    }
+
+    /// The hyper-parameters, for any supported `model_type`.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        match self.model_type.as_str() {
+            "llama" | "mistral" | "qwen2" => self.llama_config(),
+            "gpt2" => self.gpt2_config(),
+            _ => Err(self.unsupported()),
+        }
+    }
+
+    /// Hyper-parameters of a Llama-family model.
+    pub fn llama_config(&self) -> Result<ModelConfig> {
+        let arch = self.model_type.clone();
+        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(self.unsupported());
+        }
+        if let Some(act) = self.opt_str("hidden_act")?
+            && act != "silu"
+        {
+            return Err(self.bad(format!("hidden_act `{act}` is not supported (silu is)")));
+        }
+        if let Some(scaling) = self.get("rope_scaling") {
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("unknown");
+            if kind != "default" {
+                return Err(self.bad(format!("rope_scaling `{kind}` is not supported")));
+            }
+        }
+        for key in ["attention_bias", "mlp_bias"] {
+            if arch != "qwen2" && self.opt_bool(key)? == Some(true) {
+                return Err(self.bad(format!("`{key}: true` is not supported")));
+            }
+        }
+        let hidden = self.usize("hidden_size")?;
+        let n_heads = self.usize("num_attention_heads")?;
+        if n_heads == 0 {
+            return Err(self.bad("num_attention_heads is zero".into()));
+        }
+        let cfg = ModelConfig {
+            family: Family::Llama,
+            hidden_size: hidden,
+            n_layers: self.usize("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads: self.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+            head_dim: self.opt_usize("head_dim")?.unwrap_or(hidden / n_heads),
+            intermediate_size: self.usize("intermediate_size")?,
+            vocab_size: self.usize("vocab_size")?,
+            max_position: self.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            rope_theta: self.opt_f32("rope_theta")?.unwrap_or(10_000.0),
+            rope_interleaved: false,
+            norm_eps: self.f32("rms_norm_eps")?,
+            qkv_bias: arch == "qwen2",
+            architecture: arch,
+        };
+        cfg.validate().map_err(|r| self.bad(r))?;
+        Ok(cfg)
+    }
+
+    /// Hyper-parameters of a GPT-2 model.
+    pub fn gpt2_config(&self) -> Result<ModelConfig> {
+        if self.model_type != "gpt2" {
+            return Err(self.unsupported());
+        }
+        let act = self.opt_str("activation_function")?.unwrap_or("gelu_new");
+        if !matches!(act, "gelu_new" | "gelu_pytorch_tanh") {
+            return Err(self.bad(format!(
+                "activation_function `{act}` is not supported (gelu_new, gelu_pytorch_tanh are)"
+            )));
+        }
+        if self.opt_bool("scale_attn_weights")? == Some(false)
+            || self.opt_bool("scale_attn_by_inverse_layer_idx")? == Some(true)
+        {
+            return Err(self.bad("only attention scaled by 1/√head_dim is supported".into()));
+        }
+        let hidden = self.usize("n_embd")?;
+        let n_heads = self.usize("n_head")?;
+        if n_heads == 0 || hidden % n_heads != 0 {
+            return Err(self.bad(format!("n_embd {hidden} is not a multiple of n_head {n_heads}")));
+        }
+        let max_position = self.usize("n_positions")?;
+        if max_position == 0 {
+            return Err(self.bad("n_positions is zero".into()));
+        }
+        let cfg = ModelConfig {
+            architecture: self.model_type.clone(),
+            family: Family::Gpt2,
+            hidden_size: hidden,
+            n_layers: self.usize("n_layer")?,
+            n_heads,
+            n_kv_heads: n_heads,
+            head_dim: hidden / n_heads,
+            intermediate_size: self.opt_usize("n_inner")?.unwrap_or(4 * hidden),
+            vocab_size: self.usize("vocab_size")?,
+            max_position,
+            rope_theta: 0.0,
+            rope_interleaved: false,
+            norm_eps: self.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+            qkv_bias: true,
+        };
+        cfg.validate().map_err(|r| self.bad(r))?;
+        Ok(cfg)
+    }
+
+    /// `tokenizer.json` (+ `tokenizer_config.json`), with BOS/EOS from `config.json` when the
+    /// tokenizer files name none.
+    pub fn tokenizer(&self) -> Result<TextTokenizer> {
+        let json = self.dir.join("tokenizer.json");
+        if !json.is_file() {
+            return Err(RuntimeError::BadModel {
+                path: self.dir.clone(),
+                reason: "no tokenizer.json (the fast-tokenizer file is required)".into(),
+            });
+        }
+        let tok = TextTokenizer::from_files(&json, Some(&self.dir.join("tokenizer_config.json")))?;
+        let bos = self.ids("bos_token_id").first().copied();
+        Ok(tok.with_default_special_ids(bos, &self.ids("eos_token_id")))
+    }
+
+    /// Loads the network, tokenizer and fingerprint.
+    pub fn load(&self) -> Result<LoadedModel> {
+        let cfg = self.model_config()?;
+        let tokenizer = self.tokenizer()?;
+        let weights = SafetensorsShards::open(&self.dir)?;
+        let fingerprint = ModelFingerprint {
+            architecture: cfg.architecture.clone(),
+            hidden_size: cfg.hidden_size,
+            n_layers: cfg.n_layers,
+            weights_header_sha256: weights.header_sha256().to_string(),
+        };
+        let model = match cfg.family {
+            Family::Llama => {
+                let tied = self.opt_bool("tie_word_embeddings")?.unwrap_or(false);
+                Network::Llama(load_llama(cfg, &weights, tied)?)
+            }
+            Family::Gpt2 => {
+                let tied = self.opt_bool("tie_word_embeddings")?.unwrap_or(true);
+                Network::Gpt2(load_gpt2(cfg, &weights, tied)?)
+            }
+        };
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            fingerprint,
+            source: self.dir.clone(),
+        })
+    }
+}
+
+/// A `Linear` from `{name}.weight` `[out, in]` and, if asked, `{name}.bias` `[out]`.
+fn linear(w: &SafetensorsShards, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    let weight = w.tensor(&format!("{name}.weight"), &[out, inp])?;
+    let b = if bias {
+        Some(w.vector(&format!("{name}.bias"), out)?)
+    } else {
+        None
+    };
+    Linear::dense(weight, b)
+}
+
+/// A `Linear` from a GPT-2 `Conv1D`: `{name}.weight` stored `[in, out]` (transposed here) and
+/// `{name}.bias` `[out]`.
+fn conv1d(w: &SafetensorsShards, name: &str, inp: usize, out: usize) -> Result<Linear> {
+    let weight = w
+        .tensor(&format!("{name}.weight"), &[inp, out])?
+        .t()?
+        .contiguous()?;
+    Linear::dense(weight, Some(w.vector(&format!("{name}.bias"), out)?))
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Builds a Llama-family model from `model.*` tensors (`lm_head.weight` unless `tied`).
+fn load_llama(cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<LlamaModel> {
+    let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let embed_t = w.tensor("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+    let embed = flat(&embed_t)?;
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        layers.push(LlamaLayer {
+            attn_norm: w.vector(&p("input_layernorm.weight"), d)?,
+            wq: linear(w, &p("self_attn.q_proj"), q_dim, d, cfg.qkv_bias)?,
+            wk: linear(w, &p("self_attn.k_proj"), kv_dim, d, cfg.qkv_bias)?,
+            wv: linear(w, &p("self_attn.v_proj"), kv_dim, d, cfg.qkv_bias)?,
+            wo: linear(w, &p("self_attn.o_proj"), d, q_dim, false)?,
+            mlp_norm: w.vector(&p("post_attention_layernorm.weight"), d)?,
+            w_gate: linear(w, &p("mlp.gate_proj"), ffn, d, false)?,
+            w_up: linear(w, &p("mlp.up_proj"), ffn, d, false)?,
+            w_down: linear(w, &p("mlp.down_proj"), d, ffn, false)?,
+        });
+    }
+    let final_norm = w.vector("model.norm.weight", d)?;
+    let lm_head = if tied {
+        Linear::dense(embed_t, None)?
+    } else {
+        linear(w, "lm_head", cfg.vocab_size, d, false)?
+    };
+    Ok(LlamaModel {
+        cfg,
+        embed,
+        layers,
+        final_norm,
+        lm_head,
+    })
+}
+
+/// Builds a GPT-2 model from `wte`, `wpe`, `h.{i}.*`, `ln_f` tensors, with or without the
+/// `transformer.` prefix (`lm_head.weight` unless `tied`).
+fn load_gpt2(cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<Gpt2Model> {
+    let (d, ffn) = (cfg.hidden_size, cfg.intermediate_size);
+    let prefix = if w.has("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let name = |s: &str| format!("{prefix}{s}");
+    let ln = |s: &str| -> Result<LayerNormWeights> {
+        Ok(LayerNormWeights {
+            weight: w.vector(&name(&format!("{s}.weight")), d)?,
+            bias: w.vector(&name(&format!("{s}.bias")), d)?,
+        })
+    };
+    let wte_t = w.tensor(&name("wte.weight"), &[cfg.vocab_size, d])?;
+    let wte = flat(&wte_t)?;
+    let wpe = flat(&w.tensor(&name("wpe.weight"), &[cfg.max_position, d])?)?;
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        let p = |s: &str| name(&format!("h.{i}.{s}"));
+        layers.push(Gpt2Layer {
+            ln_1: ln(&format!("h.{i}.ln_1"))?,
+            c_attn: conv1d(w, &p("attn.c_attn"), d, 3 * d)?,
+            attn_proj: conv1d(w, &p("attn.c_proj"), d, d)?,
+            ln_2: ln(&format!("h.{i}.ln_2"))?,
+            c_fc: conv1d(w, &p("mlp.c_fc"), d, ffn)?,
+            mlp_proj: conv1d(w, &p("mlp.c_proj"), ffn, d)?,
+        });
+    }
+    let ln_f = ln("ln_f")?;
+    let lm_head = if tied {
+        Linear::dense(wte_t, None)?
+    } else {
+        linear(w, "lm_head", cfg.vocab_size, d, false)?
+    };
+    Ok(Gpt2Model {
+        cfg,
+        wte,
+        wpe,
+        layers,
+        ln_f,
+        lm_head,
+    })
+}
