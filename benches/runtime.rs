@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
+use act_studio::runtime::generate::decode_pool;
 use act_studio::runtime::linear::MatPath;
 use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::sampling::argmax;
@@ -72,9 +73,12 @@ fn ours_decode(m: &LoadedModel, ids: &[u32], hooks: &mut dyn Hooks) -> f64 {
             valid: &[1],
             prompt_lens: &[n],
         };
-        logits = m
-            .model
-            .forward(&b, &mut cache, hooks, MatPath::Quantized, LogitsMode::Last)
+        // Decode steps run on the runtime's one-thread decode pool, as `generate` does.
+        logits = decode_pool()
+            .install(|| {
+                m.model
+                    .forward(&b, &mut cache, &mut *hooks, MatPath::Quantized, LogitsMode::Last)
+            })
             .map(|o| o.logits)
             .unwrap_or_default();
     }

@@ -129,7 +129,7 @@ pub struct Activation<'a> {
 }
 
 /// Receives activations during a forward pass.
-pub trait Hooks {
+pub trait Hooks: Send {
     /// Whether this object wants to see `point` (points it does not want cost nothing).
     fn wants(&self, point: HookPoint) -> bool;
     /// Called at `point` with the live activation; may record and/or modify it.

@@ -27,7 +27,7 @@ use std::fmt;
 pub const QK: usize = 32;
 
 /// Below this many weight bytes × inputs a matmul runs on the calling thread only.
-const PAR_MIN_BYTES: usize = 256 * 1024;
+const PAR_MIN_BYTES: usize = 64 * 1024 * 1024;
 /// Minimum weight rows handed to one rayon task.
 const MIN_ROWS_PER_TASK: usize = 64;
 
@@ -427,6 +427,47 @@ mod avx2 {
         }
         sumf
     }
+
+    /// Four Q4_1 rows against one Q8_1 input at once, each lane bit-identical to
+    /// [`dot_q4_1`]: the four rows' integer block sums are reduced together with `hadd`, and
+    /// the float part runs in 4 lanes, one row per lane, in the same per-row order
+    /// (`sumf += sumi·dx·dy + mx·sy`). Breaks the dependency chain of the one-row loop.
+    /// Rows shorter than `y` are treated as empty (their lanes stay 0).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot4_q4_1(rows: [&[u8]; 4], y: &[BlockQ8_1]) -> [f32; 4] {
+        let nb = rows.iter().fold(y.len(), |nb, r| nb.min(r.len() / 20));
+        let ones = _mm256_set1_epi16(1);
+        // Gathers (d, m) of the 4 rows' block as [d0 d1 d2 d3 | m0 m1 m2 m3] f16 lanes.
+        let split = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+        let mut acc = _mm_setzero_ps();
+        for (i, yb) in y.iter().take(nb).enumerate() {
+            // SAFETY: i < nb <= r.len() / 20 for every row r, so each row's 20 bytes of block
+            // i are in bounds; a Q8_1 block starts with `d`, `s`; loads are unaligned.
+            let (p, hdr, (dy, sy)) = unsafe {
+                let by = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+                let at = |r: usize| rows[r].as_ptr().add(i * 20);
+                let pair =
+                    |r: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(at(r).add(4)), by), ones);
+                let word = |r: usize| at(r).cast::<i32>().read_unaligned();
+                (
+                    [pair(0), pair(1), pair(2), pair(3)],
+                    _mm_setr_epi32(word(0), word(1), word(2), word(3)),
+                    f16x2_at((yb as *const BlockQ8_1).cast()),
+                )
+            };
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            let sumi = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+            let dm = _mm256_cvtph_ps(_mm_shuffle_epi8(hdr, split));
+            let (dx, mx) = (_mm256_castps256_ps128(dm), _mm256_extractf128_ps::<1>(dm));
+            let t = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(sumi), dx), _mm_set1_ps(dy));
+            let v = _mm_add_ps(t, _mm_mul_ps(mx, _mm_set1_ps(sy)));
+            acc = _mm_add_ps(acc, v);
+        }
+        let mut out = [0f32; 4];
+        // SAFETY: `out` holds 4 f32; the store is unaligned.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+        out
+    }
 }
 
 /// Quantized activations of one or more input rows.
@@ -678,7 +719,26 @@ impl QMatrix {
     fn compute(&self, act: Act, n: usize, out: &mut [f32], simd: bool) {
         let nb = self.cols / QK;
         let work = |r0: usize, out: &mut [f32]| {
-            for (k, o) in out.chunks_exact_mut(n).enumerate() {
+            let mut done = 0;
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            ))]
+            if simd
+                && n == 1
+                && let (QDType::Q4_1, Act::Q8_1(y)) = (self.dtype, act)
+            {
+                for (g, o) in out.chunks_exact_mut(4).enumerate() {
+                    let r = r0 + 4 * g;
+                    let rows = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
+                    // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the build.
+                    o.copy_from_slice(&unsafe { avx2::dot4_q4_1(rows, y) });
+                    done += 4;
+                }
+            }
+            for (k, o) in out.chunks_exact_mut(n).enumerate().skip(done) {
                 let row = self.row(r0 + k);
                 for (i, o) in o.iter_mut().enumerate() {
                     *o = dot_row(self.dtype, row, act.input(i, nb), simd);
@@ -895,8 +955,8 @@ mod tests {
         let mut rng = Rng(0xDEAD_BEEF);
         let mut scratch = ActScratch::new();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        // 600 x 576 is above PAR_MIN_BYTES, so the rayon path is covered too.
-        for (rows, cols) in [(37, 576), (5, 1536), (600, 576)] {
+        // 12000 x 576 Q4_1/Q8_0 is above PAR_MIN_BYTES, so the rayon path is covered too.
+        for (rows, cols) in [(37, 576), (5, 1536), (12000, 576)] {
             for dtype in DTYPES {
                 let (_, mut m) = random_matrix(dtype, rows, cols, &mut rng);
                 if dtype == QDType::Q8_0 {
