@@ -31,6 +31,19 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Teacher-forced perplexity of a text file.
     Perplexity(PerplexityArgs),
+    /// List the models found in models/ and in the local Hugging Face cache.
+    Models(ModelsArgs),
+}
+
+/// Arguments of `models`.
+#[derive(Debug, clap::Args)]
+pub struct ModelsArgs {
+    /// Folder to scan besides the Hugging Face cache.
+    #[arg(long, default_value = "models")]
+    pub dir: PathBuf,
+    /// Hugging Face hub cache folder (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
+    #[arg(long)]
+    pub hf_cache: Option<PathBuf>,
 }
 
 /// Arguments of `inspect`.
@@ -176,6 +189,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Inspect(a)) => crate::cli_model::inspect(&a),
         Some(Command::Generate(a)) => crate::cli_model::generate(&a),
         Some(Command::Perplexity(a)) => crate::cli_model::perplexity(&a),
+        Some(Command::Models(a)) => crate::cli_model::models(&a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{GenerateArgs, InspectArgs, PerplexityArgs};
+use crate::cli::{GenerateArgs, InspectArgs, ModelsArgs, PerplexityArgs};
 use crate::runtime::config::Family;
 use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
 use crate::runtime::linear::MatPath;
@@ -177,5 +177,43 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
         "perplexity: {:.4} ({} tokens, {:.4} nats/token)",
         p.perplexity, p.tokens, p.nll
     );
+    Ok(())
+}
+
+/// `models`: GGUF files and model folders in `--dir`, then the Hugging Face cache.
+pub fn models(a: &ModelsArgs) -> Result<()> {
+    let mut local: Vec<std::path::PathBuf> = match std::fs::read_dir(&a.dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+                    || p.join("config.json").is_file()
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    local.sort();
+    println!("in {}:", a.dir.display());
+    if local.is_empty() {
+        println!("  (none; models/fetch-demo-model.sh fetches the demo model)");
+    }
+    for p in &local {
+        println!("  {}", p.display());
+    }
+    let cached = crate::runtime::hf_cache::discover_hf_cache(a.hf_cache.as_deref());
+    match a
+        .hf_cache
+        .clone()
+        .or_else(crate::runtime::hf_cache::hf_cache_root)
+    {
+        Some(root) => println!("in the Hugging Face cache ({}):", root.display()),
+        None => println!("in the Hugging Face cache:"),
+    }
+    if cached.is_empty() {
+        println!("  (none)");
+    }
+    for c in &cached {
+        println!("  {} @ {}  {}", c.name, c.revision, c.path.display());
+    }
     Ok(())
 }

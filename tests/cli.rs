@@ -168,3 +168,29 @@ fn bad_input_gives_clear_errors_not_panics() {
     let r = act(&["maps-info", good.to_str().unwrap_or_default()]);
     assert!(!r.status.success() && !text(&r.stderr).contains("panicked"));
 }
+
+#[test]
+fn models_lists_local_files_and_the_hf_cache() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let local = dir.path().join("models");
+    std::fs::create_dir_all(local.join("tiny-hf")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(local.join("tiny-hf/config.json"), "{}").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(local.join("demo.gguf"), b"GGUF").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(local.join("notes.txt"), b"x").unwrap_or_else(|e| panic!("{e}"));
+    let cache = dir.path().join("hub");
+    let snap = cache.join("models--someorg--tiny-llama/snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(snap.join("config.json"), "{}").unwrap_or_else(|e| panic!("{e}"));
+    let out = act(&[
+        "models",
+        "--dir",
+        local.to_str().unwrap_or_default(),
+        "--hf-cache",
+        cache.to_str().unwrap_or_default(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("demo.gguf") && s.contains("tiny-hf"), "{s}");
+    assert!(!s.contains("notes.txt"), "{s}");
+    assert!(s.contains("someorg/tiny-llama @ 0123abcd"), "{s}");
+}
