@@ -221,6 +221,12 @@ fn child(engine: &str) {
 }
 
 fn main() {
+    // As in the app's `main`: spare candle a /proc/cpuinfo read per tensor operation.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: first statement of `main`, before any other thread exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
     if let Ok(engine) = std::env::var("ACT_BENCH_ENGINE") {
         child(&engine);
         return;

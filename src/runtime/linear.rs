@@ -131,16 +131,17 @@ impl Linear {
                 x.len()
             )));
         }
+        if let (Weights::Quant { own: Some(own), .. }, MatPath::Quantized) = (&self.weights, path) {
+            // Our kernels read `x` directly: no tensor copy on the per-token path.
+            let mut y = vec![0.0f32; n * self.out_dim];
+            SCRATCH
+                .with_borrow_mut(|s| own.matmul(x, n, &mut y, s))
+                .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
+            return self.finish(y);
+        }
         let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
         let y = match (&self.weights, path) {
             (Weights::Dense(w), _) => xt.matmul(&w.t()?)?,
-            (Weights::Quant { own: Some(own), .. }, MatPath::Quantized) => {
-                let mut y = vec![0.0f32; n * self.out_dim];
-                SCRATCH
-                    .with_borrow_mut(|s| own.matmul(x, n, &mut y, s))
-                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
-                return self.finish(y);
-            }
             (Weights::Quant { mm, .. }, MatPath::Quantized) => mm.forward(&xt)?,
             (Weights::Quant { q, dense, .. }, MatPath::Dense) => {
                 let w = match dense.get() {
