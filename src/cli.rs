@@ -33,6 +33,33 @@ pub enum Command {
     Perplexity(PerplexityArgs),
     /// List the models found in models/ and in the local Hugging Face cache.
     Models(ModelsArgs),
+    /// Export pooled activations of a dataset (one 2-D tensor per hook point, rows in
+    /// dataset order) to a safetensors file, for outside analysis.
+    Collect(CollectArgs),
+}
+
+/// Arguments of `collect`.
+#[derive(Debug, clap::Args)]
+pub struct CollectArgs {
+    /// Model file (.gguf) or Hugging Face folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset: a text file, one sample per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Hook points: a preset (post-ln, attention, mlp, all-ln, residual) or comma-separated
+    /// names such as layers.3.mlp_norm,layers.4.mlp_norm.
+    #[arg(long, default_value = "post-ln")]
+    pub hooks: String,
+    /// Pooling over each sample's tokens: mean, max or last.
+    #[arg(long, default_value = "mean")]
+    pub pooling: crate::pipeline::pooling::Pooling,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Output safetensors file (written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Arguments of `models`.
@@ -190,6 +217,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(a)) => crate::cli_model::generate(&a),
         Some(Command::Perplexity(a)) => crate::cli_model::perplexity(&a),
         Some(Command::Models(a)) => crate::cli_model::models(&a),
+        Some(Command::Collect(a)) => crate::cli_model::collect(&a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{GenerateArgs, InspectArgs, ModelsArgs, PerplexityArgs};
+use crate::cli::{CollectArgs, GenerateArgs, InspectArgs, ModelsArgs, PerplexityArgs};
 use crate::runtime::config::Family;
 use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
 use crate::runtime::linear::MatPath;
@@ -215,5 +215,58 @@ pub fn models(a: &ModelsArgs) -> Result<()> {
     for c in &cached {
         println!("  {} @ {}  {}", c.name, c.revision, c.path.display());
     }
+    Ok(())
+}
+
+/// `collect --model M --data D --hooks H --out F`.
+pub fn collect(a: &CollectArgs) -> Result<()> {
+    use crate::pipeline::collect::{CollectOptions, collect as run_collect, hook_points, read_lines};
+    let m = load(&a.model)?;
+    let texts = read_lines(&a.data).map_err(anyhow::Error::msg)?;
+    let points = hook_points(&a.hooks, m.config().n_layers).map_err(anyhow::Error::msg)?;
+    let opts = CollectOptions {
+        points,
+        pooling: a.pooling,
+        batch_size: a.batch_size,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let pooled = run_collect(&m, &texts, &opts, &AtomicBool::new(false), &mut |done, total| {
+        eprint!("\rcollecting: {done}/{total} samples");
+    })?;
+    eprintln!();
+    let bytes: Vec<(String, Vec<u8>, [usize; 2])> = pooled
+        .iter()
+        .map(|(p, mat)| {
+            (
+                p.name(),
+                mat.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                [mat.rows, mat.cols],
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, b, shape)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), b)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let meta = std::collections::HashMap::from([
+        ("pooling".to_string(), a.pooling.name().to_string()),
+        ("model".to_string(), m.fingerprint.to_string()),
+        ("data".to_string(), a.data.display().to_string()),
+        ("samples".to_string(), texts.len().to_string()),
+    ]);
+    let out = safetensors::serialize(views, Some(meta))?;
+    crate::transport::atomic_write(&a.out, &out).with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!(
+        "wrote {} hook points × {} samples ({} pooling) to {} in {:.1} s",
+        pooled.len(),
+        texts.len(),
+        a.pooling.name(),
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -174,7 +174,7 @@ impl GgufFile {
                 .content
                 .tensor_infos
                 .get("token_embd.weight")
-                .map(|i| i.shape.dims()[0])
+                .and_then(|i| i.shape.dims().first().copied())
                 .ok_or_else(|| self.bad("no vocabulary size".into()))?,
         };
         let cfg = ModelConfig {
