@@ -3,4 +3,5 @@
 pub mod arrays;
 pub mod collect;
 pub mod fit_arrays;
+pub mod fit_model;
 pub mod pooling;
