@@ -33,9 +33,51 @@ pub enum Command {
     Perplexity(PerplexityArgs),
     /// List the models found in models/ and in the local Hugging Face cache.
     Models(ModelsArgs),
+    /// Fit transport maps on a model from source and target texts (one sample per line) and
+    /// write a maps file. Defaults: Linear-AcT, causal estimation, the post-ln preset (every
+    /// layer's pre-MLP norm on Llama), mean pooling, the method's default support.
+    Fit(FitArgs),
     /// Export pooled activations of a dataset (one 2-D tensor per hook point, rows in
     /// dataset order) to a safetensors file, for outside analysis.
     Collect(CollectArgs),
+}
+
+/// Arguments of `fit`.
+#[derive(Debug, clap::Args)]
+pub struct FitArgs {
+    /// Model file (.gguf) or Hugging Face folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Source texts (moved away from), one sample per line.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Target texts (moved to), one sample per line.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Estimator: linear-act, mean-act, gaussian, aura, iti-m, det0.
+    #[arg(long, default_value = "linear-act")]
+    pub method: Method,
+    /// Hook points: post-ln, attention, mlp, all-ln, residual, or comma-separated names.
+    #[arg(long, default_value = "post-ln")]
+    pub preset: String,
+    /// Pooling over each sample's tokens: mean, max or last.
+    #[arg(long, default_value = "mean")]
+    pub pooling: crate::pipeline::pooling::Pooling,
+    /// Transport support (default: the method's; q0-100 for linear-act).
+    #[arg(long)]
+    pub support: Option<Support>,
+    /// Fit every map on unsteered activations instead of causally.
+    #[arg(long, conflicts_with = "causal")]
+    pub simultaneous: bool,
+    /// Causal estimation (the default).
+    #[arg(long)]
+    pub causal: bool,
+    /// Concept name (default: the output file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output maps file (.safetensors), written atomically.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Arguments of `collect`.
@@ -218,6 +260,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Perplexity(a)) => crate::cli_model::perplexity(&a),
         Some(Command::Models(a)) => crate::cli_model::models(&a),
         Some(Command::Collect(a)) => crate::cli_model::collect(&a),
+        Some(Command::Fit(a)) => crate::cli_model::fit(&a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;
@@ -227,7 +270,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn stem(path: &Path) -> String {
+pub(crate) fn stem(path: &Path) -> String {
     path.file_stem()
         .map_or_else(|| "concept".to_string(), |s| s.to_string_lossy().into_owned())
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use crate::cli::{CollectArgs, GenerateArgs, InspectArgs, ModelsArgs, PerplexityArgs};
+use crate::cli::{CollectArgs, FitArgs, GenerateArgs, InspectArgs, ModelsArgs, PerplexityArgs};
 use crate::runtime::config::Family;
 use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
 use crate::runtime::linear::MatPath;
@@ -232,9 +232,10 @@ pub fn collect(a: &CollectArgs) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let pooled = run_collect(&m, &texts, &opts, &AtomicBool::new(false), &mut |done, total| {
-        eprint!("\rcollecting: {done}/{total} samples");
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!("\rcollecting: {done}/{total} samples");
+        }
     })?;
-    eprintln!();
     let bytes: Vec<(String, Vec<u8>, [usize; 2])> = pooled
         .iter()
         .map(|(p, mat)| {
@@ -261,12 +262,88 @@ pub fn collect(a: &CollectArgs) -> Result<()> {
     let out = safetensors::serialize(views, Some(meta))?;
     crate::transport::atomic_write(&a.out, &out).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
-        "wrote {} hook points × {} samples ({} pooling) to {} in {:.1} s",
+        "\rwrote {} hook points × {} samples ({} pooling) to {} in {:.1} s",
         pooled.len(),
         texts.len(),
         a.pooling.name(),
         a.out.display(),
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `fit --model M --source S --target T --out F`.
+pub fn fit(a: &FitArgs) -> Result<()> {
+    use crate::pipeline::collect::{hook_points, read_lines};
+    use crate::pipeline::fit_model::{Estimation, fit_on_model};
+    use crate::transport::{DatasetInfo, FitConfig, MapsMeta};
+    use sha2::{Digest, Sha256};
+    let m = load(&a.model)?;
+    let dataset = |p: &std::path::Path| -> Result<(Vec<String>, DatasetInfo)> {
+        let lines = read_lines(p).map_err(anyhow::Error::msg)?;
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let info = DatasetInfo {
+            name: p
+                .file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            sha256: crate::transport::maps_file::hex(&Sha256::digest(&bytes)),
+            count: lines.len(),
+        };
+        Ok((lines, info))
+    };
+    let (source, source_info) = dataset(&a.source)?;
+    let (target, target_info) = dataset(&a.target)?;
+    let points = hook_points(&a.preset, m.config().n_layers).map_err(anyhow::Error::msg)?;
+    let config = FitConfig {
+        method: a.method,
+        support: a.support.unwrap_or_else(|| a.method.default_support()),
+    };
+    let estimation = if a.simultaneous {
+        Estimation::Simultaneous
+    } else {
+        Estimation::Causal
+    };
+    let started = std::time::Instant::now();
+    let hooks = fit_on_model(
+        &m,
+        &source,
+        &target,
+        &points,
+        a.pooling,
+        &config,
+        estimation,
+        &AtomicBool::new(false),
+        &mut |done, total| {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprint!("\rfitting: {done}/{total} hook points");
+            }
+        },
+    )?;
+    let concept = a.name.clone().unwrap_or_else(|| crate::cli::stem(&a.out));
+    let meta = MapsMeta::new(
+        &concept,
+        config.method,
+        config.support,
+        a.pooling.name(),
+        estimation.name(),
+        m.fingerprint.clone(),
+        source_info,
+        target_info,
+    );
+    let maps = MapsFile::new(meta, hooks)?;
+    maps.save(&a.out)
+        .with_context(|| format!("saving maps to {}", a.out.display()))?;
+    eprintln!(
+        "\rfitted {} ({}, {} support, {} pooling) at {} hook points on {} + {} samples in {:.1} s → {} (concept `{concept}`)",
+        config.method.label(),
+        estimation.name(),
+        config.support,
+        a.pooling.name(),
+        points.len(),
+        source.len(),
+        target.len(),
+        started.elapsed().as_secs_f64(),
+        a.out.display()
     );
     Ok(())
 }

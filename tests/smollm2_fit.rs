@@ -246,3 +246,83 @@ fn bad_datasets_are_errors() {
         assert!(e.is_err());
     }
 }
+
+#[test]
+fn fit_cli_writes_maps_that_steer() {
+    let Some(path) = common::demo_model() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let neutral = dir.path().join("neutral.txt");
+    let football = dir.path().join("football.txt");
+    std::fs::write(
+        &neutral,
+        "I walked to the shop to buy some milk.\nThe meeting was moved to Thursday afternoon.\n\
+         She painted the kitchen a pale shade of green.\nThe train was ten minutes late this morning.\n\
+         We planted tomatoes along the garden fence.\nHe forgot his umbrella at the office again.\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &football,
+        "The striker curled the ball into the top corner.\nFans sang for ninety minutes in the rain.\n\
+         The goalkeeper saved a penalty in extra time.\nOur team won the league on the final matchday.\n\
+         The referee showed a red card after the tackle.\nThe coach changed the formation at half time.\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let maps = dir.path().join("football.safetensors");
+    let act = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_act-studio"))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (m, n, f, o) = (
+        path.to_str().unwrap_or_default(),
+        neutral.to_str().unwrap_or_default(),
+        football.to_str().unwrap_or_default(),
+        maps.to_str().unwrap_or_default(),
+    );
+    let r = act(&["fit", "--model", m, "--source", n, "--target", f, "--out", o]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let info = act(&["maps-info", "--json", o]);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["concept"], "football");
+    assert_eq!(v["estimation"], "causal");
+    assert_eq!(v["hook_points"].as_array().map(Vec::len), Some(30));
+    assert_eq!(v["hook_points"][0]["name"], "layers.0.mlp_norm");
+    assert_eq!(v["source"]["count"], 6);
+    let continuation = |lambda: &str| {
+        let r = act(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "Once upon a time",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "16",
+            "--maps",
+            o,
+            "--lambda",
+            &format!("football={lambda}"),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        r.stdout
+    };
+    assert_ne!(
+        continuation("0"),
+        continuation("1"),
+        "fitted maps at λ = 1 must change the greedy continuation"
+    );
+    let r = act(&[
+        "fit",
+        "--model",
+        m,
+        "--source",
+        n,
+        "--target",
+        dir.path().join("missing.txt").to_str().unwrap_or_default(),
+        "--out",
+        o,
+    ]);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("missing.txt"));
+}
