@@ -83,33 +83,9 @@ pub fn collect(
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled);
         }
-        let mut ids = Vec::with_capacity(chunk.len());
-        for (i, t) in chunk.iter().enumerate() {
-            let mut v = m.tokenizer.encode(t)?;
-            v.truncate(opts.max_tokens.max(1));
-            if v.is_empty() {
-                let n = k * opts.batch_size.max(1) + i + 1;
-                return Err(RuntimeError::BadInput(format!(
-                    "sample {n} is empty after tokenization"
-                )));
-            }
-            ids.push(v);
-        }
-        let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
-        let valid: Vec<usize> = ids.iter().map(Vec::len).collect();
-        let mut tokens = Vec::with_capacity(ids.len() * seq);
-        for v in &ids {
-            tokens.extend_from_slice(v);
-            tokens.resize(tokens.len() + seq - v.len(), 0);
-        }
-        let batch = Batch {
-            tokens: &tokens,
-            batch: ids.len(),
-            seq,
-            valid: &valid,
-            prompt_lens: &valid,
-        };
-        let mut caches: Vec<_> = ids.iter().map(|_| m.new_cache()).collect();
+        let padded = PaddedBatch::encode(m, chunk.iter(), opts.max_tokens)?;
+        let batch = padded.batch();
+        let mut caches: Vec<_> = padded.valid.iter().map(|_| m.new_cache()).collect();
         m.model.forward(
             &batch,
             &mut caches,
@@ -127,6 +103,56 @@ pub fn collect(
             (p, SampleMatrix { data, rows, cols: d })
         })
         .collect())
+}
+
+/// Texts tokenized (cut to `max_tokens`) and right-padded into one batch.
+pub struct PaddedBatch {
+    /// `[rows, seq]` token ids; padding ids are 0 and ignored.
+    pub tokens: Vec<u32>,
+    /// Real tokens per row.
+    pub valid: Vec<usize>,
+    /// Tokens per row including padding.
+    pub seq: usize,
+}
+
+impl PaddedBatch {
+    /// Tokenizes `texts`; a text with no tokens is an error naming it.
+    pub fn encode<'t>(
+        m: &LoadedModel,
+        texts: impl Iterator<Item = &'t String>,
+        max_tokens: usize,
+    ) -> Result<Self> {
+        let mut ids = Vec::new();
+        for t in texts {
+            let mut v = m.tokenizer.encode(t)?;
+            v.truncate(max_tokens.max(1));
+            if v.is_empty() {
+                return Err(RuntimeError::BadInput(format!(
+                    "the sample {t:?} is empty after tokenization"
+                )));
+            }
+            ids.push(v);
+        }
+        let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
+        let valid: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mut tokens = Vec::with_capacity(ids.len() * seq);
+        for v in &ids {
+            tokens.extend_from_slice(v);
+            tokens.resize(tokens.len() + seq - v.len(), 0);
+        }
+        Ok(Self { tokens, valid, seq })
+    }
+
+    /// The batch view for a forward pass (every token counts as prompt).
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            tokens: &self.tokens,
+            batch: self.valid.len(),
+            seq: self.seq,
+            valid: &self.valid,
+            prompt_lens: &self.valid,
+        }
+    }
 }
 
 /// Reads a text dataset: one sample per non-empty line (UTF-8). Empty files are errors.

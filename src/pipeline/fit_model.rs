@@ -11,11 +11,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::{Batch, LogitsMode};
+use crate::runtime::llama::LogitsMode;
 use crate::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, RuntimeError};
 use crate::transport::{FitConfig, HookMap, Samples, Side, fit_hook};
 
-use super::collect::{CollectOptions, collect};
+use super::collect::{CollectOptions, PaddedBatch, collect};
 use super::pooling::Pooling;
 
 /// How maps of different hook points depend on each other.
@@ -99,33 +99,8 @@ pub fn fit_on_model(
             if cancel.load(Ordering::Relaxed) {
                 return Err(RuntimeError::Cancelled.into());
             }
-            let mut texts: Vec<&String> = source.iter().collect();
-            texts.extend(target);
-            let mut ids = Vec::with_capacity(texts.len());
-            for t in &texts {
-                let mut v = m.tokenizer.encode(t)?;
-                v.truncate(128);
-                if v.is_empty() {
-                    return Err(FitError::Input(format!(
-                        "the sample {t:?} is empty after tokenization"
-                    )));
-                }
-                ids.push(v);
-            }
-            let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
-            let valid: Vec<usize> = ids.iter().map(Vec::len).collect();
-            let mut tokens = Vec::with_capacity(ids.len() * seq);
-            for v in &ids {
-                tokens.extend_from_slice(v);
-                tokens.resize(tokens.len() + seq - v.len(), 0);
-            }
-            let batch = Batch {
-                tokens: &tokens,
-                batch: ids.len(),
-                seq,
-                valid: &valid,
-                prompt_lens: &valid,
-            };
+            let padded = PaddedBatch::encode(m, source.iter().chain(target), 128)?;
+            let batch = padded.batch();
             let mut hooks = CausalFit {
                 points: points.clone(),
                 n_source: source.len(),
@@ -136,7 +111,7 @@ pub fn fit_on_model(
                 cancel,
                 progress,
             };
-            let mut caches: Vec<_> = ids.iter().map(|_| m.new_cache()).collect();
+            let mut caches: Vec<_> = padded.valid.iter().map(|_| m.new_cache()).collect();
             m.model
                 .forward(&batch, &mut caches, &mut hooks, MatPath::Dense, LogitsMode::None)?;
             if hooks.maps.len() != points.len() {
