@@ -1,18 +1,10 @@
 //! The command line end to end: `fit-arrays`, `maps-info`, and bad input.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn act(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_act-studio"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run act-studio: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{run_cli as act, text};
 
 fn write_csv(path: &Path, rows: usize, cols: usize, offset: f32) {
     let mut s = String::new();

@@ -5,21 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use act_studio::runtime::LoadedModel;
 use act_studio::transport::{DatasetInfo, HookMap, MapsFile, MapsMeta, Method, ModelFingerprint, Support};
 
-fn act(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_act-studio"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run act-studio: {e}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{run_cli as act, text};
 
 /// A maps file that shifts every layer's mlp_norm strongly (a crude "concept").
 fn write_maps(path: &Path, fingerprint: ModelFingerprint, d: usize, layers: usize) {

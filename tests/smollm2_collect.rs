@@ -6,8 +6,6 @@ use std::sync::atomic::AtomicBool;
 
 use act_studio::pipeline::collect::{CollectOptions, collect, hook_points};
 use act_studio::pipeline::pooling::Pooling;
-use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::{Activation, HookFlow, HookKind, HookPoint, Hooks, LoadedModel};
 
 /// Records one hook point's full activation of a single sentence.
@@ -63,24 +61,8 @@ fn pooled_rows_equal_the_pooled_activation_of_each_sentence_alone() {
             let mat = &got[p];
             assert_eq!((mat.rows, mat.cols), (texts.len(), d));
             for (i, t) in texts.iter().enumerate() {
-                let ids = m.tokenizer.encode(t).unwrap_or_default();
                 let mut grab = Grab(*p, Vec::new());
-                let b = Batch {
-                    tokens: &ids,
-                    batch: 1,
-                    seq: ids.len(),
-                    valid: &[ids.len()],
-                    prompt_lens: &[ids.len()],
-                };
-                m.model
-                    .forward(
-                        &b,
-                        &mut [m.new_cache()],
-                        &mut grab,
-                        MatPath::Dense,
-                        LogitsMode::None,
-                    )
-                    .unwrap_or_else(|e| panic!("{e}"));
+                common::forward_alone(&m, t, &mut grab);
                 let mut want = Vec::new();
                 pooling.pool(&grab.1, d, &mut want);
                 let row = &mat.data[i * d..(i + 1) * d];

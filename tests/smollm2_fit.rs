@@ -7,8 +7,6 @@ use std::sync::atomic::AtomicBool;
 
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::{Pooling, PoolingRecorder};
-use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::steer::SteeringHooks;
 use act_studio::runtime::{Activation, HookFlow, HookKind, HookPoint, Hooks, LoadedModel};
 use act_studio::transport::{FitConfig, HookMap, Method, SteeringPlan, TokenScope, fit_hook};
@@ -67,23 +65,7 @@ fn pooled_with(
         rec: PoolingRecorder::new(&[point], Pooling::Mean),
     };
     for t in data {
-        let ids = m.tokenizer.encode(t).unwrap_or_default();
-        let b = Batch {
-            tokens: &ids,
-            batch: 1,
-            seq: ids.len(),
-            valid: &[ids.len()],
-            prompt_lens: &[ids.len()],
-        };
-        m.model
-            .forward(
-                &b,
-                &mut [m.new_cache()],
-                &mut hooks,
-                MatPath::Dense,
-                LogitsMode::None,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+        common::forward_alone(m, t, &mut hooks);
     }
     hooks.rec.pooled.remove(&point).unwrap_or_default()
 }
@@ -268,12 +250,7 @@ fn fit_cli_writes_maps_that_steer() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let maps = dir.path().join("football.safetensors");
-    let act = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_act-studio"))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let act = common::run_cli;
     let (m, n, f, o) = (
         path.to_str().unwrap_or_default(),
         neutral.to_str().unwrap_or_default(),

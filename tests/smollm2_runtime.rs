@@ -322,3 +322,43 @@ fn perplexity_ranks_real_text_below_scrambled_text_and_cancel_stops() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g.tokens.len(), 3);
 }
+
+#[test]
+fn streamed_pieces_add_up_to_the_decoded_text() {
+    use act_studio::runtime::generate::{GenerateOptions, generate};
+    use act_studio::runtime::sampling::SamplingConfig;
+    use std::sync::atomic::AtomicBool;
+    let Some(m) = model() else { return };
+    for (prompt, temperature) in [
+        ("Écris une phrase en français sur la mer 🌊:", 0.9),
+        ("Once upon a time", 0.0),
+    ] {
+        let ids = m.tokenizer.encode(prompt).unwrap_or_default();
+        let opts = GenerateOptions {
+            max_tokens: 60,
+            sampling: SamplingConfig {
+                temperature,
+                seed: 3,
+                ..SamplingConfig::default()
+            },
+            ..Default::default()
+        };
+        let mut streamed = String::new();
+        let g = generate(
+            &m,
+            &ids,
+            &opts,
+            &mut act_studio::runtime::NoHooks,
+            &AtomicBool::new(false),
+            &mut |p| {
+                streamed.push_str(p);
+                true
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let whole = m.tokenizer.decode(&g.tokens, true).unwrap_or_default();
+        assert_eq!(streamed, whole, "{prompt}");
+        assert_eq!(g.text, whole);
+        assert!(!whole.is_empty());
+    }
+}

@@ -318,9 +318,16 @@ impl TextTokenizer {
 
 /// Turns a growing list of generated ids into text pieces, emitting only complete UTF-8 text
 /// (a multi-byte character split over tokens is held back until it is whole).
+///
+/// Each step decodes only the tokens since the last emitted piece plus the one before it
+/// (for context such as a leading space), so the per-token cost does not grow with the
+/// length of the generation.
 pub struct StreamDecoder {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Start of the decoding window (one token before `read`).
+    prefix: usize,
+    /// Tokens up to here have been emitted.
+    read: usize,
 }
 
 impl StreamDecoder {
@@ -328,19 +335,22 @@ impl StreamDecoder {
     pub fn new() -> Self {
         Self {
             ids: Vec::new(),
-            emitted: 0,
+            prefix: 0,
+            read: 0,
         }
     }
 
     /// Adds a token; returns the new text it completes (possibly empty).
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = tok.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted || !text.is_char_boundary(self.emitted) {
+        let before = tok.decode(&self.ids[self.prefix..self.read], true)?;
+        let now = tok.decode(&self.ids[self.prefix..], true)?;
+        if now.len() <= before.len() || now.ends_with('\u{FFFD}') || !now.is_char_boundary(before.len()) {
             return Ok(String::new());
         }
-        let piece = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        let piece = now[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
         Ok(piece)
     }
 }

@@ -56,3 +56,37 @@ pub fn demo_model() -> Option<PathBuf> {
     );
     None
 }
+
+/// Runs the `act-studio` binary with `args`.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_act-studio"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run act-studio: {e}"))
+}
+
+/// Process output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs one text alone through the model (dense path, no logits) with `hooks`.
+pub fn forward_alone(
+    m: &act_studio::runtime::LoadedModel,
+    text: &str,
+    hooks: &mut dyn act_studio::runtime::Hooks,
+) {
+    use act_studio::runtime::linear::MatPath;
+    use act_studio::runtime::llama::{Batch, LogitsMode};
+    let ids = m.tokenizer.encode(text).unwrap_or_else(|e| panic!("{e}"));
+    let b = Batch {
+        tokens: &ids,
+        batch: 1,
+        seq: ids.len(),
+        valid: &[ids.len()],
+        prompt_lens: &[ids.len()],
+    };
+    m.model
+        .forward(&b, &mut [m.new_cache()], hooks, MatPath::Dense, LogitsMode::None)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
