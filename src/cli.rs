@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::pipeline::dataset::DatasetSpec;
 use crate::pipeline::fit_arrays::fit_array_files;
 use crate::transport::{FitConfig, MapsFile, Method, Support};
 
@@ -33,14 +34,28 @@ pub enum Command {
     Perplexity(PerplexityArgs),
     /// List the models found in models/ and in the local Hugging Face cache.
     Models(ModelsArgs),
-    /// Fit transport maps on a model from source and target texts (one sample per line) and
-    /// write a maps file. Defaults: Linear-AcT, causal estimation, the post-ln preset (every
-    /// layer's pre-MLP norm on Llama), mean pooling, the method's default support.
+    /// Fit transport maps on a model from source and target datasets (or a built-in concept)
+    /// and write a maps file. Defaults, chosen by measurement on SmolLM2 (README): Linear-AcT,
+    /// causal estimation, the all-ln preset (both norms of every layer), mean pooling,
+    /// support q0-100.
     Fit(FitArgs),
+    /// Measure steering over a range of λ: concept presence, toxicity, held-out perplexity
+    /// and an example per λ, as a table (stdout) and CSV.
+    Sweep(crate::cli_steer::SweepArgs),
+    /// Perplexity of held-out texts and/or multiple-choice accuracy, optionally steered.
+    Eval(crate::cli_steer::EvalArgs),
+    /// List the built-in concepts and datasets.
+    Concepts,
+    /// Make a concept dataset from a description: sample sentences from the model, dedupe,
+    /// save them (one per line) for editing and fitting.
+    MakeConcept(crate::cli_steer::MakeConceptArgs),
     /// Export pooled activations of a dataset (one 2-D tensor per hook point, rows in
     /// dataset order) to a safetensors file, for outside analysis.
     Collect(CollectArgs),
 }
+
+/// The default hook preset of `fit` (chosen by the measurements in the README).
+pub const DEFAULT_PRESET: &str = "all-ln";
 
 /// Arguments of `fit`.
 #[derive(Debug, clap::Args)]
@@ -48,17 +63,26 @@ pub struct FitArgs {
     /// Model file (.gguf) or Hugging Face folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// Source texts (moved away from), one sample per line.
+    /// A built-in concept (its source and target sets; see `act-studio concepts`).
+    #[arg(long, required_unless_present_all = ["source", "target"])]
+    pub concept: Option<String>,
+    /// Source texts (moved away from): FILE[#FIELD][,NAME=VALUE…] (.txt one per line, .jsonl,
+    /// .csv, .json subsets) or builtin:NAME. Overrides the concept's.
     #[arg(long)]
-    pub source: PathBuf,
-    /// Target texts (moved to), one sample per line.
+    pub source: Option<DatasetSpec>,
+    /// Target texts (moved to), same forms as --source. Overrides the concept's.
     #[arg(long)]
-    pub target: PathBuf,
+    pub target: Option<DatasetSpec>,
+    /// Use at most this many samples of each set (the first ones).
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Estimator: linear-act, mean-act, gaussian, aura, iti-m, det0.
     #[arg(long, default_value = "linear-act")]
     pub method: Method,
-    /// Hook points: post-ln, attention, mlp, all-ln, residual, or comma-separated names.
-    #[arg(long, default_value = "post-ln")]
+    /// Hook points: all-ln (default: strongest fluent steering on SmolLM2), attention
+    /// (gentle), post-ln (the paper's), mlp, residual, or comma-separated names; a layer
+    /// range may follow a preset: all-ln:0-14.
+    #[arg(long, default_value = DEFAULT_PRESET)]
     pub preset: String,
     /// Pooling over each sample's tokens: mean, max or last.
     #[arg(long, default_value = "mean")]
@@ -86,9 +110,10 @@ pub struct CollectArgs {
     /// Model file (.gguf) or Hugging Face folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// Dataset: a text file, one sample per line.
+    /// Dataset: FILE[#FIELD][,NAME=VALUE…] (.txt one per line, .jsonl, .csv, .json subsets)
+    /// or builtin:NAME.
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: DatasetSpec,
     /// Hook points: a preset (post-ln, attention, mlp, all-ln, residual) or comma-separated
     /// names such as layers.3.mlp_norm,layers.4.mlp_norm.
     #[arg(long, default_value = "post-ln")]
@@ -261,6 +286,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Models(a)) => crate::cli_model::models(&a),
         Some(Command::Collect(a)) => crate::cli_model::collect(&a),
         Some(Command::Fit(a)) => crate::cli_model::fit(&a),
+        Some(Command::Sweep(a)) => crate::cli_steer::sweep(&a),
+        Some(Command::Eval(a)) => crate::cli_steer::eval(&a),
+        Some(Command::Concepts) => crate::cli_steer::concepts(),
+        Some(Command::MakeConcept(a)) => crate::cli_steer::make_concept(&a),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

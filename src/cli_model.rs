@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 
 use crate::cli::{CollectArgs, FitArgs, GenerateArgs, InspectArgs, ModelsArgs, PerplexityArgs};
+use crate::pipeline::dataset::{Dataset, DatasetSpec, load_dataset};
 use crate::runtime::config::Family;
 use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
 use crate::runtime::linear::MatPath;
@@ -13,10 +14,10 @@ use crate::runtime::sampling::SamplingConfig;
 use crate::runtime::steer::SteeringHooks;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{LoadedModel, NoHooks};
-use crate::transport::{MapsFile, SteeringStack};
+use crate::transport::{DatasetInfo, MapsFile, SteeringStack, TokenScope};
 use std::sync::Arc;
 
-fn load(path: &std::path::Path) -> Result<LoadedModel> {
+pub(crate) fn load(path: &std::path::Path) -> Result<LoadedModel> {
     LoadedModel::load(path).with_context(|| format!("loading model {}", path.display()))
 }
 
@@ -136,17 +137,33 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
 /// Loads `--maps` files (checking they were fitted on this model), applies `--lambda`
 /// values, and compiles the stack; `None` when nothing is steered.
 fn steering_hooks(m: &LoadedModel, a: &GenerateArgs) -> Result<Option<SteeringHooks>> {
-    if a.maps.is_empty() {
-        if let Some((name, _)) = a.lambdas.first() {
+    let Some(stack) = steering_stack(m, &a.maps, &a.lambdas, a.scope)? else {
+        return Ok(None);
+    };
+    let c = m.config();
+    Ok(Some(SteeringHooks::new(&stack, c.n_layers, c.hidden_size)?))
+}
+
+/// The stack of `maps` files (each one concept at λ = 1 unless `lambdas` says otherwise);
+/// `None` without maps. Fails on maps for another model, two concepts of one name, or a λ
+/// for a concept not loaded.
+pub(crate) fn steering_stack(
+    m: &LoadedModel,
+    maps: &[std::path::PathBuf],
+    lambdas: &[(String, f32)],
+    scope: TokenScope,
+) -> Result<Option<SteeringStack>> {
+    if maps.is_empty() {
+        if let Some((name, _)) = lambdas.first() {
             anyhow::bail!("--lambda {name}=… given but no --maps file");
         }
         return Ok(None);
     }
     let mut stack = SteeringStack {
-        scope: a.scope,
+        scope,
         ..Default::default()
     };
-    for path in &a.maps {
+    for path in maps {
         let maps = MapsFile::load_for(path, &m.fingerprint)
             .with_context(|| format!("loading maps {}", path.display()))?;
         if stack.concepts.iter().any(|c| c.name == maps.meta().concept) {
@@ -154,7 +171,7 @@ fn steering_hooks(m: &LoadedModel, a: &GenerateArgs) -> Result<Option<SteeringHo
         }
         stack.push(Arc::new(maps), 1.0);
     }
-    for (name, value) in &a.lambdas {
+    for (name, value) in lambdas {
         if !stack.set_lambda(name, *value) {
             let known: Vec<&str> = stack.concepts.iter().map(|c| c.name.as_str()).collect();
             anyhow::bail!(
@@ -163,8 +180,7 @@ fn steering_hooks(m: &LoadedModel, a: &GenerateArgs) -> Result<Option<SteeringHo
             );
         }
     }
-    let c = m.config();
-    Ok(Some(SteeringHooks::new(&stack, c.n_layers, c.hidden_size)?))
+    Ok(Some(stack))
 }
 
 /// `perplexity --model M --file F`.
@@ -220,9 +236,10 @@ pub fn models(a: &ModelsArgs) -> Result<()> {
 
 /// `collect --model M --data D --hooks H --out F`.
 pub fn collect(a: &CollectArgs) -> Result<()> {
-    use crate::pipeline::collect::{CollectOptions, collect as run_collect, hook_points, read_lines};
+    use crate::pipeline::collect::{CollectOptions, collect as run_collect, hook_points};
+    let data = read_dataset(&a.data, None)?;
+    let texts = data.samples;
     let m = load(&a.model)?;
-    let texts = read_lines(&a.data).map_err(anyhow::Error::msg)?;
     let points = hook_points(&a.hooks, m.config().n_layers).map_err(anyhow::Error::msg)?;
     let opts = CollectOptions {
         points,
@@ -231,11 +248,11 @@ pub fn collect(a: &CollectArgs) -> Result<()> {
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let pooled = run_collect(&m, &texts, &opts, &AtomicBool::new(false), &mut |done, total| {
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            eprint!("\rcollecting: {done}/{total} samples");
-        }
+    let bar = crate::cli_steer::progress_bar(texts.len() as u64, "collecting samples");
+    let pooled = run_collect(&m, &texts, &opts, &AtomicBool::new(false), &mut |done, _| {
+        bar.set_position(done as u64);
     })?;
+    bar.finish_and_clear();
     let bytes: Vec<(String, Vec<u8>, [usize; 2])> = pooled
         .iter()
         .map(|(p, mat)| {
@@ -256,13 +273,13 @@ pub fn collect(a: &CollectArgs) -> Result<()> {
     let meta = std::collections::HashMap::from([
         ("pooling".to_string(), a.pooling.name().to_string()),
         ("model".to_string(), m.fingerprint.to_string()),
-        ("data".to_string(), a.data.display().to_string()),
+        ("data".to_string(), a.data.to_string()),
         ("samples".to_string(), texts.len().to_string()),
     ]);
     let out = safetensors::serialize(views, Some(meta))?;
     crate::transport::atomic_write(&a.out, &out).with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
-        "\rwrote {} hook points × {} samples ({} pooling) to {} in {:.1} s",
+        "wrote {} hook points × {} samples ({} pooling) to {} in {:.1} s",
         pooled.len(),
         texts.len(),
         a.pooling.name(),
@@ -272,27 +289,51 @@ pub fn collect(a: &CollectArgs) -> Result<()> {
     Ok(())
 }
 
-/// `fit --model M --source S --target T --out F`.
-pub fn fit(a: &FitArgs) -> Result<()> {
-    use crate::pipeline::collect::{hook_points, read_lines};
-    use crate::pipeline::fit_model::{Estimation, fit_on_model};
-    use crate::transport::{DatasetInfo, FitConfig, MapsMeta};
+/// Reads a dataset spec with context; `limit` keeps the first samples.
+pub(crate) fn read_dataset(spec: &DatasetSpec, limit: Option<usize>) -> Result<Dataset> {
+    let mut d = load_dataset(spec).with_context(|| format!("reading dataset {spec}"))?;
+    if let Some(n) = limit {
+        d.samples.truncate(n);
+    }
+    Ok(d)
+}
+
+/// Identity of a dataset for the maps file: name, SHA-256 of the samples used (joined by
+/// newlines), count.
+fn dataset_info(d: &Dataset) -> DatasetInfo {
     use sha2::{Digest, Sha256};
-    let m = load(&a.model)?;
-    let dataset = |p: &std::path::Path| -> Result<(Vec<String>, DatasetInfo)> {
-        let lines = read_lines(p).map_err(anyhow::Error::msg)?;
-        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        let info = DatasetInfo {
-            name: p
-                .file_name()
-                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()),
-            sha256: crate::transport::maps_file::hex(&Sha256::digest(&bytes)),
-            count: lines.len(),
-        };
-        Ok((lines, info))
+    let mut h = Sha256::new();
+    for s in &d.samples {
+        h.update(s.as_bytes());
+        h.update(b"\n");
+    }
+    DatasetInfo {
+        name: d.origin.clone(),
+        sha256: crate::transport::maps_file::hex(&h.finalize()),
+        count: d.samples.len(),
+    }
+}
+
+/// `fit --model M (--concept C | --source S --target T) --out F`.
+pub fn fit(a: &FitArgs) -> Result<()> {
+    use crate::pipeline::collect::hook_points;
+    use crate::pipeline::fit_model::{Estimation, fit_on_model};
+    use crate::transport::{FitConfig, MapsMeta};
+    let builtin = match &a.concept {
+        Some(name) => Some(crate::pipeline::concepts::builtin_concept(name)?),
+        None => None,
     };
-    let (source, source_info) = dataset(&a.source)?;
-    let (target, target_info) = dataset(&a.target)?;
+    let pick =
+        |given: &Option<DatasetSpec>, from_concept: Option<&String>, side: &str| -> Result<DatasetSpec> {
+            match (given, from_concept) {
+                (Some(s), _) => Ok(s.clone()),
+                (None, Some(name)) => Ok(DatasetSpec::Builtin(name.clone())),
+                (None, None) => anyhow::bail!("--{side} or --concept is needed"),
+            }
+        };
+    let source = read_dataset(&pick(&a.source, builtin.map(|c| &c.source), "source")?, a.limit)?;
+    let target = read_dataset(&pick(&a.target, builtin.map(|c| &c.target), "target")?, a.limit)?;
+    let m = load(&a.model)?;
     let points = hook_points(&a.preset, m.config().n_layers).map_err(anyhow::Error::msg)?;
     let config = FitConfig {
         method: a.method,
@@ -304,21 +345,22 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         Estimation::Causal
     };
     let started = std::time::Instant::now();
+    let bar = crate::cli_steer::progress_bar(points.len() as u64, "fitting hook points");
     let hooks = fit_on_model(
         &m,
-        &source,
-        &target,
+        &source.samples,
+        &target.samples,
         &points,
         a.pooling,
         &config,
         estimation,
         &AtomicBool::new(false),
         &mut |done, total| {
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                eprint!("\rfitting: {done}/{total} hook points");
-            }
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
         },
     )?;
+    bar.finish_and_clear();
     let concept = a.name.clone().unwrap_or_else(|| crate::cli::stem(&a.out));
     let meta = MapsMeta::new(
         &concept,
@@ -327,21 +369,21 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         a.pooling.name(),
         estimation.name(),
         m.fingerprint.clone(),
-        source_info,
-        target_info,
+        dataset_info(&source),
+        dataset_info(&target),
     );
     let maps = MapsFile::new(meta, hooks)?;
     maps.save(&a.out)
         .with_context(|| format!("saving maps to {}", a.out.display()))?;
     eprintln!(
-        "\rfitted {} ({}, {} support, {} pooling) at {} hook points on {} + {} samples in {:.1} s → {} (concept `{concept}`)",
+        "fitted {} ({}, {} support, {} pooling) at {} hook points on {} + {} samples in {:.1} s → {} (concept `{concept}`)",
         config.method.label(),
         estimation.name(),
         config.support,
         a.pooling.name(),
         points.len(),
-        source.len(),
-        target.len(),
+        source.samples.len(),
+        target.samples.len(),
         started.elapsed().as_secs_f64(),
         a.out.display()
     );

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod cli_model;
+pub mod cli_steer;
 pub mod pipeline;
 pub mod runtime;
 pub mod transport;

@@ -98,6 +98,14 @@ fn presets_and_names_resolve_to_hook_points() {
     assert_eq!(named.len(), 2);
     assert!(hook_points("layers.30.mlp_norm", 30).is_err());
     assert!(hook_points("everything", 30).is_err());
+    assert_eq!(hook_points("all-ln:0-1", 30).map(|v| v.len()), Ok(4));
+    assert_eq!(
+        hook_points("post-ln:29", 30).map(|v| v.iter().map(|p| p.name()).collect::<Vec<_>>()),
+        Ok(vec!["layers.29.mlp_norm".to_string()])
+    );
+    for bad in ["post-ln:5-2", "post-ln:0-30", "post-ln:x", "nothing:1-2"] {
+        assert!(hook_points(bad, 30).is_err(), "{bad}");
+    }
 }
 
 #[test]

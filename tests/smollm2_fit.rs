@@ -124,6 +124,20 @@ fn causal_one_pass_equals_naive_causal_fitting() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(one_pass.len(), points.len());
+    // The same pass cut into several chunks (threads meeting at every hook point).
+    let chunked = act_studio::pipeline::causal_pass::causal_fit(
+        &m,
+        &source,
+        &target,
+        &points,
+        Pooling::Mean,
+        &config,
+        128,
+        40,
+        &no,
+        &mut |_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // The definition: re-run the data once per hook point with the earlier maps applied.
     let mut earlier: Vec<(HookPoint, Arc<HookMap>)> = Vec::new();
@@ -140,12 +154,20 @@ fn causal_one_pass_equals_naive_causal_fitting() {
         let naive = fit_hook(&p.name(), sm, tm, &config).unwrap_or_else(|e| panic!("{e}"));
         let (name, fast) = &one_pass[k];
         assert_eq!(name, &p.name());
+        let many = &chunked[k].1;
         for (a, b) in [
+            (many.omega(), naive.omega()),
+            (many.beta(), naive.beta()),
+            (many.lo(), naive.lo()),
+            (many.hi(), naive.hi()),
+        ]
+        .into_iter()
+        .chain([
             (fast.omega(), naive.omega()),
             (fast.beta(), naive.beta()),
             (fast.lo(), naive.lo()),
             (fast.hi(), naive.hi()),
-        ] {
+        ]) {
             let diff = a
                 .iter()
                 .zip(b)
@@ -263,8 +285,10 @@ fn fit_cli_writes_maps_that_steer() {
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(v["concept"], "football");
     assert_eq!(v["estimation"], "causal");
-    assert_eq!(v["hook_points"].as_array().map(Vec::len), Some(30));
-    assert_eq!(v["hook_points"][0]["name"], "layers.0.mlp_norm");
+    // The default preset, all-ln: both norms of all 30 layers, in forward order.
+    assert_eq!(v["hook_points"].as_array().map(Vec::len), Some(60));
+    assert_eq!(v["hook_points"][0]["name"], "layers.0.attn_norm");
+    assert_eq!(v["hook_points"][1]["name"], "layers.0.mlp_norm");
     assert_eq!(v["source"]["count"], 6);
     let continuation = |lambda: &str| {
         let r = act(&[

@@ -37,14 +37,25 @@ impl Default for CollectOptions {
 
 /// Hook points of a preset over `n_layers` layers (the paper's names): `post-ln` (on Llama:
 /// every `mlp_norm`), `attention` (`attn_out`), `mlp` (`mlp_out`), `all-ln` (`attn_norm` and
-/// `mlp_norm`), `residual` (`resid`); or a comma-separated list of hook point names.
+/// `mlp_norm`), `residual` (`resid`), optionally limited to a layer range (`post-ln:0-14`,
+/// `mlp:20`); or a comma-separated list of hook point names.
 pub fn hook_points(spec: &str, n_layers: usize) -> std::result::Result<Vec<HookPoint>, String> {
-    let kinds: &[HookKind] = match spec.trim().to_ascii_lowercase().as_str() {
+    let spec = spec.trim();
+    let (preset, range) = match spec.split_once(':') {
+        Some((p, r)) => (p, Some(r)),
+        None => (spec, None),
+    };
+    let kinds: &[HookKind] = match preset.to_ascii_lowercase().as_str() {
         "post-ln" | "postln" | "mlp-norm" => &[HookKind::MlpNorm],
         "attention" | "attn" => &[HookKind::AttnOut],
         "mlp" => &[HookKind::MlpOut],
         "all-ln" | "allln" => &[HookKind::AttnNorm, HookKind::MlpNorm],
         "residual" | "resid" => &[HookKind::Resid],
+        _ if range.is_some() => {
+            return Err(format!(
+                "`{preset}` is not a preset (post-ln, attention, mlp, all-ln, residual)"
+            ));
+        }
         _ => {
             return spec
                 .split(',')
@@ -56,14 +67,34 @@ pub fn hook_points(spec: &str, n_layers: usize) -> std::result::Result<Vec<HookP
                 .collect();
         }
     };
-    Ok((0..n_layers)
+    let layers = match range {
+        None => 0..n_layers,
+        Some(r) => {
+            let bad = || {
+                format!(
+                    "`{r}` is not a layer range of this model (e.g. 0-{}, or one layer)",
+                    n_layers.saturating_sub(1)
+                )
+            };
+            let (a, b) = match r.split_once('-') {
+                Some((a, b)) => (a.trim().parse::<usize>(), b.trim().parse::<usize>()),
+                None => (r.trim().parse::<usize>(), r.trim().parse::<usize>()),
+            };
+            match (a, b) {
+                (Ok(a), Ok(b)) if a <= b && b < n_layers => a..b + 1,
+                _ => return Err(bad()),
+            }
+        }
+    };
+    Ok(layers
         .flat_map(|layer| kinds.iter().map(move |&kind| HookPoint { layer, kind }))
         .collect())
 }
 
 /// Runs `texts` through the model in batches and returns, per hook point, the pooled
-/// activations `[texts, d]` in dataset order. `progress(done, total)` is called after each
-/// batch; `cancel` stops between batches.
+/// activations `[texts, d]` in dataset order. Batches group texts of similar length (less
+/// padding); `progress(done, total)` is called after each batch; `cancel` stops between
+/// batches.
 pub fn collect(
     m: &LoadedModel,
     texts: &[String],
@@ -78,14 +109,21 @@ pub fn collect(
         return Err(RuntimeError::BadInput("no hook points to collect".into()));
     }
     let d = m.config().hidden_size;
+    let lens = texts
+        .iter()
+        .map(|t| Ok(m.tokenizer.encode(t)?.len().min(opts.max_tokens.max(1))))
+        .collect::<Result<Vec<usize>>>()?;
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
     let mut recorder = PoolingRecorder::new(&opts.points, opts.pooling);
-    for (k, chunk) in texts.chunks(opts.batch_size.max(1)).enumerate() {
+    let mut done = 0;
+    for chunk in order.chunks(opts.batch_size.max(1)) {
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled);
         }
-        let padded = PaddedBatch::encode(m, chunk.iter(), opts.max_tokens)?;
+        let padded = PaddedBatch::encode(m, chunk.iter().map(|&i| &texts[i]), opts.max_tokens)?;
         let batch = padded.batch();
-        let mut caches: Vec<_> = padded.valid.iter().map(|_| m.new_cache()).collect();
+        let mut caches: Vec<_> = padded.valid.iter().map(|_| m.transient_cache()).collect();
         m.model.forward(
             &batch,
             &mut caches,
@@ -93,14 +131,26 @@ pub fn collect(
             MatPath::Dense,
             LogitsMode::None,
         )?;
-        progress(((k + 1) * opts.batch_size.max(1)).min(texts.len()), texts.len());
+        done += chunk.len();
+        progress(done, texts.len());
     }
+    // Rows were recorded in length order; put them back in dataset order.
     Ok(recorder
         .pooled
         .into_iter()
-        .map(|(p, data)| {
-            let rows = data.len() / d.max(1);
-            (p, SampleMatrix { data, rows, cols: d })
+        .map(|(p, sorted)| {
+            let mut data = vec![0.0; sorted.len()];
+            for (k, &i) in order.iter().enumerate() {
+                data[i * d..(i + 1) * d].copy_from_slice(&sorted[k * d..(k + 1) * d]);
+            }
+            (
+                p,
+                SampleMatrix {
+                    data,
+                    rows: texts.len(),
+                    cols: d,
+                },
+            )
         })
         .collect())
 }
@@ -153,20 +203,4 @@ impl PaddedBatch {
             prompt_lens: &self.valid,
         }
     }
-}
-
-/// Reads a text dataset: one sample per non-empty line (UTF-8). Empty files are errors.
-pub fn read_lines(path: &std::path::Path) -> std::result::Result<Vec<String>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not valid UTF-8 text", path.display()))?;
-    let lines: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    if lines.is_empty() {
-        return Err(format!("{}: no samples (one per line expected)", path.display()));
-    }
-    Ok(lines)
 }

@@ -1,7 +1,13 @@
 //! Data, fitting, generation and evaluation on top of the runtime and the transport core.
 
 pub mod arrays;
+pub mod causal_pass;
 pub mod collect;
+pub mod concepts;
+pub mod dataset;
+pub mod describe;
+pub mod eval;
 pub mod fit_arrays;
 pub mod fit_model;
 pub mod pooling;
+pub mod sweep;

@@ -105,6 +105,7 @@ pub(crate) fn cached_attention(
         let q_rows = &q[b * t * nh * hd..(b + 1) * t * nh * hd];
         let y = attend(q_rows, kc, vc, t, keys, starts[b], nh, nkv, hd)?;
         out.extend_from_slice(&y);
+        cache.release_layer(layer);
     }
     Ok(out)
 }

@@ -220,7 +220,7 @@ pub fn perplexity(
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled);
         }
-        let mut cache = vec![m.new_cache()];
+        let mut cache = vec![m.transient_cache()];
         let batch = Batch {
             tokens: chunk,
             batch: 1,

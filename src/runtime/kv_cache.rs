@@ -1,10 +1,14 @@
 //! Per-sequence key/value cache.
 
 /// Keys and values of one sequence for every layer: `[position][kv_head × head_dim]`.
+/// A *transient* cache keeps nothing: each layer's keys and values are dropped right after the
+/// layer's attention, so a one-shot pass over many sequences (fitting, collecting, scoring)
+/// holds one layer's keys and values at a time instead of every layer's.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
+    transient: bool,
 }
 
 impl KvCache {
@@ -13,7 +17,21 @@ impl KvCache {
         Self {
             layers: vec![(Vec::new(), Vec::new()); n_layers],
             len: 0,
+            transient: false,
         }
+    }
+
+    /// A cache for one forward pass that is never continued: it stays empty.
+    pub fn transient(n_layers: usize) -> Self {
+        Self {
+            transient: true,
+            ..Self::new(n_layers)
+        }
+    }
+
+    /// Whether this cache forgets each layer after its attention.
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     /// Cached positions (the next token's position).
@@ -49,7 +67,19 @@ impl KvCache {
     }
 
     pub(crate) fn set_len(&mut self, len: usize) {
-        self.len = len;
+        if !self.transient {
+            self.len = len;
+        }
+    }
+
+    /// Frees layer `l`'s keys and values if the cache is transient.
+    pub(crate) fn release_layer(&mut self, l: usize) {
+        if self.transient
+            && let Some((k, v)) = self.layers.get_mut(l)
+        {
+            *k = Vec::new();
+            *v = Vec::new();
+        }
     }
 
     pub(crate) fn n_layers(&self) -> usize {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 mod forward;
 pub mod generate;
+pub mod generate_many;
 pub mod gguf;
 pub mod gpt2;
 pub mod hf;

@@ -105,4 +105,9 @@ impl LoadedModel {
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config().n_layers)
     }
+
+    /// A cache for a one-shot pass that is never continued (see [`KvCache::transient`]).
+    pub fn transient_cache(&self) -> KvCache {
+        KvCache::transient(self.config().n_layers)
+    }
 }

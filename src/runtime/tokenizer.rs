@@ -246,6 +246,16 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Encodes text without BOS (for continuations appended to an encoded prompt).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
     /// Decodes ids to text (special tokens kept unless `skip_special`).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(tok_err)

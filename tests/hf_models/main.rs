@@ -3,6 +3,7 @@
 //! candle-ops GPT-2 reference on the same files; F16/BF16 and sharded weights; errors; padding;
 //! the local hub cache. Nothing is downloaded.
 
+mod fitting;
 mod fixtures;
 mod gpt2_reference;
 
