@@ -49,6 +49,8 @@ pub enum Command {
     /// Make a concept dataset from a description: sample sentences from the model, dedupe,
     /// save them (one per line) for editing and fitting.
     MakeConcept(crate::cli_steer::MakeConceptArgs),
+    /// Open the desktop app (also what `act-studio` with no arguments does).
+    App(AppArgs),
     /// Export pooled activations of a dataset (one 2-D tensor per hook point, rows in
     /// dataset order) to a safetensors file, for outside analysis.
     Collect(CollectArgs),
@@ -102,6 +104,21 @@ pub struct FitArgs {
     /// Output maps file (.safetensors), written atomically.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Arguments of `app`.
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    /// Model to load at start (default: the demo model, if present).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Start from default settings instead of the saved ones.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Demo: fit the default concept on 48 + 48 samples, generate, save a screenshot of the
+    /// window to this PNG, and close.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
 }
 
 /// Arguments of `collect`.
@@ -290,12 +307,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Eval(a)) => crate::cli_steer::eval(&a),
         Some(Command::Concepts) => crate::cli_steer::concepts(),
         Some(Command::MakeConcept(a)) => crate::cli_steer::make_concept(&a),
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!("\n(The desktop app is not part of this build yet: use a subcommand.)");
-            Ok(())
-        }
+        Some(Command::App(a)) => crate::app::run(crate::app::AppOptions {
+            model: a.model,
+            no_autoload: false,
+            fresh: a.fresh || a.screenshot.is_some(),
+            screenshot: a.screenshot,
+        }),
+        None => crate::app::run(crate::app::AppOptions::default()),
     }
 }
 

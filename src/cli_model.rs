@@ -298,18 +298,11 @@ pub(crate) fn read_dataset(spec: &DatasetSpec, limit: Option<usize>) -> Result<D
     Ok(d)
 }
 
-/// Identity of a dataset for the maps file: name, SHA-256 of the samples used (joined by
-/// newlines), count.
+/// Identity of a dataset for the maps file: its spec, SHA-256 of the samples used, count.
 fn dataset_info(d: &Dataset) -> DatasetInfo {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for s in &d.samples {
-        h.update(s.as_bytes());
-        h.update(b"\n");
-    }
     DatasetInfo {
         name: d.origin.clone(),
-        sha256: crate::transport::maps_file::hex(&h.finalize()),
+        sha256: d.sha256(),
         count: d.samples.len(),
     }
 }

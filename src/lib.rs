@@ -5,9 +5,11 @@
 //! Layers point one way: [`transport`] (pure math and the maps file) ← runtime (hookable
 //! forward passes) ← [`pipeline`] (data, fitting, generation, evaluation) ← app and [`cli`].
 
+pub mod app;
 pub mod cli;
 pub mod cli_model;
 pub mod cli_steer;
 pub mod pipeline;
 pub mod runtime;
 pub mod transport;
+pub mod worker;

@@ -17,7 +17,7 @@ use crate::runtime::llama::{Batch, LogitsMode};
 use crate::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, RuntimeError};
 use crate::transport::{FitConfig, HookMap, Samples, Side, fit_hook};
 
-use super::fit_model::FitError;
+use super::fit_model::{FitError, FittedMaps};
 use super::pooling::Pooling;
 
 /// Default padded tokens per chunk (rows × longest row); smaller chunks waste less on padding
@@ -89,6 +89,8 @@ struct Shared<'a> {
     current: Mutex<Option<Arc<HookMap>>>,
     /// Every fitted map, in hook-point order.
     maps: Mutex<Vec<(String, HookMap)>>,
+    /// If kept: the pooled `[samples, d]` activations each map was fitted on.
+    kept: Option<Mutex<Vec<Vec<f32>>>>,
     /// Why the pass stopped, if it failed in a fit or was cancelled.
     failure: Mutex<Option<FitError>>,
     points: &'a [HookPoint],
@@ -115,6 +117,9 @@ impl Shared<'_> {
         let name = point.name();
         let pooled = lock(&self.pooled);
         let (src, tgt) = pooled.split_at(self.n_source * self.d);
+        if let Some(kept) = &self.kept {
+            lock(kept).push(pooled.clone());
+        }
         let fitted = Samples::new(src, self.n_source, self.d, Side::Source)
             .and_then(|s| {
                 Ok((
@@ -230,6 +235,37 @@ pub fn causal_fit(
     cancel: &AtomicBool,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Vec<(String, HookMap)>, FitError> {
+    let (maps, _) = causal_fit_keeping(
+        m,
+        source,
+        target,
+        points,
+        pooling,
+        config,
+        (max_tokens, chunk_tokens, false),
+        cancel,
+        progress,
+    )?;
+    Ok(maps)
+}
+
+/// Pooled activations per hook point, `[source + target samples, d]` (source rows first).
+pub type Pooled = Vec<Vec<f32>>;
+
+/// [`causal_fit`], also returning (when `sizes.2`) the pooled activations each map was
+/// fitted on, in hook-point order. `sizes` = (max tokens, chunk tokens, keep).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_fit_keeping(
+    m: &LoadedModel,
+    source: &[String],
+    target: &[String],
+    points: &[HookPoint],
+    pooling: Pooling,
+    config: &FitConfig,
+    (max_tokens, chunk_tokens, keep): (usize, usize, bool),
+    cancel: &AtomicBool,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<(FittedMaps, Option<Pooled>), FitError> {
     let mut points = points.to_vec();
     points.sort();
     points.dedup();
@@ -247,6 +283,7 @@ pub fn causal_fit(
         pooled: Mutex::new(vec![0.0; texts.len() * d]),
         current: Mutex::new(None),
         maps: Mutex::new(Vec::with_capacity(points.len())),
+        kept: keep.then(|| Mutex::new(Vec::with_capacity(points.len()))),
         failure: Mutex::new(None),
         points,
         n_source: source.len(),
@@ -301,7 +338,10 @@ pub fn causal_fit(
             "the forward pass ended before every hook point".into(),
         ));
     }
-    Ok(maps)
+    let kept = shared
+        .kept
+        .map(|k| k.into_inner().unwrap_or_else(PoisonError::into_inner));
+    Ok((maps, kept))
 }
 
 /// One chunk's forward pass, right-padded to its longest row.

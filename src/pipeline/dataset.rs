@@ -136,6 +136,17 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// SHA-256 of the samples joined by newlines: the dataset identity stored in maps files.
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for s in &self.samples {
+            h.update(s.as_bytes());
+            h.update(b"\n");
+        }
+        crate::transport::maps_file::hex(&h.finalize())
+    }
+
     /// Fails unless there are at least `need` samples (`side` names the dataset's role).
     pub fn require(&self, need: usize, side: &str) -> Result<()> {
         if self.samples.len() < need {

@@ -8,7 +8,7 @@
 use std::sync::atomic::AtomicBool;
 
 use crate::runtime::{HookPoint, LoadedModel, RuntimeError};
-use crate::transport::{FitConfig, HookMap, fit_hook};
+use crate::transport::{FitConfig, HookMap, SampleMatrix, fit_hook};
 
 use super::collect::{CollectOptions, collect};
 use super::pooling::Pooling;
@@ -32,6 +32,9 @@ impl Estimation {
         }
     }
 }
+
+/// Fitted maps by hook point name, in forward order.
+pub type FittedMaps = Vec<(String, HookMap)>;
 
 /// Why fitting failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,55 @@ pub fn fit_on_model(
     cancel: &AtomicBool,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<Vec<(String, HookMap)>, FitError> {
+    let (maps, _) = fit_impl(
+        m, source, target, points, pooling, config, estimation, false, cancel, progress,
+    )?;
+    Ok(maps)
+}
+
+/// The activations one map was fitted on: source and target samples, pooled, `[n, d]` each.
+#[derive(Debug, Clone)]
+pub struct FitSamples {
+    /// Hook point name.
+    pub hook: String,
+    /// Source samples.
+    pub source: SampleMatrix,
+    /// Target samples.
+    pub target: SampleMatrix,
+}
+
+/// [`fit_on_model`], also returning the pooled activations each map was fitted on (for
+/// plots: histograms of source, target and transported source).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_on_model_with_samples(
+    m: &LoadedModel,
+    source: &[String],
+    target: &[String],
+    points: &[HookPoint],
+    pooling: Pooling,
+    config: &FitConfig,
+    estimation: Estimation,
+    cancel: &AtomicBool,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<(FittedMaps, Vec<FitSamples>), FitError> {
+    fit_impl(
+        m, source, target, points, pooling, config, estimation, true, cancel, progress,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_impl(
+    m: &LoadedModel,
+    source: &[String],
+    target: &[String],
+    points: &[HookPoint],
+    pooling: Pooling,
+    config: &FitConfig,
+    estimation: Estimation,
+    keep: bool,
+    cancel: &AtomicBool,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<(FittedMaps, Vec<FitSamples>), FitError> {
     for (side, data) in [("source", source), ("target", target)] {
         if data.len() < 2 && config.method != crate::transport::Method::ActAdd {
             return Err(FitError::Input(format!(
@@ -83,25 +135,58 @@ pub fn fit_on_model(
             let src = collect(m, source, &opts, cancel, progress)?;
             let tgt = collect(m, target, &opts, cancel, progress)?;
             let mut out = Vec::with_capacity(points.len());
+            let mut kept = Vec::new();
             for p in &points {
                 let (Some(s), Some(t)) = (src.get(p), tgt.get(p)) else {
                     return Err(FitError::Input(format!("no activations recorded at {p}")));
                 };
                 out.push((p.name(), fit_hook(&p.name(), s.view(), t.view(), config)?));
+                if keep {
+                    kept.push(FitSamples {
+                        hook: p.name(),
+                        source: s.clone(),
+                        target: t.clone(),
+                    });
+                }
             }
-            Ok(out)
+            Ok((out, kept))
         }
-        Estimation::Causal => super::causal_pass::causal_fit(
-            m,
-            source,
-            target,
-            &points,
-            pooling,
-            config,
-            128,
-            super::causal_pass::CHUNK_TOKENS,
-            cancel,
-            progress,
-        ),
+        Estimation::Causal => {
+            let (maps, pooled) = super::causal_pass::causal_fit_keeping(
+                m,
+                source,
+                target,
+                &points,
+                pooling,
+                config,
+                (128, super::causal_pass::CHUNK_TOKENS, keep),
+                cancel,
+                progress,
+            )?;
+            let d = m.config().hidden_size;
+            let n_src = source.len();
+            let kept = pooled
+                .unwrap_or_default()
+                .into_iter()
+                .zip(&maps)
+                .map(|(data, (hook, _))| {
+                    let (s, t) = data.split_at(n_src * d);
+                    FitSamples {
+                        hook: hook.clone(),
+                        source: SampleMatrix {
+                            data: s.to_vec(),
+                            rows: n_src,
+                            cols: d,
+                        },
+                        target: SampleMatrix {
+                            data: t.to_vec(),
+                            rows: target.len(),
+                            cols: d,
+                        },
+                    }
+                })
+                .collect();
+            Ok((maps, kept))
+        }
     }
 }

@@ -1,0 +1,701 @@
+//! The desktop app (eframe/egui): one window with the whole steering loop. Panels live in one
+//! file each; every piece of model work goes to the [`crate::worker`] thread, and the UI thread
+//! only drains its events and draws.
+
+mod concepts_panel;
+mod fit_panel;
+mod model_panel;
+mod output_panel;
+mod plots_panel;
+pub mod settings;
+mod status_bar;
+mod steering_panel;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+
+use crate::pipeline::fit_model::FitSamples;
+use crate::pipeline::sweep::SweepRow;
+use crate::runtime::CachedModel;
+use crate::transport::{MapsFile, SteeringStack, TokenScope};
+use crate::worker::{Column, Command, Event, GenerateJob, ModelInfo, Progress, Worker};
+
+use settings::Settings;
+
+/// Debounce of slider releases: a burst of releases (keyboard, quick drags) regenerates once.
+const REGENERATE_DELAY_MS: u64 = 60;
+
+/// The demo model's place, relative to the working folder.
+pub const DEMO_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// How the app starts.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Load this model at start (the demo model when `None` and it exists).
+    pub model: Option<PathBuf>,
+    /// Do not look for the demo model.
+    pub no_autoload: bool,
+    /// Ignore stored settings.
+    pub fresh: bool,
+    /// Demo script: fit the default concept on a few samples, generate at λ = 1, save a
+    /// screenshot of the window to this PNG and close (for the README image).
+    pub screenshot: Option<PathBuf>,
+}
+
+/// Steps of the screenshot script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    WaitModel,
+    WaitFit,
+    WaitGeneration,
+    /// Waiting for screenshot `k` (0: output tab, 1: plots tab), `n` frames so far.
+    Shoot(u8, u16),
+    Done,
+}
+
+/// One concept in the steering stack, with what the app knows about it.
+#[derive(Clone)]
+pub struct StackEntry {
+    /// Name, maps, λ, on/off.
+    pub concept: crate::transport::Concept,
+    /// The samples it was fitted on (for plots), when fitted in this session.
+    pub samples: Option<Arc<Vec<FitSamples>>>,
+    /// Allow λ up to 2 (extrapolation).
+    pub extended: bool,
+}
+
+/// A dataset open in the editor.
+#[derive(Debug, Clone, Default)]
+pub struct Editor {
+    /// Where it came from (a spec, or "made from …").
+    pub origin: String,
+    /// One sample per line.
+    pub text: String,
+    /// Token count per sample, when a model was loaded.
+    pub token_lens: Vec<usize>,
+}
+
+/// The two output columns.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// Unsteered text.
+    pub unsteered: String,
+    /// Steered text.
+    pub steered: String,
+    /// The settings the unsteered column was made with (to regenerate only the steered one).
+    pub unsteered_key: Option<String>,
+    /// When the current generation was asked for.
+    pub requested: Option<Instant>,
+    /// Time from the request to the first steered token, last generation.
+    pub first_steered_token: Option<Duration>,
+    /// A generation is running.
+    pub generating: bool,
+    /// Regenerate the steered column at this time (debounced slider release).
+    pub regenerate_at: Option<Instant>,
+    /// Generations started so far.
+    pub started: usize,
+    /// When a slider was last released (cleared at the next steered token).
+    pub released: Option<Instant>,
+    /// Time from releasing a slider to the first steered token, last time.
+    pub release_to_token: Option<Duration>,
+}
+
+/// The λ sweep form and results.
+#[derive(Debug, Clone)]
+pub struct SweepForm {
+    /// λ values, comma-separated.
+    pub lambdas: String,
+    /// Samples per λ.
+    pub samples: usize,
+    /// Held-out texts for perplexity.
+    pub heldout: usize,
+    /// Results.
+    pub rows: Vec<SweepRow>,
+}
+
+impl Default for SweepForm {
+    fn default() -> Self {
+        Self {
+            lambdas: "0, 0.25, 0.5, 0.75, 1".into(),
+            samples: 4,
+            heldout: 4,
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// Central tabs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tab {
+    /// Two-column output and sweeps.
+    #[default]
+    Output,
+    /// Activation plots.
+    Plots,
+}
+
+/// Results of file dialogs, which run on their own threads.
+enum DialogResult {
+    OpenModel(PathBuf),
+    SourceFile(PathBuf),
+    TargetFile(PathBuf),
+    SaveDataset(PathBuf),
+    SaveMaps(usize, PathBuf),
+    LoadMaps(PathBuf),
+    ExportOutput(PathBuf),
+    ExportSweep(PathBuf),
+}
+
+/// The app.
+pub struct StudioApp {
+    worker: Worker,
+    dialogs: (
+        crossbeam_channel::Sender<DialogResult>,
+        crossbeam_channel::Receiver<DialogResult>,
+    ),
+    ctx: egui::Context,
+    /// Persisted settings.
+    pub settings: Settings,
+    /// The loaded model.
+    pub model: Option<ModelInfo>,
+    /// Models in the local Hugging Face cache.
+    pub hf_cache: Vec<CachedModel>,
+    /// Commands sent and not finished.
+    pub pending: usize,
+    /// Progress of the running job.
+    pub progress: Option<Progress>,
+    /// Last message (error = true shows it in red).
+    pub status: Option<(String, bool)>,
+    /// Every error shown so far (newest last).
+    pub errors: Vec<String>,
+    /// The steering stack.
+    pub stack: Vec<StackEntry>,
+    /// Which tokens are steered.
+    pub scope: TokenScope,
+    /// Dataset editor.
+    pub editor: Option<Editor>,
+    /// "Make a concept" description.
+    pub describe: String,
+    /// Sentences to make.
+    pub describe_samples: usize,
+    /// Fit form.
+    pub fit: fit_panel::FitForm,
+    /// Output columns.
+    pub output: Output,
+    /// Sweep.
+    pub sweep: SweepForm,
+    /// Plot choices.
+    pub plots: plots_panel::PlotsState,
+    /// The prompt's pooled activations per hook point (unsteered).
+    pub prompt_acts: Vec<(String, Vec<f32>)>,
+    /// Central tab.
+    pub tab: Tab,
+    /// UI frame times (ms), the last 2000 frames.
+    pub frame_ms: Vec<f32>,
+    script: Option<(Script, PathBuf)>,
+}
+
+impl StudioApp {
+    /// Creates the app from eframe's creation context.
+    pub fn new(cc: &eframe::CreationContext<'_>, opts: AppOptions) -> Self {
+        let settings: Settings = if opts.fresh {
+            Settings::default()
+        } else {
+            cc.storage
+                .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+                .unwrap_or_default()
+        };
+        Self::with_settings(&cc.egui_ctx, settings, opts)
+    }
+
+    /// Creates the app with given settings (tests start from defaults).
+    pub fn with_settings(ctx: &egui::Context, settings: Settings, opts: AppOptions) -> Self {
+        let repaint = ctx.clone();
+        let worker = match Worker::spawn(move || repaint.request_repaint()) {
+            Ok(w) => w,
+            // Without a worker thread nothing can run; the OS refusing one thread is fatal.
+            Err(e) => panic!("cannot start the worker thread: {e}"),
+        };
+        let mut app = Self {
+            worker,
+            dialogs: crossbeam_channel::unbounded(),
+            ctx: ctx.clone(),
+            fit: fit_panel::FitForm::from_settings(&settings),
+            settings,
+            model: None,
+            hf_cache: crate::runtime::discover_hf_cache(None),
+            pending: 0,
+            progress: None,
+            status: None,
+            errors: Vec::new(),
+            stack: Vec::new(),
+            scope: TokenScope::All,
+            editor: None,
+            describe: String::new(),
+            describe_samples: 24,
+            output: Output::default(),
+            sweep: SweepForm::default(),
+            plots: plots_panel::PlotsState::default(),
+            prompt_acts: Vec::new(),
+            tab: Tab::Output,
+            frame_ms: Vec::new(),
+            script: opts.screenshot.clone().map(|p| (Script::WaitModel, p)),
+        };
+        let start = opts.model.clone().or_else(|| {
+            let demo = PathBuf::from(DEMO_MODEL);
+            (!opts.no_autoload && demo.exists()).then_some(demo)
+        });
+        if let Some(p) = start {
+            app.load_model(p);
+        }
+        app
+    }
+
+    /// Whether the worker is running something.
+    pub fn busy(&self) -> bool {
+        self.pending > 0
+    }
+
+    /// Sends a command to the worker.
+    pub fn send(&mut self, cmd: Command) {
+        if self.worker.send(cmd) {
+            self.pending += 1;
+        } else {
+            self.error("the worker thread has stopped; restart the app".into());
+        }
+    }
+
+    /// Asks the running job to stop.
+    pub fn cancel(&self) {
+        self.worker.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Shows an error in the status line (and keeps it in the error list).
+    pub fn error(&mut self, msg: String) {
+        self.errors.push(msg.clone());
+        self.status = Some((msg, true));
+    }
+
+    /// Shows a message in the status line.
+    pub fn info(&mut self, msg: String) {
+        self.status = Some((msg, false));
+    }
+
+    /// Loads a model on the worker.
+    pub fn load_model(&mut self, path: PathBuf) {
+        self.info(format!("loading {} …", path.display()));
+        self.send(Command::LoadModel(path));
+    }
+
+    /// The stack as the transport core sees it.
+    pub fn steering_stack(&self) -> SteeringStack {
+        SteeringStack {
+            concepts: self.stack.iter().map(|e| e.concept.clone()).collect(),
+            scope: self.scope,
+        }
+    }
+
+    /// Settings text that decides the unsteered column.
+    fn unsteered_key(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "{}|{}|{}|{}|{}|{:?}",
+            s.prompt,
+            s.chat,
+            s.max_tokens,
+            s.temperature,
+            s.seed,
+            self.model.as_ref().map(|m| &m.path)
+        )
+    }
+
+    /// Starts a generation: both columns, or only the steered one when `steered_only` and the
+    /// unsteered column is current.
+    pub fn generate(&mut self, steered_only: bool) {
+        if self.model.is_none() {
+            self.error("load a model first".into());
+            return;
+        }
+        if self.output.generating {
+            self.cancel();
+        }
+        if !self.settings.seed_locked && !steered_only {
+            self.settings.seed = rand::random::<u32>() as u64;
+        }
+        let key = self.unsteered_key();
+        let unsteered = !(steered_only && self.output.unsteered_key.as_deref() == Some(&key));
+        if unsteered {
+            self.output.unsteered.clear();
+            self.output.unsteered_key = Some(key);
+        }
+        self.output.steered.clear();
+        self.output.generating = true;
+        self.output.started += 1;
+        self.output.requested = Some(Instant::now());
+        self.output.first_steered_token = None;
+        let s = &self.settings;
+        let job = GenerateJob {
+            prompt: s.prompt.clone(),
+            chat: s.chat,
+            options: crate::runtime::generate::GenerateOptions {
+                max_tokens: s.max_tokens.max(1),
+                sampling: crate::runtime::sampling::SamplingConfig {
+                    temperature: s.temperature,
+                    seed: s.seed,
+                    ..Default::default()
+                },
+                path: crate::runtime::linear::MatPath::Quantized,
+            },
+            stack: self.steering_stack(),
+            unsteered,
+            record_prompt: unsteered,
+        };
+        self.send(Command::Generate(Box::new(job)));
+    }
+
+    /// Called when a λ slider is released: regenerate the steered column shortly after.
+    pub fn lambda_released(&mut self) {
+        if self.settings.live && self.model.is_some() && !self.output.unsteered.is_empty() {
+            self.output.regenerate_at = Some(Instant::now() + Duration::from_millis(REGENERATE_DELAY_MS));
+            self.output.released = Some(Instant::now());
+        }
+    }
+
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::ModelLoaded(info) => {
+                self.settings.remember_model(info.path.clone());
+                self.info(format!(
+                    "loaded {} ({}, {} layers, hidden size {})",
+                    info.path.display(),
+                    info.architecture,
+                    info.n_layers,
+                    info.hidden_size
+                ));
+                // Concepts fitted for another model no longer apply.
+                let fp = &info.fingerprint;
+                self.stack
+                    .retain(|c| &c.concept.maps.meta().fingerprint.to_string() == fp);
+                self.output = Output::default();
+                self.model = Some(info);
+            }
+            Event::DatasetLoaded(d, lens) => {
+                self.editor = Some(Editor {
+                    origin: d.origin.clone(),
+                    text: d.samples.join("\n"),
+                    token_lens: lens,
+                });
+            }
+            Event::Progress(p) => self.progress = Some(p),
+            Event::Token(col, text) => match col {
+                Column::Unsteered => self.output.unsteered.push_str(&text),
+                Column::Steered => {
+                    if self.output.first_steered_token.is_none()
+                        && let Some(t) = self.output.requested
+                    {
+                        self.output.first_steered_token = Some(t.elapsed());
+                        if let Some(r) = self.output.released.take() {
+                            self.output.release_to_token = Some(r.elapsed());
+                        }
+                    }
+                    self.output.steered.push_str(&text);
+                }
+            },
+            Event::ColumnDone(col) => {
+                if col == Column::Steered {
+                    self.output.generating = false;
+                }
+            }
+            Event::PromptActivations(a) => self.prompt_acts = a,
+            Event::Fitted(maps, samples) => {
+                let name = maps.meta().concept.clone();
+                self.info(format!(
+                    "fitted `{name}` at {} hook points",
+                    maps.meta().hook_points.len()
+                ));
+                self.add_concept(maps, Some(samples));
+            }
+            Event::SweepDone(rows) => {
+                self.info(format!("sweep done: {} λ values", rows.len()));
+                self.sweep.rows = rows;
+            }
+            Event::ConceptMade(description, lines) => {
+                self.info(format!(
+                    "{} sentences about `{description}`: edit, then save",
+                    lines.len()
+                ));
+                self.editor = Some(Editor {
+                    origin: format!("made from: {description}"),
+                    text: lines.join("\n"),
+                    token_lens: Vec::new(),
+                });
+            }
+            Event::MapsSaved(p) => self.info(format!("saved {}", p.display())),
+            Event::MapsLoaded(maps, p) => {
+                self.info(format!("loaded maps {}", p.display()));
+                self.add_concept(maps, None);
+            }
+            Event::Idle => {
+                self.pending = self.pending.saturating_sub(1);
+                if self.pending == 0 {
+                    self.progress = None;
+                    self.output.generating = false;
+                }
+            }
+            Event::Failed(msg) => {
+                self.output.generating = false;
+                if msg.contains("cancelled") {
+                    self.info("stopped".into());
+                } else {
+                    self.error(msg);
+                }
+            }
+        }
+    }
+
+    /// Adds (or replaces, by name) a concept at λ = 1.
+    fn add_concept(&mut self, maps: Arc<MapsFile>, samples: Option<Arc<Vec<FitSamples>>>) {
+        let name = maps.meta().concept.clone();
+        let entry = StackEntry {
+            concept: crate::transport::Concept {
+                name: name.clone(),
+                maps,
+                lambda: 1.0,
+                enabled: true,
+            },
+            samples,
+            extended: false,
+        };
+        match self.stack.iter_mut().find(|e| e.concept.name == name) {
+            Some(e) => *e = entry,
+            None => self.stack.push(entry),
+        }
+        self.plots.concept = self
+            .stack
+            .iter()
+            .position(|e| e.concept.name == name)
+            .unwrap_or(0);
+        self.plots.invalidate();
+    }
+
+    /// Runs a file dialog on its own thread; `wrap` turns the chosen path into a result.
+    fn dialog(
+        &self,
+        dialog: rfd::FileDialog,
+        save: bool,
+        folder: bool,
+        wrap: impl FnOnce(PathBuf) -> DialogResult + Send + 'static,
+    ) {
+        let tx = self.dialogs.0.clone();
+        let ctx = self.ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("act-dialog".into())
+            .spawn(move || {
+                let picked = if folder {
+                    dialog.pick_folder()
+                } else if save {
+                    dialog.save_file()
+                } else {
+                    dialog.pick_file()
+                };
+                if let Some(p) = picked {
+                    let _ = tx.send(wrap(p));
+                    ctx.request_repaint();
+                }
+            });
+        if spawned.is_err() {
+            // Without a thread for the dialog there is no dialog; nothing else is affected.
+        }
+    }
+
+    fn handle_dialog(&mut self, r: DialogResult) {
+        match r {
+            DialogResult::OpenModel(p) => self.load_model(p),
+            DialogResult::SourceFile(p) => self.settings.source = p.display().to_string(),
+            DialogResult::TargetFile(p) => self.settings.target = p.display().to_string(),
+            DialogResult::SaveDataset(p) => concepts_panel::save_editor(self, &p),
+            DialogResult::SaveMaps(i, p) => {
+                if let Some(e) = self.stack.get(i) {
+                    let maps = e.concept.maps.clone();
+                    self.send(Command::SaveMaps(maps, p));
+                }
+            }
+            DialogResult::LoadMaps(p) => self.send(Command::LoadMaps(p)),
+            DialogResult::ExportOutput(p) => output_panel::export_output(self, &p),
+            DialogResult::ExportSweep(p) => output_panel::export_sweep(self, &p),
+        }
+    }
+
+    /// Median and worst UI frame time (ms) over the recorded frames.
+    pub fn frame_stats(&self) -> Option<(f32, f32)> {
+        if self.frame_ms.is_empty() {
+            return None;
+        }
+        let mut v = self.frame_ms.clone();
+        v.sort_by(f32::total_cmp);
+        Some((v[v.len() / 2], v[v.len() - 1]))
+    }
+}
+
+impl StudioApp {
+    /// Advances the screenshot script by one frame.
+    fn run_script(&mut self, ctx: &egui::Context) {
+        let Some((step, path)) = self.script.clone() else {
+            return;
+        };
+        ctx.request_repaint_after(Duration::from_millis(50));
+        let next = match step {
+            Script::WaitModel if self.model.is_some() && !self.busy() => {
+                self.fit.limit = 48;
+                fit_panel::start_fit(self);
+                Script::WaitFit
+            }
+            Script::WaitFit if !self.stack.is_empty() && !self.busy() => {
+                self.settings.max_tokens = 40;
+                self.generate(false);
+                Script::WaitGeneration
+            }
+            Script::WaitGeneration if !self.busy() && !self.output.generating => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
+                Script::Shoot(0, 0)
+            }
+            Script::Shoot(k, n) => {
+                let shot = ctx.input(|i| {
+                    i.raw.events.iter().find_map(|e| match e {
+                        egui::Event::Screenshot { image, .. } => Some(image.clone()),
+                        _ => None,
+                    })
+                });
+                match shot {
+                    Some(img) => {
+                        let path = if k == 0 {
+                            path.clone()
+                        } else {
+                            path.with_file_name(format!(
+                                "{}-plots.png",
+                                path.file_stem().map_or("app".into(), |s| s.to_string_lossy())
+                            ))
+                        };
+                        let [w, h] = img.size;
+                        let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
+                        let r = image::RgbaImage::from_raw(w as u32, h as u32, bytes)
+                            .ok_or_else(|| "bad screenshot size".to_string())
+                            .and_then(|im| {
+                                let mut png = std::io::Cursor::new(Vec::new());
+                                im.write_to(&mut png, image::ImageFormat::Png)
+                                    .map_err(|e| e.to_string())?;
+                                crate::transport::atomic_write(&path, png.get_ref())
+                                    .map_err(|e| e.to_string())
+                            });
+                        match r {
+                            Ok(()) => eprintln!("screenshot saved to {}", path.display()),
+                            Err(e) => eprintln!("screenshot failed: {e}"),
+                        }
+                        if k == 0 {
+                            self.tab = Tab::Plots;
+                            ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(
+                                egui::UserData::default(),
+                            ));
+                            Script::Shoot(1, 0)
+                        } else {
+                            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                            Script::Done
+                        }
+                    }
+                    None if n > 200 => {
+                        eprintln!("no screenshot arrived");
+                        ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                        Script::Done
+                    }
+                    None => Script::Shoot(k, n + 1),
+                }
+            }
+            s => s,
+        };
+        self.script = Some((next, path));
+    }
+}
+
+impl eframe::App for StudioApp {
+    fn update(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        let t0 = Instant::now();
+        while let Ok(e) = self.worker.events.try_recv() {
+            self.handle(e);
+        }
+        while let Ok(r) = self.dialogs.1.try_recv() {
+            self.handle_dialog(r);
+        }
+        self.run_script(ctx);
+        if let Some(at) = self.output.regenerate_at {
+            if Instant::now() >= at {
+                self.output.regenerate_at = None;
+                self.generate(true);
+            } else {
+                ctx.request_repaint_after(at - Instant::now());
+            }
+        }
+        egui::TopBottomPanel::bottom("status").show(ctx, |ui| status_bar::show(self, ui));
+        egui::SidePanel::left("controls")
+            .resizable(true)
+            .default_width(360.0)
+            .show(ctx, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    egui::CollapsingHeader::new("Model")
+                        .default_open(true)
+                        .show(ui, |ui| model_panel::show(self, ui));
+                    egui::CollapsingHeader::new("Concepts")
+                        .default_open(true)
+                        .show(ui, |ui| concepts_panel::show(self, ui));
+                    egui::CollapsingHeader::new("Fit")
+                        .default_open(true)
+                        .show(ui, |ui| fit_panel::show(self, ui));
+                    egui::CollapsingHeader::new("Steering")
+                        .default_open(true)
+                        .show(ui, |ui| steering_panel::show(self, ui));
+                });
+            });
+        egui::CentralPanel::default().show(ctx, |ui| {
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut self.tab, Tab::Output, "Output");
+                ui.selectable_value(&mut self.tab, Tab::Plots, "Plots");
+            });
+            ui.separator();
+            match self.tab {
+                Tab::Output => output_panel::show(self, ui),
+                Tab::Plots => plots_panel::show(self, ui),
+            }
+        });
+        if self.frame_ms.len() >= 2000 {
+            self.frame_ms.drain(..1000);
+        }
+        self.frame_ms.push(t0.elapsed().as_secs_f32() * 1e3);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, eframe::APP_KEY, &self.settings);
+    }
+}
+
+/// Opens the app window (blocks until it is closed).
+pub fn run(opts: AppOptions) -> anyhow::Result<()> {
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_inner_size([1400.0, 900.0])
+            .with_min_inner_size([900.0, 600.0])
+            .with_title("AcT Studio"),
+        renderer: eframe::Renderer::Glow,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "act-studio",
+        native,
+        Box::new(move |cc| Ok(Box::new(StudioApp::new(cc, opts)))),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("cannot open the app window: {e} (use a subcommand for the CLI: act-studio --help)")
+    })
+}

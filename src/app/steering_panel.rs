@@ -1,0 +1,90 @@
+//! Steering panel: the stack of concepts, each with a λ slider (0…1, extendable to 2 for
+//! extrapolation), a number box, on/off and order; the token scope.
+
+use eframe::egui;
+
+use crate::transport::TokenScope;
+
+use super::StudioApp;
+
+/// Draws the panel.
+pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
+    if app.stack.is_empty() {
+        ui.label("No concepts yet: fit one or load maps.");
+    }
+    let mut released = false;
+    let mut remove = None;
+    let mut swap = None;
+    let n = app.stack.len();
+    for (i, e) in app.stack.iter_mut().enumerate() {
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut e.concept.enabled, "").on_hover_text("on/off");
+            let max = if e.extended { 2.0 } else { 1.0 };
+            let slider = ui.add(egui::Slider::new(&mut e.concept.lambda, 0.0..=max).text(&e.concept.name));
+            if slider.drag_stopped() || (slider.changed() && !slider.dragged()) {
+                released = true;
+            }
+            if e.concept.lambda > 1.0 {
+                ui.colored_label(egui::Color32::from_rgb(230, 160, 40), "extrapolate");
+            }
+        });
+        ui.horizontal(|ui| {
+            ui.add_space(24.0);
+            ui.checkbox(&mut e.extended, "up to 2");
+            if !e.extended && e.concept.lambda > 1.0 {
+                e.concept.lambda = 1.0;
+                released = true;
+            }
+            if ui
+                .add_enabled(i > 0, egui::Button::new("up").small())
+                .on_hover_text("apply earlier")
+                .clicked()
+            {
+                swap = Some((i - 1, i));
+            }
+            if ui
+                .add_enabled(i + 1 < n, egui::Button::new("down").small())
+                .on_hover_text("apply later")
+                .clicked()
+            {
+                swap = Some((i, i + 1));
+            }
+            if ui.small_button("remove").on_hover_text("remove").clicked() {
+                remove = Some(i);
+            }
+            let meta = e.concept.maps.meta();
+            ui.small(format!(
+                "{}, {} hooks",
+                meta.method.label(),
+                meta.hook_points.len()
+            ));
+        });
+    }
+    if let Some((a, b)) = swap {
+        app.stack.swap(a, b);
+        released = true;
+    }
+    if let Some(i) = remove {
+        app.stack.remove(i);
+        app.plots.concept = 0;
+        app.plots.invalidate();
+        released = true;
+    }
+    let before = app.scope;
+    egui::ComboBox::from_label("token scope")
+        .selected_text(app.scope.name())
+        .show_ui(ui, |ui| {
+            for s in [
+                TokenScope::All,
+                TokenScope::LastToken,
+                TokenScope::PromptOnly,
+                TokenScope::GeneratedOnly,
+            ] {
+                ui.selectable_value(&mut app.scope, s, s.name());
+            }
+        });
+    ui.checkbox(&mut app.settings.live, "regenerate when a slider is released");
+    if released || before != app.scope {
+        app.lambda_released();
+    }
+}

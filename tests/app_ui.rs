@@ -1,0 +1,150 @@
+//! The desktop app driven headlessly with egui_kittest (no display, no GPU): it starts, loads
+//! the demo model and shows its hook points, fits a concept through the worker, generates both
+//! columns (identical at λ = 0, different at λ = 1 after moving the slider), and survives a
+//! corrupt model file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use act_studio::app::settings::Settings;
+use act_studio::app::{AppOptions, StudioApp};
+use eframe::egui::{self, accesskit};
+use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT, Queryable};
+
+fn harness(opts: AppOptions) -> Harness<'static, StudioApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .with_max_steps(8)
+        .build_eframe(move |cc| StudioApp::with_settings(&cc.egui_ctx, Settings::default(), opts))
+}
+
+/// Steps frames until `done`, failing after `secs`.
+fn wait(h: &mut Harness<'static, StudioApp>, what: &str, secs: u64, done: impl Fn(&StudioApp) -> bool) {
+    let t = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}; status: {:?}",
+            h.state().status
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.step();
+}
+
+#[test]
+fn starts_without_a_model_and_says_how_to_get_one() {
+    let mut h = harness(AppOptions {
+        no_autoload: true,
+        ..Default::default()
+    });
+    h.run_ok();
+    assert!(h.query_by_label("Open GGUF…").is_some());
+    assert!(h.query_by_label_contains("fetch-demo-model.sh").is_some());
+    assert!(h.query_by_label_contains("No concepts yet").is_some());
+}
+
+#[test]
+fn a_corrupt_model_file_shows_an_error_and_the_app_still_responds() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bad = tmp.path().join("broken.gguf");
+    std::fs::write(&bad, b"GGUF but not really a model file").unwrap_or_else(|e| panic!("{e}"));
+    let mut h = harness(AppOptions {
+        model: Some(bad.clone()),
+        no_autoload: true,
+        ..Default::default()
+    });
+    wait(&mut h, "the load to fail", 30, |a| !a.busy());
+    let (msg, is_error) = h.state().status.clone().unwrap_or_default();
+    assert!(is_error && msg.contains("broken.gguf"), "{msg}");
+    assert!(h.state().model.is_none());
+    assert!(
+        h.query_by_label_contains("error: ").is_some(),
+        "the error is on screen"
+    );
+    // Still responsive: switch tabs.
+    h.get_by_label("Plots").click();
+    h.run_ok();
+    assert!(h.query_by_label_contains("Fit a concept").is_some());
+}
+
+fn set_slider(h: &mut Harness<'static, StudioApp>, label: &str, value: f64) {
+    let id = h
+        .get_by_role_and_label(accesskit::Role::Slider, label)
+        .accesskit_node()
+        .id();
+    h.event(egui::Event::AccessKitActionRequest(accesskit::ActionRequest {
+        action: accesskit::Action::SetValue,
+        target: id,
+        data: Some(accesskit::ActionData::NumericValue(value)),
+    }));
+    h.step();
+}
+
+#[test]
+fn the_whole_loop_on_the_demo_model() {
+    let Some(model) = common::demo_model() else { return };
+    let mut h = harness(AppOptions {
+        model: Some(model),
+        no_autoload: true,
+        ..Default::default()
+    });
+    wait(&mut h, "the model", 60, |a| a.model.is_some());
+    let n_hooks = h.state().model.as_ref().map_or(0, |m| m.hook_points.len());
+    assert_eq!(n_hooks, 150);
+    assert!(h.query_by_label("150 hook points").is_some());
+
+    // A small fit: 16 + 16 built-in sentences, default hook points (both norms of 30 layers).
+    h.state_mut().fit.limit = 16;
+    h.step();
+    h.state_mut().frame_ms.clear();
+    h.get_by_role_and_label(accesskit::Role::Button, "Fit concept")
+        .click();
+    wait(&mut h, "the fit", 120, |a| !a.stack.is_empty() && !a.busy());
+    let (median, worst) = h.state().frame_stats().unwrap_or_default();
+    println!("UI frame time while fitting: median {median:.2} ms, worst {worst:.2} ms");
+    assert_eq!(h.state().stack[0].concept.name, "football");
+    let _slider = h.get_by_role_and_label(accesskit::Role::Slider, "football");
+
+    // λ = 0: both columns are the same text.
+    set_slider(&mut h, "football", 0.0);
+    assert_eq!(h.state().stack[0].concept.lambda, 0.0);
+    h.state_mut().settings.max_tokens = 24;
+    h.get_by_role_and_label(accesskit::Role::Button, "Generate")
+        .click();
+    wait(&mut h, "generation at λ = 0", 60, |a| {
+        !a.busy() && !a.output.steered.is_empty()
+    });
+    let out = h.state().output.clone();
+    assert!(!out.unsteered.is_empty());
+    assert_eq!(out.unsteered, out.steered, "λ = 0 must equal the unsteered text");
+
+    // Moving the slider to 1 regenerates the steered column only.
+    let before = h.state().output.started;
+    set_slider(&mut h, "football", 1.0);
+    assert_eq!(h.state().stack[0].concept.lambda, 1.0);
+    assert!(
+        h.state().output.regenerate_at.is_some(),
+        "releasing the slider schedules a regeneration"
+    );
+    wait(&mut h, "regeneration at λ = 1", 60, |a| {
+        a.output.started > before && !a.busy() && a.output.first_steered_token.is_some()
+    });
+    let after = h.state().output.clone();
+    assert_eq!(after.unsteered, out.unsteered, "the unsteered column is kept");
+    assert_ne!(after.steered, after.unsteered, "λ = 1 changes the text");
+    if let Some(t) = after.release_to_token {
+        println!(
+            "slider release → first steered token: {:.0} ms",
+            t.as_secs_f64() * 1e3
+        );
+    }
+    // The plots draw for the fitted concept.
+    h.get_by_label("Plots").click();
+    h.run_ok();
+    assert!(h.query_by_label_contains("ω = ").is_some());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
