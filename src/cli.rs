@@ -215,7 +215,7 @@ pub struct GenerateArgs {
 }
 
 /// Parses `NAME=VALUE` for `--lambda`.
-fn parse_lambda(s: &str) -> std::result::Result<(String, f32), String> {
+pub(crate) fn parse_lambda(s: &str) -> std::result::Result<(String, f32), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}`: expected NAME=VALUE, e.g. football=1.0"))?;

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cli::parse_lambda;
 use crate::cli_model::{load, read_dataset, steering_stack};
 use crate::pipeline::concepts::{builtin_concept, manifest};
 use crate::pipeline::dataset::{DatasetSpec, save_lines};
@@ -32,21 +33,6 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     }
     bar.set_message(what.to_string());
     bar
-}
-
-/// Parses `NAME=VALUE` for `--lambda`.
-fn parse_lambda(s: &str) -> std::result::Result<(String, f32), String> {
-    let (name, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected NAME=VALUE, e.g. football=1.0"))?;
-    let v: f32 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{value}` is not a number"))?;
-    if !v.is_finite() {
-        return Err(format!("λ = {v} is not finite"));
-    }
-    Ok((name.trim().to_string(), v))
 }
 
 /// Parses one finite λ.

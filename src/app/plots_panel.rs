@@ -143,7 +143,7 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     let samples = entry
         .samples
         .as_ref()
-        .and_then(|s| s.iter().find(|f| f.hook == hook_name).cloned());
+        .and_then(|s| s.iter().find(|f| f.hook == hook_name));
     let height = 220.0;
     match samples {
         Some(fs) => {

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::{Batch, LogitsMode};
+use crate::runtime::llama::LogitsMode;
 use crate::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, RuntimeError};
 use crate::transport::{FitConfig, HookMap, Samples, Side, fit_hook};
 
+use super::collect::PaddedBatch;
 use super::fit_model::{FitError, FittedMaps};
 use super::pooling::Pooling;
 
@@ -351,20 +352,8 @@ fn run_chunk(
     rows: &[usize],
     ids: &[Vec<u32>],
 ) -> crate::runtime::Result<()> {
-    let seq = rows.iter().map(|&i| ids[i].len()).max().unwrap_or(1);
-    let valid: Vec<usize> = rows.iter().map(|&i| ids[i].len()).collect();
-    let mut tokens = Vec::with_capacity(rows.len() * seq);
-    for &i in rows {
-        tokens.extend_from_slice(&ids[i]);
-        tokens.resize(tokens.len() + seq - ids[i].len(), 0);
-    }
-    let batch = Batch {
-        tokens: &tokens,
-        batch: rows.len(),
-        seq,
-        valid: &valid,
-        prompt_lens: &valid,
-    };
+    let padded = PaddedBatch::from_ids(rows.iter().map(|&i| &ids[i]));
+    let batch = padded.batch();
     let mut hooks = ChunkHooks {
         shared,
         rows,

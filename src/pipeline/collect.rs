@@ -183,14 +183,19 @@ impl PaddedBatch {
             }
             ids.push(v);
         }
-        let seq = ids.iter().map(Vec::len).max().unwrap_or(1);
-        let valid: Vec<usize> = ids.iter().map(Vec::len).collect();
-        let mut tokens = Vec::with_capacity(ids.len() * seq);
-        for v in &ids {
+        Ok(Self::from_ids(ids.iter()))
+    }
+
+    /// Right-pads token sequences (padding id 0) into one batch.
+    pub fn from_ids<'a>(rows: impl Iterator<Item = &'a Vec<u32>> + Clone) -> Self {
+        let seq = rows.clone().map(Vec::len).max().unwrap_or(1).max(1);
+        let valid: Vec<usize> = rows.clone().map(Vec::len).collect();
+        let mut tokens = Vec::with_capacity(valid.len() * seq);
+        for v in rows {
             tokens.extend_from_slice(v);
             tokens.resize(tokens.len() + seq - v.len(), 0);
         }
-        Ok(Self { tokens, valid, seq })
+        Self { tokens, valid, seq }
     }
 
     /// The batch view for a forward pass (every token counts as prompt).

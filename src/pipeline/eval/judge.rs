@@ -5,9 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::{Batch, LogitsMode};
+use crate::runtime::llama::LogitsMode;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{LoadedModel, NoHooks, Result, RuntimeError};
+
+use super::super::collect::PaddedBatch;
 
 /// Texts judged per forward pass.
 const JUDGE_BATCH: usize = 8;
@@ -64,20 +66,8 @@ pub fn judge_p_yes(
             let prompt = m.tokenizer.render_chat(&[ChatMessage::user(&q)], true)?;
             seqs.push(m.tokenizer.encode(&prompt)?);
         }
-        let seq = seqs.iter().map(Vec::len).max().unwrap_or(1);
-        let valid: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let mut tokens = Vec::with_capacity(seqs.len() * seq);
-        for s in &seqs {
-            tokens.extend_from_slice(s);
-            tokens.resize(tokens.len() + seq - s.len(), 0);
-        }
-        let batch = Batch {
-            tokens: &tokens,
-            batch: seqs.len(),
-            seq,
-            valid: &valid,
-            prompt_lens: &valid,
-        };
+        let padded = PaddedBatch::from_ids(seqs.iter());
+        let batch = padded.batch();
         let mut caches: Vec<_> = seqs.iter().map(|_| m.transient_cache()).collect();
         let logits = m
             .model

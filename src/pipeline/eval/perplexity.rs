@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::runtime::generate::log_softmax_at;
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::{Batch, LogitsMode};
+use crate::runtime::llama::LogitsMode;
 use crate::runtime::{Hooks, LoadedModel, Result, RuntimeError};
+
+use super::super::collect::PaddedBatch;
 
 /// Rows scored per forward pass: logits are `rows × tokens × vocab` floats (SmolLM2: 25 MB per
 /// row of 128 tokens), so batches stay small.
@@ -36,20 +38,8 @@ pub fn token_logprobs(
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled);
         }
-        let seq = chunk.iter().map(Vec::len).max().unwrap_or(2);
-        let valid: Vec<usize> = chunk.iter().map(Vec::len).collect();
-        let mut tokens = Vec::with_capacity(chunk.len() * seq);
-        for s in chunk {
-            tokens.extend_from_slice(s);
-            tokens.resize(tokens.len() + seq - s.len(), 0);
-        }
-        let batch = Batch {
-            tokens: &tokens,
-            batch: chunk.len(),
-            seq,
-            valid: &valid,
-            prompt_lens: &valid,
-        };
+        let padded = PaddedBatch::from_ids(chunk.iter());
+        let (batch, seq) = (padded.batch(), padded.seq);
         let mut caches: Vec<_> = chunk.iter().map(|_| m.transient_cache()).collect();
         let logits = m
             .model
