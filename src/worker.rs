@@ -77,10 +77,31 @@ pub enum Column {
     Steered,
 }
 
+/// Which kind of job the worker is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Loading a model.
+    LoadModel,
+    /// Reading a dataset.
+    LoadDataset,
+    /// Fitting.
+    Fit,
+    /// Generating the output columns.
+    Generate,
+    /// A λ sweep.
+    Sweep,
+    /// Making a concept dataset.
+    MakeConcept,
+    /// Saving or loading maps.
+    Maps,
+}
+
 /// A generation request: both columns (or only the steered one, when the unsteered text for
 /// the same prompt and settings is already on screen).
 #[derive(Debug, Clone)]
 pub struct GenerateJob {
+    /// Caller's id, echoed in the job's events (events of older jobs can be told apart).
+    pub id: usize,
     /// User prompt.
     pub prompt: String,
     /// Wrap in the chat template.
@@ -106,8 +127,8 @@ pub enum Command {
     Fit(Box<FitJob>),
     /// Generate text.
     Generate(Box<GenerateJob>),
-    /// A λ sweep.
-    Sweep(Box<(SteeringStack, SweepConfig)>),
+    /// A λ sweep (the flag: render the prompts through the chat template).
+    Sweep(Box<(SteeringStack, SweepConfig, bool)>),
     /// Make a concept dataset from a description.
     MakeConcept {
         /// What about.
@@ -143,10 +164,19 @@ pub enum Event {
     DatasetLoaded(Dataset, Vec<usize>),
     /// Progress of the running job.
     Progress(Progress),
-    /// New text in a column.
-    Token(Column, String),
-    /// A column finished.
-    ColumnDone(Column),
+    /// The worker started a job.
+    JobStarted(JobKind),
+    /// New text in a column of generation `id`.
+    Token(usize, Column, String),
+    /// A column of generation `id` ended; `complete` when it was not stopped or failed.
+    ColumnDone {
+        /// Generation id.
+        id: usize,
+        /// Which column.
+        column: Column,
+        /// Finished normally.
+        complete: bool,
+    },
     /// Pooled activations of the prompt at every hook point (`[hooks][d]`, unsteered).
     PromptActivations(Vec<(String, Vec<f32>)>),
     /// A fit finished: the concept's maps and the samples it was fitted on.
@@ -193,8 +223,15 @@ impl Worker {
                 };
                 for cmd in cmd_rx {
                     state.cancel.store(false, Ordering::Relaxed);
-                    if let Err(e) = state.run(cmd) {
-                        state.send(Event::Failed(e));
+                    state.send(Event::JobStarted(cmd.kind()));
+                    // A bug in a job must not take the worker (and every later job) down.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(cmd)));
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => state.send(Event::Failed(e)),
+                        Err(_) => state.send(Event::Failed(
+                            "internal error: the job panicked (see stderr)".into(),
+                        )),
                     }
                     state.send(Event::Idle);
                 }
@@ -209,6 +246,21 @@ impl Worker {
     /// Sends a command (false when the worker is gone).
     pub fn send(&self, cmd: Command) -> bool {
         self.commands.send(cmd).is_ok()
+    }
+}
+
+impl Command {
+    /// The kind of job this command starts.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Command::LoadModel(_) => JobKind::LoadModel,
+            Command::LoadDataset(_) => JobKind::LoadDataset,
+            Command::Fit(_) => JobKind::Fit,
+            Command::Generate(_) => JobKind::Generate,
+            Command::Sweep(_) => JobKind::Sweep,
+            Command::MakeConcept { .. } => JobKind::MakeConcept,
+            Command::SaveMaps(..) | Command::LoadMaps(_) => JobKind::Maps,
+        }
     }
 }
 
@@ -276,7 +328,15 @@ impl State {
             Command::Generate(job) => self.generate(&job),
             Command::Sweep(job) => {
                 let m = self.model()?;
-                let (stack, cfg) = *job;
+                let (stack, mut cfg, chat) = *job;
+                if chat {
+                    for p in &mut cfg.prompts {
+                        *p = m
+                            .tokenizer
+                            .render_chat(&[ChatMessage::user(p)], true)
+                            .map_err(|e| describe(&e))?;
+                    }
+                }
                 let started = Instant::now();
                 let rows = run_sweep(&m, &stack, &cfg, &self.cancel, &mut |p| {
                     self.progress(&format!("sweep, λ = {}", p.lambda), p.done, p.total, started)
@@ -309,6 +369,15 @@ impl State {
                 let m = self.model()?;
                 let maps = MapsFile::load_for(&path, &m.fingerprint)
                     .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+                let d = m.config().hidden_size;
+                if let Some(h) = maps.meta().hook_points.iter().find(|h| h.dim != d) {
+                    return Err(format!(
+                        "{}: hook point {} has {} neurons, this model {d}",
+                        path.display(),
+                        h.name,
+                        h.dim
+                    ));
+                }
                 self.send(Event::MapsLoaded(Arc::new(maps), path));
                 Ok(())
             }
@@ -429,11 +498,16 @@ impl State {
                 Some(h) => h,
                 None => &mut NoHooks,
             };
+            let id = job.id;
             let r = generate(&m, &ids, &job.options, hooks, &self.cancel, &mut |piece| {
-                self.send(Event::Token(col, piece.to_string()));
+                self.send(Event::Token(id, col, piece.to_string()));
                 true
             });
-            self.send(Event::ColumnDone(col));
+            self.send(Event::ColumnDone {
+                id,
+                column: col,
+                complete: r.is_ok(),
+            });
             r.map_err(|e| describe(&e))?;
         }
         Ok(())

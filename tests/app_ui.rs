@@ -124,6 +124,7 @@ fn the_whole_loop_on_the_demo_model() {
 
     // Moving the slider to 1 regenerates the steered column only.
     let before = h.state().output.started;
+    let unsteered_runs = h.state().output.unsteered_runs;
     set_slider(&mut h, "football", 1.0);
     assert_eq!(h.state().stack[0].concept.lambda, 1.0);
     assert!(
@@ -134,6 +135,10 @@ fn the_whole_loop_on_the_demo_model() {
         a.output.started > before && !a.busy() && a.output.first_steered_token.is_some()
     });
     let after = h.state().output.clone();
+    assert_eq!(
+        after.unsteered_runs, unsteered_runs,
+        "only the steered column is regenerated"
+    );
     assert_eq!(after.unsteered, out.unsteered, "the unsteered column is kept");
     assert_ne!(after.steered, after.unsteered, "λ = 1 changes the text");
     if let Some(t) = after.release_to_token {

@@ -140,7 +140,9 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
                 let d = rfd::FileDialog::new()
                     .add_filter("maps", &["safetensors"])
                     .set_file_name(name);
-                app.dialog(d, true, false, move |p| DialogResult::SaveMaps(i, p));
+                // The maps chosen now are saved, whatever happens to the stack meanwhile.
+                let maps = app.stack[i].concept.maps.clone();
+                app.dialog(d, true, false, move |p| DialogResult::SaveMaps(maps, p));
             }
         }
         if ui

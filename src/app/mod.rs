@@ -22,7 +22,7 @@ use crate::pipeline::fit_model::FitSamples;
 use crate::pipeline::sweep::SweepRow;
 use crate::runtime::CachedModel;
 use crate::transport::{MapsFile, SteeringStack, TokenScope};
-use crate::worker::{Column, Command, Event, GenerateJob, ModelInfo, Progress, Worker};
+use crate::worker::{Column, Command, Event, GenerateJob, JobKind, ModelInfo, Progress, Worker};
 
 use settings::Settings;
 
@@ -98,6 +98,10 @@ pub struct Output {
     pub regenerate_at: Option<Instant>,
     /// Generations started so far.
     pub started: usize,
+    /// Settings of the unsteered column being generated (it becomes `unsteered_key` when done).
+    pub pending_key: Option<String>,
+    /// Unsteered columns generated so far.
+    pub unsteered_runs: usize,
     /// When a slider was last released (cleared at the next steered token).
     pub released: Option<Instant>,
     /// Time from releasing a slider to the first steered token, last time.
@@ -144,7 +148,7 @@ enum DialogResult {
     SourceFile(PathBuf),
     TargetFile(PathBuf),
     SaveDataset(PathBuf),
-    SaveMaps(usize, PathBuf),
+    SaveMaps(Arc<MapsFile>, PathBuf),
     LoadMaps(PathBuf),
     ExportOutput(PathBuf),
     ExportSweep(PathBuf),
@@ -166,6 +170,8 @@ pub struct StudioApp {
     pub hf_cache: Vec<CachedModel>,
     /// Commands sent and not finished.
     pub pending: usize,
+    /// The job the worker is running.
+    pub running: Option<JobKind>,
     /// Progress of the running job.
     pub progress: Option<Progress>,
     /// Last message (error = true shows it in red).
@@ -229,6 +235,7 @@ impl StudioApp {
             model: None,
             hf_cache: crate::runtime::discover_hf_cache(None),
             pending: 0,
+            running: None,
             progress: None,
             status: None,
             errors: Vec::new(),
@@ -320,7 +327,8 @@ impl StudioApp {
             self.error("load a model first".into());
             return;
         }
-        if self.output.generating {
+        // Stop a running generation (never another kind of job: the cancel flag is shared).
+        if self.running == Some(JobKind::Generate) {
             self.cancel();
         }
         if !self.settings.seed_locked && !steered_only {
@@ -330,7 +338,9 @@ impl StudioApp {
         let unsteered = !(steered_only && self.output.unsteered_key.as_deref() == Some(&key));
         if unsteered {
             self.output.unsteered.clear();
-            self.output.unsteered_key = Some(key);
+            self.output.unsteered_key = None;
+            self.output.pending_key = Some(key);
+            self.output.unsteered_runs += 1;
         }
         self.output.steered.clear();
         self.output.generating = true;
@@ -339,6 +349,7 @@ impl StudioApp {
         self.output.first_steered_token = None;
         let s = &self.settings;
         let job = GenerateJob {
+            id: self.output.started,
             prompt: s.prompt.clone(),
             chat: s.chat,
             options: crate::runtime::generate::GenerateOptions {
@@ -381,17 +392,29 @@ impl StudioApp {
                 self.stack
                     .retain(|c| &c.concept.maps.meta().fingerprint.to_string() == fp);
                 self.output = Output::default();
+                self.prompt_acts.clear();
+                self.sweep.rows.clear();
+                self.plots.invalidate();
                 self.model = Some(info);
             }
             Event::DatasetLoaded(d, lens) => {
                 self.editor = Some(Editor {
                     origin: d.origin.clone(),
-                    text: d.samples.join("\n"),
+                    // One sample per line: line breaks inside a sample become spaces.
+                    text: d
+                        .samples
+                        .iter()
+                        .map(|x| x.split_whitespace().collect::<Vec<_>>().join(" "))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                     token_lens: lens,
                 });
             }
             Event::Progress(p) => self.progress = Some(p),
-            Event::Token(col, text) => match col {
+            Event::JobStarted(kind) => self.running = Some(kind),
+            // Text of an older, stopped generation does not belong in the columns.
+            Event::Token(id, _, _) | Event::ColumnDone { id, .. } if id != self.output.started => {}
+            Event::Token(_, col, text) => match col {
                 Column::Unsteered => self.output.unsteered.push_str(&text),
                 Column::Steered => {
                     if self.output.first_steered_token.is_none()
@@ -405,11 +428,11 @@ impl StudioApp {
                     self.output.steered.push_str(&text);
                 }
             },
-            Event::ColumnDone(col) => {
-                if col == Column::Steered {
-                    self.output.generating = false;
-                }
-            }
+            Event::ColumnDone { column, complete, .. } => match column {
+                Column::Unsteered if complete => self.output.unsteered_key = self.output.pending_key.take(),
+                Column::Unsteered => self.output.pending_key = None,
+                Column::Steered => self.output.generating = false,
+            },
             Event::PromptActivations(a) => self.prompt_acts = a,
             Event::Fitted(maps, samples) => {
                 let name = maps.meta().concept.clone();
@@ -441,13 +464,13 @@ impl StudioApp {
             }
             Event::Idle => {
                 self.pending = self.pending.saturating_sub(1);
+                self.running = None;
                 if self.pending == 0 {
                     self.progress = None;
                     self.output.generating = false;
                 }
             }
             Event::Failed(msg) => {
-                self.output.generating = false;
                 if msg.contains("cancelled") {
                     self.info("stopped".into());
                 } else {
@@ -518,12 +541,7 @@ impl StudioApp {
             DialogResult::SourceFile(p) => self.settings.source = p.display().to_string(),
             DialogResult::TargetFile(p) => self.settings.target = p.display().to_string(),
             DialogResult::SaveDataset(p) => concepts_panel::save_editor(self, &p),
-            DialogResult::SaveMaps(i, p) => {
-                if let Some(e) = self.stack.get(i) {
-                    let maps = e.concept.maps.clone();
-                    self.send(Command::SaveMaps(maps, p));
-                }
-            }
+            DialogResult::SaveMaps(maps, p) => self.send(Command::SaveMaps(maps, p)),
             DialogResult::LoadMaps(p) => self.send(Command::LoadMaps(p)),
             DialogResult::ExportOutput(p) => output_panel::export_output(self, &p),
             DialogResult::ExportSweep(p) => output_panel::export_sweep(self, &p),

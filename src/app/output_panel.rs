@@ -244,5 +244,6 @@ fn start_sweep(app: &mut StudioApp) {
     };
     let stack = app.steering_stack();
     app.sweep.rows.clear();
-    app.send(Command::Sweep(Box::new((stack, cfg))));
+    let chat = app.settings.chat;
+    app.send(Command::Sweep(Box::new((stack, cfg, chat))));
 }

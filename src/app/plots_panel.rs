@@ -111,6 +111,10 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     });
     let (hook_name, map) = (hooks[st.hook].0, hooks[st.hook].1.clone());
     let d = map.dim();
+    if d == 0 {
+        ui.label("This hook point has no neurons.");
+        return;
+    }
     let mut neuron = st
         .neuron
         .unwrap_or_else(|| most_moved(&map))

@@ -81,6 +81,18 @@ impl Gate {
     }
 }
 
+/// Poisons the gate when dropped (a chunk that failed or panicked).
+struct PoisonOnDrop<'g>(&'g Gate);
+
+impl Drop for PoisonOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.poison();
+    }
+}
+
+/// Most chunks (threads) one pass runs; larger datasets get larger chunks.
+const MAX_CHUNKS: usize = 32;
+
 /// What the chunks share.
 struct Shared<'a> {
     gate: Gate,
@@ -277,7 +289,12 @@ pub fn causal_fit_keeping(
     let texts: Vec<&String> = source.iter().chain(target).collect();
     let ids = encode_all(m, &texts, max_tokens)?;
     let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
-    let chunks = length_chunks(&lens, chunk_tokens);
+    let mut budget = chunk_tokens.max(1);
+    let mut chunks = length_chunks(&lens, budget);
+    while chunks.len() > MAX_CHUNKS {
+        budget = budget.saturating_mul(chunks.len().div_ceil(MAX_CHUNKS).max(2));
+        chunks = length_chunks(&lens, budget);
+    }
     let d = m.config().hidden_size;
     let shared = Shared {
         gate: Gate::new(chunks.len()),
@@ -296,26 +313,44 @@ pub fn causal_fit_keeping(
         progress: Mutex::new(progress),
     };
     let results: Vec<crate::runtime::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|rows| {
-                let (shared, ids) = (&shared, &ids);
-                s.spawn(move || {
+        let mut handles = Vec::with_capacity(chunks.len());
+        let mut spawn_error = None;
+        for rows in &chunks {
+            let (shared, ids) = (&shared, &ids);
+            let spawned = std::thread::Builder::new()
+                .name("act-fit-chunk".into())
+                .spawn_scoped(s, move || {
+                    // Poisons the gate if this chunk fails or panics, so no other chunk waits
+                    // for it forever.
+                    let guard = PoisonOnDrop(&shared.gate);
                     let r = run_chunk(m, shared, rows, ids);
-                    if r.is_err() {
-                        shared.gate.poison();
+                    if r.is_ok() {
+                        std::mem::forget(guard);
                     }
                     r
-                })
-            })
-            .collect();
-        handles
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    shared.gate.poison();
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut out: Vec<_> = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(RuntimeError::BadInput("a fitting thread panicked".into())))
             })
-            .collect()
+            .collect();
+        if let Some(e) = spawn_error {
+            out.push(Err(RuntimeError::BadInput(format!(
+                "cannot start a fitting thread: {e}"
+            ))));
+        }
+        out
     });
     if let Some(f) = shared
         .failure

@@ -108,6 +108,12 @@ pub fn collect(
     if opts.points.is_empty() {
         return Err(RuntimeError::BadInput("no hook points to collect".into()));
     }
+    let have = m.hook_points();
+    if let Some(p) = opts.points.iter().find(|p| !have.contains(p)) {
+        return Err(RuntimeError::BadInput(format!(
+            "this model has no hook point {p}"
+        )));
+    }
     let d = m.config().hidden_size;
     let lens = texts
         .iter()

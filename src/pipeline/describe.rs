@@ -55,10 +55,7 @@ pub fn clean_reply(reply: &str) -> Option<String> {
     {
         line = tail.trim();
     }
-    let line = line
-        .trim_start_matches(|c: char| {
-            c == '-' || c == '*' || c == '•' || c.is_ascii_digit() || c == '.' || c == ')'
-        })
+    let line = strip_list_mark(line)
         .trim()
         .trim_matches(|c: char| c == '"' || c == '“' || c == '”' || c == '\'')
         .trim();
@@ -69,6 +66,20 @@ pub fn clean_reply(reply: &str) -> Option<String> {
         line.rfind(['.', '!', '?']).map_or("", |i| &line[..=i])
     };
     (line.split_whitespace().count() >= 4).then(|| line.to_string())
+}
+
+/// `line` without a leading list mark (`-`, `*`, `•`, or `12.` / `3)` followed by a space).
+fn strip_list_mark(line: &str) -> &str {
+    let t = line.trim_start_matches(['-', '*', '•']).trim_start();
+    if t.len() < line.len() {
+        return t;
+    }
+    let digits = line.len() - line.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let rest = &line[digits..];
+    match rest.strip_prefix(['.', ')']) {
+        Some(after) if digits > 0 && after.starts_with(' ') => after.trim_start(),
+        _ => line,
+    }
 }
 
 /// The key two sentences share when they differ only in case, spacing or punctuation.
@@ -161,6 +172,14 @@ mod tests {
             Some("Fans sang all night long.")
         );
         assert_eq!(clean_reply("Too short."), None);
+        assert_eq!(
+            clean_reply("1990 was a wet year for us.").as_deref(),
+            Some("1990 was a wet year for us.")
+        );
+        assert_eq!(
+            clean_reply("2) Goals decide every match here.").as_deref(),
+            Some("Goals decide every match here.")
+        );
         assert_eq!(
             clean_reply("The fans cheered very loudly. The keeper then dived to the").as_deref(),
             Some("The fans cheered very loudly.")

@@ -125,6 +125,10 @@ fn fit_impl(
     if points.is_empty() {
         return Err(FitError::Input("no hook points to fit".into()));
     }
+    let have = m.hook_points();
+    if let Some(p) = points.iter().find(|p| !have.contains(p)) {
+        return Err(FitError::Input(format!("this model has no hook point {p}")));
+    }
     match estimation {
         Estimation::Simultaneous => {
             let opts = CollectOptions {
@@ -132,11 +136,14 @@ fn fit_impl(
                 pooling,
                 ..Default::default()
             };
-            let src = collect(m, source, &opts, cancel, progress)?;
-            let tgt = collect(m, target, &opts, cancel, progress)?;
+            // Progress counts hook points: none is done until both sets are collected.
+            progress(0, points.len());
+            let src = collect(m, source, &opts, cancel, &mut |_, _| {})?;
+            let tgt = collect(m, target, &opts, cancel, &mut |_, _| {})?;
             let mut out = Vec::with_capacity(points.len());
             let mut kept = Vec::new();
-            for p in &points {
+            for (k, p) in points.iter().enumerate() {
+                progress(k + 1, points.len());
                 let (Some(s), Some(t)) = (src.get(p), tgt.get(p)) else {
                     return Err(FitError::Input(format!("no activations recorded at {p}")));
                 };

@@ -73,6 +73,15 @@ fn letter_or_text(s: &str, choices: &[String]) -> Option<usize> {
     }
 }
 
+/// A one-letter answer (`A` = 0); MMLU's CSV layout gives answers only as letters.
+fn letter(s: &str) -> Option<usize> {
+    let mut cs = s.trim().chars();
+    match (cs.next(), cs.next()) {
+        (Some(c), None) if c.is_ascii_alphabetic() => Some((c.to_ascii_uppercase() as u8 - b'A') as usize),
+        _ => None,
+    }
+}
+
 fn item_from_json(v: &Value, origin: &str) -> Result<McItem, McError> {
     let obj = v.as_object().ok_or_else(|| err(origin, "expected an object"))?;
     let question = obj
@@ -166,7 +175,7 @@ fn parse_mmlu_csv(text: &str, origin: &str) -> Result<Vec<McItem>, McError> {
             return Err(err(&o, "expected question, two or more choices, answer"));
         }
         let choices = f[1..f.len() - 1].to_vec();
-        let Some(answer) = letter_or_text(&f[f.len() - 1], &choices).filter(|&a| a < choices.len()) else {
+        let Some(answer) = letter(&f[f.len() - 1]).filter(|&a| a < choices.len()) else {
             if i == 0 {
                 continue; // a header row
             }
@@ -267,10 +276,14 @@ mod tests {
 {"question": "T?", "mc1_targets": {"choices": ["x", "y", "z"], "labels": [0, 1, 0]}}"#;
         let items = parse_mc(j, "jsonl", "t").unwrap();
         assert_eq!(items.iter().map(|i| i.answer).collect::<Vec<_>>(), [1, 0, 0, 1]);
-        let csv = "question,A,B,C,D,answer\nWhat?,a,b,c,d,C\n\"Why, then?\",e,f,g,h,a\n";
+        let csv = "question,A,B,C,D,answer\nWhat?,a,b,c,d,C\n\"Why, then?\",e,f,g,h,a\nLetters?,B,A,C,D,A\n";
         let items = parse_mc(csv, "csv", "t").unwrap();
-        assert_eq!(items.len(), 2);
+        assert_eq!(items.len(), 3);
         assert_eq!((items[0].answer, items[1].answer), (2, 0));
+        assert_eq!(
+            items[2].answer, 0,
+            "a CSV answer is a letter, even when a choice reads like one"
+        );
         assert_eq!(items[1].question, "Why, then?");
         let arr = r#"[{"question": "q", "choices": ["a", "b"], "answer": 0}]"#;
         assert_eq!(parse_mc(arr, "json", "t").unwrap().len(), 1);
