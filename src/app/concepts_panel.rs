@@ -39,6 +39,7 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
         });
     dataset_row(app, ui, true);
     dataset_row(app, ui, false);
+    user_datasets(app, ui);
     ui.horizontal(|ui| {
         ui.add(
             egui::TextEdit::singleline(&mut app.describe)
@@ -100,6 +101,47 @@ fn dataset_row(app: &mut StudioApp, ui: &mut egui::Ui, source: bool) {
     });
 }
 
+/// The user's datasets: use one as source or target, view it, remove it from the list.
+fn user_datasets(app: &mut StudioApp, ui: &mut egui::Ui) {
+    egui::CollapsingHeader::new(format!("your datasets ({})", app.settings.user_datasets.len()))
+        .id_salt("user-datasets")
+        .show(ui, |ui| {
+            let mut remove = None;
+            for (i, spec) in app.settings.user_datasets.clone().into_iter().enumerate() {
+                ui.horizontal(|ui| {
+                    ui.label(&spec);
+                    if ui.small_button("source").clicked() {
+                        app.settings.source = spec.clone();
+                    }
+                    if ui.small_button("target").clicked() {
+                        app.settings.target = spec.clone();
+                    }
+                    if ui.small_button("view").clicked() {
+                        match spec.parse::<DatasetSpec>() {
+                            Ok(s) => app.send(Command::LoadDataset(s)),
+                            Err(e) => app.error(e.to_string()),
+                        }
+                    }
+                    if ui
+                        .small_button("remove")
+                        .on_hover_text("from this list; the file stays")
+                        .clicked()
+                    {
+                        remove = Some(i);
+                    }
+                });
+            }
+            if let Some(i) = remove {
+                app.settings.user_datasets.remove(i);
+            }
+            if ui.button("Add file…").clicked() {
+                let d =
+                    rfd::FileDialog::new().add_filter("datasets", &["txt", "jsonl", "csv", "tsv", "json"]);
+                app.dialog(d, false, false, DialogResult::AddDataset);
+            }
+        });
+}
+
 fn editor(app: &mut StudioApp, ui: &mut egui::Ui) {
     let Some(ed) = app.editor.as_mut() else { return };
     ui.separator();
@@ -147,6 +189,7 @@ pub fn save_editor(app: &mut StudioApp, path: &Path) {
     match save_lines(path, &samples) {
         Ok(()) => {
             app.settings.target = path.display().to_string();
+            app.settings.add_dataset(app.settings.target.clone());
             if let Some(stem) = path.file_stem() {
                 app.settings.concept_name = stem.to_string_lossy().into_owned();
             }

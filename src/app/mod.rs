@@ -147,6 +147,7 @@ enum DialogResult {
     OpenModel(PathBuf),
     SourceFile(PathBuf),
     TargetFile(PathBuf),
+    AddDataset(PathBuf),
     SaveDataset(PathBuf),
     SaveMaps(Arc<MapsFile>, PathBuf),
     LoadMaps(PathBuf),
@@ -538,8 +539,15 @@ impl StudioApp {
     fn handle_dialog(&mut self, r: DialogResult) {
         match r {
             DialogResult::OpenModel(p) => self.load_model(p),
-            DialogResult::SourceFile(p) => self.settings.source = p.display().to_string(),
-            DialogResult::TargetFile(p) => self.settings.target = p.display().to_string(),
+            DialogResult::SourceFile(p) => {
+                self.settings.source = p.display().to_string();
+                self.settings.add_dataset(self.settings.source.clone());
+            }
+            DialogResult::TargetFile(p) => {
+                self.settings.target = p.display().to_string();
+                self.settings.add_dataset(self.settings.target.clone());
+            }
+            DialogResult::AddDataset(p) => self.settings.add_dataset(p.display().to_string()),
             DialogResult::SaveDataset(p) => concepts_panel::save_editor(self, &p),
             DialogResult::SaveMaps(maps, p) => self.send(Command::SaveMaps(maps, p)),
             DialogResult::LoadMaps(p) => self.send(Command::LoadMaps(p)),

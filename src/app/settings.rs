@@ -32,6 +32,8 @@ pub struct Settings {
     pub preset: String,
     /// Regenerate the steered column when a slider is released.
     pub live: bool,
+    /// The user's own datasets (specs), in the order added.
+    pub user_datasets: Vec<String>,
 }
 
 impl Default for Settings {
@@ -49,11 +51,19 @@ impl Default for Settings {
             concept_name: "football".into(),
             preset: crate::cli::DEFAULT_PRESET.into(),
             live: true,
+            user_datasets: Vec::new(),
         }
     }
 }
 
 impl Settings {
+    /// Adds a dataset spec to the user's list (no repeats).
+    pub fn add_dataset(&mut self, spec: String) {
+        if !self.user_datasets.contains(&spec) {
+            self.user_datasets.push(spec);
+        }
+    }
+
     /// Puts `path` first in the recent list (at most 8, no repeats).
     pub fn remember_model(&mut self, path: PathBuf) {
         self.recent_models.retain(|p| p != &path);
@@ -82,6 +92,15 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn user_datasets_are_kept_once_in_order() {
+        let mut s = Settings::default();
+        s.add_dataset("a.txt".into());
+        s.add_dataset("b.csv#text".into());
+        s.add_dataset("a.txt".into());
+        assert_eq!(s.user_datasets, ["a.txt", "b.csv#text"]);
     }
 
     #[test]
