@@ -134,6 +134,98 @@ fn one_shot_caches_and_batched_scoring_change_nothing() {
 }
 
 #[test]
+fn steering_ignores_padding_so_batched_scores_equal_scores_alone() {
+    use act_studio::runtime::steer::SteeringHooks;
+    use act_studio::transport::{HookMap, Method, SteeringPlan, Support, TokenScope};
+    let Some(m) = model() else { return };
+    let d = m.config().hidden_size;
+    let shift = |l: usize| {
+        let beta = (0..d)
+            .map(|j| if (j + l).is_multiple_of(2) { 0.6 } else { -0.3 })
+            .collect();
+        let map = HookMap::new(
+            Method::MeanAct,
+            Support::Unbounded,
+            vec![1.0; d],
+            beta,
+            vec![f32::NEG_INFINITY; d],
+            vec![f32::INFINITY; d],
+            Default::default(),
+        );
+        std::sync::Arc::new(ok(map))
+    };
+    let n_hooks = m.config().n_layers * act_studio::runtime::HookKind::ALL.len();
+    let no = AtomicBool::new(false);
+    let short = ok(m.tokenizer.encode("A short one."));
+    let long = ok(m
+        .tokenizer
+        .encode("A much longer sentence that forces padding on the short one."));
+    // The short row's next-token logits, alone and padded beside a longer row.
+    let last_logits = |rows: &[&Vec<u32>], hooks: &mut dyn act_studio::runtime::Hooks| {
+        let padded = act_studio::pipeline::collect::PaddedBatch::from_ids(rows.iter().copied());
+        let mut caches: Vec<_> = rows.iter().map(|_| m.transient_cache()).collect();
+        let out = ok(m.model.forward(
+            &padded.batch(),
+            &mut caches,
+            hooks,
+            MatPath::Dense,
+            LogitsMode::Last,
+        ));
+        out.logits[..m.config().vocab_size].to_vec()
+    };
+    for scope in [TokenScope::All, TokenScope::LastToken] {
+        let hooks = || {
+            let mut per_hook = vec![Vec::new(); n_hooks];
+            for l in 0..4 {
+                let p = act_studio::runtime::HookPoint {
+                    layer: l,
+                    kind: act_studio::runtime::HookKind::MlpNorm,
+                };
+                per_hook[p.index()] = vec![(shift(l), 1.0f32)];
+            }
+            SteeringHooks::from_plan(SteeringPlan::from_parts(per_hook, scope))
+        };
+        let alone = last_logits(&[&short], &mut hooks());
+        let beside = last_logits(&[&short, &long], &mut hooks());
+        let plain = last_logits(&[&short], &mut NoHooks);
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(
+            diff(&alone, &beside) < 1e-3,
+            "{scope:?}: padding changed the steered logits by {}",
+            diff(&alone, &beside)
+        );
+        assert!(
+            diff(&alone, &plain) > 1e-2,
+            "{scope:?}: the maps must change the logits"
+        );
+        // Scored log-probabilities agree too.
+        let lp_alone = ok(token_logprobs(
+            &m,
+            std::slice::from_ref(&short),
+            &mut hooks(),
+            &no,
+            &mut |_, _| {},
+        ));
+        let lp_beside = ok(token_logprobs(
+            &m,
+            &[short.clone(), long.clone()],
+            &mut hooks(),
+            &no,
+            &mut |_, _| {},
+        ));
+        let gap = lp_alone[0]
+            .iter()
+            .zip(&lp_beside[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            gap < 1e-4,
+            "{scope:?}: padding changed steered log-probabilities by {gap}"
+        );
+    }
+}
+
+#[test]
 fn multiple_choice_and_judge_tell_easy_cases_apart() {
     let Some(m) = model() else { return };
     let mc = r#"{"question": "What is the capital of France?", "choices": ["Paris", "Tokyo", "Cairo", "Lima"], "answer": 0}

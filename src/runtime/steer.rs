@@ -44,9 +44,13 @@ impl Hooks for SteeringHooks {
 
     fn on_activation(&mut self, point: HookPoint, act: Activation<'_>) -> Result<HookFlow> {
         let [b, t, d] = act.shape;
-        for (row, window) in act.data.chunks_exact_mut(t * d).zip(act.windows).take(b) {
+        // Only a row's real tokens are steered: padding is never touched, so "last token"
+        // means the row's last real token however the batch is padded.
+        let rows = act.data.chunks_exact_mut(t * d).zip(act.windows).zip(act.valid);
+        for ((row, window), &valid) in rows.take(b) {
+            let n = valid.min(t);
             self.plan
-                .apply_3d(point.index(), "", row, [1, t, d], *window)
+                .apply_3d(point.index(), "", &mut row[..n * d], [1, n, d], *window)
                 .map_err(|source| RuntimeError::Hook {
                     hook: point.name(),
                     source,
