@@ -16,12 +16,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use act_studio::pipeline::causal_pass::{CHUNK_TOKENS, causal_fit};
-use act_studio::pipeline::collect::hook_points;
+use act_studio::pipeline::collect::{PaddedBatch, hook_points};
 use act_studio::pipeline::concepts::builtin_dataset;
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::Pooling;
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
+use act_studio::runtime::llama::LogitsMode;
 use act_studio::runtime::{LoadedModel, NoHooks};
 use act_studio::transport::{FitConfig, Method};
 
@@ -65,24 +65,12 @@ fn plain_forward(m: &LoadedModel, texts: &[String]) -> usize {
             end += 1;
         }
         let rows = &ids[start..end];
-        let seq = rows.iter().map(Vec::len).max().unwrap_or(1);
-        let valid: Vec<usize> = rows.iter().map(Vec::len).collect();
-        let mut tokens = Vec::with_capacity(rows.len() * seq);
-        for r in rows {
-            tokens.extend_from_slice(r);
-            tokens.resize(tokens.len() + seq - r.len(), 0);
-        }
-        let b = Batch {
-            tokens: &tokens,
-            batch: rows.len(),
-            seq,
-            valid: &valid,
-            prompt_lens: &valid,
-        };
+        let padded = PaddedBatch::from_ids(rows.iter());
+        let b = padded.batch();
         let mut caches: Vec<_> = rows.iter().map(|_| m.transient_cache()).collect();
         ok(m.model
             .forward(&b, &mut caches, &mut NoHooks, MatPath::Dense, LogitsMode::None));
-        tokens_run += valid.iter().sum::<usize>();
+        tokens_run += padded.valid.iter().sum::<usize>();
         start = end;
     }
     tokens_run
