@@ -49,6 +49,14 @@ pub enum Command {
     /// Make a concept dataset from a description: sample sentences from the model, dedupe,
     /// save them (one per line) for editing and fitting.
     MakeConcept(crate::cli_steer::MakeConceptArgs),
+    /// Fit transport maps on a Stable Diffusion folder from source and target prompts or a
+    /// built-in image concept (style:NAME, negate:NAME, remove:trees; `--list`).
+    FitImage(crate::cli_image::FitImageArgs),
+    /// Generate an image, optionally steered (`--maps`, `--lambda`), to a PNG carrying its
+    /// settings in tEXt chunks.
+    Imagine(crate::cli_image::ImagineArgs),
+    /// A λ strip (1 × N) or a λ × seed grid of images from the same initial latents.
+    Strip(crate::cli_image::StripArgs),
     /// Open the desktop app (also what `act-studio` with no arguments does).
     App(AppArgs),
     /// Export pooled activations of a dataset (one 2-D tensor per hook point, rows in
@@ -305,6 +313,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Fit(a)) => crate::cli_model::fit(&a),
         Some(Command::Sweep(a)) => crate::cli_steer::sweep(&a),
         Some(Command::Eval(a)) => crate::cli_steer::eval(&a),
+        Some(Command::FitImage(a)) => crate::cli_image::fit_image(&a),
+        Some(Command::Imagine(a)) => crate::cli_image::imagine(&a),
+        Some(Command::Strip(a)) => crate::cli_image::strip_cmd(&a),
         Some(Command::Concepts) => crate::cli_steer::concepts(),
         Some(Command::MakeConcept(a)) => crate::cli_steer::make_concept(&a),
         Some(Command::App(a)) => crate::app::run(crate::app::AppOptions {

@@ -137,7 +137,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
 /// Loads `--maps` files (checking they were fitted on this model), applies `--lambda`
 /// values, and compiles the stack; `None` when nothing is steered.
 fn steering_hooks(m: &LoadedModel, a: &GenerateArgs) -> Result<Option<SteeringHooks>> {
-    let Some(stack) = steering_stack(m, &a.maps, &a.lambdas, a.scope)? else {
+    let Some(stack) = steering_stack(&m.fingerprint, &a.maps, &a.lambdas, a.scope)? else {
         return Ok(None);
     };
     let c = m.config();
@@ -148,7 +148,7 @@ fn steering_hooks(m: &LoadedModel, a: &GenerateArgs) -> Result<Option<SteeringHo
 /// `None` without maps. Fails on maps for another model, two concepts of one name, or a λ
 /// for a concept not loaded.
 pub(crate) fn steering_stack(
-    m: &LoadedModel,
+    fingerprint: &crate::transport::ModelFingerprint,
     maps: &[std::path::PathBuf],
     lambdas: &[(String, f32)],
     scope: TokenScope,
@@ -164,7 +164,7 @@ pub(crate) fn steering_stack(
         ..Default::default()
     };
     for path in maps {
-        let maps = MapsFile::load_for(path, &m.fingerprint)
+        let maps = MapsFile::load_for(path, fingerprint)
             .with_context(|| format!("loading maps {}", path.display()))?;
         if stack.concepts.iter().any(|c| c.name == maps.meta().concept) {
             anyhow::bail!("two maps files are both named `{}`", maps.meta().concept);

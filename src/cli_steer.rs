@@ -150,7 +150,7 @@ fn render_prompts(m: &LoadedModel, prompts: &[String], chat: bool) -> Result<Vec
 /// `sweep --model M --maps F [--lambdas …] [--prompt P] [--samples N] …`.
 pub fn sweep(a: &SweepArgs) -> Result<()> {
     let m = load(&a.model)?;
-    let stack = steering_stack(&m, &a.maps, &a.fixed, a.scope)?
+    let stack = steering_stack(&m.fingerprint, &a.maps, &a.fixed, a.scope)?
         .ok_or_else(|| anyhow::anyhow!("sweep needs --maps"))?;
     let concept = match &a.concept {
         Some(c) => c.clone(),
@@ -248,7 +248,7 @@ pub struct EvalArgs {
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let m = load(&a.model)?;
     let c = m.config();
-    let mut steering = match steering_stack(&m, &a.maps, &a.lambdas, a.scope)? {
+    let mut steering = match steering_stack(&m.fingerprint, &a.maps, &a.lambdas, a.scope)? {
         Some(stack) => Some(SteeringHooks::new(&stack, c.n_layers, c.hidden_size)?),
         None => None,
     };

@@ -1,0 +1,483 @@
+//! A Stable Diffusion pipeline loaded from a local diffusers folder: prompt encoding, the
+//! denoising loop with classifier-free guidance, and VAE decoding, with hooks for steering
+//! and fitting.
+//!
+//! ```text
+//! prompt ─ tokenizer(s) ─ text encoder(s) ─ text [b, 77, ctx] (+ SDXL pooled [b, 1280])
+//! seed ─ NoiseSource ─ latents [1, 4, H/f, W/f] · σ_init
+//! for each step: UNet([uncond; cond] latents, t, text) → ε_u + g·(ε_c − ε_u) → scheduler.step
+//! VAE decode(latents / scaling) → image [1, 3, H, W]
+//! ```
+//!
+//! Every image draws its initial latents (and an ancestral sampler's per-step noise) from
+//! its own seed only, so images generated at different λ differ only by the steering.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::transport::{ModelFingerprint, SteeringStack};
+
+use super::clip::ClipTextEncoder;
+use super::clip_tokenizer::ClipTokenizer;
+use super::error::{DiffusionError, Result};
+use super::hooks::{DiffHooks, HookRegistry, HookSite, NoDiffHooks};
+use super::scheduler::{NoiseSource, Scheduler, SchedulerConfig, SchedulerKind};
+use super::steer::{DiffSteeringHooks, StepWindow};
+use super::unet::{UNet, UNetCond};
+use super::vae::VaeDecoder;
+use super::weights::read_json;
+
+/// Which Stable Diffusion generation a folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SD 1.x: CLIP ViT-L text encoder, last hidden state.
+    Sd1,
+    /// SD 2.x and SD-Turbo: OpenCLIP ViT-H text encoder, last hidden state.
+    Sd2,
+    /// SDXL and SDXL-Turbo: two text encoders (penultimate states concatenated) and pooled
+    /// text + size conditioning.
+    Sdxl,
+}
+
+impl Family {
+    /// Short name used in fingerprints (`sd1`, `sd2`, `sdxl`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Sd1 => "sd1",
+            Family::Sd2 => "sd2",
+            Family::Sdxl => "sdxl",
+        }
+    }
+}
+
+/// Where and in what precision to run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Weights and activations dtype (f32 or f16).
+    pub dtype: DType,
+    /// The device.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// One image to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRequest {
+    /// The prompt.
+    pub prompt: String,
+    /// What to steer away from with guidance (empty: unconditional).
+    pub negative_prompt: String,
+    /// Seed of the initial latents and of ancestral noise.
+    pub seed: u64,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 disables guidance (Turbo models use 0).
+    pub guidance: f32,
+    /// Image width in pixels (a multiple of 8).
+    pub width: usize,
+    /// Image height in pixels (a multiple of 8).
+    pub height: usize,
+    /// The sampler.
+    pub scheduler: SchedulerKind,
+}
+
+/// Text conditioning of a batch of prompts.
+#[derive(Debug, Clone)]
+pub struct TextCond {
+    /// `[b, 77, cross_attention_dim]`.
+    pub text: Tensor,
+    /// SDXL: pooled embedding `[b, 1280]`.
+    pub pooled: Option<Tensor>,
+}
+
+/// A loaded pipeline.
+pub struct SdPipeline {
+    folder: PathBuf,
+    family: Family,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextEncoder,
+    second: Option<(ClipTokenizer, ClipTextEncoder)>,
+    unet: UNet,
+    vae: VaeDecoder,
+    scheduler: SchedulerConfig,
+    registry: HookRegistry,
+    unet_first_hook: usize,
+    zeros_for_empty_negative: bool,
+    dtype: DType,
+    device: Device,
+    fingerprint: ModelFingerprint,
+}
+
+fn require(folder: &Path, rel: &str) -> Result<PathBuf> {
+    let p = folder.join(rel);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(DiffusionError::MissingComponent {
+            folder: folder.to_path_buf(),
+            what: rel.to_string(),
+        })
+    }
+}
+
+impl SdPipeline {
+    /// Loads a diffusers folder: `model_index.json`, `tokenizer/`, `text_encoder/`, `unet/`,
+    /// `vae/`, `scheduler/`, and for SDXL also `tokenizer_2/` and `text_encoder_2/`.
+    pub fn load(folder: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !folder.is_dir() {
+            return Err(DiffusionError::MissingComponent {
+                folder: folder.to_path_buf(),
+                what: "the folder itself".into(),
+            });
+        }
+        let index = read_json(&require(folder, "model_index.json")?)?;
+        for c in ["tokenizer", "text_encoder", "unet", "vae", "scheduler"] {
+            require(folder, c)?;
+        }
+        let class = index.get("_class_name").and_then(Value::as_str).unwrap_or("");
+        let xl = class.contains("XL") || folder.join("text_encoder_2").is_dir();
+        let mut registry = HookRegistry::default();
+        let (dtype, device) = (opts.dtype, &opts.device);
+        let tokenizer = ClipTokenizer::load(&require(folder, "tokenizer")?)?;
+        let text_encoder = ClipTextEncoder::load(&require(folder, "text_encoder")?, "text_encoder", dtype, device, &mut registry)?;
+        let second = if xl {
+            let t = ClipTokenizer::load(&require(folder, "tokenizer_2")?)?;
+            let e = ClipTextEncoder::load(&require(folder, "text_encoder_2")?, "text_encoder_2", dtype, device, &mut registry)?;
+            Some((t, e))
+        } else {
+            None
+        };
+        let unet_first_hook = registry.len();
+        let unet = UNet::load(&require(folder, "unet")?, dtype, device, &mut registry)?;
+        let vae = VaeDecoder::load(&require(folder, "vae")?, dtype, device)?;
+        let scheduler = SchedulerConfig::from_file(&require(folder, "scheduler/scheduler_config.json")?)?;
+        let family = if xl {
+            Family::Sdxl
+        } else if text_encoder.config().hidden_size >= 1024 {
+            Family::Sd2
+        } else {
+            Family::Sd1
+        };
+        // The UNet's text width must be what the encoders produce.
+        let width = match &second {
+            Some((_, e2)) => text_encoder.config().hidden_size + e2.config().hidden_size,
+            None => text_encoder.config().hidden_size,
+        };
+        let ctx = unet.config().cross_attention_dim;
+        if width != ctx {
+            return Err(DiffusionError::BadWeights {
+                component: "unet".into(),
+                reason: format!("cross_attention_dim is {ctx} but the text encoder(s) produce {width}-wide embeddings"),
+            });
+        }
+        if let (Some(tt), Some((_, e2))) = (unet.config().text_time, &second) {
+            let pooled = e2.config().projection_dim.unwrap_or(e2.config().hidden_size);
+            if pooled + 6 * tt.time_embed_dim != tt.input_dim {
+                return Err(DiffusionError::BadWeights {
+                    component: "unet".into(),
+                    reason: format!(
+                        "add_embedding takes {} inputs but pooled text ({pooled}) + 6 × {} time ids make {}",
+                        tt.input_dim,
+                        tt.time_embed_dim,
+                        pooled + 6 * tt.time_embed_dim
+                    ),
+                });
+            }
+        }
+        if xl != unet.config().text_time.is_some() {
+            return Err(DiffusionError::BadWeights {
+                component: "unet".into(),
+                reason: if xl {
+                    "an SDXL folder needs a UNet with addition_embed_type \"text_time\"".into()
+                } else {
+                    "this UNet needs SDXL conditioning but the folder has no text_encoder_2".into()
+                },
+            });
+        }
+        let mut h = Sha256::new();
+        h.update(text_encoder.header_sha256());
+        if let Some((_, e2)) = &second {
+            h.update(e2.header_sha256());
+        }
+        h.update(unet.header_sha256());
+        let fingerprint = ModelFingerprint {
+            architecture: family.name().to_string(),
+            hidden_size: ctx,
+            n_layers: registry.len(),
+            weights_header_sha256: crate::transport::maps_file::hex(&h.finalize()),
+        };
+        let zeros_for_empty_negative = index
+            .get("force_zeros_for_empty_prompt")
+            .and_then(Value::as_bool)
+            .unwrap_or(xl);
+        Ok(Self {
+            folder: folder.to_path_buf(),
+            family,
+            tokenizer,
+            text_encoder,
+            second,
+            unet,
+            vae,
+            scheduler,
+            registry,
+            unet_first_hook,
+            zeros_for_empty_negative,
+            dtype,
+            device: device.clone(),
+            fingerprint,
+        })
+    }
+
+    /// The folder it was loaded from.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+    /// SD 1, SD 2 or SDXL.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+    /// All hook points, text encoders first, then the UNet (index = hook id).
+    pub fn hook_sites(&self) -> &[HookSite] {
+        self.registry.sites()
+    }
+    /// Id of the first UNet hook point.
+    pub fn unet_first_hook(&self) -> usize {
+        self.unet_first_hook
+    }
+    /// What maps fitted on this pipeline are tied to.
+    pub fn fingerprint(&self) -> &ModelFingerprint {
+        &self.fingerprint
+    }
+    /// The UNet.
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+    /// The scheduler config of the folder.
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A short display name (the folder's name).
+    pub fn name(&self) -> String {
+        self.folder
+            .file_name()
+            .map_or_else(|| self.folder.display().to_string(), |n| n.to_string_lossy().into_owned())
+    }
+
+    /// Pixels per latent cell (8 for every released SD VAE; `2^(levels − 1)`).
+    pub fn latent_factor(&self) -> usize {
+        self.vae.config().upscale().max(1)
+    }
+
+    /// Whether this looks like a few-step distilled model (SD-Turbo, SDXL-Turbo, Lightning).
+    pub fn is_few_step(&self) -> bool {
+        let n = self.name().to_lowercase();
+        n.contains("turbo") || n.contains("lightning")
+    }
+
+    /// Sensible settings for this model: Turbo-style models 1 step without guidance at 512 px
+    /// with Euler ancestral; others 25 steps, guidance 7.5, the folder's sampler, native size.
+    pub fn default_request(&self, prompt: &str) -> ImageRequest {
+        let px = self.unet.config().sample_size * self.latent_factor();
+        let few = self.is_few_step();
+        ImageRequest {
+            prompt: prompt.to_string(),
+            negative_prompt: String::new(),
+            seed: 0,
+            steps: if few { 1 } else { 25 },
+            guidance: if few { 0.0 } else { 7.5 },
+            width: if few { 64 * self.latent_factor() } else { px },
+            height: if few { 64 * self.latent_factor() } else { px },
+            scheduler: if few { SchedulerKind::EulerAncestral } else { self.scheduler.class },
+        }
+    }
+
+    /// Encodes `prompts` (text-encoder hooks run here).
+    pub fn encode_prompts(&self, prompts: &[&str], hooks: &mut dyn DiffHooks) -> Result<TextCond> {
+        let ids = |tok: &ClipTokenizer| -> Result<Tensor> {
+            let rows = tok.encode_batch(prompts)?;
+            let len = rows.first().map_or(0, Vec::len);
+            let flat: Vec<u32> = rows.into_iter().flatten().collect();
+            Ok(Tensor::from_vec(flat, (prompts.len(), len), &self.device)?)
+        };
+        let out1 = self.text_encoder.forward(&ids(&self.tokenizer)?, hooks)?;
+        match &self.second {
+            None => Ok(TextCond {
+                text: out1.last_hidden_state,
+                pooled: None,
+            }),
+            Some((tok2, enc2)) => {
+                let out2 = enc2.forward(&ids(tok2)?, hooks)?;
+                let text = Tensor::cat(&[&out1.penultimate, &out2.penultimate.to_dtype(out1.penultimate.dtype())?], 2)?;
+                Ok(TextCond {
+                    text,
+                    pooled: Some(out2.pooled),
+                })
+            }
+        }
+    }
+
+    /// Checks a request's sizes and steps.
+    pub fn validate(&self, req: &ImageRequest) -> Result<()> {
+        let f = self.latent_factor();
+        if req.width == 0 || req.height == 0 || !req.width.is_multiple_of(f) || !req.height.is_multiple_of(f) {
+            return Err(DiffusionError::BadInput(format!(
+                "image size {}×{} must be positive multiples of {f}",
+                req.width, req.height
+            )));
+        }
+        if req.width > 4096 || req.height > 4096 {
+            return Err(DiffusionError::BadInput("image size above 4096 pixels".into()));
+        }
+        if req.steps == 0 || req.steps > 1000 {
+            return Err(DiffusionError::BadInput(format!("steps must be 1–1000 (got {})", req.steps)));
+        }
+        if !req.guidance.is_finite() || req.guidance < 0.0 || req.guidance > 50.0 {
+            return Err(DiffusionError::BadInput(format!("guidance must be 0–50 (got {})", req.guidance)));
+        }
+        Ok(())
+    }
+
+    /// The UNet conditioning tensors of one request: text `[b, 77, ctx]` (uncond rows first
+    /// with guidance), SDXL pooled and time ids.
+    fn conditioning(&self, req: &ImageRequest, guided: bool, hooks: &mut dyn DiffHooks) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let cond = self.encode_prompts(&[req.prompt.as_str()], hooks)?;
+        let (text, pooled) = if guided {
+            let unc = if self.zeros_for_empty_negative && req.negative_prompt.trim().is_empty() {
+                TextCond {
+                    text: cond.text.zeros_like()?,
+                    pooled: cond.pooled.as_ref().map(Tensor::zeros_like).transpose()?,
+                }
+            } else {
+                self.encode_prompts(&[req.negative_prompt.as_str()], hooks)?
+            };
+            let text = Tensor::cat(&[&unc.text, &cond.text], 0)?;
+            let pooled = match (unc.pooled, cond.pooled) {
+                (Some(u), Some(c)) => Some(Tensor::cat(&[&u, &c], 0)?),
+                _ => None,
+            };
+            (text, pooled)
+        } else {
+            (cond.text, cond.pooled)
+        };
+        let b = text.dim(0)?;
+        let text_time = match pooled {
+            Some(p) => {
+                let (h, w) = (req.height as f32, req.width as f32);
+                let row = [h, w, 0.0, 0.0, h, w];
+                let ids: Vec<f32> = (0..b).flat_map(|_| row).collect();
+                Some((p, Tensor::from_vec(ids, (b, 6), &self.device)?))
+            }
+            None => None,
+        };
+        Ok((text, text_time))
+    }
+
+    /// The seed's initial latents `[1, 4, H/8, W/8]` (before scaling by σ_init) and the noise
+    /// source positioned after them, for an ancestral sampler.
+    pub fn initial_noise(&self, req: &ImageRequest) -> Result<(Tensor, NoiseSource)> {
+        let mut noise = NoiseSource::new(req.seed);
+        let c = self.unet.config().in_channels;
+        let f = self.latent_factor();
+        let x = noise.randn(&[1, c, req.height / f, req.width / f], &self.device)?;
+        Ok((x, noise))
+    }
+
+    /// Runs the denoising loop and returns the final latents `[1, 4, H/8, W/8]` (f32).
+    /// `progress(step, total)` is called before each step; returning `false` cancels.
+    pub fn denoise(
+        &self,
+        req: &ImageRequest,
+        steer: Option<&mut DiffSteeringHooks>,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Tensor> {
+        self.validate(req)?;
+        let guided = req.guidance > 1.0;
+        let mut none = NoDiffHooks;
+        let mut steer = steer;
+        let (text, text_time) = match steer.as_deref_mut() {
+            Some(s) => self.conditioning(req, guided, s)?,
+            None => self.conditioning(req, guided, &mut none)?,
+        };
+        let sched = Scheduler::new(&self.scheduler, req.scheduler, req.steps)?;
+        let (x0, mut noise) = self.initial_noise(req)?;
+        let mut x = (x0 * sched.init_noise_sigma())?;
+        let total = sched.timesteps().len();
+        let cond = UNetCond {
+            text: &text,
+            text_time: text_time.as_ref().map(|(p, i)| (p, i)),
+        };
+        for (i, &t) in sched.timesteps().to_vec().iter().enumerate() {
+            if !progress(i, total) {
+                return Err(DiffusionError::Cancelled);
+            }
+            let xin = sched.scale_model_input(&x, i)?;
+            let xin = if guided { Tensor::cat(&[&xin, &xin], 0)? } else { xin };
+            let out = match steer.as_deref_mut() {
+                Some(s) => {
+                    s.set_step(i);
+                    self.unet.forward(&xin, t, &cond, s)?
+                }
+                None => self.unet.forward(&xin, t, &cond, &mut none)?,
+            }
+            .to_dtype(DType::F32)?;
+            let eps = if guided {
+                let u = out.narrow(0, 0, 1)?;
+                let c = out.narrow(0, 1, 1)?;
+                (&u + ((c - &u)? * f64::from(req.guidance))?)?
+            } else {
+                out
+            };
+            x = sched.step(&eps, i, &x, &mut noise)?;
+        }
+        progress(total, total);
+        Ok(x)
+    }
+
+    /// Decodes latents `[b, 4, h, w]` to images `[b, 3, 8h, 8w]` in about [-1, 1] (f32).
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        Ok(self.vae.decode_latents(&latents.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?)
+    }
+
+    /// Compiles steering hooks for `stack` acting within `window`.
+    pub fn steering(&self, stack: &SteeringStack, window: StepWindow) -> Result<DiffSteeringHooks> {
+        DiffSteeringHooks::new(stack, self.hook_sites(), self.unet_first_hook, window)
+    }
+
+    /// Generates one image `[1, 3, H, W]`, steered by `stack` within `window` (an empty
+    /// stack or all λ = 0 gives exactly the unsteered image).
+    pub fn generate(
+        &self,
+        req: &ImageRequest,
+        stack: &SteeringStack,
+        window: StepWindow,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Tensor> {
+        let mut hooks = self.steering(stack, window)?;
+        let latents = if hooks.is_empty() {
+            self.denoise(req, None, progress)?
+        } else {
+            self.denoise(req, Some(&mut hooks), progress)?
+        };
+        self.decode(&latents)
+    }
+}

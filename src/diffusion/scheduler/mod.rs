@@ -1,0 +1,577 @@
+//! Noise schedulers: Euler (discrete), Euler ancestral and DDIM, as in diffusers.
+//!
+//! A [`Scheduler`] is built once per generation for a number of steps. The sampling loop is
+//!
+//! ```text
+//! x = noise.randn([b, 4, h, w]) · init_noise_sigma()
+//! for i in 0..steps:
+//!     out = unet(scale_model_input(x, i), timesteps()[i], …)      // ε or v
+//!     x = step(out, i, x, &mut noise)
+//! ```
+//!
+//! The training schedule (betas, `ᾱ_t`) comes from a [`SchedulerConfig`] (diffusers'
+//! `scheduler/scheduler_config.json`); the sampler is a [`SchedulerKind`], by default the
+//! file's class. Schedules are computed in f64 and the step arithmetic in f32, like diffusers.
+//!
+//! Timestep spacing follows diffusers exactly (numpy's round-half-to-even included):
+//! * leading: `(0..n)·(T div n) + steps_offset`, reversed;
+//! * trailing: `round(T − i·T/n) − 1` for `i = 0..n` (1 step → `[T − 1]`);
+//! * linspace: `linspace(0, T − 1, n)` reversed; kept fractional for Euler (the UNet takes a
+//!   float timestep), rounded for DDIM.
+//!
+//! Euler σ's are `√((1 − ᾱ)/ᾱ)` linearly interpolated at the (possibly fractional) timesteps,
+//! followed by a final 0.
+
+mod config;
+mod noise;
+
+pub use config::{BetaSchedule, Prediction, SchedulerConfig, SchedulerKind, Spacing};
+pub use noise::NoiseSource;
+
+use candle_core::{DType, Tensor};
+
+use super::error::{DiffusionError, Result};
+
+/// A sampler set up for a fixed number of inference steps.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    kind: SchedulerKind,
+    prediction: Prediction,
+    /// The model's timestep input per step.
+    timesteps: Vec<f64>,
+    /// Euler kinds: σ per step plus a final 0 (`steps + 1` values); DDIM: empty.
+    sigmas: Vec<f64>,
+    /// DDIM: `(ᾱ_t, ᾱ_prev)` per step; Euler: empty.
+    ddim_alphas: Vec<(f64, f64)>,
+    init_noise_sigma: f64,
+    /// DDIM: clamp range of the predicted `x₀`.
+    clip: Option<f64>,
+}
+
+/// numpy-style linear interpolation of `ys` (at `0, 1, …`) at `x`, clamped at both ends.
+fn interp(x: f64, ys: &[f64]) -> f64 {
+    let n = ys.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if x <= 0.0 {
+        return ys[0];
+    }
+    let last = (n - 1) as f64;
+    if x >= last {
+        return ys[n - 1];
+    }
+    let i = x.floor() as usize;
+    let f = x - i as f64;
+    if f == 0.0 {
+        ys[i]
+    } else {
+        ys[i] + (ys[i + 1] - ys[i]) * f
+    }
+}
+
+/// The inference timesteps (descending) for `n` steps over `t` training steps.
+fn spaced_timesteps(spacing: Spacing, t: usize, n: usize, offset: usize) -> Vec<f64> {
+    match spacing {
+        Spacing::Leading => {
+            let ratio = t / n;
+            (0..n).rev().map(|i| (i * ratio + offset) as f64).collect()
+        }
+        Spacing::Trailing => {
+            let ratio = t as f64 / n as f64;
+            (0..n)
+                .map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0)
+                .collect()
+        }
+        Spacing::Linspace => {
+            let mut v = config::linspace(0.0, (t - 1) as f64, n);
+            v.reverse();
+            v
+        }
+    }
+}
+
+impl Scheduler {
+    /// Sets up `kind` for `steps` inference steps on the schedule of `cfg`.
+    ///
+    /// `steps == 0` or `steps > num_train_timesteps` is [`DiffusionError::BadInput`], and so is
+    /// an invalid config or DDIM with `thresholding`.
+    pub fn new(cfg: &SchedulerConfig, kind: SchedulerKind, steps: usize) -> Result<Self> {
+        let t = cfg.num_train_timesteps;
+        if steps == 0 || steps > t {
+            return Err(DiffusionError::BadInput(format!(
+                "the number of steps must lie in 1..={t}, got {steps}"
+            )));
+        }
+        cfg.validate()
+            .map_err(|r| DiffusionError::BadInput(format!("scheduler config: {r}")))?;
+        let mut alphas_cumprod = cfg.alphas_cumprod();
+        let mut timesteps = spaced_timesteps(cfg.spacing, t, steps, cfg.steps_offset);
+        let mut sigmas = Vec::new();
+        let mut ddim_alphas = Vec::new();
+        let mut init_noise_sigma = 1.0;
+        let mut clip = None;
+        match kind {
+            SchedulerKind::EulerDiscrete | SchedulerKind::EulerAncestral => {
+                if cfg.rescale_betas_zero_snr {
+                    // As diffusers: keep the terminal σ finite.
+                    if let Some(last) = alphas_cumprod.last_mut() {
+                        *last = 2f64.powi(-24);
+                    }
+                }
+                let train_sigmas: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
+                sigmas = timesteps.iter().map(|&ts| interp(ts, &train_sigmas)).collect();
+                sigmas.push(0.0);
+                let max = sigmas.iter().copied().fold(0.0, f64::max);
+                init_noise_sigma = match cfg.spacing {
+                    Spacing::Leading => (max * max + 1.0).sqrt(),
+                    Spacing::Trailing | Spacing::Linspace => max,
+                };
+            }
+            SchedulerKind::Ddim => {
+                if cfg.thresholding {
+                    return Err(DiffusionError::BadInput(
+                        "DDIM with dynamic thresholding is not supported".into(),
+                    ));
+                }
+                for ts in &mut timesteps {
+                    *ts = ts.round_ties_even();
+                }
+                let final_alpha = if cfg.set_alpha_to_one {
+                    1.0
+                } else {
+                    alphas_cumprod[0]
+                };
+                let ratio = t / steps;
+                ddim_alphas = timesteps
+                    .iter()
+                    .map(|&ts| {
+                        // Leading spacing with offset can reach T; use the last one as candle does.
+                        let i = (ts as usize).min(t - 1);
+                        let prev = i.checked_sub(ratio).map_or(final_alpha, |p| alphas_cumprod[p]);
+                        (alphas_cumprod[i], prev)
+                    })
+                    .collect();
+                clip = cfg.clip_sample.then_some(cfg.clip_sample_range);
+            }
+        }
+        Ok(Self {
+            kind,
+            prediction: cfg.prediction,
+            timesteps,
+            sigmas,
+            ddim_alphas,
+            init_noise_sigma,
+            clip,
+        })
+    }
+
+    /// The sampler.
+    pub fn kind(&self) -> SchedulerKind {
+        self.kind
+    }
+
+    /// What the model is taken to predict.
+    pub fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+
+    /// Number of inference steps.
+    pub fn num_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    /// The model's timestep input per step, in order (descending).
+    pub fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    /// Euler kinds: σ per step followed by a final 0 (`num_steps + 1` values). DDIM: empty.
+    pub fn sigmas(&self) -> &[f64] {
+        &self.sigmas
+    }
+
+    /// Standard deviation of the initial latents: they are `randn · init_noise_sigma`.
+    pub fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    fn check_step(&self, step: usize) -> Result<()> {
+        if step >= self.timesteps.len() {
+            return Err(DiffusionError::BadInput(format!(
+                "step {step} out of range for a {}-step schedule",
+                self.timesteps.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The UNet input at step `step` for latents `x` (any shape): `x / √(σ² + 1)` for the
+    /// Euler kinds, `x` for DDIM.
+    pub fn scale_model_input(&self, x: &Tensor, step: usize) -> Result<Tensor> {
+        self.check_step(step)?;
+        match self.kind {
+            SchedulerKind::Ddim => Ok(x.clone()),
+            SchedulerKind::EulerDiscrete | SchedulerKind::EulerAncestral => {
+                let s = self.sigmas[step];
+                Ok((x / (s * s + 1.0).sqrt())?)
+            }
+        }
+    }
+
+    /// Euler ancestral: `(σ_up, σ_down)` of step `step`; `σ_up = 0` at the last step.
+    fn ancestral_sigmas(&self, step: usize) -> (f64, f64) {
+        let (from, to) = (self.sigmas[step], self.sigmas[step + 1]);
+        let up = if from > 0.0 {
+            (to * to * (from * from - to * to) / (from * from))
+                .max(0.0)
+                .sqrt()
+        } else {
+            0.0
+        };
+        let down = (to * to - up * up).max(0.0).sqrt();
+        (up, down)
+    }
+
+    /// Whether step `step` adds fresh noise (Euler ancestral before its last step).
+    pub fn step_needs_noise(&self, step: usize) -> bool {
+        self.kind == SchedulerKind::EulerAncestral
+            && step < self.timesteps.len()
+            && self.ancestral_sigmas(step).0 > 0.0
+    }
+
+    /// One denoising step from step index `step`: `model_output` (ε or v, the shape of
+    /// `sample`) and the current latents `sample` (`x_t`) → `x_{t−1}`, in `sample`'s dtype.
+    /// Euler ancestral draws its fresh noise (f32, `sample`'s shape) from `noise`; the other
+    /// kinds leave `noise` untouched.
+    pub fn step(
+        &self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        noise: &mut NoiseSource,
+    ) -> Result<Tensor> {
+        self.check_step(step)?;
+        let fresh = if self.step_needs_noise(step) {
+            Some(noise.randn(sample.dims(), sample.device())?)
+        } else {
+            None
+        };
+        self.step_with_noise(model_output, step, sample, fresh.as_ref())
+    }
+
+    /// [`Self::step`] with the ancestral noise given explicitly (`[…]` like `sample`); it is
+    /// required exactly when [`Self::step_needs_noise`] and ignored otherwise.
+    pub fn step_with_noise(
+        &self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.check_step(step)?;
+        if model_output.dims() != sample.dims() {
+            return Err(DiffusionError::BadInput(format!(
+                "scheduler step: model output {:?} and sample {:?} differ in shape",
+                model_output.dims(),
+                sample.dims()
+            )));
+        }
+        let out_dtype = sample.dtype();
+        let m = model_output.to_dtype(DType::F32)?;
+        let x = sample.to_dtype(DType::F32)?;
+        let prev = match self.kind {
+            SchedulerKind::EulerDiscrete | SchedulerKind::EulerAncestral => {
+                let sigma = self.sigmas[step];
+                let x0 = self.euler_x0(&m, &x, sigma)?;
+                let derivative = ((&x - x0)? / sigma)?;
+                if self.kind == SchedulerKind::EulerDiscrete {
+                    let dt = self.sigmas[step + 1] - sigma;
+                    (&x + (derivative * dt)?)?
+                } else {
+                    let (up, down) = self.ancestral_sigmas(step);
+                    let prev = (&x + (derivative * (down - sigma))?)?;
+                    if up > 0.0 {
+                        let n = noise.ok_or_else(|| {
+                            DiffusionError::BadInput(format!(
+                                "Euler ancestral step {step} needs a noise tensor"
+                            ))
+                        })?;
+                        if n.dims() != sample.dims() {
+                            return Err(DiffusionError::BadInput(format!(
+                                "scheduler step: noise {:?} and sample {:?} differ in shape",
+                                n.dims(),
+                                sample.dims()
+                            )));
+                        }
+                        (prev + (n.to_dtype(DType::F32)? * up)?)?
+                    } else {
+                        prev
+                    }
+                }
+            }
+            SchedulerKind::Ddim => {
+                let (a_t, a_prev) = self.ddim_alphas[step];
+                let b_t = 1.0 - a_t;
+                let (x0, eps) = match self.prediction {
+                    Prediction::Epsilon => {
+                        let x0 = ((&x - (&m * b_t.sqrt())?)? * (1.0 / a_t.sqrt()))?;
+                        (x0, m.clone())
+                    }
+                    Prediction::VPrediction => {
+                        let x0 = ((&x * a_t.sqrt())? - (&m * b_t.sqrt())?)?;
+                        let eps = ((&m * a_t.sqrt())? + (&x * b_t.sqrt())?)?;
+                        (x0, eps)
+                    }
+                };
+                let x0 = match self.clip {
+                    Some(r) => x0.clamp(-r, r)?,
+                    None => x0,
+                };
+                ((x0 * a_prev.sqrt())? + (eps * (1.0 - a_prev).sqrt())?)?
+            }
+        };
+        Ok(prev.to_dtype(out_dtype)?)
+    }
+
+    /// Euler: the predicted clean latents from the σ-scaled model output.
+    fn euler_x0(&self, m: &Tensor, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        Ok(match self.prediction {
+            Prediction::Epsilon => (x - (m * sigma)?)?,
+            Prediction::VPrediction => {
+                ((m * (-sigma / (sigma * sigma + 1.0).sqrt()))? + (x / (sigma * sigma + 1.0))?)?
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn cfg(spacing: Spacing) -> SchedulerConfig {
+        SchedulerConfig {
+            spacing,
+            ..SchedulerConfig::default()
+        }
+    }
+
+    #[test]
+    fn trailing_rounds_half_to_even_like_numpy() {
+        // np.arange(1000, 0, -62.5).round() - 1
+        let ts = spaced_timesteps(Spacing::Trailing, 1000, 16, 1);
+        let want = [
+            999., 937., 874., 811., 749., 687., 624., 561., 499., 437., 374., 311., 249., 187., 124., 61.,
+        ];
+        assert_eq!(ts, want);
+        assert_eq!(spaced_timesteps(Spacing::Trailing, 1000, 1, 1), vec![999.0]);
+        assert_eq!(
+            spaced_timesteps(Spacing::Trailing, 1000, 3, 1),
+            vec![999.0, 666.0, 332.0]
+        );
+    }
+
+    #[test]
+    fn leading_and_linspace() {
+        assert_eq!(
+            spaced_timesteps(Spacing::Leading, 1000, 4, 1),
+            vec![751., 501., 251., 1.]
+        );
+        assert_eq!(
+            spaced_timesteps(Spacing::Leading, 1000, 3, 0),
+            vec![666., 333., 0.]
+        );
+        assert_eq!(
+            spaced_timesteps(Spacing::Linspace, 1000, 3, 1),
+            vec![999., 499.5, 0.]
+        );
+        // DDIM rounds (half to even).
+        let s = Scheduler::new(&cfg(Spacing::Linspace), SchedulerKind::Ddim, 3).unwrap();
+        assert_eq!(s.timesteps(), &[999., 500., 0.]);
+    }
+
+    #[test]
+    fn sd_sigmas_are_the_known_ones() {
+        let s = Scheduler::new(&cfg(Spacing::Linspace), SchedulerKind::EulerDiscrete, 2).unwrap();
+        // k-diffusion's sigma_max / sigma_min for SD: 14.6146, 0.0292.
+        assert!((s.sigmas()[0] - 14.6146).abs() < 1e-3, "{:?}", s.sigmas());
+        assert!((s.sigmas()[1] - 0.0292).abs() < 1e-3, "{:?}", s.sigmas());
+        assert_eq!(s.sigmas()[2], 0.0);
+        assert!((s.init_noise_sigma() - 14.6146).abs() < 1e-3);
+        let l = Scheduler::new(&cfg(Spacing::Leading), SchedulerKind::EulerDiscrete, 1000).unwrap();
+        // Leading with offset 1 reaches t = 1000: clamped to the last σ; init σ = √(σ²+1).
+        assert_eq!(l.timesteps()[0], 1000.0);
+        assert!((l.init_noise_sigma() - (14.6146f64.powi(2) + 1.0).sqrt()).abs() < 1e-3);
+    }
+
+    #[test]
+    fn fractional_timesteps_interpolate_sigmas() {
+        let c = cfg(Spacing::Linspace);
+        let ac = c.alphas_cumprod();
+        let sig = |i: usize| ((1.0 - ac[i]) / ac[i]).sqrt();
+        let s = Scheduler::new(&c, SchedulerKind::EulerDiscrete, 3).unwrap();
+        assert!((s.sigmas()[1] - 0.5 * (sig(499) + sig(500))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn beta_schedules() {
+        let c = SchedulerConfig::default();
+        let b = c.betas();
+        assert_eq!(b.len(), 1000);
+        assert!((b[0] - 0.00085).abs() < 1e-12 && (b[999] - 0.012).abs() < 1e-12);
+        let lin = SchedulerConfig {
+            beta_schedule: BetaSchedule::Linear,
+            beta_start: 0.0001,
+            beta_end: 0.02,
+            ..c.clone()
+        };
+        assert!((lin.betas()[500] - (0.0001 + 0.0199 * 500.0 / 999.0)).abs() < 1e-12);
+        let cos = SchedulerConfig {
+            beta_schedule: BetaSchedule::SquaredCosCapV2,
+            ..c.clone()
+        };
+        let cb = cos.betas();
+        assert!(cb.iter().all(|&b| b > 0.0 && b <= 0.999));
+        assert_eq!(cb[999], 0.999);
+        assert!(cb[0] < 1e-4);
+        let z = SchedulerConfig {
+            rescale_betas_zero_snr: true,
+            spacing: Spacing::Trailing,
+            ..c.clone()
+        };
+        let za = z.alphas_cumprod();
+        assert!(za[999].abs() < 1e-12);
+        assert!((za[0] - c.alphas_cumprod()[0]).abs() < 1e-12);
+        // Euler keeps the terminal σ finite.
+        let s = Scheduler::new(&z, SchedulerKind::EulerDiscrete, 4).unwrap();
+        assert!((s.sigmas()[0] - 4096.0).abs() < 1.0, "{:?}", s.sigmas());
+    }
+
+    #[test]
+    fn config_defaults_follow_the_class() {
+        let p = Path::new("scheduler_config.json");
+        let pndm = SchedulerConfig::from_json(
+            &json!({"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear",
+                    "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,
+                    "skip_prk_steps": true, "trained_betas": null}),
+            p,
+        )
+        .unwrap();
+        assert_eq!(pndm.class, SchedulerKind::EulerDiscrete);
+        assert_eq!(pndm.spacing, Spacing::Leading);
+        assert!(!pndm.set_alpha_to_one && !pndm.clip_sample);
+        let ddim = SchedulerConfig::from_json(&json!({"_class_name": "DDIMScheduler"}), p).unwrap();
+        assert_eq!(ddim.class, SchedulerKind::Ddim);
+        assert!(ddim.set_alpha_to_one && ddim.clip_sample);
+        assert_eq!(ddim.beta_schedule, BetaSchedule::Linear);
+        let ea = SchedulerConfig::from_json(
+            &json!({"_class_name": "EulerAncestralDiscreteScheduler", "prediction_type": "v_prediction"}),
+            p,
+        )
+        .unwrap();
+        assert_eq!(ea.class, SchedulerKind::EulerAncestral);
+        assert_eq!(ea.spacing, Spacing::Linspace);
+        assert_eq!(ea.prediction, Prediction::VPrediction);
+        for bad in [
+            json!({"beta_schedule": "sigmoid"}),
+            json!({"prediction_type": "sample"}),
+            json!({"timestep_spacing": "karras"}),
+            json!({"num_train_timesteps": 0}),
+            json!({"num_train_timesteps": "1000"}),
+            json!({"trained_betas": [0.1, 0.2]}),
+            json!({"beta_start": 1.5}),
+            json!([1, 2]),
+        ] {
+            let e = SchedulerConfig::from_json(&bad, p).unwrap_err();
+            assert!(matches!(e, DiffusionError::BadConfig { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn kinds_parse() {
+        assert_eq!(
+            "euler".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::EulerDiscrete
+        );
+        assert_eq!(
+            "Euler-A".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::EulerAncestral
+        );
+        assert_eq!(
+            "euler_ancestral".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::EulerAncestral
+        );
+        assert_eq!("ddim".parse::<SchedulerKind>().unwrap(), SchedulerKind::Ddim);
+        assert_eq!(
+            "DDIMScheduler".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::Ddim
+        );
+        let e = "pndm".parse::<SchedulerKind>().unwrap_err().to_string();
+        assert!(e.contains("pndm") && e.contains("euler-a"), "{e}");
+        for k in SchedulerKind::ALL {
+            assert_eq!(k.name().parse::<SchedulerKind>().unwrap(), k);
+            assert_eq!(SchedulerKind::from_class_name(k.class_name()), k);
+        }
+        assert_eq!(
+            SchedulerKind::from_class_name("LMSDiscreteScheduler"),
+            SchedulerKind::EulerDiscrete
+        );
+    }
+
+    #[test]
+    fn bad_steps_and_indices() {
+        let c = SchedulerConfig::default();
+        for k in SchedulerKind::ALL {
+            assert!(matches!(
+                Scheduler::new(&c, k, 0),
+                Err(DiffusionError::BadInput(_))
+            ));
+            assert!(matches!(
+                Scheduler::new(&c, k, 1001),
+                Err(DiffusionError::BadInput(_))
+            ));
+            let s = Scheduler::new(&c, k, 1000).unwrap();
+            assert_eq!(s.num_steps(), 1000);
+            let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
+            let mut n = NoiseSource::new(0);
+            assert!(s.scale_model_input(&x, 1000).is_err());
+            assert!(s.step(&x, 1000, &x, &mut n).is_err());
+            let y = Tensor::zeros((1, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
+            assert!(s.step(&y, 0, &x, &mut n).is_err());
+        }
+        let thr = SchedulerConfig {
+            thresholding: true,
+            ..c
+        };
+        assert!(Scheduler::new(&thr, SchedulerKind::Ddim, 10).is_err());
+        assert!(Scheduler::new(&thr, SchedulerKind::EulerDiscrete, 10).is_ok());
+    }
+
+    #[test]
+    fn ancestral_step_without_noise_is_an_error() {
+        let c = cfg(Spacing::Trailing);
+        let s = Scheduler::new(&c, SchedulerKind::EulerAncestral, 2).unwrap();
+        let x = Tensor::ones((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(s.step_needs_noise(0) && !s.step_needs_noise(1));
+        assert!(s.step_with_noise(&x, 0, &x, None).is_err());
+        assert!(s.step_with_noise(&x, 1, &x, None).is_ok());
+    }
+
+    #[test]
+    fn noise_is_seeded() {
+        let mut a = NoiseSource::new(7);
+        let mut b = NoiseSource::new(7);
+        let mut c = NoiseSource::new(8);
+        let (va, vb, vc): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+            (0..9).map(|_| a.next_normal()).collect(),
+            (0..9).map(|_| b.next_normal()).collect(),
+            (0..9).map(|_| c.next_normal()).collect(),
+        );
+        assert_eq!(va, vb);
+        assert_ne!(va, vc);
+        assert!(NoiseSource::new(1).randn(&[usize::MAX, 2], &Device::Cpu).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! The UNet's transformers (diffusers `Transformer2DModel` with `BasicTransformerBlock`s),
+//! with hook points at the GroupNorm `norm` (4-D) and at each block's LayerNorms
+//! `norm1`/`norm2`/`norm3` (3-D `[b, h·w, c]`).
+//!
+//! ```text
+//! x ─ hook(norm) ─ proj_in ─ [b, hw, c] ─ blocks ─ proj_out ─ + x
+//! block: x += attn1(hook(norm1(x)));  x += attn2(hook(norm2(x)), text);  x += ff(hook(norm3(x)))
+//! ```
+
+use candle_core::{D, DType, Module, Tensor};
+use candle_nn::{Conv2d, Linear, VarBuilder};
+use rayon::prelude::*;
+
+use crate::diffusion::error::Result;
+use crate::diffusion::hooks::{DiffHooks, HookRegistry};
+
+use super::norm::{HookedGroupNorm, HookedLayerNorm, with_cpu_f32};
+
+/// Most attention scores held at once (64 M f32 = 256 MB).
+const SCORE_BUDGET: usize = 64 << 20;
+
+/// Multi-head attention, self (`context = None`) or cross.
+#[derive(Debug)]
+struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            to_q: candle_nn::linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(dim, dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: 1.0 / ((dim / heads) as f64).sqrt(),
+        })
+    }
+
+    /// `[b, n, d]` → `[b·heads, n, d/heads]`.
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        Ok(x.reshape((b, n, self.heads, d / self.heads))?
+            .transpose(1, 2)?
+            .reshape((b * self.heads, n, d / self.heads))?)
+    }
+
+    /// `x: [b, n, d]`, `context: [b, m, e]` → `[b, n, d]`. Scores and softmax in f32.
+    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let ctx = context.unwrap_or(x);
+        let dtype = x.dtype();
+        let q = self.split(&self.to_q.forward(x)?)?.to_dtype(DType::F32)?;
+        let k = self.split(&self.to_k.forward(ctx)?)?.to_dtype(DType::F32)?;
+        let v = self.split(&self.to_v.forward(ctx)?)?.to_dtype(DType::F32)?;
+        // Scale the smaller of q and k (cross-attention keys have 77 rows).
+        let (q, k) = if k.dim(1)? < n {
+            (q, (k * self.scale)?)
+        } else {
+            ((q * self.scale)?, k)
+        };
+        let (bh, m) = (q.dim(0)?, k.dim(1)?);
+        // Bound the score matrix: attend in slices of batch·heads rows when [bh, n, m] would
+        // exceed SCORE_BUDGET values (a 64-prompt fitting batch at 512 px needs this).
+        let per_row = n * m;
+        let rows = (SCORE_BUDGET / per_row.max(1)).clamp(1, bh);
+        let o = if rows >= bh {
+            candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(&v)?
+        } else {
+            let kt = k.t()?;
+            let mut parts = Vec::with_capacity(bh.div_ceil(rows));
+            for start in (0..bh).step_by(rows) {
+                let len = rows.min(bh - start);
+                let s = q.narrow(0, start, len)?.matmul(&kt.narrow(0, start, len)?)?;
+                parts.push(candle_nn::ops::softmax_last_dim(&s)?.matmul(&v.narrow(0, start, len)?)?);
+            }
+            Tensor::cat(&parts, 0)?
+        };
+        let o = o.to_dtype(dtype)?;
+        let o = o
+            .reshape((b, self.heads, n, d / self.heads))?
+            .transpose(1, 2)?
+            .reshape((b, n, d))?;
+        Ok(self.to_out.forward(&o)?)
+    }
+}
+
+/// GELU, exact (erf) or the tanh approximation.
+fn gelu(x: f32, tanh: bool) -> f32 {
+    if tanh {
+        let c = (2.0f32 / std::f32::consts::PI).sqrt();
+        0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+    } else {
+        0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2))
+    }
+}
+
+/// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit), in f64 internally.
+fn erf(x: f32) -> f32 {
+    let z = f64::from(x).abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = 1.0 - t * poly.exp();
+    (if x >= 0.0 { r } else { -r }) as f32
+}
+
+/// The GEGLU feed-forward: `net.2(a · gelu(g))` with `[a, g] = net.0.proj(x)`.
+#[derive(Debug)]
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+    inner: usize,
+    tanh: bool,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize, tanh: bool) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            inner,
+            tanh,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let p = self.proj.forward(x)?;
+        let (b, n, _) = p.dims3()?;
+        let inner = self.inner;
+        let tanh = self.tanh;
+        // Fused `a · gelu(g)` over the f32 buffer: one pass, one allocation.
+        let fused = with_cpu_f32(&p, |src| {
+            let mut out = vec![0.0f32; b * n * inner];
+            out.par_chunks_mut(inner)
+                .zip(src.par_chunks(2 * inner))
+                .for_each(|(o, s)| {
+                    let (a, g) = s.split_at(inner);
+                    for ((o, &a), &g) in o.iter_mut().zip(a).zip(g) {
+                        *o = a * gelu(g, tanh);
+                    }
+                });
+            out
+        });
+        let h = match fused {
+            Some(v) => Tensor::from_vec(v, (b, n, inner), p.device())?,
+            None => {
+                let parts = p.chunk(2, D::Minus1)?;
+                let g = if tanh { parts[1].gelu()? } else { parts[1].gelu_erf()? };
+                (&parts[0] * g)?
+            }
+        };
+        Ok(self.out.forward(&h)?)
+    }
+}
+
+#[derive(Debug)]
+struct TransformerBlock {
+    norm1: HookedLayerNorm,
+    attn1: Attention,
+    norm2: HookedLayerNorm,
+    attn2: Attention,
+    norm3: HookedLayerNorm,
+    ff: FeedForward,
+}
+
+impl TransformerBlock {
+    fn forward(&self, x: &Tensor, text: &Tensor, hooks: &mut dyn DiffHooks) -> Result<Tensor> {
+        let x = (self.attn1.forward(&self.norm1.forward(x, hooks)?, None)? + x)?;
+        let x = (self.attn2.forward(&self.norm2.forward(&x, hooks)?, Some(text))? + x)?;
+        Ok((self.ff.forward(&self.norm3.forward(&x, hooks)?)? + x)?)
+    }
+}
+
+#[derive(Debug)]
+enum Proj {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// Sizes of a spatial transformer.
+#[derive(Debug, Clone, Copy)]
+pub struct TransformerSpec {
+    /// Channels (= inner width).
+    pub channels: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Transformer blocks.
+    pub depth: usize,
+    /// Text conditioning width.
+    pub context_dim: usize,
+    /// GroupNorm groups.
+    pub groups: usize,
+    /// Linear rather than 1×1 conv projections.
+    pub linear_projection: bool,
+    /// tanh-approximate GELU (see [`super::UNetConfig::geglu_tanh`]).
+    pub geglu_tanh: bool,
+}
+
+/// diffusers `Transformer2DModel` on `[b, c, h, w]`.
+#[derive(Debug)]
+pub struct SpatialTransformer {
+    norm: HookedGroupNorm,
+    proj_in: Proj,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Proj,
+}
+
+impl SpatialTransformer {
+    /// Loads the transformer at `vb` (e.g. `down_blocks.1.attentions.0`).
+    pub fn new(s: TransformerSpec, vb: VarBuilder, reg: &mut HookRegistry, name: &str) -> Result<Self> {
+        let c = s.channels;
+        let norm = HookedGroupNorm::new(s.groups, c, 1e-6, vb.pp("norm"), reg, format!("{name}.norm"))?;
+        let proj = |vb: VarBuilder| -> Result<Proj> {
+            Ok(if s.linear_projection {
+                Proj::Linear(candle_nn::linear(c, c, vb)?)
+            } else {
+                Proj::Conv(candle_nn::conv2d(c, c, 1, Default::default(), vb)?)
+            })
+        };
+        let proj_in = proj(vb.pp("proj_in"))?;
+        let mut blocks = Vec::with_capacity(s.depth);
+        for i in 0..s.depth {
+            let vb = vb.pp(format!("transformer_blocks.{i}"));
+            let bn = format!("{name}.transformer_blocks.{i}");
+            let norm1 = HookedLayerNorm::new(c, 1e-5, vb.pp("norm1"), reg, format!("{bn}.norm1"))?;
+            let attn1 = Attention::new(vb.pp("attn1"), c, c, s.heads)?;
+            let norm2 = HookedLayerNorm::new(c, 1e-5, vb.pp("norm2"), reg, format!("{bn}.norm2"))?;
+            let attn2 = Attention::new(vb.pp("attn2"), c, s.context_dim, s.heads)?;
+            let norm3 = HookedLayerNorm::new(c, 1e-5, vb.pp("norm3"), reg, format!("{bn}.norm3"))?;
+            let ff = FeedForward::new(vb.pp("ff"), c, s.geglu_tanh)?;
+            blocks.push(TransformerBlock {
+                norm1,
+                attn1,
+                norm2,
+                attn2,
+                norm3,
+                ff,
+            });
+        }
+        let proj_out = proj(vb.pp("proj_out"))?;
+        Ok(Self {
+            norm,
+            proj_in,
+            blocks,
+            proj_out,
+        })
+    }
+
+    /// `x: [b, c, h, w]`, `text: [b, 77, context_dim]` → `[b, c, h, w]`.
+    pub fn forward(&self, x: &Tensor, text: &Tensor, hooks: &mut dyn DiffHooks) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let y = self.norm.forward(x, hooks, false)?;
+        let to_tokens = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
+        };
+        let mut y = match &self.proj_in {
+            Proj::Conv(p) => to_tokens(&p.forward(&y)?)?,
+            Proj::Linear(p) => p.forward(&to_tokens(&y)?)?,
+        };
+        for blk in &self.blocks {
+            y = blk.forward(&y, text, hooks)?;
+        }
+        let to_planes = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))
+        };
+        let y = match &self.proj_out {
+            Proj::Conv(p) => p.forward(&to_planes(&y)?.contiguous()?)?,
+            Proj::Linear(p) => to_planes(&p.forward(&y)?)?,
+        };
+        Ok((y + x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_matches_reference_values() {
+        // Exact GELU: x·Φ(x).
+        for (x, want) in [(0.0f32, 0.0f32), (1.0, 0.841_344_7), (-1.0, -0.158_655_3), (2.5, 2.484_475_8)] {
+            assert!((gelu(x, false) - want).abs() < 1e-6, "gelu({x}) = {}", gelu(x, false));
+        }
+        assert!((gelu(1.0, true) - 0.841_192).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,297 @@
+//! The whole text-to-image pipeline on tiny random-weight folders in the diffusers layout:
+//! generation end to end with PNG metadata, fitting, steering rules, and bad input.
+
+mod sd_common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use act_studio::diffusion::hooks::{ActShape, DiffActivation, DiffHooks};
+use act_studio::diffusion::image_io::{read_png_meta, save_png, tensor_to_images, ImageMeta};
+use act_studio::diffusion::pipeline::{ImageRequest, LoadOptions, SdPipeline};
+use act_studio::diffusion::scheduler::SchedulerKind;
+use act_studio::diffusion::steer::{Chain, DiffSteeringHooks, StepWindow};
+use act_studio::pipeline::diffusion_fit::{ImageFitOptions, fit_image_maps, select_hooks};
+use act_studio::pipeline::image_concepts::PromptPair;
+use act_studio::runtime::HookFlow;
+use act_studio::transport::{
+    DatasetInfo, FitConfig, HookMap, MapsFile, MapsMeta, Method, SteeringStack, Support,
+};
+use candle_core::Tensor;
+use sd_common::tiny_sd::{write_tiny_sd15, write_tiny_sdxl};
+
+fn load(dir: &Path) -> SdPipeline {
+    SdPipeline::load(dir, &LoadOptions::default()).unwrap()
+}
+
+fn request(p: &SdPipeline, prompt: &str, steps: usize, guidance: f32) -> ImageRequest {
+    ImageRequest {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        seed: 42,
+        steps,
+        guidance,
+        width: 32,
+        height: 32,
+        scheduler: p.scheduler_config().class,
+    }
+}
+
+fn pair() -> PromptPair {
+    let caps = ["a cat on a mat", "a dog in the park", "a photo of a tree", "a red car", "a small boat", "a house"];
+    PromptPair {
+        name: "style".into(),
+        source: caps.iter().map(|c| c.to_string()).collect(),
+        target: caps.iter().map(|c| format!("{c}, oil painting style, thick brush strokes")).collect(),
+    }
+}
+
+fn fit(p: &SdPipeline, hooks: &str) -> MapsFile {
+    let opts = ImageFitOptions {
+        config: FitConfig { method: Method::LinearAct, support: Support::Unbounded },
+        hooks: hooks.into(),
+        request: request(p, "", 2, 0.0),
+        step: 0,
+    };
+    fit_image_maps(p, &pair(), &opts, &mut |_, _| true).unwrap()
+}
+
+fn run(p: &SdPipeline, r: &ImageRequest, stack: &SteeringStack, w: StepWindow) -> Tensor {
+    p.generate(r, stack, w, &mut |_, _| true).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+}
+
+fn stack_of(maps: MapsFile, lambda: f32) -> SteeringStack {
+    let mut s = SteeringStack::default();
+    s.push(Arc::new(maps), lambda);
+    s
+}
+
+#[test]
+fn sd15_end_to_end_png_with_metadata_and_lambda_zero_is_bit_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&root, 1).unwrap();
+    let p = load(&root);
+    assert_eq!(p.family().name(), "sd1");
+    let r = request(&p, "a photo of a cat", 3, 7.5);
+    let plain = run(&p, &r, &SteeringStack::default(), StepWindow::ALL);
+    assert_eq!(plain.dims(), &[1, 3, 32, 32]);
+    // Deterministic: the same seed gives the same image.
+    assert_eq!(bits(&plain), bits(&run(&p, &r, &SteeringStack::default(), StepWindow::ALL)));
+
+    // Maps fitted on this model; λ = 0 is the unsteered image bit for bit, λ = 1 differs.
+    let maps = fit(&p, "unet-norms");
+    let n_unet = select_hooks(p.hook_sites(), "unet-norms").unwrap().len();
+    assert_eq!(maps.meta().hook_points.len(), n_unet);
+    let zero = run(&p, &r, &stack_of(maps.clone(), 0.0), StepWindow::ALL);
+    assert_eq!(bits(&zero), bits(&plain), "λ = 0 must reproduce the unsteered image exactly");
+    let one = run(&p, &r, &stack_of(maps.clone(), 1.0), StepWindow::ALL);
+    let d = (&one - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    println!("λ=1 vs unsteered: max |Δ pixel| = {d}");
+    assert!(d > 1e-3);
+    // A step window steers only some steps: different from both.
+    let late = run(&p, &r, &stack_of(maps.clone(), 1.0), StepWindow { start: 2, end: 3 });
+    assert_ne!(bits(&late), bits(&plain));
+    assert_ne!(bits(&late), bits(&one));
+
+    // PNG with its settings in tEXt chunks, read back.
+    let img = tensor_to_images(&one).unwrap().remove(0);
+    let meta = ImageMeta {
+        prompt: r.prompt.clone(),
+        seed: r.seed,
+        steps: r.steps,
+        guidance: r.guidance,
+        width: 32,
+        height: 32,
+        scheduler: r.scheduler.name().into(),
+        lambdas: vec![("style".into(), 1.0)],
+        maps_sha256: vec![("style".into(), maps.meta().data_sha256.clone())],
+        model: p.name(),
+        ..Default::default()
+    };
+    let out = tmp.path().join("a.png");
+    save_png(&out, &img, Some(&meta)).unwrap();
+    assert_eq!(read_png_meta(&out).unwrap(), meta);
+    let back = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(back, img);
+}
+
+#[test]
+fn sdxl_turbo_structure_runs_with_guidance_negative_prompt_and_text_encoder_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sdxl-turbo");
+    write_tiny_sdxl(&root, 5).unwrap();
+    let p = load(&root);
+    assert_eq!(p.family().name(), "sdxl");
+    assert!(p.is_few_step());
+    let d = p.default_request("x");
+    assert_eq!((d.steps, d.guidance, d.scheduler), (1, 0.0, SchedulerKind::EulerAncestral));
+    let names: Vec<&str> = p.hook_sites().iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"text_encoder_2.final_layer_norm"));
+    let mut r = request(&p, "a photo of a dog", 2, 3.0);
+    let a = run(&p, &r, &SteeringStack::default(), StepWindow::ALL);
+    r.negative_prompt = "blurry".into();
+    let b = run(&p, &r, &SteeringStack::default(), StepWindow::ALL);
+    assert_ne!(bits(&a), bits(&b), "the negative prompt must matter");
+    // Text-encoder maps steer through the conditioning.
+    let maps = fit(&p, "text-encoder-norms");
+    assert!(maps.meta().hook_points.iter().all(|h| h.name.starts_with("text_encoder")));
+    let steered = run(&p, &r, &stack_of(maps.clone(), 1.0), StepWindow::ALL);
+    assert_ne!(bits(&steered), bits(&b));
+    assert_eq!(bits(&run(&p, &r, &stack_of(maps, 0.0), StepWindow::ALL)), bits(&b));
+}
+
+/// Records every channel's spatial mean and the per-pixel deviations at one hook.
+struct Record {
+    id: usize,
+    seen: Vec<Vec<f32>>,
+}
+
+impl DiffHooks for Record {
+    fn wants(&self, id: usize) -> bool {
+        id == self.id
+    }
+    fn on_activation(&mut self, _: usize, act: DiffActivation<'_>) -> act_studio::diffusion::Result<HookFlow> {
+        assert!(matches!(act.shape, ActShape::Spatial(_)));
+        self.seen.push(act.data.to_vec());
+        Ok(HookFlow::Stop)
+    }
+}
+
+#[test]
+fn spatial_mean_rule_shifts_exactly_one_channel_mean_and_keeps_deviations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&root, 2).unwrap();
+    let p = load(&root);
+    let name = "unet.down_blocks.1.resnets.0.norm2";
+    let id = p.hook_sites().iter().position(|s| s.name == name).unwrap();
+    let c = p.hook_sites()[id].dim;
+    // Linear-AcT map: identity everywhere except channel 3, moved by +0.75.
+    let k = 3;
+    let mut beta = vec![0.0f32; c];
+    beta[k] = 0.75;
+    let map = HookMap::new(
+        Method::LinearAct,
+        Support::Unbounded,
+        vec![1.0; c],
+        beta,
+        vec![f32::NEG_INFINITY; c],
+        vec![f32::INFINITY; c],
+        Default::default(),
+    )
+    .unwrap();
+    let info = DatasetInfo { name: "x".into(), sha256: String::new(), count: 2 };
+    let meta = MapsMeta::new("shift", Method::LinearAct, Support::Unbounded, "mean", "causal", p.fingerprint().clone(), info.clone(), info);
+    let maps = MapsFile::new(meta, vec![(name.to_string(), map)]).unwrap();
+    let stack = stack_of(maps, 1.0);
+
+    let r = request(&p, "a cat", 1, 0.0);
+    let cond = p.encode_prompts(&["a cat"], &mut act_studio::diffusion::NoDiffHooks).unwrap();
+    let (x, _) = p.initial_noise(&r).unwrap();
+    let unet_cond = act_studio::diffusion::unet::UNetCond { text: &cond.text, text_time: None };
+    let mut plain = Record { id, seen: vec![] };
+    let _ = p.unet().forward(&x, 500.0, &unet_cond, &mut plain);
+    let mut steer: DiffSteeringHooks = p.steering(&stack, StepWindow::ALL).unwrap();
+    let mut rec = Record { id, seen: vec![] };
+    let _ = p.unet().forward(&x, 500.0, &unet_cond, &mut Chain(&mut steer, &mut rec));
+    let (a, b) = (&plain.seen[0], &rec.seen[0]);
+    let hw = a.len() / c;
+    let mut max_dev = 0.0f32;
+    for ch in 0..c {
+        let pa = &a[ch * hw..(ch + 1) * hw];
+        let pb = &b[ch * hw..(ch + 1) * hw];
+        let ma = pa.iter().sum::<f32>() / hw as f32;
+        let mb = pb.iter().sum::<f32>() / hw as f32;
+        let want = if ch == k { 0.75 } else { 0.0 };
+        assert!((mb - ma - want).abs() < 1e-5, "channel {ch}: mean moved {}", mb - ma);
+        for (x, y) in pa.iter().zip(pb) {
+            max_dev = max_dev.max(((y - mb) - (x - ma)).abs());
+        }
+    }
+    println!("per-pixel deviations preserved within {max_dev:.1e}");
+    assert!(max_dev < 1e-5);
+
+    // Linear-AcT with ω ≠ 1 on a 4-D activation: the shift is T(m) − m on every pixel.
+    let mut omega = vec![1.0f32; c];
+    omega[k] = 0.5;
+    let map = HookMap::new(Method::LinearAct, Support::Unbounded, omega, vec![0.0; c], vec![f32::NEG_INFINITY; c], vec![f32::INFINITY; c], Default::default()).unwrap();
+    let mut data = a.clone();
+    map.apply_4d(name, &mut data, [1, c, hw, 1], 1.0).unwrap();
+    let pa = &a[k * hw..(k + 1) * hw];
+    let m = pa.iter().sum::<f32>() / hw as f32;
+    for (x, y) in pa.iter().zip(&data[k * hw..(k + 1) * hw]) {
+        assert!((y - (x - 0.5 * m)).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn bad_folders_and_foreign_maps_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sd");
+    write_tiny_sd15(&root, 3).unwrap();
+    let err = |dir: &Path| SdPipeline::load(dir, &LoadOptions::default()).err().map(|e| e.to_string()).unwrap_or_default();
+
+    // Missing component.
+    let missing = tmp.path().join("no-vae");
+    copy_dir(&root, &missing);
+    std::fs::remove_dir_all(missing.join("vae")).unwrap();
+    let e = err(&missing);
+    assert!(e.contains("vae"), "{e}");
+    assert!(err(&tmp.path().join("nowhere")).contains("nowhere"));
+
+    // Mismatched shapes: a UNet expecting another text width.
+    let wrong = tmp.path().join("wrong-width");
+    copy_dir(&root, &wrong);
+    let cfg_path = wrong.join("unet/config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["cross_attention_dim"] = serde_json::json!(48);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = err(&wrong);
+    assert!(e.contains("unet") && e.contains("attn2"), "{e}");
+
+    // A broken config.
+    let broken = tmp.path().join("broken");
+    copy_dir(&root, &broken);
+    std::fs::write(broken.join("unet/config.json"), "{ not json").unwrap();
+    assert!(err(&broken).contains("config.json"));
+
+    // Maps fitted on another model.
+    let p = load(&root);
+    let other_root = tmp.path().join("other");
+    write_tiny_sd15(&other_root, 99).unwrap();
+    let other = load(&other_root);
+    let maps = fit(&other, "unet-groupnorms");
+    let path = tmp.path().join("other.safetensors");
+    maps.save(&path).unwrap();
+    let e = MapsFile::load_for(&path, p.fingerprint()).unwrap_err().to_string();
+    assert!(e.contains("sd1"), "{e}");
+
+    // Impossible requests.
+    let mut r = request(&p, "x", 0, 0.0);
+    assert!(p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| true).is_err());
+    r.steps = 1;
+    r.width = 31;
+    assert!(p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| true).is_err());
+    // Cancel.
+    r.width = 32;
+    let e = p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| false).unwrap_err();
+    assert!(e.to_string().contains("cancel"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Whole tiny Stable Diffusion folders in the diffusers layout: SD 1.5 structure (one text
+//! encoder) and SDXL-Turbo structure (two text encoders, `text_time` conditioning).
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::tiny_clip::{TinyClip, write_tiny_clip};
+use super::tiny_unet::{TinyUnet, write_tiny_unet};
+use super::tiny_vae::{TinyVae, write_scheduler_config, write_tiny_vae};
+
+/// Writes an SD 1.5-structured folder at `root` (Euler discrete, leading spacing).
+pub fn write_tiny_sd15(root: &Path, seed: u64) -> anyhow::Result<()> {
+    let clip = TinyClip::sd15();
+    write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), &clip, seed)?;
+    write_tiny_unet(&root.join("unet"), &TinyUnet::sd15(clip.hidden), seed + 1)?;
+    write_tiny_vae(&root.join("vae"), &TinyVae::small(), seed + 2)?;
+    write_scheduler_config(&root.join("scheduler"), "EulerDiscreteScheduler", "leading", "epsilon")?;
+    std::fs::write(
+        root.join("model_index.json"),
+        serde_json::to_string_pretty(&json!({
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": "0.27.0",
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }))?,
+    )?;
+    Ok(())
+}
+
+/// Writes an SDXL-Turbo-structured folder at `root` (Euler ancestral, trailing spacing).
+pub fn write_tiny_sdxl(root: &Path, seed: u64) -> anyhow::Result<()> {
+    let c1 = TinyClip::sd15();
+    let c2 = TinyClip::sdxl_2();
+    write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), &c1, seed)?;
+    write_tiny_clip(&root.join("text_encoder_2"), &root.join("tokenizer_2"), &c2, seed + 10)?;
+    write_tiny_unet(&root.join("unet"), &TinyUnet::sdxl(c1.hidden + c2.hidden, c2.projection_dim), seed + 1)?;
+    let mut vae = TinyVae::small();
+    vae.scaling_factor = 0.13025;
+    write_tiny_vae(&root.join("vae"), &vae, seed + 2)?;
+    write_scheduler_config(&root.join("scheduler"), "EulerAncestralDiscreteScheduler", "trailing", "epsilon")?;
+    std::fs::write(
+        root.join("model_index.json"),
+        serde_json::to_string_pretty(&json!({
+            "_class_name": "StableDiffusionXLPipeline",
+            "_diffusers_version": "0.27.0",
+            "force_zeros_for_empty_prompt": true,
+            "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }))?,
+    )?;
+    Ok(())
+}
