@@ -120,6 +120,9 @@ pub struct AppArgs {
     /// Model to load at start (default: the demo model, if present).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// A Stable Diffusion folder (diffusers layout) to load at start, for image mode.
+    #[arg(long)]
+    pub image_model: Option<PathBuf>,
     /// Start from default settings instead of the saved ones.
     #[arg(long)]
     pub fresh: bool,
@@ -320,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::MakeConcept(a)) => crate::cli_steer::make_concept(&a),
         Some(Command::App(a)) => crate::app::run(crate::app::AppOptions {
             model: a.model,
+            image_model: a.image_model,
             no_autoload: false,
             fresh: a.fresh || a.screenshot.is_some(),
             screenshot: a.screenshot,

@@ -96,11 +96,16 @@ fn parse_window(s: &str) -> std::result::Result<StepWindow, String> {
     let (a, b) = s
         .split_once(':')
         .ok_or_else(|| format!("`{s}`: expected START:END, e.g. 0:10"))?;
-    let start: usize = a.trim().parse().map_err(|_| format!("`{a}` is not a step number"))?;
+    let start: usize = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a step number"))?;
     let end: usize = if b.trim().is_empty() {
         usize::MAX
     } else {
-        b.trim().parse().map_err(|_| format!("`{b}` is not a step number"))?
+        b.trim()
+            .parse()
+            .map_err(|_| format!("`{b}` is not a step number"))?
     };
     if end <= start {
         return Err(format!("`{s}`: the window is empty"));
@@ -136,9 +141,11 @@ pub struct FitImageArgs {
     /// where activations leave the fitted step's range) or qLO-HI.
     #[arg(long, default_value = "unbounded")]
     pub support: Support,
-    /// Use at most this many prompts per side.
-    #[arg(long)]
-    pub limit: Option<usize>,
+    /// Use at most this many prompts per side (0 = all). All prompts of both sides go
+    /// through the UNet as one batch, so this bounds memory: 32 + 32 prompts at 512 px on
+    /// SD 1.5 hold a few GB of activations.
+    #[arg(long, default_value_t = 32)]
+    pub limit: usize,
     /// Size of the latents the activations come from (pixels; default: the model's).
     #[arg(long)]
     pub size: Option<usize>,
@@ -217,8 +224,14 @@ fn load_pipeline(a: &ImageModelArgs) -> Result<SdPipeline> {
 }
 
 fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading prompts {}", path.display()))?;
-    let v: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading prompts {}", path.display()))?;
+    let v: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     anyhow::ensure!(!v.is_empty(), "{} has no prompts", path.display());
     Ok(v)
 }
@@ -240,16 +253,15 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
     let mut pair: PromptPair = match (&a.concept, &a.source, &a.target) {
         (Some(c), _, _) => builtin_image_concept(c)?,
         (None, Some(s), Some(t)) => PromptPair {
-            name: t.file_stem().map_or("concept".into(), |s| s.to_string_lossy().into_owned()),
+            name: t
+                .file_stem()
+                .map_or("concept".into(), |s| s.to_string_lossy().into_owned()),
             source: read_prompts(s)?,
             target: read_prompts(t)?,
         },
         _ => anyhow::bail!("give --concept NAME (see --list) or --source and --target prompt files"),
     };
-    if let Some(n) = a.limit {
-        pair.source.truncate(n);
-        pair.target.truncate(n);
-    }
+    pair.limit(a.limit);
     if let Some(n) = &a.name {
         pair.name = n.clone();
     }
@@ -279,9 +291,11 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
         bar.set_position(done as u64);
         true
     };
-    let maps = fit_image_maps(&pipe, &pair, &opts, &mut progress).with_context(|| format!("fitting `{}`", pair.name))?;
+    let maps = fit_image_maps(&pipe, &pair, &opts, &mut progress)
+        .with_context(|| format!("fitting `{}`", pair.name))?;
     bar.finish_and_clear();
-    maps.save(out).with_context(|| format!("writing {}", out.display()))?;
+    maps.save(out)
+        .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
         "fitted `{}` at {} hook points on {} + {} prompts in {:.1} s → {}",
         pair.name,
@@ -316,7 +330,10 @@ fn request(pipe: &SdPipeline, s: &ImageSettingsArgs) -> Result<(ImageRequest, Op
     if let Some(p) = &s.prompt {
         r.prompt = p.clone();
     }
-    anyhow::ensure!(!r.prompt.trim().is_empty(), "give --prompt (or --settings-from an image)");
+    anyhow::ensure!(
+        !r.prompt.trim().is_empty(),
+        "give --prompt (or --settings-from an image)"
+    );
     if let Some(n) = &s.negative {
         r.negative_prompt = n.clone();
     }
@@ -352,7 +369,11 @@ fn meta(pipe: &SdPipeline, r: &ImageRequest, stack: &SteeringStack, window: Opti
         width: r.width,
         height: r.height,
         scheduler: r.scheduler.name().to_string(),
-        lambdas: stack.concepts.iter().map(|c| (c.name.clone(), if c.enabled { c.lambda } else { 0.0 })).collect(),
+        lambdas: stack
+            .concepts
+            .iter()
+            .map(|c| (c.name.clone(), if c.enabled { c.lambda } else { 0.0 }))
+            .collect(),
         maps_sha256: stack
             .concepts
             .iter()
@@ -365,7 +386,13 @@ fn meta(pipe: &SdPipeline, r: &ImageRequest, stack: &SteeringStack, window: Opti
     }
 }
 
-fn render(pipe: &SdPipeline, r: &ImageRequest, stack: &SteeringStack, window: StepWindow, what: &str) -> Result<RgbImage> {
+fn render(
+    pipe: &SdPipeline,
+    r: &ImageRequest,
+    stack: &SteeringStack,
+    window: StepWindow,
+    what: &str,
+) -> Result<RgbImage> {
     let bar = progress_bar(r.steps as u64, what);
     let mut progress = |i: usize, n: usize| {
         bar.set_length(n as u64);
@@ -396,14 +423,21 @@ pub fn imagine(a: &ImagineArgs) -> Result<()> {
     };
     save_png(&a.out, &img, Some(&meta(&pipe, &r, &stack, a.steer.steer_steps)))
         .with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote {} in {:.1} s", a.out.display(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.1} s",
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// `strip`: one column per λ of the chosen concept, one row per seed.
 pub fn strip_cmd(a: &StripArgs) -> Result<()> {
     anyhow::ensure!(!a.strip_lambdas.is_empty(), "--lambdas is empty");
-    anyhow::ensure!(a.strip_lambdas.iter().all(|l| l.is_finite()), "--lambdas must be finite numbers");
+    anyhow::ensure!(
+        a.strip_lambdas.iter().all(|l| l.is_finite()),
+        "--lambdas must be finite numbers"
+    );
     anyhow::ensure!(!a.steer.maps.is_empty(), "strip needs a --maps file");
     let pipe = load_pipeline(&a.model)?;
     let (r, from) = request(&pipe, &a.settings)?;
@@ -413,7 +447,12 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
         None if stack.concepts.len() == 1 => stack.concepts[0].name.clone(),
         None => anyhow::bail!(
             "several concepts are loaded; choose the one to vary with --concept ({})",
-            stack.concepts.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            stack
+                .concepts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     anyhow::ensure!(
@@ -421,7 +460,11 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
         "no loaded concept is named `{name}`"
     );
     let window = a.steer.steer_steps.unwrap_or(StepWindow::ALL);
-    let seeds = if a.seeds.is_empty() { vec![r.seed] } else { a.seeds.clone() };
+    let seeds = if a.seeds.is_empty() {
+        vec![r.seed]
+    } else {
+        a.seeds.clone()
+    };
     let started = std::time::Instant::now();
     let mut images = Vec::new();
     for &seed in &seeds {
@@ -429,14 +472,24 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
         rs.seed = seed;
         for &l in &a.strip_lambdas {
             stack.set_lambda(&name, l);
-            images.push(render(&pipe, &rs, &stack, window, &format!("seed {seed}, λ={}", format_lambda(l)))?);
+            images.push(render(
+                &pipe,
+                &rs,
+                &stack,
+                window,
+                &format!("seed {seed}, λ={}", format_lambda(l)),
+            )?);
         }
     }
     let sheet = if seeds.len() == 1 {
         strip(&images, &a.strip_lambdas)?
     } else {
         let labels = GridLabels {
-            columns: a.strip_lambdas.iter().map(|&l| format!("λ={}", format_lambda(l))).collect(),
+            columns: a
+                .strip_lambdas
+                .iter()
+                .map(|&l| format!("λ={}", format_lambda(l)))
+                .collect(),
             rows: seeds.iter().map(|s| format!("seed {s}")).collect(),
         };
         compose_grid(&images, a.strip_lambdas.len(), 8, &labels)?
@@ -444,8 +497,12 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
     // The sheet's settings: the first seed, the concept at the largest λ shown.
     let top = a.strip_lambdas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     stack.set_lambda(&name, top);
-    save_png(&a.out, &sheet, Some(&meta(&pipe, &r, &stack, a.steer.steer_steps)))
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    save_png(
+        &a.out,
+        &sheet,
+        Some(&meta(&pipe, &r, &stack, a.steer.steer_steps)),
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "wrote {} ({} × {} images) in {:.1} s",
         a.out.display(),
@@ -459,7 +516,8 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
 /// Loads a maps file for a pipeline (used by the app).
 pub fn load_image_maps(pipe: &SdPipeline, path: &Path) -> Result<Arc<MapsFile>> {
     Ok(Arc::new(
-        MapsFile::load_for(path, pipe.fingerprint()).with_context(|| format!("loading maps {}", path.display()))?,
+        MapsFile::load_for(path, pipe.fingerprint())
+            .with_context(|| format!("loading maps {}", path.display()))?,
     ))
 }
 

@@ -9,6 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+use image::RgbImage;
+
+use crate::diffusion::image_io::{ImageMeta, tensor_to_images};
+use crate::diffusion::pipeline::{ImageRequest, LoadOptions, SdPipeline};
+use crate::diffusion::steer::StepWindow;
+use crate::pipeline::diffusion_fit::{ImageFitOptions, fit_image_maps};
+use crate::pipeline::image_concepts::{PromptPair, builtin_image_concept};
 
 use crate::pipeline::collect::hook_points;
 use crate::pipeline::dataset::{Dataset, DatasetSpec, load_dataset};
@@ -22,7 +29,9 @@ use crate::runtime::llama::{Batch, LogitsMode};
 use crate::runtime::steer::SteeringHooks;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{Hooks, LoadedModel, NoHooks};
-use crate::transport::{DatasetInfo, FitConfig, MapsFile, MapsMeta, Method, SteeringStack, Support};
+use crate::transport::{
+    DatasetInfo, FitConfig, MapsFile, MapsMeta, Method, ModelFingerprint, SteeringStack, Support,
+};
 
 /// What the model panel shows about a loaded model.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +77,152 @@ pub struct FitJob {
     pub estimation: Estimation,
 }
 
+/// What the model panel shows about a loaded diffusion pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageModelInfo {
+    /// The diffusers folder.
+    pub path: PathBuf,
+    /// Display name (the folder's name).
+    pub name: String,
+    /// `sd1`, `sd2` or `sdxl`.
+    pub family: String,
+    /// Every hook point name (text encoders first, then the UNet).
+    pub hook_points: Vec<String>,
+    /// What maps fitted on it are tied to.
+    pub fingerprint: ModelFingerprint,
+    /// The model's sensible settings (steps, guidance, size, sampler).
+    pub default_request: ImageRequest,
+}
+
+/// Where the prompts of an image concept come from.
+#[derive(Debug, Clone)]
+pub enum ImageConceptSource {
+    /// A built-in concept (`style:NAME`, `negate:NAME`, `remove:trees`).
+    Builtin(String),
+    /// Two text files, one prompt per line.
+    Files {
+        /// Prompts moved away from.
+        source: PathBuf,
+        /// Prompts moved towards.
+        target: PathBuf,
+    },
+    /// Prompts given directly.
+    Prompts(PromptPair),
+}
+
+/// An image-concept fit request (the CLI's `fit-image`).
+#[derive(Debug, Clone)]
+pub struct ImageFitJob {
+    /// The prompts.
+    pub concept: ImageConceptSource,
+    /// Concept name (default: the built-in name or the target file's stem).
+    pub name: Option<String>,
+    /// Hook preset, or names / `prefix*` patterns, comma-separated.
+    pub hooks: String,
+    /// Estimator.
+    pub method: Method,
+    /// Support (`Unbounded` suits images: maps fitted at one step act at every step).
+    pub support: Support,
+    /// Use at most this many prompts per side.
+    pub limit: Option<usize>,
+    /// Latent size of the fitting step, in pixels (`None`: the model's).
+    pub size: Option<usize>,
+    /// Schedule length whose first step the activations come from (`None`: the model's).
+    pub steps: Option<usize>,
+    /// Seed of the shared initial latents.
+    pub seed: u64,
+}
+
+/// What an image job makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageJobKind {
+    /// The steered image, and the unsteered one too when `unsteered` (same request).
+    Pair {
+        /// Also make the unsteered image.
+        unsteered: bool,
+    },
+    /// One image per λ of `concept` (the rest of the stack as it is).
+    Strip {
+        /// The concept whose λ varies.
+        concept: String,
+        /// λ values, one image each.
+        lambdas: Vec<f32>,
+    },
+    /// A λ × seed grid: one row per seed, one column per λ.
+    Grid {
+        /// The concept whose λ varies.
+        concept: String,
+        /// λ values (columns).
+        lambdas: Vec<f32>,
+        /// Seeds (rows).
+        seeds: Vec<u64>,
+    },
+}
+
+/// An image generation request.
+#[derive(Debug, Clone)]
+pub struct ImageJob {
+    /// Caller's id, echoed in the job's events.
+    pub id: usize,
+    /// What to make.
+    pub kind: ImageJobKind,
+    /// The settings (every image of the job starts from them).
+    pub request: ImageRequest,
+    /// The steering stack.
+    pub stack: SteeringStack,
+    /// Steer only these denoising steps (`None`: every step).
+    pub window: Option<StepWindow>,
+}
+
+/// Where an image of a job goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSlot {
+    /// The unsteered image of a pair.
+    Unsteered,
+    /// The steered image of a pair.
+    Steered,
+    /// A cell of a strip (row 0) or grid.
+    Cell {
+        /// Row (seed index).
+        row: usize,
+        /// Column (λ index).
+        col: usize,
+    },
+}
+
+/// One finished image.
+#[derive(Debug, Clone)]
+pub struct ImageResult {
+    /// The job's id.
+    pub id: usize,
+    /// Where it goes.
+    pub slot: ImageSlot,
+    /// The pixels.
+    pub image: RgbImage,
+    /// The settings that reproduce it.
+    pub meta: ImageMeta,
+}
+
+/// Progress of an image job: image `image` (0-based) of `images`, step `step` of `steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageProgress {
+    /// The job's id.
+    pub id: usize,
+    /// Image being made (0-based).
+    pub image: usize,
+    /// Images in the job.
+    pub images: usize,
+    /// Denoising steps done for this image.
+    pub step: usize,
+    /// Denoising steps per image.
+    pub steps: usize,
+}
+
+/// Whether maps with this fingerprint belong to a diffusion pipeline.
+pub fn is_image_fingerprint(fp: &ModelFingerprint) -> bool {
+    matches!(fp.architecture.as_str(), "sd1" | "sd2" | "sdxl")
+}
+
 /// Which output column a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Column {
@@ -94,6 +249,12 @@ pub enum JobKind {
     MakeConcept,
     /// Saving or loading maps.
     Maps,
+    /// Loading a diffusion pipeline.
+    LoadImageModel,
+    /// Fitting an image concept.
+    FitImage,
+    /// Generating images.
+    GenerateImages,
 }
 
 /// A generation request: both columns (or only the steered one, when the unsteered text for
@@ -138,8 +299,15 @@ pub enum Command {
     },
     /// Save maps atomically.
     SaveMaps(Arc<MapsFile>, PathBuf),
-    /// Load maps, checked against the loaded model.
+    /// Load maps, checked against the model they belong to (the language model, or the
+    /// diffusion pipeline for maps fitted on sd1/sd2/sdxl).
     LoadMaps(PathBuf),
+    /// Load a diffusers folder (Stable Diffusion 1.x/2.x/XL).
+    LoadImageModel(PathBuf),
+    /// Fit an image concept on the diffusion pipeline.
+    FitImage(Box<ImageFitJob>),
+    /// Generate images (a pair, a λ strip or a λ × seed grid).
+    GenerateImages(Box<ImageJob>),
 }
 
 /// A long job's progress.
@@ -189,6 +357,23 @@ pub enum Event {
     MapsSaved(PathBuf),
     /// Maps loaded.
     MapsLoaded(Arc<MapsFile>, PathBuf),
+    /// A diffusion pipeline is loaded.
+    ImageModelLoaded(ImageModelInfo),
+    /// The diffusion pipeline was dropped (a new one failed to load).
+    ImageModelUnloaded,
+    /// An image concept was fitted.
+    ImageFitted(Arc<MapsFile>),
+    /// Progress of image job.
+    ImageProgress(ImageProgress),
+    /// An image of a job is ready.
+    Image(Box<ImageResult>),
+    /// Image job `id` ended; `complete` when every image was made.
+    ImagesDone {
+        /// The job's id.
+        id: usize,
+        /// Finished normally.
+        complete: bool,
+    },
     /// The running job ended (finished, failed or cancelled).
     Idle,
     /// Something failed; the message says what and why.
@@ -217,6 +402,7 @@ impl Worker {
             .spawn(move || {
                 let mut state = State {
                     model: None,
+                    image: None,
                     events: evt_tx,
                     notify: Box::new(notify),
                     cancel: flag,
@@ -260,12 +446,16 @@ impl Command {
             Command::Sweep(_) => JobKind::Sweep,
             Command::MakeConcept { .. } => JobKind::MakeConcept,
             Command::SaveMaps(..) | Command::LoadMaps(_) => JobKind::Maps,
+            Command::LoadImageModel(_) => JobKind::LoadImageModel,
+            Command::FitImage(_) => JobKind::FitImage,
+            Command::GenerateImages(_) => JobKind::GenerateImages,
         }
     }
 }
 
 struct State {
     model: Option<Arc<LoadedModel>>,
+    image: Option<Arc<SdPipeline>>,
     events: Sender<Event>,
     notify: Box<dyn Fn() + Send + Sync>,
     cancel: Arc<AtomicBool>,
@@ -365,21 +555,17 @@ impl State {
                 self.send(Event::MapsSaved(path));
                 Ok(())
             }
-            Command::LoadMaps(path) => {
-                let m = self.model()?;
-                let maps = MapsFile::load_for(&path, &m.fingerprint)
-                    .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
-                let d = m.config().hidden_size;
-                if let Some(h) = maps.meta().hook_points.iter().find(|h| h.dim != d) {
-                    return Err(format!(
-                        "{}: hook point {} has {} neurons, this model {d}",
-                        path.display(),
-                        h.name,
-                        h.dim
-                    ));
-                }
-                self.send(Event::MapsLoaded(Arc::new(maps), path));
-                Ok(())
+            Command::LoadMaps(path) => self.load_maps(path),
+            Command::LoadImageModel(path) => self.load_image_model(path),
+            Command::FitImage(job) => self.fit_image(&job),
+            Command::GenerateImages(job) => {
+                let id = job.id;
+                let r = self.generate_images(&job);
+                self.send(Event::ImagesDone {
+                    id,
+                    complete: r.is_ok(),
+                });
+                r
             }
         }
     }
@@ -536,6 +722,338 @@ impl State {
         self.send(Event::PromptActivations(
             rec.pooled.into_iter().map(|(p, v)| (p.name(), v)).collect(),
         ));
+        Ok(())
+    }
+}
+
+/// Reads prompts, one per line (blank lines skipped).
+fn read_prompts(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading prompts {}: {e}", path.display()))?;
+    let v: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if v.is_empty() {
+        return Err(format!("{} has no prompts", path.display()));
+    }
+    Ok(v)
+}
+
+/// The settings that reproduce an image made with `req`, `stack` and `window`.
+fn image_meta(
+    pipe: &SdPipeline,
+    req: &ImageRequest,
+    stack: &SteeringStack,
+    window: Option<StepWindow>,
+) -> ImageMeta {
+    ImageMeta {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        seed: req.seed,
+        steps: req.steps,
+        guidance: req.guidance,
+        width: req.width,
+        height: req.height,
+        scheduler: req.scheduler.name().to_string(),
+        lambdas: stack
+            .concepts
+            .iter()
+            .map(|c| (c.name.clone(), if c.enabled { c.lambda } else { 0.0 }))
+            .collect(),
+        maps_sha256: stack
+            .concepts
+            .iter()
+            .map(|c| (c.name.clone(), c.maps.meta().data_sha256.clone()))
+            .collect(),
+        model: pipe.name(),
+        model_fingerprint: pipe.fingerprint().weights_header_sha256.clone(),
+        steer_window: window.map(|w| (w.start, w.end.min(req.steps))),
+        app_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// `stack` with every concept at λ = 0 (the unsteered image's settings keep the names).
+fn at_zero(stack: &SteeringStack) -> SteeringStack {
+    let mut s = stack.clone();
+    for c in &mut s.concepts {
+        c.lambda = 0.0;
+    }
+    s
+}
+
+impl State {
+    fn image(&self) -> Result<Arc<SdPipeline>, String> {
+        self.image.clone().ok_or_else(|| {
+            "no diffusion model is loaded: open a diffusers folder in the model panel".to_string()
+        })
+    }
+
+    fn load_maps(&mut self, path: PathBuf) -> Result<(), String> {
+        let maps = MapsFile::load(&path).map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+        let fp = &maps.meta().fingerprint;
+        if is_image_fingerprint(fp) {
+            let pipe = self.image().map_err(|e| {
+                format!(
+                    "{}: these maps were fitted on a diffusion model ({fp}); {e}",
+                    path.display()
+                )
+            })?;
+            maps.check_fingerprint(pipe.fingerprint())
+                .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+            let sites = pipe.hook_sites();
+            for h in &maps.meta().hook_points {
+                match sites.iter().find(|s| s.name == h.name) {
+                    None => {
+                        return Err(format!(
+                            "{}: hook point {} is not in {}",
+                            path.display(),
+                            h.name,
+                            pipe.name()
+                        ));
+                    }
+                    Some(s) if s.dim != h.dim => {
+                        return Err(format!(
+                            "{}: hook point {} has {} neurons, this model {}",
+                            path.display(),
+                            h.name,
+                            h.dim,
+                            s.dim
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        } else {
+            let m = self.model()?;
+            maps.check_fingerprint(&m.fingerprint)
+                .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+            let d = m.config().hidden_size;
+            if let Some(h) = maps.meta().hook_points.iter().find(|h| h.dim != d) {
+                return Err(format!(
+                    "{}: hook point {} has {} neurons, this model {d}",
+                    path.display(),
+                    h.name,
+                    h.dim
+                ));
+            }
+        }
+        self.send(Event::MapsLoaded(Arc::new(maps), path));
+        Ok(())
+    }
+
+    fn load_image_model(&mut self, path: PathBuf) -> Result<(), String> {
+        let started = Instant::now();
+        self.progress("loading diffusion model", 0, 0, started);
+        // Free the old pipeline first: two Stable Diffusion models rarely fit in memory.
+        if self.image.take().is_some() {
+            self.send(Event::ImageModelUnloaded);
+        }
+        let pipe = SdPipeline::load(&path, &LoadOptions::default())
+            .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+        let info = ImageModelInfo {
+            path,
+            name: pipe.name(),
+            family: pipe.family().name().to_string(),
+            hook_points: pipe.hook_sites().iter().map(|s| s.name.clone()).collect(),
+            fingerprint: pipe.fingerprint().clone(),
+            default_request: pipe.default_request(""),
+        };
+        self.image = Some(Arc::new(pipe));
+        self.send(Event::ImageModelLoaded(info));
+        Ok(())
+    }
+
+    fn fit_image(&mut self, job: &ImageFitJob) -> Result<(), String> {
+        let pipe = self.image()?;
+        let mut pair = match &job.concept {
+            ImageConceptSource::Builtin(name) => builtin_image_concept(name).map_err(|e| describe(&e))?,
+            ImageConceptSource::Files { source, target } => PromptPair {
+                name: target
+                    .file_stem()
+                    .map_or("concept".into(), |s| s.to_string_lossy().into_owned()),
+                source: read_prompts(source)?,
+                target: read_prompts(target)?,
+            },
+            ImageConceptSource::Prompts(p) => p.clone(),
+        };
+        if let Some(n) = job.limit {
+            pair.source.truncate(n);
+            pair.target.truncate(n);
+        }
+        if let Some(n) = job.name.as_ref().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            pair.name = n.to_string();
+        }
+        let mut req = pipe.default_request("");
+        req.seed = job.seed;
+        if let Some(s) = job.size {
+            req.width = s;
+            req.height = s;
+        }
+        if let Some(s) = job.steps {
+            req.steps = s;
+        }
+        let opts = ImageFitOptions {
+            config: FitConfig {
+                method: job.method,
+                support: job.support,
+            },
+            hooks: job.hooks.clone(),
+            request: req,
+            step: 0,
+        };
+        let started = Instant::now();
+        self.progress("fitting image concept", 0, 0, started);
+        let (events, notify, cancel) = (&self.events, &self.notify, &self.cancel);
+        let name = pair.name.clone();
+        let mut progress = |done: usize, total: usize| {
+            let p = Progress {
+                stage: format!("fitting `{name}`: hook points"),
+                done,
+                total,
+                started,
+            };
+            if events.send(Event::Progress(p)).is_ok() {
+                notify();
+            }
+            !cancel.load(Ordering::Relaxed)
+        };
+        let maps = fit_image_maps(&pipe, &pair, &opts, &mut progress).map_err(|e| describe(&e))?;
+        self.send(Event::ImageFitted(Arc::new(maps)));
+        Ok(())
+    }
+
+    /// Makes one image, sending per-step progress; `false` from the cancel flag stops it.
+    fn render(
+        &self,
+        pipe: &SdPipeline,
+        req: &ImageRequest,
+        stack: &SteeringStack,
+        window: Option<StepWindow>,
+        at: (usize, usize, usize),
+    ) -> Result<RgbImage, String> {
+        let (id, image, images) = at;
+        let mut progress = |step: usize, steps: usize| {
+            self.send(Event::ImageProgress(ImageProgress {
+                id,
+                image,
+                images,
+                step,
+                steps,
+            }));
+            !self.cancel.load(Ordering::Relaxed)
+        };
+        let x = pipe
+            .generate(req, stack, window.unwrap_or(StepWindow::ALL), &mut progress)
+            .map_err(|e| describe(&e))?;
+        tensor_to_images(&x)
+            .map_err(|e| describe(&e))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the VAE returned no image".to_string())
+    }
+
+    fn send_image(&self, id: usize, slot: ImageSlot, image: RgbImage, meta: ImageMeta) {
+        self.send(Event::Image(Box::new(ImageResult {
+            id,
+            slot,
+            image,
+            meta,
+        })));
+    }
+
+    fn generate_images(&mut self, job: &ImageJob) -> Result<(), String> {
+        let pipe = self.image()?;
+        pipe.validate(&job.request).map_err(|e| describe(&e))?;
+        if let Some(w) = job.window
+            && w.end <= w.start
+        {
+            return Err(format!("the steered steps {}..{} are empty", w.start, w.end));
+        }
+        // Only the concepts fitted on this pipeline steer it.
+        let mut stack = job.stack.clone();
+        stack
+            .concepts
+            .retain(|c| &c.maps.meta().fingerprint == pipe.fingerprint());
+        let (id, req, window) = (job.id, &job.request, job.window);
+        match &job.kind {
+            ImageJobKind::Pair { unsteered } => {
+                let images = 1 + usize::from(*unsteered);
+                let steered_is_plain = pipe
+                    .steering(&stack, window.unwrap_or(StepWindow::ALL))
+                    .map_err(|e| describe(&e))?
+                    .is_empty();
+                if *unsteered {
+                    let plain =
+                        self.render(&pipe, req, &SteeringStack::default(), window, (id, 0, images))?;
+                    let meta = image_meta(&pipe, req, &at_zero(&stack), window);
+                    self.send_image(id, ImageSlot::Unsteered, plain.clone(), meta);
+                    if steered_is_plain {
+                        // Nothing steers (every λ is 0): the steered image is the same.
+                        let meta = image_meta(&pipe, req, &stack, window);
+                        self.send_image(id, ImageSlot::Steered, plain, meta);
+                        return Ok(());
+                    }
+                }
+                let img = self.render(&pipe, req, &stack, window, (id, images - 1, images))?;
+                self.send_image(
+                    id,
+                    ImageSlot::Steered,
+                    img,
+                    image_meta(&pipe, req, &stack, window),
+                );
+                Ok(())
+            }
+            ImageJobKind::Strip { concept, lambdas } => {
+                self.sheet(&pipe, job, &mut stack, concept, lambdas, &[req.seed])
+            }
+            ImageJobKind::Grid {
+                concept,
+                lambdas,
+                seeds,
+            } => self.sheet(&pipe, job, &mut stack, concept, lambdas, seeds),
+        }
+    }
+
+    /// A λ strip (one seed) or a λ × seed grid, one image at a time, row by row.
+    fn sheet(
+        &self,
+        pipe: &SdPipeline,
+        job: &ImageJob,
+        stack: &mut SteeringStack,
+        concept: &str,
+        lambdas: &[f32],
+        seeds: &[u64],
+    ) -> Result<(), String> {
+        if lambdas.is_empty() || seeds.is_empty() {
+            return Err("give at least one λ and one seed".into());
+        }
+        if let Some(l) = lambdas.iter().find(|l| !l.is_finite()) {
+            return Err(format!("λ = {l} is not a finite number"));
+        }
+        match stack.concepts.iter_mut().find(|c| c.name == concept) {
+            Some(c) => c.enabled = true,
+            None => {
+                return Err(format!(
+                    "no concept named `{concept}` fitted on {} is in the steering stack",
+                    pipe.name()
+                ));
+            }
+        }
+        let images = lambdas.len() * seeds.len();
+        for (row, &seed) in seeds.iter().enumerate() {
+            let mut req = job.request.clone();
+            req.seed = seed;
+            for (col, &l) in lambdas.iter().enumerate() {
+                stack.set_lambda(concept, l);
+                let k = row * lambdas.len() + col;
+                let img = self.render(pipe, &req, stack, job.window, (job.id, k, images))?;
+                let meta = image_meta(pipe, &req, stack, job.window);
+                self.send_image(job.id, ImageSlot::Cell { row, col }, img, meta);
+            }
+        }
         Ok(())
     }
 }

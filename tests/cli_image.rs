@@ -22,14 +22,49 @@ fn fit_imagine_strip_and_settings_round_trip() {
     std::fs::write(&src, "a cat\na dog on a hill\na red boat\na small house\n").unwrap();
     std::fs::write(&tgt, "a cat, oil painting\na dog on a hill, oil painting\na red boat, oil painting\na small house, oil painting\n").unwrap();
     let maps = tmp.path().join("painted.safetensors");
-    let out = act(&["fit-image", "--model", s(&model), "--source", s(&src), "--target", s(&tgt), "--out", s(&maps), "--steps", "2"]);
+    let out = act(&[
+        "fit-image",
+        "--model",
+        s(&model),
+        "--source",
+        s(&src),
+        "--target",
+        s(&tgt),
+        "--out",
+        s(&maps),
+        "--steps",
+        "2",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let info = act(&["maps-info", s(&maps)]);
-    assert!(text(&info.stdout).contains("unet.conv_norm_out"), "{}", text(&info.stdout));
+    assert!(
+        text(&info.stdout).contains("unet.conv_norm_out"),
+        "{}",
+        text(&info.stdout)
+    );
 
     let a = tmp.path().join("a.png");
-    let common_args = ["--model", s(&model), "--width", "32", "--height", "32", "--steps", "2", "--seed", "7"];
-    let mut args = vec!["imagine", "--prompt", "a cat on a mat", "--maps", s(&maps), "--lambda", "painted=0.8"];
+    let common_args = [
+        "--model",
+        s(&model),
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--steps",
+        "2",
+        "--seed",
+        "7",
+    ];
+    let mut args = vec![
+        "imagine",
+        "--prompt",
+        "a cat on a mat",
+        "--maps",
+        s(&maps),
+        "--lambda",
+        "painted=0.8",
+    ];
     args.extend(common_args);
     args.extend(["--out", s(&a)]);
     let out = act(&args);
@@ -42,14 +77,35 @@ fn fit_imagine_strip_and_settings_round_trip() {
 
     // The same settings read back from the PNG reproduce the image exactly.
     let b = tmp.path().join("b.png");
-    let out = act(&["imagine", "--model", s(&model), "--settings-from", s(&a), "--maps", s(&maps), "--out", s(&b)]);
+    let out = act(&[
+        "imagine",
+        "--model",
+        s(&model),
+        "--settings-from",
+        s(&a),
+        "--maps",
+        s(&maps),
+        "--out",
+        s(&b),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let (ia, ib) = (image::open(&a).unwrap().to_rgb8(), image::open(&b).unwrap().to_rgb8());
+    let (ia, ib) = (
+        image::open(&a).unwrap().to_rgb8(),
+        image::open(&b).unwrap().to_rgb8(),
+    );
     assert_eq!(ia, ib, "settings from the PNG must reproduce it");
 
     // A strip: λ = 0 column equals a plain unsteered image.
     let strip = tmp.path().join("strip.png");
-    let mut args = vec!["strip", "--prompt", "a cat on a mat", "--maps", s(&maps), "--lambdas", "0,1"];
+    let mut args = vec![
+        "strip",
+        "--prompt",
+        "a cat on a mat",
+        "--maps",
+        s(&maps),
+        "--lambdas",
+        "0,1",
+    ];
     args.extend(common_args);
     args.extend(["--out", s(&strip)]);
     let out = act(&args);
@@ -64,7 +120,8 @@ fn fit_imagine_strip_and_settings_round_trip() {
     let p = image::open(&plain).unwrap().to_rgb8();
     // Find the λ = 0 tile in the sheet: the first 32×32 block whose pixels all match.
     let found = (0..=sheet.height() - 32).any(|y| {
-        (0..=sheet.width() - 32).any(|x| (0..32).all(|j| (0..32).all(|i| sheet.get_pixel(x + i, y + j) == p.get_pixel(i, j))))
+        (0..=sheet.width() - 32)
+            .any(|x| (0..32).all(|j| (0..32).all(|i| sheet.get_pixel(x + i, y + j) == p.get_pixel(i, j))))
     });
     assert!(found, "the λ = 0 tile must equal the unsteered image");
 
@@ -75,7 +132,15 @@ fn fit_imagine_strip_and_settings_round_trip() {
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = act(&["imagine", "--model", s(&tmp.path().join("nope")), "--prompt", "x", "--out", s(&tmp.path().join("x.png"))]);
+    let out = act(&[
+        "imagine",
+        "--model",
+        s(&tmp.path().join("nope")),
+        "--prompt",
+        "x",
+        "--out",
+        s(&tmp.path().join("x.png")),
+    ]);
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(e.contains("nope") && !e.contains("panicked"), "{e}");
@@ -85,12 +150,43 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     write_tiny_sd15(&sd, 1).unwrap();
     write_tiny_sdxl(&xl, 2).unwrap();
     let maps = tmp.path().join("xl.safetensors");
-    let out = act(&["fit-image", "--model", s(&xl), "--concept", "negate:cat", "--limit", "3", "--hooks", "unet-groupnorms", "--out", s(&maps)]);
+    let out = act(&[
+        "fit-image",
+        "--model",
+        s(&xl),
+        "--concept",
+        "negate:cat",
+        "--limit",
+        "3",
+        "--hooks",
+        "unet-groupnorms",
+        "--out",
+        s(&maps),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = act(&["imagine", "--model", s(&sd), "--prompt", "x", "--maps", s(&maps), "--width", "32", "--height", "32", "--steps", "1", "--out", s(&tmp.path().join("y.png"))]);
+    let out = act(&[
+        "imagine",
+        "--model",
+        s(&sd),
+        "--prompt",
+        "x",
+        "--maps",
+        s(&maps),
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--steps",
+        "1",
+        "--out",
+        s(&tmp.path().join("y.png")),
+    ]);
     assert!(!out.status.success());
     let e = text(&out.stderr);
-    assert!(e.contains("sdxl") && e.contains("sd1") && !e.contains("panicked"), "{e}");
+    assert!(
+        e.contains("sdxl") && e.contains("sd1") && !e.contains("panicked"),
+        "{e}"
+    );
     assert!(!tmp.path().join("y.png").exists());
 
     // Bad sizes, steps, windows and a PNG without settings.
@@ -103,7 +199,15 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     }
     let junk = tmp.path().join("junk.png");
     image::RgbImage::new(4, 4).save(&junk).unwrap();
-    let out = act(&["imagine", "--model", s(&sd), "--settings-from", s(&junk), "--out", s(&tmp.path().join("w.png"))]);
+    let out = act(&[
+        "imagine",
+        "--model",
+        s(&sd),
+        "--settings-from",
+        s(&junk),
+        "--out",
+        s(&tmp.path().join("w.png")),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("settings"), "{}", text(&out.stderr));
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use act_studio::diffusion::hooks::{ActShape, DiffActivation, DiffHooks};
-use act_studio::diffusion::image_io::{read_png_meta, save_png, tensor_to_images, ImageMeta};
+use act_studio::diffusion::image_io::{ImageMeta, read_png_meta, save_png, tensor_to_images};
 use act_studio::diffusion::pipeline::{ImageRequest, LoadOptions, SdPipeline};
 use act_studio::diffusion::scheduler::SchedulerKind;
 use act_studio::diffusion::steer::{Chain, DiffSteeringHooks, StepWindow};
@@ -38,17 +38,30 @@ fn request(p: &SdPipeline, prompt: &str, steps: usize, guidance: f32) -> ImageRe
 }
 
 fn pair() -> PromptPair {
-    let caps = ["a cat on a mat", "a dog in the park", "a photo of a tree", "a red car", "a small boat", "a house"];
+    let caps = [
+        "a cat on a mat",
+        "a dog in the park",
+        "a photo of a tree",
+        "a red car",
+        "a small boat",
+        "a house",
+    ];
     PromptPair {
         name: "style".into(),
         source: caps.iter().map(|c| c.to_string()).collect(),
-        target: caps.iter().map(|c| format!("{c}, oil painting style, thick brush strokes")).collect(),
+        target: caps
+            .iter()
+            .map(|c| format!("{c}, oil painting style, thick brush strokes"))
+            .collect(),
     }
 }
 
 fn fit(p: &SdPipeline, hooks: &str) -> MapsFile {
     let opts = ImageFitOptions {
-        config: FitConfig { method: Method::LinearAct, support: Support::Unbounded },
+        config: FitConfig {
+            method: Method::LinearAct,
+            support: Support::Unbounded,
+        },
         hooks: hooks.into(),
         request: request(p, "", 2, 0.0),
         step: 0,
@@ -61,7 +74,13 @@ fn run(p: &SdPipeline, r: &ImageRequest, stack: &SteeringStack, w: StepWindow) -
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
 }
 
 fn stack_of(maps: MapsFile, lambda: f32) -> SteeringStack {
@@ -81,20 +100,39 @@ fn sd15_end_to_end_png_with_metadata_and_lambda_zero_is_bit_exact() {
     let plain = run(&p, &r, &SteeringStack::default(), StepWindow::ALL);
     assert_eq!(plain.dims(), &[1, 3, 32, 32]);
     // Deterministic: the same seed gives the same image.
-    assert_eq!(bits(&plain), bits(&run(&p, &r, &SteeringStack::default(), StepWindow::ALL)));
+    assert_eq!(
+        bits(&plain),
+        bits(&run(&p, &r, &SteeringStack::default(), StepWindow::ALL))
+    );
 
     // Maps fitted on this model; λ = 0 is the unsteered image bit for bit, λ = 1 differs.
     let maps = fit(&p, "unet-norms");
     let n_unet = select_hooks(p.hook_sites(), "unet-norms").unwrap().len();
     assert_eq!(maps.meta().hook_points.len(), n_unet);
     let zero = run(&p, &r, &stack_of(maps.clone(), 0.0), StepWindow::ALL);
-    assert_eq!(bits(&zero), bits(&plain), "λ = 0 must reproduce the unsteered image exactly");
+    assert_eq!(
+        bits(&zero),
+        bits(&plain),
+        "λ = 0 must reproduce the unsteered image exactly"
+    );
     let one = run(&p, &r, &stack_of(maps.clone(), 1.0), StepWindow::ALL);
-    let d = (&one - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (&one - &plain)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     println!("λ=1 vs unsteered: max |Δ pixel| = {d}");
     assert!(d > 1e-3);
     // A step window steers only some steps: different from both.
-    let late = run(&p, &r, &stack_of(maps.clone(), 1.0), StepWindow { start: 2, end: 3 });
+    let late = run(
+        &p,
+        &r,
+        &stack_of(maps.clone(), 1.0),
+        StepWindow { start: 2, end: 3 },
+    );
     assert_ne!(bits(&late), bits(&plain));
     assert_ne!(bits(&late), bits(&one));
 
@@ -129,7 +167,10 @@ fn sdxl_turbo_structure_runs_with_guidance_negative_prompt_and_text_encoder_maps
     assert_eq!(p.family().name(), "sdxl");
     assert!(p.is_few_step());
     let d = p.default_request("x");
-    assert_eq!((d.steps, d.guidance, d.scheduler), (1, 0.0, SchedulerKind::EulerAncestral));
+    assert_eq!(
+        (d.steps, d.guidance, d.scheduler),
+        (1, 0.0, SchedulerKind::EulerAncestral)
+    );
     let names: Vec<&str> = p.hook_sites().iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"text_encoder_2.final_layer_norm"));
     let mut r = request(&p, "a photo of a dog", 2, 3.0);
@@ -139,10 +180,18 @@ fn sdxl_turbo_structure_runs_with_guidance_negative_prompt_and_text_encoder_maps
     assert_ne!(bits(&a), bits(&b), "the negative prompt must matter");
     // Text-encoder maps steer through the conditioning.
     let maps = fit(&p, "text-encoder-norms");
-    assert!(maps.meta().hook_points.iter().all(|h| h.name.starts_with("text_encoder")));
+    assert!(
+        maps.meta()
+            .hook_points
+            .iter()
+            .all(|h| h.name.starts_with("text_encoder"))
+    );
     let steered = run(&p, &r, &stack_of(maps.clone(), 1.0), StepWindow::ALL);
     assert_ne!(bits(&steered), bits(&b));
-    assert_eq!(bits(&run(&p, &r, &stack_of(maps, 0.0), StepWindow::ALL)), bits(&b));
+    assert_eq!(
+        bits(&run(&p, &r, &stack_of(maps, 0.0), StepWindow::ALL)),
+        bits(&b)
+    );
 }
 
 /// Records every channel's spatial mean and the per-pixel deviations at one hook.
@@ -155,7 +204,11 @@ impl DiffHooks for Record {
     fn wants(&self, id: usize) -> bool {
         id == self.id
     }
-    fn on_activation(&mut self, _: usize, act: DiffActivation<'_>) -> act_studio::diffusion::Result<HookFlow> {
+    fn on_activation(
+        &mut self,
+        _: usize,
+        act: DiffActivation<'_>,
+    ) -> act_studio::diffusion::Result<HookFlow> {
         assert!(matches!(act.shape, ActShape::Spatial(_)));
         self.seen.push(act.data.to_vec());
         Ok(HookFlow::Stop)
@@ -185,20 +238,40 @@ fn spatial_mean_rule_shifts_exactly_one_channel_mean_and_keeps_deviations() {
         Default::default(),
     )
     .unwrap();
-    let info = DatasetInfo { name: "x".into(), sha256: String::new(), count: 2 };
-    let meta = MapsMeta::new("shift", Method::LinearAct, Support::Unbounded, "mean", "causal", p.fingerprint().clone(), info.clone(), info);
+    let info = DatasetInfo {
+        name: "x".into(),
+        sha256: String::new(),
+        count: 2,
+    };
+    let meta = MapsMeta::new(
+        "shift",
+        Method::LinearAct,
+        Support::Unbounded,
+        "mean",
+        "causal",
+        p.fingerprint().clone(),
+        info.clone(),
+        info,
+    );
     let maps = MapsFile::new(meta, vec![(name.to_string(), map)]).unwrap();
     let stack = stack_of(maps, 1.0);
 
     let r = request(&p, "a cat", 1, 0.0);
-    let cond = p.encode_prompts(&["a cat"], &mut act_studio::diffusion::NoDiffHooks).unwrap();
+    let cond = p
+        .encode_prompts(&["a cat"], &mut act_studio::diffusion::NoDiffHooks)
+        .unwrap();
     let (x, _) = p.initial_noise(&r).unwrap();
-    let unet_cond = act_studio::diffusion::unet::UNetCond { text: &cond.text, text_time: None };
+    let unet_cond = act_studio::diffusion::unet::UNetCond {
+        text: &cond.text,
+        text_time: None,
+    };
     let mut plain = Record { id, seen: vec![] };
     let _ = p.unet().forward(&x, 500.0, &unet_cond, &mut plain);
     let mut steer: DiffSteeringHooks = p.steering(&stack, StepWindow::ALL).unwrap();
     let mut rec = Record { id, seen: vec![] };
-    let _ = p.unet().forward(&x, 500.0, &unet_cond, &mut Chain(&mut steer, &mut rec));
+    let _ = p
+        .unet()
+        .forward(&x, 500.0, &unet_cond, &mut Chain(&mut steer, &mut rec));
     let (a, b) = (&plain.seen[0], &rec.seen[0]);
     let hw = a.len() / c;
     let mut max_dev = 0.0f32;
@@ -208,7 +281,11 @@ fn spatial_mean_rule_shifts_exactly_one_channel_mean_and_keeps_deviations() {
         let ma = pa.iter().sum::<f32>() / hw as f32;
         let mb = pb.iter().sum::<f32>() / hw as f32;
         let want = if ch == k { 0.75 } else { 0.0 };
-        assert!((mb - ma - want).abs() < 1e-5, "channel {ch}: mean moved {}", mb - ma);
+        assert!(
+            (mb - ma - want).abs() < 1e-5,
+            "channel {ch}: mean moved {}",
+            mb - ma
+        );
         for (x, y) in pa.iter().zip(pb) {
             max_dev = max_dev.max(((y - mb) - (x - ma)).abs());
         }
@@ -219,7 +296,16 @@ fn spatial_mean_rule_shifts_exactly_one_channel_mean_and_keeps_deviations() {
     // Linear-AcT with ω ≠ 1 on a 4-D activation: the shift is T(m) − m on every pixel.
     let mut omega = vec![1.0f32; c];
     omega[k] = 0.5;
-    let map = HookMap::new(Method::LinearAct, Support::Unbounded, omega, vec![0.0; c], vec![f32::NEG_INFINITY; c], vec![f32::INFINITY; c], Default::default()).unwrap();
+    let map = HookMap::new(
+        Method::LinearAct,
+        Support::Unbounded,
+        omega,
+        vec![0.0; c],
+        vec![f32::NEG_INFINITY; c],
+        vec![f32::INFINITY; c],
+        Default::default(),
+    )
+    .unwrap();
     let mut data = a.clone();
     map.apply_4d(name, &mut data, [1, c, hw, 1], 1.0).unwrap();
     let pa = &a[k * hw..(k + 1) * hw];
@@ -234,7 +320,12 @@ fn bad_folders_and_foreign_maps_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("sd");
     write_tiny_sd15(&root, 3).unwrap();
-    let err = |dir: &Path| SdPipeline::load(dir, &LoadOptions::default()).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = |dir: &Path| {
+        SdPipeline::load(dir, &LoadOptions::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
 
     // Missing component.
     let missing = tmp.path().join("no-vae");
@@ -248,7 +339,8 @@ fn bad_folders_and_foreign_maps_are_clear_errors() {
     let wrong = tmp.path().join("wrong-width");
     copy_dir(&root, &wrong);
     let cfg_path = wrong.join("unet/config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["cross_attention_dim"] = serde_json::json!(48);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let e = err(&wrong);
@@ -268,18 +360,28 @@ fn bad_folders_and_foreign_maps_are_clear_errors() {
     let maps = fit(&other, "unet-groupnorms");
     let path = tmp.path().join("other.safetensors");
     maps.save(&path).unwrap();
-    let e = MapsFile::load_for(&path, p.fingerprint()).unwrap_err().to_string();
+    let e = MapsFile::load_for(&path, p.fingerprint())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("sd1"), "{e}");
 
     // Impossible requests.
     let mut r = request(&p, "x", 0, 0.0);
-    assert!(p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| true).is_err());
+    assert!(
+        p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| true)
+            .is_err()
+    );
     r.steps = 1;
     r.width = 31;
-    assert!(p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| true).is_err());
+    assert!(
+        p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| true)
+            .is_err()
+    );
     // Cancel.
     r.width = 32;
-    let e = p.generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| false).unwrap_err();
+    let e = p
+        .generate(&r, &SteeringStack::default(), StepWindow::ALL, &mut |_, _| false)
+        .unwrap_err();
     assert!(e.to_string().contains("cancel"));
 }
 
@@ -294,4 +396,35 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dst).unwrap();
         }
     }
+}
+
+#[test]
+fn f16_pipeline_runs_and_stays_close_to_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&root, 4).unwrap();
+    let p32 = load(&root);
+    let opts = LoadOptions {
+        dtype: candle_core::DType::F16,
+        ..Default::default()
+    };
+    let p16 = SdPipeline::load(&root, &opts).unwrap();
+    let r = request(&p32, "a photo of a cat", 2, 0.0);
+    let a = run(&p32, &r, &SteeringStack::default(), StepWindow::ALL);
+    let b = run(&p16, &r, &SteeringStack::default(), StepWindow::ALL);
+    let d = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    println!("f16 vs f32 image: max |Δ| = {d:.3e} (max |x| {scale:.2})");
+    assert!(d < 0.05 * scale.max(1.0), "{d}");
+    // f16 maps fitting works too and the maps apply.
+    let maps = fit(&p16, "unet-groupnorms");
+    let s = run(&p16, &r, &stack_of(maps, 1.0), StepWindow::ALL);
+    assert_ne!(bits(&s), bits(&b));
 }

@@ -20,7 +20,14 @@ fn tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn candle_unet(dir: &Path, tiny: &TinyUnet) -> UNet2DConditionModel {
@@ -58,13 +65,18 @@ fn sd15_structure_matches_candle() {
         let text = tensor(&mut rng, &[2, 7, 32]);
         for t in [999.0, 421.5, 1.0] {
             let want = reference.forward(&x, t, &text).unwrap();
-            let cond = UNetCond { text: &text, text_time: None };
+            let cond = UNetCond {
+                text: &text,
+                text_time: None,
+            };
             let got = exact.forward(&x, t, &cond, &mut NoDiffHooks).unwrap();
             assert_eq!(got.dims(), want.dims());
             let d = max_abs_diff(&got, &want);
             let d_erf = max_abs_diff(&erf.forward(&x, t, &cond, &mut NoDiffHooks).unwrap(), &want);
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            println!("SD1.5 tiny {h}x{w} t={t}: max |Δ| = {d:.2e} (erf GELU: {d_erf:.2e}; output max {scale:.2})");
+            println!(
+                "SD1.5 tiny {h}x{w} t={t}: max |Δ| = {d:.2e} (erf GELU: {d_erf:.2e}; output max {scale:.2})"
+            );
             assert!(d < 1e-4 * scale.max(1.0), "max |Δ| {d}");
         }
     }
@@ -100,15 +112,33 @@ fn sdxl_structure_matches_candle_and_uses_text_time() {
     let x = tensor(&mut rng, &[2, 4, 16, 16]);
     let text = tensor(&mut rng, &[2, 9, 64]);
     let pooled = tensor(&mut rng, &[2, 32]);
-    let ids = Tensor::new(&[[128f32, 128., 0., 0., 128., 128.], [64., 64., 0., 0., 128., 128.]], &Device::Cpu).unwrap();
+    let ids = Tensor::new(
+        &[[128f32, 128., 0., 0., 128., 128.], [64., 64., 0., 0., 128., 128.]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let (live, _) = ours(tmp.path(), true);
-    let cond = UNetCond { text: &text, text_time: Some((&pooled, &ids)) };
+    let cond = UNetCond {
+        text: &text,
+        text_time: Some((&pooled, &ids)),
+    };
     let a = live.forward(&x, 500.0, &cond, &mut NoDiffHooks).unwrap();
     let ids2 = (&ids * 2.0).unwrap();
-    let cond2 = UNetCond { text: &text, text_time: Some((&pooled, &ids2)) };
+    let cond2 = UNetCond {
+        text: &text,
+        text_time: Some((&pooled, &ids2)),
+    };
     let b = live.forward(&x, 500.0, &cond2, &mut NoDiffHooks).unwrap();
     assert!(max_abs_diff(&a, &b) > 1e-4, "time ids must change the output");
-    let missing = live.forward(&x, 500.0, &UNetCond { text: &text, text_time: None }, &mut NoDiffHooks);
+    let missing = live.forward(
+        &x,
+        500.0,
+        &UNetCond {
+            text: &text,
+            text_time: None,
+        },
+        &mut NoDiffHooks,
+    );
     assert!(missing.unwrap_err().to_string().contains("pooled"));
 
     zero_add_embedding(tmp.path());
@@ -132,7 +162,11 @@ impl DiffHooks for ShiftAt {
     fn wants(&self, id: usize) -> bool {
         id == self.id
     }
-    fn on_activation(&mut self, _: usize, act: DiffActivation<'_>) -> act_studio::diffusion::Result<HookFlow> {
+    fn on_activation(
+        &mut self,
+        _: usize,
+        act: DiffActivation<'_>,
+    ) -> act_studio::diffusion::Result<HookFlow> {
         let c = act.shape.neurons();
         let hw = act.shape.row_len() / c;
         for (k, plane) in act.data.chunks_exact_mut(hw).enumerate() {
@@ -152,14 +186,25 @@ fn hooks_see_every_norm_and_can_change_the_output() {
     let mut rng = StdRng::seed_from_u64(9);
     let x = tensor(&mut rng, &[1, 4, 8, 8]);
     let text = tensor(&mut rng, &[1, 5, 32]);
-    let cond = UNetCond { text: &text, text_time: None };
+    let cond = UNetCond {
+        text: &text,
+        text_time: None,
+    };
     let base = u.forward(&x, 10.0, &cond, &mut NoDiffHooks).unwrap();
     let id = reg.find("unet.mid_block.resnets.0.norm1").unwrap();
-    let mut zero = ShiftAt { id, shift: vec![0.0; 64], seen: 0 };
+    let mut zero = ShiftAt {
+        id,
+        shift: vec![0.0; 64],
+        seen: 0,
+    };
     let same = u.forward(&x, 10.0, &cond, &mut zero).unwrap();
     assert_eq!(zero.seen, 1);
     assert_eq!(max_abs_diff(&base, &same), 0.0, "a no-op hook changes nothing");
-    let mut shift = ShiftAt { id, shift: vec![0.5; 64], seen: 0 };
+    let mut shift = ShiftAt {
+        id,
+        shift: vec![0.5; 64],
+        seen: 0,
+    };
     let moved = u.forward(&x, 10.0, &cond, &mut shift).unwrap();
     assert!(max_abs_diff(&base, &moved) > 1e-3);
 }

@@ -10,7 +10,7 @@ use crate::transport::{Method, Support};
 use crate::worker::{Command, FitJob};
 
 use super::settings::Settings;
-use super::{DialogResult, StudioApp};
+use super::{DialogResult, Mode, StudioApp};
 
 /// The fit form.
 #[derive(Debug, Clone)]
@@ -54,8 +54,13 @@ const PRESETS: [(&str, &str); 5] = [
     ("residual", "residual stream (strong, degrades text)"),
 ];
 
-/// Draws the panel.
+/// Draws the panel (the image-concept form in image mode).
 pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
+    if app.mode == Mode::Image && app.image_model.is_some() {
+        super::image_panel::show_fit(app, ui);
+        maps_row(app, ui);
+        return;
+    }
     ui.horizontal(|ui| {
         ui.label("name");
         ui.text_edit_singleline(&mut app.settings.concept_name);
@@ -125,6 +130,12 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     {
         start_fit(app);
     }
+    maps_row(app, ui);
+}
+
+/// Save the maps of a stack concept, or load maps (for the language model or the diffusion
+/// pipeline, whichever they were fitted on).
+fn maps_row(app: &mut StudioApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         if !app.stack.is_empty() {
             let i = app.fit.save_index.min(app.stack.len() - 1);
@@ -145,8 +156,9 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
                 app.dialog(d, true, false, move |p| DialogResult::SaveMaps(maps, p));
             }
         }
+        let can_load = app.model.is_some() || app.image_model.is_some();
         if ui
-            .add_enabled(app.model.is_some(), egui::Button::new("Load maps…"))
+            .add_enabled(can_load, egui::Button::new("Load maps…"))
             .clicked()
         {
             let d = rfd::FileDialog::new().add_filter("maps", &["safetensors"]);

@@ -4,6 +4,7 @@
 
 mod concepts_panel;
 mod fit_panel;
+mod image_panel;
 mod model_panel;
 mod output_panel;
 mod plots_panel;
@@ -11,7 +12,7 @@ pub mod settings;
 mod status_bar;
 mod steering_panel;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,7 +23,12 @@ use crate::pipeline::fit_model::FitSamples;
 use crate::pipeline::sweep::SweepRow;
 use crate::runtime::CachedModel;
 use crate::transport::{MapsFile, SteeringStack, TokenScope};
-use crate::worker::{Column, Command, Event, GenerateJob, JobKind, ModelInfo, Progress, Worker};
+use crate::worker::{
+    Column, Command, Event, GenerateJob, ImageModelInfo, JobKind, ModelInfo, Progress, Worker,
+    is_image_fingerprint,
+};
+
+pub use image_panel::{ImageAction, ImageState, ImageView, SaveWhat, SheetKind, Shown};
 
 use settings::Settings;
 
@@ -37,6 +43,8 @@ pub const DEMO_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub struct AppOptions {
     /// Load this model at start (the demo model when `None` and it exists).
     pub model: Option<PathBuf>,
+    /// Load this diffusers folder (Stable Diffusion) at start.
+    pub image_model: Option<PathBuf>,
     /// Do not look for the demo model.
     pub no_autoload: bool,
     /// Ignore stored settings.
@@ -142,9 +150,24 @@ pub enum Tab {
     Plots,
 }
 
+/// Text or image generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The language model.
+    #[default]
+    Text,
+    /// The diffusion pipeline.
+    Image,
+}
+
 /// Results of file dialogs, which run on their own threads.
 enum DialogResult {
     OpenModel(PathBuf),
+    OpenImageModel(PathBuf),
+    SaveImage(PathBuf, SaveWhat),
+    LoadImageSettings(PathBuf),
+    ImageSourceFile(PathBuf),
+    ImageTargetFile(PathBuf),
     SourceFile(PathBuf),
     TargetFile(PathBuf),
     AddDataset(PathBuf),
@@ -167,6 +190,12 @@ pub struct StudioApp {
     pub settings: Settings,
     /// The loaded model.
     pub model: Option<ModelInfo>,
+    /// The loaded diffusion pipeline.
+    pub image_model: Option<ImageModelInfo>,
+    /// Text or image mode.
+    pub mode: Mode,
+    /// Image mode: results and form state.
+    pub image: ImageState,
     /// Models in the local Hugging Face cache.
     pub hf_cache: Vec<CachedModel>,
     /// Commands sent and not finished.
@@ -234,6 +263,9 @@ impl StudioApp {
             fit: fit_panel::FitForm::from_settings(&settings),
             settings,
             model: None,
+            image_model: None,
+            mode: Mode::Text,
+            image: ImageState::default(),
             hf_cache: crate::runtime::discover_hf_cache(None),
             pending: 0,
             running: None,
@@ -259,6 +291,9 @@ impl StudioApp {
         });
         if let Some(p) = start {
             app.load_model(p);
+        }
+        if let Some(p) = opts.image_model.clone() {
+            app.load_image_model(p);
         }
         app
     }
@@ -299,12 +334,59 @@ impl StudioApp {
         self.send(Command::LoadModel(path));
     }
 
-    /// The stack as the transport core sees it.
+    /// Loads a diffusers folder on the worker.
+    pub fn load_image_model(&mut self, path: PathBuf) {
+        self.info(format!("loading diffusion model {} …", path.display()));
+        self.send(Command::LoadImageModel(path));
+    }
+
+    /// The text concepts of the stack as the transport core sees it.
     pub fn steering_stack(&self) -> SteeringStack {
         SteeringStack {
-            concepts: self.stack.iter().map(|e| e.concept.clone()).collect(),
+            concepts: self
+                .stack
+                .iter()
+                .filter(|e| !is_image_fingerprint(&e.concept.maps.meta().fingerprint))
+                .map(|e| e.concept.clone())
+                .collect(),
             scope: self.scope,
         }
+    }
+
+    /// The image concepts of the stack (fitted on the loaded diffusion pipeline).
+    pub fn image_stack(&self) -> SteeringStack {
+        let fp = self.image_model.as_ref().map(|m| &m.fingerprint);
+        SteeringStack {
+            concepts: self
+                .stack
+                .iter()
+                .filter(|e| Some(&e.concept.maps.meta().fingerprint) == fp)
+                .map(|e| e.concept.clone())
+                .collect(),
+            scope: TokenScope::All,
+        }
+    }
+
+    /// Starts an image job (a pair, a λ strip or a λ × seed grid) from the image settings.
+    pub fn generate_images(&mut self, action: ImageAction) {
+        image_panel::generate(self, action);
+    }
+
+    /// Writes the shown image(s) to a PNG carrying their settings (atomically); errors go to
+    /// the status line.
+    pub fn save_image_png(&mut self, path: &Path, what: SaveWhat) {
+        image_panel::save(self, path, what);
+    }
+
+    /// Fills the image settings (and λ of same-named stack concepts) from a PNG this app or
+    /// the CLI wrote; errors go to the status line.
+    pub fn load_image_settings(&mut self, path: &Path) {
+        image_panel::load_settings(self, path);
+    }
+
+    /// Starts the image-concept fit of the fit form.
+    pub fn fit_image(&mut self) {
+        image_panel::start_fit(self);
     }
 
     /// Settings text that decides the unsteered column.
@@ -369,8 +451,13 @@ impl StudioApp {
         self.send(Command::Generate(Box::new(job)));
     }
 
-    /// Called when a λ slider is released: regenerate the steered column shortly after.
+    /// Called when a λ slider is released: regenerate the steered column (or image) shortly
+    /// after.
     pub fn lambda_released(&mut self) {
+        if self.mode == Mode::Image {
+            image_panel::lambda_released(self, Duration::from_millis(REGENERATE_DELAY_MS));
+            return;
+        }
         if self.settings.live && self.model.is_some() && !self.output.unsteered.is_empty() {
             self.output.regenerate_at = Some(Instant::now() + Duration::from_millis(REGENERATE_DELAY_MS));
             self.output.released = Some(Instant::now());
@@ -388,10 +475,14 @@ impl StudioApp {
                     info.n_layers,
                     info.hidden_size
                 ));
-                // Concepts fitted for another model no longer apply.
+                // Concepts fitted for another model no longer apply (image concepts of the
+                // loaded diffusion pipeline stay).
                 let fp = &info.fingerprint;
-                self.stack
-                    .retain(|c| &c.concept.maps.meta().fingerprint.to_string() == fp);
+                let image_fp = self.image_model.as_ref().map(|m| &m.fingerprint);
+                self.stack.retain(|c| {
+                    let f = &c.concept.maps.meta().fingerprint;
+                    &f.to_string() == fp || Some(f) == image_fp
+                });
                 self.output = Output::default();
                 self.prompt_acts.clear();
                 self.sweep.rows.clear();
@@ -463,12 +554,29 @@ impl StudioApp {
                 self.info(format!("loaded maps {}", p.display()));
                 self.add_concept(maps, None);
             }
+            Event::ImageModelLoaded(info) => image_panel::model_loaded(self, info),
+            Event::ImageModelUnloaded => image_panel::model_unloaded(self),
+            Event::ImageFitted(maps) => {
+                let m = maps.meta();
+                self.info(format!(
+                    "fitted `{}` at {} hook points on {} + {} prompts",
+                    m.concept,
+                    m.hook_points.len(),
+                    m.source.count,
+                    m.target.count
+                ));
+                self.add_concept(maps, None);
+            }
+            Event::ImageProgress(p) => image_panel::progress(self, p),
+            Event::Image(r) => image_panel::image_arrived(self, *r),
+            Event::ImagesDone { id, complete } => image_panel::job_done(self, id, complete),
             Event::Idle => {
                 self.pending = self.pending.saturating_sub(1);
                 self.running = None;
                 if self.pending == 0 {
                     self.progress = None;
                     self.output.generating = false;
+                    self.image.generating = false;
                 }
             }
             Event::Failed(msg) => {
@@ -539,6 +647,11 @@ impl StudioApp {
     fn handle_dialog(&mut self, r: DialogResult) {
         match r {
             DialogResult::OpenModel(p) => self.load_model(p),
+            DialogResult::OpenImageModel(p) => self.load_image_model(p),
+            DialogResult::SaveImage(p, what) => self.save_image_png(&p, what),
+            DialogResult::LoadImageSettings(p) => self.load_image_settings(&p),
+            DialogResult::ImageSourceFile(p) => self.settings.image.fit_source = p.display().to_string(),
+            DialogResult::ImageTargetFile(p) => self.settings.image.fit_target = p.display().to_string(),
             DialogResult::SourceFile(p) => {
                 self.settings.source = p.display().to_string();
                 self.settings.add_dataset(self.settings.source.clone());
@@ -660,6 +773,14 @@ impl eframe::App for StudioApp {
             if Instant::now() >= at {
                 self.output.regenerate_at = None;
                 self.generate(true);
+            } else {
+                ctx.request_repaint_after(at - Instant::now());
+            }
+        }
+        if let Some(at) = self.image.regenerate_at {
+            if Instant::now() >= at {
+                self.image.regenerate_at = None;
+                self.generate_images(ImageAction::Pair { steered_only: true });
             } else {
                 ctx.request_repaint_after(at - Instant::now());
             }

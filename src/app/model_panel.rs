@@ -15,7 +15,17 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
         if ui.button("Open folder…").clicked() {
             app.dialog(rfd::FileDialog::new(), false, true, DialogResult::OpenModel);
         }
+        if ui
+            .button("Open diffusion folder…")
+            .on_hover_text(
+                "a Stable Diffusion folder in the diffusers layout (model_index.json, unet/, vae/, …)",
+            )
+            .clicked()
+        {
+            app.dialog(rfd::FileDialog::new(), false, true, DialogResult::OpenImageModel);
+        }
     });
+    image_model(app, ui);
     match &app.model {
         Some(m) => {
             egui::Grid::new("model-info").num_columns(2).show(ui, |ui| {
@@ -91,4 +101,43 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             }
         }
     }
+}
+
+/// The loaded diffusion pipeline (or how to get one) and recent diffusion folders.
+fn image_model(app: &mut StudioApp, ui: &mut egui::Ui) {
+    match &app.image_model {
+        Some(m) => {
+            ui.label(format!(
+                "image model: {} ({}, {} hook points)",
+                m.name,
+                m.family,
+                m.hook_points.len()
+            ))
+            .on_hover_text(m.path.display().to_string());
+            ui.small(format!("fingerprint: {}", m.fingerprint));
+        }
+        None if app.running == Some(crate::worker::JobKind::LoadImageModel) => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("loading the diffusion model…");
+            });
+        }
+        None => {}
+    }
+    let recent: Vec<_> = app
+        .settings
+        .recent_image_models
+        .iter()
+        .filter(|p| app.image_model.as_ref().is_none_or(|m| &m.path != *p))
+        .cloned()
+        .collect();
+    if !recent.is_empty() {
+        ui.label("recent diffusion folders:");
+        for p in recent {
+            if ui.small_button(p.display().to_string()).clicked() {
+                app.load_image_model(p);
+            }
+        }
+    }
+    ui.separator();
 }

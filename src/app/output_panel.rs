@@ -14,10 +14,26 @@ use crate::runtime::sampling::SamplingConfig;
 use crate::transport::atomic_write;
 use crate::worker::Command;
 
-use super::{DialogResult, StudioApp};
+use super::{DialogResult, Mode, StudioApp};
 
-/// Draws the panel.
+/// Draws the panel: the Text / Image switch, then the mode's output.
 pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        ui.selectable_value(&mut app.mode, Mode::Text, "Text");
+        let can = app.image_model.is_some();
+        ui.add_enabled_ui(can, |ui| {
+            ui.selectable_value(&mut app.mode, Mode::Image, "Image")
+                .on_disabled_hover_text("open a diffusion model folder first");
+        });
+    });
+    if app.mode == Mode::Image && app.image_model.is_some() {
+        super::image_panel::show_output(app, ui);
+        return;
+    }
+    show_text(app, ui);
+}
+
+fn show_text(app: &mut StudioApp, ui: &mut egui::Ui) {
     ui.add(
         egui::TextEdit::multiline(&mut app.settings.prompt)
             .hint_text("prompt")
@@ -205,7 +221,9 @@ fn start_sweep(app: &mut StudioApp) {
     let Some(concept) = app
         .stack
         .iter()
-        .find(|e| e.concept.enabled)
+        .find(|e| {
+            e.concept.enabled && !crate::worker::is_image_fingerprint(&e.concept.maps.meta().fingerprint)
+        })
         .map(|e| e.concept.name.clone())
     else {
         app.error("no enabled concept to sweep".into());

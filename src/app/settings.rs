@@ -34,6 +34,89 @@ pub struct Settings {
     pub live: bool,
     /// The user's own datasets (specs), in the order added.
     pub user_datasets: Vec<String>,
+    /// Recently loaded diffusion folders, newest first.
+    pub recent_image_models: Vec<PathBuf>,
+    /// Image mode: generation and fitting settings.
+    pub image: ImageSettings,
+}
+
+/// Image mode settings (persisted with the rest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageSettings {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative: String,
+    /// Seed of the initial latents.
+    pub seed: u64,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance (≤ 1: off).
+    pub guidance: f32,
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Sampler: `euler`, `euler-a` or `ddim`.
+    pub scheduler: String,
+    /// Steer every denoising step.
+    pub steer_all: bool,
+    /// First steered step (when not all).
+    pub steer_start: usize,
+    /// One past the last steered step (when not all).
+    pub steer_end: usize,
+    /// λ values of a strip, comma-separated.
+    pub strip_lambdas: String,
+    /// λ values of a grid (columns).
+    pub grid_lambdas: String,
+    /// Seeds of a grid (rows).
+    pub grid_seeds: String,
+    /// Fit a built-in concept (else prompt files).
+    pub fit_builtin: bool,
+    /// Built-in concept to fit.
+    pub fit_concept: String,
+    /// Source prompts file.
+    pub fit_source: String,
+    /// Target prompts file.
+    pub fit_target: String,
+    /// Concept name (empty: the built-in name or the target file's stem).
+    pub fit_name: String,
+    /// Hook preset or names.
+    pub fit_hooks: String,
+    /// Prompts per side (0 = all).
+    pub fit_limit: usize,
+    /// Latent size of the fitting step in pixels (0 = the model's).
+    pub fit_size: usize,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        Self {
+            prompt: "a photo of a cat sitting on a wooden table".into(),
+            negative: String::new(),
+            seed: 0,
+            steps: 25,
+            guidance: 7.5,
+            width: 512,
+            height: 512,
+            scheduler: "euler".into(),
+            steer_all: true,
+            steer_start: 0,
+            steer_end: 10,
+            strip_lambdas: "0, 0.25, 0.5, 0.75, 1".into(),
+            grid_lambdas: "0, 0.5, 1".into(),
+            grid_seeds: "0, 1, 2".into(),
+            fit_builtin: true,
+            fit_concept: "style:impressionism".into(),
+            fit_source: String::new(),
+            fit_target: String::new(),
+            fit_name: String::new(),
+            fit_hooks: crate::pipeline::diffusion_fit::DEFAULT_IMAGE_PRESET.into(),
+            fit_limit: 32,
+            fit_size: 0,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -52,6 +135,8 @@ impl Default for Settings {
             preset: crate::cli::DEFAULT_PRESET.into(),
             live: true,
             user_datasets: Vec::new(),
+            recent_image_models: Vec::new(),
+            image: ImageSettings::default(),
         }
     }
 }
@@ -69,6 +154,13 @@ impl Settings {
         self.recent_models.retain(|p| p != &path);
         self.recent_models.insert(0, path);
         self.recent_models.truncate(8);
+    }
+
+    /// Puts `path` first in the recent diffusion folders (at most 8, no repeats).
+    pub fn remember_image_model(&mut self, path: PathBuf) {
+        self.recent_image_models.retain(|p| p != &path);
+        self.recent_image_models.insert(0, path);
+        self.recent_image_models.truncate(8);
     }
 }
 

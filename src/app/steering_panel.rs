@@ -5,7 +5,7 @@ use eframe::egui;
 
 use crate::transport::TokenScope;
 
-use super::StudioApp;
+use super::{Mode, StudioApp};
 
 /// Draws the panel.
 pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
@@ -54,9 +54,10 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             }
             let meta = e.concept.maps.meta();
             ui.small(format!(
-                "{}, {} hooks",
+                "{}, {} hooks, {}",
                 meta.method.label(),
-                meta.hook_points.len()
+                meta.hook_points.len(),
+                meta.fingerprint.architecture
             ));
         });
     }
@@ -71,18 +72,20 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
         released = true;
     }
     let before = app.scope;
-    egui::ComboBox::from_label("token scope")
-        .selected_text(app.scope.name())
-        .show_ui(ui, |ui| {
-            for s in [
-                TokenScope::All,
-                TokenScope::LastToken,
-                TokenScope::PromptOnly,
-                TokenScope::GeneratedOnly,
-            ] {
-                ui.selectable_value(&mut app.scope, s, s.name());
-            }
-        });
+    if app.mode == Mode::Text {
+        egui::ComboBox::from_label("token scope")
+            .selected_text(app.scope.name())
+            .show_ui(ui, |ui| {
+                for s in [
+                    TokenScope::All,
+                    TokenScope::LastToken,
+                    TokenScope::PromptOnly,
+                    TokenScope::GeneratedOnly,
+                ] {
+                    ui.selectable_value(&mut app.scope, s, s.name());
+                }
+            });
+    }
     ui.checkbox(&mut app.settings.live, "regenerate when a slider is released");
     if released || before != app.scope {
         app.lambda_released();

@@ -7,12 +7,11 @@ use std::path::PathBuf;
 pub enum DiffusionError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// The folder lacks a component the pipeline needs.
-    #[error("{folder}: missing {what} (a diffusers folder has model_index.json, text_encoder/, unet/, vae/, tokenizer/ and scheduler/)")]
+    #[error(
+        "{folder}: missing {what} (a diffusers folder has model_index.json, text_encoder/, unet/, vae/, tokenizer/ and scheduler/)"
+    )]
     MissingComponent { folder: PathBuf, what: String },
     /// A config file is malformed or describes something unsupported.
     #[error("{path}: {reason}")]

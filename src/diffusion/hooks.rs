@@ -215,8 +215,14 @@ mod tests {
     fn pooling_means_tokens_and_pixels() {
         let data: Vec<f32> = (0..12).map(|v| v as f32).collect();
         // [1, 3, 4]: mean over 3 tokens of 4 features.
-        assert_eq!(pool_mean(&data, ActShape::Tokens([1, 3, 4])), vec![4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(
+            pool_mean(&data, ActShape::Tokens([1, 3, 4])),
+            vec![4.0, 5.0, 6.0, 7.0]
+        );
         // [1, 3, 2, 2]: mean of each 2×2 plane.
-        assert_eq!(pool_mean(&data, ActShape::Spatial([1, 3, 2, 2])), vec![1.5, 5.5, 9.5]);
+        assert_eq!(
+            pool_mean(&data, ActShape::Spatial([1, 3, 2, 2])),
+            vec![1.5, 5.5, 9.5]
+        );
     }
 }

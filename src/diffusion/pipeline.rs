@@ -150,17 +150,33 @@ impl SdPipeline {
         let mut registry = HookRegistry::default();
         let (dtype, device) = (opts.dtype, &opts.device);
         let tokenizer = ClipTokenizer::load(&require(folder, "tokenizer")?)?;
-        let text_encoder = ClipTextEncoder::load(&require(folder, "text_encoder")?, "text_encoder", dtype, device, &mut registry)?;
+        let text_encoder = ClipTextEncoder::load(
+            &require(folder, "text_encoder")?,
+            "text_encoder",
+            dtype,
+            device,
+            &mut registry,
+        )?;
         let second = if xl {
             let t = ClipTokenizer::load(&require(folder, "tokenizer_2")?)?;
-            let e = ClipTextEncoder::load(&require(folder, "text_encoder_2")?, "text_encoder_2", dtype, device, &mut registry)?;
+            let e = ClipTextEncoder::load(
+                &require(folder, "text_encoder_2")?,
+                "text_encoder_2",
+                dtype,
+                device,
+                &mut registry,
+            )?;
             Some((t, e))
         } else {
             None
         };
         let unet_first_hook = registry.len();
         let unet = UNet::load(&require(folder, "unet")?, dtype, device, &mut registry)?;
-        let vae = VaeDecoder::load(&require(folder, "vae")?, dtype, device)?;
+        // The SD VAEs overflow in f16 (`force_upcast` in their configs): decode in f32 then.
+        let vae_dir = require(folder, "vae")?;
+        let vae_cfg = super::vae::VaeConfig::from_file(&require(folder, "vae/config.json")?)?;
+        let vae_dtype = if vae_cfg.force_upcast { DType::F32 } else { dtype };
+        let vae = VaeDecoder::load(&vae_dir, vae_dtype, device)?;
         let scheduler = SchedulerConfig::from_file(&require(folder, "scheduler/scheduler_config.json")?)?;
         let family = if xl {
             Family::Sdxl
@@ -178,7 +194,9 @@ impl SdPipeline {
         if width != ctx {
             return Err(DiffusionError::BadWeights {
                 component: "unet".into(),
-                reason: format!("cross_attention_dim is {ctx} but the text encoder(s) produce {width}-wide embeddings"),
+                reason: format!(
+                    "cross_attention_dim is {ctx} but the text encoder(s) produce {width}-wide embeddings"
+                ),
             });
         }
         if let (Some(tt), Some((_, e2))) = (unet.config().text_time, &second) {
@@ -278,9 +296,10 @@ impl SdPipeline {
 
     /// A short display name (the folder's name).
     pub fn name(&self) -> String {
-        self.folder
-            .file_name()
-            .map_or_else(|| self.folder.display().to_string(), |n| n.to_string_lossy().into_owned())
+        self.folder.file_name().map_or_else(
+            || self.folder.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     /// Pixels per latent cell (8 for every released SD VAE; `2^(levels − 1)`).
@@ -307,7 +326,11 @@ impl SdPipeline {
             guidance: if few { 0.0 } else { 7.5 },
             width: if few { 64 * self.latent_factor() } else { px },
             height: if few { 64 * self.latent_factor() } else { px },
-            scheduler: if few { SchedulerKind::EulerAncestral } else { self.scheduler.class },
+            scheduler: if few {
+                SchedulerKind::EulerAncestral
+            } else {
+                self.scheduler.class
+            },
         }
     }
 
@@ -327,7 +350,13 @@ impl SdPipeline {
             }),
             Some((tok2, enc2)) => {
                 let out2 = enc2.forward(&ids(tok2)?, hooks)?;
-                let text = Tensor::cat(&[&out1.penultimate, &out2.penultimate.to_dtype(out1.penultimate.dtype())?], 2)?;
+                let text = Tensor::cat(
+                    &[
+                        &out1.penultimate,
+                        &out2.penultimate.to_dtype(out1.penultimate.dtype())?,
+                    ],
+                    2,
+                )?;
                 Ok(TextCond {
                     text,
                     pooled: Some(out2.pooled),
@@ -339,7 +368,8 @@ impl SdPipeline {
     /// Checks a request's sizes and steps.
     pub fn validate(&self, req: &ImageRequest) -> Result<()> {
         let f = self.latent_factor();
-        if req.width == 0 || req.height == 0 || !req.width.is_multiple_of(f) || !req.height.is_multiple_of(f) {
+        if req.width == 0 || req.height == 0 || !req.width.is_multiple_of(f) || !req.height.is_multiple_of(f)
+        {
             return Err(DiffusionError::BadInput(format!(
                 "image size {}×{} must be positive multiples of {f}",
                 req.width, req.height
@@ -349,17 +379,28 @@ impl SdPipeline {
             return Err(DiffusionError::BadInput("image size above 4096 pixels".into()));
         }
         if req.steps == 0 || req.steps > 1000 {
-            return Err(DiffusionError::BadInput(format!("steps must be 1–1000 (got {})", req.steps)));
+            return Err(DiffusionError::BadInput(format!(
+                "steps must be 1–1000 (got {})",
+                req.steps
+            )));
         }
         if !req.guidance.is_finite() || req.guidance < 0.0 || req.guidance > 50.0 {
-            return Err(DiffusionError::BadInput(format!("guidance must be 0–50 (got {})", req.guidance)));
+            return Err(DiffusionError::BadInput(format!(
+                "guidance must be 0–50 (got {})",
+                req.guidance
+            )));
         }
         Ok(())
     }
 
     /// The UNet conditioning tensors of one request: text `[b, 77, ctx]` (uncond rows first
     /// with guidance), SDXL pooled and time ids.
-    fn conditioning(&self, req: &ImageRequest, guided: bool, hooks: &mut dyn DiffHooks) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    fn conditioning(
+        &self,
+        req: &ImageRequest,
+        guided: bool,
+        hooks: &mut dyn DiffHooks,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
         let cond = self.encode_prompts(&[req.prompt.as_str()], hooks)?;
         let (text, pooled) = if guided {
             let unc = if self.zeros_for_empty_negative && req.negative_prompt.trim().is_empty() {
@@ -431,7 +472,11 @@ impl SdPipeline {
                 return Err(DiffusionError::Cancelled);
             }
             let xin = sched.scale_model_input(&x, i)?;
-            let xin = if guided { Tensor::cat(&[&xin, &xin], 0)? } else { xin };
+            let xin = if guided {
+                Tensor::cat(&[&xin, &xin], 0)?
+            } else {
+                xin
+            };
             let out = match steer.as_deref_mut() {
                 Some(s) => {
                     s.set_step(i);
@@ -455,7 +500,10 @@ impl SdPipeline {
 
     /// Decodes latents `[b, 4, h, w]` to images `[b, 3, 8h, 8w]` in about [-1, 1] (f32).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.decode_latents(&latents.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?)
+        Ok(self
+            .vae
+            .decode_latents(&latents.to_dtype(self.vae.dtype())?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Compiles steering hooks for `stack` acting within `window`.

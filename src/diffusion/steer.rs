@@ -47,14 +47,21 @@ impl DiffSteeringHooks {
     /// Compiles `stack` for the pipeline's hook points `sites`; `unet_first` is the id of
     /// the first UNet hook (text-encoder hooks come before it). Maps whose width differs
     /// from the hook point's are refused.
-    pub fn new(stack: &SteeringStack, sites: &[HookSite], unet_first: usize, window: StepWindow) -> Result<Self> {
+    pub fn new(
+        stack: &SteeringStack,
+        sites: &[HookSite],
+        unet_first: usize,
+        window: StepWindow,
+    ) -> Result<Self> {
         let names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let dims: Vec<usize> = sites.iter().map(|s| s.dim).collect();
-        let plan = stack.compile(&refs, Some(&dims)).map_err(|e| DiffusionError::Hook {
-            hook: "steering".into(),
-            reason: e.to_string(),
-        })?;
+        let plan = stack
+            .compile(&refs, Some(&dims))
+            .map_err(|e| DiffusionError::Hook {
+                hook: "steering".into(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             plan,
             names,
@@ -115,7 +122,13 @@ impl DiffHooks for Chain<'_> {
         let data = act.data;
         let mut flow = HookFlow::Continue;
         if self.0.wants(id) {
-            flow = self.0.on_activation(id, DiffActivation { data: &mut *data, shape })?;
+            flow = self.0.on_activation(
+                id,
+                DiffActivation {
+                    data: &mut *data,
+                    shape,
+                },
+            )?;
         }
         if flow == HookFlow::Continue && self.1.wants(id) {
             flow = self.1.on_activation(id, DiffActivation { data, shape })?;

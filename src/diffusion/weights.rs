@@ -78,7 +78,9 @@ pub fn headers_sha256(files: &[PathBuf]) -> Result<String> {
         file.read_exact(&mut header).map_err(io(f))?;
         h.update(&header);
         let mut sample = Vec::with_capacity(DATA_SAMPLE);
-        file.take(DATA_SAMPLE as u64).read_to_end(&mut sample).map_err(io(f))?;
+        file.take(DATA_SAMPLE as u64)
+            .read_to_end(&mut sample)
+            .map_err(io(f))?;
         h.update(&sample);
     }
     Ok(crate::transport::maps_file::hex(&h.finalize()))

@@ -17,15 +17,26 @@ use crate::diffusion::pipeline::{ImageRequest, SdPipeline};
 use crate::diffusion::scheduler::Scheduler;
 use crate::diffusion::unet::UNetCond;
 use crate::runtime::HookFlow;
-use crate::transport::{FitConfig, HookMap, MapsFile, MapsMeta, Samples, Side, TokenScope, TokenWindow, fit_hook};
+use crate::transport::{
+    FitConfig, HookMap, MapsFile, MapsMeta, Samples, Side, TokenScope, TokenWindow, fit_hook,
+};
 
 use super::image_concepts::{PromptPair, prompts_info};
 
 /// Hook point presets for diffusion.
 pub const IMAGE_PRESETS: &[(&str, &str)] = &[
-    ("unet-norms", "every UNet GroupNorm and LayerNorm (the paper's choice for SDXL)"),
-    ("unet-groupnorms", "the UNet's GroupNorms only (4-D, spatial-mean rule)"),
-    ("unet-layernorms", "the UNet transformers' LayerNorms only (3-D, per token)"),
+    (
+        "unet-norms",
+        "every UNet GroupNorm and LayerNorm (the paper's choice for SDXL)",
+    ),
+    (
+        "unet-groupnorms",
+        "the UNet's GroupNorms only (4-D, spatial-mean rule)",
+    ),
+    (
+        "unet-layernorms",
+        "the UNet transformers' LayerNorms only (3-D, per token)",
+    ),
     ("text-encoder-norms", "every layer norm of the text encoder(s)"),
     ("all-norms", "text encoder and UNet norms"),
 ];
@@ -38,7 +49,12 @@ pub const DEFAULT_IMAGE_PRESET: &str = "unet-norms";
 pub fn select_hooks(sites: &[HookSite], selection: &str) -> Result<Vec<usize>> {
     let is_unet = |s: &HookSite| s.name.starts_with("unet.");
     let pick = |f: &dyn Fn(&HookSite) -> bool| -> Vec<usize> {
-        sites.iter().enumerate().filter(|(_, s)| f(s)).map(|(i, _)| i).collect()
+        sites
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| f(s))
+            .map(|(i, _)| i)
+            .collect()
     };
     let ids = match selection.trim() {
         "unet-norms" | "unet" => pick(&|s| is_unet(s)),
@@ -58,7 +74,13 @@ pub fn select_hooks(sites: &[HookSite], selection: &str) -> Result<Vec<usize>> {
                     return Err(DiffusionError::BadInput(format!(
                         "no hook point matches `{item}` (presets: {}; or names such as {}, with `*` for a prefix)",
                         presets.join(", "),
-                        sites.iter().rev().take(1).map(|s| s.name.as_str()).collect::<Vec<_>>().join("")
+                        sites
+                            .iter()
+                            .rev()
+                            .take(1)
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join("")
                     )));
                 }
                 ids.extend(found);
@@ -69,7 +91,9 @@ pub fn select_hooks(sites: &[HookSite], selection: &str) -> Result<Vec<usize>> {
         }
     };
     if ids.is_empty() {
-        return Err(DiffusionError::BadInput(format!("`{selection}` selects no hook point")));
+        return Err(DiffusionError::BadInput(format!(
+            "`{selection}` selects no hook point"
+        )));
     }
     Ok(ids)
 }
@@ -117,20 +141,30 @@ impl DiffHooks for FitHooks<'_> {
         let pooled = pool_mean(act.data, act.shape);
         let (src, tgt) = pooled.split_at(self.n_src * d);
         let source = Samples::new(src, self.n_src, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
-        let target = Samples::new(tgt, b - self.n_src, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
+        let target =
+            Samples::new(tgt, b - self.n_src, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
         let map = fit_hook(name, source, target, &self.config).map_err(|e| hook_err(e.to_string()))?;
         // Causal: later hook points see the source rows already transported.
         let rows = self.n_src * act.shape.row_len();
         let src_rows = &mut act.data[..rows];
         match act.shape {
             ActShape::Spatial([_, c, h, w]) => map.apply_4d(name, src_rows, [self.n_src, c, h, w], 1.0),
-            ActShape::Tokens([_, t, d]) => {
-                map.apply_3d(name, src_rows, [self.n_src, t, d], 1.0, TokenScope::All, TokenWindow::default())
-            }
+            ActShape::Tokens([_, t, d]) => map.apply_3d(
+                name,
+                src_rows,
+                [self.n_src, t, d],
+                1.0,
+                TokenScope::All,
+                TokenWindow::default(),
+            ),
         }
         .map_err(|e| hook_err(e.to_string()))?;
         self.maps.push((id, map));
-        Ok(if id == self.last { HookFlow::Stop } else { HookFlow::Continue })
+        Ok(if id == self.last {
+            HookFlow::Stop
+        } else {
+            HookFlow::Continue
+        })
     }
 }
 
@@ -166,7 +200,12 @@ pub fn fit_image_maps(
         progress,
         total,
     };
-    let prompts: Vec<&str> = pair.source.iter().chain(&pair.target).map(String::as_str).collect();
+    let prompts: Vec<&str> = pair
+        .source
+        .iter()
+        .chain(&pair.target)
+        .map(String::as_str)
+        .collect();
     let stopped = |r: Result<()>| match r {
         Err(DiffusionError::Stopped) => Ok(true),
         Err(e) => Err(e),
@@ -189,7 +228,11 @@ pub fn fit_image_maps(
             .map(|_| {
                 let (h, w) = (req.height as f32, req.width as f32);
                 let row = [h, w, 0.0, 0.0, h, w];
-                Tensor::from_vec((0..b).flat_map(|_| row).collect::<Vec<f32>>(), (b, 6), pipe.device())
+                Tensor::from_vec(
+                    (0..b).flat_map(|_| row).collect::<Vec<f32>>(),
+                    (b, 6),
+                    pipe.device(),
+                )
             })
             .transpose()?;
         let unet_cond = UNetCond {

@@ -27,6 +27,23 @@ pub struct PromptPair {
     pub target: Vec<String>,
 }
 
+impl PromptPair {
+    /// Keeps at most `n` prompts per side, spread evenly over each list (the built-in
+    /// captions are grouped by theme, so the first `n` would be biased); the same positions
+    /// on both sides, so paired prompts stay paired. `n = 0` keeps everything.
+    pub fn limit(&mut self, n: usize) {
+        fn spread(v: &mut Vec<String>, n: usize) {
+            let len = v.len();
+            if n == 0 || len <= n {
+                return;
+            }
+            *v = (0..n).map(|i| v[i * len / n].clone()).collect();
+        }
+        spread(&mut self.source, n);
+        spread(&mut self.target, n);
+    }
+}
+
 /// Why a concept could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageConceptError {
@@ -44,7 +61,12 @@ fn json(text: &str) -> BTreeMap<String, Value> {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(|s| s.trim().to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -59,7 +81,10 @@ pub fn builtin_image_concepts() -> Vec<(String, String)> {
     for (k, v) in json(STYLES) {
         if k != "none" {
             let tags: String = v.as_str().unwrap_or("").chars().take(60).collect();
-            out.push((format!("style:{k}"), format!("captions → captions + {k} tags ({tags}…)")));
+            out.push((
+                format!("style:{k}"),
+                format!("captions → captions + {k} tags ({tags}…)"),
+            ));
         }
     }
     for k in json(CONCEPTS).keys().filter(|k| !k.starts_with("no_")) {
@@ -68,7 +93,10 @@ pub fn builtin_image_concepts() -> Vec<(String, String)> {
             format!("captions + \"{}\" → plain captions", k.replace('_', " ")),
         ));
     }
-    out.push(("remove:trees".into(), "scenes with trees → the same scenes without".into()));
+    out.push((
+        "remove:trees".into(),
+        "scenes with trees → the same scenes without".into(),
+    ));
     out
 }
 
@@ -86,7 +114,10 @@ pub fn style_concept(style: &str, captions: &[String]) -> Result<PromptPair, Ima
     Ok(PromptPair {
         name: format!("style:{style}"),
         source: captions.to_vec(),
-        target: captions.iter().map(|c| format!("{}, {tags}", c.trim_end())).collect(),
+        target: captions
+            .iter()
+            .map(|c| format!("{}, {tags}", c.trim_end()))
+            .collect(),
     })
 }
 
@@ -169,6 +200,11 @@ mod tests {
         assert_eq!(n.target[0], caps[0]);
         let t = builtin_image_concept("remove:trees").unwrap();
         assert_eq!((t.source.len(), t.target.len()), (20, 20));
+        let mut few = s.clone();
+        few.limit(4);
+        assert_eq!(few.source.len(), 4);
+        assert_eq!(few.source[1], s.source[24]);
+        assert!(few.target[1].starts_with(&few.source[1]));
         let names = builtin_image_concepts();
         assert_eq!(names.len(), 10 + 6 + 1);
         for bad in ["style:none", "style:nope", "negate:no_cat", "x"] {

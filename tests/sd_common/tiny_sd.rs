@@ -15,7 +15,12 @@ pub fn write_tiny_sd15(root: &Path, seed: u64) -> anyhow::Result<()> {
     write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), &clip, seed)?;
     write_tiny_unet(&root.join("unet"), &TinyUnet::sd15(clip.hidden), seed + 1)?;
     write_tiny_vae(&root.join("vae"), &TinyVae::small(), seed + 2)?;
-    write_scheduler_config(&root.join("scheduler"), "EulerDiscreteScheduler", "leading", "epsilon")?;
+    write_scheduler_config(
+        &root.join("scheduler"),
+        "EulerDiscreteScheduler",
+        "leading",
+        "epsilon",
+    )?;
     std::fs::write(
         root.join("model_index.json"),
         serde_json::to_string_pretty(&json!({
@@ -36,12 +41,26 @@ pub fn write_tiny_sdxl(root: &Path, seed: u64) -> anyhow::Result<()> {
     let c1 = TinyClip::sd15();
     let c2 = TinyClip::sdxl_2();
     write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), &c1, seed)?;
-    write_tiny_clip(&root.join("text_encoder_2"), &root.join("tokenizer_2"), &c2, seed + 10)?;
-    write_tiny_unet(&root.join("unet"), &TinyUnet::sdxl(c1.hidden + c2.hidden, c2.projection_dim), seed + 1)?;
+    write_tiny_clip(
+        &root.join("text_encoder_2"),
+        &root.join("tokenizer_2"),
+        &c2,
+        seed + 10,
+    )?;
+    write_tiny_unet(
+        &root.join("unet"),
+        &TinyUnet::sdxl(c1.hidden + c2.hidden, c2.projection_dim),
+        seed + 1,
+    )?;
     let mut vae = TinyVae::small();
     vae.scaling_factor = 0.13025;
     write_tiny_vae(&root.join("vae"), &vae, seed + 2)?;
-    write_scheduler_config(&root.join("scheduler"), "EulerAncestralDiscreteScheduler", "trailing", "epsilon")?;
+    write_scheduler_config(
+        &root.join("scheduler"),
+        "EulerAncestralDiscreteScheduler",
+        "trailing",
+        "epsilon",
+    )?;
     std::fs::write(
         root.join("model_index.json"),
         serde_json::to_string_pretty(&json!({

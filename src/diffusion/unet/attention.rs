@@ -110,7 +110,8 @@ fn erf(x: f32) -> f32 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let r = 1.0 - t * poly.exp();
     (if x >= 0.0 { r } else { -r }) as f32
 }
@@ -157,7 +158,11 @@ impl FeedForward {
             Some(v) => Tensor::from_vec(v, (b, n, inner), p.device())?,
             None => {
                 let parts = p.chunk(2, D::Minus1)?;
-                let g = if tanh { parts[1].gelu()? } else { parts[1].gelu_erf()? };
+                let g = if tanh {
+                    parts[1].gelu()?
+                } else {
+                    parts[1].gelu_erf()?
+                };
                 (&parts[0] * g)?
             }
         };
@@ -262,9 +267,8 @@ impl SpatialTransformer {
     pub fn forward(&self, x: &Tensor, text: &Tensor, hooks: &mut dyn DiffHooks) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let y = self.norm.forward(x, hooks, false)?;
-        let to_tokens = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
-        };
+        let to_tokens =
+            |t: &Tensor| -> candle_core::Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
         let mut y = match &self.proj_in {
             Proj::Conv(p) => to_tokens(&p.forward(&y)?)?,
             Proj::Linear(p) => p.forward(&to_tokens(&y)?)?,
@@ -272,9 +276,8 @@ impl SpatialTransformer {
         for blk in &self.blocks {
             y = blk.forward(&y, text, hooks)?;
         }
-        let to_planes = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))
-        };
+        let to_planes =
+            |t: &Tensor| -> candle_core::Result<Tensor> { t.reshape((b, h, w, c))?.permute((0, 3, 1, 2)) };
         let y = match &self.proj_out {
             Proj::Conv(p) => p.forward(&to_planes(&y)?.contiguous()?)?,
             Proj::Linear(p) => to_planes(&p.forward(&y)?)?,
@@ -290,8 +293,17 @@ mod tests {
     #[test]
     fn gelu_matches_reference_values() {
         // Exact GELU: x·Φ(x).
-        for (x, want) in [(0.0f32, 0.0f32), (1.0, 0.841_344_7), (-1.0, -0.158_655_3), (2.5, 2.484_475_8)] {
-            assert!((gelu(x, false) - want).abs() < 1e-6, "gelu({x}) = {}", gelu(x, false));
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (1.0, 0.841_344_7),
+            (-1.0, -0.158_655_3),
+            (2.5, 2.484_475_8),
+        ] {
+            assert!(
+                (gelu(x, false) - want).abs() < 1e-6,
+                "gelu({x}) = {}",
+                gelu(x, false)
+            );
         }
         assert!((gelu(1.0, true) - 0.841_192).abs() < 1e-5);
     }

@@ -70,7 +70,12 @@ impl DownBlock {
         let mut attentions = Vec::new();
         for j in 0..cfg.layers_per_block {
             let c = if j == 0 { cin } else { out };
-            resnets.push(ResnetBlock::new(rspec(cfg, c, out), vb.pp(format!("resnets.{j}")), reg, &format!("{name}.resnets.{j}"))?);
+            resnets.push(ResnetBlock::new(
+                rspec(cfg, c, out),
+                vb.pp(format!("resnets.{j}")),
+                reg,
+                &format!("{name}.resnets.{j}"),
+            )?);
             if cfg.blocks[i].cross_attn {
                 attentions.push(SpatialTransformer::new(
                     tspec(cfg, out, i),
@@ -86,7 +91,10 @@ impl DownBlock {
                 padding: cfg.downsample_padding,
                 ..Default::default()
             };
-            Some((candle_nn::conv2d(out, out, 3, cc, vb.pp("downsamplers.0.conv"))?, cfg.downsample_padding))
+            Some((
+                candle_nn::conv2d(out, out, 3, cc, vb.pp("downsamplers.0.conv"))?,
+                cfg.downsample_padding,
+            ))
         } else {
             None
         };
@@ -135,13 +143,24 @@ impl MidBlock {
         rs.output_scale_factor = cfg.mid_block_scale_factor;
         Ok(Self {
             resnet0: ResnetBlock::new(rs, vb.pp("resnets.0"), reg, "unet.mid_block.resnets.0")?,
-            attention: SpatialTransformer::new(tspec(cfg, c, last), vb.pp("attentions.0"), reg, "unet.mid_block.attentions.0")?,
+            attention: SpatialTransformer::new(
+                tspec(cfg, c, last),
+                vb.pp("attentions.0"),
+                reg,
+                "unet.mid_block.attentions.0",
+            )?,
             resnet1: ResnetBlock::new(rs, vb.pp("resnets.1"), reg, "unet.mid_block.resnets.1")?,
         })
     }
 
     /// `[b, c, h, w]` → same shape.
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, text: &Tensor, hooks: &mut dyn DiffHooks) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        text: &Tensor,
+        hooks: &mut dyn DiffHooks,
+    ) -> Result<Tensor> {
         let x = self.resnet0.forward(x, temb, hooks)?;
         let x = self.attention.forward(&x, text, hooks)?;
         self.resnet1.forward(&x, temb, hooks)
@@ -154,7 +173,11 @@ impl UpBlock {
         let n = cfg.blocks.len();
         let mirror = n - 1 - i;
         let out = cfg.blocks[mirror].channels;
-        let prev = if i == 0 { cfg.blocks[n - 1].channels } else { cfg.blocks[n - i].channels };
+        let prev = if i == 0 {
+            cfg.blocks[n - 1].channels
+        } else {
+            cfg.blocks[n - i].channels
+        };
         let skip_in = cfg.blocks[mirror.saturating_sub(1)].channels;
         let name = format!("unet.up_blocks.{i}");
         let layers = cfg.layers_per_block + 1;
@@ -207,7 +230,9 @@ impl UpBlock {
     ) -> Result<Tensor> {
         let mut x = x.clone();
         for (j, r) in self.resnets.iter().enumerate() {
-            let skip = skips.pop().ok_or_else(|| crate::diffusion::DiffusionError::Backend("UNet skip states exhausted".into()))?;
+            let skip = skips.pop().ok_or_else(|| {
+                crate::diffusion::DiffusionError::Backend("UNet skip states exhausted".into())
+            })?;
             x = Tensor::cat(&[&x, &skip], 1)?;
             x = r.forward(&x, temb, hooks)?;
             if let Some(a) = self.attentions.get(j) {

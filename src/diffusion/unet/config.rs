@@ -107,7 +107,10 @@ fn per_block(v: &Value, key: &str, n: usize, default: usize, path: &Path) -> Res
         None | Some(Value::Null) => Ok(vec![default; n]),
         Some(Value::Array(a)) => {
             if a.len() != n {
-                return Err(bad(path, format!("`{key}` has {} entries for {n} blocks", a.len())));
+                return Err(bad(
+                    path,
+                    format!("`{key}` has {} entries for {n} blocks", a.len()),
+                ));
             }
             a.iter()
                 .map(|x| {
@@ -220,7 +223,10 @@ impl UNetConfig {
             if heads[i] == 0 || channels[i] % heads[i] != 0 {
                 return Err(bad(
                     path,
-                    format!("block {i}: {} channels do not split into {} heads", channels[i], heads[i]),
+                    format!(
+                        "block {i}: {} channels do not split into {} heads",
+                        channels[i], heads[i]
+                    ),
                 ));
             }
             blocks.push(BlockSpec {
@@ -242,7 +248,10 @@ impl UNetConfig {
             return Err(bad(path, "only `resnet_time_scale_shift: default` is supported"));
         }
         if get_bool(v, "only_cross_attention", false) || get_bool(v, "dual_cross_attention", false) {
-            return Err(bad(path, "only_cross_attention / dual_cross_attention are not supported"));
+            return Err(bad(
+                path,
+                "only_cross_attention / dual_cross_attention are not supported",
+            ));
         }
         let text_time = match v.get("addition_embed_type").and_then(Value::as_str) {
             None => None,
@@ -282,7 +291,10 @@ impl UNetConfig {
             geglu_tanh: false,
         };
         if cfg.in_channels == 0 || cfg.out_channels == 0 || cfg.cross_attention_dim == 0 {
-            return Err(bad(path, "in/out channels and cross_attention_dim must be positive"));
+            return Err(bad(
+                path,
+                "in/out channels and cross_attention_dim must be positive",
+            ));
         }
         Ok(cfg)
     }

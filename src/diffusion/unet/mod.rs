@@ -43,7 +43,8 @@ pub struct UNetCond<'a> {
 /// Sinusoidal embedding of `t: [b]` → `[b, dim]` (diffusers `get_timestep_embedding`).
 pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> Result<Tensor> {
     let half = dim / 2;
-    let exponent = (Tensor::arange(0u32, half as u32, t.device())?.to_dtype(DType::F32)? * -f64::ln(10000.0))?;
+    let exponent =
+        (Tensor::arange(0u32, half as u32, t.device())?.to_dtype(DType::F32)? * -f64::ln(10000.0))?;
     let freqs = (exponent / (half as f64 - shift))?.exp()?.to_dtype(t.dtype())?;
     let e = t.unsqueeze(D::Minus1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
     let (cos, sin) = (e.cos()?, e.sin()?);
@@ -52,7 +53,11 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: 
     } else {
         Tensor::cat(&[&sin, &cos], D::Minus1)?
     };
-    Ok(if dim % 2 == 1 { e.pad_with_zeros(D::Minus1, 0, 1)? } else { e })
+    Ok(if dim % 2 == 1 {
+        e.pad_with_zeros(D::Minus1, 0, 1)?
+    } else {
+        e
+    })
 }
 
 #[derive(Debug)]
@@ -69,7 +74,9 @@ impl TimeMlp {
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.linear_2.forward(&candle_nn::ops::silu(&self.linear_1.forward(x)?)?)?)
+        Ok(self
+            .linear_2
+            .forward(&candle_nn::ops::silu(&self.linear_1.forward(x)?)?)?)
     }
 }
 
@@ -183,7 +190,13 @@ impl UNet {
     }
 
     /// Predicts noise (or v) for `latents: [b, in_channels, h, w]` at timestep `t`.
-    pub fn forward(&self, latents: &Tensor, t: f64, cond: &UNetCond<'_>, hooks: &mut dyn DiffHooks) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        t: f64,
+        cond: &UNetCond<'_>,
+        hooks: &mut dyn DiffHooks,
+    ) -> Result<Tensor> {
         let (b, c, h, w) = latents.dims4()?;
         if c != self.cfg.in_channels {
             return Err(DiffusionError::BadInput(format!(
@@ -209,15 +222,25 @@ impl UNet {
         // Time embedding (+ SDXL's text/time embedding).
         let c0 = self.cfg.blocks[0].channels;
         let ts = (Tensor::ones(b, self.dtype, latents.device())? * t)?;
-        let mut emb = self.time_embedding.forward(&timestep_embedding(&ts, c0, self.cfg.flip_sin_to_cos, self.cfg.freq_shift)?)?;
+        let mut emb = self.time_embedding.forward(&timestep_embedding(
+            &ts,
+            c0,
+            self.cfg.flip_sin_to_cos,
+            self.cfg.freq_shift,
+        )?)?;
         if let (Some(add), Some(tt)) = (&self.add_embedding, self.cfg.text_time) {
             let (pooled, ids) = cond.text_time.ok_or_else(|| {
                 DiffusionError::BadInput("this UNet (SDXL) needs pooled text embeddings and time ids".into())
             })?;
             let ids = ids.to_dtype(self.dtype)?;
             let (ib, n_ids) = ids.dims2()?;
-            let t_emb = timestep_embedding(&ids.flatten_all()?, tt.time_embed_dim, self.cfg.flip_sin_to_cos, self.cfg.freq_shift)?
-                .reshape((ib, n_ids * tt.time_embed_dim))?;
+            let t_emb = timestep_embedding(
+                &ids.flatten_all()?,
+                tt.time_embed_dim,
+                self.cfg.flip_sin_to_cos,
+                self.cfg.freq_shift,
+            )?
+            .reshape((ib, n_ids * tt.time_embed_dim))?;
             let add_in = Tensor::cat(&[&pooled.to_dtype(self.dtype)?, &t_emb], 1)?;
             if add_in.dim(1)? != tt.input_dim {
                 return Err(DiffusionError::BadInput(format!(

@@ -11,9 +11,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::diffusion::error::Result;
-use crate::diffusion::hooks::{
-    ActShape, DiffHooks, HookRegistry, HookSiteKind, call_hook, run_hook,
-};
+use crate::diffusion::hooks::{ActShape, DiffHooks, HookRegistry, HookSiteKind, call_hook, run_hook};
 
 /// `x / (1 + e^{−x})` in place.
 pub(crate) fn silu_in_place(v: &mut [f32]) {
@@ -63,10 +61,7 @@ impl HookedGroupNorm {
             .get(channels, "weight")?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?;
-        let bias = vb
-            .get(channels, "bias")?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
+        let bias = vb.get(channels, "bias")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let hook = reg.add(name, channels, HookSiteKind::GroupNorm);
         Ok(Self {
             inner,
@@ -174,7 +169,12 @@ mod tests {
         let mut reg = HookRegistry::default();
         // Creates the variables, then gives them non-trivial values.
         HookedGroupNorm::new(4, 8, 1e-5, vb.pp("gn"), &mut reg, "gn".into())?;
-        for (name, var) in vm.data().lock().map_err(|_| candle_core::Error::Msg("lock".into()))?.iter() {
+        for (name, var) in vm
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lock".into()))?
+            .iter()
+        {
             let offset = if name.ends_with("weight") { 1.0 } else { 0.0 };
             var.set(&(Tensor::randn(0f32, 1.0, var.shape(), &dev)? + offset)?)?;
         }

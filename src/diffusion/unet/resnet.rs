@@ -54,13 +54,33 @@ pub(crate) fn conv3(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Res
 impl ResnetBlock {
     /// Loads the block at `vb` (e.g. `down_blocks.0.resnets.1`), registering `{name}.norm1/2`.
     pub fn new(s: ResnetSpec, vb: VarBuilder, reg: &mut HookRegistry, name: &str) -> Result<Self> {
-        let norm1 = HookedGroupNorm::new(s.groups, s.in_channels, s.eps, vb.pp("norm1"), reg, format!("{name}.norm1"))?;
+        let norm1 = HookedGroupNorm::new(
+            s.groups,
+            s.in_channels,
+            s.eps,
+            vb.pp("norm1"),
+            reg,
+            format!("{name}.norm1"),
+        )?;
         let conv1 = conv3(s.in_channels, s.out_channels, vb.pp("conv1"))?;
         let time_emb_proj = candle_nn::linear(s.temb, s.out_channels, vb.pp("time_emb_proj"))?;
-        let norm2 = HookedGroupNorm::new(s.groups, s.out_channels, s.eps, vb.pp("norm2"), reg, format!("{name}.norm2"))?;
+        let norm2 = HookedGroupNorm::new(
+            s.groups,
+            s.out_channels,
+            s.eps,
+            vb.pp("norm2"),
+            reg,
+            format!("{name}.norm2"),
+        )?;
         let conv2 = conv3(s.out_channels, s.out_channels, vb.pp("conv2"))?;
         let conv_shortcut = if s.in_channels != s.out_channels {
-            Some(candle_nn::conv2d(s.in_channels, s.out_channels, 1, Conv2dConfig::default(), vb.pp("conv_shortcut"))?)
+            Some(candle_nn::conv2d(
+                s.in_channels,
+                s.out_channels,
+                1,
+                Conv2dConfig::default(),
+                vb.pp("conv_shortcut"),
+            )?)
         } else {
             None
         };
@@ -82,7 +102,11 @@ impl ResnetBlock {
             None => x.clone(),
         };
         let h = self.conv1.forward(&self.norm1.forward(x, hooks, true)?)?;
-        let t = self.time_emb_proj.forward(temb_silu)?.unsqueeze(2)?.unsqueeze(3)?;
+        let t = self
+            .time_emb_proj
+            .forward(temb_silu)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
         let h = self.conv2.forward(&self.norm2.forward(&h, hooks, true)?)?;
         let out = (shortcut + h)?;
