@@ -220,6 +220,9 @@ fn load_pipeline(a: &ImageModelArgs) -> Result<SdPipeline> {
         p.hook_sites().len(),
         started.elapsed().as_secs_f64()
     );
+    for w in p.warnings() {
+        eprintln!("warning: {w}");
+    }
     Ok(p)
 }
 
@@ -359,6 +362,16 @@ fn stack(pipe: &SdPipeline, a: &ImageSteerArgs, from: Option<&ImageMeta>) -> Res
     Ok(stack.unwrap_or_default())
 }
 
+/// `--steer-steps`, else the window stored in `--settings-from`, else every step.
+fn steer_window(a: &ImageSteerArgs, from: Option<&ImageMeta>) -> StepWindow {
+    a.steer_steps
+        .or_else(|| {
+            from.and_then(|m| m.steer_window)
+                .map(|(start, end)| StepWindow { start, end })
+        })
+        .unwrap_or(StepWindow::ALL)
+}
+
 fn meta(pipe: &SdPipeline, r: &ImageRequest, stack: &SteeringStack, window: Option<StepWindow>) -> ImageMeta {
     ImageMeta {
         prompt: r.prompt.clone(),
@@ -412,7 +425,7 @@ pub fn imagine(a: &ImagineArgs) -> Result<()> {
     let pipe = load_pipeline(&a.model)?;
     let (r, from) = request(&pipe, &a.settings)?;
     let stack = stack(&pipe, &a.steer, from.as_ref())?;
-    let window = a.steer.steer_steps.unwrap_or(StepWindow::ALL);
+    let window = steer_window(&a.steer, from.as_ref());
     let started = std::time::Instant::now();
     let steered = render(&pipe, &r, &stack, window, "steered")?;
     let img = if a.compare {
@@ -421,8 +434,17 @@ pub fn imagine(a: &ImagineArgs) -> Result<()> {
     } else {
         steered
     };
-    save_png(&a.out, &img, Some(&meta(&pipe, &r, &stack, a.steer.steer_steps)))
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    save_png(
+        &a.out,
+        &img,
+        Some(&meta(
+            &pipe,
+            &r,
+            &stack,
+            Some(window).filter(|w| *w != StepWindow::ALL),
+        )),
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "wrote {} in {:.1} s",
         a.out.display(),
@@ -459,7 +481,7 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
         stack.concepts.iter().any(|c| c.name == name),
         "no loaded concept is named `{name}`"
     );
-    let window = a.steer.steer_steps.unwrap_or(StepWindow::ALL);
+    let window = steer_window(&a.steer, from.as_ref());
     let seeds = if a.seeds.is_empty() {
         vec![r.seed]
     } else {

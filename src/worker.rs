@@ -92,6 +92,8 @@ pub struct ImageModelInfo {
     pub fingerprint: ModelFingerprint,
     /// The model's sensible settings (steps, guidance, size, sampler).
     pub default_request: ImageRequest,
+    /// What in the folder is not honoured (e.g. Karras σ in the scheduler config).
+    pub warnings: Vec<String>,
 }
 
 /// Where the prompts of an image concept come from.
@@ -859,6 +861,7 @@ impl State {
             family: pipe.family().name().to_string(),
             hook_points: pipe.hook_sites().iter().map(|s| s.name.clone()).collect(),
             fingerprint: pipe.fingerprint().clone(),
+            warnings: pipe.warnings().to_vec(),
             default_request: pipe.default_request(""),
         };
         self.image = Some(Arc::new(pipe));
@@ -880,8 +883,7 @@ impl State {
             ImageConceptSource::Prompts(p) => p.clone(),
         };
         if let Some(n) = job.limit {
-            pair.source.truncate(n);
-            pair.target.truncate(n);
+            pair.limit(n);
         }
         if let Some(n) = job.name.as_ref().map(|n| n.trim()).filter(|n| !n.is_empty()) {
             pair.name = n.to_string();

@@ -186,6 +186,13 @@ fn sdxl_turbo_structure_runs_with_guidance_negative_prompt_and_text_encoder_maps
             .iter()
             .all(|h| h.name.starts_with("text_encoder"))
     );
+    // SDXL conditions on the first encoder's penultimate state: its last layer and final
+    // norm cannot change the image, so fitting leaves them out.
+    let fitted: Vec<&str> = maps.meta().hook_points.iter().map(|h| h.name.as_str()).collect();
+    assert!(!fitted.contains(&"text_encoder.final_layer_norm"));
+    assert!(!fitted.contains(&"text_encoder.layers.1.layer_norm2"));
+    assert!(fitted.contains(&"text_encoder.layers.0.layer_norm2"));
+    assert!(fitted.contains(&"text_encoder_2.final_layer_norm"));
     let steered = run(&p, &r, &stack_of(maps.clone(), 1.0), StepWindow::ALL);
     assert_ne!(bits(&steered), bits(&b));
     assert_eq!(
@@ -345,6 +352,19 @@ fn bad_folders_and_foreign_maps_are_clear_errors() {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let e = err(&wrong);
     assert!(e.contains("unet") && e.contains("attn2"), "{e}");
+
+    // Scheduler options we do not implement load with a warning, not silently.
+    let karras = tmp.path().join("karras");
+    copy_dir(&root, &karras);
+    let sp = karras.join("scheduler/scheduler_config.json");
+    let mut sc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    sc["use_karras_sigmas"] = serde_json::json!(true);
+    std::fs::write(&sp, sc.to_string()).unwrap();
+    let w = SdPipeline::load(&karras, &LoadOptions::default())
+        .unwrap()
+        .warnings()
+        .join(" ");
+    assert!(w.contains("use_karras_sigmas"), "{w}");
 
     // A broken config.
     let broken = tmp.path().join("broken");

@@ -378,7 +378,7 @@ pub fn model_loaded(app: &mut StudioApp, info: ImageModelInfo) {
     s.height = r.height;
     s.scheduler = r.scheduler.name().to_string();
     app.info(format!(
-        "loaded {} ({}, {} hook points; {} steps, guidance {}, {}×{}, {})",
+        "loaded {} ({}, {} hook points; {} steps, guidance {}, {}×{}, {}){}",
         info.name,
         info.family,
         info.hook_points.len(),
@@ -386,7 +386,11 @@ pub fn model_loaded(app: &mut StudioApp, info: ImageModelInfo) {
         r.guidance,
         r.width,
         r.height,
-        r.scheduler.name()
+        r.scheduler.name(),
+        info.warnings
+            .iter()
+            .map(|w| format!("; warning: {w}"))
+            .collect::<String>()
     ));
     let text_fp = app.model.as_ref().map(|m| m.fingerprint.clone());
     app.stack.retain(|e| {

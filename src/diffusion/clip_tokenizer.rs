@@ -154,12 +154,14 @@ impl ClipTokenizer {
         }
         let config = optional_json(&dir.join("tokenizer_config.json"))?;
         let special_map = optional_json(&dir.join("special_tokens_map.json"))?;
-        // tokenizer_config.json wins over special_tokens_map.json.
+        // special_tokens_map.json wins over tokenizer_config.json, as in transformers for
+        // folders without `added_tokens_decoder` (every SD repository): SD 2.x ships pad
+        // `<|endoftext|>` in the config but `!` in the map, and diffusers pads with `!`.
         let special = |key: &str| -> Option<String> {
-            config
+            special_map
                 .get(key)
                 .and_then(token_text)
-                .or_else(|| special_map.get(key).and_then(token_text))
+                .or_else(|| config.get(key).and_then(token_text))
         };
         let bos_text = special("bos_token").unwrap_or_else(|| BOS_TEXT.into());
         let eos_text = special("eos_token").unwrap_or_else(|| EOS_TEXT.into());
@@ -411,6 +413,21 @@ mod tests {
         let batch = tok.encode_batch(&["cat", "a photo"]).unwrap();
         assert_eq!(batch.len(), 2);
         assert_eq!(batch[0], short);
+    }
+
+    #[test]
+    fn special_tokens_map_wins_over_the_config_like_transformers() {
+        // SD 2.x: the config says `<|endoftext|>`, the map says `!`; diffusers pads with `!`.
+        let dir = tempfile::tempdir().unwrap();
+        let vocab = write_vocab(dir.path(), EOS_TEXT, None);
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"pad_token": "!"}"#,
+        )
+        .unwrap();
+        let tok = ClipTokenizer::load(dir.path()).unwrap();
+        assert_eq!(tok.pad_id(), id_of(&vocab, "!"));
+        assert_eq!(tok.eos_id(), id_of(&vocab, EOS_TEXT));
     }
 
     #[test]

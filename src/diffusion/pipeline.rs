@@ -30,6 +30,10 @@ use super::unet::{UNet, UNetCond};
 use super::vae::VaeDecoder;
 use super::weights::read_json;
 
+/// Largest image area accepted (1536 × 1024): beyond it the VAE's single-head attention and
+/// the activations alone need many GB.
+pub const MAX_PIXELS: usize = 1536 * 1024;
+
 /// Which Stable Diffusion generation a folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -114,9 +118,41 @@ pub struct SdPipeline {
     registry: HookRegistry,
     unet_first_hook: usize,
     zeros_for_empty_negative: bool,
+    warnings: Vec<String>,
     dtype: DType,
     device: Device,
     fingerprint: ModelFingerprint,
+}
+
+/// Scheduler options diffusers honours that our samplers do not implement.
+fn ignored_scheduler_keys(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let set = |k: &str| v.get(k).is_some_and(|x| !x.is_null() && x != &Value::Bool(false));
+    for k in [
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "sigma_min",
+        "sigma_max",
+    ] {
+        if set(k) {
+            out.push(format!("scheduler_config.json sets `{k}`, which is not implemented: sampling uses the plain σ schedule"));
+        }
+    }
+    for (k, ok) in [
+        ("timestep_type", "discrete"),
+        ("interpolation_type", "linear"),
+        ("final_sigmas_type", "zero"),
+    ] {
+        if let Some(x) = v.get(k).and_then(Value::as_str)
+            && x != ok
+        {
+            out.push(format!(
+                "scheduler_config.json sets `{k}: {x}`, which is not implemented (using `{ok}`)"
+            ));
+        }
+    }
+    out
 }
 
 fn require(folder: &Path, rel: &str) -> Result<PathBuf> {
@@ -177,7 +213,9 @@ impl SdPipeline {
         let vae_cfg = super::vae::VaeConfig::from_file(&require(folder, "vae/config.json")?)?;
         let vae_dtype = if vae_cfg.force_upcast { DType::F32 } else { dtype };
         let vae = VaeDecoder::load(&vae_dir, vae_dtype, device)?;
-        let scheduler = SchedulerConfig::from_file(&require(folder, "scheduler/scheduler_config.json")?)?;
+        let sched_path = require(folder, "scheduler/scheduler_config.json")?;
+        let scheduler = SchedulerConfig::from_file(&sched_path)?;
+        let warnings = ignored_scheduler_keys(&read_json(&sched_path)?);
         let family = if xl {
             Family::Sdxl
         } else if text_encoder.config().hidden_size >= 1024 {
@@ -223,6 +261,18 @@ impl SdPipeline {
                 },
             });
         }
+        // Inpainting (9 input channels) and upscaler UNets are other pipelines.
+        let (uc, lc) = (unet.config(), vae.config().latent_channels);
+        if uc.in_channels != lc || uc.out_channels != lc {
+            return Err(DiffusionError::BadWeights {
+                component: "unet".into(),
+                reason: format!(
+                    "the UNet takes {} and predicts {} channels but the VAE's latents have {lc}; \
+                     inpainting and upscaling UNets are not text-to-image models",
+                    uc.in_channels, uc.out_channels
+                ),
+            });
+        }
         let mut h = Sha256::new();
         h.update(text_encoder.header_sha256());
         if let Some((_, e2)) = &second {
@@ -251,6 +301,7 @@ impl SdPipeline {
             registry,
             unet_first_hook,
             zeros_for_empty_negative,
+            warnings,
             dtype,
             device: device.clone(),
             fingerprint,
@@ -269,6 +320,27 @@ impl SdPipeline {
     pub fn hook_sites(&self) -> &[HookSite] {
         self.registry.sites()
     }
+    /// Hook points that cannot change the image: on SDXL the first text encoder's last layer
+    /// and final norm (SDXL conditions on its penultimate state and pools from the second
+    /// encoder). Fitting leaves them out.
+    pub fn inert_hooks(&self) -> Vec<usize> {
+        if self.family != Family::Sdxl {
+            return Vec::new();
+        }
+        let last = self.text_encoder.config().num_hidden_layers.saturating_sub(1);
+        let dead = [
+            format!("text_encoder.layers.{last}.layer_norm1"),
+            format!("text_encoder.layers.{last}.layer_norm2"),
+            "text_encoder.final_layer_norm".to_string(),
+        ];
+        dead.iter().filter_map(|n| self.registry.find(n)).collect()
+    }
+
+    /// Things in the folder this pipeline does not honour (shown to the user at load).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// Id of the first UNet hook point.
     pub fn unet_first_hook(&self) -> usize {
         self.unet_first_hook
@@ -296,10 +368,19 @@ impl SdPipeline {
 
     /// A short display name (the folder's name).
     pub fn name(&self) -> String {
-        self.folder.file_name().map_or_else(
-            || self.folder.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        )
+        // A Hugging Face cache snapshot (`models--org--name/snapshots/<hash>`) is named by
+        // its repository, not by the hash.
+        let repo = self.folder.components().rev().find_map(|c| {
+            let s = c.as_os_str().to_string_lossy();
+            s.strip_prefix("models--")
+                .map(|r| r.rsplit("--").next().unwrap_or(r).to_string())
+        });
+        repo.unwrap_or_else(|| {
+            self.folder.file_name().map_or_else(
+                || self.folder.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        })
     }
 
     /// Pixels per latent cell (8 for every released SD VAE; `2^(levels − 1)`).
@@ -308,13 +389,14 @@ impl SdPipeline {
     }
 
     /// Whether this looks like a few-step distilled model (SD-Turbo, SDXL-Turbo, Lightning).
+    /// Judged by the whole path (cache folders end in a hash).
     pub fn is_few_step(&self) -> bool {
-        let n = self.name().to_lowercase();
+        let n = self.folder.to_string_lossy().to_lowercase();
         n.contains("turbo") || n.contains("lightning")
     }
 
-    /// Sensible settings for this model: Turbo-style models 1 step without guidance at 512 px
-    /// with Euler ancestral; others 25 steps, guidance 7.5, the folder's sampler, native size.
+    /// Sensible settings for this model: Turbo-style models 1 step without guidance at 512 px;
+    /// others 25 steps, guidance 7.5, native size; both with the folder's sampler.
     pub fn default_request(&self, prompt: &str) -> ImageRequest {
         let px = self.unet.config().sample_size * self.latent_factor();
         let few = self.is_few_step();
@@ -326,11 +408,7 @@ impl SdPipeline {
             guidance: if few { 0.0 } else { 7.5 },
             width: if few { 64 * self.latent_factor() } else { px },
             height: if few { 64 * self.latent_factor() } else { px },
-            scheduler: if few {
-                SchedulerKind::EulerAncestral
-            } else {
-                self.scheduler.class
-            },
+            scheduler: self.scheduler.class,
         }
     }
 
@@ -375,8 +453,13 @@ impl SdPipeline {
                 req.width, req.height
             )));
         }
-        if req.width > 4096 || req.height > 4096 {
-            return Err(DiffusionError::BadInput("image size above 4096 pixels".into()));
+        if req.width > 2048 || req.height > 2048 || req.width * req.height > MAX_PIXELS {
+            return Err(DiffusionError::BadInput(format!(
+                "image size {}×{} is above the limit (each side ≤ 2048, at most {:.1} megapixels)",
+                req.width,
+                req.height,
+                MAX_PIXELS as f64 / 1e6
+            )));
         }
         if req.steps == 0 || req.steps > 1000 {
             return Err(DiffusionError::BadInput(format!(

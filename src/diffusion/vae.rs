@@ -407,9 +407,14 @@ impl AttentionBlock {
         let v = heads(&self.value)?;
         // The scale is applied to both operands, hence the power −1/4.
         let scale = (self.channels as f64).powf(-0.25);
-        let scores = (q * scale)?.matmul(&(k.t()? * scale)?)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let o = probs.matmul(&v)?.to_dtype(dtype)?; // [b, 1, h·w, c]
+        // Sliced over queries when the h·w × h·w scores would be too big (large images).
+        let o = super::unet::attention::attend(
+            &(q * scale)?.squeeze(1)?,
+            &(k * scale)?.squeeze(1)?,
+            &v.squeeze(1)?,
+        )?
+        .unsqueeze(1)?
+        .to_dtype(dtype)?; // [b, 1, h·w, c]
         let o = o.transpose(1, 2)?.contiguous()?.flatten_from(D::Minus2)?; // [b, h·w, c]
         let o = self.proj.forward(&o)?.t()?.reshape((b, c, h, w))?;
         Ok((o + x)?)

@@ -3,7 +3,8 @@
 //!
 //! diffusers names the files `diffusion_pytorch_model[.fp16].safetensors` (UNet, VAE) or
 //! `model[.fp16].safetensors` (text encoders), optionally sharded as
-//! `…-00001-of-00002.safetensors`. The full-precision variant is preferred when both exist.
+//! `…-00001-of-00002.safetensors` with an `.index.json`. The full-precision variant is
+//! preferred when both exist; other variants (`non_ema`, …) are ignored.
 
 use std::path::{Path, PathBuf};
 
@@ -31,28 +32,72 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiffusionError + '_ {
     }
 }
 
-/// The safetensors files of component folder `dir`, full precision preferred over `.fp16`.
+/// Shard files listed in a safetensors index (`weight_map` values), in order of first use.
+fn index_shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    let v = read_json(index)?;
+    let map = v
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| DiffusionError::BadConfig {
+            path: index.to_path_buf(),
+            reason: "no `weight_map` object".into(),
+        })?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for f in map.values().filter_map(serde_json::Value::as_str) {
+        let p = dir.join(f);
+        if !files.contains(&p) {
+            if !p.is_file() {
+                return Err(DiffusionError::MissingComponent {
+                    folder: dir.to_path_buf(),
+                    what: format!("the shard {f} listed in {}", index.display()),
+                });
+            }
+            files.push(p);
+        }
+    }
+    Ok(files)
+}
+
+/// The safetensors files of component folder `dir`, resolved as diffusers does:
+/// `{diffusion_pytorch_model,model}.safetensors`, else the shards of its `.index.json`, else
+/// the `.fp16` variants (single file or `.index.fp16.json` shards). Other variants in the
+/// folder (`non_ema`, `ema`, `bf16`, …) are ignored; a folder with none of these names but
+/// exactly one `.safetensors` file uses that file.
 pub fn component_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+    const BASES: [&str; 2] = ["diffusion_pytorch_model", "model"];
+    for variant in ["", ".fp16"] {
+        for base in BASES {
+            let single = dir.join(format!("{base}{variant}.safetensors"));
+            if single.is_file() {
+                return Ok(vec![single]);
+            }
+            let index = dir.join(format!("{base}.safetensors.index{variant}.json"));
+            if index.is_file() {
+                return index_shards(dir, &index);
+            }
+        }
+    }
+    let all: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
-    all.sort();
-    let is_fp16 = |p: &PathBuf| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.contains(".fp16."))
-    };
-    let full: Vec<PathBuf> = all.iter().filter(|p| !is_fp16(p)).cloned().collect();
-    let chosen = if full.is_empty() { all } else { full };
-    if chosen.is_empty() {
-        return Err(DiffusionError::MissingComponent {
+    match all.len() {
+        1 => Ok(all),
+        0 => Err(DiffusionError::MissingComponent {
             folder: dir.to_path_buf(),
-            what: "a .safetensors weights file".into(),
-        });
+            what: "a .safetensors weights file (diffusion_pytorch_model.safetensors or model.safetensors)"
+                .into(),
+        }),
+        _ => Err(DiffusionError::BadWeights {
+            component: dir.display().to_string(),
+            reason: format!(
+                "{} .safetensors files but none named diffusion_pytorch_model[.fp16].safetensors or \
+                 model[.fp16].safetensors (or their .index.json); keep one",
+                all.len()
+            ),
+        }),
     }
-    Ok(chosen)
 }
 
 /// Tensor bytes at the start of each file's data that the fingerprint covers.
@@ -128,4 +173,72 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, name: &str) {
+        std::fs::write(dir.join(name), b"x").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn resolves_weight_files_like_diffusers() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = d.path();
+        let names = |v: Vec<PathBuf>| -> Vec<String> {
+            v.iter()
+                .filter_map(|f| f.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect()
+        };
+        touch(p, "diffusion_pytorch_model.non_ema.safetensors");
+        touch(p, "diffusion_pytorch_model.fp16.safetensors");
+        assert_eq!(
+            names(component_files(p).unwrap_or_default()),
+            ["diffusion_pytorch_model.fp16.safetensors"]
+        );
+        touch(p, "diffusion_pytorch_model.safetensors");
+        assert_eq!(
+            names(component_files(p).unwrap_or_default()),
+            ["diffusion_pytorch_model.safetensors"]
+        );
+
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = d.path();
+        for n in [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ] {
+            touch(p, n);
+        }
+        touch(p, "model.fp16-00001-of-00001.safetensors");
+        std::fs::write(
+            p.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors", "c": "model-00001-of-00002.safetensors"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            names(component_files(p).unwrap_or_default()),
+            [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
+        );
+        std::fs::write(
+            p.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "gone.safetensors"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(component_files(p).is_err());
+
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        touch(d.path(), "a.safetensors");
+        assert_eq!(component_files(d.path()).map(|v| v.len()).unwrap_or(0), 1);
+        touch(d.path(), "b.safetensors");
+        assert!(component_files(d.path()).is_err());
+        let empty = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(component_files(empty.path()).is_err());
+    }
 }

@@ -185,7 +185,15 @@ pub fn fit_image_maps(
     }
     pipe.validate(&opts.request)?;
     let sites = pipe.hook_sites();
-    let ids = select_hooks(sites, &opts.hooks)?;
+    let mut ids = select_hooks(sites, &opts.hooks)?;
+    let inert = pipe.inert_hooks();
+    ids.retain(|i| !inert.contains(i));
+    if ids.is_empty() {
+        return Err(DiffusionError::BadInput(format!(
+            "`{}` selects only hook points that cannot change this model's images",
+            opts.hooks
+        )));
+    }
     let mut wanted = vec![false; sites.len()];
     ids.iter().for_each(|&i| wanted[i] = true);
     let last = *ids.last().unwrap_or(&0);

@@ -17,7 +17,40 @@ use crate::diffusion::hooks::{DiffHooks, HookRegistry};
 use super::norm::{HookedGroupNorm, HookedLayerNorm, with_cpu_f32};
 
 /// Most attention scores held at once (64 M f32 = 256 MB).
-const SCORE_BUDGET: usize = 64 << 20;
+pub(crate) const SCORE_BUDGET: usize = 64 << 20;
+
+/// `softmax(q·kᵀ)·v` for `q: [r, n, d]`, `k: [r, m, d]`, `v: [r, m, e]` (f32, already
+/// scaled) → `[r, n, e]`, holding at most [`SCORE_BUDGET`] scores at once: it slices over
+/// the `r` rows (batch × heads), and over queries when one row alone is too big (e.g. the
+/// first UNet level at 1024 px, or a VAE's single-head attention).
+pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    attend_within(q, k, v, SCORE_BUDGET)
+}
+
+fn attend_within(q: &Tensor, k: &Tensor, v: &Tensor, budget: usize) -> Result<Tensor> {
+    let (r, n, _) = q.dims3()?;
+    let m = k.dim(1)?;
+    let kt = k.t()?;
+    let per_row = n.saturating_mul(m).max(1);
+    if r.saturating_mul(per_row) <= budget {
+        return Ok(candle_nn::ops::softmax_last_dim(&q.matmul(&kt)?)?.matmul(v)?);
+    }
+    let rows = (budget / per_row).clamp(1, r);
+    let queries = (budget / (rows * m).max(1)).clamp(1, n);
+    let mut out_rows = Vec::with_capacity(r.div_ceil(rows));
+    for r0 in (0..r).step_by(rows) {
+        let nr = rows.min(r - r0);
+        let (qr, ktr, vr) = (q.narrow(0, r0, nr)?, kt.narrow(0, r0, nr)?, v.narrow(0, r0, nr)?);
+        let mut parts = Vec::with_capacity(n.div_ceil(queries));
+        for q0 in (0..n).step_by(queries) {
+            let nq = queries.min(n - q0);
+            let s = qr.narrow(1, q0, nq)?.matmul(&ktr)?;
+            parts.push(candle_nn::ops::softmax_last_dim(&s)?.matmul(&vr)?);
+        }
+        out_rows.push(Tensor::cat(&parts, 1)?);
+    }
+    Ok(Tensor::cat(&out_rows, 0)?)
+}
 
 /// Multi-head attention, self (`context = None`) or cross.
 #[derive(Debug)]
@@ -64,23 +97,7 @@ impl Attention {
         } else {
             ((q * self.scale)?, k)
         };
-        let (bh, m) = (q.dim(0)?, k.dim(1)?);
-        // Bound the score matrix: attend in slices of batch·heads rows when [bh, n, m] would
-        // exceed SCORE_BUDGET values (a 64-prompt fitting batch at 512 px needs this).
-        let per_row = n * m;
-        let rows = (SCORE_BUDGET / per_row.max(1)).clamp(1, bh);
-        let o = if rows >= bh {
-            candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(&v)?
-        } else {
-            let kt = k.t()?;
-            let mut parts = Vec::with_capacity(bh.div_ceil(rows));
-            for start in (0..bh).step_by(rows) {
-                let len = rows.min(bh - start);
-                let s = q.narrow(0, start, len)?.matmul(&kt.narrow(0, start, len)?)?;
-                parts.push(candle_nn::ops::softmax_last_dim(&s)?.matmul(&v.narrow(0, start, len)?)?);
-            }
-            Tensor::cat(&parts, 0)?
-        };
+        let o = attend(&q, &k, &v)?;
         let o = o.to_dtype(dtype)?;
         let o = o
             .reshape((b, self.heads, n, d / self.heads))?
@@ -306,5 +323,29 @@ mod tests {
             );
         }
         assert!((gelu(1.0, true) - 0.841_192).abs() < 1e-5);
+    }
+}
+
+#[cfg(test)]
+mod attend_tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sliced_attention_equals_the_whole() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (3, 50, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (3, 40, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (3, 40, 6), &dev)?;
+        let whole = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(&v)?;
+        // Budgets that force slicing over rows, and over queries within a row.
+        for budget in [2 * 50 * 40, 50 * 40, 333, 40] {
+            let sliced = attend_within(&q, &k, &v, budget)?;
+            let d = (sliced - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-6, "budget {budget}: {d}");
+        }
+        let via = attend(&q, &k, &v)?;
+        assert_eq!((via - whole)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
     }
 }

@@ -236,7 +236,12 @@ impl UNetConfig {
                 transformer_layers: layers[i].max(1),
             });
         }
-        for key in ["class_embed_type", "encoder_hid_dim_type", "time_cond_proj_dim"] {
+        for key in [
+            "class_embed_type",
+            "encoder_hid_dim_type",
+            "time_cond_proj_dim",
+            "num_class_embeds",
+        ] {
             if v.get(key).is_some_and(|x| !x.is_null()) {
                 return Err(bad(path, format!("`{key}` is not supported")));
             }

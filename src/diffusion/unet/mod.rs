@@ -40,12 +40,15 @@ pub struct UNetCond<'a> {
     pub text_time: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-/// Sinusoidal embedding of `t: [b]` → `[b, dim]` (diffusers `get_timestep_embedding`).
+/// Sinusoidal embedding of `t: [b]` → `[b, dim]` (diffusers `get_timestep_embedding`),
+/// always computed in f32 (in f16, angles near t = 999 or time ids of 1024 would be off by
+/// up to half a radian); the result is f32.
 pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> Result<Tensor> {
+    let t = t.to_dtype(DType::F32)?;
     let half = dim / 2;
     let exponent =
         (Tensor::arange(0u32, half as u32, t.device())?.to_dtype(DType::F32)? * -f64::ln(10000.0))?;
-    let freqs = (exponent / (half as f64 - shift))?.exp()?.to_dtype(t.dtype())?;
+    let freqs = (exponent / (half as f64 - shift))?.exp()?;
     let e = t.unsqueeze(D::Minus1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
     let (cos, sin) = (e.cos()?, e.sin()?);
     let e = if flip_sin_to_cos {
@@ -221,18 +224,14 @@ impl UNet {
         let text = cond.text.to_dtype(self.dtype)?;
         // Time embedding (+ SDXL's text/time embedding).
         let c0 = self.cfg.blocks[0].channels;
-        let ts = (Tensor::ones(b, self.dtype, latents.device())? * t)?;
-        let mut emb = self.time_embedding.forward(&timestep_embedding(
-            &ts,
-            c0,
-            self.cfg.flip_sin_to_cos,
-            self.cfg.freq_shift,
-        )?)?;
+        let ts = (Tensor::ones(b, DType::F32, latents.device())? * t)?;
+        let t_sin = timestep_embedding(&ts, c0, self.cfg.flip_sin_to_cos, self.cfg.freq_shift)?;
+        let mut emb = self.time_embedding.forward(&t_sin.to_dtype(self.dtype)?)?;
         if let (Some(add), Some(tt)) = (&self.add_embedding, self.cfg.text_time) {
             let (pooled, ids) = cond.text_time.ok_or_else(|| {
                 DiffusionError::BadInput("this UNet (SDXL) needs pooled text embeddings and time ids".into())
             })?;
-            let ids = ids.to_dtype(self.dtype)?;
+            let ids = ids.to_dtype(DType::F32)?;
             let (ib, n_ids) = ids.dims2()?;
             let t_emb = timestep_embedding(
                 &ids.flatten_all()?,
@@ -240,7 +239,8 @@ impl UNet {
                 self.cfg.flip_sin_to_cos,
                 self.cfg.freq_shift,
             )?
-            .reshape((ib, n_ids * tt.time_embed_dim))?;
+            .reshape((ib, n_ids * tt.time_embed_dim))?
+            .to_dtype(self.dtype)?;
             let add_in = Tensor::cat(&[&pooled.to_dtype(self.dtype)?, &t_emb], 1)?;
             if add_in.dim(1)? != tt.input_dim {
                 return Err(DiffusionError::BadInput(format!(
