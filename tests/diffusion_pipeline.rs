@@ -448,3 +448,12 @@ fn f16_pipeline_runs_and_stays_close_to_f32() {
     let s = run(&p16, &r, &stack_of(maps, 1.0), StepWindow::ALL);
     assert_ne!(bits(&s), bits(&b));
 }
+
+/// Writes a tiny SD 1.5 folder to `$ACT_TINY_SD_DIR` (for the README's image-mode
+/// screenshot: `act-studio app --image-model DIR --screenshot docs/app-image.png`).
+#[test]
+#[ignore = "writes a tiny model folder for screenshots; run on demand"]
+fn write_tiny_folder_for_screenshots() {
+    let dir = std::env::var_os("ACT_TINY_SD_DIR").expect("set ACT_TINY_SD_DIR");
+    write_tiny_sd15(Path::new(&dir), 21).unwrap();
+}

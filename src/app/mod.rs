@@ -233,6 +233,8 @@ pub struct StudioApp {
     /// UI frame times (ms), the last 2000 frames.
     pub frame_ms: Vec<f32>,
     script: Option<(Script, PathBuf)>,
+    /// The screenshot script runs in image mode.
+    image_script: bool,
 }
 
 impl StudioApp {
@@ -284,6 +286,7 @@ impl StudioApp {
             tab: Tab::Output,
             frame_ms: Vec::new(),
             script: opts.screenshot.clone().map(|p| (Script::WaitModel, p)),
+            image_script: opts.screenshot.is_some() && opts.image_model.is_some(),
         };
         let start = opts.model.clone().or_else(|| {
             let demo = PathBuf::from(DEMO_MODEL);
@@ -687,7 +690,30 @@ impl StudioApp {
             return;
         };
         ctx.request_repaint_after(Duration::from_millis(50));
+        let image = self.image_script;
         let next = match step {
+            // Image mode (`--image-model` with `--screenshot`): fit an image concept on a few
+            // prompts, then a λ strip.
+            Script::WaitModel if image && self.image_model.is_some() && !self.busy() => {
+                let s = &mut self.settings.image;
+                s.fit_builtin = true;
+                s.fit_concept = "style:impressionism".into();
+                s.fit_limit = 8;
+                s.steps = s.steps.min(4);
+                s.width = s.width.max(128);
+                s.height = s.height.max(128);
+                image_panel::start_fit(self);
+                Script::WaitFit
+            }
+            Script::WaitFit if image && !self.stack.is_empty() && !self.busy() => {
+                self.settings.image.strip_lambdas = "0, 0.5, 1, 1.5".into();
+                image_panel::generate(self, image_panel::ImageAction::Strip);
+                Script::WaitGeneration
+            }
+            Script::WaitGeneration if image && !self.busy() && !self.image.generating => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
+                Script::Shoot(1, 0)
+            }
             Script::WaitModel if self.model.is_some() && !self.busy() => {
                 self.fit.limit = 48;
                 fit_panel::start_fit(self);
@@ -711,7 +737,7 @@ impl StudioApp {
                 });
                 match shot {
                     Some(img) => {
-                        let path = if k == 0 {
+                        let path = if k == 0 || image {
                             path.clone()
                         } else {
                             path.with_file_name(format!(

@@ -246,6 +246,39 @@ impl UNetConfig {
                 return Err(bad(path, format!("`{key}` is not supported")));
             }
         }
+        for (key, ok) in [
+            ("time_embedding_type", "positional"),
+            ("attention_type", "default"),
+            ("act_fn", "silu"),
+        ] {
+            if let Some(x) = v.get(key).and_then(Value::as_str)
+                && x != ok
+            {
+                return Err(bad(path, format!("`{key}: {x}` is not supported (only `{ok}`)")));
+            }
+        }
+        for key in ["conv_in_kernel", "conv_out_kernel"] {
+            if v.get(key).and_then(Value::as_u64).is_some_and(|k| k != 3) {
+                return Err(bad(path, format!("only `{key}: 3` is supported")));
+            }
+        }
+        for key in [
+            "timestep_post_act",
+            "reverse_transformer_layers_per_block",
+            "encoder_hid_dim",
+        ] {
+            if v.get(key).is_some_and(|x| !x.is_null()) {
+                return Err(bad(path, format!("`{key}` is not supported")));
+            }
+        }
+        if get_bool(v, "class_embeddings_concat", false)
+            || get_bool(v, "mid_block_only_cross_attention", false)
+        {
+            return Err(bad(
+                path,
+                "class_embeddings_concat / mid_block_only_cross_attention are not supported",
+            ));
+        }
         if v.get("resnet_time_scale_shift")
             .and_then(Value::as_str)
             .is_some_and(|s| s != "default")
@@ -342,6 +375,74 @@ mod tests {
         assert_eq!(c.text_time.map(|t| t.input_dim), Some(2816));
     }
 
+    /// The `unet/config.json` files of the released checkpoints (the fields that matter).
+    #[test]
+    fn parses_the_released_configs() {
+        let sd15 = json!({"_class_name": "UNet2DConditionModel", "_diffusers_version": "0.6.0",
+            "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+            "center_input_sample": false, "cross_attention_dim": 768,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "downsample_padding": 1, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+            "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+            "out_channels": 4, "sample_size": 64,
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]});
+        let c = UNetConfig::from_json(&sd15, p()).unwrap();
+        assert_eq!(
+            (c.blocks[0].heads, c.cross_attention_dim, c.sample_size),
+            (8, 768, 64)
+        );
+        assert_eq!(c.time_embed_dim(), 1280);
+
+        let sd21 = json!({"_class_name": "UNet2DConditionModel", "act_fn": "silu",
+            "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
+            "center_input_sample": false, "class_embed_type": null, "cross_attention_dim": 1024,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "downsample_padding": 1, "dual_cross_attention": false, "flip_sin_to_cos": true, "freq_shift": 0,
+            "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+            "norm_num_groups": 32, "num_class_embeds": null, "only_cross_attention": false, "out_channels": 4,
+            "resnet_time_scale_shift": "default", "sample_size": 96,
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "upcast_attention": true, "use_linear_projection": true});
+        let c = UNetConfig::from_json(&sd21, p()).unwrap();
+        assert_eq!(
+            (c.blocks[2].heads, c.use_linear_projection, c.sample_size),
+            (20, true, 96)
+        );
+
+        let sdxl_turbo: Value = serde_json::from_str(r#"{"_class_name": "UNet2DConditionModel", "act_fn": "silu",
+            "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
+            "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "attention_type": "default",
+            "block_out_channels": [320, 640, 1280], "center_input_sample": false,
+            "class_embed_type": null, "class_embeddings_concat": false, "conv_in_kernel": 3,
+            "conv_out_kernel": 3, "cross_attention_dim": 2048, "cross_attention_norm": null,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "downsample_padding": 1, "dropout": 0.0, "dual_cross_attention": false,
+            "encoder_hid_dim": null, "encoder_hid_dim_type": null, "flip_sin_to_cos": true,
+            "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_only_cross_attention": null,
+            "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05,
+            "norm_num_groups": 32, "num_attention_heads": null, "num_class_embeds": null,
+            "only_cross_attention": false, "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
+            "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": false, "resnet_time_scale_shift": "default",
+            "reverse_transformer_layers_per_block": null, "sample_size": 64, "time_cond_proj_dim": null,
+            "time_embedding_act_fn": null, "time_embedding_dim": null, "time_embedding_type": "positional",
+            "timestep_post_act": null, "transformer_layers_per_block": [1, 2, 10],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "upcast_attention": null, "use_linear_projection": true}"#).unwrap();
+        let c = UNetConfig::from_json(&sdxl_turbo, p()).unwrap();
+        assert_eq!(
+            c.blocks.iter().map(|b| b.transformer_layers).collect::<Vec<_>>(),
+            [1, 2, 10]
+        );
+        assert_eq!(c.blocks.iter().map(|b| b.heads).collect::<Vec<_>>(), [5, 10, 20]);
+        assert_eq!(
+            c.text_time,
+            Some(TextTimeEmbed {
+                time_embed_dim: 256,
+                input_dim: 2816
+            })
+        );
+    }
+
     #[test]
     fn refuses_what_it_cannot_run() {
         for bad_cfg in [
@@ -350,6 +451,9 @@ mod tests {
             json!({"block_out_channels": [], "attention_head_dim": 8}),
             json!({"block_out_channels": [64, 128], "addition_embed_type": "image"}),
             json!({"block_out_channels": [64, 128], "class_embed_type": "timestep"}),
+            json!({"block_out_channels": [64, 128], "num_class_embeds": 1000}),
+            json!({"block_out_channels": [64, 128], "time_embedding_type": "fourier"}),
+            json!({"block_out_channels": [64, 128], "conv_in_kernel": 1}),
             json!({"block_out_channels": [64, 128],
                 "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}),
