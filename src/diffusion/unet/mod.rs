@@ -222,9 +222,18 @@ impl UNet {
         };
         let x = x.to_dtype(self.dtype)?;
         let text = cond.text.to_dtype(self.dtype)?;
-        // Time embedding (+ SDXL's text/time embedding).
+        let emb = self.time_embedding(b, t, cond)?;
+        let temb = candle_nn::ops::silu(&emb)?;
+        self.forward_body(x, &text, &temb, h, w, hooks)
+    }
+
+    /// The time embedding `[b, 4·c0]` (before the SiLU the ResNets apply): the sinusoidal
+    /// embedding of `t` through `time_embedding`, plus on SDXL `add_embedding` of the pooled
+    /// text concatenated with the sinusoidal embeddings of the six time ids.
+    pub fn time_embedding(&self, b: usize, t: f64, cond: &UNetCond<'_>) -> Result<Tensor> {
+        let device = cond.text.device();
         let c0 = self.cfg.blocks[0].channels;
-        let ts = (Tensor::ones(b, DType::F32, latents.device())? * t)?;
+        let ts = (Tensor::ones(b, DType::F32, device)? * t)?;
         let t_sin = timestep_embedding(&ts, c0, self.cfg.flip_sin_to_cos, self.cfg.freq_shift)?;
         let mut emb = self.time_embedding.forward(&t_sin.to_dtype(self.dtype)?)?;
         if let (Some(add), Some(tt)) = (&self.add_embedding, self.cfg.text_time) {
@@ -251,17 +260,27 @@ impl UNet {
             }
             emb = (emb + add.forward(&add_in)?)?;
         }
-        let temb = candle_nn::ops::silu(&emb)?;
+        Ok(emb)
+    }
 
+    fn forward_body(
+        &self,
+        x: Tensor,
+        text: &Tensor,
+        temb: &Tensor,
+        h: usize,
+        w: usize,
+        hooks: &mut dyn DiffHooks,
+    ) -> Result<Tensor> {
         let n = self.down.len();
         let up_factor = 1usize << (n - 1);
         let odd = h % up_factor != 0 || w % up_factor != 0;
         let mut x = self.conv_in.forward(&x)?;
         let mut skips = vec![x.clone()];
         for d in &self.down {
-            x = d.forward(&x, &temb, &text, hooks, &mut skips)?;
+            x = d.forward(&x, temb, text, hooks, &mut skips)?;
         }
-        x = self.mid.forward(&x, &temb, &text, hooks)?;
+        x = self.mid.forward(&x, temb, text, hooks)?;
         for (i, u) in self.up.iter().enumerate() {
             let keep = skips.len().saturating_sub(u.n_skips());
             let size = if odd && i + 1 < n {
@@ -275,7 +294,7 @@ impl UNet {
             } else {
                 None
             };
-            x = u.forward(&x, &mut skips, &temb, &text, size, hooks)?;
+            x = u.forward(&x, &mut skips, temb, text, size, hooks)?;
             skips.truncate(keep);
         }
         let x = self.conv_norm_out.forward(&x, hooks, true)?;
