@@ -274,7 +274,7 @@ impl UNet {
     ) -> Result<Tensor> {
         let n = self.down.len();
         let up_factor = 1usize << (n - 1);
-        let odd = h % up_factor != 0 || w % up_factor != 0;
+        let odd = !h.is_multiple_of(up_factor) || !w.is_multiple_of(up_factor);
         let mut x = self.conv_in.forward(&x)?;
         let mut skips = vec![x.clone()];
         for d in &self.down {
