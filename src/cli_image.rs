@@ -372,33 +372,6 @@ fn steer_window(a: &ImageSteerArgs, from: Option<&ImageMeta>) -> StepWindow {
         .unwrap_or(StepWindow::ALL)
 }
 
-fn meta(pipe: &SdPipeline, r: &ImageRequest, stack: &SteeringStack, window: Option<StepWindow>) -> ImageMeta {
-    ImageMeta {
-        prompt: r.prompt.clone(),
-        negative_prompt: r.negative_prompt.clone(),
-        seed: r.seed,
-        steps: r.steps,
-        guidance: r.guidance,
-        width: r.width,
-        height: r.height,
-        scheduler: r.scheduler.name().to_string(),
-        lambdas: stack
-            .concepts
-            .iter()
-            .map(|c| (c.name.clone(), if c.enabled { c.lambda } else { 0.0 }))
-            .collect(),
-        maps_sha256: stack
-            .concepts
-            .iter()
-            .map(|c| (c.name.clone(), c.maps.meta().data_sha256.clone()))
-            .collect(),
-        model: pipe.name(),
-        model_fingerprint: pipe.fingerprint().weights_header_sha256.clone(),
-        steer_window: window.map(|w| (w.start, w.end.min(r.steps))),
-        app_version: env!("CARGO_PKG_VERSION").to_string(),
-    }
-}
-
 fn render(
     pipe: &SdPipeline,
     r: &ImageRequest,
@@ -434,17 +407,8 @@ pub fn imagine(a: &ImagineArgs) -> Result<()> {
     } else {
         steered
     };
-    save_png(
-        &a.out,
-        &img,
-        Some(&meta(
-            &pipe,
-            &r,
-            &stack,
-            Some(window).filter(|w| *w != StepWindow::ALL),
-        )),
-    )
-    .with_context(|| format!("writing {}", a.out.display()))?;
+    save_png(&a.out, &img, Some(&pipe.image_meta(&r, &stack, Some(window))))
+        .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "wrote {} in {:.1} s",
         a.out.display(),
@@ -519,12 +483,8 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
     // The sheet's settings: the first seed, the concept at the largest λ shown.
     let top = a.strip_lambdas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     stack.set_lambda(&name, top);
-    save_png(
-        &a.out,
-        &sheet,
-        Some(&meta(&pipe, &r, &stack, a.steer.steer_steps)),
-    )
-    .with_context(|| format!("writing {}", a.out.display()))?;
+    save_png(&a.out, &sheet, Some(&pipe.image_meta(&r, &stack, Some(window))))
+        .with_context(|| format!("writing {}", a.out.display()))?;
     eprintln!(
         "wrote {} ({} × {} images) in {:.1} s",
         a.out.display(),

@@ -744,39 +744,6 @@ fn read_prompts(path: &std::path::Path) -> Result<Vec<String>, String> {
     Ok(v)
 }
 
-/// The settings that reproduce an image made with `req`, `stack` and `window`.
-fn image_meta(
-    pipe: &SdPipeline,
-    req: &ImageRequest,
-    stack: &SteeringStack,
-    window: Option<StepWindow>,
-) -> ImageMeta {
-    ImageMeta {
-        prompt: req.prompt.clone(),
-        negative_prompt: req.negative_prompt.clone(),
-        seed: req.seed,
-        steps: req.steps,
-        guidance: req.guidance,
-        width: req.width,
-        height: req.height,
-        scheduler: req.scheduler.name().to_string(),
-        lambdas: stack
-            .concepts
-            .iter()
-            .map(|c| (c.name.clone(), if c.enabled { c.lambda } else { 0.0 }))
-            .collect(),
-        maps_sha256: stack
-            .concepts
-            .iter()
-            .map(|c| (c.name.clone(), c.maps.meta().data_sha256.clone()))
-            .collect(),
-        model: pipe.name(),
-        model_fingerprint: pipe.fingerprint().weights_header_sha256.clone(),
-        steer_window: window.map(|w| (w.start, w.end.min(req.steps))),
-        app_version: env!("CARGO_PKG_VERSION").to_string(),
-    }
-}
-
 /// `stack` with every concept at λ = 0 (the unsteered image's settings keep the names).
 fn at_zero(stack: &SteeringStack) -> SteeringStack {
     let mut s = stack.clone();
@@ -990,22 +957,17 @@ impl State {
                 if *unsteered {
                     let plain =
                         self.render(&pipe, req, &SteeringStack::default(), window, (id, 0, images))?;
-                    let meta = image_meta(&pipe, req, &at_zero(&stack), window);
+                    let meta = pipe.image_meta(req, &at_zero(&stack), window);
                     self.send_image(id, ImageSlot::Unsteered, plain.clone(), meta);
                     if steered_is_plain {
                         // Nothing steers (every λ is 0): the steered image is the same.
-                        let meta = image_meta(&pipe, req, &stack, window);
+                        let meta = pipe.image_meta(req, &stack, window);
                         self.send_image(id, ImageSlot::Steered, plain, meta);
                         return Ok(());
                     }
                 }
                 let img = self.render(&pipe, req, &stack, window, (id, images - 1, images))?;
-                self.send_image(
-                    id,
-                    ImageSlot::Steered,
-                    img,
-                    image_meta(&pipe, req, &stack, window),
-                );
+                self.send_image(id, ImageSlot::Steered, img, pipe.image_meta(req, &stack, window));
                 Ok(())
             }
             ImageJobKind::Strip { concept, lambdas } => {
@@ -1052,7 +1014,7 @@ impl State {
                 stack.set_lambda(concept, l);
                 let k = row * lambdas.len() + col;
                 let img = self.render(pipe, &req, stack, job.window, (job.id, k, images))?;
-                let meta = image_meta(pipe, &req, stack, job.window);
+                let meta = pipe.image_meta(&req, stack, job.window);
                 self.send_image(job.id, ImageSlot::Cell { row, col }, img, meta);
             }
         }

@@ -24,6 +24,7 @@ use super::clip::ClipTextEncoder;
 use super::clip_tokenizer::ClipTokenizer;
 use super::error::{DiffusionError, Result};
 use super::hooks::{DiffHooks, HookRegistry, HookSite, NoDiffHooks};
+use super::image_io::ImageMeta;
 use super::scheduler::{NoiseSource, Scheduler, SchedulerConfig, SchedulerKind};
 use super::steer::{DiffSteeringHooks, StepWindow};
 use super::unet::{UNet, UNetCond};
@@ -587,6 +588,40 @@ impl SdPipeline {
             .vae
             .decode_latents(&latents.to_dtype(self.vae.dtype())?)?
             .to_dtype(DType::F32)?)
+    }
+
+    /// The settings of an image made with `req`, `stack` and `window`, as stored in its PNG.
+    pub fn image_meta(
+        &self,
+        req: &ImageRequest,
+        stack: &SteeringStack,
+        window: Option<StepWindow>,
+    ) -> ImageMeta {
+        let each = |f: &dyn Fn(&crate::transport::Concept) -> (String, String)| -> Vec<(String, String)> {
+            stack.concepts.iter().map(f).collect()
+        };
+        ImageMeta {
+            prompt: req.prompt.clone(),
+            negative_prompt: req.negative_prompt.clone(),
+            seed: req.seed,
+            steps: req.steps,
+            guidance: req.guidance,
+            width: req.width,
+            height: req.height,
+            scheduler: req.scheduler.name().to_string(),
+            lambdas: stack
+                .concepts
+                .iter()
+                .map(|c| (c.name.clone(), if c.enabled { c.lambda } else { 0.0 }))
+                .collect(),
+            maps_sha256: each(&|c| (c.name.clone(), c.maps.meta().data_sha256.clone())),
+            model: self.name(),
+            model_fingerprint: self.fingerprint.weights_header_sha256.clone(),
+            steer_window: window
+                .filter(|w| *w != StepWindow::ALL)
+                .map(|w| (w.start, w.end.min(req.steps))),
+            app_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
     }
 
     /// Compiles steering hooks for `stack` acting within `window`.
