@@ -334,15 +334,18 @@ mod attend_tests {
     #[test]
     fn sliced_attention_equals_the_whole() -> Result<()> {
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (3, 50, 8), &dev)?;
-        let k = Tensor::randn(0f32, 1.0, (3, 40, 8), &dev)?;
-        let v = Tensor::randn(0f32, 1.0, (3, 40, 6), &dev)?;
+        // Deterministic pseudo-random values (candle's CPU randn cannot be seeded).
+        let data = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin() * 1.5).collect() };
+        let q = Tensor::from_vec(data(3 * 50 * 8, 0.7), (3, 50, 8), &dev)?;
+        let k = Tensor::from_vec(data(3 * 40 * 8, 1.3), (3, 40, 8), &dev)?;
+        let v = Tensor::from_vec(data(3 * 40 * 6, 2.1), (3, 40, 6), &dev)?;
         let whole = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(&v)?;
         // Budgets that force slicing over rows, and over queries within a row.
         for budget in [2 * 50 * 40, 50 * 40, 333, 40] {
             let sliced = attend_within(&q, &k, &v, budget)?;
             let d = (sliced - &whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(d < 1e-6, "budget {budget}: {d}");
+            // Slices change the matmul blocking, hence rounding: equal within f32 noise.
+            assert!(d < 1e-5, "budget {budget}: {d}");
         }
         let via = attend(&q, &k, &v)?;
         assert_eq!((via - whole)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
