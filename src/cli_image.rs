@@ -155,6 +155,13 @@ pub struct FitImageArgs {
     /// Seed of the shared initial latents.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Fit every map on unsteered activations, recording `--chunk` prompts per pass (bounded
+    /// memory for many prompts, e.g. with `--limit 0`), instead of causally in one batch.
+    #[arg(long)]
+    pub simultaneous: bool,
+    /// Prompts per forward pass with `--simultaneous`.
+    #[arg(long, default_value_t = 8)]
+    pub chunk: usize,
     /// List the built-in image concepts and presets, then exit.
     #[arg(long)]
     pub list: bool,
@@ -286,6 +293,12 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
         hooks: a.hooks.clone(),
         request: req,
         step: 0,
+        estimation: if a.simultaneous {
+            crate::pipeline::fit_model::Estimation::Simultaneous
+        } else {
+            crate::pipeline::fit_model::Estimation::Causal
+        },
+        chunk: a.chunk,
     };
     let bar = progress_bar(0, "fitting hook points");
     let started = std::time::Instant::now();

@@ -872,6 +872,8 @@ impl State {
             hooks: job.hooks.clone(),
             request: req,
             step: 0,
+            estimation: crate::pipeline::fit_model::Estimation::Causal,
+            chunk: 8,
         };
         let started = Instant::now();
         self.progress("fitting image concept", 0, 0, started);

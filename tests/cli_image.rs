@@ -125,6 +125,25 @@ fn fit_imagine_strip_and_settings_round_trip() {
     });
     assert!(found, "the λ = 0 tile must equal the unsteered image");
 
+    // Simultaneous estimation, a few prompts per pass.
+    let sim = tmp.path().join("sim.safetensors");
+    let out = act(&[
+        "fit-image",
+        "--model",
+        s(&model),
+        "--source",
+        s(&src),
+        "--target",
+        s(&tgt),
+        "--simultaneous",
+        "--chunk",
+        "3",
+        "--out",
+        s(&sim),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&act(&["maps-info", s(&sim)]).stdout).contains("simultaneous"));
+
     let list = act(&["fit-image", "--list", "--model", s(&model)]);
     assert!(text(&list.stdout).contains("style:impressionism"));
 }

@@ -12,6 +12,7 @@ use act_studio::diffusion::pipeline::{ImageRequest, LoadOptions, SdPipeline};
 use act_studio::diffusion::scheduler::SchedulerKind;
 use act_studio::diffusion::steer::{Chain, DiffSteeringHooks, StepWindow};
 use act_studio::pipeline::diffusion_fit::{ImageFitOptions, fit_image_maps, select_hooks};
+use act_studio::pipeline::fit_model::Estimation;
 use act_studio::pipeline::image_concepts::PromptPair;
 use act_studio::runtime::HookFlow;
 use act_studio::transport::{
@@ -65,6 +66,23 @@ fn fit(p: &SdPipeline, hooks: &str) -> MapsFile {
         hooks: hooks.into(),
         request: request(p, "", 2, 0.0),
         step: 0,
+        estimation: act_studio::pipeline::fit_model::Estimation::Causal,
+        chunk: 8,
+    };
+    fit_image_maps(p, &pair(), &opts, &mut |_, _| true).unwrap()
+}
+
+fn fit_with(p: &SdPipeline, estimation: Estimation, chunk: usize) -> MapsFile {
+    let opts = ImageFitOptions {
+        config: FitConfig {
+            method: Method::LinearAct,
+            support: Support::Unbounded,
+        },
+        hooks: "unet-norms".into(),
+        request: request(p, "", 2, 0.0),
+        step: 0,
+        estimation,
+        chunk,
     };
     fit_image_maps(p, &pair(), &opts, &mut |_, _| true).unwrap()
 }
@@ -456,4 +474,43 @@ fn f16_pipeline_runs_and_stays_close_to_f32() {
 fn write_tiny_folder_for_screenshots() {
     let dir = std::env::var_os("ACT_TINY_SD_DIR").expect("set ACT_TINY_SD_DIR");
     write_tiny_sd15(Path::new(&dir), 21).unwrap();
+}
+
+#[test]
+fn simultaneous_fitting_in_chunks_equals_one_batch_and_differs_from_causal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&root, 6).unwrap();
+    let p = load(&root);
+    let causal = fit_with(&p, Estimation::Causal, 0);
+    let whole = fit_with(&p, Estimation::Simultaneous, 100);
+    let chunked = fit_with(&p, Estimation::Simultaneous, 5);
+    assert_eq!(chunked.meta().estimation, "simultaneous");
+    assert_eq!(causal.meta().estimation, "causal");
+    let diff = |a: &MapsFile, b: &MapsFile, name: &str| -> f32 {
+        let (x, y) = (a.hook(name).unwrap(), b.hook(name).unwrap());
+        x.omega()
+            .iter()
+            .zip(y.omega())
+            .chain(x.beta().iter().zip(y.beta()))
+            .map(|(u, v)| (u - v).abs())
+            .fold(0.0, f32::max)
+    };
+    let mut chunk_vs_whole = 0.0f32;
+    let mut causal_vs_simultaneous = 0.0f32;
+    for h in &whole.meta().hook_points {
+        chunk_vs_whole = chunk_vs_whole.max(diff(&chunked, &whole, &h.name));
+        causal_vs_simultaneous = causal_vs_simultaneous.max(diff(&causal, &whole, &h.name));
+    }
+    // The first hook point sees unsteered activations either way.
+    let first = &whole.meta().hook_points[0].name;
+    println!(
+        "chunks of 5 vs one batch: max |Δ| = {chunk_vs_whole:.1e}; causal vs simultaneous: {causal_vs_simultaneous:.2}"
+    );
+    assert!(chunk_vs_whole < 1e-3, "{chunk_vs_whole}");
+    assert!(diff(&causal, &whole, first) < 1e-3);
+    assert!(
+        causal_vs_simultaneous > 1e-2,
+        "causal estimation must see earlier maps"
+    );
 }

@@ -6,6 +6,10 @@
 //! pass goes on — so every map is estimated causally, on activations already transported by
 //! the maps before it, in a single pass. The pass stops after the last selected hook point.
 //!
+//! Simultaneous estimation instead records every selected hook point's pooled rows on
+//! unsteered activations, a chunk of prompts at a time (bounded memory for large prompt
+//! sets), and fits all maps at the end.
+//!
 //! Every prompt starts from the same initial latents (drawn from the seed), so the rows
 //! differ only by their prompts.
 
@@ -21,6 +25,7 @@ use crate::transport::{
     FitConfig, HookMap, MapsFile, MapsMeta, Samples, Side, TokenScope, TokenWindow, fit_hook,
 };
 
+use super::fit_model::Estimation;
 use super::image_concepts::{PromptPair, prompts_info};
 
 /// Hook point presets for diffusion.
@@ -109,6 +114,12 @@ pub struct ImageFitOptions {
     pub request: ImageRequest,
     /// Which step of that schedule (0 = the first, pure noise).
     pub step: usize,
+    /// Causal (one batch, each map fitted after the earlier ones are applied) or
+    /// simultaneous (every map on unsteered activations, recorded `chunk` prompts at a time,
+    /// so memory stays bounded however many prompts there are).
+    pub estimation: Estimation,
+    /// Prompts per forward pass in simultaneous estimation.
+    pub chunk: usize,
 }
 
 struct FitHooks<'a> {
@@ -168,6 +179,77 @@ impl DiffHooks for FitHooks<'_> {
     }
 }
 
+/// Records each wanted hook point's pooled rows (appended in prompt order).
+struct RecordHooks {
+    wanted: Vec<bool>,
+    last: usize,
+    rows: Vec<Vec<f32>>,
+}
+
+impl DiffHooks for RecordHooks {
+    fn wants(&self, id: usize) -> bool {
+        self.wanted.get(id).copied().unwrap_or(false)
+    }
+
+    fn on_activation(&mut self, id: usize, act: DiffActivation<'_>) -> Result<HookFlow> {
+        if let Some(rows) = self.rows.get_mut(id) {
+            rows.extend(pool_mean(act.data, act.shape));
+        }
+        Ok(if id == self.last {
+            HookFlow::Stop
+        } else {
+            HookFlow::Continue
+        })
+    }
+}
+
+/// Runs `prompts` through the text encoder(s) and one denoising step of the UNet (from the
+/// seed's latents, shared by every prompt) with `hooks`; a hook's early stop ends it.
+fn one_pass(
+    pipe: &SdPipeline,
+    prompts: &[&str],
+    opts: &ImageFitOptions,
+    hooks: &mut dyn DiffHooks,
+) -> Result<()> {
+    let stopped = |r: Result<()>| match r {
+        Err(DiffusionError::Stopped) => Ok(true),
+        Err(e) => Err(e),
+        Ok(()) => Ok(false),
+    };
+    let mut cond = None;
+    let done = stopped(pipe.encode_prompts(prompts, hooks).map(|c| cond = Some(c)))?;
+    let Some(cond) = cond.filter(|_| !done) else {
+        return Ok(());
+    };
+    let req = &opts.request;
+    let sched = Scheduler::new(pipe.scheduler_config(), req.scheduler, req.steps)?;
+    let step = opts.step.min(sched.timesteps().len().saturating_sub(1));
+    let t = sched.timesteps()[step];
+    let (noise, _) = pipe.initial_noise(req)?;
+    let b = prompts.len();
+    let x = (noise * sched.init_noise_sigma())?;
+    let x = sched.scale_model_input(&x, step)?.repeat((b, 1, 1, 1))?;
+    let ids_t = cond
+        .pooled
+        .as_ref()
+        .map(|_| {
+            let (h, w) = (req.height as f32, req.width as f32);
+            let row = [h, w, 0.0, 0.0, h, w];
+            Tensor::from_vec(
+                (0..b).flat_map(|_| row).collect::<Vec<f32>>(),
+                (b, 6),
+                pipe.device(),
+            )
+        })
+        .transpose()?;
+    let unet_cond = UNetCond {
+        text: &cond.text,
+        text_time: cond.pooled.as_ref().zip(ids_t.as_ref()),
+    };
+    stopped(pipe.unet().forward(&x, t, &unet_cond, hooks).map(|_| ()))?;
+    Ok(())
+}
+
 /// Fits maps for `pair` on `pipe`; `progress(done, total)` counts fitted hook points and
 /// returns `false` to cancel.
 pub fn fit_image_maps(
@@ -198,77 +280,90 @@ pub fn fit_image_maps(
     ids.iter().for_each(|&i| wanted[i] = true);
     let last = *ids.last().unwrap_or(&0);
     let total = ids.len();
-    let mut hooks = FitHooks {
-        sites,
-        wanted,
-        last,
-        n_src: ns,
-        config: opts.config,
-        maps: Vec::new(),
-        progress,
-        total,
-    };
     let prompts: Vec<&str> = pair
         .source
         .iter()
         .chain(&pair.target)
         .map(String::as_str)
         .collect();
-    let stopped = |r: Result<()>| match r {
-        Err(DiffusionError::Stopped) => Ok(true),
-        Err(e) => Err(e),
-        Ok(()) => Ok(false),
+    let maps = match opts.estimation {
+        Estimation::Causal => {
+            let mut hooks = FitHooks {
+                sites,
+                wanted,
+                last,
+                n_src: ns,
+                config: opts.config,
+                maps: Vec::new(),
+                progress,
+                total,
+            };
+            one_pass(pipe, &prompts, opts, &mut hooks)?;
+            if hooks.maps.len() != total {
+                return Err(DiffusionError::Backend(format!(
+                    "fitting reached {} of {total} hook points",
+                    hooks.maps.len()
+                )));
+            }
+            (hooks.progress)(total, total);
+            hooks.maps
+        }
+        Estimation::Simultaneous => {
+            // Record pooled rows chunk by chunk (bounded memory), then fit every hook point
+            // on the unsteered activations.
+            let mut rec = RecordHooks {
+                wanted,
+                last,
+                rows: vec![Vec::new(); sites.len()],
+            };
+            let chunk = opts.chunk.max(1);
+            let n = prompts.len();
+            for (k, part) in prompts.chunks(chunk).enumerate() {
+                if !progress(k * chunk, n) {
+                    return Err(DiffusionError::Cancelled);
+                }
+                one_pass(pipe, part, opts, &mut rec)?;
+            }
+            progress(n, n);
+            let mut maps = Vec::with_capacity(total);
+            for &id in &ids {
+                let name = &sites[id].name;
+                let d = sites[id].dim;
+                let hook_err = |reason: String| DiffusionError::Hook {
+                    hook: name.clone(),
+                    reason,
+                };
+                let rows = &rec.rows[id];
+                if rows.len() != n * d {
+                    return Err(hook_err(format!(
+                        "recorded {} values, expected {}",
+                        rows.len(),
+                        n * d
+                    )));
+                }
+                let (src, tgt) = rows.split_at(ns * d);
+                let source = Samples::new(src, ns, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
+                let target = Samples::new(tgt, nt, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
+                maps.push((
+                    id,
+                    fit_hook(name, source, target, &opts.config).map_err(|e| hook_err(e.to_string()))?,
+                ));
+            }
+            maps
+        }
     };
-    let mut cond = None;
-    let done = stopped(pipe.encode_prompts(&prompts, &mut hooks).map(|c| cond = Some(c)))?;
-    if !done && let Some(cond) = cond {
-        let req = &opts.request;
-        let sched = Scheduler::new(pipe.scheduler_config(), req.scheduler, req.steps)?;
-        let step = opts.step.min(sched.timesteps().len().saturating_sub(1));
-        let t = sched.timesteps()[step];
-        let (noise, _) = pipe.initial_noise(req)?;
-        let b = prompts.len();
-        let x = (noise * sched.init_noise_sigma())?;
-        let x = sched.scale_model_input(&x, step)?.repeat((b, 1, 1, 1))?;
-        let ids_t = cond
-            .pooled
-            .as_ref()
-            .map(|_| {
-                let (h, w) = (req.height as f32, req.width as f32);
-                let row = [h, w, 0.0, 0.0, h, w];
-                Tensor::from_vec(
-                    (0..b).flat_map(|_| row).collect::<Vec<f32>>(),
-                    (b, 6),
-                    pipe.device(),
-                )
-            })
-            .transpose()?;
-        let unet_cond = UNetCond {
-            text: &cond.text,
-            text_time: cond.pooled.as_ref().zip(ids_t.as_ref()),
-        };
-        stopped(pipe.unet().forward(&x, t, &unet_cond, &mut hooks).map(|_| ()))?;
-    }
-    if hooks.maps.len() != total {
-        return Err(DiffusionError::Backend(format!(
-            "fitting reached {} of {total} hook points",
-            hooks.maps.len()
-        )));
-    }
-    (hooks.progress)(total, total);
     let mut meta = MapsMeta::new(
         &pair.name,
         opts.config.method,
         opts.config.support,
         "mean",
-        "causal",
+        opts.estimation.name(),
         pipe.fingerprint().clone(),
         prompts_info(&format!("{}:source", pair.name), &pair.source),
         prompts_info(&format!("{}:target", pair.name), &pair.target),
     );
     meta.pooling = "spatial-mean/token-mean".into();
-    let maps = hooks
-        .maps
+    let maps = maps
         .into_iter()
         .map(|(id, m)| (sites[id].name.clone(), m))
         .collect();
