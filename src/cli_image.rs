@@ -276,30 +276,21 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
         pair.name = n.clone();
     }
     let pipe = load_pipeline(&a.model)?;
-    let mut req = pipe.default_request("");
-    req.seed = a.seed;
-    if let Some(s) = a.size {
-        req.width = s;
-        req.height = s;
-    }
-    if let Some(s) = a.steps {
-        req.steps = s;
-    }
-    let opts = ImageFitOptions {
-        config: FitConfig {
+    let mut opts = ImageFitOptions::new(
+        &pipe,
+        FitConfig {
             method: a.method,
             support: a.support,
         },
-        hooks: a.hooks.clone(),
-        request: req,
-        step: 0,
-        estimation: if a.simultaneous {
-            crate::pipeline::fit_model::Estimation::Simultaneous
-        } else {
-            crate::pipeline::fit_model::Estimation::Causal
-        },
-        chunk: a.chunk,
-    };
+        &a.hooks,
+        a.seed,
+        a.size,
+        a.steps,
+    );
+    if a.simultaneous {
+        opts.estimation = crate::pipeline::fit_model::Estimation::Simultaneous;
+        opts.chunk = a.chunk;
+    }
     let bar = progress_bar(0, "fitting hook points");
     let started = std::time::Instant::now();
     let mut progress = |done: usize, total: usize| {

@@ -855,26 +855,17 @@ impl State {
         if let Some(n) = job.name.as_ref().map(|n| n.trim()).filter(|n| !n.is_empty()) {
             pair.name = n.to_string();
         }
-        let mut req = pipe.default_request("");
-        req.seed = job.seed;
-        if let Some(s) = job.size {
-            req.width = s;
-            req.height = s;
-        }
-        if let Some(s) = job.steps {
-            req.steps = s;
-        }
-        let opts = ImageFitOptions {
-            config: FitConfig {
+        let opts = ImageFitOptions::new(
+            &pipe,
+            FitConfig {
                 method: job.method,
                 support: job.support,
             },
-            hooks: job.hooks.clone(),
-            request: req,
-            step: 0,
-            estimation: crate::pipeline::fit_model::Estimation::Causal,
-            chunk: 8,
-        };
+            &job.hooks,
+            job.seed,
+            job.size,
+            job.steps,
+        );
         let started = Instant::now();
         self.progress("fitting image concept", 0, 0, started);
         let (events, notify, cancel) = (&self.events, &self.notify, &self.cancel);

@@ -122,6 +122,38 @@ pub struct ImageFitOptions {
     pub chunk: usize,
 }
 
+impl ImageFitOptions {
+    /// Options for `pipe`: the model's default request with `seed`, and `size` (pixels,
+    /// square) and `steps` when given; the schedule's first step; causal estimation
+    /// (simultaneous chunks of 8 when switched).
+    pub fn new(
+        pipe: &SdPipeline,
+        config: FitConfig,
+        hooks: &str,
+        seed: u64,
+        size: Option<usize>,
+        steps: Option<usize>,
+    ) -> Self {
+        let mut request = pipe.default_request("");
+        request.seed = seed;
+        if let Some(s) = size {
+            request.width = s;
+            request.height = s;
+        }
+        if let Some(s) = steps {
+            request.steps = s;
+        }
+        Self {
+            config,
+            hooks: hooks.to_string(),
+            request,
+            step: 0,
+            estimation: Estimation::Causal,
+            chunk: 8,
+        }
+    }
+}
+
 struct FitHooks<'a> {
     sites: &'a [HookSite],
     wanted: Vec<bool>,
