@@ -11,6 +11,8 @@
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 5).
 
+#[path = "../tests/sd_common/pt_safetensors.rs"]
+mod pt_safetensors;
 #[path = "../tests/sd_common/tiny_unet.rs"]
 #[allow(dead_code)]
 mod tiny_unet;
@@ -27,6 +29,7 @@ use act_studio::transport::{
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use pt_safetensors::save_pt_safetensors;
 use tiny_unet::{TinyUnet, write_tiny_unet};
 
 fn median(mut v: Vec<f64>) -> f64 {

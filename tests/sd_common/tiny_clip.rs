@@ -305,7 +305,7 @@ pub fn write_tiny_clip(dir: &Path, tok_dir: &Path, cfg: &TinyClip, seed: u64) ->
         serde_json::to_string_pretty(&tiny_clip_config(cfg))?,
     )?;
     let tensors = tiny_clip_tensors(cfg, seed)?;
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    super::save_pt_safetensors(&tensors, &dir.join("model.safetensors"))?;
     write_tiny_tokenizer(tok_dir, cfg.pad_token)
 }
 

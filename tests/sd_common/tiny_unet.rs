@@ -120,7 +120,14 @@ pub fn write_tiny_unet(dir: &Path, cfg: &TinyUnet, seed: u64) -> anyhow::Result<
         let _ = candle_nn::linear(temb, temb, vb.pp("add_embedding.linear_2"))?;
     }
     randomize(&vm, seed)?;
-    vm.save(dir.join("diffusion_pytorch_model.safetensors"))?;
+    let tensors: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned VarMap"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    super::save_pt_safetensors(&tensors, &dir.join("diffusion_pytorch_model.safetensors"))?;
     let n = cfg.blocks.len();
     let down: Vec<&str> = cfg
         .blocks

@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use act_studio::diffusion::scheduler::NoiseSource;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde_json::json;
+
+use super::tiny_clip::SeededRng;
 
 /// Architecture of the tiny VAE.
 #[derive(Debug, Clone)]
@@ -129,12 +130,11 @@ pub fn write_tiny_vae_named(
     });
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
 
-    let mut noise = NoiseSource::new(seed);
+    let mut rng = SeededRng::new(seed);
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, shape) in candle_tensor_shapes(cfg)? {
         let len: usize = shape.iter().product();
-        let mut v = vec![0f32; len];
-        noise.fill(&mut v);
+        let mut v = rng.normal_vec(len, 0.0, 1.0);
         // GroupNorm affine parameters: weights around 1, small biases.
         let module = name.rsplit('.').nth(1).unwrap_or("");
         let is_norm = module.contains("norm");
@@ -152,7 +152,7 @@ pub fn write_tiny_vae_named(
         };
         tensors.insert(name, t);
     }
-    candle_core::safetensors::save(&tensors, dir.join("diffusion_pytorch_model.safetensors"))?;
+    super::save_pt_safetensors(&tensors, &dir.join("diffusion_pytorch_model.safetensors"))?;
     Ok(())
 }
 

@@ -559,19 +559,4 @@ mod tests {
         assert!(s.step_with_noise(&x, 0, &x, None).is_err());
         assert!(s.step_with_noise(&x, 1, &x, None).is_ok());
     }
-
-    #[test]
-    fn noise_is_seeded() {
-        let mut a = NoiseSource::new(7);
-        let mut b = NoiseSource::new(7);
-        let mut c = NoiseSource::new(8);
-        let (va, vb, vc): (Vec<f64>, Vec<f64>, Vec<f64>) = (
-            (0..9).map(|_| a.next_normal()).collect(),
-            (0..9).map(|_| b.next_normal()).collect(),
-            (0..9).map(|_| c.next_normal()).collect(),
-        );
-        assert_eq!(va, vb);
-        assert_ne!(va, vc);
-        assert!(NoiseSource::new(1).randn(&[usize::MAX, 2], &Device::Cpu).is_err());
-    }
 }
