@@ -70,7 +70,7 @@ pub struct ImageSettingsArgs {
     /// Height in pixels (multiple of 8).
     #[arg(long)]
     pub height: Option<usize>,
-    /// Sampler: euler, euler-a or ddim (default: the folder's, euler-a for Turbo).
+    /// Sampler: euler, euler-a, ddim, pndm or dpm++2m (default: the folder's, euler-a for Turbo).
     #[arg(long, value_parser = parse_scheduler)]
     pub scheduler: Option<SchedulerKind>,
     /// Take every setting not given here from a PNG this tool wrote.
@@ -87,7 +87,8 @@ pub struct ImageSteerArgs {
     /// Strength of a concept, NAME=VALUE (repeatable; default 1).
     #[arg(long = "lambda", value_parser = parse_lambda)]
     pub lambdas: Vec<(String, f32)>,
-    /// Steer only denoising steps START:END (0-based, END exclusive; e.g. 0:10).
+    /// Steer only denoising steps START:END (0-based, END exclusive; e.g. 0:10). Steps count
+    /// UNet evaluations: pndm makes one more than --steps.
     #[arg(long, value_parser = parse_window)]
     pub steer_steps: Option<StepWindow>,
 }

@@ -228,8 +228,11 @@ fn sd15_pipelines_match_diffusers_latents() {
         ("euler", SchedulerKind::EulerDiscrete),
         ("ddim", SchedulerKind::Ddim),
         ("euler_a", SchedulerKind::EulerAncestral),
+        ("pndm", SchedulerKind::Pndm),
+        ("dpm", SchedulerKind::DpmSolverMultistep),
     ] {
-        let r = request(&fx, 4, 7.5, &neg, kind);
+        let steps = if name == "pndm" || name == "dpm" { 6 } else { 4 };
+        let r = request(&fx, steps, 7.5, &neg, kind);
         let lat = denoise(&p, &r, None);
         check(&fx, &format!("sd15.latents.{name}"), &lat, LATENTS_REL);
         if name == "euler" {
@@ -319,4 +322,6 @@ fn sdxl_pipelines_match_diffusers_latents() {
         &denoise(&p, &guided, None),
         LATENTS_REL,
     );
+    let dpm = request(&fx, 4, 5.0, &neg, SchedulerKind::DpmSolverMultistep);
+    check(&fx, "sdxl.latents.dpm", &denoise(&p, &dpm, None), LATENTS_REL);
 }

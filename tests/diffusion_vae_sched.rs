@@ -196,7 +196,7 @@ fn ddim_matches_candle() {
             assert_eq!(cfg.class, SchedulerKind::Ddim);
             assert!(!cfg.set_alpha_to_one && !cfg.clip_sample);
             for steps in [1usize, 5, 10, 50] {
-                let ours = Scheduler::new(&cfg, SchedulerKind::Ddim, steps).unwrap();
+                let mut ours = Scheduler::new(&cfg, SchedulerKind::Ddim, steps).unwrap();
                 let mut theirs = DDIMSchedulerConfig {
                     prediction_type: cpred,
                     timestep_spacing: cspacing,
@@ -251,7 +251,7 @@ fn euler_ancestral_matches_candle_and_diffusers_formula() {
             );
             assert_eq!(cfg.class, SchedulerKind::EulerAncestral);
             for steps in [1usize, 2, 4, 10, 25] {
-                let ours = Scheduler::new(&cfg, SchedulerKind::EulerAncestral, steps).unwrap();
+                let mut ours = Scheduler::new(&cfg, SchedulerKind::EulerAncestral, steps).unwrap();
                 let mut theirs = EulerAncestralDiscreteScheduler::new(
                     steps,
                     EulerAncestralDiscreteSchedulerConfig {
@@ -347,7 +347,7 @@ fn euler_discrete_one_step_and_spacings() {
     assert_eq!(cfg.class, SchedulerKind::EulerDiscrete);
     assert_eq!(cfg.spacing, Spacing::Trailing);
     assert_eq!(cfg.steps_offset, 1);
-    let s = Scheduler::new(&cfg, SchedulerKind::EulerDiscrete, 1).unwrap();
+    let mut s = Scheduler::new(&cfg, SchedulerKind::EulerDiscrete, 1).unwrap();
     assert_eq!(s.timesteps(), &[999.0]);
     let ac = cfg.alphas_cumprod();
     let sigma = ((1.0 - ac[999]) / ac[999]).sqrt();
@@ -369,7 +369,7 @@ fn euler_discrete_one_step_and_spacings() {
     assert!(d < 1e-5);
 
     // The same with euler-a (SD-Turbo): one step adds no noise.
-    let a = Scheduler::new(&cfg, SchedulerKind::EulerAncestral, 1).unwrap();
+    let mut a = Scheduler::new(&cfg, SchedulerKind::EulerAncestral, 1).unwrap();
     assert_eq!(a.timesteps(), &[999.0]);
     let x0a = a.step(&eps, 0, &x, &mut ns).unwrap();
     assert!(max_abs_diff(&x0a, &want) < 1e-5);
@@ -377,7 +377,7 @@ fn euler_discrete_one_step_and_spacings() {
     // v-prediction.
     let vcfg = sd_config(&dir, "EulerDiscreteScheduler", "trailing", "v_prediction");
     assert_eq!(vcfg.prediction, Prediction::VPrediction);
-    let v = Scheduler::new(&vcfg, SchedulerKind::EulerDiscrete, 1).unwrap();
+    let mut v = Scheduler::new(&vcfg, SchedulerKind::EulerDiscrete, 1).unwrap();
     let got = v.step(&eps, 0, &x, &mut ns).unwrap();
     let want = ((&eps * (-sigma / (sigma * sigma + 1.0).sqrt())).unwrap()
         + (&x / (sigma * sigma + 1.0)).unwrap())
@@ -386,7 +386,7 @@ fn euler_discrete_one_step_and_spacings() {
     println!("Euler 1 trailing step (v) vs diffusers formula: max |Δ| = {dv:e}");
     assert!(dv < 1e-5);
 
-    let s4 = Scheduler::new(&cfg, SchedulerKind::EulerDiscrete, 4).unwrap();
+    let mut s4 = Scheduler::new(&cfg, SchedulerKind::EulerDiscrete, 4).unwrap();
     assert_eq!(s4.timesteps(), &[999.0, 749.0, 499.0, 249.0]);
     let lead = sd_config(&dir, "EulerDiscreteScheduler", "leading", "epsilon");
     let l4 = Scheduler::new(&lead, SchedulerKind::EulerDiscrete, 4).unwrap();
@@ -476,7 +476,7 @@ fn bad_inputs_are_errors() {
     assert!((b[0] - (1.0 - ab(0.001) / ab(0.0))).abs() < 1e-15);
     assert_eq!(b[999], 0.999);
     for kind in SchedulerKind::ALL {
-        let s = Scheduler::new(&cos, kind, 10).unwrap();
+        let mut s = Scheduler::new(&cos, kind, 10).unwrap();
         let x = Tensor::ones((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
         let y = s.step(&x, 0, &x, &mut NoiseSource::new(0)).unwrap();
         assert!(
@@ -504,7 +504,7 @@ fn bad_inputs_are_errors() {
         SchedulerConfig::from_file(&tmp.path().join("nope.json")),
         Err(DiffusionError::Io { .. })
     ));
-    assert!("plms".parse::<SchedulerKind>().is_err());
+    assert!("lms".parse::<SchedulerKind>().is_err());
 
     // VAE: a missing tensor.
     let cfg = TinyVae::small();

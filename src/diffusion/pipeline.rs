@@ -153,6 +153,28 @@ fn ignored_scheduler_keys(v: &Value) -> Vec<String> {
             ));
         }
     }
+    let class = v.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    if !class.is_empty() && !SchedulerKind::is_implemented_class(class) {
+        out.push(format!(
+            "the folder's sampler {class} is not implemented: using Euler on the same schedule"
+        ));
+    }
+    if class == "PNDMScheduler" && v.get("skip_prk_steps") != Some(&Value::Bool(true)) {
+        out.push("PNDMScheduler without `skip_prk_steps` is not implemented: running PLMS without the Runge-Kutta warm-up".into());
+    }
+    if class == "DPMSolverMultistepScheduler" {
+        for (k, ok) in [
+            ("algorithm_type", Value::from("dpmsolver++")),
+            ("solver_order", Value::from(2)),
+            ("solver_type", Value::from("midpoint")),
+        ] {
+            if let Some(x) = v.get(k).filter(|x| !x.is_null() && **x != ok) {
+                out.push(format!(
+                    "scheduler_config.json sets `{k}: {x}`, which is not implemented (using {ok})"
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -543,7 +565,7 @@ impl SdPipeline {
             Some(s) => self.conditioning(req, guided, s)?,
             None => self.conditioning(req, guided, &mut none)?,
         };
-        let sched = Scheduler::new(&self.scheduler, req.scheduler, req.steps)?;
+        let mut sched = Scheduler::new(&self.scheduler, req.scheduler, req.steps)?;
         let (x0, mut noise) = self.initial_noise(req)?;
         let mut x = (x0 * sched.init_noise_sigma())?;
         let total = sched.timesteps().len();

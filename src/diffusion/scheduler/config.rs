@@ -20,21 +20,31 @@ pub enum SchedulerKind {
     EulerAncestral,
     /// diffusers `DDIMScheduler` with `eta = 0` (deterministic).
     Ddim,
+    /// diffusers `PNDMScheduler` with `skip_prk_steps` (PLMS, Liu et al. 2022): the default
+    /// sampler of SD 1.x folders. It evaluates the UNet `steps + 1` times (the second
+    /// timestep twice, for its warm-up).
+    Pndm,
+    /// diffusers `DPMSolverMultistepScheduler` with its defaults: DPM-Solver++ (Lu et al.
+    /// 2022), second order, midpoint solver, first order on the last step (the popular
+    /// "DPM++ 2M").
+    DpmSolverMultistep,
 }
 
 impl SchedulerKind {
     /// All kinds, in menu order.
-    pub const ALL: [SchedulerKind; 3] = [
+    pub const ALL: [SchedulerKind; 5] = [
         SchedulerKind::EulerDiscrete,
         SchedulerKind::EulerAncestral,
         SchedulerKind::Ddim,
+        SchedulerKind::Pndm,
+        SchedulerKind::DpmSolverMultistep,
     ];
 
     /// The kind to use for a diffusers scheduler class name (`_class_name`).
     ///
-    /// `EulerDiscreteScheduler`, `EulerAncestralDiscreteScheduler` and `DDIMScheduler` map to
-    /// themselves. Every other class (`PNDMScheduler` of SD 1.x, `LMSDiscreteScheduler`,
-    /// `DPMSolverMultistepScheduler`, `DDPMScheduler`, …) is not implemented and maps to
+    /// `EulerDiscreteScheduler`, `EulerAncestralDiscreteScheduler`, `DDIMScheduler`,
+    /// `PNDMScheduler` and `DPMSolverMultistepScheduler` map to themselves. Every other class
+    /// (`LMSDiscreteScheduler`, `DDPMScheduler`, …) is not implemented and maps to
     /// [`SchedulerKind::EulerDiscrete`], which runs with the same training betas, prediction
     /// type and timestep spacing — a different sampler on the same noise schedule, as
     /// diffusers' `EulerDiscreteScheduler.from_config(pipe.scheduler.config)` does.
@@ -42,16 +52,26 @@ impl SchedulerKind {
         match class {
             "EulerAncestralDiscreteScheduler" => SchedulerKind::EulerAncestral,
             "DDIMScheduler" => SchedulerKind::Ddim,
+            "PNDMScheduler" => SchedulerKind::Pndm,
+            "DPMSolverMultistepScheduler" => SchedulerKind::DpmSolverMultistep,
             _ => SchedulerKind::EulerDiscrete,
         }
     }
 
-    /// Short name accepted by [`FromStr`]: `euler`, `euler-a`, `ddim`.
+    /// Whether diffusers implements `class` with a sampler we have (otherwise
+    /// [`Self::from_class_name`] falls back to Euler).
+    pub fn is_implemented_class(class: &str) -> bool {
+        Self::ALL.iter().any(|k| k.class_name() == class)
+    }
+
+    /// Short name accepted by [`FromStr`]: `euler`, `euler-a`, `ddim`, `pndm`, `dpm++2m`.
     pub fn name(self) -> &'static str {
         match self {
             SchedulerKind::EulerDiscrete => "euler",
             SchedulerKind::EulerAncestral => "euler-a",
             SchedulerKind::Ddim => "ddim",
+            SchedulerKind::Pndm => "pndm",
+            SchedulerKind::DpmSolverMultistep => "dpm++2m",
         }
     }
 
@@ -61,6 +81,8 @@ impl SchedulerKind {
             SchedulerKind::EulerDiscrete => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::Ddim => "DDIMScheduler",
+            SchedulerKind::Pndm => "PNDMScheduler",
+            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
         }
     }
 }
@@ -74,8 +96,9 @@ impl fmt::Display for SchedulerKind {
 impl FromStr for SchedulerKind {
     type Err = DiffusionError;
 
-    /// Parses `euler`, `euler-a` / `euler_a` / `euler-ancestral` / `euler_ancestral`, `ddim`
-    /// (case-insensitive) and the three diffusers class names.
+    /// Parses `euler`, `euler-a` / `euler_a` / `euler-ancestral` / `euler_ancestral`, `ddim`,
+    /// `pndm` / `plms`, `dpm++2m` / `dpmpp-2m` / `dpm` (case-insensitive) and the five
+    /// diffusers class names.
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim();
         match t.to_ascii_lowercase().replace('_', "-").as_str() {
@@ -84,8 +107,12 @@ impl FromStr for SchedulerKind {
                 Ok(SchedulerKind::EulerAncestral)
             }
             "ddim" | "ddimscheduler" => Ok(SchedulerKind::Ddim),
+            "pndm" | "plms" | "pndmscheduler" => Ok(SchedulerKind::Pndm),
+            "dpm++2m" | "dpmpp-2m" | "dpmpp2m" | "dpm++" | "dpm" | "dpmsolvermultistepscheduler" => {
+                Ok(SchedulerKind::DpmSolverMultistep)
+            }
             _ => Err(DiffusionError::BadInput(format!(
-                "unknown scheduler `{t}` (expected one of: euler, euler-a, ddim)"
+                "unknown scheduler `{t}` (expected one of: euler, euler-a, ddim, pndm, dpm++2m)"
             ))),
         }
     }

@@ -1,4 +1,5 @@
-//! Noise schedulers: Euler (discrete), Euler ancestral and DDIM, as in diffusers.
+//! Noise schedulers: Euler (discrete), Euler ancestral, DDIM, PNDM (PLMS) and DPM-Solver++
+//! (2M), as in diffusers.
 //!
 //! A [`Scheduler`] is built once per generation for a number of steps. The sampling loop is
 //!
@@ -6,7 +7,7 @@
 //! x = noise.randn([b, 4, h, w]) · init_noise_sigma()
 //! for i in 0..steps:
 //!     out = unet(scale_model_input(x, i), timesteps()[i], …)      // ε or v
-//!     x = step(out, i, x, &mut noise)
+//!     x = step(out, i, x, &mut noise)      // multistep kinds keep their history
 //! ```
 //!
 //! The training schedule (betas, `ᾱ_t`) comes from a [`SchedulerConfig`] (diffusers'
@@ -21,6 +22,12 @@
 //!
 //! Euler σ's are `√((1 − ᾱ)/ᾱ)` linearly interpolated at the (possibly fractional) timesteps,
 //! followed by a final 0.
+//!
+//! PNDM and DPM-Solver++ are multistep methods: [`Scheduler::step`] takes `&mut self` and
+//! keeps their earlier model outputs, so a scheduler serves one sampling loop (build a new one,
+//! or clone a fresh one, per image). DPM-Solver++ spaces its timesteps over `n + 1` points
+//! and drops the last (diffusers' `DPMSolverMultistepScheduler.set_timesteps`); PNDM repeats
+//! its second timestep (`steps + 1` evaluations).
 
 mod config;
 mod noise;
@@ -46,6 +53,59 @@ pub struct Scheduler {
     init_noise_sigma: f64,
     /// DDIM: clamp range of the predicted `x₀`.
     clip: Option<f64>,
+    /// PNDM: `ᾱ_t` (length `T`), the step between timesteps (`T div n`) and `ᾱ` after the end.
+    pndm: Option<PndmSchedule>,
+    /// Multistep history (PNDM, DPM-Solver++).
+    state: MultistepState,
+}
+
+/// PNDM's schedule constants.
+#[derive(Debug, Clone)]
+struct PndmSchedule {
+    alphas_cumprod: Vec<f64>,
+    ratio: i64,
+    final_alpha: f64,
+}
+
+/// What the multistep samplers remember between steps.
+#[derive(Debug, Clone, Default)]
+struct MultistepState {
+    /// PNDM: the last (up to 4) ε's; DPM-Solver++: the last (up to 2) predicted `x₀`.
+    outputs: Vec<Tensor>,
+    /// PNDM: steps taken so far.
+    counter: usize,
+    /// PNDM: the sample its warm-up step started from.
+    cur_sample: Option<Tensor>,
+    /// DPM-Solver++: how many lower-order steps were taken (0, 1, then 2 = full order).
+    lower_order_nums: usize,
+}
+
+/// DPM-Solver++ `(α_t, σ_t, λ_t)` for the Euler-style σ: `α = 1/√(σ² + 1)`, `σ_t = σ·α`,
+/// `λ = ln α − ln σ_t` (+∞ at σ = 0).
+fn dpm_alpha_sigma_lambda(sigma: f64) -> (f64, f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    let sigma_t = sigma * alpha;
+    (alpha, sigma_t, alpha.ln() - sigma_t.ln())
+}
+
+/// DPM-Solver++ timesteps (diffusers): `n + 1` points spread by `spacing`, the last dropped.
+fn dpm_timesteps(spacing: Spacing, t: usize, n: usize, offset: usize) -> Vec<f64> {
+    match spacing {
+        Spacing::Linspace => {
+            let mut v: Vec<f64> = config::linspace(0.0, (t - 1) as f64, n + 1)
+                .into_iter()
+                .map(f64::round_ties_even)
+                .collect();
+            v.reverse();
+            v.pop();
+            v
+        }
+        Spacing::Leading => {
+            let ratio = t / (n + 1);
+            (1..=n).rev().map(|i| (i * ratio + offset) as f64).collect()
+        }
+        Spacing::Trailing => spaced_timesteps(Spacing::Trailing, t, n, offset),
+    }
 }
 
 /// numpy-style linear interpolation of `ys` (at `0, 1, …`) at `x`, clamped at both ends.
@@ -111,6 +171,7 @@ impl Scheduler {
         let mut ddim_alphas = Vec::new();
         let mut init_noise_sigma = 1.0;
         let mut clip = None;
+        let mut pndm = None;
         match kind {
             SchedulerKind::EulerDiscrete | SchedulerKind::EulerAncestral => {
                 if cfg.rescale_betas_zero_snr {
@@ -154,6 +215,42 @@ impl Scheduler {
                     .collect();
                 clip = cfg.clip_sample.then_some(cfg.clip_sample_range);
             }
+            SchedulerKind::Pndm => {
+                // Ascending integer timesteps, then PLMS's order: the second-to-last repeated.
+                let mut base: Vec<f64> = timesteps.iter().rev().map(|x| x.round_ties_even()).collect();
+                if base.len() >= 2 {
+                    let n = base.len();
+                    base.insert(n - 1, base[n - 2]);
+                }
+                base.reverse();
+                timesteps = base;
+                let final_alpha = if cfg.set_alpha_to_one {
+                    1.0
+                } else {
+                    alphas_cumprod[0]
+                };
+                pndm = Some(PndmSchedule {
+                    alphas_cumprod: alphas_cumprod.clone(),
+                    ratio: (t / steps) as i64,
+                    final_alpha,
+                });
+            }
+            SchedulerKind::DpmSolverMultistep => {
+                if cfg.rescale_betas_zero_snr
+                    && let Some(last) = alphas_cumprod.last_mut()
+                {
+                    *last = 2f64.powi(-24);
+                }
+                timesteps = dpm_timesteps(cfg.spacing, t, steps, cfg.steps_offset);
+                if timesteps.windows(2).any(|w| w[1] >= w[0]) {
+                    return Err(DiffusionError::BadInput(format!(
+                        "DPM-Solver++ with {steps} steps repeats timesteps on this schedule; use fewer steps"
+                    )));
+                }
+                let train_sigmas: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
+                sigmas = timesteps.iter().map(|&ts| interp(ts, &train_sigmas)).collect();
+                sigmas.push(0.0);
+            }
         }
         Ok(Self {
             kind,
@@ -163,6 +260,8 @@ impl Scheduler {
             ddim_alphas,
             init_noise_sigma,
             clip,
+            pndm,
+            state: MultistepState::default(),
         })
     }
 
@@ -176,7 +275,7 @@ impl Scheduler {
         self.prediction
     }
 
-    /// Number of inference steps.
+    /// Number of model evaluations (the steps asked for; one more for PNDM).
     pub fn num_steps(&self) -> usize {
         self.timesteps.len()
     }
@@ -186,7 +285,8 @@ impl Scheduler {
         &self.timesteps
     }
 
-    /// Euler kinds: σ per step followed by a final 0 (`num_steps + 1` values). DDIM: empty.
+    /// Euler kinds and DPM-Solver++: σ per step followed by a final 0 (`num_steps + 1`
+    /// values). DDIM and PNDM: empty.
     pub fn sigmas(&self) -> &[f64] {
         &self.sigmas
     }
@@ -207,11 +307,11 @@ impl Scheduler {
     }
 
     /// The UNet input at step `step` for latents `x` (any shape): `x / √(σ² + 1)` for the
-    /// Euler kinds, `x` for DDIM.
+    /// Euler kinds, `x` for the others.
     pub fn scale_model_input(&self, x: &Tensor, step: usize) -> Result<Tensor> {
         self.check_step(step)?;
         match self.kind {
-            SchedulerKind::Ddim => Ok(x.clone()),
+            SchedulerKind::Ddim | SchedulerKind::Pndm | SchedulerKind::DpmSolverMultistep => Ok(x.clone()),
             SchedulerKind::EulerDiscrete | SchedulerKind::EulerAncestral => {
                 let s = self.sigmas[step];
                 Ok((x / (s * s + 1.0).sqrt())?)
@@ -245,7 +345,7 @@ impl Scheduler {
     /// Euler ancestral draws its fresh noise (f32, `sample`'s shape) from `noise`; the other
     /// kinds leave `noise` untouched.
     pub fn step(
-        &self,
+        &mut self,
         model_output: &Tensor,
         step: usize,
         sample: &Tensor,
@@ -263,7 +363,7 @@ impl Scheduler {
     /// [`Self::step`] with the ancestral noise given explicitly (`[…]` like `sample`); it is
     /// required exactly when [`Self::step_needs_noise`] and ignored otherwise.
     pub fn step_with_noise(
-        &self,
+        &mut self,
         model_output: &Tensor,
         step: usize,
         sample: &Tensor,
@@ -330,8 +430,105 @@ impl Scheduler {
                 };
                 ((x0 * a_prev.sqrt())? + (eps * (1.0 - a_prev).sqrt())?)?
             }
+            SchedulerKind::Pndm => self.pndm_step(&m, step, &x)?,
+            SchedulerKind::DpmSolverMultistep => self.dpm_step(&m, step, &x)?,
         };
         Ok(prev.to_dtype(out_dtype)?)
+    }
+
+    /// One PLMS step (diffusers `PNDMScheduler.step_plms`): a linear multistep combination of
+    /// the last ε's, with a two-evaluation warm-up on the first two calls.
+    fn pndm_step(&mut self, m: &Tensor, step: usize, x: &Tensor) -> Result<Tensor> {
+        let Some(p) = &self.pndm else {
+            return Err(DiffusionError::BadInput("PNDM schedule missing".into()));
+        };
+        let st = &mut self.state;
+        let mut t = self.timesteps[step] as i64;
+        let mut prev_t = t - p.ratio;
+        if st.counter == 1 {
+            prev_t = t;
+            t += p.ratio;
+        } else {
+            if st.outputs.len() > 3 {
+                st.outputs.remove(0);
+            }
+            st.outputs.push(m.clone());
+        }
+        let e = &st.outputs;
+        let n = e.len();
+        let (eps, sample) = match (n, st.counter) {
+            (1, 0) => {
+                st.cur_sample = Some(x.clone());
+                (m.clone(), x.clone())
+            }
+            (1, _) => {
+                let start = st.cur_sample.take().unwrap_or_else(|| x.clone());
+                (((m + &e[0])? * 0.5)?, start)
+            }
+            (2, _) => ((((&e[1] * 3.0)? - &e[0])? * 0.5)?, x.clone()),
+            (3, _) => (
+                ((((&e[2] * 23.0)? - (&e[1] * 16.0)?)? + (&e[0] * 5.0)?)? / 12.0)?,
+                x.clone(),
+            ),
+            _ => (
+                ((((((&e[n - 1] * 55.0)? - (&e[n - 2] * 59.0)?)? + (&e[n - 3] * 37.0)?)?
+                    - (&e[n - 4] * 9.0)?)?)
+                    / 24.0)?,
+                x.clone(),
+            ),
+        };
+        st.counter += 1;
+        let last = p.alphas_cumprod.len() - 1;
+        let a_t = p.alphas_cumprod[(t.max(0) as usize).min(last)];
+        let a_prev = if prev_t >= 0 {
+            p.alphas_cumprod[(prev_t as usize).min(last)]
+        } else {
+            p.final_alpha
+        };
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let eps = match self.prediction {
+            Prediction::Epsilon => eps,
+            Prediction::VPrediction => ((eps * a_t.sqrt())? + (&sample * b_t.sqrt())?)?,
+        };
+        let sample_coeff = (a_prev / a_t).sqrt();
+        let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
+        Ok(((sample * sample_coeff)? - (eps * ((a_prev - a_t) / denom))?)?)
+    }
+
+    /// One DPM-Solver++ step (diffusers `DPMSolverMultistepScheduler`, `dpmsolver++`,
+    /// order 2, midpoint): first order on the first and the last step, second order between.
+    fn dpm_step(&mut self, m: &Tensor, step: usize, x: &Tensor) -> Result<Tensor> {
+        let n = self.timesteps.len();
+        let (alpha_s0, sigma_s0, lambda_s0) = dpm_alpha_sigma_lambda(self.sigmas[step]);
+        // The model output as a prediction of x₀.
+        let x0 = match self.prediction {
+            Prediction::Epsilon => ((x - (m * sigma_s0)?)? / alpha_s0)?,
+            Prediction::VPrediction => ((x * alpha_s0)? - (m * sigma_s0)?)?,
+        };
+        let st = &mut self.state;
+        if st.outputs.len() > 1 {
+            st.outputs.remove(0);
+        }
+        st.outputs.push(x0);
+        let lower_order_final = step == n - 1;
+        let (alpha_t, sigma_t, lambda_t) = dpm_alpha_sigma_lambda(self.sigmas[step + 1]);
+        let h = lambda_t - lambda_s0;
+        let phi = alpha_t * ((-h).exp() - 1.0);
+        let m0 = &st.outputs[st.outputs.len() - 1];
+        let first = ((x * (sigma_t / sigma_s0))? - (m0 * phi)?)?;
+        let prev = if st.lower_order_nums < 1 || lower_order_final || st.outputs.len() < 2 {
+            first
+        } else {
+            let m1 = &st.outputs[st.outputs.len() - 2];
+            let (_, _, lambda_s1) = dpm_alpha_sigma_lambda(self.sigmas[step - 1]);
+            let r0 = (lambda_s0 - lambda_s1) / h;
+            let d1 = ((m0 - m1)? * (1.0 / r0))?;
+            (first - (d1 * (0.5 * phi))?)?
+        };
+        if st.lower_order_nums < 2 {
+            st.lower_order_nums += 1;
+        }
+        Ok(prev)
     }
 
     /// Euler: the predicted clean latents from the σ-scaled model output.
@@ -460,7 +657,7 @@ mod tests {
             p,
         )
         .unwrap();
-        assert_eq!(pndm.class, SchedulerKind::EulerDiscrete);
+        assert_eq!(pndm.class, SchedulerKind::Pndm);
         assert_eq!(pndm.spacing, Spacing::Leading);
         assert!(!pndm.set_alpha_to_one && !pndm.clip_sample);
         let ddim = SchedulerConfig::from_json(&json!({"_class_name": "DDIMScheduler"}), p).unwrap();
@@ -509,8 +706,13 @@ mod tests {
             "DDIMScheduler".parse::<SchedulerKind>().unwrap(),
             SchedulerKind::Ddim
         );
-        let e = "pndm".parse::<SchedulerKind>().unwrap_err().to_string();
-        assert!(e.contains("pndm") && e.contains("euler-a"), "{e}");
+        assert_eq!("PLMS".parse::<SchedulerKind>().unwrap(), SchedulerKind::Pndm);
+        assert_eq!(
+            "dpmpp_2m".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::DpmSolverMultistep
+        );
+        let e = "lms".parse::<SchedulerKind>().unwrap_err().to_string();
+        assert!(e.contains("lms") && e.contains("dpm++2m"), "{e}");
         for k in SchedulerKind::ALL {
             assert_eq!(k.name().parse::<SchedulerKind>().unwrap(), k);
             assert_eq!(SchedulerKind::from_class_name(k.class_name()), k);
@@ -533,12 +735,27 @@ mod tests {
                 Scheduler::new(&c, k, 1001),
                 Err(DiffusionError::BadInput(_))
             ));
-            let s = Scheduler::new(&c, k, 1000).unwrap();
-            assert_eq!(s.num_steps(), 1000);
+            // DPM-Solver++ spreads n + 1 points: 1000 leading steps would repeat timesteps.
+            let steps = if k == SchedulerKind::DpmSolverMultistep {
+                assert!(matches!(
+                    Scheduler::new(&c, k, 1000),
+                    Err(DiffusionError::BadInput(_))
+                ));
+                500
+            } else {
+                1000
+            };
+            let mut s = Scheduler::new(&c, k, steps).unwrap();
+            let evals = if k == SchedulerKind::Pndm {
+                steps + 1
+            } else {
+                steps
+            };
+            assert_eq!(s.num_steps(), evals);
             let x = Tensor::zeros((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
             let mut n = NoiseSource::new(0);
-            assert!(s.scale_model_input(&x, 1000).is_err());
-            assert!(s.step(&x, 1000, &x, &mut n).is_err());
+            assert!(s.scale_model_input(&x, evals).is_err());
+            assert!(s.step(&x, evals, &x, &mut n).is_err());
             let y = Tensor::zeros((1, 4, 2, 3), DType::F32, &Device::Cpu).unwrap();
             assert!(s.step(&y, 0, &x, &mut n).is_err());
         }
@@ -553,10 +770,52 @@ mod tests {
     #[test]
     fn ancestral_step_without_noise_is_an_error() {
         let c = cfg(Spacing::Trailing);
-        let s = Scheduler::new(&c, SchedulerKind::EulerAncestral, 2).unwrap();
+        let mut s = Scheduler::new(&c, SchedulerKind::EulerAncestral, 2).unwrap();
         let x = Tensor::ones((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
         assert!(s.step_needs_noise(0) && !s.step_needs_noise(1));
         assert!(s.step_with_noise(&x, 0, &x, None).is_err());
         assert!(s.step_with_noise(&x, 1, &x, None).is_ok());
+    }
+
+    /// Timesteps and σ's as diffusers 0.31 prints them for the SD schedule (offset 1).
+    #[test]
+    fn pndm_and_dpm_timesteps_match_diffusers() {
+        let c = |spacing| SchedulerConfig {
+            spacing,
+            ..SchedulerConfig::default()
+        };
+        let ts = |cfg: &SchedulerConfig, k, n| -> Vec<f64> {
+            Scheduler::new(cfg, k, n).unwrap().timesteps().to_vec()
+        };
+        let pndm = SchedulerKind::Pndm;
+        let dpm = SchedulerKind::DpmSolverMultistep;
+        assert_eq!(
+            ts(&c(Spacing::Leading), pndm, 6),
+            [831.0, 665.0, 665.0, 499.0, 333.0, 167.0, 1.0]
+        );
+        assert_eq!(
+            ts(&c(Spacing::Linspace), pndm, 5),
+            [999.0, 749.0, 749.0, 500.0, 250.0, 0.0]
+        );
+        assert_eq!(ts(&c(Spacing::Leading), pndm, 1), [1.0]);
+        assert_eq!(
+            ts(&c(Spacing::Linspace), dpm, 10),
+            [
+                999.0, 899.0, 799.0, 699.0, 599.0, 500.0, 400.0, 300.0, 200.0, 100.0
+            ]
+        );
+        assert_eq!(
+            ts(&c(Spacing::Leading), dpm, 6),
+            [853.0, 711.0, 569.0, 427.0, 285.0, 143.0]
+        );
+        assert_eq!(ts(&c(Spacing::Trailing), dpm, 4), [999.0, 749.0, 499.0, 249.0]);
+        let s = Scheduler::new(&c(Spacing::Leading), dpm, 6).unwrap();
+        // diffusers accumulates ᾱ in f32; ours is f64.
+        for (got, want) in s.sigmas().iter().zip([6.570652, 3.485456, 2.047313]) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        assert_eq!(s.sigmas().len(), 7);
+        assert_eq!(s.sigmas()[6], 0.0);
+        assert_eq!(s.init_noise_sigma(), 1.0);
     }
 }
