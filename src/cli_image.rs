@@ -70,7 +70,8 @@ pub struct ImageSettingsArgs {
     /// Height in pixels (multiple of 8).
     #[arg(long)]
     pub height: Option<usize>,
-    /// Sampler: euler, euler-a, ddim, pndm or dpm++2m (default: the folder's, euler-a for Turbo).
+    /// Sampler: euler, euler-a, ddim, pndm, dpm++2m or dpm++2m-karras (default: the folder's,
+    /// euler-a for Turbo).
     #[arg(long, value_parser = parse_scheduler)]
     pub scheduler: Option<SchedulerKind>,
     /// Take every setting not given here from a PNG this tool wrote.

@@ -230,8 +230,13 @@ fn sd15_pipelines_match_diffusers_latents() {
         ("euler_a", SchedulerKind::EulerAncestral),
         ("pndm", SchedulerKind::Pndm),
         ("dpm", SchedulerKind::DpmSolverMultistep),
+        ("dpm_karras", SchedulerKind::DpmSolverMultistepKarras),
     ] {
-        let steps = if name == "pndm" || name == "dpm" { 6 } else { 4 };
+        let steps = if name.starts_with("pndm") || name.starts_with("dpm") {
+            6
+        } else {
+            4
+        };
         let r = request(&fx, steps, 7.5, &neg, kind);
         let lat = denoise(&p, &r, None);
         check(&fx, &format!("sd15.latents.{name}"), &lat, LATENTS_REL);

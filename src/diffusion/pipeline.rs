@@ -129,8 +129,12 @@ pub struct SdPipeline {
 fn ignored_scheduler_keys(v: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let set = |k: &str| v.get(k).is_some_and(|x| !x.is_null() && x != &Value::Bool(false));
+    let class = v.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    // DPM-Solver++ implements Karras σ (as its own sampler kind).
+    if class != "DPMSolverMultistepScheduler" && set("use_karras_sigmas") {
+        out.push("scheduler_config.json sets `use_karras_sigmas`, which is implemented only for DPM-Solver++: sampling uses the plain σ schedule".into());
+    }
     for k in [
-        "use_karras_sigmas",
         "use_exponential_sigmas",
         "use_beta_sigmas",
         "sigma_min",
@@ -153,7 +157,6 @@ fn ignored_scheduler_keys(v: &Value) -> Vec<String> {
             ));
         }
     }
-    let class = v.get("_class_name").and_then(Value::as_str).unwrap_or("");
     if !class.is_empty() && !SchedulerKind::is_implemented_class(class) {
         out.push(format!(
             "the folder's sampler {class} is not implemented: using Euler on the same schedule"

@@ -28,16 +28,20 @@ pub enum SchedulerKind {
     /// 2022), second order, midpoint solver, first order on the last step (the popular
     /// "DPM++ 2M").
     DpmSolverMultistep,
+    /// [`Self::DpmSolverMultistep`] on Karras et al.'s σ schedule (ρ = 7), diffusers'
+    /// `use_karras_sigmas=True` ("DPM++ 2M Karras").
+    DpmSolverMultistepKarras,
 }
 
 impl SchedulerKind {
     /// All kinds, in menu order.
-    pub const ALL: [SchedulerKind; 5] = [
+    pub const ALL: [SchedulerKind; 6] = [
         SchedulerKind::EulerDiscrete,
         SchedulerKind::EulerAncestral,
         SchedulerKind::Ddim,
         SchedulerKind::Pndm,
         SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::DpmSolverMultistepKarras,
     ];
 
     /// The kind to use for a diffusers scheduler class name (`_class_name`).
@@ -64,7 +68,8 @@ impl SchedulerKind {
         Self::ALL.iter().any(|k| k.class_name() == class)
     }
 
-    /// Short name accepted by [`FromStr`]: `euler`, `euler-a`, `ddim`, `pndm`, `dpm++2m`.
+    /// Short name accepted by [`FromStr`]: `euler`, `euler-a`, `ddim`, `pndm`, `dpm++2m`,
+    /// `dpm++2m-karras`.
     pub fn name(self) -> &'static str {
         match self {
             SchedulerKind::EulerDiscrete => "euler",
@@ -72,6 +77,7 @@ impl SchedulerKind {
             SchedulerKind::Ddim => "ddim",
             SchedulerKind::Pndm => "pndm",
             SchedulerKind::DpmSolverMultistep => "dpm++2m",
+            SchedulerKind::DpmSolverMultistepKarras => "dpm++2m-karras",
         }
     }
 
@@ -82,7 +88,9 @@ impl SchedulerKind {
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::Ddim => "DDIMScheduler",
             SchedulerKind::Pndm => "PNDMScheduler",
-            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
+                "DPMSolverMultistepScheduler"
+            }
         }
     }
 }
@@ -97,8 +105,8 @@ impl FromStr for SchedulerKind {
     type Err = DiffusionError;
 
     /// Parses `euler`, `euler-a` / `euler_a` / `euler-ancestral` / `euler_ancestral`, `ddim`,
-    /// `pndm` / `plms`, `dpm++2m` / `dpmpp-2m` / `dpm` (case-insensitive) and the five
-    /// diffusers class names.
+    /// `pndm` / `plms`, `dpm++2m` / `dpmpp-2m` / `dpm`, `dpm++2m-karras` / `dpmpp-2m-karras`
+    /// (case-insensitive) and the five diffusers class names.
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim();
         match t.to_ascii_lowercase().replace('_', "-").as_str() {
@@ -111,8 +119,11 @@ impl FromStr for SchedulerKind {
             "dpm++2m" | "dpmpp-2m" | "dpmpp2m" | "dpm++" | "dpm" | "dpmsolvermultistepscheduler" => {
                 Ok(SchedulerKind::DpmSolverMultistep)
             }
+            "dpm++2m-karras" | "dpmpp-2m-karras" | "dpmpp2m-karras" | "dpm++-karras" | "dpm-karras" => {
+                Ok(SchedulerKind::DpmSolverMultistepKarras)
+            }
             _ => Err(DiffusionError::BadInput(format!(
-                "unknown scheduler `{t}` (expected one of: euler, euler-a, ddim, pndm, dpm++2m)"
+                "unknown scheduler `{t}` (expected one of: euler, euler-a, ddim, pndm, dpm++2m, dpm++2m-karras)"
             ))),
         }
     }
@@ -292,7 +303,12 @@ impl SchedulerConfig {
             return Err(bad(path, "expected a JSON object"));
         }
         let class_name = opt_str(v, "_class_name", path)?.unwrap_or("").to_string();
-        let class = SchedulerKind::from_class_name(&class_name);
+        let mut class = SchedulerKind::from_class_name(&class_name);
+        if class == SchedulerKind::DpmSolverMultistep
+            && opt_bool(v, "use_karras_sigmas", path)?.unwrap_or(false)
+        {
+            class = SchedulerKind::DpmSolverMultistepKarras;
+        }
         let leading_by_default = matches!(
             class_name.as_str(),
             "DDIMScheduler" | "DDPMScheduler" | "PNDMScheduler" | "LCMScheduler" | "TCDScheduler"

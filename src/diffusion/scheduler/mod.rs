@@ -88,6 +88,38 @@ fn dpm_alpha_sigma_lambda(sigma: f64) -> (f64, f64, f64) {
     (alpha, sigma_t, alpha.ln() - sigma_t.ln())
 }
 
+/// Karras et al. (2022) eq. 5 with ρ = 7 between the schedule's largest and smallest σ, `n`
+/// values, descending (diffusers `_convert_to_karras`).
+fn karras_sigmas(train_sigmas: &[f64], n: usize) -> Vec<f64> {
+    const RHO: f64 = 7.0;
+    let (lo, hi) = train_sigmas
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+    let (min_inv, max_inv) = (lo.powf(1.0 / RHO), hi.powf(1.0 / RHO));
+    config::linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(RHO))
+        .collect()
+}
+
+/// The (fractional) training timestep of `sigma`: linear interpolation in log σ between the
+/// two neighbouring training σ's (diffusers `_sigma_to_t`; `log_sigmas` ascending).
+fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let n = log_sigmas.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let ls = sigma.max(1e-10).ln();
+    let low = log_sigmas
+        .iter()
+        .rposition(|&l| ls - l >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
+    let (a, b) = (log_sigmas[low], log_sigmas[low + 1]);
+    let w = ((a - ls) / (a - b)).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
 /// DPM-Solver++ timesteps (diffusers): `n + 1` points spread by `spacing`, the last dropped.
 fn dpm_timesteps(spacing: Spacing, t: usize, n: usize, offset: usize) -> Vec<f64> {
     match spacing {
@@ -235,20 +267,29 @@ impl Scheduler {
                     final_alpha,
                 });
             }
-            SchedulerKind::DpmSolverMultistep => {
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
                 if cfg.rescale_betas_zero_snr
                     && let Some(last) = alphas_cumprod.last_mut()
                 {
                     *last = 2f64.powi(-24);
                 }
-                timesteps = dpm_timesteps(cfg.spacing, t, steps, cfg.steps_offset);
-                if timesteps.windows(2).any(|w| w[1] >= w[0]) {
-                    return Err(DiffusionError::BadInput(format!(
-                        "DPM-Solver++ with {steps} steps repeats timesteps on this schedule; use fewer steps"
-                    )));
-                }
                 let train_sigmas: Vec<f64> = alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect();
-                sigmas = timesteps.iter().map(|&ts| interp(ts, &train_sigmas)).collect();
+                if kind == SchedulerKind::DpmSolverMultistepKarras {
+                    sigmas = karras_sigmas(&train_sigmas, steps);
+                    let log_sigmas: Vec<f64> = train_sigmas.iter().map(|s| s.ln()).collect();
+                    timesteps = sigmas
+                        .iter()
+                        .map(|&s| sigma_to_t(s, &log_sigmas).round_ties_even())
+                        .collect();
+                } else {
+                    timesteps = dpm_timesteps(cfg.spacing, t, steps, cfg.steps_offset);
+                    if timesteps.windows(2).any(|w| w[1] >= w[0]) {
+                        return Err(DiffusionError::BadInput(format!(
+                            "DPM-Solver++ with {steps} steps repeats timesteps on this schedule; use fewer steps"
+                        )));
+                    }
+                    sigmas = timesteps.iter().map(|&ts| interp(ts, &train_sigmas)).collect();
+                }
                 sigmas.push(0.0);
             }
         }
@@ -311,7 +352,10 @@ impl Scheduler {
     pub fn scale_model_input(&self, x: &Tensor, step: usize) -> Result<Tensor> {
         self.check_step(step)?;
         match self.kind {
-            SchedulerKind::Ddim | SchedulerKind::Pndm | SchedulerKind::DpmSolverMultistep => Ok(x.clone()),
+            SchedulerKind::Ddim
+            | SchedulerKind::Pndm
+            | SchedulerKind::DpmSolverMultistep
+            | SchedulerKind::DpmSolverMultistepKarras => Ok(x.clone()),
             SchedulerKind::EulerDiscrete | SchedulerKind::EulerAncestral => {
                 let s = self.sigmas[step];
                 Ok((x / (s * s + 1.0).sqrt())?)
@@ -431,7 +475,9 @@ impl Scheduler {
                 ((x0 * a_prev.sqrt())? + (eps * (1.0 - a_prev).sqrt())?)?
             }
             SchedulerKind::Pndm => self.pndm_step(&m, step, &x)?,
-            SchedulerKind::DpmSolverMultistep => self.dpm_step(&m, step, &x)?,
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
+                self.dpm_step(&m, step, &x)?
+            }
         };
         Ok(prev.to_dtype(out_dtype)?)
     }
@@ -715,7 +761,9 @@ mod tests {
         assert!(e.contains("lms") && e.contains("dpm++2m"), "{e}");
         for k in SchedulerKind::ALL {
             assert_eq!(k.name().parse::<SchedulerKind>().unwrap(), k);
-            assert_eq!(SchedulerKind::from_class_name(k.class_name()), k);
+            if k != SchedulerKind::DpmSolverMultistepKarras {
+                assert_eq!(SchedulerKind::from_class_name(k.class_name()), k);
+            }
         }
         assert_eq!(
             SchedulerKind::from_class_name("LMSDiscreteScheduler"),
@@ -817,5 +865,32 @@ mod tests {
         assert_eq!(s.sigmas().len(), 7);
         assert_eq!(s.sigmas()[6], 0.0);
         assert_eq!(s.init_noise_sigma(), 1.0);
+    }
+
+    /// Karras σ's and their timesteps as diffusers 0.31 prints them (`use_karras_sigmas`).
+    #[test]
+    fn dpm_karras_schedule_matches_diffusers() {
+        let c = SchedulerConfig::default();
+        let s = Scheduler::new(&c, SchedulerKind::DpmSolverMultistepKarras, 6).unwrap();
+        assert_eq!(s.timesteps(), [999.0, 837.0, 594.0, 249.0, 30.0, 0.0]);
+        let want = [14.61465, 6.08216, 2.23216, 0.69257, 0.16976, 0.02917, 0.0];
+        for (got, want) in s.sigmas().iter().zip(want) {
+            assert!((got - want).abs() < 2e-5, "{got} vs {want}");
+        }
+        let s = Scheduler::new(&c, SchedulerKind::DpmSolverMultistepKarras, 25).unwrap();
+        assert_eq!(
+            s.timesteps(),
+            [
+                999.0, 970.0, 938.0, 905.0, 868.0, 829.0, 786.0, 739.0, 687.0, 630.0, 568.0, 500.0, 427.0,
+                352.0, 278.0, 207.0, 146.0, 96.0, 59.0, 34.0, 18.0, 9.0, 4.0, 1.0, 0.0
+            ]
+        );
+        let p = Path::new("scheduler_config.json");
+        let k = SchedulerConfig::from_json(
+            &json!({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": true}),
+            p,
+        )
+        .unwrap();
+        assert_eq!(k.class, SchedulerKind::DpmSolverMultistepKarras);
     }
 }
