@@ -94,6 +94,8 @@ pub struct ImageModelInfo {
     pub default_request: ImageRequest,
     /// What in the folder is not honoured (e.g. Karras σ in the scheduler config).
     pub warnings: Vec<String>,
+    /// Weights' precision: `f32` or `f16`.
+    pub dtype: String,
 }
 
 /// Where the prompts of an image concept come from.
@@ -304,8 +306,13 @@ pub enum Command {
     /// Load maps, checked against the model they belong to (the language model, or the
     /// diffusion pipeline for maps fitted on sd1/sd2/sdxl).
     LoadMaps(PathBuf),
-    /// Load a diffusers folder (Stable Diffusion 1.x/2.x/XL).
-    LoadImageModel(PathBuf),
+    /// Load a diffusers folder (Stable Diffusion 1.x/2.x/XL), in f16 when `half`.
+    LoadImageModel {
+        /// The folder.
+        path: PathBuf,
+        /// Weights and activations in f16 (half the memory) instead of f32.
+        half: bool,
+    },
     /// Fit an image concept on the diffusion pipeline.
     FitImage(Box<ImageFitJob>),
     /// Generate images (a pair, a λ strip or a λ × seed grid).
@@ -448,7 +455,7 @@ impl Command {
             Command::Sweep(_) => JobKind::Sweep,
             Command::MakeConcept { .. } => JobKind::MakeConcept,
             Command::SaveMaps(..) | Command::LoadMaps(_) => JobKind::Maps,
-            Command::LoadImageModel(_) => JobKind::LoadImageModel,
+            Command::LoadImageModel { .. } => JobKind::LoadImageModel,
             Command::FitImage(_) => JobKind::FitImage,
             Command::GenerateImages(_) => JobKind::GenerateImages,
         }
@@ -558,7 +565,7 @@ impl State {
                 Ok(())
             }
             Command::LoadMaps(path) => self.load_maps(path),
-            Command::LoadImageModel(path) => self.load_image_model(path),
+            Command::LoadImageModel { path, half } => self.load_image_model(path, half),
             Command::FitImage(job) => self.fit_image(&job),
             Command::GenerateImages(job) => {
                 let id = job.id;
@@ -813,15 +820,23 @@ impl State {
         Ok(())
     }
 
-    fn load_image_model(&mut self, path: PathBuf) -> Result<(), String> {
+    fn load_image_model(&mut self, path: PathBuf, half: bool) -> Result<(), String> {
         let started = Instant::now();
         self.progress("loading diffusion model", 0, 0, started);
         // Free the old pipeline first: two Stable Diffusion models rarely fit in memory.
         if self.image.take().is_some() {
             self.send(Event::ImageModelUnloaded);
         }
-        let pipe = SdPipeline::load(&path, &LoadOptions::default())
-            .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+        let opts = LoadOptions {
+            dtype: if half {
+                candle_core::DType::F16
+            } else {
+                candle_core::DType::F32
+            },
+            ..LoadOptions::default()
+        };
+        let pipe =
+            SdPipeline::load(&path, &opts).map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
         let info = ImageModelInfo {
             path,
             name: pipe.name(),
@@ -830,6 +845,7 @@ impl State {
             fingerprint: pipe.fingerprint().clone(),
             warnings: pipe.warnings().to_vec(),
             default_request: pipe.default_request(""),
+            dtype: format!("{:?}", pipe.dtype()).to_lowercase(),
         };
         self.image = Some(Arc::new(pipe));
         self.send(Event::ImageModelLoaded(info));

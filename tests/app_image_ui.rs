@@ -111,7 +111,7 @@ fn image_mode_pair_slider_strip_grid_save_and_settings() {
         .unwrap_or_else(|| panic!("no image model"));
     assert_eq!(info.family, "sd1");
     let line = format!(
-        "image model: tiny-sd15 (sd1, {} hook points)",
+        "image model: tiny-sd15 (sd1, f32, {} hook points)",
         info.hook_points.len()
     );
     assert!(h.query_by_label(&line).is_some(), "{line}");
@@ -462,4 +462,42 @@ fn text_and_image_concepts_share_the_stack_and_each_steers_its_own_model() {
     wait(&mut h, "the reload", 60, |a| !a.busy());
     assert_eq!(h.state().stack.len(), 2);
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
+
+/// The "f16" box loads the next diffusion model in half precision, which then generates.
+#[test]
+fn f16_checkbox_loads_the_model_in_half_precision() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&model, 12).unwrap_or_else(|e| panic!("{e}"));
+    let mut h = harness(AppOptions {
+        no_autoload: true,
+        ..Default::default()
+    });
+    assert!(!h.state().settings.image_half);
+    h.get_by_role_and_label(accesskit::Role::CheckBox, "f16").click();
+    h.step();
+    assert!(h.state().settings.image_half, "the box sets the setting");
+    h.state_mut().load_image_model(model.clone());
+    wait(&mut h, "the f16 model", 60, |a| {
+        a.image_model.is_some() && !a.busy()
+    });
+    let info = h
+        .state()
+        .image_model
+        .clone()
+        .unwrap_or_else(|| panic!("no model"));
+    assert_eq!(info.dtype, "f16");
+    let s = &mut h.state_mut().settings.image;
+    s.prompt = "a red car".into();
+    (s.steps, s.width, s.height) = (2, 32, 32);
+    h.step();
+    click(&mut h, "Generate");
+    wait(&mut h, "an f16 image", 60, |a| {
+        !a.busy() && matches!(a.image.pair(), Some((Some(_), _)))
+    });
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let (u, _) = h.state().image.pair().unwrap_or_else(|| panic!("no pair"));
+    let u = u.unwrap_or_else(|| panic!("no unsteered image"));
+    assert_eq!(u.image.dimensions(), (32, 32));
 }

@@ -340,7 +340,8 @@ impl StudioApp {
     /// Loads a diffusers folder on the worker.
     pub fn load_image_model(&mut self, path: PathBuf) {
         self.info(format!("loading diffusion model {} …", path.display()));
-        self.send(Command::LoadImageModel(path));
+        let half = self.settings.image_half;
+        self.send(Command::LoadImageModel { path, half });
     }
 
     /// The text concepts of the stack as the transport core sees it.

@@ -36,6 +36,8 @@ pub struct Settings {
     pub user_datasets: Vec<String>,
     /// Recently loaded diffusion folders, newest first.
     pub recent_image_models: Vec<PathBuf>,
+    /// Load diffusion models in f16 (half the memory) instead of f32.
+    pub image_half: bool,
     /// Image mode: generation and fitting settings.
     pub image: ImageSettings,
 }
@@ -136,6 +138,7 @@ impl Default for Settings {
             live: true,
             user_datasets: Vec::new(),
             recent_image_models: Vec::new(),
+            image_half: false,
             image: ImageSettings::default(),
         }
     }
