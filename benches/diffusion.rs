@@ -9,7 +9,9 @@
 //!   classifier-free guidance;
 //! - ours with Linear-AcT maps active at every UNet norm (λ = 1), for the steering overhead.
 //!
-//! `ACT_BENCH_REPS` sets the repetitions (default 5).
+//! `ACT_BENCH_REPS` sets the repetitions (default 5). `ACT_BENCH_FULL=1` adds SD 1.5's exact
+//! UNet shape (860 M parameters, random weights, ≈ 7 GB of memory for both UNets) at 64×64
+//! latents (512 px), batch 2.
 
 #[path = "../tests/sd_common/pt_safetensors.rs"]
 mod pt_safetensors;
@@ -206,4 +208,20 @@ fn main() {
         text_time: None,
     };
     bench("mid SD1.5-shaped, 2×32×32", &mid, 32, 2, 77, reps);
+    if std::env::var_os("ACT_BENCH_FULL").is_some() {
+        // SD 1.5's exact UNet shape (860 M parameters) at 512 px with the CFG batch.
+        let full = TinyUnet {
+            blocks: vec![
+                (320, Some(1), 8),
+                (640, Some(1), 8),
+                (1280, Some(1), 8),
+                (1280, None, 8),
+            ],
+            layers_per_block: 2,
+            cross_attention_dim: 768,
+            linear_projection: false,
+            text_time: None,
+        };
+        bench("full SD1.5-shaped, 2×64×64", &full, 64, 2, 77, reps);
+    }
 }

@@ -179,6 +179,20 @@ fn tokenizer_text_encoder_unet_and_vae_match_diffusers() {
         assert_eq!(&ours, want, "token ids differ from CLIPTokenizer's");
     }
 
+    // SDXL's tokenizers: tokenizer_2 pads with `!`, which CLIPTokenizer also matches inside
+    // prompts (as the pad id rather than BPE's `!</w>`).
+    for (i, dir) in ["tokenizer", "tokenizer_2"].iter().enumerate() {
+        let tok = ClipTokenizer::load(&tmp.path().join("sdxl").join(dir)).unwrap();
+        let ids = tok
+            .encode_batch(&[fx.meta("bang_prompt"), fx.meta("prompt")])
+            .unwrap();
+        let want: Vec<Vec<i64>> = fx.get(&format!("sdxl.ids{}", i + 1)).to_vec2().unwrap();
+        for (ours, want) in ids.iter().zip(&want) {
+            let ours: Vec<i64> = ours.iter().map(|&i| i64::from(i)).collect();
+            assert_eq!(&ours, want, "{dir}: token ids differ from CLIPTokenizer's");
+        }
+    }
+
     let p = load(&root);
     let cond = p.encode_prompts(&[fx.meta("prompt")], &mut NoDiffHooks).unwrap();
     check(&fx, "sd15.text", &cond.text, 1e-5);

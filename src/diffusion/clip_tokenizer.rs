@@ -7,7 +7,9 @@
 //! `</w>` end-of-word suffix and `<|endoftext|>` as unknown token.
 //!
 //! `tokenizer_config.json` / `special_tokens_map.json` give `model_max_length` (77) and the pad
-//! token: SD 1.5 pads with `<|endoftext|>`, SD 2.1 and SDXL's `tokenizer_2` with `!`.
+//! token: SD 1.5 pads with `<|endoftext|>`, SD 2.1 and SDXL's `tokenizer_2` with `!`. Special
+//! tokens found in a prompt are matched before the BPE, as transformers' `CLIPTokenizer` does
+//! (so a `!` typed into an SD 2.x prompt is the pad token, as in diffusers).
 
 use std::path::Path;
 
@@ -194,9 +196,12 @@ impl ClipTokenizer {
         };
         // We add BOS/EOS, truncate and pad ourselves.
         inner.with_truncation(None).map_err(tok_err)?.with_padding(None);
+        // As transformers' CLIPTokenizer, the special tokens are matched in the text first: a
+        // pad token `!` (SD 2.x, SDXL's tokenizer_2) typed in a prompt becomes the pad id `!`,
+        // not the end-of-word `!</w>` of the BPE.
         let mut specials: Vec<AddedToken> = Vec::new();
-        for t in [&bos_text, &eos_text] {
-            if inner.token_to_id(t).is_some() {
+        for t in [&bos_text, &eos_text, &pad_text] {
+            if inner.token_to_id(t).is_some() && !specials.iter().any(|s| &s.content == t) {
                 specials.push(AddedToken::from(t.clone(), true));
             }
         }
