@@ -21,16 +21,18 @@ use act_studio::diffusion::steer::StepWindow;
 use act_studio::diffusion::unet::UNetCond;
 use act_studio::transport::{DatasetInfo, HookMap, MapsFile, MapsMeta, Method, SteeringStack, Support};
 use candle_core::{Device, Tensor};
-use sd_common::tiny_sd::{write_tiny_sd15, write_tiny_sdxl};
+use sd_common::tiny_sd::{write_tiny_sd2, write_tiny_sd15, write_tiny_sdxl};
 use sha2::{Digest, Sha256};
 
 /// Seeds of the tiny folders the fixture was made from.
 const SD15_SEED: u64 = 5;
 const SDXL_SEED: u64 = 6;
+const SD2_SEED: u64 = 8;
 
 fn write_folders(root: &Path) -> anyhow::Result<()> {
     write_tiny_sd15(&root.join("sd15"), SD15_SEED)?;
     write_tiny_sdxl(&root.join("sdxl"), SDXL_SEED)?;
+    write_tiny_sd2(&root.join("sd2"), SD2_SEED)?;
     Ok(())
 }
 
@@ -103,7 +105,11 @@ fn weights_digest(folder: &Path) -> String {
 fn folders(fx: &Fixture) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     write_folders(tmp.path()).unwrap();
-    for (name, key) in [("sd15", "sd15_weights_sha256"), ("sdxl", "sdxl_weights_sha256")] {
+    for (name, key) in [
+        ("sd15", "sd15_weights_sha256"),
+        ("sdxl", "sdxl_weights_sha256"),
+        ("sd2", "sd2_weights_sha256"),
+    ] {
         assert_eq!(
             weights_digest(&tmp.path().join(name)),
             fx.meta(key),
@@ -343,4 +349,25 @@ fn sdxl_pipelines_match_diffusers_latents() {
     );
     let dpm = request(&fx, 4, 5.0, &neg, SchedulerKind::DpmSolverMultistep);
     check(&fx, "sdxl.latents.dpm", &denoise(&p, &dpm, None), LATENTS_REL);
+}
+
+/// SD 2.x structure: v-prediction with every sampler, linspace spacing (the folder's DDIM and
+/// the others built from its config), a GELU text encoder padded with `!`.
+#[test]
+fn sd2_v_prediction_pipelines_match_diffusers_latents() {
+    let fx = Fixture::load();
+    let tmp = folders(&fx);
+    let p = load(&tmp.path().join("sd2"));
+    let neg = fx.meta("negative").to_string();
+    for (name, kind) in [
+        ("ddim", SchedulerKind::Ddim),
+        ("euler", SchedulerKind::EulerDiscrete),
+        ("euler_a", SchedulerKind::EulerAncestral),
+        ("pndm", SchedulerKind::Pndm),
+        ("dpm", SchedulerKind::DpmSolverMultistep),
+    ] {
+        let r = request(&fx, 5, 7.5, &neg, kind);
+        let lat = denoise(&p, &r, None);
+        check(&fx, &format!("sd2.latents.{name}"), &lat, LATENTS_REL);
+    }
 }

@@ -78,3 +78,39 @@ pub fn write_tiny_sdxl(root: &Path, seed: u64) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// Writes an SD 2.x-structured folder at `root`: a GELU text encoder padded with `!`, linear
+/// projections in the UNet, v-prediction, DDIM with linspace spacing.
+pub fn write_tiny_sd2(root: &Path, seed: u64) -> anyhow::Result<()> {
+    let clip = TinyClip {
+        act: "gelu",
+        pad_token: "!",
+        ..TinyClip::sd15()
+    };
+    write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), &clip, seed)?;
+    let unet = TinyUnet {
+        linear_projection: true,
+        ..TinyUnet::sd15(clip.hidden)
+    };
+    write_tiny_unet(&root.join("unet"), &unet, seed + 1)?;
+    write_tiny_vae(&root.join("vae"), &TinyVae::small(), seed + 2)?;
+    write_scheduler_config(
+        &root.join("scheduler"),
+        "DDIMScheduler",
+        "linspace",
+        "v_prediction",
+    )?;
+    std::fs::write(
+        root.join("model_index.json"),
+        serde_json::to_string_pretty(&json!({
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": "0.27.0",
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        }))?,
+    )?;
+    Ok(())
+}
