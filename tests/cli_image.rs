@@ -64,6 +64,8 @@ fn fit_imagine_strip_and_settings_round_trip() {
         s(&maps),
         "--lambda",
         "painted=0.8",
+        "--scheduler",
+        "dpm++2m-karras",
     ];
     args.extend(common_args);
     args.extend(["--out", s(&a)]);
@@ -71,6 +73,7 @@ fn fit_imagine_strip_and_settings_round_trip() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let meta = read_png_meta(&a).unwrap();
     assert_eq!(meta.prompt, "a cat on a mat");
+    assert_eq!(meta.scheduler, "dpm++2m-karras");
     assert_eq!((meta.seed, meta.steps, meta.width), (7, 2, 32));
     assert_eq!(meta.lambdas, vec![("painted".to_string(), 0.8)]);
     assert_eq!(meta.maps_sha256.len(), 1);
