@@ -19,8 +19,9 @@ use act_studio::diffusion::pipeline::{ImageRequest, LoadOptions, SdPipeline};
 use act_studio::diffusion::scheduler::{NoiseSource, SchedulerKind};
 use act_studio::diffusion::steer::StepWindow;
 use act_studio::diffusion::unet::UNetCond;
-use act_studio::transport::{DatasetInfo, HookMap, MapsFile, MapsMeta, Method, SteeringStack, Support};
+use act_studio::transport::SteeringStack;
 use candle_core::{Device, Tensor};
+use sd_common::maps::{linear_map, maps_file};
 use sd_common::tiny_sd::{write_tiny_sd2, write_tiny_sd15, write_tiny_sdxl};
 use sha2::{Digest, Sha256};
 
@@ -292,36 +293,10 @@ fn sd15_steered_latents_match_diffusers_forward_hooks() {
     for name in &hooks {
         let omega = fx.get(&format!("steer.{name}.omega")).to_vec1::<f32>().unwrap();
         let beta = fx.get(&format!("steer.{name}.beta")).to_vec1::<f32>().unwrap();
-        let n = omega.len();
-        let map = HookMap::new(
-            Method::LinearAct,
-            Support::Unbounded,
-            omega,
-            beta,
-            vec![f32::NEG_INFINITY; n],
-            vec![f32::INFINITY; n],
-            Default::default(),
-        )
-        .unwrap();
-        maps.push((name.clone(), map));
+        maps.push((name.clone(), linear_map(omega, beta)));
     }
-    let info = DatasetInfo {
-        name: "fixture".into(),
-        sha256: String::new(),
-        count: 2,
-    };
-    let meta = MapsMeta::new(
-        "fixture",
-        Method::LinearAct,
-        Support::Unbounded,
-        "mean",
-        "causal",
-        p.fingerprint().clone(),
-        info.clone(),
-        info,
-    );
     let mut stack = SteeringStack::default();
-    stack.push(Arc::new(MapsFile::new(meta, maps).unwrap()), lambda);
+    stack.push(Arc::new(maps_file("fixture", p.fingerprint(), maps)), lambda);
     let neg = fx.meta("negative").to_string();
     let r = request(&fx, 4, 7.5, &neg, SchedulerKind::EulerDiscrete);
     let steered = denoise(&p, &r, Some(&stack));

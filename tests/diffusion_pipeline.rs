@@ -15,10 +15,9 @@ use act_studio::pipeline::diffusion_fit::{ImageFitOptions, fit_image_maps, selec
 use act_studio::pipeline::fit_model::Estimation;
 use act_studio::pipeline::image_concepts::PromptPair;
 use act_studio::runtime::HookFlow;
-use act_studio::transport::{
-    DatasetInfo, FitConfig, HookMap, MapsFile, MapsMeta, Method, SteeringStack, Support,
-};
+use act_studio::transport::{FitConfig, MapsFile, Method, SteeringStack, Support};
 use candle_core::Tensor;
+use sd_common::maps::{linear_map, maps_file};
 use sd_common::tiny_sd::{write_tiny_sd15, write_tiny_sdxl};
 
 fn load(dir: &Path) -> SdPipeline {
@@ -253,32 +252,8 @@ fn spatial_mean_rule_shifts_exactly_one_channel_mean_and_keeps_deviations() {
     let k = 3;
     let mut beta = vec![0.0f32; c];
     beta[k] = 0.75;
-    let map = HookMap::new(
-        Method::LinearAct,
-        Support::Unbounded,
-        vec![1.0; c],
-        beta,
-        vec![f32::NEG_INFINITY; c],
-        vec![f32::INFINITY; c],
-        Default::default(),
-    )
-    .unwrap();
-    let info = DatasetInfo {
-        name: "x".into(),
-        sha256: String::new(),
-        count: 2,
-    };
-    let meta = MapsMeta::new(
-        "shift",
-        Method::LinearAct,
-        Support::Unbounded,
-        "mean",
-        "causal",
-        p.fingerprint().clone(),
-        info.clone(),
-        info,
-    );
-    let maps = MapsFile::new(meta, vec![(name.to_string(), map)]).unwrap();
+    let map = linear_map(vec![1.0; c], beta);
+    let maps = maps_file("shift", p.fingerprint(), vec![(name.to_string(), map)]);
     let stack = stack_of(maps, 1.0);
 
     let r = request(&p, "a cat", 1, 0.0);
@@ -321,16 +296,7 @@ fn spatial_mean_rule_shifts_exactly_one_channel_mean_and_keeps_deviations() {
     // Linear-AcT with ω ≠ 1 on a 4-D activation: the shift is T(m) − m on every pixel.
     let mut omega = vec![1.0f32; c];
     omega[k] = 0.5;
-    let map = HookMap::new(
-        Method::LinearAct,
-        Support::Unbounded,
-        omega,
-        vec![0.0; c],
-        vec![f32::NEG_INFINITY; c],
-        vec![f32::INFINITY; c],
-        Default::default(),
-    )
-    .unwrap();
+    let map = linear_map(omega, vec![0.0; c]);
     let mut data = a.clone();
     map.apply_4d(name, &mut data, [1, c, hw, 1], 1.0).unwrap();
     let pa = &a[k * hw..(k + 1) * hw];

@@ -1,5 +1,5 @@
-//! Whole tiny Stable Diffusion folders in the diffusers layout: SD 1.5 structure (one text
-//! encoder) and SDXL-Turbo structure (two text encoders, `text_time` conditioning).
+//! Whole tiny Stable Diffusion folders in the diffusers layout: SD 1.5 and SD 2.x structures
+//! (one text encoder) and SDXL-Turbo structure (two text encoders, `text_time` conditioning).
 
 use std::path::Path;
 
@@ -9,24 +9,36 @@ use super::tiny_clip::{TinyClip, write_tiny_clip};
 use super::tiny_unet::{TinyUnet, write_tiny_unet};
 use super::tiny_vae::{TinyVae, write_scheduler_config, write_tiny_vae};
 
-/// Writes an SD 1.5-structured folder at `root` (Euler discrete, leading spacing).
-pub fn write_tiny_sd15(root: &Path, seed: u64) -> anyhow::Result<()> {
-    let clip = TinyClip::sd15();
-    write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), &clip, seed)?;
-    write_tiny_unet(&root.join("unet"), &TinyUnet::sd15(clip.hidden), seed + 1)?;
+/// The sampler settings of a tiny folder's `scheduler/`.
+struct Sampler {
+    class: &'static str,
+    spacing: &'static str,
+    prediction: &'static str,
+}
+
+/// Writes a one-text-encoder folder (`StableDiffusionPipeline`) at `root`.
+fn write_single_encoder(
+    root: &Path,
+    clip: &TinyClip,
+    unet: &TinyUnet,
+    sampler: &Sampler,
+    seed: u64,
+) -> anyhow::Result<()> {
+    write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), clip, seed)?;
+    write_tiny_unet(&root.join("unet"), unet, seed + 1)?;
     write_tiny_vae(&root.join("vae"), &TinyVae::small(), seed + 2)?;
     write_scheduler_config(
         &root.join("scheduler"),
-        "EulerDiscreteScheduler",
-        "leading",
-        "epsilon",
+        sampler.class,
+        sampler.spacing,
+        sampler.prediction,
     )?;
     std::fs::write(
         root.join("model_index.json"),
         serde_json::to_string_pretty(&json!({
             "_class_name": "StableDiffusionPipeline",
             "_diffusers_version": "0.27.0",
-            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "scheduler": ["diffusers", sampler.class],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
@@ -34,6 +46,18 @@ pub fn write_tiny_sd15(root: &Path, seed: u64) -> anyhow::Result<()> {
         }))?,
     )?;
     Ok(())
+}
+
+/// Writes an SD 1.5-structured folder at `root` (Euler discrete, leading spacing).
+pub fn write_tiny_sd15(root: &Path, seed: u64) -> anyhow::Result<()> {
+    let clip = TinyClip::sd15();
+    let unet = TinyUnet::sd15(clip.hidden);
+    let sampler = Sampler {
+        class: "EulerDiscreteScheduler",
+        spacing: "leading",
+        prediction: "epsilon",
+    };
+    write_single_encoder(root, &clip, &unet, &sampler, seed)
 }
 
 /// Writes an SDXL-Turbo-structured folder at `root` (Euler ancestral, trailing spacing).
@@ -87,30 +111,14 @@ pub fn write_tiny_sd2(root: &Path, seed: u64) -> anyhow::Result<()> {
         pad_token: "!",
         ..TinyClip::sd15()
     };
-    write_tiny_clip(&root.join("text_encoder"), &root.join("tokenizer"), &clip, seed)?;
     let unet = TinyUnet {
         linear_projection: true,
         ..TinyUnet::sd15(clip.hidden)
     };
-    write_tiny_unet(&root.join("unet"), &unet, seed + 1)?;
-    write_tiny_vae(&root.join("vae"), &TinyVae::small(), seed + 2)?;
-    write_scheduler_config(
-        &root.join("scheduler"),
-        "DDIMScheduler",
-        "linspace",
-        "v_prediction",
-    )?;
-    std::fs::write(
-        root.join("model_index.json"),
-        serde_json::to_string_pretty(&json!({
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": "0.27.0",
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }))?,
-    )?;
-    Ok(())
+    let sampler = Sampler {
+        class: "DDIMScheduler",
+        spacing: "linspace",
+        prediction: "v_prediction",
+    };
+    write_single_encoder(root, &clip, &unet, &sampler, seed)
 }
