@@ -170,6 +170,10 @@ fn ignored_scheduler_keys(v: &Value) -> Vec<String> {
             ("algorithm_type", Value::from("dpmsolver++")),
             ("solver_order", Value::from(2)),
             ("solver_type", Value::from("midpoint")),
+            ("lower_order_final", Value::from(true)),
+            ("euler_at_final", Value::from(false)),
+            ("use_lu_lambdas", Value::from(false)),
+            ("thresholding", Value::from(false)),
         ] {
             if let Some(x) = v.get(k).filter(|x| !x.is_null() && **x != ok) {
                 out.push(format!(

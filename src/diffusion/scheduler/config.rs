@@ -289,9 +289,11 @@ impl SchedulerConfig {
     /// Missing keys take the defaults of the file's own `_class_name` in diffusers (so a
     /// `PNDMScheduler` / `DDIMScheduler` file defaults to leading spacing, the Euler classes to
     /// linspace; `set_alpha_to_one` and `clip_sample` default to true only for DDIM/DDPM).
-    /// Unknown keys are ignored, and so are settings only other samplers use
-    /// (`skip_prk_steps`, `use_karras_sigmas`, `interpolation_type`, …): the plain σ schedule
-    /// is always used. Malformed or unsupported values are [`DiffusionError::BadConfig`].
+    /// Unknown keys are ignored, and so are settings none of our samplers implement
+    /// (`interpolation_type`, DPM-Solver variants, …; the pipeline warns about them).
+    /// `use_karras_sigmas` picks [`SchedulerKind::DpmSolverMultistepKarras`] for a
+    /// `DPMSolverMultistepScheduler` file. Malformed or unsupported values are
+    /// [`DiffusionError::BadConfig`].
     pub fn from_file(path: &Path) -> Result<Self> {
         let v = read_json(path)?;
         Self::from_json(&v, path)

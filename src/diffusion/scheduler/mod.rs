@@ -16,7 +16,8 @@
 //!
 //! Timestep spacing follows diffusers exactly (numpy's round-half-to-even included):
 //! * leading: `(0..n)·(T div n) + steps_offset`, reversed;
-//! * trailing: `round(T − i·T/n) − 1` for `i = 0..n` (1 step → `[T − 1]`);
+//! * trailing: `round(T + i·((T − T/n) − T)) − 1` for `i = 0..n`, numpy's `arange` arithmetic
+//!   (1 step → `[T − 1]`);
 //! * linspace: `linspace(0, T − 1, n)` reversed; kept fractional for Euler (the UNet takes a
 //!   float timestep), rounded for DDIM.
 //!
@@ -170,9 +171,13 @@ fn spaced_timesteps(spacing: Spacing, t: usize, n: usize, offset: usize) -> Vec<
             (0..n).rev().map(|i| (i * ratio + offset) as f64).collect()
         }
         Spacing::Trailing => {
-            let ratio = t as f64 / n as f64;
+            // numpy's `arange(T, 0, -T/n)` computes `T + i·((T − T/n) − T)`, which rounds
+            // differently from `T − i·T/n` at exact .5 ties (e.g. n = 48). Where numpy's
+            // length rounds up to n + 1 (a final −1 timestep, as for n = 61), we keep n steps.
+            let tf = t as f64;
+            let delta = (tf - tf / n as f64) - tf;
             (0..n)
-                .map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0)
+                .map(|i| (tf + i as f64 * delta).round_ties_even() - 1.0)
                 .collect()
         }
         Spacing::Linspace => {
@@ -256,13 +261,24 @@ impl Scheduler {
                 }
                 base.reverse();
                 timesteps = base;
+                // diffusers' PNDMScheduler has no zero-terminal-SNR option (it ignores the key),
+                // and ᾱ_T = 0 would divide by zero: use the schedule without the rescale.
+                let alphas_cumprod = if cfg.rescale_betas_zero_snr {
+                    SchedulerConfig {
+                        rescale_betas_zero_snr: false,
+                        ..cfg.clone()
+                    }
+                    .alphas_cumprod()
+                } else {
+                    alphas_cumprod.clone()
+                };
                 let final_alpha = if cfg.set_alpha_to_one {
                     1.0
                 } else {
                     alphas_cumprod[0]
                 };
                 pndm = Some(PndmSchedule {
-                    alphas_cumprod: alphas_cumprod.clone(),
+                    alphas_cumprod,
                     ratio: (t / steps) as i64,
                     final_alpha,
                 });
@@ -283,12 +299,14 @@ impl Scheduler {
                         .collect();
                 } else {
                     timesteps = dpm_timesteps(cfg.spacing, t, steps, cfg.steps_offset);
-                    if timesteps.windows(2).any(|w| w[1] >= w[0]) {
+                    sigmas = timesteps.iter().map(|&ts| interp(ts, &train_sigmas)).collect();
+                    // Equal σ's (repeated timesteps, or ones past T − 1 clamped onto it) make
+                    // the solver divide by a zero log-SNR step.
+                    if sigmas.windows(2).any(|w| w[1] >= w[0]) {
                         return Err(DiffusionError::BadInput(format!(
-                            "DPM-Solver++ with {steps} steps repeats timesteps on this schedule; use fewer steps"
+                            "DPM-Solver++ with {steps} steps repeats σ on this schedule; use fewer steps"
                         )));
                     }
-                    sigmas = timesteps.iter().map(|&ts| interp(ts, &train_sigmas)).collect();
                 }
                 sigmas.push(0.0);
             }
@@ -420,6 +438,10 @@ impl Scheduler {
                 model_output.dims(),
                 sample.dims()
             )));
+        }
+        if step == 0 {
+            // A new sampling loop: forget a multistep history left by an earlier one.
+            self.state = MultistepState::default();
         }
         let out_dtype = sample.dtype();
         let m = model_output.to_dtype(DType::F32)?;
@@ -566,7 +588,8 @@ impl Scheduler {
             first
         } else {
             let m1 = &st.outputs[st.outputs.len() - 2];
-            let (_, _, lambda_s1) = dpm_alpha_sigma_lambda(self.sigmas[step - 1]);
+            let prev_sigma = self.sigmas[step.saturating_sub(1)];
+            let (_, _, lambda_s1) = dpm_alpha_sigma_lambda(prev_sigma);
             let r0 = (lambda_s0 - lambda_s1) / h;
             let d1 = ((m0 - m1)? * (1.0 / r0))?;
             (first - (d1 * (0.5 * phi))?)?
@@ -892,5 +915,58 @@ mod tests {
         )
         .unwrap();
         assert_eq!(k.class, SchedulerKind::DpmSolverMultistepKarras);
+    }
+
+    /// Review findings: numpy's trailing arithmetic, σ-based repeat check, PNDM on a
+    /// zero-terminal-SNR schedule, and a scheduler reused for a second loop.
+    #[test]
+    fn trailing_ties_zero_snr_pndm_and_reuse() {
+        let trailing = SchedulerConfig {
+            spacing: Spacing::Trailing,
+            ..SchedulerConfig::default()
+        };
+        // diffusers 0.31, Euler and DDIM, 48 trailing steps (numpy's arange rounds 936.5 → 936).
+        let want: Vec<f64> = [
+            999, 978, 957, 936, 916, 895, 874, 853, 832, 811, 791, 770, 749, 728, 707, 686, 666, 645, 624,
+            603, 582, 561, 541, 520, 499, 478, 457, 436, 416, 395, 374, 353, 332, 311, 291, 270, 249, 228,
+            207, 186, 166, 145, 124, 103, 82, 61, 41, 20,
+        ]
+        .iter()
+        .map(|&x| f64::from(x))
+        .collect();
+        for k in [SchedulerKind::EulerDiscrete, SchedulerKind::Ddim] {
+            assert_eq!(
+                Scheduler::new(&trailing, k, 48).unwrap().timesteps(),
+                want.as_slice()
+            );
+        }
+        // Leading spacing with offset 1 at 999 steps puts timestep 1000 onto σ(999) twice.
+        let dpm = SchedulerKind::DpmSolverMultistep;
+        let e = Scheduler::new(&SchedulerConfig::default(), dpm, 999).unwrap_err();
+        assert!(e.to_string().contains("repeats"), "{e}");
+        // PNDM ignores zero-SNR rescaling, as diffusers does, instead of dividing by ᾱ = 0.
+        let zsnr = SchedulerConfig {
+            rescale_betas_zero_snr: true,
+            prediction: Prediction::VPrediction,
+            ..trailing.clone()
+        };
+        let x = Tensor::ones((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let mut noise = NoiseSource::new(0);
+        for k in SchedulerKind::ALL {
+            let mut s = Scheduler::new(&zsnr, k, 4).unwrap();
+            // Two loops on one scheduler: the second starts from a clean history.
+            let mut last = vec![];
+            for _ in 0..2 {
+                let mut y = x.clone();
+                for i in 0..s.num_steps() {
+                    y = s.step(&x, i, &y, &mut noise).unwrap();
+                }
+                last.push(y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            assert!(last[0].iter().all(|v| v.is_finite()), "{k}: {:?}", last[0]);
+            if k != SchedulerKind::EulerAncestral {
+                assert_eq!(last[0], last[1], "{k}: a second loop must repeat the first");
+            }
+        }
     }
 }
