@@ -287,16 +287,7 @@ fn sd15_steered_latents_match_diffusers_forward_hooks() {
     let fx = Fixture::load();
     let tmp = folders(&fx);
     let p = load(&tmp.path().join("sd15"));
-    let hooks: Vec<String> = serde_json::from_str(fx.meta("steer_hooks")).unwrap();
-    let lambda: f32 = fx.meta("lambda").parse().unwrap();
-    let mut maps = vec![];
-    for name in &hooks {
-        let omega = fx.get(&format!("steer.{name}.omega")).to_vec1::<f32>().unwrap();
-        let beta = fx.get(&format!("steer.{name}.beta")).to_vec1::<f32>().unwrap();
-        maps.push((name.clone(), linear_map(omega, beta)));
-    }
-    let mut stack = SteeringStack::default();
-    stack.push(Arc::new(maps_file("fixture", p.fingerprint(), maps)), lambda);
+    let stack = fixture_stack(&fx, &p, "steer_hooks", "steer");
     let neg = fx.meta("negative").to_string();
     let r = request(&fx, 4, 7.5, &neg, SchedulerKind::EulerDiscrete);
     let steered = denoise(&p, &r, Some(&stack));
@@ -305,6 +296,42 @@ fn sd15_steered_latents_match_diffusers_forward_hooks() {
     let moved = max_abs(&steered, fx.get("sd15.latents.euler"));
     println!("steering moved the latents by up to {moved:.2}");
     assert!(moved > 0.05);
+}
+
+/// The same on the SDXL structure, with guidance: maps in both text encoders (before the
+/// penultimate states the UNet reads) and in the UNet.
+#[test]
+fn sdxl_steered_latents_match_diffusers_forward_hooks() {
+    let fx = Fixture::load();
+    let tmp = folders(&fx);
+    let p = load(&tmp.path().join("sdxl"));
+    let stack = fixture_stack(&fx, &p, "steer_hooks_xl", "steer_xl");
+    let neg = fx.meta("negative").to_string();
+    let r = request(&fx, 3, 5.0, &neg, SchedulerKind::EulerAncestral);
+    let steered = denoise(&p, &r, Some(&stack));
+    check(&fx, "sdxl.latents.guided.steered", &steered, LATENTS_REL);
+    let moved = max_abs(&steered, fx.get("sdxl.latents.guided"));
+    println!("steering moved the latents by up to {moved:.2}");
+    assert!(moved > 0.05);
+}
+
+/// The fixture's random Linear-AcT maps (hook names in metadata `hooks_key`, ω and β under
+/// `{prefix}.{name}.omega|beta`) as a stack at the fixture's λ.
+fn fixture_stack(fx: &Fixture, p: &SdPipeline, hooks_key: &str, prefix: &str) -> SteeringStack {
+    let hooks: Vec<String> = serde_json::from_str(fx.meta(hooks_key)).unwrap();
+    let lambda: f32 = fx.meta("lambda").parse().unwrap();
+    let mut maps = vec![];
+    for name in &hooks {
+        let omega = fx
+            .get(&format!("{prefix}.{name}.omega"))
+            .to_vec1::<f32>()
+            .unwrap();
+        let beta = fx.get(&format!("{prefix}.{name}.beta")).to_vec1::<f32>().unwrap();
+        maps.push((name.clone(), linear_map(omega, beta)));
+    }
+    let mut stack = SteeringStack::default();
+    stack.push(Arc::new(maps_file("fixture", p.fingerprint(), maps)), lambda);
+    stack
 }
 
 #[test]
