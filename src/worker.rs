@@ -845,7 +845,7 @@ impl State {
             fingerprint: pipe.fingerprint().clone(),
             warnings: pipe.warnings().to_vec(),
             default_request: pipe.default_request(""),
-            dtype: format!("{:?}", pipe.dtype()).to_lowercase(),
+            dtype: pipe.dtype().as_str().to_string(),
         };
         self.image = Some(Arc::new(pipe));
         self.send(Event::ImageModelLoaded(info));

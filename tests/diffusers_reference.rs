@@ -21,6 +21,7 @@ use act_studio::diffusion::steer::StepWindow;
 use act_studio::diffusion::unet::UNetCond;
 use act_studio::transport::SteeringStack;
 use candle_core::{Device, Tensor};
+use sd_common::compare::max_abs_diff as max_abs;
 use sd_common::maps::{linear_map, maps_file};
 use sd_common::tiny_sd::{write_tiny_sd2, write_tiny_sd15, write_tiny_sdxl};
 use sha2::{Digest, Sha256};
@@ -123,13 +124,6 @@ fn folders(fx: &Fixture) -> tempfile::TempDir {
 
 fn load(dir: &Path) -> SdPipeline {
     SdPipeline::load(dir, &LoadOptions::default()).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn max_mag(a: &Tensor) -> f32 {

@@ -15,6 +15,7 @@ use act_studio::diffusion::{
 use act_studio::runtime::HookFlow;
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::VarBuilder;
+use sd_common::compare::max_abs_diff as max_abs;
 use sd_common::tiny_clip::{TINY_MAX_LEN, TinyClip, tiny_id, write_tiny_clip};
 
 const PROMPTS: [&str; 3] = [
@@ -56,20 +57,6 @@ fn prompt_ids(f: &Fixture) -> Tensor {
 
 fn load(f: &Fixture, dtype: DType, reg: &mut HookRegistry) -> ClipTextEncoder {
     ClipTextEncoder::load(&f.te, "text_encoder", dtype, &Device::Cpu, reg).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn weights_of(f: &Fixture) -> HashMap<String, Tensor> {

@@ -12,22 +12,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use rand::{SeedableRng, rngs::StdRng};
+use sd_common::compare::max_abs_diff;
 use sd_common::tiny_unet::{TinyUnet, randn, write_tiny_unet};
 
 fn tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     let n = shape.iter().product();
     Tensor::from_vec(randn(rng, n), shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn candle_unet(dir: &Path, tiny: &TinyUnet) -> UNet2DConditionModel {

@@ -21,23 +21,10 @@ use candle_transformers::models::stable_diffusion::{
     },
     vae::AutoEncoderKL,
 };
+use sd_common::compare::max_abs_diff;
 use sd_common::tiny_vae::{TinyVae, write_scheduler_config, write_tiny_vae, write_tiny_vae_named};
 
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 fn max_abs(a: &Tensor) -> f32 {
     a.to_dtype(DType::F32)

@@ -2,6 +2,7 @@
 //! the diffusion tests (no real SD weights can be downloaded here).
 #![allow(dead_code)]
 
+pub mod compare;
 pub mod maps;
 pub mod pt_safetensors;
 pub mod tiny_clip;
