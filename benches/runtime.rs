@@ -4,6 +4,8 @@
 //! - decode tokens/s (≈30-token prompt, 128 new tokens, greedy), idle and with another
 //!   process keeping one core busy; ours with steering at 30 layers × 2 hook points;
 //! - prefill tokens/s for a batch of 32 sentences of ≈30 tokens;
+//! - the dense path's matrix products (SmolLM2's MLP shapes, 512 token rows): our fixed-order
+//!   kernel (`runtime::dense`) against candle's `gemm`-backed matmul;
 //! - peak RSS of each engine (each measured in a child process of its own).
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 3).
@@ -13,6 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
+use act_studio::runtime::dense::PackedMatrix;
 use act_studio::runtime::generate::decode_pool;
 use act_studio::runtime::linear::MatPath;
 use act_studio::runtime::llama::{Batch, LogitsMode};
@@ -290,6 +293,7 @@ fn main() {
         "prefill (32 sentences, {total} tokens): ours batched dense {o:.1} tok/s, quantized_llama {k:.1} tok/s, ratio {:.1}×",
         o / k
     );
+    dense_products(reps.max(5));
     drop((m, c));
     let exe = std::env::current_exe().unwrap_or_default();
     for engine in ["ours", "candle"] {
@@ -298,5 +302,51 @@ fn main() {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
         println!("peak RSS ({engine}, decode + prefill): {rss} MiB");
+    }
+}
+
+/// Our fixed-order dense product (weights packed once, as the dense path keeps them) against
+/// candle's matmul on the MLP shapes of SmolLM2
+/// (`[512, 576] × [1536, 576]ᵀ` and `[512, 1536] × [576, 1536]ᵀ`), paired medians.
+fn dense_products(reps: usize) {
+    let fill = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32
+                    - 0.5
+            })
+            .collect()
+    };
+    for (n, out, k) in [(512usize, 1536usize, 576usize), (512, 576, 1536)] {
+        let x = fill(n * k, 1);
+        let w = fill(out * k, 2);
+        let xt = Tensor::from_slice(&x, (n, k), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let wt = Tensor::from_slice(&w, (out, k), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let mut y = vec![0.0f32; n * out];
+        let packed = PackedMatrix::pack(&w, out, k);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let t = Instant::now();
+            packed.matmul(&x, n, &mut y);
+            ours.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let r = wt
+                .t()
+                .and_then(|wt| xt.matmul(&wt))
+                .and_then(|r| r.flatten_all()?.to_vec1::<f32>());
+            theirs.push(t.elapsed().as_secs_f64());
+            std::hint::black_box(r.ok());
+        }
+        let ratios: Vec<f64> = theirs.iter().zip(&ours).map(|(c, o)| c / o).collect();
+        let (o, c) = (median(ours), median(theirs));
+        let gflops = 2.0 * (n * out * k) as f64 / 1e9;
+        println!(
+            "dense product {n}×{k} · ({out}×{k})ᵀ: ours (fixed order) {:.2} ms ({:.1} GFLOP/s), candle gemm {:.2} ms ({:.1} GFLOP/s), paired median speed ratio ours/candle {:.2}×",
+            o * 1e3,
+            gflops / o,
+            c * 1e3,
+            gflops / c,
+            median(ratios)
+        );
     }
 }

@@ -4,15 +4,18 @@
 //! - **quantized**: GGML-quantized weights multiplied against activations quantized to 8 bits
 //!   per row, as llama.cpp and candle's `quantized_llama` do — the decode path, token-identical
 //!   to candle's quantized model;
-//! - **dense**: f32 GEMM, for batched work (prefill of many sentences, fitting, perplexity).
-//!   Quantized weights are dequantized on the first dense use of a layer and the f32 copy is
-//!   kept (4 bytes per weight: 0.5 GB for SmolLM2-135M), so later batches pay only the GEMM.
+//! - **dense**: f32 products ([`super::dense::PackedMatrix`], one fixed summation order on every
+//!   machine), for batched work (prefill of many sentences, fitting, perplexity) and f32/f16
+//!   weights. Quantized weights are dequantized on the first dense use of a layer and the f32
+//!   copy is kept (4 bytes per weight: 0.5 GB for SmolLM2-135M), so later batches pay only
+//!   the product.
 
 use std::cell::RefCell;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::dense::PackedMatrix;
 use super::error::{Result, RuntimeError};
 use super::quant::{ActScratch, QDType, QMatrix};
 
@@ -40,8 +43,8 @@ pub enum MatPath {
 /// Weight storage.
 #[derive(Debug)]
 enum Weights {
-    /// f32 `[out, in]`.
-    Dense(Tensor),
+    /// f32 `[out, in]`, packed for [`PackedMatrix::matmul`].
+    Dense(PackedMatrix),
     /// GGML-quantized `[out, in]`, with an f32 copy made on first dense use. `own` holds
     /// the raw blocks for our kernels when the format has one (Q4_0, Q4_1, Q8_0); other
     /// formats (k-quants) use candle's quantized matmul.
@@ -49,8 +52,19 @@ enum Weights {
         q: std::sync::Arc<QTensor>,
         mm: QMatMul,
         own: Option<QMatrix>,
-        dense: std::sync::OnceLock<Tensor>,
+        dense: std::sync::OnceLock<PackedMatrix>,
     },
+}
+
+/// An error unless `bias` is absent or has one value per output.
+fn check_bias(bias: &Option<Vec<f32>>, out_dim: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.len() != out_dim => Err(RuntimeError::BadInput(format!(
+            "bias of {} values for {out_dim} outputs",
+            b.len()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A linear layer with `out × in` weights and an optional bias.
@@ -66,6 +80,12 @@ impl Linear {
     /// A dense layer from f32 weights `[out, in]`.
     pub fn dense(w: Tensor, bias: Option<Vec<f32>>) -> Result<Self> {
         let (out_dim, in_dim) = w.dims2()?;
+        check_bias(&bias, out_dim)?;
+        let w = w
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let w = PackedMatrix::pack(&w, out_dim, in_dim);
         Ok(Self {
             weights: Weights::Dense(w),
             bias,
@@ -77,13 +97,11 @@ impl Linear {
     /// A layer from a GGML tensor (quantized or f32/f16, shape `[out, in]`).
     pub fn from_qtensor(q: QTensor, bias: Option<Vec<f32>>) -> Result<Self> {
         let (out_dim, in_dim) = q.shape().dims2()?;
-        if let Some(b) = &bias
-            && b.len() != out_dim
-        {
-            return Err(RuntimeError::BadInput(format!(
-                "bias of {} values for {out_dim} outputs",
-                b.len()
-            )));
+        check_bias(&bias, out_dim)?;
+        if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            // Unquantized: our dense product on both paths (candle's would round differently
+            // from machine to machine, see `super::dense`).
+            return Self::dense(q.dequantize(&Device::Cpu)?, bias);
         }
         let own_dtype = match q.dtype() {
             GgmlDType::Q4_0 => Some(QDType::Q4_0),
@@ -139,22 +157,23 @@ impl Linear {
                 .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
             return self.finish(y);
         }
-        let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
-        let y = match (&self.weights, path) {
-            (Weights::Dense(w), _) => xt.matmul(&w.t()?)?,
-            (Weights::Quant { mm, .. }, MatPath::Quantized) => mm.forward(&xt)?,
-            (Weights::Quant { q, dense, .. }, MatPath::Dense) => {
-                let w = match dense.get() {
-                    Some(w) => w,
-                    None => {
-                        let w = q.dequantize(&Device::Cpu)?;
-                        dense.get_or_init(|| w)
-                    }
-                };
-                xt.matmul(&w.t()?)?
+        let w: &PackedMatrix = match (&self.weights, path) {
+            (Weights::Dense(w), _) => w,
+            (Weights::Quant { mm, .. }, MatPath::Quantized) => {
+                let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
+                return self.finish(mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?);
             }
+            (Weights::Quant { q, dense, .. }, MatPath::Dense) => match dense.get() {
+                Some(w) => w,
+                None => {
+                    let w = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                    dense.get_or_init(|| PackedMatrix::pack(&w, self.out_dim, self.in_dim))
+                }
+            },
         };
-        self.finish(y.flatten_all()?.to_vec1::<f32>()?)
+        let mut y = vec![0.0f32; n * self.out_dim];
+        w.matmul(x, n, &mut y);
+        self.finish(y)
     }
 
     /// Adds the bias to every row of `y` (`[n, out]`).
@@ -170,7 +189,7 @@ impl Linear {
     /// The weights as dense f32 `[out, in]`.
     pub fn dense_weights(&self) -> Result<Tensor> {
         Ok(match &self.weights {
-            Weights::Dense(w) => w.clone(),
+            Weights::Dense(w) => Tensor::from_vec(w.unpack(), (self.out_dim, self.in_dim), &Device::Cpu)?,
             Weights::Quant { q, .. } => q.dequantize(&Device::Cpu)?,
         })
     }

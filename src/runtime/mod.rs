@@ -3,6 +3,7 @@
 //! and generation.
 
 pub mod config;
+pub mod dense;
 pub mod error;
 mod forward;
 pub mod generate;
