@@ -61,9 +61,16 @@ pub struct SweepArgs {
     /// Fixed λ of other loaded concepts, NAME=VALUE (default 1).
     #[arg(long = "lambda", value_parser = parse_lambda)]
     pub fixed: Vec<(String, f32)>,
-    /// Prompt(s) to continue (repeatable).
-    #[arg(long = "prompt", default_value = "Once upon a time")]
+    /// Prompt(s) to continue (repeatable; "Once upon a time" when neither this nor
+    /// --prompts is given).
+    #[arg(long = "prompt")]
     pub prompts: Vec<String>,
+    /// More prompts from a dataset (one sample each), e.g. builtin:toxic-prompts.
+    #[arg(long = "prompts")]
+    pub prompt_set: Option<DatasetSpec>,
+    /// Use at most this many prompts of --prompts (the first ones).
+    #[arg(long)]
+    pub prompt_limit: Option<usize>,
     /// Wrap each prompt as a user message in the chat template.
     #[arg(long)]
     pub chat: bool,
@@ -107,7 +114,8 @@ pub struct SweepArgs {
     /// Generate on the f32 path instead of the model's quantization.
     #[arg(long)]
     pub dense: bool,
-    /// CSV output (λ, presence, toxicity, perplexity, judge, example), written atomically.
+    /// CSV output (λ, samples, presence and toxicity with 95 % intervals, mean toxicity
+    /// score, perplexity, judge, example), written atomically.
     #[arg(long, default_value = "sweep.csv")]
     pub csv: PathBuf,
     /// Also write every sample as JSON lines.
@@ -165,10 +173,17 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     } else {
         read_dataset(&a.heldout, Some(a.heldout_samples))?.samples
     };
+    let mut prompts = a.prompts.clone();
+    if let Some(spec) = &a.prompt_set {
+        prompts.extend(read_dataset(spec, a.prompt_limit)?.samples);
+    }
+    if prompts.is_empty() {
+        prompts.push("Once upon a time".into());
+    }
     let cfg = SweepConfig {
         lambdas: a.lambdas.clone(),
         concept,
-        prompts: render_prompts(&m, &a.prompts, a.chat)?,
+        prompts: render_prompts(&m, &prompts, a.chat)?,
         samples: a.samples,
         generate: GenerateOptions {
             max_tokens: a.max_tokens,
@@ -207,7 +222,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     eprintln!(
         "{} λ × {} samples in {:.1} s; CSV → {}",
         rows.len(),
-        a.prompts.len() * a.samples,
+        cfg.prompts.len() * a.samples,
         started.elapsed().as_secs_f64(),
         a.csv.display()
     );

@@ -1,8 +1,11 @@
-//! End to end on the demo model with the built-in concept sets and fixed seeds: fitting with
-//! the default settings steers generations towards the concept (presence rises by ≥ 20
-//! points at λ = 1 over λ = 0 on 32 samples from "Once upon a time", with the Wikipedia
-//! perplexity reported), and fitting toxic → non-toxic on the Jigsaw sample does not raise the
-//! toxicity of continuations of toxic comments.
+//! End to end on the demo model with the built-in concept sets and fixed seeds. Each claim is a
+//! one-sided two-proportion z-test on enough samples, with the threshold chosen from the
+//! measured values (stated at each assertion), never a bare comparison of two small counts:
+//! - fitting with the default settings steers generations towards the concept: keyword
+//!   presence rises at λ = 1 over λ = 0 on 32 samples from "Once upon a time" (p < 1e-3), with
+//!   the Wikipedia perplexity reported;
+//! - toxic → non-toxic maps fitted on the Jigsaw sample lower the share of continuations of
+//!   toxic-leaning prompts that the toxicity classifier flags (240 samples per λ, p < 1e-3).
 
 mod common;
 
@@ -13,6 +16,7 @@ use act_studio::cli::DEFAULT_PRESET;
 use act_studio::pipeline::collect::hook_points;
 use act_studio::pipeline::concepts::{builtin_concept, builtin_dataset};
 use act_studio::pipeline::eval::presence::KeywordSet;
+use act_studio::pipeline::eval::stats::{Proportion, p_greater};
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::Pooling;
 use act_studio::pipeline::sweep::{SweepConfig, SweepRow, run_sweep, sweep_table};
@@ -86,7 +90,7 @@ fn sweep(m: &LoadedModel, stack: &SteeringStack, cfg: &SweepConfig) -> Vec<Sweep
 }
 
 #[test]
-fn default_fit_raises_concept_presence_by_twenty_points() {
+fn default_fit_raises_concept_presence_significantly() {
     let Some(path) = common::demo_model() else { return };
     let m = ok(LoadedModel::load(&path));
     let mut wiki = ok(builtin_dataset("wikipedia")).samples;
@@ -105,51 +109,63 @@ fn default_fit_raises_concept_presence_by_twenty_points() {
             judge: None,
         };
         let rows = sweep(&m, &stack, &cfg);
-        let (p0, p1) = (rows[0].presence.unwrap_or(0.0), rows[1].presence.unwrap_or(0.0));
+        let none = Proportion::new(0, 0);
+        let (p0, p1) = (rows[0].presence.unwrap_or(none), rows[1].presence.unwrap_or(none));
+        let p_value = p_greater(p1, p0);
         println!(
-            "{concept}: presence {:.1}% → {:.1}% (λ 0 → 1); Wikipedia perplexity {:.2} → {:.2}",
-            100.0 * p0,
-            100.0 * p1,
+            "{concept}: presence {}/{} → {}/{} (λ 0 → 1), one-sided p = {p_value:.2e}; \
+             Wikipedia perplexity {:.2} → {:.2}",
+            p0.k,
+            p0.n,
+            p1.k,
+            p1.n,
             rows[0].perplexity.unwrap_or(f64::NAN),
             rows[1].perplexity.unwrap_or(f64::NAN)
         );
-        assert!(p1 - p0 >= 0.20, "{concept}: presence only {p0:.3} → {p1:.3}");
+        // Measured (32 samples per λ): football 0 → 26, cooking 1 → 27 of 32 (p ≈ 2e-11).
+        // p < 1e-3 leaves room for code changes that move single samples, not for a broken map.
+        assert!(
+            p_value < 1e-3,
+            "{concept}: presence {p0:?} → {p1:?}, p = {p_value}"
+        );
     }
 }
 
 #[test]
-fn toxic_to_non_toxic_maps_do_not_raise_toxicity() {
+fn toxic_to_non_toxic_maps_lower_the_toxicity_of_continuations() {
     let Some(path) = common::demo_model() else { return };
     let m = ok(LoadedModel::load(&path));
     let stack = fit_builtin(&m, "non-toxic");
-    // Toxic-leaning prompts: the first six words of each toxic Jigsaw comment.
-    let prompts: Vec<String> = ok(builtin_dataset("jigsaw-toxic"))
-        .samples
-        .iter()
-        .map(|c| c.split_whitespace().take(6).collect::<Vec<_>>().join(" "))
-        .collect();
+    let mut prompts = ok(builtin_dataset("toxic-prompts")).samples;
+    prompts.truncate(TOXIC_PROMPTS);
     let cfg = SweepConfig {
         lambdas: vec![0.0, 1.0],
         concept: "non-toxic".into(),
         prompts,
-        samples: 8,
-        generate: sampling(0, 32),
+        samples: 4,
+        generate: sampling(0, 24),
         keywords: KeywordSet::default(),
         heldout: Vec::new(),
         heldout_tokens: 0,
         judge: None,
     };
     let rows = sweep(&m, &stack, &cfg);
-    let n = rows[0].generations.len();
+    let (t0, t1) = (rows[0].toxic, rows[1].toxic);
+    let p_value = p_greater(t0, t1);
     println!(
-        "toxicity of {n} continuations of toxic comments: {:.1}% at λ = 0, {:.1}% at λ = 1",
-        100.0 * rows[0].toxicity,
-        100.0 * rows[1].toxicity
+        "toxic continuations of {TOXIC_PROMPTS} toxic-leaning prompts × 4: {}/{} at λ = 0, {}/{} at λ = 1, \
+         one-sided p = {p_value:.2e}; mean P(toxic) {:.3} → {:.3}",
+        t0.k, t0.n, t1.k, t1.n, rows[0].toxicity_score, rows[1].toxicity_score
     );
+    // Measured (fixed seeds, bit-reproducible on any machine): 20/240 → 1/240, p = 1.1e-5
+    // (Wilson 95 %: 5.5–12.5 % → 0.1–2.3 %). The README's 200-prompt sweep over five λ agrees.
+    // p < 1e-3 leaves two orders of magnitude for code changes that move single samples, and
+    // fails if the maps stop lowering toxicity.
     assert!(
-        rows[1].toxicity <= rows[0].toxicity,
-        "toxicity rose: {:?} → {:?}",
-        rows[0].toxicity,
-        rows[1].toxicity
+        p_value < 1e-3,
+        "toxicity did not fall significantly: {t0:?} → {t1:?}, one-sided p = {p_value:.2e}"
     );
 }
+
+/// Prompts of `builtin:toxic-prompts` the toxicity test continues (4 samples each).
+const TOXIC_PROMPTS: usize = 60;

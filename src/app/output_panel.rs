@@ -7,6 +7,7 @@ use eframe::egui;
 
 use crate::pipeline::concepts::builtin_concept;
 use crate::pipeline::eval::presence::KeywordSet;
+use crate::pipeline::eval::stats::Proportion;
 use crate::pipeline::sweep::{SweepConfig, sweep_csv};
 use crate::runtime::generate::GenerateOptions;
 use crate::runtime::linear::MatPath;
@@ -190,8 +191,8 @@ fn sweep(app: &mut StudioApp, ui: &mut egui::Ui) {
                 ui.end_row();
                 for r in &app.sweep.rows {
                     ui.label(format!("{:.2}", r.lambda));
-                    ui.label(r.presence.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)));
-                    ui.label(format!("{:.0} %", 100.0 * r.toxicity));
+                    ui.label(r.presence.map_or("—".into(), rate_with_interval));
+                    ui.label(rate_with_interval(r.toxic));
                     ui.label(r.perplexity.map_or("—".into(), |p| format!("{p:.2}")));
                     ui.vertical(|ui| {
                         for g in &r.generations {
@@ -264,4 +265,10 @@ fn start_sweep(app: &mut StudioApp) {
     app.sweep.rows.clear();
     let chat = app.settings.chat;
     app.send(Command::Sweep(Box::new((stack, cfg, chat))));
+}
+
+/// "12 % [8–17]": a rate with its 95 % Wilson interval.
+fn rate_with_interval(p: Proportion) -> String {
+    let (lo, hi) = p.wilson95();
+    format!("{:.0} % [{:.0}–{:.0}]", 100.0 * p.rate(), 100.0 * lo, 100.0 * hi)
 }

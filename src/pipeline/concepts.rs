@@ -1,6 +1,6 @@
 //! The concept datasets shipped with the app (assets/concepts/, compiled into the binary so
 //! they work from any folder): a neutral source set, topic concepts, sentiment, a Jigsaw
-//! toxicity sample and Wikipedia passages, described by `manifest.json`.
+//! toxicity sample, toxic-leaning prompts and Wikipedia passages, described by `manifest.json`.
 
 use std::sync::OnceLock;
 
@@ -28,6 +28,10 @@ const FILES: &[(&str, &str)] = &[
     (
         "jigsaw_sample.csv",
         include_str!("../../assets/concepts/jigsaw_sample.csv"),
+    ),
+    (
+        "toxic_prompts.txt",
+        include_str!("../../assets/concepts/toxic_prompts.txt"),
     ),
     (
         "wikipedia_passages.csv",
@@ -154,6 +158,7 @@ mod tests {
                 "jigsaw-toxic" => 11,
                 "jigsaw-non-toxic" => 38,
                 "wikipedia" => 100,
+                "toxic-prompts" => 400,
                 _ => 150,
             };
             assert!(

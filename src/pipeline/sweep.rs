@@ -14,7 +14,8 @@ use crate::transport::{SteeringStack, TransportError};
 use super::eval::judge::judge_p_yes;
 use super::eval::perplexity::texts_perplexity;
 use super::eval::presence::KeywordSet;
-use super::eval::toxicity::toxicity_rate;
+use super::eval::stats::Proportion;
+use super::eval::toxicity::ToxicityClassifier;
 
 /// What to sweep and measure.
 #[derive(Debug, Clone)]
@@ -44,10 +45,12 @@ pub struct SweepConfig {
 pub struct SweepRow {
     /// The swept concept's λ.
     pub lambda: f32,
-    /// Fraction of samples with a concept keyword (`None` without keywords).
-    pub presence: Option<f64>,
-    /// Fraction of toxic samples.
-    pub toxicity: f64,
+    /// Samples with a concept keyword (`None` without keywords).
+    pub presence: Option<Proportion>,
+    /// Samples the toxicity classifier flags ([`super::eval::toxicity`]).
+    pub toxic: Proportion,
+    /// Mean classifier probability of toxicity over the samples.
+    pub toxicity_score: f64,
     /// Perplexity of the held-out texts (`None` without them).
     pub perplexity: Option<f64>,
     /// Mean judge p(yes) (`None` without a judge).
@@ -175,10 +178,17 @@ pub fn run_sweep(
             }
             None => None,
         };
+        // [P(non-toxic), P(toxic)] per sample: flagged as the classifier's `predict` does.
+        let scores: Vec<[f64; 2]> = generations
+            .iter()
+            .map(|g| ToxicityClassifier::builtin().class_probabilities(g))
+            .collect();
         rows.push(SweepRow {
             lambda,
-            presence: (!cfg.keywords.is_empty()).then(|| cfg.keywords.rate(&generations)),
-            toxicity: toxicity_rate(&generations),
+            presence: (!cfg.keywords.is_empty())
+                .then(|| Proportion::count(&generations, |g| cfg.keywords.matches(g))),
+            toxic: Proportion::count(&scores, |[clean, toxic]| toxic > clean),
+            toxicity_score: scores.iter().map(|s| s[1]).sum::<f64>() / scores.len().max(1) as f64,
             perplexity,
             judge,
             generations,
@@ -187,24 +197,27 @@ pub fn run_sweep(
     Ok(rows)
 }
 
-/// The sweep as CSV: `lambda,presence,toxicity,perplexity,judge_p_yes,example` (empty cells
-/// for measures not taken).
+/// The sweep as CSV: `lambda,samples,presence,presence_lo,presence_hi,toxicity,toxicity_lo,
+/// toxicity_hi,toxicity_score,perplexity,judge_p_yes,example` — rates with their 95 % Wilson
+/// intervals ([`Proportion::wilson95`]); empty cells for measures not taken.
 pub fn sweep_csv(rows: &[SweepRow]) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "lambda",
-        "presence",
-        "toxicity",
-        "perplexity",
-        "judge_p_yes",
-        "example",
-    ])?;
-    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
+    w.write_record(CSV_HEADER)?;
+    let f = |v: f64| format!("{v:.4}");
+    let opt = |v: Option<f64>| v.map_or(String::new(), f);
     for r in rows {
+        let (plo, phi) = r.presence.map(|p| p.wilson95()).unzip();
+        let (tlo, thi) = r.toxic.wilson95();
         w.write_record([
             format!("{}", r.lambda),
-            opt(r.presence),
-            format!("{:.4}", r.toxicity),
+            r.generations.len().to_string(),
+            opt(r.presence.map(|p| p.rate())),
+            opt(plo),
+            opt(phi),
+            f(r.toxic.rate()),
+            f(tlo),
+            f(thi),
+            f(r.toxicity_score),
             opt(r.perplexity),
             opt(r.judge),
             r.example(),
@@ -212,6 +225,22 @@ pub fn sweep_csv(rows: &[SweepRow]) -> Result<Vec<u8>, csv::Error> {
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
 }
+
+/// The columns of [`sweep_csv`].
+pub const CSV_HEADER: [&str; 12] = [
+    "lambda",
+    "samples",
+    "presence",
+    "presence_lo",
+    "presence_hi",
+    "toxicity",
+    "toxicity_lo",
+    "toxicity_hi",
+    "toxicity_score",
+    "perplexity",
+    "judge_p_yes",
+    "example",
+];
 
 /// Writes every sample as JSON lines `{lambda, sample, text}`, atomically.
 pub fn write_generations(path: &Path, rows: &[SweepRow]) -> Result<(), SweepError> {
@@ -229,29 +258,39 @@ pub fn write_generations(path: &Path, rows: &[SweepRow]) -> Result<(), SweepErro
     })
 }
 
-/// The sweep as an aligned text table for the terminal.
+/// The sweep as an aligned text table for the terminal: rates in percent with their 95 %
+/// Wilson intervals.
 pub fn sweep_table(rows: &[SweepRow]) -> String {
-    let opt = |v: Option<f64>, pct: bool| match v {
-        Some(v) if pct => format!("{:>5.1}%", v * 100.0),
-        Some(v) => format!("{v:>6.2}"),
-        None => format!("{:>6}", "—"),
+    let pct = |p: Option<Proportion>| match p {
+        Some(p) => {
+            let (lo, hi) = p.wilson95();
+            format!(
+                "{:>5.1}% [{:>4.1}–{:>4.1}]",
+                100.0 * p.rate(),
+                100.0 * lo,
+                100.0 * hi
+            )
+        }
+        None => format!("{:>19}", "—"),
     };
+    let num = |v: Option<f64>| v.map_or(format!("{:>6}", "—"), |v| format!("{v:>6.2}"));
     let mut s = format!(
-        "{:>6}  {:>8}  {:>8}  {:>10}  {:>6}  example\n",
-        "λ", "presence", "toxicity", "perplexity", "judge"
+        "{:>6}  {:>7}  {:>19}  {:>19}  {:>10}  {:>6}  example\n",
+        "λ", "samples", "presence (95% CI)", "toxicity (95% CI)", "perplexity", "judge"
     );
     for r in rows {
         let mut ex = r.example();
-        if ex.chars().count() > 70 {
-            ex = ex.chars().take(69).collect::<String>() + "…";
+        if ex.chars().count() > 60 {
+            ex = ex.chars().take(59).collect::<String>() + "…";
         }
         s.push_str(&format!(
-            "{:>6.2}  {:>8}  {:>8}  {:>10}  {:>6}  {ex}\n",
+            "{:>6.2}  {:>7}  {}  {}  {:>10}  {}  {ex}\n",
             r.lambda,
-            opt(r.presence, true),
-            opt(Some(r.toxicity), true),
-            opt(r.perplexity, false),
-            opt(r.judge, false),
+            r.generations.len(),
+            pct(r.presence),
+            pct(Some(r.toxic)),
+            num(r.perplexity),
+            num(r.judge),
         ));
     }
     s
@@ -261,11 +300,12 @@ pub fn sweep_table(rows: &[SweepRow]) -> String {
 mod tests {
     use super::*;
 
-    fn row(lambda: f32, presence: Option<f64>) -> SweepRow {
+    fn row(lambda: f32, presence: Option<Proportion>) -> SweepRow {
         SweepRow {
             lambda,
             presence,
-            toxicity: 0.0,
+            toxic: Proportion::new(0, 2),
+            toxicity_score: 0.125,
             perplexity: Some(12.3456),
             judge: None,
             generations: vec!["a goal,\n\"scored\"".into(), "b".into()],
@@ -274,16 +314,20 @@ mod tests {
 
     #[test]
     fn csv_quotes_examples_and_leaves_missing_cells_empty() {
-        let csv = String::from_utf8(sweep_csv(&[row(0.0, None), row(1.0, Some(0.5))]).unwrap()).unwrap();
+        let half = Some(Proportion::new(1, 2));
+        let csv = String::from_utf8(sweep_csv(&[row(0.0, None), row(1.0, half)]).unwrap()).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER.join(","));
         assert_eq!(
-            lines[0],
-            "lambda,presence,toxicity,perplexity,judge_p_yes,example"
+            lines[1],
+            "0,2,,,,0.0000,0.0000,0.6576,0.1250,12.3456,,\"a goal, \"\"scored\"\"\""
         );
-        assert_eq!(lines[1], "0,,0.0000,12.3456,,\"a goal, \"\"scored\"\"\"");
-        assert_eq!(lines[2], "1,0.5000,0.0000,12.3456,,\"a goal, \"\"scored\"\"\"");
-        let t = sweep_table(&[row(1.0, Some(0.5))]);
-        assert!(t.contains("50.0%") && t.contains("12.35"), "{t}");
+        assert_eq!(
+            lines[2],
+            "1,2,0.5000,0.0945,0.9055,0.0000,0.0000,0.6576,0.1250,12.3456,,\"a goal, \"\"scored\"\"\""
+        );
+        let t = sweep_table(&[row(1.0, half)]);
+        assert!(t.contains("50.0% [ 9.5–90.5]") && t.contains("12.35"), "{t}");
     }
 
     #[test]
