@@ -1,6 +1,6 @@
 //! Oracle tests against the reference implementation (apple/ml-act) on the fixture in
-//! `shared/data/act-fixtures/act_reference_fixture.json`: every method, support and λ, 3-D
-//! and 4-D, within 1e-5.
+//! `tests/fixtures/act/act_reference_fixture.json`: every method, support and λ, 3-D and 4-D,
+//! within 1e-5.
 
 mod common;
 
@@ -49,15 +49,16 @@ fn matrix(v: &Value, side: Side) -> SampleMatrix {
     SampleMatrix::from_rows(&rows, side).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn load() -> Option<Fixture> {
-    let dir = common::shared_dir()?;
-    let path = dir.join("data/act-fixtures/act_reference_fixture.json");
+/// The fixture, from `tests/fixtures/act/` (provenance in its README).
+fn load() -> Fixture {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/act/act_reference_fixture.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     let source = matrix(&json["source"], Side::Source);
     let target = matrix(&json["target"], Side::Target);
     assert_eq!((source.rows, source.cols), (16, 6));
-    Some(Fixture { json, source, target })
+    Fixture { json, source, target }
 }
 
 fn fit(f: &Fixture, method: Method, support: Support) -> HookMap {
@@ -131,7 +132,7 @@ fn check_outputs(f: &Fixture, map: &HookMap, outputs: &Value, label: &str) {
 
 #[test]
 fn linear_act_parameters_match_reference() {
-    let Some(f) = load() else { return };
+    let f = load();
     let lin = &f.json["linear_ot"];
     let map = fit(&f, Method::LinearAct, Support::Q0_100);
     common::assert_close(map.omega(), &floats(&lin["omega_f32"]), TOL, "omega");
@@ -153,7 +154,7 @@ fn linear_act_parameters_match_reference() {
 
 #[test]
 fn all_nine_quantile_supports_match_reference() {
-    let Some(f) = load() else { return };
+    let f = load();
     let q = f.json["linear_ot"]["quantiles_src_dict"]
         .as_object()
         .unwrap_or_else(|| panic!("quantiles"));
@@ -170,7 +171,7 @@ fn all_nine_quantile_supports_match_reference() {
 
 #[test]
 fn linear_act_outputs_match_reference_for_every_support_and_lambda() {
-    let Some(f) = load() else { return };
+    let f = load();
     for key in ["q_0_100", "q_all", "q_5_95"] {
         let map = fit(&f, Method::LinearAct, support_of(key));
         check_outputs(
@@ -184,7 +185,7 @@ fn linear_act_outputs_match_reference_for_every_support_and_lambda() {
 
 #[test]
 fn mean_and_gaussian_outputs_match_reference() {
-    let Some(f) = load() else { return };
+    let f = load();
     for (name, method) in [("mean_ot", Method::MeanAct), ("gaussian_ot", Method::Gaussian)] {
         let block = &f.json[name];
         for key in ["q_all", "q_0_100"] {
@@ -201,7 +202,7 @@ fn mean_and_gaussian_outputs_match_reference() {
 
 #[test]
 fn aura_matches_reference() {
-    let Some(f) = load() else { return };
+    let f = load();
     let block = &f.json["aura"];
     let map = fit(&f, Method::Aura, Method::Aura.default_support());
     common::assert_close(
@@ -217,7 +218,7 @@ fn aura_matches_reference() {
 
 #[test]
 fn source_extremes_untouched_under_q0_100_and_moved_when_unbounded() {
-    let Some(f) = load() else { return };
+    let f = load();
     let strict = fit(&f, Method::LinearAct, Support::Q0_100);
     let open = fit(&f, Method::LinearAct, Support::Unbounded);
     for j in 0..6 {

@@ -1,5 +1,6 @@
 //! Hook points of a diffusion pipeline: every normalisation layer of the UNet (GroupNorm and
-//! LayerNorm outputs) and the text encoders' layer norms (AcT paper §5, DESIGN.md §8).
+//! LayerNorm outputs) and the text encoders' layer norms (AcT paper §5; docs/ARCHITECTURE.md,
+//! "Diffusion").
 //!
 //! Each component registers its hook points in forward order into one [`HookRegistry`] when it
 //! is built, and keeps the returned ids. Names follow the diffusers module paths with the

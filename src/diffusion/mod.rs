@@ -1,5 +1,5 @@
 //! Text-to-image diffusion (Stable Diffusion 1.5 / 2.1 / Turbo, SDXL-Turbo) with hook points
-//! for Activation Transport (AcT paper §5; DESIGN.md §8).
+//! for Activation Transport (AcT paper §5; docs/ARCHITECTURE.md, "Diffusion").
 //!
 //! Our own forward passes of the CLIP text encoders, the UNet and the VAE decoder, loaded
 //! from a local diffusers-layout folder, with hooks at every normalisation layer; the

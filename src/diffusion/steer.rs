@@ -1,7 +1,8 @@
 //! Steering a diffusion pipeline: [`DiffHooks`] that apply a compiled [`SteeringPlan`] at
 //! text-encoder and UNet hook points, optionally only within a window of denoising steps.
 //!
-//! 4-D activations (UNet GroupNorms) follow DESIGN.md §3: Linear-AcT transports each
+//! 4-D activations (UNet GroupNorms) follow docs/ARCHITECTURE.md, "Transport on 3-D and 4-D
+//! activations": Linear-AcT transports each
 //! channel's spatial mean and adds the shift to every pixel; 3-D activations (LayerNorms)
 //! are transported token by token.
 

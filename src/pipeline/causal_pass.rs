@@ -1,4 +1,5 @@
-//! Causal fitting in one forward pass over the data, without padding waste (DESIGN.md §4).
+//! Causal fitting in one forward pass over the data, without padding waste (docs/ARCHITECTURE.md,
+//! "Causal fitting in one pass").
 //!
 //! The samples are sorted by length and cut into chunks of similar length; each chunk runs its
 //! own forward pass on its own thread. At every hook point, in forward order, each chunk

@@ -1,5 +1,6 @@
 //! Fitting transport maps on a model from source and target texts: causal estimation in one
-//! forward pass over the data (DESIGN.md §4), or the simultaneous mode.
+//! forward pass over the data (docs/ARCHITECTURE.md, "Causal fitting in one pass"), or the
+//! simultaneous mode.
 //!
 //! Causal: the maps of layer k are fitted on activations computed with the maps of earlier
 //! hook points already applied (λ = 1), in one pass over the data ([`super::causal_pass`]).

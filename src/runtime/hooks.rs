@@ -1,7 +1,8 @@
 //! Hook points: named places in the forward pass where activations can be recorded (for
 //! fitting) or transformed (for steering).
 //!
-//! Names are architecture-independent, one set per decoder layer `i` (DESIGN.md §2):
+//! Names are architecture-independent, one set per decoder layer `i` (docs/ARCHITECTURE.md,
+//! "Hook points"):
 //! `layers.{i}.attn_norm`, `.attn_out`, `.post_attn_norm` (Gemma only), `.mlp_norm`,
 //! `.mlp_out`, `.post_mlp_norm` (Gemma only), `.resid`. On the Llama family, `mlp_norm` is the
 //! output of the module Hugging Face calls `post_attention_layernorm` — the norm *before* the

@@ -3,28 +3,6 @@
 
 use std::path::PathBuf;
 
-/// The project's `shared/` folder (reference data): `$ACT_SHARED_DIR`, else `../shared` beside
-/// the checkout. Returns `None` (after printing why) when it is absent outside CI; in CI
-/// (`CI` set) a missing folder is a failure, so tests cannot silently skip there.
-pub fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ACT_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("data").is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "shared data folder {} is missing in CI",
-        dir.display()
-    );
-    eprintln!(
-        "SKIP: shared data folder {} not found (set ACT_SHARED_DIR)",
-        dir.display()
-    );
-    None
-}
-
 /// |a − e| ≤ tol · max(1, |e|) for every element; panics naming the first offender.
 pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
