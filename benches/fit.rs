@@ -16,10 +16,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use act_studio::pipeline::causal_pass::{CHUNK_TOKENS, causal_fit};
-use act_studio::pipeline::collect::{PaddedBatch, hook_points};
+use act_studio::pipeline::collect::PaddedBatch;
 use act_studio::pipeline::concepts::builtin_dataset;
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::Pooling;
+use act_studio::pipeline::presets::hook_points;
 use act_studio::runtime::linear::MatPath;
 use act_studio::runtime::llama::LogitsMode;
 use act_studio::runtime::{LoadedModel, NoHooks};

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::pipeline::dataset::DatasetSpec;
 use crate::pipeline::fit_arrays::fit_array_files;
+use crate::pipeline::presets::{DEFAULT_PRESET, parse_named_lambda};
 use crate::transport::{FitConfig, MapsFile, Method, Support};
 
 /// AcT Studio: concept steering of language and diffusion models with Activation Transport.
@@ -63,9 +64,6 @@ pub enum Command {
     /// dataset order) to a safetensors file, for outside analysis.
     Collect(CollectArgs),
 }
-
-/// The default hook preset of `fit` (chosen by the measurements in the README).
-pub const DEFAULT_PRESET: &str = "all-ln";
 
 /// Arguments of `fit`.
 #[derive(Debug, clap::Args)]
@@ -218,26 +216,11 @@ pub struct GenerateArgs {
     pub maps: Vec<PathBuf>,
     /// Strength of a concept, NAME=VALUE (repeatable; default 1 for every loaded concept;
     /// 0 = off, 1 = full transport, > 1 extrapolates).
-    #[arg(long = "lambda", value_parser = parse_lambda)]
+    #[arg(long = "lambda", value_parser = parse_named_lambda)]
     pub lambdas: Vec<(String, f32)>,
     /// Which tokens are steered: all, last, prompt or generated.
     #[arg(long, default_value = "all")]
     pub scope: crate::transport::TokenScope,
-}
-
-/// Parses `NAME=VALUE` for `--lambda`.
-pub(crate) fn parse_lambda(s: &str) -> std::result::Result<(String, f32), String> {
-    let (name, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected NAME=VALUE, e.g. football=1.0"))?;
-    let v: f32 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{value}` is not a number"))?;
-    if !v.is_finite() {
-        return Err(format!("λ = {v} is not finite"));
-    }
-    Ok((name.trim().to_string(), v))
 }
 
 /// Arguments of `perplexity`.

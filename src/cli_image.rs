@@ -17,9 +17,9 @@ use crate::diffusion::scheduler::SchedulerKind;
 use crate::diffusion::steer::StepWindow;
 use crate::pipeline::diffusion_fit::{DEFAULT_IMAGE_PRESET, IMAGE_PRESETS, ImageFitOptions, fit_image_maps};
 use crate::pipeline::image_concepts::{PromptPair, builtin_image_concept, builtin_image_concepts};
+use crate::pipeline::presets::{parse_lambda, parse_named_lambda};
 use crate::transport::{FitConfig, MapsFile, Method, SteeringStack, Support, TokenScope};
 
-use super::cli::parse_lambda;
 use super::cli_steer::progress_bar;
 
 /// The model folder and precision.
@@ -86,7 +86,7 @@ pub struct ImageSteerArgs {
     #[arg(long = "maps")]
     pub maps: Vec<PathBuf>,
     /// Strength of a concept, NAME=VALUE (repeatable; default 1).
-    #[arg(long = "lambda", value_parser = parse_lambda)]
+    #[arg(long = "lambda", value_parser = parse_named_lambda)]
     pub lambdas: Vec<(String, f32)>,
     /// Steer only denoising steps START:END (0-based, END exclusive; e.g. 0:10). Steps count
     /// UNet evaluations: pndm makes one more than --steps.
@@ -202,7 +202,7 @@ pub struct StripArgs {
     #[arg(long)]
     pub concept: Option<String>,
     /// λ values, one column each.
-    #[arg(long = "lambdas", value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1")]
+    #[arg(long = "lambdas", value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1", value_parser = parse_lambda)]
     pub strip_lambdas: Vec<f32>,
     /// Seeds, one row each (a λ × seed grid); default: the settings' seed.
     #[arg(long, value_delimiter = ',')]

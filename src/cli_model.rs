@@ -236,7 +236,8 @@ pub fn models(a: &ModelsArgs) -> Result<()> {
 
 /// `collect --model M --data D --hooks H --out F`.
 pub fn collect(a: &CollectArgs) -> Result<()> {
-    use crate::pipeline::collect::{CollectOptions, collect as run_collect, hook_points};
+    use crate::pipeline::collect::{CollectOptions, collect as run_collect};
+    use crate::pipeline::presets::hook_points;
     let data = read_dataset(&a.data, None)?;
     let texts = data.samples;
     let m = load(&a.model)?;
@@ -309,8 +310,8 @@ fn dataset_info(d: &Dataset) -> DatasetInfo {
 
 /// `fit --model M (--concept C | --source S --target T) --out F`.
 pub fn fit(a: &FitArgs) -> Result<()> {
-    use crate::pipeline::collect::hook_points;
     use crate::pipeline::fit_model::{Estimation, fit_on_model};
+    use crate::pipeline::presets::hook_points;
     use crate::transport::{FitConfig, MapsMeta};
     let builtin = match &a.concept {
         Some(name) => Some(crate::pipeline::concepts::builtin_concept(name)?),

@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::parse_lambda;
 use crate::cli_model::{load, read_dataset, steering_stack};
 use crate::pipeline::concepts::{builtin_concept, manifest};
 use crate::pipeline::dataset::{DatasetSpec, save_lines};
@@ -15,6 +14,7 @@ use crate::pipeline::describe::{DescribeOptions, concept_from_description};
 use crate::pipeline::eval::mc::{read_mc, score_mc};
 use crate::pipeline::eval::perplexity::texts_perplexity;
 use crate::pipeline::eval::presence::KeywordSet;
+use crate::pipeline::presets::{parse_lambda, parse_named_lambda};
 use crate::pipeline::sweep::{SweepConfig, run_sweep, sweep_csv, sweep_table, write_generations};
 use crate::runtime::generate::GenerateOptions;
 use crate::runtime::linear::MatPath;
@@ -35,14 +35,6 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Parses one finite λ.
-fn parse_finite(s: &str) -> std::result::Result<f32, String> {
-    match s.trim().parse::<f32>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}` is not a finite number")),
-    }
-}
-
 /// Arguments of `sweep`.
 #[derive(Debug, clap::Args)]
 pub struct SweepArgs {
@@ -56,10 +48,10 @@ pub struct SweepArgs {
     #[arg(long)]
     pub concept: Option<String>,
     /// λ values of the swept concept.
-    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1", value_parser = parse_finite)]
+    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1", value_parser = parse_lambda)]
     pub lambdas: Vec<f32>,
     /// Fixed λ of other loaded concepts, NAME=VALUE (default 1).
-    #[arg(long = "lambda", value_parser = parse_lambda)]
+    #[arg(long = "lambda", value_parser = parse_named_lambda)]
     pub fixed: Vec<(String, f32)>,
     /// Prompt(s) to continue (repeatable; "Once upon a time" when neither this nor
     /// --prompts is given).
@@ -239,7 +231,7 @@ pub struct EvalArgs {
     #[arg(long = "maps")]
     pub maps: Vec<PathBuf>,
     /// Strength of a concept, NAME=VALUE (default 1).
-    #[arg(long = "lambda", value_parser = parse_lambda)]
+    #[arg(long = "lambda", value_parser = parse_named_lambda)]
     pub lambdas: Vec<(String, f32)>,
     /// Which tokens are steered: all, last, prompt or generated.
     #[arg(long, default_value = "all")]

@@ -17,11 +17,11 @@ use crate::diffusion::steer::StepWindow;
 use crate::pipeline::diffusion_fit::{ImageFitOptions, fit_image_maps};
 use crate::pipeline::image_concepts::{PromptPair, builtin_image_concept};
 
-use crate::pipeline::collect::hook_points;
 use crate::pipeline::dataset::{Dataset, DatasetSpec, load_dataset};
 use crate::pipeline::describe::{DescribeOptions, concept_from_description};
 use crate::pipeline::fit_model::{Estimation, FitSamples, fit_on_model_with_samples};
 use crate::pipeline::pooling::{Pooling, PoolingRecorder};
+use crate::pipeline::presets::hook_points;
 use crate::pipeline::sweep::{SweepConfig, SweepRow, run_sweep};
 use crate::runtime::generate::{GenerateOptions, generate};
 use crate::runtime::linear::MatPath;
@@ -220,11 +220,6 @@ pub struct ImageProgress {
     pub step: usize,
     /// Denoising steps per image.
     pub steps: usize,
-}
-
-/// Whether maps with this fingerprint belong to a diffusion pipeline.
-pub fn is_image_fingerprint(fp: &ModelFingerprint) -> bool {
-    matches!(fp.architecture.as_str(), "sd1" | "sd2" | "sdxl")
 }
 
 /// Which output column a token belongs to.
@@ -770,7 +765,7 @@ impl State {
     fn load_maps(&mut self, path: PathBuf) -> Result<(), String> {
         let maps = MapsFile::load(&path).map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
         let fp = &maps.meta().fingerprint;
-        if is_image_fingerprint(fp) {
+        if fp.is_diffusion() {
             let pipe = self.image().map_err(|e| {
                 format!(
                     "{}: these maps were fitted on a diffusion model ({fp}); {e}",

@@ -17,10 +17,10 @@ use std::sync::atomic::AtomicBool;
 
 use sha2::{Digest, Sha256};
 
-use act_studio::pipeline::collect::hook_points;
 use act_studio::pipeline::concepts::builtin_dataset;
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::Pooling;
+use act_studio::pipeline::presets::hook_points;
 use act_studio::runtime::LoadedModel;
 use act_studio::runtime::generate::{GenerateOptions, generate};
 use act_studio::runtime::generate_many::generate_many;

@@ -4,8 +4,9 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use act_studio::pipeline::collect::{CollectOptions, collect, hook_points};
+use act_studio::pipeline::collect::{CollectOptions, collect};
 use act_studio::pipeline::pooling::Pooling;
+use act_studio::pipeline::presets::hook_points;
 use act_studio::runtime::{Activation, HookFlow, HookKind, HookPoint, Hooks, LoadedModel};
 
 /// Records one hook point's full activation of a single sentence.

@@ -12,13 +12,13 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use act_studio::cli::DEFAULT_PRESET;
-use act_studio::pipeline::collect::hook_points;
 use act_studio::pipeline::concepts::{builtin_concept, builtin_dataset};
 use act_studio::pipeline::eval::presence::KeywordSet;
 use act_studio::pipeline::eval::stats::{Proportion, p_greater};
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::Pooling;
+use act_studio::pipeline::presets::DEFAULT_PRESET;
+use act_studio::pipeline::presets::hook_points;
 use act_studio::pipeline::sweep::{SweepConfig, SweepRow, run_sweep, sweep_table};
 use act_studio::runtime::LoadedModel;
 use act_studio::runtime::generate::GenerateOptions;

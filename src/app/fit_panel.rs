@@ -6,6 +6,7 @@ use eframe::egui;
 
 use crate::pipeline::fit_model::Estimation;
 use crate::pipeline::pooling::Pooling;
+use crate::pipeline::presets::PRESETS;
 use crate::transport::{Method, Support};
 use crate::worker::{Command, FitJob};
 
@@ -42,17 +43,6 @@ impl FitForm {
         }
     }
 }
-
-const PRESETS: [(&str, &str); 5] = [
-    (
-        "all-ln",
-        "both norms of every layer (default: strongest fluent steering on SmolLM2)",
-    ),
-    ("attention", "attention outputs (gentle)"),
-    ("post-ln", "pre-MLP norms (the paper's Post-LN on Llama)"),
-    ("mlp", "MLP outputs"),
-    ("residual", "residual stream (strong, degrades text)"),
-];
 
 /// Draws the panel (the image-concept form in image mode).
 pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {

@@ -18,6 +18,7 @@ use crate::diffusion::scheduler::SchedulerKind;
 use crate::diffusion::steer::StepWindow;
 use crate::pipeline::diffusion_fit::IMAGE_PRESETS;
 use crate::pipeline::image_concepts::builtin_image_concepts;
+use crate::pipeline::presets::parse_lambda_list;
 use crate::transport::{Method, Support};
 use crate::worker::{
     Command, ImageConceptSource, ImageFitJob, ImageJob, ImageJobKind, ImageModelInfo, ImageProgress,
@@ -186,14 +187,6 @@ fn parse_list<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>, St
     }
 }
 
-fn parse_lambdas(text: &str) -> Result<Vec<f32>, String> {
-    let v: Vec<f32> = parse_list(text, "numbers")?;
-    if v.iter().any(|l| !l.is_finite()) {
-        return Err(format!("`{text}`: every λ must be a finite number"));
-    }
-    Ok(v)
-}
-
 /// The request of the image settings.
 pub fn request(app: &StudioApp) -> Result<ImageRequest, String> {
     let s = &app.settings.image;
@@ -273,11 +266,11 @@ pub fn generate(app: &mut StudioApp, action: ImageAction) {
     let parsed = match action {
         ImageAction::Pair { .. } => Ok(None),
         ImageAction::Strip => concept().and_then(|c| {
-            let l = parse_lambdas(&app.settings.image.strip_lambdas)?;
+            let l = parse_lambda_list(&app.settings.image.strip_lambdas)?;
             Ok(Some((SheetKind::Strip, c, l, vec![req.seed])))
         }),
         ImageAction::Grid => concept().and_then(|c| {
-            let l = parse_lambdas(&app.settings.image.grid_lambdas)?;
+            let l = parse_lambda_list(&app.settings.image.grid_lambdas)?;
             let s: Vec<u64> = parse_list(&app.settings.image.grid_seeds, "seeds (whole numbers)")?;
             Ok(Some((SheetKind::Grid, c, l, s)))
         }),

@@ -25,7 +25,6 @@ use crate::runtime::CachedModel;
 use crate::transport::{MapsFile, SteeringStack, TokenScope};
 use crate::worker::{
     Column, Command, Event, GenerateJob, ImageModelInfo, JobKind, ModelInfo, Progress, Worker,
-    is_image_fingerprint,
 };
 
 pub use image_panel::{ImageAction, ImageState, ImageView, SaveWhat, SheetKind, Shown};
@@ -350,7 +349,7 @@ impl StudioApp {
             concepts: self
                 .stack
                 .iter()
-                .filter(|e| !is_image_fingerprint(&e.concept.maps.meta().fingerprint))
+                .filter(|e| !e.concept.maps.meta().fingerprint.is_diffusion())
                 .map(|e| e.concept.clone())
                 .collect(),
             scope: self.scope,

@@ -8,6 +8,7 @@ use eframe::egui;
 use crate::pipeline::concepts::builtin_concept;
 use crate::pipeline::eval::presence::KeywordSet;
 use crate::pipeline::eval::stats::Proportion;
+use crate::pipeline::presets::parse_lambda_list;
 use crate::pipeline::sweep::{SweepConfig, sweep_csv};
 use crate::runtime::generate::GenerateOptions;
 use crate::runtime::linear::MatPath;
@@ -206,25 +207,17 @@ fn sweep(app: &mut StudioApp, ui: &mut egui::Ui) {
 }
 
 fn start_sweep(app: &mut StudioApp) {
-    let lambdas: Option<Vec<f32>> = app
-        .sweep
-        .lambdas
-        .split(',')
-        .map(|s| s.trim().parse::<f32>().ok().filter(|v| v.is_finite()))
-        .collect();
-    let lambdas = match lambdas {
-        Some(l) if !l.is_empty() => l,
-        _ => {
-            app.error(format!("`{}` is not a list of numbers", app.sweep.lambdas));
+    let lambdas = match parse_lambda_list(&app.sweep.lambdas) {
+        Ok(l) => l,
+        Err(e) => {
+            app.error(e);
             return;
         }
     };
     let Some(concept) = app
         .stack
         .iter()
-        .find(|e| {
-            e.concept.enabled && !crate::worker::is_image_fingerprint(&e.concept.maps.meta().fingerprint)
-        })
+        .find(|e| e.concept.enabled && !e.concept.maps.meta().fingerprint.is_diffusion())
         .map(|e| e.concept.name.clone())
     else {
         app.error("no enabled concept to sweep".into());

@@ -134,7 +134,7 @@ impl Default for Settings {
             source: "builtin:neutral".into(),
             target: "builtin:football".into(),
             concept_name: "football".into(),
-            preset: crate::cli::DEFAULT_PRESET.into(),
+            preset: crate::pipeline::presets::DEFAULT_PRESET.into(),
             live: true,
             user_datasets: Vec::new(),
             recent_image_models: Vec::new(),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::runtime::linear::MatPath;
 use crate::runtime::llama::{Batch, LogitsMode};
-use crate::runtime::{HookKind, HookPoint, LoadedModel, Result, RuntimeError};
+use crate::runtime::{HookPoint, LoadedModel, Result, RuntimeError};
 use crate::transport::SampleMatrix;
 
 use super::pooling::{Pooling, PoolingRecorder};
@@ -33,62 +33,6 @@ impl Default for CollectOptions {
             max_tokens: 128,
         }
     }
-}
-
-/// Hook points of a preset over `n_layers` layers (the paper's names): `post-ln` (on Llama:
-/// every `mlp_norm`), `attention` (`attn_out`), `mlp` (`mlp_out`), `all-ln` (`attn_norm` and
-/// `mlp_norm`), `residual` (`resid`), optionally limited to a layer range (`post-ln:0-14`,
-/// `mlp:20`); or a comma-separated list of hook point names.
-pub fn hook_points(spec: &str, n_layers: usize) -> std::result::Result<Vec<HookPoint>, String> {
-    let spec = spec.trim();
-    let (preset, range) = match spec.split_once(':') {
-        Some((p, r)) => (p, Some(r)),
-        None => (spec, None),
-    };
-    let kinds: &[HookKind] = match preset.to_ascii_lowercase().as_str() {
-        "post-ln" | "postln" | "mlp-norm" => &[HookKind::MlpNorm],
-        "attention" | "attn" => &[HookKind::AttnOut],
-        "mlp" => &[HookKind::MlpOut],
-        "all-ln" | "allln" => &[HookKind::AttnNorm, HookKind::MlpNorm],
-        "residual" | "resid" => &[HookKind::Resid],
-        _ if range.is_some() => {
-            return Err(format!(
-                "`{preset}` is not a preset (post-ln, attention, mlp, all-ln, residual)"
-            ));
-        }
-        _ => {
-            return spec
-                .split(',')
-                .map(|s| {
-                    HookPoint::parse(s.trim())
-                        .filter(|p| p.layer < n_layers)
-                        .ok_or_else(|| format!("`{}` is not a hook point of this model (layers.0..{}.KIND, or a preset: post-ln, attention, mlp, all-ln, residual)", s.trim(), n_layers.saturating_sub(1)))
-                })
-                .collect();
-        }
-    };
-    let layers = match range {
-        None => 0..n_layers,
-        Some(r) => {
-            let bad = || {
-                format!(
-                    "`{r}` is not a layer range of this model (e.g. 0-{}, or one layer)",
-                    n_layers.saturating_sub(1)
-                )
-            };
-            let (a, b) = match r.split_once('-') {
-                Some((a, b)) => (a.trim().parse::<usize>(), b.trim().parse::<usize>()),
-                None => (r.trim().parse::<usize>(), r.trim().parse::<usize>()),
-            };
-            match (a, b) {
-                (Ok(a), Ok(b)) if a <= b && b < n_layers => a..b + 1,
-                _ => return Err(bad()),
-            }
-        }
-    };
-    Ok(layers
-        .flat_map(|layer| kinds.iter().map(move |&kind| HookPoint { layer, kind }))
-        .collect())
 }
 
 /// Runs `texts` through the model in batches and returns, per hook point, the pooled

@@ -12,4 +12,5 @@ pub mod fit_arrays;
 pub mod fit_model;
 pub mod image_concepts;
 pub mod pooling;
+pub mod presets;
 pub mod sweep;

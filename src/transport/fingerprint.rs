@@ -27,6 +27,12 @@ impl ModelFingerprint {
             weights_header_sha256: String::new(),
         }
     }
+
+    /// Whether this is a diffusion pipeline's fingerprint (architecture `sd1`, `sd2` or `sdxl`,
+    /// as the diffusion loader names its families), i.e. maps for image mode.
+    pub fn is_diffusion(&self) -> bool {
+        matches!(self.architecture.as_str(), "sd1" | "sd2" | "sdxl")
+    }
 }
 
 impl std::fmt::Display for ModelFingerprint {

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use act_studio::pipeline::collect::hook_points;
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::Pooling;
+use act_studio::pipeline::presets::hook_points;
 use act_studio::transport::{FitConfig, Method};
 use candle_core::{Device, Tensor};
 
