@@ -14,7 +14,7 @@ use crate::runtime::sampling::SamplingConfig;
 use crate::runtime::steer::SteeringHooks;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{LoadedModel, NoHooks};
-use crate::transport::{DatasetInfo, MapsFile, SteeringStack, TokenScope};
+use crate::transport::{MapsFile, SteeringStack, TokenScope};
 use std::sync::Arc;
 
 pub(crate) fn load(path: &std::path::Path) -> Result<LoadedModel> {
@@ -299,20 +299,10 @@ pub(crate) fn read_dataset(spec: &DatasetSpec, limit: Option<usize>) -> Result<D
     Ok(d)
 }
 
-/// Identity of a dataset for the maps file: its spec, SHA-256 of the samples used, count.
-fn dataset_info(d: &Dataset) -> DatasetInfo {
-    DatasetInfo {
-        name: d.origin.clone(),
-        sha256: d.sha256(),
-        count: d.samples.len(),
-    }
-}
-
 /// `fit --model M (--concept C | --source S --target T) --out F`.
 pub fn fit(a: &FitArgs) -> Result<()> {
-    use crate::pipeline::fit_model::{Estimation, fit_on_model};
-    use crate::pipeline::presets::hook_points;
-    use crate::transport::{FitConfig, MapsMeta};
+    use crate::pipeline::fit_concept::{FitRequest, fit_concept};
+    use crate::pipeline::fit_model::Estimation;
     let builtin = match &a.concept {
         Some(name) => Some(crate::pipeline::concepts::builtin_concept(name)?),
         None => None,
@@ -325,61 +315,47 @@ pub fn fit(a: &FitArgs) -> Result<()> {
                 (None, None) => anyhow::bail!("--{side} or --concept is needed"),
             }
         };
-    let source = read_dataset(&pick(&a.source, builtin.map(|c| &c.source), "source")?, a.limit)?;
-    let target = read_dataset(&pick(&a.target, builtin.map(|c| &c.target), "target")?, a.limit)?;
-    let m = load(&a.model)?;
-    let points = hook_points(&a.preset, m.config().n_layers).map_err(anyhow::Error::msg)?;
-    let config = FitConfig {
+    let req = FitRequest {
+        name: a.name.clone().unwrap_or_else(|| crate::cli::stem(&a.out)),
+        source: pick(&a.source, builtin.map(|c| &c.source), "source")?,
+        target: pick(&a.target, builtin.map(|c| &c.target), "target")?,
+        limit: a.limit,
         method: a.method,
-        support: a.support.unwrap_or_else(|| a.method.default_support()),
-    };
-    let estimation = if a.simultaneous {
-        Estimation::Simultaneous
-    } else {
-        Estimation::Causal
-    };
-    let started = std::time::Instant::now();
-    let bar = crate::cli_steer::progress_bar(points.len() as u64, "fitting hook points");
-    let hooks = fit_on_model(
-        &m,
-        &source.samples,
-        &target.samples,
-        &points,
-        a.pooling,
-        &config,
-        estimation,
-        &AtomicBool::new(false),
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+        preset: a.preset.clone(),
+        pooling: a.pooling,
+        support: a.support,
+        estimation: if a.simultaneous {
+            Estimation::Simultaneous
+        } else {
+            Estimation::Causal
         },
-    )?;
+        keep_samples: false,
+    };
+    let m = load(&a.model)?;
+    let started = std::time::Instant::now();
+    let bar = crate::cli_steer::progress_bar(0, "fitting hook points");
+    let fitted = fit_concept(&m, &req, &AtomicBool::new(false), &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+    })?;
     bar.finish_and_clear();
-    let concept = a.name.clone().unwrap_or_else(|| crate::cli::stem(&a.out));
-    let meta = MapsMeta::new(
-        &concept,
-        config.method,
-        config.support,
-        a.pooling.name(),
-        estimation.name(),
-        m.fingerprint.clone(),
-        dataset_info(&source),
-        dataset_info(&target),
-    );
-    let maps = MapsFile::new(meta, hooks)?;
-    maps.save(&a.out)
+    fitted
+        .maps
+        .save(&a.out)
         .with_context(|| format!("saving maps to {}", a.out.display()))?;
+    let meta = fitted.maps.meta();
     eprintln!(
-        "fitted {} ({}, {} support, {} pooling) at {} hook points on {} + {} samples in {:.1} s → {} (concept `{concept}`)",
-        config.method.label(),
-        estimation.name(),
-        config.support,
-        a.pooling.name(),
-        points.len(),
-        source.samples.len(),
-        target.samples.len(),
+        "fitted {} ({}, {} support, {} pooling) at {} hook points on {} + {} samples in {:.1} s → {} (concept `{}`)",
+        meta.method.label(),
+        meta.estimation,
+        meta.support,
+        meta.pooling,
+        fitted.hook_points,
+        fitted.counts.0,
+        fitted.counts.1,
         started.elapsed().as_secs_f64(),
-        a.out.display()
+        a.out.display(),
+        req.name
     );
     Ok(())
 }

@@ -19,9 +19,9 @@ use crate::pipeline::image_concepts::{PromptPair, builtin_image_concept};
 
 use crate::pipeline::dataset::{Dataset, DatasetSpec, load_dataset};
 use crate::pipeline::describe::{DescribeOptions, concept_from_description};
-use crate::pipeline::fit_model::{Estimation, FitSamples, fit_on_model_with_samples};
+use crate::pipeline::fit_concept::{FitRequest, fit_concept};
+use crate::pipeline::fit_model::FitSamples;
 use crate::pipeline::pooling::{Pooling, PoolingRecorder};
-use crate::pipeline::presets::hook_points;
 use crate::pipeline::sweep::{SweepConfig, SweepRow, run_sweep};
 use crate::runtime::generate::{GenerateOptions, generate};
 use crate::runtime::linear::MatPath;
@@ -29,9 +29,7 @@ use crate::runtime::llama::{Batch, LogitsMode};
 use crate::runtime::steer::SteeringHooks;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{Hooks, LoadedModel, NoHooks};
-use crate::transport::{
-    DatasetInfo, FitConfig, MapsFile, MapsMeta, Method, ModelFingerprint, SteeringStack, Support,
-};
+use crate::transport::{FitConfig, MapsFile, Method, ModelFingerprint, SteeringStack, Support};
 
 /// What the model panel shows about a loaded model.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,29 +50,6 @@ pub struct ModelInfo {
     pub fingerprint: String,
     /// Whether the tokenizer has a chat template.
     pub has_chat_template: bool,
-}
-
-/// A fit request.
-#[derive(Debug, Clone)]
-pub struct FitJob {
-    /// Concept name.
-    pub name: String,
-    /// Source and target datasets.
-    pub source: DatasetSpec,
-    /// Target dataset.
-    pub target: DatasetSpec,
-    /// Use at most this many samples of each.
-    pub limit: Option<usize>,
-    /// Estimator.
-    pub method: Method,
-    /// Hook preset, range or names.
-    pub preset: String,
-    /// Pooling.
-    pub pooling: Pooling,
-    /// Support (`None`: the method's default).
-    pub support: Option<Support>,
-    /// Causal or simultaneous.
-    pub estimation: Estimation,
 }
 
 /// What the model panel shows about a loaded diffusion pipeline.
@@ -284,7 +259,7 @@ pub enum Command {
     /// Read a dataset (for viewing and editing).
     LoadDataset(DatasetSpec),
     /// Fit a concept.
-    Fit(Box<FitJob>),
+    Fit(Box<FitRequest>),
     /// Generate text.
     Generate(Box<GenerateJob>),
     /// A λ sweep (the flag: render the prompts through the chat template).
@@ -594,64 +569,25 @@ impl State {
         Ok(())
     }
 
-    fn fit(&mut self, job: &FitJob) -> Result<(), String> {
+    fn fit(&mut self, job: &FitRequest) -> Result<(), String> {
         let m = self.model()?;
-        let read = |spec: &DatasetSpec| -> Result<Dataset, String> {
-            let mut d = load_dataset(spec).map_err(|e| describe(&e))?;
-            if let Some(n) = job.limit {
-                d.samples.truncate(n);
-            }
-            Ok(d)
-        };
-        let (source, target) = (read(&job.source)?, read(&job.target)?);
-        let points = hook_points(&job.preset, m.config().n_layers)?;
-        let config = FitConfig {
-            method: job.method,
-            support: job.support.unwrap_or_else(|| job.method.default_support()),
-        };
         let started = Instant::now();
-        self.progress("fitting", 0, points.len(), started);
-        let (maps, samples) = fit_on_model_with_samples(
-            &m,
-            &source.samples,
-            &target.samples,
-            &points,
-            job.pooling,
-            &config,
-            job.estimation,
-            &self.cancel,
-            &mut |done, total| {
-                let layer = points.get(done.saturating_sub(1)).map_or(0, |p| p.layer);
-                let stage = format!("fitting: layer {} of {}", layer + 1, m.config().n_layers);
-                self.events
-                    .send(Event::Progress(Progress {
-                        stage,
-                        done,
-                        total,
-                        started,
-                    }))
-                    .ok();
-                (self.notify)();
-            },
-        )
+        self.progress("fitting", 0, 0, started);
+        let (events, notify) = (&self.events, &self.notify);
+        let fitted = fit_concept(&m, job, &self.cancel, &mut |p| {
+            let stage = format!("fitting: layer {} of {}", p.layer + 1, p.n_layers);
+            events
+                .send(Event::Progress(Progress {
+                    stage,
+                    done: p.done,
+                    total: p.total,
+                    started,
+                }))
+                .ok();
+            notify();
+        })
         .map_err(|e| describe(&e))?;
-        let info = |d: &Dataset| DatasetInfo {
-            name: d.origin.clone(),
-            sha256: d.sha256(),
-            count: d.samples.len(),
-        };
-        let meta = MapsMeta::new(
-            &job.name,
-            config.method,
-            config.support,
-            job.pooling.name(),
-            job.estimation.name(),
-            m.fingerprint.clone(),
-            info(&source),
-            info(&target),
-        );
-        let file = MapsFile::new(meta, maps).map_err(|e| describe(&e))?;
-        self.send(Event::Fitted(Arc::new(file), Arc::new(samples)));
+        self.send(Event::Fitted(Arc::new(fitted.maps), Arc::new(fitted.samples)));
         Ok(())
     }
 

@@ -4,11 +4,12 @@
 
 use eframe::egui;
 
+use crate::pipeline::fit_concept::FitRequest;
 use crate::pipeline::fit_model::Estimation;
 use crate::pipeline::pooling::Pooling;
 use crate::pipeline::presets::PRESETS;
 use crate::transport::{Method, Support};
-use crate::worker::{Command, FitJob};
+use crate::worker::Command;
 
 use super::settings::Settings;
 use super::{DialogResult, Mode, StudioApp};
@@ -171,7 +172,7 @@ pub fn start_fit(app: &mut StudioApp) {
         }
     };
     let f = &app.fit;
-    let job = FitJob {
+    let job = FitRequest {
         name: app.settings.concept_name.trim().to_string(),
         source,
         target,
@@ -185,6 +186,7 @@ pub fn start_fit(app: &mut StudioApp) {
         } else {
             Estimation::Simultaneous
         },
+        keep_samples: true,
     };
     app.send(Command::Fit(Box::new(job)));
 }

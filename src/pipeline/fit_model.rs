@@ -44,6 +44,8 @@ pub enum FitError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    Maps(#[from] crate::transport::MapsError),
     #[error("{0}")]
     Input(String),
 }
@@ -100,7 +102,7 @@ pub fn fit_on_model_with_samples(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fit_impl(
+pub(super) fn fit_impl(
     m: &LoadedModel,
     source: &[String],
     target: &[String],

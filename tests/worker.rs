@@ -1,0 +1,98 @@
+//! The worker without egui: commands in, events out, on the demo model. A fit through the
+//! worker is the same pipeline call as `act-studio fit` (`pipeline::fit_concept`), so its maps
+//! equal the ones the function returns directly; bad requests come back as `Failed` events and
+//! the worker keeps serving.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use act_studio::pipeline::dataset::DatasetSpec;
+use act_studio::pipeline::fit_concept::{FitRequest, fit_concept};
+use act_studio::pipeline::fit_model::Estimation;
+use act_studio::pipeline::pooling::Pooling;
+use act_studio::runtime::LoadedModel;
+use act_studio::transport::Method;
+use act_studio::worker::{Command, Event, Worker};
+
+/// Events until the next `Idle` (the end of a job), or a panic after two minutes.
+fn until_idle(w: &Worker) -> Vec<Event> {
+    let mut seen = Vec::new();
+    loop {
+        match w.events.recv_timeout(Duration::from_secs(120)) {
+            Ok(Event::Idle) => return seen,
+            Ok(e) => seen.push(e),
+            Err(e) => panic!("no event from the worker: {e}"),
+        }
+    }
+}
+
+fn request(preset: &str) -> FitRequest {
+    FitRequest {
+        name: "football".into(),
+        source: DatasetSpec::Builtin("neutral".into()),
+        target: DatasetSpec::Builtin("football".into()),
+        limit: Some(12),
+        method: Method::LinearAct,
+        preset: preset.into(),
+        pooling: Pooling::Mean,
+        support: None,
+        estimation: Estimation::Causal,
+        keep_samples: true,
+    }
+}
+
+#[test]
+fn a_fit_through_the_worker_equals_the_pipeline_call_and_errors_keep_it_alive() {
+    let Some(path) = common::demo_model() else { return };
+    let w = Worker::spawn(|| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(w.send(Command::LoadModel(path.clone())));
+    let loaded = until_idle(&w);
+    assert!(
+        loaded.iter().any(|e| matches!(e, Event::ModelLoaded(_))),
+        "model not loaded"
+    );
+
+    // A preset that does not exist: a clear error, then the worker takes the next job.
+    assert!(w.send(Command::Fit(Box::new(request("no-such-preset")))));
+    let failed = until_idle(&w);
+    let msg = failed.iter().find_map(|e| match e {
+        Event::Failed(m) => Some(m.clone()),
+        _ => None,
+    });
+    assert!(
+        msg.as_deref().is_some_and(|m| m.contains("no-such-preset")),
+        "expected an error naming the preset, got {msg:?}"
+    );
+
+    let req = request("post-ln:0-3");
+    assert!(w.send(Command::Fit(Box::new(req.clone()))));
+    let events = until_idle(&w);
+    let progress = events.iter().filter(|e| matches!(e, Event::Progress(_))).count();
+    let (maps, samples) = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Fitted(m, s) => Some((m.clone(), s.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Fitted event: {events:?}"));
+    assert!(progress >= 4, "{progress} progress events for 4 hook points");
+    assert_eq!(samples.len(), 4, "pooled activations kept for the plots");
+    let meta = maps.meta();
+    assert_eq!(
+        (meta.concept.as_str(), meta.source.count, meta.target.count),
+        ("football", 12, 12)
+    );
+
+    let m = LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let direct =
+        fit_concept(&m, &req, &AtomicBool::new(false), &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    for ((name, a), (_, b)) in maps.hooks().zip(direct.maps.hooks()) {
+        assert!(
+            a.omega() == b.omega() && a.beta() == b.beta(),
+            "{name}: worker and pipeline differ"
+        );
+    }
+    assert_eq!(maps.meta().data_sha256, direct.maps.meta().data_sha256);
+}
