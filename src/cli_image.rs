@@ -18,6 +18,7 @@ use crate::diffusion::steer::StepWindow;
 use crate::pipeline::diffusion_fit::{DEFAULT_IMAGE_PRESET, IMAGE_PRESETS, ImageFitOptions, fit_image_maps};
 use crate::pipeline::image_concepts::{PromptPair, builtin_image_concept, builtin_image_concepts};
 use crate::pipeline::presets::{parse_lambda, parse_named_lambda};
+use crate::pipeline::steering::{SteeringTarget, load_steering_stack};
 use crate::transport::{FitConfig, MapsFile, Method, SteeringStack, Support, TokenScope};
 
 use super::cli_steer::progress_bar;
@@ -364,7 +365,12 @@ fn stack(pipe: &SdPipeline, a: &ImageSteerArgs, from: Option<&ImageMeta>) -> Res
     if a.maps.is_empty() {
         lambdas.retain(|(n, _)| a.lambdas.iter().any(|(m, _)| m == n));
     }
-    let stack = super::cli_model::steering_stack(pipe.fingerprint(), &a.maps, &lambdas, TokenScope::All)?;
+    let stack = load_steering_stack(
+        &SteeringTarget::diffusion(pipe),
+        &a.maps,
+        &lambdas,
+        TokenScope::All,
+    )?;
     Ok(stack.unwrap_or_default())
 }
 

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{CollectArgs, FitArgs, GenerateArgs, InspectArgs, ModelsArgs, PerplexityArgs};
 use crate::pipeline::dataset::{Dataset, DatasetSpec, load_dataset};
+use crate::pipeline::steering::{SteeringTarget, load_steering_stack};
 use crate::runtime::config::Family;
 use crate::runtime::generate::{GenerateOptions, generate as run_generate, perplexity as run_perplexity};
 use crate::runtime::linear::MatPath;
@@ -14,8 +15,6 @@ use crate::runtime::sampling::SamplingConfig;
 use crate::runtime::steer::SteeringHooks;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{LoadedModel, NoHooks};
-use crate::transport::{MapsFile, SteeringStack, TokenScope};
-use std::sync::Arc;
 
 pub(crate) fn load(path: &std::path::Path) -> Result<LoadedModel> {
     LoadedModel::load(path).with_context(|| format!("loading model {}", path.display()))
@@ -137,50 +136,12 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
 /// Loads `--maps` files (checking they were fitted on this model), applies `--lambda`
 /// values, and compiles the stack; `None` when nothing is steered.
 fn steering_hooks(m: &LoadedModel, a: &GenerateArgs) -> Result<Option<SteeringHooks>> {
-    let Some(stack) = steering_stack(&m.fingerprint, &a.maps, &a.lambdas, a.scope)? else {
+    let target = SteeringTarget::language_model(m);
+    let Some(stack) = load_steering_stack(&target, &a.maps, &a.lambdas, a.scope)? else {
         return Ok(None);
     };
     let c = m.config();
     Ok(Some(SteeringHooks::new(&stack, c.n_layers, c.hidden_size)?))
-}
-
-/// The stack of `maps` files (each one concept at λ = 1 unless `lambdas` says otherwise);
-/// `None` without maps. Fails on maps for another model, two concepts of one name, or a λ
-/// for a concept not loaded.
-pub(crate) fn steering_stack(
-    fingerprint: &crate::transport::ModelFingerprint,
-    maps: &[std::path::PathBuf],
-    lambdas: &[(String, f32)],
-    scope: TokenScope,
-) -> Result<Option<SteeringStack>> {
-    if maps.is_empty() {
-        if let Some((name, _)) = lambdas.first() {
-            anyhow::bail!("--lambda {name}=… given but no --maps file");
-        }
-        return Ok(None);
-    }
-    let mut stack = SteeringStack {
-        scope,
-        ..Default::default()
-    };
-    for path in maps {
-        let maps = MapsFile::load_for(path, fingerprint)
-            .with_context(|| format!("loading maps {}", path.display()))?;
-        if stack.concepts.iter().any(|c| c.name == maps.meta().concept) {
-            anyhow::bail!("two maps files are both named `{}`", maps.meta().concept);
-        }
-        stack.push(Arc::new(maps), 1.0);
-    }
-    for (name, value) in lambdas {
-        if !stack.set_lambda(name, *value) {
-            let known: Vec<&str> = stack.concepts.iter().map(|c| c.name.as_str()).collect();
-            anyhow::bail!(
-                "--lambda {name}=…: no loaded concept is named `{name}` (loaded: {})",
-                known.join(", ")
-            );
-        }
-    }
-    Ok(Some(stack))
 }
 
 /// `perplexity --model M --file F`.

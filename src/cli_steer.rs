@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli_model::{load, read_dataset, steering_stack};
+use crate::cli_model::{load, read_dataset};
 use crate::pipeline::concepts::{builtin_concept, manifest};
 use crate::pipeline::dataset::{DatasetSpec, save_lines};
 use crate::pipeline::describe::{DescribeOptions, concept_from_description};
@@ -15,6 +15,7 @@ use crate::pipeline::eval::mc::{read_mc, score_mc};
 use crate::pipeline::eval::perplexity::texts_perplexity;
 use crate::pipeline::eval::presence::KeywordSet;
 use crate::pipeline::presets::{parse_lambda, parse_named_lambda};
+use crate::pipeline::steering::{SteeringTarget, load_steering_stack};
 use crate::pipeline::sweep::{SweepConfig, run_sweep, sweep_csv, sweep_table, write_generations};
 use crate::runtime::generate::GenerateOptions;
 use crate::runtime::linear::MatPath;
@@ -150,7 +151,7 @@ fn render_prompts(m: &LoadedModel, prompts: &[String], chat: bool) -> Result<Vec
 /// `sweep --model M --maps F [--lambdas …] [--prompt P] [--samples N] …`.
 pub fn sweep(a: &SweepArgs) -> Result<()> {
     let m = load(&a.model)?;
-    let stack = steering_stack(&m.fingerprint, &a.maps, &a.fixed, a.scope)?
+    let stack = load_steering_stack(&SteeringTarget::language_model(&m), &a.maps, &a.fixed, a.scope)?
         .ok_or_else(|| anyhow::anyhow!("sweep needs --maps"))?;
     let concept = match &a.concept {
         Some(c) => c.clone(),
@@ -255,10 +256,11 @@ pub struct EvalArgs {
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let m = load(&a.model)?;
     let c = m.config();
-    let mut steering = match steering_stack(&m.fingerprint, &a.maps, &a.lambdas, a.scope)? {
-        Some(stack) => Some(SteeringHooks::new(&stack, c.n_layers, c.hidden_size)?),
-        None => None,
-    };
+    let mut steering =
+        match load_steering_stack(&SteeringTarget::language_model(&m), &a.maps, &a.lambdas, a.scope)? {
+            Some(stack) => Some(SteeringHooks::new(&stack, c.n_layers, c.hidden_size)?),
+            None => None,
+        };
     let hooks: &mut dyn Hooks = match steering.as_mut() {
         Some(h) => h,
         None => &mut NoHooks,

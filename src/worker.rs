@@ -22,6 +22,7 @@ use crate::pipeline::describe::{DescribeOptions, concept_from_description};
 use crate::pipeline::fit_concept::{FitRequest, fit_concept};
 use crate::pipeline::fit_model::FitSamples;
 use crate::pipeline::pooling::{Pooling, PoolingRecorder};
+use crate::pipeline::steering::{SteeringTarget, check_maps_for};
 use crate::pipeline::sweep::{SweepConfig, SweepRow, run_sweep};
 use crate::runtime::generate::{GenerateOptions, generate};
 use crate::runtime::linear::MatPath;
@@ -700,53 +701,20 @@ impl State {
 
     fn load_maps(&mut self, path: PathBuf) -> Result<(), String> {
         let maps = MapsFile::load(&path).map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
+        // Which loaded model the maps are for: the file's fingerprint says text or image.
         let fp = &maps.meta().fingerprint;
-        if fp.is_diffusion() {
+        let target = if fp.is_diffusion() {
             let pipe = self.image().map_err(|e| {
                 format!(
                     "{}: these maps were fitted on a diffusion model ({fp}); {e}",
                     path.display()
                 )
             })?;
-            maps.check_fingerprint(pipe.fingerprint())
-                .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
-            let sites = pipe.hook_sites();
-            for h in &maps.meta().hook_points {
-                match sites.iter().find(|s| s.name == h.name) {
-                    None => {
-                        return Err(format!(
-                            "{}: hook point {} is not in {}",
-                            path.display(),
-                            h.name,
-                            pipe.name()
-                        ));
-                    }
-                    Some(s) if s.dim != h.dim => {
-                        return Err(format!(
-                            "{}: hook point {} has {} neurons, this model {}",
-                            path.display(),
-                            h.name,
-                            h.dim,
-                            s.dim
-                        ));
-                    }
-                    Some(_) => {}
-                }
-            }
+            SteeringTarget::diffusion(&pipe)
         } else {
-            let m = self.model()?;
-            maps.check_fingerprint(&m.fingerprint)
-                .map_err(|e| format!("{}: {}", path.display(), describe(&e)))?;
-            let d = m.config().hidden_size;
-            if let Some(h) = maps.meta().hook_points.iter().find(|h| h.dim != d) {
-                return Err(format!(
-                    "{}: hook point {} has {} neurons, this model {d}",
-                    path.display(),
-                    h.name,
-                    h.dim
-                ));
-            }
-        }
+            SteeringTarget::language_model(&*self.model()?)
+        };
+        check_maps_for(&maps, &path, &target).map_err(|e| describe(&e))?;
         self.send(Event::MapsLoaded(Arc::new(maps), path));
         Ok(())
     }

@@ -14,4 +14,5 @@ pub mod fit_model;
 pub mod image_concepts;
 pub mod pooling;
 pub mod presets;
+pub mod steering;
 pub mod sweep;
