@@ -17,10 +17,10 @@ use std::sync::atomic::AtomicBool;
 
 use sha2::{Digest, Sha256};
 
-use act_studio::pipeline::concepts::builtin_dataset;
-use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
+use act_studio::pipeline::dataset::DatasetSpec;
+use act_studio::pipeline::fit_concept::{FitRequest, fit_concept};
+use act_studio::pipeline::fit_model::Estimation;
 use act_studio::pipeline::pooling::Pooling;
-use act_studio::pipeline::presets::hook_points;
 use act_studio::runtime::LoadedModel;
 use act_studio::runtime::generate::{GenerateOptions, generate};
 use act_studio::runtime::generate_many::generate_many;
@@ -28,7 +28,7 @@ use act_studio::runtime::linear::MatPath;
 use act_studio::runtime::sampling::SamplingConfig;
 use act_studio::runtime::steer::SteeringHooks;
 use act_studio::transport::maps_file::hex;
-use act_studio::transport::{DatasetInfo, FitConfig, MapsFile, MapsMeta, Method, SteeringStack};
+use act_studio::transport::{MapsFile, Method, SteeringStack};
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -163,41 +163,22 @@ const SAMPLES_DIGEST: &str = "2d2ecf02805d8fe4c045c5ad4a6bd8d76d26c1bfa3726375ae
 fn a_batched_row_equals_its_seed_drawn_alone_under_steering() {
     let Some(path) = common::demo_model() else { return };
     let m = ok(LoadedModel::load(&path));
-    let mut source = ok(builtin_dataset("neutral")).samples;
-    let mut target = ok(builtin_dataset("football")).samples;
-    source.truncate(16);
-    target.truncate(16);
-    let points = ok(hook_points("post-ln", m.config().n_layers));
-    let config = FitConfig::new(Method::LinearAct);
     let no = AtomicBool::new(false);
-    let fitted = ok(fit_on_model(
-        &m,
-        &source,
-        &target,
-        &points,
-        Pooling::Mean,
-        &config,
-        Estimation::Causal,
-        &no,
-        &mut |_, _| {},
-    ));
-    let info = |n: &str| DatasetInfo {
-        name: n.into(),
-        sha256: String::new(),
-        count: 16,
+    let req = FitRequest {
+        name: "football".into(),
+        source: DatasetSpec::Builtin("neutral".into()),
+        target: DatasetSpec::Builtin("football".into()),
+        limit: Some(16),
+        method: Method::LinearAct,
+        preset: "post-ln".into(),
+        pooling: Pooling::Mean,
+        support: None,
+        estimation: Estimation::Causal,
+        keep_samples: false,
     };
-    let meta = MapsMeta::new(
-        "football",
-        config.method,
-        config.support,
-        "mean",
-        "causal",
-        m.fingerprint.clone(),
-        info("neutral"),
-        info("football"),
-    );
+    let fitted = ok(fit_concept(&m, &req, &no, &mut |_| {}));
     let mut stack = SteeringStack::default();
-    stack.push(Arc::new(ok(MapsFile::new(meta, fitted))), 0.7);
+    stack.push(Arc::new(fitted.maps), 0.7);
     let c = m.config();
     let opts = GenerateOptions {
         max_tokens: 20,
