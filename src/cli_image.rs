@@ -2,7 +2,6 @@
 //! and concept negation on Stable Diffusion).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
@@ -19,7 +18,7 @@ use crate::pipeline::diffusion_fit::{DEFAULT_IMAGE_PRESET, IMAGE_PRESETS, ImageF
 use crate::pipeline::image_concepts::{PromptPair, builtin_image_concept, builtin_image_concepts};
 use crate::pipeline::presets::{parse_lambda, parse_named_lambda};
 use crate::pipeline::steering::{SteeringTarget, load_steering_stack};
-use crate::transport::{FitConfig, MapsFile, Method, SteeringStack, Support, TokenScope};
+use crate::transport::{FitConfig, Method, SteeringStack, Support, TokenScope};
 
 use super::cli_steer::progress_bar;
 
@@ -505,14 +504,6 @@ pub fn strip_cmd(a: &StripArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// Loads a maps file for a pipeline (used by the app).
-pub fn load_image_maps(pipe: &SdPipeline, path: &Path) -> Result<Arc<MapsFile>> {
-    Ok(Arc::new(
-        MapsFile::load_for(path, pipe.fingerprint())
-            .with_context(|| format!("loading maps {}", path.display()))?,
-    ))
 }
 
 #[cfg(test)]
