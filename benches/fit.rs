@@ -21,8 +21,8 @@ use act_studio::pipeline::concepts::builtin_dataset;
 use act_studio::pipeline::fit_model::{Estimation, fit_on_model};
 use act_studio::pipeline::pooling::Pooling;
 use act_studio::pipeline::presets::hook_points;
+use act_studio::runtime::forward::LogitsMode;
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::LogitsMode;
 use act_studio::runtime::{LoadedModel, NoHooks};
 use act_studio::transport::{FitConfig, Method};
 

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use act_studio::runtime::dense::PackedMatrix;
+use act_studio::runtime::forward::{Batch, LogitsMode};
 use act_studio::runtime::generate::decode_pool;
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::sampling::argmax;
 use act_studio::runtime::steer::SteeringHooks;
 use act_studio::runtime::{HookKind, HookPoint, Hooks, LoadedModel, NoHooks};

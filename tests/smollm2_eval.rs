@@ -12,10 +12,10 @@ use act_studio::pipeline::eval::mc::{parse_mc, score_mc};
 use act_studio::pipeline::eval::perplexity::{texts_perplexity, token_logprobs};
 use act_studio::pipeline::eval::presence::KeywordSet;
 use act_studio::pipeline::eval::stats::{Proportion, p_greater};
+use act_studio::runtime::forward::{Batch, LogitsMode};
 use act_studio::runtime::generate::{GenerateOptions, generate, perplexity};
 use act_studio::runtime::generate_many::generate_many;
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::sampling::SamplingConfig;
 use act_studio::runtime::{LoadedModel, NoHooks};
 

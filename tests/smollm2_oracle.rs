@@ -5,9 +5,9 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
+use act_studio::runtime::forward::{Batch, LogitsMode};
 use act_studio::runtime::generate::{GenerateOptions, generate};
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::sampling::{SamplingConfig, argmax};
 use act_studio::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, NoHooks};
 use candle_core::{Device, Tensor};

@@ -4,8 +4,8 @@ mod common;
 
 use std::io::Write;
 
+use act_studio::runtime::forward::{Batch, LogitsMode};
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::tokenizer::ChatMessage;
 use act_studio::runtime::{Activation, HookFlow, HookKind, HookPoint, Hooks, LoadedModel, RuntimeError};
 

@@ -13,8 +13,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
+use crate::runtime::forward::LogitsMode;
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::LogitsMode;
 use crate::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, RuntimeError};
 use crate::transport::{FitConfig, HookMap, Samples, Side, fit_hook};
 

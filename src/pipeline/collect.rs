@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::runtime::forward::{Batch, LogitsMode};
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::{Batch, LogitsMode};
 use crate::runtime::{HookPoint, LoadedModel, Result, RuntimeError};
 use crate::transport::SampleMatrix;
 

@@ -1,5 +1,5 @@
-//! Pieces shared by the decoder forward passes ([`super::llama`], [`super::gpt2`]): batch
-//! checks, hook calls and causal attention over a row's key/value cache.
+//! Pieces shared by the decoder forward passes ([`super::llama`], [`super::gpt2`]): the batch
+//! and output types, batch checks, hook calls and causal attention over a row's key/value cache.
 
 use candle_core::{Device, Tensor};
 
@@ -8,7 +8,41 @@ use crate::transport::TokenWindow;
 use super::error::{Result, RuntimeError};
 use super::hooks::{Activation, HookFlow, HookKind, HookPoint, Hooks};
 use super::kv_cache::KvCache;
-use super::llama::{Batch, LogitsMode};
+
+/// Which logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// None (e.g. fitting, which stops at a hook point).
+    None,
+    /// The last real token of each batch row: `[batch, vocab]`.
+    Last,
+    /// Every token: `[batch, tokens, vocab]` (padding rows included, to be ignored).
+    All,
+}
+
+/// A batch of token sequences, right-padded to `seq` tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Token ids, `[batch, seq]` row-major (padding ids are ignored).
+    pub tokens: &'a [u32],
+    /// Rows.
+    pub batch: usize,
+    /// Tokens per row (including padding).
+    pub seq: usize,
+    /// Real tokens per row (`≤ seq`, ≥ 1).
+    pub valid: &'a [usize],
+    /// Prompt length per row (for token scopes); use `seq` values when all tokens are prompt.
+    pub prompt_lens: &'a [usize],
+}
+
+/// The result of a forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOutput {
+    /// Logits as requested by [`LogitsMode`].
+    pub logits: Vec<f32>,
+    /// True if a hook stopped the pass early.
+    pub stopped: bool,
+}
 
 /// Checks a batch against a model of `vocab` tokens and `n_layers` layers, and its caches.
 pub(crate) fn check_batch(b: &Batch<'_>, caches: &[KvCache], vocab: usize, n_layers: usize) -> Result<()> {

@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::error::{Result, RuntimeError};
+use super::forward::{Batch, LogitsMode};
 use super::hooks::Hooks;
 use super::linear::MatPath;
-use super::llama::{Batch, LogitsMode};
 use super::model::LoadedModel;
 use super::sampling::{Sampler, SamplingConfig};
 use super::tokenizer::StreamDecoder;

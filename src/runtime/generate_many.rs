@@ -10,10 +10,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{Result, RuntimeError};
+use super::forward::{Batch, LogitsMode};
 use super::generate::{GenerateOptions, Generation, GenerationStats, StopReason};
 use super::hooks::Hooks;
 use super::kv_cache::KvCache;
-use super::llama::{Batch, LogitsMode};
 use super::model::LoadedModel;
 use super::sampling::{Sampler, SamplingConfig};
 use super::tokenizer::StreamDecoder;

@@ -15,11 +15,11 @@
 
 use super::config::ModelConfig;
 use super::error::{Result, RuntimeError};
+use super::forward::{Batch, ForwardOutput, LogitsMode};
 use super::forward::{cached_attention, check_batch, logit_rows, run_hook, token_windows};
 use super::hooks::{HookKind, Hooks};
 use super::kv_cache::KvCache;
 use super::linear::{Linear, MatPath};
-use super::llama::{Batch, ForwardOutput, LogitsMode};
 use super::ops::{add_in_place, gelu_tanh, layer_norm};
 
 /// A LayerNorm's gain and bias, each `[d]`.

@@ -14,7 +14,9 @@
 
 use super::config::ModelConfig;
 use super::error::Result;
-use super::forward::{cached_attention, check_batch, logit_rows, run_hook, token_windows};
+use super::forward::{
+    Batch, ForwardOutput, LogitsMode, cached_attention, check_batch, logit_rows, run_hook, token_windows,
+};
 use super::hooks::{HookKind, Hooks};
 use super::kv_cache::KvCache;
 use super::linear::{Linear, MatPath};
@@ -56,41 +58,6 @@ pub struct LlamaModel {
     pub final_norm: Vec<f32>,
     /// Output projection `[vocab, d]` (tied to the embedding when the file has none).
     pub lm_head: Linear,
-}
-
-/// Which logits a forward pass returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogitsMode {
-    /// None (e.g. fitting, which stops at a hook point).
-    None,
-    /// The last real token of each batch row: `[batch, vocab]`.
-    Last,
-    /// Every token: `[batch, tokens, vocab]` (padding rows included, to be ignored).
-    All,
-}
-
-/// A batch of token sequences, right-padded to `seq` tokens.
-#[derive(Debug, Clone, Copy)]
-pub struct Batch<'a> {
-    /// Token ids, `[batch, seq]` row-major (padding ids are ignored).
-    pub tokens: &'a [u32],
-    /// Rows.
-    pub batch: usize,
-    /// Tokens per row (including padding).
-    pub seq: usize,
-    /// Real tokens per row (`≤ seq`, ≥ 1).
-    pub valid: &'a [usize],
-    /// Prompt length per row (for token scopes); use `seq` values when all tokens are prompt.
-    pub prompt_lens: &'a [usize],
-}
-
-/// The result of a forward pass.
-#[derive(Debug, Clone, Default)]
-pub struct ForwardOutput {
-    /// Logits as requested by [`LogitsMode`].
-    pub logits: Vec<f32>,
-    /// True if a hook stopped the pass early.
-    pub stopped: bool,
 }
 
 impl LlamaModel {

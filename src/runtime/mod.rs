@@ -5,7 +5,7 @@
 pub mod config;
 pub mod dense;
 pub mod error;
-mod forward;
+pub mod forward;
 pub mod generate;
 pub mod generate_many;
 pub mod gguf;

@@ -7,13 +7,14 @@ use crate::transport::ModelFingerprint;
 
 use super::config::ModelConfig;
 use super::error::Result;
+use super::forward::{Batch, ForwardOutput, LogitsMode};
 use super::gguf::GgufFile;
 use super::gpt2::Gpt2Model;
 use super::hf::HfFolder;
 use super::hooks::{HookKind, HookPoint, Hooks};
 use super::kv_cache::KvCache;
 use super::linear::MatPath;
-use super::llama::{Batch, ForwardOutput, LlamaModel, LogitsMode};
+use super::llama::LlamaModel;
 use super::tokenizer::TextTokenizer;
 
 /// A network of any supported architecture.

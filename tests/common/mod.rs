@@ -54,8 +54,8 @@ pub fn forward_alone(
     text: &str,
     hooks: &mut dyn act_studio::runtime::Hooks,
 ) {
+    use act_studio::runtime::forward::{Batch, LogitsMode};
     use act_studio::runtime::linear::MatPath;
-    use act_studio::runtime::llama::{Batch, LogitsMode};
     let ids = m.tokenizer.encode(text).unwrap_or_else(|e| panic!("{e}"));
     let b = Batch {
         tokens: &ids,

@@ -10,9 +10,9 @@ mod gpt2_reference;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use act_studio::runtime::forward::{Batch, LogitsMode};
 use act_studio::runtime::generate::{GenerateOptions, generate};
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::llama::{Batch, LogitsMode};
 use act_studio::runtime::sampling::{SamplingConfig, argmax};
 use act_studio::runtime::{
     Activation, HookFlow, HookKind, HookPoint, Hooks, LoadedModel, NoHooks, RuntimeError, discover_hf_cache,

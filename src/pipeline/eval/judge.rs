@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::runtime::forward::LogitsMode;
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::LogitsMode;
 use crate::runtime::tokenizer::ChatMessage;
 use crate::runtime::{LoadedModel, NoHooks, Result, RuntimeError};
 

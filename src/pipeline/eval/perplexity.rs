@@ -4,9 +4,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::runtime::forward::LogitsMode;
 use crate::runtime::generate::log_softmax_at;
 use crate::runtime::linear::MatPath;
-use crate::runtime::llama::LogitsMode;
 use crate::runtime::{Hooks, LoadedModel, Result, RuntimeError};
 
 use super::super::collect::PaddedBatch;
