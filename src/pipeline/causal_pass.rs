@@ -19,8 +19,11 @@ use crate::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, Runtim
 use crate::transport::{FitConfig, HookMap, Samples, Side, fit_hook};
 
 use super::collect::PaddedBatch;
-use super::fit_model::{FitError, FittedMaps};
+use super::fit_error::FitError;
 use super::pooling::Pooling;
+
+/// Fitted maps by hook point name, in forward order.
+pub type FittedMaps = Vec<(String, HookMap)>;
 
 /// Default padded tokens per chunk (rows × longest row); smaller chunks waste less on padding
 /// but run more threads at once.

@@ -13,7 +13,8 @@ use crate::runtime::LoadedModel;
 use crate::transport::{DatasetInfo, FitConfig, MapsFile, MapsMeta, Method, Support};
 
 use super::dataset::{Dataset, DatasetSpec, load_dataset};
-use super::fit_model::{Estimation, FitError, FitSamples, fit_impl};
+use super::fit_error::FitError;
+use super::fit_model::{Estimation, FitSamples, fit_impl};
 use super::pooling::Pooling;
 use super::presets::hook_points;
 

@@ -8,10 +8,12 @@
 
 use std::sync::atomic::AtomicBool;
 
-use crate::runtime::{HookPoint, LoadedModel, RuntimeError};
+use crate::runtime::{HookPoint, LoadedModel};
 use crate::transport::{FitConfig, HookMap, SampleMatrix, fit_hook};
 
+use super::causal_pass::FittedMaps;
 use super::collect::{CollectOptions, collect};
+use super::fit_error::FitError;
 use super::pooling::Pooling;
 
 /// How maps of different hook points depend on each other.
@@ -32,22 +34,6 @@ impl Estimation {
             Estimation::Simultaneous => "simultaneous",
         }
     }
-}
-
-/// Fitted maps by hook point name, in forward order.
-pub type FittedMaps = Vec<(String, HookMap)>;
-
-/// Why fitting failed.
-#[derive(Debug, thiserror::Error)]
-pub enum FitError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
-    #[error(transparent)]
-    Maps(#[from] crate::transport::MapsError),
-    #[error("{0}")]
-    Input(String),
 }
 
 /// Fits one map per hook point. With [`Estimation::Causal`] every sample's activations at the

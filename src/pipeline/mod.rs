@@ -10,6 +10,7 @@ pub mod diffusion_fit;
 pub mod eval;
 pub mod fit_arrays;
 pub mod fit_concept;
+pub mod fit_error;
 pub mod fit_model;
 pub mod image_concepts;
 pub mod pooling;
