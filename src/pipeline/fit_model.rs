@@ -68,25 +68,6 @@ pub struct FitSamples {
     pub target: SampleMatrix,
 }
 
-/// [`fit_on_model`], also returning the pooled activations each map was fitted on (for
-/// plots: histograms of source, target and transported source).
-#[allow(clippy::too_many_arguments)]
-pub fn fit_on_model_with_samples(
-    m: &LoadedModel,
-    source: &[String],
-    target: &[String],
-    points: &[HookPoint],
-    pooling: Pooling,
-    config: &FitConfig,
-    estimation: Estimation,
-    cancel: &AtomicBool,
-    progress: &mut (dyn FnMut(usize, usize) + Send),
-) -> Result<(FittedMaps, Vec<FitSamples>), FitError> {
-    fit_impl(
-        m, source, target, points, pooling, config, estimation, true, cancel, progress,
-    )
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fit_impl(
     m: &LoadedModel,

@@ -117,19 +117,10 @@ fn gelu(x: f32, tanh: bool) -> f32 {
     }
 }
 
-/// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit), in f64 internally.
+/// erf with |error| < 1.2e-7 ([`crate::transport::stats::erfc`]'s Chebyshev fit), in f64
+/// internally.
 fn erf(x: f32) -> f32 {
-    let z = f64::from(x).abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = 1.0 - t * poly.exp();
+    let r = 1.0 - crate::transport::stats::erfc(f64::from(x).abs());
     (if x >= 0.0 { r } else { -r }) as f32
 }
 
