@@ -7,9 +7,6 @@
 
 pub mod app;
 pub mod cli;
-pub mod cli_image;
-pub mod cli_model;
-pub mod cli_steer;
 pub mod diffusion;
 pub mod pipeline;
 pub mod runtime;

@@ -1,4 +1,8 @@
-//! `act-studio`: a subcommand runs the CLI.
+//! `act-studio`: a subcommand runs the CLI; `app` or no subcommand opens the desktop app.
+
+use act_studio::app::{AppOptions, run as run_app};
+use act_studio::cli::{AppArgs, Cli, Command, exit_code, run as run_command};
+use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     // candle counts the physical cores (by reading /proc/cpuinfo) on every tensor operation
@@ -10,5 +14,22 @@ fn main() -> std::process::ExitCode {
         // read the environment concurrently.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
-    act_studio::cli::main()
+    let result = match Cli::parse().command {
+        Some(Command::App(a)) => run_app(app_options(a)),
+        None => run_app(AppOptions::default()),
+        Some(command) => run_command(command),
+    };
+    // Errors go to stderr with their context chain.
+    exit_code(result)
+}
+
+/// The app's start options from the `app` command's flags (a screenshot starts fresh).
+fn app_options(a: AppArgs) -> AppOptions {
+    AppOptions {
+        model: a.model,
+        image_model: a.image_model,
+        no_autoload: false,
+        fresh: a.fresh || a.screenshot.is_some(),
+        screenshot: a.screenshot,
+    }
 }

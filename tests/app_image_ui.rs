@@ -501,3 +501,69 @@ fn f16_checkbox_loads_the_model_in_half_precision() {
     let u = u.unwrap_or_else(|| panic!("no unsteered image"));
     assert_eq!(u.image.dimensions(), (32, 32));
 }
+
+/// The app's image fit is the CLI's: the same `ImageFitRequest` through the worker gives the
+/// maps `pipeline::fit_image_concept` returns directly, causal by default and simultaneous
+/// (a few prompts per pass) when the box is ticked.
+#[test]
+fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
+    use act_studio::diffusion::pipeline::{LoadOptions, SdPipeline};
+    use act_studio::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
+    use act_studio::pipeline::fit_model::Estimation;
+
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&model, 11).unwrap_or_else(|e| panic!("{e}"));
+    let mut h = loaded(&model);
+    h.get_by_role_and_label(accesskit::Role::CheckBox, "simultaneous")
+        .click();
+    h.step();
+    assert!(h.state().settings.image.fit_simultaneous, "the box ticks");
+    h.state_mut().settings.image.fit_chunk = 3;
+    h.step();
+    fit(&mut h);
+    let from_app = h.state().stack[0].concept.maps.clone();
+    assert_eq!(from_app.meta().estimation, "simultaneous");
+
+    let pipe = SdPipeline::load(&model, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let s = &h.state().settings.image;
+    let req = ImageFitRequest {
+        name: None,
+        hooks: s.fit_hooks.clone(),
+        limit: s.fit_limit,
+        size: Some(s.fit_size),
+        steps: Some(s.steps),
+        seed: s.seed,
+        estimation: Estimation::Simultaneous,
+        chunk: 3,
+        ..ImageFitRequest::new(ImageConceptSource::Builtin("negate:cat".into()))
+    };
+    let direct = fit_image_concept(&pipe, &req, &mut |_, _| true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(direct.counts, (4, 4));
+    let params = |m: &act_studio::transport::MapsFile| -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        m.hooks()
+            .map(|(n, h)| (n.to_string(), h.omega().to_vec(), h.beta().to_vec()))
+            .collect()
+    };
+    assert!(!params(&direct.maps).is_empty());
+    assert_eq!(
+        params(&from_app),
+        params(&direct.maps),
+        "the app's maps are the pipeline's"
+    );
+    let causal = fit_image_concept(
+        &pipe,
+        &ImageFitRequest {
+            estimation: Estimation::Causal,
+            ..req
+        },
+        &mut |_, _| true,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(causal.maps.meta().estimation, "causal");
+    assert_ne!(
+        params(&causal.maps),
+        params(&direct.maps),
+        "causal and simultaneous maps differ"
+    );
+}

@@ -11,10 +11,13 @@ use std::time::Duration;
 use act_studio::pipeline::dataset::DatasetSpec;
 use act_studio::pipeline::fit_concept::{FitRequest, fit_concept};
 use act_studio::pipeline::fit_model::Estimation;
+use act_studio::pipeline::generate_text::{Column, TextRequest};
 use act_studio::pipeline::pooling::Pooling;
 use act_studio::runtime::LoadedModel;
+use act_studio::runtime::generate::GenerateOptions;
 use act_studio::transport::Method;
-use act_studio::worker::{Command, Event, Worker};
+use act_studio::transport::SteeringStack;
+use act_studio::worker::{Command, Event, GenerateJob, JobError, Worker};
 
 /// Events until the next `Idle` (the end of a job), or a panic after two minutes.
 fn until_idle(w: &Worker) -> Vec<Event> {
@@ -58,12 +61,12 @@ fn a_fit_through_the_worker_equals_the_pipeline_call_and_errors_keep_it_alive() 
     assert!(w.send(Command::Fit(Box::new(request("no-such-preset")))));
     let failed = until_idle(&w);
     let msg = failed.iter().find_map(|e| match e {
-        Event::Failed(m) => Some(m.clone()),
+        Event::Failed(JobError::Failed(m)) => Some(m.clone()),
         _ => None,
     });
     assert!(
         msg.as_deref().is_some_and(|m| m.contains("no-such-preset")),
-        "expected an error naming the preset, got {msg:?}"
+        "expected an error naming the preset, got {failed:?}"
     );
 
     let req = request("post-ln:0-3");
@@ -95,4 +98,80 @@ fn a_fit_through_the_worker_equals_the_pipeline_call_and_errors_keep_it_alive() 
         );
     }
     assert_eq!(maps.meta().data_sha256, direct.maps.meta().data_sha256);
+}
+
+#[test]
+fn a_stopped_job_ends_as_cancelled_and_the_next_one_runs() {
+    let Some(path) = common::demo_model() else { return };
+    let w = Worker::spawn(|| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(w.send(Command::LoadModel(path)));
+    until_idle(&w);
+    let job = |id| GenerateJob {
+        id,
+        request: TextRequest {
+            prompt: "Write a long story about a ship lost at sea.".into(),
+            chat: true,
+            options: GenerateOptions {
+                max_tokens: 400,
+                ..Default::default()
+            },
+            stack: SteeringStack::default(),
+            unsteered: true,
+        },
+        record_prompt: false,
+    };
+    // Stop the generation once its first piece of text arrives.
+    assert!(w.send(Command::Generate(Box::new(job(1)))));
+    let mut seen = Vec::new();
+    loop {
+        match w.events.recv_timeout(Duration::from_secs(120)) {
+            Ok(Event::Idle) => break,
+            Ok(e) => {
+                if matches!(e, Event::Token(1, Column::Unsteered, _)) {
+                    w.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                seen.push(e);
+            }
+            Err(e) => panic!("no event from the worker: {e}"),
+        }
+    }
+    let failures: Vec<&JobError> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Failed(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures, [&JobError::Cancelled], "{seen:?}");
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            Event::ColumnDone {
+                id: 1,
+                column: Column::Unsteered,
+                complete: false
+            }
+        )),
+        "the stopped column is marked incomplete"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Token(1, Column::Steered, _))),
+        "the steered column never starts after a stop"
+    );
+    // The flag is cleared for the next job, which runs to its end.
+    let mut short = job(2);
+    short.request.options.max_tokens = 4;
+    assert!(w.send(Command::Generate(Box::new(short))));
+    let next = until_idle(&w);
+    assert!(!next.iter().any(|e| matches!(e, Event::Failed(_))), "{next:?}");
+    assert!(next.iter().any(|e| matches!(
+        e,
+        Event::ColumnDone {
+            id: 2,
+            column: Column::Steered,
+            complete: true
+        }
+    )));
 }

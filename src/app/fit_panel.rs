@@ -48,7 +48,7 @@ impl FitForm {
 /// Draws the panel (the image-concept form in image mode).
 pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     if app.mode == Mode::Image && app.image_model.is_some() {
-        super::image_panel::show_fit(app, ui);
+        super::image::show_fit(app, ui);
         maps_row(app, ui);
         return;
     }

@@ -3,11 +3,14 @@
 //! only drains its events and draws.
 
 mod concepts_panel;
+mod dialogs;
+mod events;
 mod fit_panel;
-mod image_panel;
+mod image;
 mod model_panel;
 mod output_panel;
 mod plots_panel;
+mod script;
 pub mod settings;
 mod status_bar;
 mod steering_panel;
@@ -20,15 +23,16 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 
 use crate::pipeline::fit_model::FitSamples;
+use crate::pipeline::generate_text::TextRequest;
 use crate::pipeline::sweep::SweepRow;
 use crate::runtime::CachedModel;
-use crate::transport::{MapsFile, SteeringStack, TokenScope};
-use crate::worker::{
-    Column, Command, Event, GenerateJob, ImageModelInfo, JobKind, ModelInfo, Progress, Worker,
-};
+use crate::transport::{SteeringStack, TokenScope};
+use crate::worker::{Command, GenerateJob, ImageModelInfo, JobKind, ModelInfo, Progress, Worker};
 
-pub use image_panel::{ImageAction, ImageState, ImageView, SaveWhat, SheetKind, Shown};
+pub use image::{ImageAction, ImageState, ImageView, SaveWhat, SheetKind, Shown};
 
+use dialogs::DialogResult;
+use script::Script;
 use settings::Settings;
 
 /// Debounce of slider releases: a burst of releases (keyboard, quick drags) regenerates once.
@@ -51,17 +55,6 @@ pub struct AppOptions {
     /// Demo script: fit the default concept on a few samples, generate at λ = 1, save a
     /// screenshot of the window to this PNG and close (for the README image).
     pub screenshot: Option<PathBuf>,
-}
-
-/// Steps of the screenshot script.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Script {
-    WaitModel,
-    WaitFit,
-    WaitGeneration,
-    /// Waiting for screenshot `k` (0: output tab, 1: plots tab), `n` frames so far.
-    Shoot(u8, u16),
-    Done,
 }
 
 /// One concept in the steering stack, with what the app knows about it.
@@ -157,24 +150,6 @@ pub enum Mode {
     Text,
     /// The diffusion pipeline.
     Image,
-}
-
-/// Results of file dialogs, which run on their own threads.
-enum DialogResult {
-    OpenModel(PathBuf),
-    OpenImageModel(PathBuf),
-    SaveImage(PathBuf, SaveWhat),
-    LoadImageSettings(PathBuf),
-    ImageSourceFile(PathBuf),
-    ImageTargetFile(PathBuf),
-    SourceFile(PathBuf),
-    TargetFile(PathBuf),
-    AddDataset(PathBuf),
-    SaveDataset(PathBuf),
-    SaveMaps(Arc<MapsFile>, PathBuf),
-    LoadMaps(PathBuf),
-    ExportOutput(PathBuf),
-    ExportSweep(PathBuf),
 }
 
 /// The app.
@@ -372,24 +347,24 @@ impl StudioApp {
 
     /// Starts an image job (a pair, a λ strip or a λ × seed grid) from the image settings.
     pub fn generate_images(&mut self, action: ImageAction) {
-        image_panel::generate(self, action);
+        image::generate(self, action);
     }
 
     /// Writes the shown image(s) to a PNG carrying their settings (atomically); errors go to
     /// the status line.
     pub fn save_image_png(&mut self, path: &Path, what: SaveWhat) {
-        image_panel::save(self, path, what);
+        image::save(self, path, what);
     }
 
     /// Fills the image settings (and λ of same-named stack concepts) from a PNG this app or
     /// the CLI wrote; errors go to the status line.
     pub fn load_image_settings(&mut self, path: &Path) {
-        image_panel::load_settings(self, path);
+        image::load_settings(self, path);
     }
 
     /// Starts the image-concept fit of the fit form.
     pub fn fit_image(&mut self) {
-        image_panel::start_fit(self);
+        image::start_fit(self);
     }
 
     /// Settings text that decides the unsteered column.
@@ -436,19 +411,21 @@ impl StudioApp {
         let s = &self.settings;
         let job = GenerateJob {
             id: self.output.started,
-            prompt: s.prompt.clone(),
-            chat: s.chat,
-            options: crate::runtime::generate::GenerateOptions {
-                max_tokens: s.max_tokens.max(1),
-                sampling: crate::runtime::sampling::SamplingConfig {
-                    temperature: s.temperature,
-                    seed: s.seed,
-                    ..Default::default()
+            request: TextRequest {
+                prompt: s.prompt.clone(),
+                chat: s.chat,
+                options: crate::runtime::generate::GenerateOptions {
+                    max_tokens: s.max_tokens.max(1),
+                    sampling: crate::runtime::sampling::SamplingConfig {
+                        temperature: s.temperature,
+                        seed: s.seed,
+                        ..Default::default()
+                    },
+                    path: crate::runtime::linear::MatPath::Quantized,
                 },
-                path: crate::runtime::linear::MatPath::Quantized,
+                stack: self.steering_stack(),
+                unsteered,
             },
-            stack: self.steering_stack(),
-            unsteered,
             record_prompt: unsteered,
         };
         self.send(Command::Generate(Box::new(job)));
@@ -458,217 +435,12 @@ impl StudioApp {
     /// after.
     pub fn lambda_released(&mut self) {
         if self.mode == Mode::Image {
-            image_panel::lambda_released(self, Duration::from_millis(REGENERATE_DELAY_MS));
+            image::lambda_released(self, Duration::from_millis(REGENERATE_DELAY_MS));
             return;
         }
         if self.settings.live && self.model.is_some() && !self.output.unsteered.is_empty() {
             self.output.regenerate_at = Some(Instant::now() + Duration::from_millis(REGENERATE_DELAY_MS));
             self.output.released = Some(Instant::now());
-        }
-    }
-
-    fn handle(&mut self, e: Event) {
-        match e {
-            Event::ModelLoaded(info) => {
-                self.settings.remember_model(info.path.clone());
-                self.info(format!(
-                    "loaded {} ({}, {} layers, hidden size {})",
-                    info.path.display(),
-                    info.architecture,
-                    info.n_layers,
-                    info.hidden_size
-                ));
-                // Concepts fitted for another model no longer apply (image concepts of the
-                // loaded diffusion pipeline stay).
-                let fp = &info.fingerprint;
-                let image_fp = self.image_model.as_ref().map(|m| &m.fingerprint);
-                self.stack.retain(|c| {
-                    let f = &c.concept.maps.meta().fingerprint;
-                    &f.to_string() == fp || Some(f) == image_fp
-                });
-                self.output = Output::default();
-                self.prompt_acts.clear();
-                self.sweep.rows.clear();
-                self.plots.invalidate();
-                self.model = Some(info);
-            }
-            Event::DatasetLoaded(d, lens) => {
-                self.editor = Some(Editor {
-                    origin: d.origin.clone(),
-                    // One sample per line: line breaks inside a sample become spaces.
-                    text: d
-                        .samples
-                        .iter()
-                        .map(|x| x.split_whitespace().collect::<Vec<_>>().join(" "))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    token_lens: lens,
-                });
-            }
-            Event::Progress(p) => self.progress = Some(p),
-            Event::JobStarted(kind) => self.running = Some(kind),
-            // Text of an older, stopped generation does not belong in the columns.
-            Event::Token(id, _, _) | Event::ColumnDone { id, .. } if id != self.output.started => {}
-            Event::Token(_, col, text) => match col {
-                Column::Unsteered => self.output.unsteered.push_str(&text),
-                Column::Steered => {
-                    if self.output.first_steered_token.is_none()
-                        && let Some(t) = self.output.requested
-                    {
-                        self.output.first_steered_token = Some(t.elapsed());
-                        if let Some(r) = self.output.released.take() {
-                            self.output.release_to_token = Some(r.elapsed());
-                        }
-                    }
-                    self.output.steered.push_str(&text);
-                }
-            },
-            Event::ColumnDone { column, complete, .. } => match column {
-                Column::Unsteered if complete => self.output.unsteered_key = self.output.pending_key.take(),
-                Column::Unsteered => self.output.pending_key = None,
-                Column::Steered => self.output.generating = false,
-            },
-            Event::PromptActivations(a) => self.prompt_acts = a,
-            Event::Fitted(maps, samples) => {
-                let name = maps.meta().concept.clone();
-                self.info(format!(
-                    "fitted `{name}` at {} hook points",
-                    maps.meta().hook_points.len()
-                ));
-                self.add_concept(maps, Some(samples));
-            }
-            Event::SweepDone(rows) => {
-                self.info(format!("sweep done: {} λ values", rows.len()));
-                self.sweep.rows = rows;
-            }
-            Event::ConceptMade(description, lines) => {
-                self.info(format!(
-                    "{} sentences about `{description}`: edit, then save",
-                    lines.len()
-                ));
-                self.editor = Some(Editor {
-                    origin: format!("made from: {description}"),
-                    text: lines.join("\n"),
-                    token_lens: Vec::new(),
-                });
-            }
-            Event::MapsSaved(p) => self.info(format!("saved {}", p.display())),
-            Event::MapsLoaded(maps, p) => {
-                self.info(format!("loaded maps {}", p.display()));
-                self.add_concept(maps, None);
-            }
-            Event::ImageModelLoaded(info) => image_panel::model_loaded(self, info),
-            Event::ImageModelUnloaded => image_panel::model_unloaded(self),
-            Event::ImageFitted(maps) => {
-                let m = maps.meta();
-                self.info(format!(
-                    "fitted `{}` at {} hook points on {} + {} prompts",
-                    m.concept,
-                    m.hook_points.len(),
-                    m.source.count,
-                    m.target.count
-                ));
-                self.add_concept(maps, None);
-            }
-            Event::ImageProgress(p) => image_panel::progress(self, p),
-            Event::Image(r) => image_panel::image_arrived(self, *r),
-            Event::ImagesDone { id, complete } => image_panel::job_done(self, id, complete),
-            Event::Idle => {
-                self.pending = self.pending.saturating_sub(1);
-                self.running = None;
-                if self.pending == 0 {
-                    self.progress = None;
-                    self.output.generating = false;
-                    self.image.generating = false;
-                }
-            }
-            Event::Failed(msg) => {
-                if msg.contains("cancelled") {
-                    self.info("stopped".into());
-                } else {
-                    self.error(msg);
-                }
-            }
-        }
-    }
-
-    /// Adds (or replaces, by name) a concept at λ = 1.
-    fn add_concept(&mut self, maps: Arc<MapsFile>, samples: Option<Arc<Vec<FitSamples>>>) {
-        let name = maps.meta().concept.clone();
-        let entry = StackEntry {
-            concept: crate::transport::Concept {
-                name: name.clone(),
-                maps,
-                lambda: 1.0,
-                enabled: true,
-            },
-            samples,
-            extended: false,
-        };
-        match self.stack.iter_mut().find(|e| e.concept.name == name) {
-            Some(e) => *e = entry,
-            None => self.stack.push(entry),
-        }
-        self.plots.concept = self
-            .stack
-            .iter()
-            .position(|e| e.concept.name == name)
-            .unwrap_or(0);
-        self.plots.invalidate();
-    }
-
-    /// Runs a file dialog on its own thread; `wrap` turns the chosen path into a result.
-    fn dialog(
-        &self,
-        dialog: rfd::FileDialog,
-        save: bool,
-        folder: bool,
-        wrap: impl FnOnce(PathBuf) -> DialogResult + Send + 'static,
-    ) {
-        let tx = self.dialogs.0.clone();
-        let ctx = self.ctx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("act-dialog".into())
-            .spawn(move || {
-                let picked = if folder {
-                    dialog.pick_folder()
-                } else if save {
-                    dialog.save_file()
-                } else {
-                    dialog.pick_file()
-                };
-                if let Some(p) = picked {
-                    let _ = tx.send(wrap(p));
-                    ctx.request_repaint();
-                }
-            });
-        if spawned.is_err() {
-            // Without a thread for the dialog there is no dialog; nothing else is affected.
-        }
-    }
-
-    fn handle_dialog(&mut self, r: DialogResult) {
-        match r {
-            DialogResult::OpenModel(p) => self.load_model(p),
-            DialogResult::OpenImageModel(p) => self.load_image_model(p),
-            DialogResult::SaveImage(p, what) => self.save_image_png(&p, what),
-            DialogResult::LoadImageSettings(p) => self.load_image_settings(&p),
-            DialogResult::ImageSourceFile(p) => self.settings.image.fit_source = p.display().to_string(),
-            DialogResult::ImageTargetFile(p) => self.settings.image.fit_target = p.display().to_string(),
-            DialogResult::SourceFile(p) => {
-                self.settings.source = p.display().to_string();
-                self.settings.add_dataset(self.settings.source.clone());
-            }
-            DialogResult::TargetFile(p) => {
-                self.settings.target = p.display().to_string();
-                self.settings.add_dataset(self.settings.target.clone());
-            }
-            DialogResult::AddDataset(p) => self.settings.add_dataset(p.display().to_string()),
-            DialogResult::SaveDataset(p) => concepts_panel::save_editor(self, &p),
-            DialogResult::SaveMaps(maps, p) => self.send(Command::SaveMaps(maps, p)),
-            DialogResult::LoadMaps(p) => self.send(Command::LoadMaps(p)),
-            DialogResult::ExportOutput(p) => output_panel::export_output(self, &p),
-            DialogResult::ExportSweep(p) => output_panel::export_sweep(self, &p),
         }
     }
 
@@ -680,108 +452,6 @@ impl StudioApp {
         let mut v = self.frame_ms.clone();
         v.sort_by(f32::total_cmp);
         Some((v[v.len() / 2], v[v.len() - 1]))
-    }
-}
-
-impl StudioApp {
-    /// Advances the screenshot script by one frame.
-    fn run_script(&mut self, ctx: &egui::Context) {
-        let Some((step, path)) = self.script.clone() else {
-            return;
-        };
-        ctx.request_repaint_after(Duration::from_millis(50));
-        let image = self.image_script;
-        let next = match step {
-            // Image mode (`--image-model` with `--screenshot`): fit an image concept on a few
-            // prompts, then a λ strip.
-            Script::WaitModel if image && self.image_model.is_some() && !self.busy() => {
-                let s = &mut self.settings.image;
-                s.fit_builtin = true;
-                s.fit_concept = "style:impressionism".into();
-                s.fit_limit = 8;
-                s.steps = s.steps.min(4);
-                s.width = s.width.max(128);
-                s.height = s.height.max(128);
-                image_panel::start_fit(self);
-                Script::WaitFit
-            }
-            Script::WaitFit if image && !self.stack.is_empty() && !self.busy() => {
-                self.settings.image.strip_lambdas = "0, 0.5, 1, 1.5".into();
-                image_panel::generate(self, image_panel::ImageAction::Strip);
-                Script::WaitGeneration
-            }
-            Script::WaitGeneration if image && !self.busy() && !self.image.generating => {
-                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
-                Script::Shoot(1, 0)
-            }
-            Script::WaitModel if self.model.is_some() && !self.busy() => {
-                self.fit.limit = 48;
-                fit_panel::start_fit(self);
-                Script::WaitFit
-            }
-            Script::WaitFit if !self.stack.is_empty() && !self.busy() => {
-                self.settings.max_tokens = 40;
-                self.generate(false);
-                Script::WaitGeneration
-            }
-            Script::WaitGeneration if !self.busy() && !self.output.generating => {
-                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
-                Script::Shoot(0, 0)
-            }
-            Script::Shoot(k, n) => {
-                let shot = ctx.input(|i| {
-                    i.raw.events.iter().find_map(|e| match e {
-                        egui::Event::Screenshot { image, .. } => Some(image.clone()),
-                        _ => None,
-                    })
-                });
-                match shot {
-                    Some(img) => {
-                        let path = if k == 0 || image {
-                            path.clone()
-                        } else {
-                            path.with_file_name(format!(
-                                "{}-plots.png",
-                                path.file_stem().map_or("app".into(), |s| s.to_string_lossy())
-                            ))
-                        };
-                        let [w, h] = img.size;
-                        let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
-                        let r = image::RgbaImage::from_raw(w as u32, h as u32, bytes)
-                            .ok_or_else(|| "bad screenshot size".to_string())
-                            .and_then(|im| {
-                                let mut png = std::io::Cursor::new(Vec::new());
-                                im.write_to(&mut png, image::ImageFormat::Png)
-                                    .map_err(|e| e.to_string())?;
-                                crate::transport::atomic_write(&path, png.get_ref())
-                                    .map_err(|e| e.to_string())
-                            });
-                        match r {
-                            Ok(()) => eprintln!("screenshot saved to {}", path.display()),
-                            Err(e) => eprintln!("screenshot failed: {e}"),
-                        }
-                        if k == 0 {
-                            self.tab = Tab::Plots;
-                            ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(
-                                egui::UserData::default(),
-                            ));
-                            Script::Shoot(1, 0)
-                        } else {
-                            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-                            Script::Done
-                        }
-                    }
-                    None if n > 200 => {
-                        eprintln!("no screenshot arrived");
-                        ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-                        Script::Done
-                    }
-                    None => Script::Shoot(k, n + 1),
-                }
-            }
-            s => s,
-        };
-        self.script = Some((next, path));
     }
 }
 

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use eframe::egui;
 
-use crate::pipeline::concepts::builtin_concept;
-use crate::pipeline::eval::presence::KeywordSet;
+use crate::pipeline::dataset::DatasetSpec;
 use crate::pipeline::eval::stats::Proportion;
 use crate::pipeline::presets::parse_lambda_list;
-use crate::pipeline::sweep::{SweepConfig, sweep_csv};
+use crate::pipeline::sweep::sweep_csv;
+use crate::pipeline::sweep_request::SweepRequest;
 use crate::runtime::generate::GenerateOptions;
 use crate::runtime::linear::MatPath;
 use crate::runtime::sampling::SamplingConfig;
@@ -29,7 +29,7 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
         });
     });
     if app.mode == Mode::Image && app.image_model.is_some() {
-        super::image_panel::show_output(app, ui);
+        super::image::show_output(app, ui);
         return;
     }
     show_text(app, ui);
@@ -223,22 +223,13 @@ fn start_sweep(app: &mut StudioApp) {
         app.error("no enabled concept to sweep".into());
         return;
     };
-    let keywords = builtin_concept(&concept)
-        .map(|c| KeywordSet::new(&c.keywords))
-        .unwrap_or_default();
-    let heldout = match crate::pipeline::concepts::builtin_dataset("wikipedia") {
-        Ok(mut d) => {
-            d.samples.truncate(app.sweep.heldout);
-            d.samples
-        }
-        Err(_) => Vec::new(),
-    };
     let s = &app.settings;
-    let prompt = s.prompt.clone();
-    let cfg = SweepConfig {
+    let req = SweepRequest {
+        stack: app.steering_stack(),
+        concept: Some(concept),
         lambdas,
-        concept,
-        prompts: vec![prompt],
+        prompts: vec![s.prompt.clone()],
+        chat: s.chat,
         samples: app.sweep.samples,
         generate: GenerateOptions {
             max_tokens: s.max_tokens.max(1),
@@ -249,15 +240,14 @@ fn start_sweep(app: &mut StudioApp) {
             },
             path: MatPath::Quantized,
         },
-        keywords,
-        heldout,
+        keywords: None,
+        heldout: DatasetSpec::Builtin("wikipedia".into()),
+        heldout_samples: app.sweep.heldout,
         heldout_tokens: 128,
         judge: None,
     };
-    let stack = app.steering_stack();
     app.sweep.rows.clear();
-    let chat = app.settings.chat;
-    app.send(Command::Sweep(Box::new((stack, cfg, chat))));
+    app.send(Command::Sweep(Box::new(req)));
 }
 
 /// "12 % [8–17]": a rate with its 95 % Wilson interval.

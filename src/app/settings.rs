@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::diffusion::error::DiffusionError;
+use crate::diffusion::pipeline::ImageRequest;
+
 /// Persisted settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -90,6 +93,48 @@ pub struct ImageSettings {
     pub fit_limit: usize,
     /// Latent size of the fitting step in pixels (0 = the model's).
     pub fit_size: usize,
+    /// Fit every map on unsteered activations, `fit_chunk` prompts per pass (bounded
+    /// memory), instead of causally in one batch.
+    pub fit_simultaneous: bool,
+    /// Prompts per forward pass of a simultaneous fit.
+    pub fit_chunk: usize,
+}
+
+impl ImageSettings {
+    /// The form as an image request (an unknown sampler name is an error).
+    pub fn to_request(&self) -> Result<ImageRequest, String> {
+        Ok(ImageRequest {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative.clone(),
+            seed: self.seed,
+            steps: self.steps,
+            guidance: self.guidance,
+            width: self.width,
+            height: self.height,
+            scheduler: self
+                .scheduler
+                .parse()
+                .map_err(|e: DiffusionError| e.to_string())?,
+        })
+    }
+
+    /// Fills the form from a request.
+    pub fn set_request(&mut self, r: &ImageRequest) {
+        self.prompt = r.prompt.clone();
+        self.negative = r.negative_prompt.clone();
+        self.seed = r.seed;
+        self.set_sampling(r);
+    }
+
+    /// Fills the sampling settings (steps, guidance, size, sampler) from a request, keeping
+    /// the prompt and seed.
+    pub fn set_sampling(&mut self, r: &ImageRequest) {
+        self.steps = r.steps;
+        self.guidance = r.guidance;
+        self.width = r.width;
+        self.height = r.height;
+        self.scheduler = r.scheduler.name().to_string();
+    }
 }
 
 impl Default for ImageSettings {
@@ -117,6 +162,8 @@ impl Default for ImageSettings {
             fit_hooks: crate::pipeline::diffusion_fit::DEFAULT_IMAGE_PRESET.into(),
             fit_limit: 32,
             fit_size: 0,
+            fit_simultaneous: false,
+            fit_chunk: 8,
         }
     }
 }

@@ -41,14 +41,6 @@ impl ClipActivation {
         }
     }
 
-    /// HF's name of the activation.
-    pub fn hf_name(&self) -> &'static str {
-        match self {
-            Self::QuickGelu => "quick_gelu",
-            Self::Gelu => "gelu",
-        }
-    }
-
     /// Applies the activation elementwise (any shape, any float dtype).
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {

@@ -59,14 +59,6 @@ pub struct DiffActivation<'a> {
     pub shape: ActShape,
 }
 
-impl DiffActivation<'_> {
-    /// Pools every batch row to one value per neuron: the mean over tokens (3-D) or over
-    /// pixels (4-D). Returns `[batch, neurons]` row-major, in f64-accumulated f32.
-    pub fn pooled_mean(&self) -> Vec<f32> {
-        pool_mean(self.data, self.shape)
-    }
-}
-
 /// Mean over tokens (3-D) or pixels (4-D) for every batch row: `[batch, neurons]`.
 pub fn pool_mean(data: &[f32], shape: ActShape) -> Vec<f32> {
     match shape {

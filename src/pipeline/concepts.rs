@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use super::dataset::{Dataset, DatasetError, parse_dataset};
+use super::dataset::{Dataset, DatasetError, DatasetSpec, parse_dataset, read_dataset_file};
 
 /// The files of assets/concepts/, by name.
 const FILES: &[(&str, &str)] = &[
@@ -132,14 +132,25 @@ pub fn builtin_dataset(name: &str) -> Result<Dataset, DatasetError> {
     let spec = format!("builtin:{name}");
     let (field, filters) = match set.selector.as_deref() {
         Some(sel) => match format!("x#{sel}").parse()? {
-            super::dataset::DatasetSpec::File { field, filters, .. } => (field, filters),
-            super::dataset::DatasetSpec::Builtin(_) => (None, Vec::new()),
+            DatasetSpec::File { field, filters, .. } => (field, filters),
+            DatasetSpec::Builtin(_) => (None, Vec::new()),
         },
         None => (None, Vec::new()),
     };
     let mut d = parse_dataset(text, ext, field.as_deref(), &filters, name, &spec)?;
     d.name = name.to_string();
     Ok(d)
+}
+
+/// Reads the dataset a spec names: a built-in set ([`builtin_dataset`]) or a file
+/// ([`read_dataset_file`]).
+pub fn load_dataset(spec: &DatasetSpec) -> Result<Dataset, DatasetError> {
+    match spec {
+        DatasetSpec::Builtin(name) => builtin_dataset(name),
+        DatasetSpec::File { path, field, filters } => {
+            read_dataset_file(path, field.as_deref(), filters, &spec.to_string())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -162,31 +162,33 @@ impl Dataset {
     }
 }
 
-/// Reads the dataset a spec names.
-pub fn load_dataset(spec: &DatasetSpec) -> Result<Dataset> {
-    match spec {
-        DatasetSpec::Builtin(name) => super::concepts::builtin_dataset(name),
-        DatasetSpec::File { path, field, filters } => {
-            let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let text = String::from_utf8(bytes).map_err(|e| DatasetError::NotUtf8 {
-                path: path.clone(),
-                offset: e.utf8_error().valid_up_to(),
-            })?;
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "dataset".into());
-            let ext = path
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            let name = field.clone().unwrap_or(stem);
-            parse_dataset(&text, &ext, field.as_deref(), filters, &name, &spec.to_string())
-        }
-    }
+/// Reads a dataset file: `path` in the format its extension says, with an optional
+/// field/column and row filters; `spec` is the origin recorded in the dataset. Built-in
+/// sets are read by [`super::concepts::load_dataset`], which takes any [`DatasetSpec`].
+pub fn read_dataset_file(
+    path: &Path,
+    field: Option<&str>,
+    filters: &[(String, String)],
+    spec: &str,
+) -> Result<Dataset> {
+    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| DatasetError::NotUtf8 {
+        path: path.to_path_buf(),
+        offset: e.utf8_error().valid_up_to(),
+    })?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into());
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = field.map(str::to_string).unwrap_or(stem);
+    parse_dataset(&text, &ext, field, filters, &name, spec)
 }
 
 /// Parses dataset text of the format `ext` (`txt`, `jsonl`, `csv`, `json`; anything else is
@@ -608,23 +610,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("latin1.txt");
         std::fs::write(&p, b"caf\xe9\n").unwrap();
-        let e = load_dataset(&DatasetSpec::File {
-            path: p,
-            field: None,
-            filters: vec![],
-        })
-        .unwrap_err();
+        let e = read_dataset_file(&p, None, &[], "test").unwrap_err();
         assert!(e.to_string().contains("not valid UTF-8"), "{e}");
-        let e = load_dataset(&"/no/such/file.txt".parse().unwrap()).unwrap_err();
+        let e = read_dataset_file(Path::new("/no/such/file.txt"), None, &[], "test").unwrap_err();
         assert!(e.to_string().contains("/no/such/file.txt"), "{e}");
         let p = dir.path().join("one.txt");
         std::fs::write(&p, "just one\n").unwrap();
-        let d = load_dataset(&DatasetSpec::File {
-            path: p,
-            field: None,
-            filters: vec![],
-        })
-        .unwrap();
+        let d = read_dataset_file(&p, None, &[], "test").unwrap();
         let e = d.require(2, "source").unwrap_err().to_string();
         assert!(e.contains("1 sample(s), at least 2"), "{e}");
     }
@@ -634,12 +626,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.txt");
         save_lines(&p, &["a\nb".into(), "  ".into(), "c".into()]).unwrap();
-        let d = load_dataset(&DatasetSpec::File {
-            path: p,
-            field: None,
-            filters: vec![],
-        })
-        .unwrap();
+        let d = read_dataset_file(&p, None, &[], "test").unwrap();
         assert_eq!(d.samples, ["a b", "c"]);
         assert_eq!(d.name, "d");
     }

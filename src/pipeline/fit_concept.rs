@@ -12,7 +12,8 @@ use std::sync::atomic::AtomicBool;
 use crate::runtime::LoadedModel;
 use crate::transport::{DatasetInfo, FitConfig, MapsFile, MapsMeta, Method, Support};
 
-use super::dataset::{Dataset, DatasetSpec, load_dataset};
+use super::concepts::load_dataset;
+use super::dataset::{Dataset, DatasetSpec};
 use super::fit_error::FitError;
 use super::fit_model::{Estimation, FitSamples, fit_impl};
 use super::pooling::Pooling;

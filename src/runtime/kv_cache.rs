@@ -29,11 +29,6 @@ impl KvCache {
         }
     }
 
-    /// Whether this cache forgets each layer after its attention.
-    pub fn is_transient(&self) -> bool {
-        self.transient
-    }
-
     /// Cached positions (the next token's position).
     pub fn len(&self) -> usize {
         self.len

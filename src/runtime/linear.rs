@@ -185,12 +185,4 @@ impl Linear {
         }
         Ok(y)
     }
-
-    /// The weights as dense f32 `[out, in]`.
-    pub fn dense_weights(&self) -> Result<Tensor> {
-        Ok(match &self.weights {
-            Weights::Dense(w) => Tensor::from_vec(w.unpack(), (self.out_dim, self.in_dim), &Device::Cpu)?,
-            Weights::Quant { q, .. } => q.dequantize(&Device::Cpu)?,
-        })
-    }
 }

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
+pub mod load_model;
 pub mod model;
 pub mod ops;
 pub mod quant;

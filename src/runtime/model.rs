@@ -1,16 +1,14 @@
 //! A loaded model: network, tokenizer and fingerprint, from a GGUF file or a Hugging Face
-//! model folder.
+//! model folder (the loading itself is in [`super::load_model`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::transport::ModelFingerprint;
 
 use super::config::ModelConfig;
 use super::error::Result;
 use super::forward::{Batch, ForwardOutput, LogitsMode};
-use super::gguf::GgufFile;
 use super::gpt2::Gpt2Model;
-use super::hf::HfFolder;
 use super::hooks::{HookKind, HookPoint, Hooks};
 use super::kv_cache::KvCache;
 use super::linear::MatPath;
@@ -65,24 +63,6 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads a `.gguf` file, or a Hugging Face model folder (`config.json`, safetensors
-    /// weights, `tokenizer.json`).
-    pub fn load(path: &Path) -> Result<Self> {
-        if path.is_dir() {
-            return HfFolder::open(path)?.load();
-        }
-        let mut f = GgufFile::open(path)?;
-        let model = f.load_llama()?;
-        let tokenizer = f.tokenizer()?;
-        let fingerprint = f.fingerprint(&model.cfg)?;
-        Ok(Self {
-            model: Network::Llama(model),
-            tokenizer,
-            fingerprint,
-            source: path.to_path_buf(),
-        })
-    }
-
     /// Hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         self.model.cfg()

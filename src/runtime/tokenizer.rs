@@ -266,11 +266,6 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
-    /// The id of a token string.
-    pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
-
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

@@ -148,11 +148,6 @@ impl MapsFile {
         &self.meta
     }
 
-    /// Renames the concept (e.g. from `--name`).
-    pub fn set_concept(&mut self, name: &str) {
-        self.meta.concept = name.to_string();
-    }
-
     /// The map at a hook point.
     pub fn hook(&self, name: &str) -> Option<&Arc<HookMap>> {
         self.hooks.get(name)

@@ -1,0 +1,122 @@
+//! The screenshot script (`act-studio app --screenshot F`): load, fit a concept on a few
+//! samples, generate, and save a screenshot of each tab (the README images), one step per
+//! frame.
+
+use std::time::Duration;
+
+use eframe::egui;
+
+use super::{StudioApp, Tab, fit_panel, image};
+
+/// Steps of the screenshot script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Script {
+    WaitModel,
+    WaitFit,
+    WaitGeneration,
+    /// Waiting for screenshot `k` (0: output tab, 1: plots tab), `n` frames so far.
+    Shoot(u8, u16),
+    Done,
+}
+
+impl StudioApp {
+    /// Advances the screenshot script by one frame.
+    pub(super) fn run_script(&mut self, ctx: &egui::Context) {
+        let Some((step, path)) = self.script.clone() else {
+            return;
+        };
+        ctx.request_repaint_after(Duration::from_millis(50));
+        let image = self.image_script;
+        let next = match step {
+            // Image mode (`--image-model` with `--screenshot`): fit an image concept on a few
+            // prompts, then a λ strip.
+            Script::WaitModel if image && self.image_model.is_some() && !self.busy() => {
+                let s = &mut self.settings.image;
+                s.fit_builtin = true;
+                s.fit_concept = "style:impressionism".into();
+                s.fit_limit = 8;
+                s.steps = s.steps.min(4);
+                s.width = s.width.max(128);
+                s.height = s.height.max(128);
+                image::start_fit(self);
+                Script::WaitFit
+            }
+            Script::WaitFit if image && !self.stack.is_empty() && !self.busy() => {
+                self.settings.image.strip_lambdas = "0, 0.5, 1, 1.5".into();
+                image::generate(self, image::ImageAction::Strip);
+                Script::WaitGeneration
+            }
+            Script::WaitGeneration if image && !self.busy() && !self.image.generating => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
+                Script::Shoot(1, 0)
+            }
+            Script::WaitModel if self.model.is_some() && !self.busy() => {
+                self.fit.limit = 48;
+                fit_panel::start_fit(self);
+                Script::WaitFit
+            }
+            Script::WaitFit if !self.stack.is_empty() && !self.busy() => {
+                self.settings.max_tokens = 40;
+                self.generate(false);
+                Script::WaitGeneration
+            }
+            Script::WaitGeneration if !self.busy() && !self.output.generating => {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
+                Script::Shoot(0, 0)
+            }
+            Script::Shoot(k, n) => {
+                let shot = ctx.input(|i| {
+                    i.raw.events.iter().find_map(|e| match e {
+                        egui::Event::Screenshot { image, .. } => Some(image.clone()),
+                        _ => None,
+                    })
+                });
+                match shot {
+                    Some(img) => {
+                        let path = if k == 0 || image {
+                            path.clone()
+                        } else {
+                            path.with_file_name(format!(
+                                "{}-plots.png",
+                                path.file_stem().map_or("app".into(), |s| s.to_string_lossy())
+                            ))
+                        };
+                        let [w, h] = img.size;
+                        let bytes: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_array()).collect();
+                        let r = ::image::RgbaImage::from_raw(w as u32, h as u32, bytes)
+                            .ok_or_else(|| "bad screenshot size".to_string())
+                            .and_then(|im| {
+                                let mut png = std::io::Cursor::new(Vec::new());
+                                im.write_to(&mut png, ::image::ImageFormat::Png)
+                                    .map_err(|e| e.to_string())?;
+                                crate::transport::atomic_write(&path, png.get_ref())
+                                    .map_err(|e| e.to_string())
+                            });
+                        match r {
+                            Ok(()) => eprintln!("screenshot saved to {}", path.display()),
+                            Err(e) => eprintln!("screenshot failed: {e}"),
+                        }
+                        if k == 0 {
+                            self.tab = Tab::Plots;
+                            ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(
+                                egui::UserData::default(),
+                            ));
+                            Script::Shoot(1, 0)
+                        } else {
+                            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                            Script::Done
+                        }
+                    }
+                    None if n > 200 => {
+                        eprintln!("no screenshot arrived");
+                        ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                        Script::Done
+                    }
+                    None => Script::Shoot(k, n + 1),
+                }
+            }
+            s => s,
+        };
+        self.script = Some((next, path));
+    }
+}

@@ -1,0 +1,98 @@
+//! The diffusion jobs: loading a pipeline, fitting an image concept and making images, each
+//! translated into its pipeline call, with progress and images sent back as events.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::diffusion::pipeline::{LoadOptions, SdPipeline};
+use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
+use crate::pipeline::image_sheet::{ImageJob, render_images};
+
+use super::State;
+use super::job_error::JobError;
+use super::protocol::{Event, ImageModelInfo, ImageProgress, ImageResult, Progress};
+
+impl State {
+    pub(super) fn image(&self) -> Result<Arc<SdPipeline>, JobError> {
+        self.image.clone().ok_or_else(|| {
+            JobError::failed("no diffusion model is loaded: open a diffusers folder in the model panel")
+        })
+    }
+
+    pub(super) fn load_image_model(&mut self, path: PathBuf, half: bool) -> Result<(), JobError> {
+        let started = Instant::now();
+        self.progress("loading diffusion model", 0, 0, started);
+        // Free the old pipeline first: two Stable Diffusion models rarely fit in memory.
+        if self.image.take().is_some() {
+            self.send(Event::ImageModelUnloaded);
+        }
+        let opts = LoadOptions {
+            dtype: if half {
+                candle_core::DType::F16
+            } else {
+                candle_core::DType::F32
+            },
+            ..LoadOptions::default()
+        };
+        let pipe = SdPipeline::load(&path, &opts).map_err(|e| JobError::from(e).context(path.display()))?;
+        let info = ImageModelInfo {
+            path,
+            name: pipe.name(),
+            family: pipe.family().name().to_string(),
+            hook_points: pipe.hook_sites().iter().map(|s| s.name.clone()).collect(),
+            fingerprint: pipe.fingerprint().clone(),
+            warnings: pipe.warnings().to_vec(),
+            default_request: pipe.default_request(""),
+            dtype: pipe.dtype().as_str().to_string(),
+        };
+        self.image = Some(Arc::new(pipe));
+        self.send(Event::ImageModelLoaded(info));
+        Ok(())
+    }
+
+    pub(super) fn fit_image(&mut self, req: &ImageFitRequest) -> Result<(), JobError> {
+        let pipe = self.image()?;
+        let started = Instant::now();
+        self.progress("fitting image concept", 0, 0, started);
+        let (events, notify, cancel) = (&self.events, &self.notify, &self.cancel);
+        let name = match (&req.name, &req.concept) {
+            (Some(n), _) if !n.trim().is_empty() => n.trim().to_string(),
+            (_, ImageConceptSource::Builtin(n)) => n.trim().to_string(),
+            _ => "image concept".to_string(),
+        };
+        let mut progress = |done: usize, total: usize| {
+            let p = Progress {
+                stage: format!("fitting `{name}`: hook points"),
+                done,
+                total,
+                started,
+            };
+            if events.send(Event::Progress(p)).is_ok() {
+                notify();
+            }
+            !cancel.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let fitted = fit_image_concept(&pipe, req, &mut progress)?;
+        self.send(Event::ImageFitted(Arc::new(fitted.maps)));
+        Ok(())
+    }
+
+    pub(super) fn generate_images(&mut self, id: usize, job: &ImageJob) -> Result<(), JobError> {
+        let pipe = self.image()?;
+        let mut progress = |at| {
+            self.send(Event::ImageProgress(ImageProgress { id, at }));
+            !self.cancelled()
+        };
+        let mut on_image = |slot, image, meta| {
+            self.send(Event::Image(Box::new(ImageResult {
+                id,
+                slot,
+                image,
+                meta,
+            })))
+        };
+        render_images(&pipe, job, &mut progress, &mut on_image)?;
+        Ok(())
+    }
+}
