@@ -6,7 +6,10 @@
 //! - prefill tokens/s for a batch of 32 sentences of ≈30 tokens;
 //! - the dense path's matrix products (SmolLM2's MLP shapes, 512 token rows): our fixed-order
 //!   kernel (`runtime::dense`) against candle's `gemm`-backed matmul;
-//! - peak RSS of each engine (each measured in a child process of its own).
+//! - peak RSS of each engine (each measured in a child process of its own);
+//! - Q5_0 / Q5_1 matrix × vector (the row-length fallback inside k-quant files): our kernels
+//!   against candle's `QMatMul` on Qwen2.5-0.5B's MLP shapes (`ACT_BENCH_ONLY=q5` runs only
+//!   this part, without the demo model).
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 3).
 
@@ -234,6 +237,10 @@ fn main() {
         child(&engine);
         return;
     }
+    if std::env::var("ACT_BENCH_ONLY").is_ok_and(|v| v == "q5") {
+        q5_products();
+        return;
+    }
     if !model_path().is_file() {
         eprintln!(
             "SKIP: demo model not found at {} (run models/fetch-demo-model.sh)",
@@ -294,6 +301,7 @@ fn main() {
         o / k
     );
     dense_products(reps.max(5));
+    q5_products();
     drop((m, c));
     let exe = std::env::current_exe().unwrap_or_default();
     for engine in ["ours", "candle"] {
@@ -348,5 +356,62 @@ fn dense_products(reps: usize) {
             gflops / c,
             median(ratios)
         );
+    }
+}
+
+/// Q5_0 and Q5_1 matrix × vector, ours (`QMatrix::matvec`) against candle's `QMatMul` on
+/// Qwen2.5-0.5B's MLP shapes (`[4864, 896]` and `[896, 4864]`), both on the calling thread
+/// setup of a decode step; paired medians of 101 calls each, and the results compared.
+fn q5_products() {
+    use act_studio::runtime::quant::{ActScratch, QDType, QMatrix};
+    use candle_core::Module;
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    let mut scratch = ActScratch::new();
+    for (gdt, dt) in [(GgmlDType::Q5_0, QDType::Q5_0), (GgmlDType::Q5_1, QDType::Q5_1)] {
+        for (rows, cols) in [(4864usize, 896usize), (896, 4864)] {
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
+                .collect();
+            let x: Vec<f32> = (0..cols)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let mut run = || -> candle_core::Result<()> {
+                let q = QTensor::quantize(&Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu)?, gdt)?;
+                let m = QMatrix::new(dt, rows, cols, q.data()?.into_owned())
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                let mm = QMatMul::from_qtensor(q)?;
+                let xt = Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu)?;
+                let mut y = vec![0f32; rows];
+                let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+                let mut same = true;
+                for _ in 0..101 {
+                    let t = Instant::now();
+                    m.matvec(&x, &mut y, &mut scratch)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    let a = t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let r = mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+                    let b = t.elapsed().as_secs_f64();
+                    same &= r.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+                    ours.push(a);
+                    theirs.push(b);
+                    ratios.push(b / a);
+                }
+                let gb = m.bytes().len() as f64 / 1e9;
+                let (o, c) = (median(ours), median(theirs));
+                println!(
+                    "{dt:?} matvec [{rows}, {cols}]: ours {:.3} ms ({:.1} GB/s), candle QMatMul {:.3} ms ({:.1} GB/s), paired median speed ratio ours/candle {:.2}×, bit-identical: {same}",
+                    o * 1e3,
+                    gb / o,
+                    c * 1e3,
+                    gb / c,
+                    median(ratios)
+                );
+                Ok(())
+            };
+            if let Err(e) = run() {
+                println!("{dt:?} [{rows}, {cols}]: {e}");
+            }
+        }
     }
 }

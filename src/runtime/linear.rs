@@ -46,7 +46,7 @@ enum Weights {
     /// f32 `[out, in]`, packed for [`PackedMatrix::matmul`].
     Dense(PackedMatrix),
     /// GGML-quantized `[out, in]`, with an f32 copy made on first dense use. `own` holds
-    /// the raw blocks for our kernels when the format has one (Q4_0, Q4_1, Q8_0); other
+    /// the raw blocks for our kernels when the format has one (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1); other
     /// formats (k-quants) use candle's quantized matmul.
     Quant {
         q: std::sync::Arc<QTensor>,
@@ -107,6 +107,8 @@ impl Linear {
             GgmlDType::Q4_0 => Some(QDType::Q4_0),
             GgmlDType::Q4_1 => Some(QDType::Q4_1),
             GgmlDType::Q8_0 => Some(QDType::Q8_0),
+            GgmlDType::Q5_0 => Some(QDType::Q5_0),
+            GgmlDType::Q5_1 => Some(QDType::Q5_1),
             _ => None,
         };
         let own = match own_dtype {
