@@ -97,7 +97,13 @@ fn a_fit_through_the_worker_equals_the_pipeline_call_and_errors_keep_it_alive() 
             "{name}: worker and pipeline differ"
         );
     }
-    assert_eq!(maps.meta().data_sha256, direct.maps.meta().data_sha256);
+    // The same datasets (by content hash) are recorded in both files' metadata.
+    let (a, b) = (maps.meta(), direct.maps.meta());
+    assert!(!a.source.sha256.is_empty() && !a.target.sha256.is_empty());
+    assert_eq!(
+        (&a.source.sha256, &a.target.sha256, &a.method, &a.estimation),
+        (&b.source.sha256, &b.target.sha256, &b.method, &b.estimation)
+    );
 }
 
 #[test]
