@@ -7,9 +7,10 @@
 //! - the dense path's matrix products (SmolLM2's MLP shapes, 512 token rows): our fixed-order
 //!   kernel (`runtime::dense`) against candle's `gemm`-backed matmul;
 //! - peak RSS of each engine (each measured in a child process of its own);
-//! - Q5_0 / Q5_1 matrix × vector (the row-length fallback inside k-quant files): our kernels
-//!   against candle's `QMatMul` on Qwen2.5-0.5B's MLP shapes (`ACT_BENCH_ONLY=q5` runs only
-//!   this part, without the demo model).
+//! - quantized matrix × vector for the formats of k-quant files (Q4_K, Q5_K, Q6_K and the
+//!   Q5_0 / Q5_1 row-length fallback): our kernels against candle's `QMatMul` on Qwen2.5-0.5B's
+//!   MLP shapes (`ACT_BENCH_ONLY=quant` runs only this part, without the demo model; `q5` and
+//!   `kq` only those formats).
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 3).
 
@@ -237,9 +238,14 @@ fn main() {
         child(&engine);
         return;
     }
-    if std::env::var("ACT_BENCH_ONLY").is_ok_and(|v| v == "q5") {
-        q5_products();
-        return;
+    match std::env::var("ACT_BENCH_ONLY").as_deref() {
+        Ok("q5") => return quant_products(&Q5_FORMATS),
+        Ok("kq") => return quant_products(&K_FORMATS),
+        Ok("quant") => {
+            quant_products(&K_FORMATS);
+            return quant_products(&Q5_FORMATS);
+        }
+        _ => {}
     }
     if !model_path().is_file() {
         eprintln!(
@@ -301,7 +307,8 @@ fn main() {
         o / k
     );
     dense_products(reps.max(5));
-    q5_products();
+    quant_products(&K_FORMATS);
+    quant_products(&Q5_FORMATS);
     drop((m, c));
     let exe = std::env::current_exe().unwrap_or_default();
     for engine in ["ours", "candle"] {
@@ -359,16 +366,37 @@ fn dense_products(reps: usize) {
     }
 }
 
-/// Q5_0 and Q5_1 matrix × vector, ours (`QMatrix::matvec`) against candle's `QMatMul` on
-/// Qwen2.5-0.5B's MLP shapes (`[4864, 896]` and `[896, 4864]`), both on the calling thread
-/// setup of a decode step; paired medians of 101 calls each, and the results compared.
-fn q5_products() {
-    use act_studio::runtime::quant::{ActScratch, QDType, QMatrix};
+use act_studio::runtime::quant::QDType;
+use candle_core::quantized::GgmlDType;
+
+/// The row-length fallback formats of k-quant files.
+const Q5_FORMATS: [(GgmlDType, QDType); 2] =
+    [(GgmlDType::Q5_0, QDType::Q5_0), (GgmlDType::Q5_1, QDType::Q5_1)];
+/// The k-quants.
+const K_FORMATS: [(GgmlDType, QDType); 3] = [
+    (GgmlDType::Q4K, QDType::Q4K),
+    (GgmlDType::Q5K, QDType::Q5K),
+    (GgmlDType::Q6K, QDType::Q6K),
+];
+
+/// Quantized matrix × vector, ours (`QMatrix::matvec`) against candle's `QMatMul` on
+/// Qwen2.5-0.5B's MLP shapes (`[4864, 896]` and `[896, 4864]`; `[4864, 1024]` and
+/// `[1024, 4864]` for the k-quants, whose rows must hold whole 256-value blocks), both with
+/// the thread setup of a decode step; paired medians of 101 calls each, and the results
+/// compared (largest difference relative to the largest output).
+fn quant_products(formats: &[(GgmlDType, QDType)]) {
+    use act_studio::runtime::quant::{ActScratch, QMatrix};
     use candle_core::Module;
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::quantized::{QMatMul, QTensor};
     let mut scratch = ActScratch::new();
-    for (gdt, dt) in [(GgmlDType::Q5_0, QDType::Q5_0), (GgmlDType::Q5_1, QDType::Q5_1)] {
-        for (rows, cols) in [(4864usize, 896usize), (896, 4864)] {
+    for &(gdt, dt) in formats {
+        let k = dt.block_size() == 256;
+        let shapes = if k {
+            [(4864usize, 1024usize), (1024, 4864)]
+        } else {
+            [(4864, 896), (896, 4864)]
+        };
+        for (rows, cols) in shapes {
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5)
                 .collect();
@@ -383,7 +411,7 @@ fn q5_products() {
                 let xt = Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu)?;
                 let mut y = vec![0f32; rows];
                 let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-                let mut same = true;
+                let (mut same, mut diff, mut top) = (true, 0f32, 0f32);
                 for _ in 0..101 {
                     let t = Instant::now();
                     m.matvec(&x, &mut y, &mut scratch)
@@ -393,6 +421,10 @@ fn q5_products() {
                     let r = mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?;
                     let b = t.elapsed().as_secs_f64();
                     same &= r.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits());
+                    for (p, q) in r.iter().zip(&y) {
+                        diff = diff.max((p - q).abs());
+                        top = top.max(p.abs());
+                    }
                     ours.push(a);
                     theirs.push(b);
                     ratios.push(b / a);
@@ -400,12 +432,13 @@ fn q5_products() {
                 let gb = m.bytes().len() as f64 / 1e9;
                 let (o, c) = (median(ours), median(theirs));
                 println!(
-                    "{dt:?} matvec [{rows}, {cols}]: ours {:.3} ms ({:.1} GB/s), candle QMatMul {:.3} ms ({:.1} GB/s), paired median speed ratio ours/candle {:.2}×, bit-identical: {same}",
+                    "{dt:?} matvec [{rows}, {cols}]: ours {:.3} ms ({:.1} GB/s), candle QMatMul {:.3} ms ({:.1} GB/s), paired median speed ratio ours/candle {:.2}×, bit-identical: {same}, largest difference {:.1e} of the largest output",
                     o * 1e3,
                     gb / o,
                     c * 1e3,
                     gb / c,
-                    median(ratios)
+                    median(ratios),
+                    diff / top.max(f32::MIN_POSITIVE)
                 );
                 Ok(())
             };

@@ -186,3 +186,125 @@ fn models_lists_local_files_and_the_hf_cache() {
     assert!(!s.contains("notes.txt"), "{s}");
     assert!(s.contains("someorg/tiny-llama @ 0123abcd"), "{s}");
 }
+
+/// The `tensors:` table row of group `name` in `inspect` output.
+fn table_row<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no tensor group `{name}` in\n{out}"))
+}
+
+#[test]
+fn inspect_reads_only_the_header_and_lists_tensor_types() {
+    use act_studio::runtime::LoadedModel;
+    use act_studio::runtime::gguf::GgufFile;
+    use act_studio::runtime::model_header::ModelHeader;
+
+    let Some(model) = common::demo_model() else {
+        return;
+    };
+    let m = model.to_str().unwrap_or_default();
+    let out = act(&["inspect", "--model", m]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let full = text(&out.stdout);
+    println!("{full}");
+    let size = std::fs::metadata(&model)
+        .map(|md| md.len())
+        .unwrap_or_else(|e| panic!("{e}"));
+    for needle in [
+        "architecture:   llama",
+        "layers:         30",
+        "hidden size:    576",
+        "heads:          9 (kv 3, head dim 64)",
+        "rope:           θ = 100000, interleaved pairs",
+        "fingerprint:    llama (hidden 576, 30 layers, weights ",
+        "chat template:  yes",
+        "hook points:    150 (5 per layer)",
+        "  … layers.29.resid",
+        &format!("file size:      98.4 MB ({size} bytes)\n"),
+        "tensors:        272 in 11 groups, 96.6 MB",
+    ] {
+        assert!(full.contains(needle), "missing `{needle}` in\n{full}");
+    }
+    // SmolLM2-135M-Instruct Q4_1: a Q8_0 embedding (tied output), Q4_1 matrices, F32 norms.
+    for (group, count, types) in [
+        ("token_embd.weight", "1", "Q8_0 ×1"),
+        ("attn_norm.weight", "30", "F32 ×30"),
+        ("attn_q.weight", "30", "Q4_1 ×30"),
+        ("attn_k.weight", "30", "Q4_1 ×30"),
+        ("attn_v.weight", "30", "Q4_1 ×30"),
+        ("attn_output.weight", "30", "Q4_1 ×30"),
+        ("ffn_norm.weight", "30", "F32 ×30"),
+        ("ffn_gate.weight", "30", "Q4_1 ×30"),
+        ("ffn_up.weight", "30", "Q4_1 ×30"),
+        ("ffn_down.weight", "30", "Q4_1 ×30"),
+        ("output_norm.weight", "1", "F32 ×1"),
+    ] {
+        let row = table_row(&full, group);
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells.get(1), Some(&count), "{row}");
+        assert!(row.contains(&format!("  {types}  ")), "`{types}` not in `{row}`");
+        assert!(row.ends_with(" MB"), "{row}");
+    }
+    assert!(
+        !full.contains("blk."),
+        "layer numbers must be grouped away:\n{full}"
+    );
+    assert!(!full.contains("note:"), "all types are ours or dense:\n{full}");
+
+    // The header gives what the loaded model gives.
+    let header = ModelHeader::read(&model).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = LoadedModel::load(&model).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(header.fingerprint, loaded.fingerprint);
+    assert_eq!(&header.config, loaded.config());
+    assert_eq!(header.hook_points(), loaded.hook_points());
+    assert_eq!(header.file_size, size);
+    assert_eq!(header.expected_size, size);
+
+    // A copy cut right after the header: same facts and table, no tensor data needed.
+    let offset = GgufFile::open(&model)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .content()
+        .tensor_data_offset;
+    let bytes = std::fs::read(&model).unwrap_or_else(|e| panic!("{e}"));
+    let cut = usize::try_from(offset).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cut > 0 && cut < bytes.len() / 10, "header of {cut} bytes");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let truncated = dir.path().join("header-only.gguf");
+    std::fs::write(&truncated, &bytes[..cut]).unwrap_or_else(|e| panic!("{e}"));
+    let t = truncated.to_str().unwrap_or_default();
+    let out = act(&["inspect", "--model", t]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let short = text(&out.stdout);
+    let file_line = short
+        .lines()
+        .find(|l| l.starts_with("file size:"))
+        .unwrap_or_default();
+    assert!(
+        file_line.contains(&format!("({cut} bytes)")) && file_line.contains("tensor data is missing"),
+        "{file_line}"
+    );
+    let facts = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.starts_with("model:") && !l.starts_with("file size:"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(facts(&short), facts(&full), "truncated:\n{short}");
+    assert_eq!(
+        ModelHeader::read(&truncated)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .fingerprint,
+        loaded.fingerprint
+    );
+
+    // Loading it for real fails cleanly.
+    let out = act(&["generate", "--model", t, "--prompt", "hello", "--max-tokens", "2"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "generate succeeded on a header-only file");
+    assert!(
+        err.contains("token_embd.weight") && err.contains("header-only.gguf"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

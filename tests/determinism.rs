@@ -6,7 +6,7 @@
 //! sized from the CPU's L1 cache, so fitted maps — and the tokens sampled with them — changed
 //! from machine to machine. The dense products now have one summation order
 //! (`runtime::dense`, checked bit for bit against a scalar oracle in its unit tests); these
-//! tests pin the rest: thread splits (the whole CLI run with `RAYON_NUM_THREADS` 1, 2 and 3) and
+//! tests pin the rest: thread splits (the whole CLI run with `RAYON_NUM_THREADS` and `ACT_THREADS` 1, 2 and 3) and
 //! batching (per-row RNG streams, row-independent kernels).
 
 mod common;
@@ -34,10 +34,11 @@ fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs the CLI with `RAYON_NUM_THREADS=threads`; panics with its stderr on failure.
+/// Runs the CLI with `RAYON_NUM_THREADS=threads` and `ACT_THREADS=threads` (our pool); panics with its stderr on failure.
 fn cli_with_threads(threads: usize, args: &[&str]) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_act-studio"))
         .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("ACT_THREADS", threads.to_string())
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run act-studio: {e}"));

@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod maps_info;
 pub mod models;
 pub mod perplexity;
+pub mod quantize;
 pub mod strip;
 pub mod sweep;
 
@@ -40,6 +41,7 @@ use inspect::InspectArgs;
 use maps_info::MapsInfoArgs;
 use models::ModelsArgs;
 use perplexity::PerplexityArgs;
+use quantize::QuantizeArgs;
 use strip::StripArgs;
 use sweep::SweepArgs;
 
@@ -65,6 +67,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Teacher-forced perplexity of a text file.
     Perplexity(PerplexityArgs),
+    /// Rewrite a GGUF model into one of llama.cpp's quantization types (q4_k_m, q8_0, …),
+    /// choosing each tensor's type as llama.cpp does.
+    Quantize(QuantizeArgs),
     /// List the models found in models/ and in the local Hugging Face cache.
     Models(ModelsArgs),
     /// Fit transport maps on a model from source and target datasets (or a built-in concept)
@@ -136,6 +141,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(&a),
         Command::Generate(a) => generate::generate(&a),
         Command::Perplexity(a) => perplexity::perplexity(&a),
+        Command::Quantize(a) => quantize::quantize(&a),
         Command::Models(a) => models::models(&a),
         Command::Collect(a) => collect::collect(&a),
         Command::Fit(a) => fit::fit(&a),

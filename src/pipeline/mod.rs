@@ -18,6 +18,7 @@ pub mod image_concepts;
 pub mod image_sheet;
 pub mod pooling;
 pub mod presets;
+pub mod quantize_model;
 pub mod steering;
 pub mod sweep;
 pub mod sweep_request;

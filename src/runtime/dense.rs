@@ -16,7 +16,7 @@
 //! 8-way L1, one block of 576 with a 48 KiB 12-way one), so the rounding — and through fitted
 //! maps, the sampled tokens — differed between machines.
 
-use rayon::prelude::*;
+use super::pool::Pool;
 
 /// Output columns per packed panel (two AVX2 registers of f32).
 pub const PANEL: usize = 16;
@@ -40,9 +40,21 @@ impl PackedMatrix {
     /// Packs row-major `w` (`[out, k]`; `w.len()` must be `out·k`, checked by the caller).
     pub fn pack(w: &[f32], out: usize, k: usize) -> Self {
         debug_assert_eq!(w.len(), out * k);
+        Self::pack_rows(out, k, |j, row| {
+            if let Some(src) = w.get(j * k..(j + 1) * k) {
+                row.copy_from_slice(src);
+            }
+        })
+    }
+
+    /// Packs an `[out, k]` matrix whose rows `fill(j, row)` writes into a `[k]` buffer (e.g.
+    /// dequantized one at a time), without a row-major copy of the whole matrix.
+    pub fn pack_rows(out: usize, k: usize, mut fill: impl FnMut(usize, &mut [f32])) -> Self {
         let panels = out.div_ceil(PANEL);
         let mut data = vec![0.0f32; panels * k * PANEL];
-        for (j, row) in w.chunks_exact(k.max(1)).take(out).enumerate() {
+        let mut row = vec![0.0f32; k];
+        for j in 0..out {
+            fill(j, &mut row);
             let (p, c) = (j / PANEL, j % PANEL);
             let panel = &mut data[p * k * PANEL..(p + 1) * k * PANEL];
             for (i, &v) in row.iter().enumerate() {
@@ -50,6 +62,11 @@ impl PackedMatrix {
             }
         }
         Self { out, k, data }
+    }
+
+    /// Bytes held by the packed weights.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
     }
 
     /// The row-major `[out, k]` matrix back.
@@ -77,6 +94,11 @@ impl PackedMatrix {
     /// `y[r, j] = Σ_i x[r, i] · w[j, i]` for `x: [n, k]` into `y: [n, out]` (lengths checked by
     /// the caller, [`super::linear::Linear::forward`]).
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        self.matmul_on(Pool::global(), x, n, y);
+    }
+
+    /// [`Self::matmul`] on the threads of `pool`; the result does not depend on the pool.
+    pub fn matmul_on(&self, pool: &Pool, x: &[f32], n: usize, y: &mut [f32]) {
         debug_assert_eq!(x.len(), n * self.k);
         debug_assert_eq!(y.len(), n * self.out);
         if n == 0 || self.out == 0 {
@@ -86,15 +108,19 @@ impl PackedMatrix {
             y.fill(0.0);
             return;
         }
-        let threads = rayon::current_num_threads();
+        let threads = pool.threads();
         let flops = n.saturating_mul(self.out).saturating_mul(self.k);
         if threads <= 1 || flops < PAR_MIN_FLOPS || n < 2 * MR {
             self.rows(x, y);
         } else {
-            let rows = n.div_ceil(threads).next_multiple_of(MR);
-            x.par_chunks(rows * self.k)
-                .zip(y.par_chunks_mut(rows * self.out))
-                .for_each(|(x, y)| self.rows(x, y));
+            // Pieces of whole micro-kernel row groups, ≥ 2 per thread for balance.
+            let rows = n.div_ceil(2 * threads).next_multiple_of(MR);
+            let (k, out) = (self.k, self.out);
+            pool.for_each_piece(y, rows * out, &|i, y| {
+                let r0 = i * rows;
+                let r1 = r0 + y.len() / out;
+                self.rows(&x[r0 * k..r1 * k], y);
+            });
         }
     }
 
@@ -272,12 +298,9 @@ mod tests {
         let x = values(n * k, 3);
         let w = PackedMatrix::pack(&values(out * k, 4), out, k);
         let run = |threads: usize, rows: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = Pool::new(threads);
             let mut y = vec![0.0; rows * out];
-            pool.install(|| w.matmul(&x[..rows * k], rows, &mut y));
+            w.matmul_on(&pool, &x[..rows * k], rows, &mut y);
             y
         };
         let all1 = run(1, n);

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::Device;
 use candle_core::quantized::QTensor;
@@ -13,8 +14,9 @@ use crate::transport::ModelFingerprint;
 use crate::transport::maps_file::hex;
 
 use super::config::{Family, ModelConfig};
+use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
-use super::linear::Linear;
+use super::linear::{Linear, own_matrix};
 use super::llama::{LlamaLayer, LlamaModel};
 use super::tokenizer::TextTokenizer;
 
@@ -204,10 +206,18 @@ impl GgufFile {
         let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let embed_q = self.tensor("token_embd.weight", &[cfg.vocab_size, d])?;
-        let embed = embed_q
-            .dequantize(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        // Quantized rows stay quantized (and are shared with a tied output projection).
+        let shared = own_matrix(&embed_q)?.map(Arc::new);
+        let embed = match &shared {
+            Some(q) => Embedding::Quant(q.clone()),
+            None => Embedding::Dense {
+                table: embed_q
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+                d,
+            },
+        };
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
@@ -237,7 +247,10 @@ impl GgufFile {
         let lm_head = if self.has("output.weight") {
             Linear::from_qtensor(self.tensor("output.weight", &[cfg.vocab_size, d])?, None)?
         } else {
-            Linear::from_qtensor(embed_q, None)?
+            match shared {
+                Some(q) => Linear::from_qmatrix(q, None)?,
+                None => Linear::from_qtensor(embed_q, None)?,
+            }
         };
         Ok(LlamaModel {
             cfg,

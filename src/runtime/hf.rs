@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::transport::ModelFingerprint;
 
 use super::config::{Family, ModelConfig};
+use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
 use super::gpt2::{Gpt2Layer, Gpt2Model, LayerNormWeights};
 use super::linear::Linear;
@@ -342,7 +343,10 @@ fn load_llama(cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<Lla
     let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
     let embed_t = w.tensor("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
-    let embed = flat(&embed_t)?;
+    let embed = Embedding::Dense {
+        table: flat(&embed_t)?,
+        d,
+    };
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for i in 0..cfg.n_layers {
         let p = |s: &str| format!("model.layers.{i}.{s}");

@@ -10,6 +10,7 @@
 
 use crate::transport::TokenWindow;
 
+use super::config::ModelConfig;
 use super::error::Result;
 
 /// The kind of a hook point within a decoder layer, in forward order.
@@ -105,6 +106,21 @@ impl std::fmt::Display for HookPoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "layers.{}.{}", self.layer, self.kind.suffix())
     }
+}
+
+/// The hook points a model with this configuration has, in forward order (the same list for a
+/// loaded model and for its header alone).
+pub fn hook_points(cfg: &ModelConfig) -> Vec<HookPoint> {
+    let kinds = [
+        HookKind::AttnNorm,
+        HookKind::AttnOut,
+        HookKind::MlpNorm,
+        HookKind::MlpOut,
+        HookKind::Resid,
+    ];
+    (0..cfg.n_layers)
+        .flat_map(|layer| kinds.iter().map(move |&kind| HookPoint { layer, kind }))
+        .collect()
 }
 
 /// What the forward pass should do after a hook returns.

@@ -2,15 +2,22 @@
 //!
 //! Two paths (see [`MatPath`]):
 //! - **quantized**: GGML-quantized weights multiplied against activations quantized to 8 bits
-//!   per row, as llama.cpp and candle's `quantized_llama` do — the decode path, token-identical
-//!   to candle's quantized model;
+//!   per row, as llama.cpp and candle's `quantized_llama` do — the decode path;
 //! - **dense**: f32 products ([`super::dense::PackedMatrix`], one fixed summation order on every
 //!   machine), for batched work (prefill of many sentences, fitting, perplexity) and f32/f16
-//!   weights. Quantized weights are dequantized on the first dense use of a layer and the f32
-//!   copy is kept (4 bytes per weight: 0.5 GB for SmolLM2-135M), so later batches pay only
-//!   the product.
+//!   weights. Quantized weights are dequantized on the first dense use of a layer; the f32
+//!   copy (4 bytes per weight) is kept while all kept copies stay within the dense-cache budget
+//!   ([`dense_cache_budget`], 1 GiB unless `ACT_DENSE_CACHE_MB` says otherwise: all of
+//!   SmolLM2-135M's 0.5 GB), and beyond it built for the call and dropped, so a model
+//!   larger than the budget needs the file plus one layer's f32 copy, not 4 bytes per weight.
+//!
+//! Quantized weights are held once: in our own [`QMatrix`] for the formats our kernels cover
+//! (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), else (Q2_K, Q3_K, …) in candle's
+//! `QTensor` with its `QMatMul`, which [`Linear::uses_candle_kernels`] reports.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -25,9 +32,83 @@ thread_local! {
 }
 
 /// Our own quantized kernels are used unless `ACT_CANDLE_QMATMUL=1` asks for candle's (for
-/// side-by-side measurements; both give bit-identical results).
+/// side-by-side measurements).
 fn use_own_kernels() -> bool {
     std::env::var_os("ACT_CANDLE_QMATMUL").is_none_or(|v| v != "1")
+}
+
+/// Bytes of f32 copies of quantized layers that may be kept for the dense path, process-wide:
+/// `ACT_DENSE_CACHE_MB` (MiB), else 1 GiB.
+pub fn dense_cache_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var("ACT_DENSE_CACHE_MB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(1 << 30, |mb| mb.saturating_mul(1 << 20))
+    })
+}
+
+/// Bytes held by all [`DenseCache`]s now.
+static DENSE_CACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// The f32 copy of one quantized layer for the dense path, kept only within the budget.
+#[derive(Debug, Default)]
+struct DenseCache {
+    packed: OnceLock<PackedMatrix>,
+}
+
+impl DenseCache {
+    /// Runs `f` on the packed f32 weights: the kept copy, or a new one (`make`) that is kept
+    /// if the budget allows and otherwise dropped after the call.
+    fn with<R>(
+        &self,
+        make: impl FnOnce() -> Result<PackedMatrix>,
+        f: impl FnOnce(&PackedMatrix) -> R,
+    ) -> Result<R> {
+        self.with_budget(dense_cache_budget(), make, f)
+    }
+
+    /// [`Self::with`] under an explicit process-wide `budget` (bytes).
+    fn with_budget<R>(
+        &self,
+        budget: usize,
+        make: impl FnOnce() -> Result<PackedMatrix>,
+        f: impl FnOnce(&PackedMatrix) -> R,
+    ) -> Result<R> {
+        if let Some(w) = self.packed.get() {
+            return Ok(f(w));
+        }
+        let w = make()?;
+        let bytes = w.bytes();
+        let reserved = DENSE_CACHED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&t| t <= budget)
+            })
+            .is_ok();
+        if !reserved {
+            return Ok(f(&w));
+        }
+        match self.packed.set(w) {
+            Ok(()) => {}
+            // Another thread kept its copy first: give the reservation back.
+            Err(_) => {
+                DENSE_CACHED.fetch_sub(bytes, Ordering::AcqRel);
+            }
+        }
+        match self.packed.get() {
+            Some(w) => Ok(f(w)),
+            None => Err(RuntimeError::BadInput("dense weight cache lost its copy".into())),
+        }
+    }
+}
+
+impl Drop for DenseCache {
+    fn drop(&mut self) {
+        if let Some(w) = self.packed.get() {
+            DENSE_CACHED.fetch_sub(w.bytes(), Ordering::AcqRel);
+        }
+    }
 }
 
 /// Which multiplication to use.
@@ -45,14 +126,13 @@ pub enum MatPath {
 enum Weights {
     /// f32 `[out, in]`, packed for [`PackedMatrix::matmul`].
     Dense(PackedMatrix),
-    /// GGML-quantized `[out, in]`, with an f32 copy made on first dense use. `own` holds
-    /// the raw blocks for our kernels when the format has one (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1); other
-    /// formats (k-quants) use candle's quantized matmul.
-    Quant {
-        q: std::sync::Arc<QTensor>,
+    /// GGML-quantized `[out, in]` for our kernels (shared with a tied embedding).
+    Own { q: Arc<QMatrix>, dense: DenseCache },
+    /// GGML-quantized `[out, in]` in a format only candle's kernels cover.
+    Candle {
+        q: Arc<QTensor>,
         mm: QMatMul,
-        own: Option<QMatrix>,
-        dense: std::sync::OnceLock<PackedMatrix>,
+        dense: DenseCache,
     },
 }
 
@@ -64,6 +144,34 @@ fn check_bias(bias: &Option<Vec<f32>>, out_dim: usize) -> Result<()> {
             b.len()
         ))),
         _ => Ok(()),
+    }
+}
+
+/// Our format for a GGML type, if our kernels cover it.
+pub fn own_dtype(dtype: GgmlDType) -> Option<QDType> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(QDType::Q4_0),
+        GgmlDType::Q4_1 => Some(QDType::Q4_1),
+        GgmlDType::Q8_0 => Some(QDType::Q8_0),
+        GgmlDType::Q5_0 => Some(QDType::Q5_0),
+        GgmlDType::Q5_1 => Some(QDType::Q5_1),
+        GgmlDType::Q4K => Some(QDType::Q4K),
+        GgmlDType::Q5K => Some(QDType::Q5K),
+        GgmlDType::Q6K => Some(QDType::Q6K),
+        _ => None,
+    }
+}
+
+/// `q` as our [`QMatrix`] when our kernels cover its format (and `ACT_CANDLE_QMATMUL` is
+/// not set); `None` otherwise.
+pub fn own_matrix(q: &QTensor) -> Result<Option<QMatrix>> {
+    let (rows, cols) = q.shape().dims2()?;
+    match own_dtype(q.dtype()) {
+        Some(dt) if use_own_kernels() => Ok(Some(
+            QMatrix::new(dt, rows, cols, q.data()?.into_owned())
+                .map_err(|e| RuntimeError::BadInput(e.to_string()))?,
+        )),
+        _ => Ok(None),
     }
 }
 
@@ -94,6 +202,21 @@ impl Linear {
         })
     }
 
+    /// A layer over our quantized matrix `[out, in]` (e.g. shared with a tied embedding).
+    pub fn from_qmatrix(q: Arc<QMatrix>, bias: Option<Vec<f32>>) -> Result<Self> {
+        let (out_dim, in_dim) = (q.rows(), q.cols());
+        check_bias(&bias, out_dim)?;
+        Ok(Self {
+            weights: Weights::Own {
+                q,
+                dense: DenseCache::default(),
+            },
+            bias,
+            out_dim,
+            in_dim,
+        })
+    }
+
     /// A layer from a GGML tensor (quantized or f32/f16, shape `[out, in]`).
     pub fn from_qtensor(q: QTensor, bias: Option<Vec<f32>>) -> Result<Self> {
         let (out_dim, in_dim) = q.shape().dims2()?;
@@ -103,34 +226,27 @@ impl Linear {
             // from machine to machine, see `super::dense`).
             return Self::dense(q.dequantize(&Device::Cpu)?, bias);
         }
-        let own_dtype = match q.dtype() {
-            GgmlDType::Q4_0 => Some(QDType::Q4_0),
-            GgmlDType::Q4_1 => Some(QDType::Q4_1),
-            GgmlDType::Q8_0 => Some(QDType::Q8_0),
-            GgmlDType::Q5_0 => Some(QDType::Q5_0),
-            GgmlDType::Q5_1 => Some(QDType::Q5_1),
-            _ => None,
-        };
-        let own = match own_dtype {
-            Some(dt) if use_own_kernels() => Some(
-                QMatrix::new(dt, out_dim, in_dim, q.data()?.into_owned())
-                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?,
-            ),
-            _ => None,
-        };
-        let q = std::sync::Arc::new(q);
+        if let Some(own) = own_matrix(&q)? {
+            return Self::from_qmatrix(Arc::new(own), bias);
+        }
+        let q = Arc::new(q);
         let mm = QMatMul::from_arc(q.clone())?;
         Ok(Self {
-            weights: Weights::Quant {
+            weights: Weights::Candle {
                 q,
                 mm,
-                own,
-                dense: std::sync::OnceLock::new(),
+                dense: DenseCache::default(),
             },
             bias,
             out_dim,
             in_dim,
         })
+    }
+
+    /// Whether the quantized path of this layer runs candle's kernels (a format ours do not
+    /// cover).
+    pub fn uses_candle_kernels(&self) -> bool {
+        matches!(self.weights, Weights::Candle { .. })
     }
 
     /// Output width.
@@ -151,30 +267,36 @@ impl Linear {
                 x.len()
             )));
         }
-        if let (Weights::Quant { own: Some(own), .. }, MatPath::Quantized) = (&self.weights, path) {
-            // Our kernels read `x` directly: no tensor copy on the per-token path.
-            let mut y = vec![0.0f32; n * self.out_dim];
-            SCRATCH
-                .with_borrow_mut(|s| own.matmul(x, n, &mut y, s))
-                .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
-            return self.finish(y);
-        }
-        let w: &PackedMatrix = match (&self.weights, path) {
-            (Weights::Dense(w), _) => w,
-            (Weights::Quant { mm, .. }, MatPath::Quantized) => {
-                let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
-                return self.finish(mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?);
-            }
-            (Weights::Quant { q, dense, .. }, MatPath::Dense) => match dense.get() {
-                Some(w) => w,
-                None => {
-                    let w = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-                    dense.get_or_init(|| PackedMatrix::pack(&w, self.out_dim, self.in_dim))
-                }
-            },
-        };
         let mut y = vec![0.0f32; n * self.out_dim];
-        w.matmul(x, n, &mut y);
+        match (&self.weights, path) {
+            (Weights::Dense(w), _) => w.matmul(x, n, &mut y),
+            (Weights::Own { q, .. }, MatPath::Quantized) => {
+                // Our kernels read `x` directly: no tensor copy on the per-token path.
+                SCRATCH
+                    .with_borrow_mut(|s| q.matmul(x, n, &mut y, s))
+                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
+            }
+            (Weights::Candle { mm, .. }, MatPath::Quantized) => {
+                let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
+                y = mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+            }
+            (Weights::Own { q, dense }, MatPath::Dense) => {
+                let make = || {
+                    Ok(PackedMatrix::pack_rows(self.out_dim, self.in_dim, |r, row| {
+                        // Cannot fail: r < rows and the row has `cols` values.
+                        let _ = q.dequantize_row(r, row);
+                    }))
+                };
+                dense.with(make, |w| w.matmul(x, n, &mut y))?;
+            }
+            (Weights::Candle { q, dense, .. }, MatPath::Dense) => {
+                let make = || {
+                    let w = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                    Ok(PackedMatrix::pack(&w, self.out_dim, self.in_dim))
+                };
+                dense.with(make, |w| w.matmul(x, n, &mut y))?;
+            }
+        }
         self.finish(y)
     }
 
@@ -186,5 +308,58 @@ impl Linear {
             }
         }
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 64 × 32 Q8_0 layer with quants `(r + j) mod 7 − 3` and d = 0.25.
+    fn layer() -> Linear {
+        let mut bytes = Vec::new();
+        for r in 0..64i32 {
+            bytes.extend(half::f16::from_f32(0.25).to_le_bytes());
+            bytes.extend((0..32).map(|j| ((r + j) % 7 - 3) as i8 as u8));
+        }
+        let q = QMatrix::new(QDType::Q8_0, 64, 32, bytes).unwrap();
+        Linear::from_qmatrix(Arc::new(q), Some(vec![1.0; 64])).unwrap()
+    }
+
+    #[test]
+    fn dense_copy_is_kept_only_within_the_budget() {
+        let l = layer();
+        let Weights::Own { q, dense } = &l.weights else {
+            panic!("Q8_0 uses our kernels")
+        };
+        let make = || {
+            Ok(PackedMatrix::pack_rows(64, 32, |r, row| {
+                q.dequantize_row(r, row).unwrap();
+            }))
+        };
+        let x: Vec<f32> = (0..2 * 32).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut y0 = vec![0f32; 128];
+        // Budget 0: computed, not kept.
+        dense.with_budget(0, make, |w| w.matmul(&x, 2, &mut y0)).unwrap();
+        assert!(dense.packed.get().is_none());
+        // A budget that fits: kept, same result, and later calls do not rebuild it.
+        let mut y1 = vec![0f32; 128];
+        dense
+            .with_budget(usize::MAX, make, |w| w.matmul(&x, 2, &mut y1))
+            .unwrap();
+        assert!(dense.packed.get().is_some());
+        assert_eq!(y0, y1);
+        let never = || -> Result<PackedMatrix> { Err(RuntimeError::BadInput("rebuilt".into())) };
+        assert!(dense.with_budget(0, never, |_| ()).is_ok());
+        // The dense path equals the f32 product of the dequantized weights (plus the bias).
+        let y = l.forward(&x, 2, MatPath::Dense).unwrap();
+        let w = q.dequantize();
+        for (r, yr) in y.chunks_exact(64).enumerate() {
+            for (j, v) in yr.iter().enumerate() {
+                let want: f32 = (0..32).map(|i| x[r * 32 + i] * w[j * 32 + i]).sum::<f32>() + 1.0;
+                assert!((v - want).abs() < 1e-5, "{v} {want}");
+            }
+        }
+        assert!(!l.uses_candle_kernels());
     }
 }

@@ -13,6 +13,7 @@
 //! padding keys are masked out of attention, so padding never changes real tokens' results.
 
 use super::config::ModelConfig;
+use super::embedding::Embedding;
 use super::error::Result;
 use super::forward::{
     Batch, ForwardOutput, LogitsMode, cached_attention, check_batch, logit_rows, run_hook, token_windows,
@@ -50,8 +51,8 @@ pub struct LlamaLayer {
 pub struct LlamaModel {
     /// Hyper-parameters.
     pub cfg: ModelConfig,
-    /// Token embedding `[vocab, d]`, f32.
-    pub embed: Vec<f32>,
+    /// Token embedding `[vocab, d]`.
+    pub embed: Embedding,
     /// Decoder layers.
     pub layers: Vec<LlamaLayer>,
     /// Final RMSNorm gain `[d]`.
@@ -86,10 +87,7 @@ impl LlamaModel {
         let rope = Rope::new(hd, cfg.rope_theta, cfg.rope_interleaved);
 
         let mut x = Vec::with_capacity(n * d);
-        for &t in batch.tokens {
-            let t = t as usize;
-            x.extend_from_slice(&self.embed[t * d..(t + 1) * d]);
-        }
+        self.embed.lookup(batch.tokens, &mut x)?;
         let mut h = Vec::new();
         let stopped = |out: &mut ForwardOutput| {
             out.stopped = true;

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dense;
+pub mod embedding;
 pub mod error;
 pub mod forward;
 pub mod generate;
@@ -13,13 +14,17 @@ pub mod gpt2;
 pub mod hf;
 pub mod hf_cache;
 pub mod hooks;
+pub mod kquant;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod load_model;
 pub mod model;
+pub mod model_header;
 pub mod ops;
+pub mod pool;
 pub mod quant;
+pub mod quant_mix;
 pub mod safetensors_shards;
 pub mod sampling;
 pub mod steer;

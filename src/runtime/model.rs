@@ -9,7 +9,7 @@ use super::config::ModelConfig;
 use super::error::Result;
 use super::forward::{Batch, ForwardOutput, LogitsMode};
 use super::gpt2::Gpt2Model;
-use super::hooks::{HookKind, HookPoint, Hooks};
+use super::hooks::{HookPoint, Hooks, hook_points};
 use super::kv_cache::KvCache;
 use super::linear::MatPath;
 use super::llama::LlamaModel;
@@ -68,18 +68,9 @@ impl LoadedModel {
         self.model.cfg()
     }
 
-    /// The hook points this model has, in forward order.
+    /// The hook points this model has, in forward order (see [`hook_points`]).
     pub fn hook_points(&self) -> Vec<HookPoint> {
-        let kinds = [
-            HookKind::AttnNorm,
-            HookKind::AttnOut,
-            HookKind::MlpNorm,
-            HookKind::MlpOut,
-            HookKind::Resid,
-        ];
-        (0..self.config().n_layers)
-            .flat_map(|layer| kinds.iter().map(move |&kind| HookPoint { layer, kind }))
-            .collect()
+        hook_points(self.config())
     }
 
     /// A fresh cache for one sequence.

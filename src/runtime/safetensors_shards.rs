@@ -3,6 +3,8 @@
 //! their shapes checked.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::BufferedSafetensors;
@@ -125,6 +127,43 @@ fn header_bytes<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a [u8]> {
         .and_then(|n| n.checked_add(8))
         .and_then(|end| bytes.get(..end))
         .ok_or_else(|| bad(path, format!("truncated safetensors file (header of {n} bytes)")))
+}
+
+/// Longest JSON header accepted when reading a header alone (the safetensors format's limit).
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// The header of a safetensors file — the 8-byte little-endian length and the JSON it
+/// announces — read without the tensor data: the bytes [`SafetensorsShards::header_sha256`]
+/// hashes for this file.
+pub fn read_header(path: &Path) -> Result<Vec<u8>> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let truncated = |what: String| {
+        move |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad(path, format!("truncated safetensors file ({what})")),
+            _ => RuntimeError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        }
+    };
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(truncated("no header length".into()))?;
+    let n = u64::from_le_bytes(len);
+    let body = usize::try_from(n)
+        .ok()
+        .filter(|_| n <= MAX_HEADER_LEN)
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!("safetensors header of {n} bytes (at most {MAX_HEADER_LEN} accepted)"),
+            )
+        })?;
+    let mut out = vec![0u8; 8 + body];
+    out[..8].copy_from_slice(&len);
+    f.read_exact(&mut out[8..])
+        .map_err(truncated(format!("header of {n} bytes")))?;
+    Ok(out)
 }
 
 impl SafetensorsShards {

@@ -19,7 +19,7 @@ pub mod stack;
 pub mod stats;
 pub mod support;
 
-pub use atomic_file::atomic_write;
+pub use atomic_file::{atomic_write, atomic_write_with};
 pub use error::{MapsError, Side, TransportError};
 pub use estimate::{FitConfig, fit_hook};
 pub use fingerprint::ModelFingerprint;

@@ -756,3 +756,80 @@ fn cli_inspects_and_generates_from_a_folder() {
     ]);
     assert!(!text.trim().is_empty(), "no text generated");
 }
+
+#[test]
+fn inspect_lists_folder_tensor_groups_from_the_headers() {
+    use act_studio::runtime::model_header::{ModelHeader, TensorType};
+    let tmp = ok(tempfile::tempdir());
+    let run = |dir: &Path| {
+        let out = ok(std::process::Command::new(env!("CARGO_BIN_EXE_act-studio"))
+            .args(["inspect", "--model", &dir.to_string_lossy()])
+            .output());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let row = |out: &str, name: &str| -> String {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no group `{name}` in\n{out}"))
+            .to_string()
+    };
+
+    // Llama in F16, two shards with an index.
+    let llama = tmp.path().join("llama");
+    let layout = Layout {
+        dtype: DType::F16,
+        shards: 2,
+        index: true,
+    };
+    let files = fixtures::write(&llama, &tiny(Arch::Llama), layout);
+    let info = run(&llama);
+    println!("{info}");
+    let weights: u64 = files.iter().map(|f| ok(std::fs::metadata(f)).len()).sum();
+    assert!(info.contains(&format!("({weights} bytes)\n")), "{info}");
+    assert!(info.contains("tensors:        20 in 11 groups"), "{info}");
+    for (group, count, types) in [
+        ("model.embed_tokens.weight", "1", "F16 ×1"),
+        ("input_layernorm.weight", "2", "F16 ×2"),
+        ("self_attn.q_proj.weight", "2", "F16 ×2"),
+        ("mlp.down_proj.weight", "2", "F16 ×2"),
+        ("model.norm.weight", "1", "F16 ×1"),
+    ] {
+        let r = row(&info, group);
+        assert_eq!(r.split_whitespace().nth(1), Some(count), "{r}");
+        assert!(r.contains(types), "`{types}` not in `{r}`");
+    }
+    assert!(
+        !info.contains("model.layers.") && !info.contains("note:"),
+        "{info}"
+    );
+    let header = ok(ModelHeader::read(&llama));
+    let loaded = load(&llama);
+    assert_eq!(header.fingerprint, loaded.fingerprint);
+    assert_eq!(&header.config, loaded.config());
+    assert_eq!(header.hook_points(), loaded.hook_points());
+    assert_eq!((header.file_size, header.expected_size), (weights, weights));
+    // F16: two bytes a value.
+    let elements: u64 = header.tensor_groups.iter().map(|g| g.elements).sum();
+    assert_eq!(header.tensor_bytes(), 2 * elements);
+    assert_eq!(
+        header.type_counts(),
+        vec![(TensorType::Safetensors(safetensors::Dtype::F16), 20)]
+    );
+
+    // GPT-2 in F32, one file: `h.{i}.` is the layer prefix.
+    let gpt2 = tmp.path().join("gpt2");
+    fixtures::write(&gpt2, &tiny(Arch::Gpt2), F32);
+    let info = run(&gpt2);
+    for (group, types) in [
+        ("wte.weight", "F32 ×1"),
+        ("attn.c_attn.weight", "F32 ×2"),
+        ("mlp.c_proj.bias", "F32 ×2"),
+        ("ln_f.bias", "F32 ×1"),
+    ] {
+        let r = row(&info, group);
+        assert!(r.contains(types), "`{types}` not in `{r}`");
+    }
+    assert_eq!(ok(ModelHeader::read(&gpt2)).fingerprint, load(&gpt2).fingerprint);
+}
