@@ -36,11 +36,11 @@ pub struct CollectArgs {
 /// `collect --model M --data D --hooks H --out F`.
 pub fn collect(a: &CollectArgs) -> Result<()> {
     use crate::pipeline::collect::{CollectOptions, collect as run_collect};
-    use crate::pipeline::presets::hook_points;
+    use crate::pipeline::presets::hook_points_for;
     let data = read_dataset(&a.data, None)?;
     let texts = data.samples;
     let m = load(&a.model)?;
-    let points = hook_points(&a.hooks, m.config().n_layers).map_err(anyhow::Error::msg)?;
+    let points = hook_points_for(&a.hooks, m.config()).map_err(anyhow::Error::msg)?;
     let opts = CollectOptions {
         points,
         pooling: a.pooling,

@@ -46,6 +46,25 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             println!("rope:           θ = {}, {pairs}", c.rope_theta);
         }
         Family::Gpt2 => println!("positions:      learned"),
+        Family::Gemma => {
+            println!("rope:           θ = {} (global layers), half split", c.rope_theta);
+            if let Some(g) = &c.gemma {
+                let local = g.sliding.iter().filter(|&&s| s).count();
+                match g.sliding_window {
+                    Some(w) if local > 0 => println!(
+                        "sliding window: {w} tokens on {local} of {} layers (θ = {})",
+                        c.n_layers, g.local_rope_theta
+                    ),
+                    _ => println!("sliding window: none"),
+                }
+                let cap = |c: Option<f32>| c.map_or_else(|| "none".into(), |c| c.to_string());
+                println!(
+                    "soft-caps:      attention {}, logits {}",
+                    cap(g.attn_softcap),
+                    cap(g.final_softcap)
+                );
+            }
+        }
     }
     println!("norm eps:       {}", c.norm_eps);
     println!("fingerprint:    {}", h.fingerprint);

@@ -17,7 +17,7 @@ use super::dataset::{Dataset, DatasetSpec};
 use super::fit_error::FitError;
 use super::fit_model::{Estimation, FitSamples, fit_impl};
 use super::pooling::Pooling;
-use super::presets::hook_points;
+use super::presets::hook_points_for;
 
 /// One text-concept fit: what to fit on, where, and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +33,7 @@ pub struct FitRequest {
     /// Estimator.
     pub method: Method,
     /// Hook preset (optionally with a layer range) or comma-separated hook point names
-    /// ([`super::presets::hook_points`]).
+    /// ([`super::presets::hook_points_for`]).
     pub preset: String,
     /// Pooling over each sample's tokens.
     pub pooling: Pooling,
@@ -87,7 +87,7 @@ pub fn fit_concept(
     };
     let (source, target) = (read(&req.source)?, read(&req.target)?);
     let n_layers = m.config().n_layers;
-    let points = hook_points(&req.preset, n_layers).map_err(FitError::Input)?;
+    let points = hook_points_for(&req.preset, m.config()).map_err(FitError::Input)?;
     let config = FitConfig {
         method: req.method,
         support: req.support.unwrap_or_else(|| req.method.default_support()),

@@ -5,6 +5,7 @@
 //! to a layer range. Image models have their own presets
 //! ([`super::diffusion_fit::IMAGE_PRESETS`]).
 
+use crate::runtime::config::{Family, ModelConfig};
 use crate::runtime::{HookKind, HookPoint};
 
 /// The preset `fit` uses unless told otherwise (chosen by the measurements in the README).
@@ -17,25 +18,54 @@ pub const PRESETS: [(&str, &str); 5] = [
         "both norms of every layer (default: strongest fluent steering on SmolLM2)",
     ),
     ("attention", "attention outputs (gentle)"),
-    ("post-ln", "pre-MLP norms (the paper's Post-LN on Llama)"),
+    (
+        "post-ln",
+        "the paper's Post-LN: post-norms on Gemma, pre-MLP norms on Llama",
+    ),
     ("mlp", "MLP outputs"),
     ("residual", "residual stream (strong, degrades text)"),
 ];
 
-/// Hook points of a preset over `n_layers` layers (the paper's names): `post-ln` (on Llama:
-/// every `mlp_norm`), `attention` (`attn_out`), `mlp` (`mlp_out`), `all-ln` (`attn_norm` and
-/// `mlp_norm`), `residual` (`resid`), optionally limited to a layer range (`post-ln:0-14`,
-/// `mlp:20`); or a comma-separated list of hook point names.
+/// Hook points of a preset over `n_layers` layers of a Llama-structured model (the paper's
+/// names): `post-ln` (on Llama: every `mlp_norm`), `attention` (`attn_out`), `mlp` (`mlp_out`),
+/// `all-ln` (`attn_norm` and `mlp_norm`), `residual` (`resid`), optionally limited to a layer
+/// range (`post-ln:0-14`, `mlp:20`); or a comma-separated list of hook point names.
 pub fn hook_points(spec: &str, n_layers: usize) -> std::result::Result<Vec<HookPoint>, String> {
+    resolve(spec, Family::Llama, n_layers, None)
+}
+
+/// [`hook_points`] for the model `cfg` describes: on Gemma, which has true post-norms, `post-ln`
+/// is every `post_attn_norm` and `post_mlp_norm` (the paper's Post-LN) and `all-ln` every norm
+/// (`attn_norm`, `post_attn_norm`, `mlp_norm`, `post_mlp_norm`); named points must exist in
+/// the model.
+pub fn hook_points_for(spec: &str, cfg: &ModelConfig) -> std::result::Result<Vec<HookPoint>, String> {
+    let have = crate::runtime::hooks::hook_points(cfg);
+    resolve(spec, cfg.family, cfg.n_layers, Some(&have))
+}
+
+fn resolve(
+    spec: &str,
+    family: Family,
+    n_layers: usize,
+    have: Option<&[HookPoint]>,
+) -> std::result::Result<Vec<HookPoint>, String> {
     let spec = spec.trim();
     let (preset, range) = match spec.split_once(':') {
         Some((p, r)) => (p, Some(r)),
         None => (spec, None),
     };
+    let gemma = family == Family::Gemma;
     let kinds: &[HookKind] = match preset.to_ascii_lowercase().as_str() {
+        "post-ln" | "postln" if gemma => &[HookKind::PostAttnNorm, HookKind::PostMlpNorm],
         "post-ln" | "postln" | "mlp-norm" => &[HookKind::MlpNorm],
         "attention" | "attn" => &[HookKind::AttnOut],
         "mlp" => &[HookKind::MlpOut],
+        "all-ln" | "allln" if gemma => &[
+            HookKind::AttnNorm,
+            HookKind::PostAttnNorm,
+            HookKind::MlpNorm,
+            HookKind::PostMlpNorm,
+        ],
         "all-ln" | "allln" => &[HookKind::AttnNorm, HookKind::MlpNorm],
         "residual" | "resid" => &[HookKind::Resid],
         _ if range.is_some() => {
@@ -48,7 +78,7 @@ pub fn hook_points(spec: &str, n_layers: usize) -> std::result::Result<Vec<HookP
                 .split(',')
                 .map(|s| {
                     HookPoint::parse(s.trim())
-                        .filter(|p| p.layer < n_layers)
+                        .filter(|p| p.layer < n_layers && have.is_none_or(|h| h.contains(p)))
                         .ok_or_else(|| format!("`{}` is not a hook point of this model (layers.0..{}.KIND, or a preset: post-ln, attention, mlp, all-ln, residual)", s.trim(), n_layers.saturating_sub(1)))
                 })
                 .collect();
@@ -133,6 +163,61 @@ mod tests {
         assert!(PRESETS.iter().all(|(p, _)| hook_points(p, 2).is_ok()));
         assert!(hook_points("layers.9.mlp_norm", 4).is_err());
         assert!(hook_points("nonsense:0-1", 4).is_err());
+    }
+
+    #[test]
+    fn post_ln_means_the_post_norms_on_gemma() {
+        use crate::runtime::config::GemmaConfig;
+        let cfg = ModelConfig {
+            architecture: "gemma3".into(),
+            family: Family::Gemma,
+            hidden_size: 8,
+            n_layers: 3,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            intermediate_size: 16,
+            vocab_size: 10,
+            max_position: 32,
+            rope_theta: 1e6,
+            rope_interleaved: false,
+            norm_eps: 1e-6,
+            qkv_bias: false,
+            gemma: Some(GemmaConfig {
+                embed_scale: 8f32.sqrt(),
+                query_pre_attn_scalar: 4.0,
+                attn_softcap: None,
+                final_softcap: None,
+                sliding_window: Some(4),
+                sliding: vec![true, true, false],
+                local_rope_theta: 1e4,
+                global_rope_scale: 1.0,
+                qk_norm: true,
+            }),
+        };
+        let names = |spec| {
+            hook_points_for(spec, &cfg)
+                .unwrap()
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names("post-ln:1"),
+            ["layers.1.post_attn_norm", "layers.1.post_mlp_norm"]
+        );
+        assert_eq!(names("all-ln").len(), 12);
+        assert_eq!(names("layers.2.post_mlp_norm"), ["layers.2.post_mlp_norm"]);
+        let llama = ModelConfig {
+            family: Family::Llama,
+            gemma: None,
+            ..cfg.clone()
+        };
+        assert_eq!(
+            hook_points_for("post-ln:1", &llama).unwrap(),
+            hook_points("post-ln:1", 3).unwrap()
+        );
+        assert!(hook_points_for("layers.0.post_mlp_norm", &llama).is_err());
     }
 
     #[test]

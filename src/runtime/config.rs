@@ -7,6 +7,33 @@ pub enum Family {
     Llama,
     /// GPT-2 (LayerNorm, GELU MLP, learned positions).
     Gpt2,
+    /// Gemma 2 and Gemma 3 (RMSNorm before and after attention and the MLP, GeGLU, scaled
+    /// embedding, sliding-window layers; the details are in [`GemmaConfig`]).
+    Gemma,
+}
+
+/// What a Gemma model adds to the shared hyper-parameters (src/runtime/gemma.rs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmaConfig {
+    /// The embedding is multiplied by √d, rounded as the reference rounds it (to the stored
+    /// embedding's dtype for Hugging Face weights; f32 in llama.cpp).
+    pub embed_scale: f32,
+    /// Attention scores are `q·k / √query_pre_attn_scalar`.
+    pub query_pre_attn_scalar: f32,
+    /// `c·tanh(s/c)` on the scaled attention scores (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// `c·tanh(l/c)` on the logits (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Keys a sliding-window layer's query sees (itself included).
+    pub sliding_window: Option<usize>,
+    /// Per layer: sliding-window (local) attention, else global.
+    pub sliding: Vec<bool>,
+    /// RoPE base of the sliding-window layers (global layers use `ModelConfig::rope_theta`).
+    pub local_rope_theta: f32,
+    /// Linear RoPE scaling factor of the global layers (positions divided by it; 1 = none).
+    pub global_rope_scale: f32,
+    /// RMSNorm of each query and key head before RoPE (Gemma 3).
+    pub qk_norm: bool,
 }
 
 /// The hyper-parameters the forward pass needs.
@@ -40,6 +67,8 @@ pub struct ModelConfig {
     pub norm_eps: f32,
     /// q/k/v projections carry biases (Qwen2).
     pub qkv_bias: bool,
+    /// Gemma's own hyper-parameters (`Some` exactly for [`Family::Gemma`]).
+    pub gemma: Option<GemmaConfig>,
 }
 
 impl ModelConfig {
@@ -63,9 +92,35 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.family == Family::Llama && !self.head_dim.is_multiple_of(2) {
+        if matches!(self.family, Family::Llama | Family::Gemma) && !self.head_dim.is_multiple_of(2) {
             return Err(format!("head dim {} is odd (RoPE needs pairs)", self.head_dim));
         }
-        Ok(())
+        match (&self.gemma, self.family) {
+            (Some(g), Family::Gemma) => {
+                if g.sliding.len() != self.n_layers {
+                    return Err(format!(
+                        "{} layer attention types for {} layers",
+                        g.sliding.len(),
+                        self.n_layers
+                    ));
+                }
+                if g.sliding_window == Some(0) {
+                    return Err("sliding window is zero".into());
+                }
+                let positive = [
+                    ("query_pre_attn_scalar", g.query_pre_attn_scalar),
+                    ("rope scaling factor", g.global_rope_scale),
+                    ("attention soft-cap", g.attn_softcap.unwrap_or(1.0)),
+                    ("final logit soft-cap", g.final_softcap.unwrap_or(1.0)),
+                ];
+                if let Some((what, v)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+                    return Err(format!("{what} {v} is not a positive number"));
+                }
+                Ok(())
+            }
+            (None, Family::Gemma) => Err("a Gemma model needs its Gemma hyper-parameters".into()),
+            (Some(_), _) => Err("Gemma hyper-parameters on a model that is not Gemma".into()),
+            (None, _) => Ok(()),
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Pieces shared by the decoder forward passes ([`super::llama`], [`super::gpt2`]): the batch
+//! Pieces shared by the decoder forward passes ([`super::llama`], [`super::gpt2`],
+//! [`super::gemma`]): the batch
 //! and output types, batch checks, hook calls and causal attention over a row's key/value cache.
 
 use candle_core::{Device, Tensor};
@@ -108,6 +109,31 @@ pub(crate) fn run_hook(
     Ok(hooks.on_activation(point, act)? == HookFlow::Stop)
 }
 
+/// How a layer forms its attention scores beyond the causal mask.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct AttnOptions {
+    /// Multiplier of `q·k` (1/√head_dim for Llama and GPT-2; Gemma: 1/√query_pre_attn_scalar).
+    pub scale: f64,
+    /// `c·tanh(s/c)` on the scaled scores (Gemma 2), before the mask.
+    pub softcap: Option<f64>,
+    /// Sliding window: a query at position `p` sees keys at positions `> p − window` (itself
+    /// and the `window − 1` before it), as transformers' `sliding_window_overlay`
+    /// (`kv_idx > q_idx - sliding_window`) and llama.cpp's `is_masked_swa` (masked when
+    /// `p_q − p_k >= n_swa`).
+    pub window: Option<usize>,
+}
+
+impl AttnOptions {
+    /// Plain causal attention scaled by 1/√head_dim.
+    pub fn causal(head_dim: usize) -> Self {
+        Self {
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            softcap: None,
+            window: None,
+        }
+    }
+}
+
 /// Causal attention of a batch over each row's cache plus the new tokens, for layer `layer`:
 /// `q` is `[batch·seq, nh·hd]`, `k` and `v` are `[batch·seq, nkv·hd]`. Appends the new keys and
 /// values (real tokens only) to the caches, after rewinding each to `starts[b]`. Returns
@@ -123,6 +149,27 @@ pub(crate) fn cached_attention(
     starts: &[usize],
     (nh, nkv, hd): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
+    cached_attention_with(
+        layer,
+        (q, k, v),
+        batch,
+        caches,
+        starts,
+        (nh, nkv, hd),
+        AttnOptions::causal(hd),
+    )
+}
+
+/// [`cached_attention`] with the score options of `opts`.
+pub(crate) fn cached_attention_with(
+    layer: usize,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    batch: &Batch<'_>,
+    caches: &mut [KvCache],
+    starts: &[usize],
+    (nh, nkv, hd): (usize, usize, usize),
+    opts: AttnOptions,
+) -> Result<Vec<f32>> {
     let kvw = nkv * hd;
     let t = batch.seq;
     let mut out = Vec::with_capacity(batch.batch * t * nh * hd);
@@ -136,52 +183,67 @@ pub(crate) fn cached_attention(
         kc.extend_from_slice(&k[b * t * kvw..(b * t + valid) * kvw]);
         vc.extend_from_slice(&v[b * t * kvw..(b * t + valid) * kvw]);
         let keys = starts[b] + valid;
+        // The first key any query of the chunk sees: keys before it are left out entirely.
+        let first = opts.window.map_or(0, |w| (starts[b] + 1).saturating_sub(w));
         let q_rows = &q[b * t * nh * hd..(b + 1) * t * nh * hd];
-        let y = attend(q_rows, kc, vc, t, keys, starts[b], nh, nkv, hd)?;
+        let y = attend(
+            q_rows,
+            (&kc[first * kvw..], &vc[first * kvw..]),
+            (t, keys, first, starts[b]),
+            (nh, nkv, hd),
+            opts,
+        )?;
         out.extend_from_slice(&y);
         cache.release_layer(layer);
     }
     Ok(out)
 }
 
-/// `[t, nh·hd]` queries against `keys` cached positions (`[keys, nkv·hd]` keys and values);
-/// query `j` sits at position `start + j` and sees positions `≤ start + j`.
+/// `[t, nh·hd]` queries against the cached keys and values from position `first` to
+/// `keys − 1` (`[keys − first, nkv·hd]` each); query `j` sits at position `start + j` and sees
+/// positions `≤ start + j` (and, with a window, `> start + j − window`). Padding queries
+/// (`start + j ≥ keys`) see what the last real token sees.
 ///
 /// The products run as candle tensor ops in the same shapes and order as candle's
 /// `quantized_llama` (`[1, heads, t, hd] × [1, heads, hd, T]`, masked fill, softmax, `× V`), so
 /// results are bit-identical to it: with 8-bit activation quantization downstream, even a
 /// last-bit difference in an attention sum can flip a rounding and change the logits visibly.
-#[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    t: usize,
-    keys: usize,
-    start: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
+    (kc, vc): (&[f32], &[f32]),
+    (t, keys, first, start): (usize, usize, usize, usize),
+    (nh, nkv, hd): (usize, usize, usize),
+    opts: AttnOptions,
 ) -> Result<Vec<f32>> {
     let dev = Device::Cpu;
+    let n_keys = keys - first;
     let q = Tensor::from_slice(q, (1, t, nh, hd), &dev)?
         .transpose(1, 2)?
         .contiguous()?;
-    let k = Tensor::from_slice(kc, (1, keys, nkv, hd), &dev)?
+    let k = Tensor::from_slice(kc, (1, n_keys, nkv, hd), &dev)?
         .transpose(1, 2)?
         .contiguous()?;
-    let v = Tensor::from_slice(vc, (1, keys, nkv, hd), &dev)?
+    let v = Tensor::from_slice(vc, (1, n_keys, nkv, hd), &dev)?
         .transpose(1, 2)?
         .contiguous()?;
     let k = repeat_kv(k, nh / nkv)?;
     let v = repeat_kv(v, nh / nkv)?;
-    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+    // `× (1/√hd)` is the same candle affine op as quantized_llama's `/ √hd`.
+    let att = (q.matmul(&k.t()?)? * opts.scale)?;
+    let att = match opts.softcap {
+        Some(c) => ((att / c)?.tanh()? * c)?,
+        None => att,
+    };
+    // A single query (decode) sees every key from `first` on: nothing to mask.
     let att = if t > 1 {
-        // 1 where the key lies after the query (or beyond the real keys).
+        // 1 where the key lies after the query, or before its window.
         let mask: Vec<u8> = (0..t)
-            .flat_map(|j| (0..keys).map(move |p| u8::from(p > start + j)))
+            .flat_map(|j| {
+                let qpos = (start + j).min(keys - 1);
+                (first..keys).map(move |p| u8::from(p > qpos || opts.window.is_some_and(|w| p + w <= qpos)))
+            })
             .collect();
-        let mask = Tensor::from_vec(mask, (t, keys), &dev)?.broadcast_as(att.shape())?;
+        let mask = Tensor::from_vec(mask, (t, n_keys), &dev)?.broadcast_as(att.shape())?;
         let neg_inf = Tensor::new(f32::NEG_INFINITY, &dev)?.broadcast_as(att.shape())?;
         mask.where_cond(&neg_inf, &att)?
     } else {

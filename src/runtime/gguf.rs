@@ -1,4 +1,5 @@
-//! Loading Llama-family models from GGUF files, weights kept in their own quantization.
+//! Loading Llama-family and Gemma models from GGUF files, weights kept in their own
+//! quantization.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -13,15 +14,17 @@ use sha2::{Digest, Sha256};
 use crate::transport::ModelFingerprint;
 use crate::transport::maps_file::hex;
 
-use super::config::{Family, ModelConfig};
+use super::config::{Family, GemmaConfig, ModelConfig};
 use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
+use super::gemma::{GemmaLayer, GemmaModel, sliding_pattern};
 use super::linear::{Linear, own_matrix};
 use super::llama::{LlamaLayer, LlamaModel};
+use super::model::Network;
 use super::tokenizer::TextTokenizer;
 
-/// GGUF architectures this loader runs (all with the Llama block structure).
-pub const GGUF_ARCHITECTURES: &str = "llama, mistral, qwen2";
+/// GGUF architectures this loader runs.
+pub const GGUF_ARCHITECTURES: &str = "llama, mistral, qwen2, gemma2, gemma3";
 
 /// A GGUF file opened for reading tensors.
 pub struct GgufFile {
@@ -157,11 +160,7 @@ impl GgufFile {
     pub fn llama_config(&self) -> Result<ModelConfig> {
         let arch = self.architecture()?;
         if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
-            return Err(RuntimeError::UnsupportedArch {
-                path: self.path.clone(),
-                arch,
-                supported: GGUF_ARCHITECTURES,
-            });
+            return Err(self.unsupported(arch));
         }
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = self.md_usize(&k("embedding_length"))?;
@@ -194,18 +193,139 @@ impl GgufFile {
             rope_interleaved: arch != "qwen2",
             norm_eps: self.md_f32(&k("attention.layer_norm_rms_epsilon"))?,
             qkv_bias: arch == "qwen2",
+            gemma: None,
             architecture: arch,
         };
         cfg.validate().map_err(|r| self.bad(r))?;
         Ok(cfg)
     }
 
-    /// Loads the whole Llama-family model.
-    pub fn load_llama(&mut self) -> Result<LlamaModel> {
-        let cfg = self.llama_config()?;
-        let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-        let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
-        let embed_q = self.tensor("token_embd.weight", &[cfg.vocab_size, d])?;
+    fn unsupported(&self, arch: String) -> RuntimeError {
+        RuntimeError::UnsupportedArch {
+            path: self.path.clone(),
+            arch,
+            supported: GGUF_ARCHITECTURES,
+        }
+    }
+
+    /// The hyper-parameters, for any supported architecture.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        match self.architecture()?.as_str() {
+            "gemma2" | "gemma3" => self.gemma_config(),
+            _ => self.llama_config(),
+        }
+    }
+
+    /// Reads the hyper-parameters of a Gemma 2 or Gemma 3 model, as llama.cpp's
+    /// `llama-model.cpp` does: the sliding window from `attention.sliding_window` (Gemma 2:
+    /// default 4096; Gemma 3: none without it), layer patterns 2 and 6 (`set_swa_pattern`),
+    /// local RoPE base 10 000 on Gemma 3 (`rope_freq_base_train_swa`), queries scaled by
+    /// 1/√(d/heads) on the 27B models (46 and 62 layers) and 1/√head_dim otherwise, and on
+    /// Gemma 2 the soft-caps (defaults 50 and 30). RoPE is NEOX-style (pairs `(i, i + hd/2)`):
+    /// llama.cpp's converter does not permute Gemma's q/k.
+    pub fn gemma_config(&self) -> Result<ModelConfig> {
+        let arch = self.architecture()?;
+        let gemma3 = match arch.as_str() {
+            "gemma2" => false,
+            "gemma3" => true,
+            _ => return Err(self.unsupported(arch)),
+        };
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden = self.md_usize(&k("embedding_length"))?;
+        let n_heads = self.md_usize(&k("attention.head_count"))?;
+        if n_heads == 0 {
+            return Err(self.bad("attention.head_count is zero".into()));
+        }
+        let n_layers = self.md_usize(&k("block_count"))?;
+        let head_dim = self
+            .md_usize(&k("attention.key_length"))
+            .or_else(|_| self.md_usize(&k("rope.dimension_count")))
+            .unwrap_or(hidden / n_heads);
+        let vocab = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .and_then(|i| i.shape.dims().first().copied())
+            .ok_or_else(|| self.bad("no token_embd.weight".into()))?;
+        let window = self.md_usize(&k("attention.sliding_window")).ok();
+        let (window, pattern) = match (gemma3, window) {
+            (false, w) => (Some(w.unwrap_or(4096)), 2),
+            (true, Some(w)) if w > 0 => (Some(w), 6),
+            (true, _) => (None, 1),
+        };
+        let big = n_layers == if gemma3 { 62 } else { 46 };
+        let scale = match self.md(&k("rope.scaling.type")) {
+            Ok(t) => match t.to_string().map(String::as_str) {
+                Ok("linear") => self.md_f32(&k("rope.scaling.factor")).unwrap_or(1.0),
+                Ok("none") => 1.0,
+                other => {
+                    return Err(self.bad(format!("rope scaling {other:?} is not supported")));
+                }
+            },
+            Err(_) => self.md_f32(&k("rope.scaling.factor")).unwrap_or(1.0),
+        };
+        let theta = self.md_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
+        let gemma = GemmaConfig {
+            embed_scale: (hidden as f64).sqrt() as f32,
+            query_pre_attn_scalar: if big {
+                (hidden / n_heads) as f32
+            } else {
+                head_dim as f32
+            },
+            attn_softcap: if gemma3 {
+                None
+            } else {
+                Some(self.md_f32(&k("attn_logit_softcapping")).unwrap_or(50.0))
+            },
+            final_softcap: if gemma3 {
+                self.md_f32(&k("final_logit_softcapping"))
+                    .ok()
+                    .filter(|&c| c > 0.0)
+            } else {
+                Some(self.md_f32(&k("final_logit_softcapping")).unwrap_or(30.0))
+            },
+            sliding_window: window,
+            sliding: sliding_pattern(n_layers, pattern),
+            local_rope_theta: if gemma3 { 10_000.0 } else { theta },
+            global_rope_scale: if scale > 0.0 { scale } else { 1.0 },
+            qk_norm: gemma3,
+        };
+        let cfg = ModelConfig {
+            family: Family::Gemma,
+            hidden_size: hidden,
+            n_layers,
+            n_heads,
+            n_kv_heads: self.md_usize(&k("attention.head_count_kv")).unwrap_or(n_heads),
+            head_dim,
+            intermediate_size: self.md_usize(&k("feed_forward_length"))?,
+            vocab_size: vocab,
+            max_position: self.md_usize(&k("context_length")).unwrap_or(8192),
+            rope_theta: theta,
+            rope_interleaved: false,
+            norm_eps: self.md_f32(&k("attention.layer_norm_rms_epsilon"))?,
+            qkv_bias: false,
+            gemma: Some(gemma),
+            architecture: arch,
+        };
+        cfg.validate().map_err(|r| self.bad(r))?;
+        Ok(cfg)
+    }
+
+    /// A `Linear` from `{name}.weight` `[out, in]` and, if asked, `{name}.bias` `[out]`.
+    fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self.tensor(&format!("{name}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(self.vector(&format!("{name}.bias"), out)?)
+        } else {
+            None
+        };
+        Linear::from_qtensor(w, b)
+    }
+
+    /// The token embedding and the output projection (`output.weight`, else the embedding,
+    /// whose quantized rows are then shared).
+    fn embedding_and_head(&mut self, vocab: usize, d: usize) -> Result<(Embedding, Linear)> {
+        let embed_q = self.tensor("token_embd.weight", &[vocab, d])?;
         // Quantized rows stay quantized (and are shared with a tied output projection).
         let shared = own_matrix(&embed_q)?.map(Arc::new);
         let embed = match &shared {
@@ -218,41 +338,93 @@ impl GgufFile {
                 d,
             },
         };
-        let mut layers = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let p = |s: &str| format!("blk.{i}.{s}");
-            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-                let w = self.tensor(&p(&format!("{name}.weight")), &[out, inp])?;
-                let b = if bias {
-                    Some(self.vector(&p(&format!("{name}.bias")), out)?)
-                } else {
-                    None
-                };
-                Linear::from_qtensor(w, b)
-            };
-            let layer = LlamaLayer {
-                wq: lin("attn_q", q_dim, d, cfg.qkv_bias)?,
-                wk: lin("attn_k", kv_dim, d, cfg.qkv_bias)?,
-                wv: lin("attn_v", kv_dim, d, cfg.qkv_bias)?,
-                wo: lin("attn_output", d, q_dim, false)?,
-                w_gate: lin("ffn_gate", ffn, d, false)?,
-                w_up: lin("ffn_up", ffn, d, false)?,
-                w_down: lin("ffn_down", d, ffn, false)?,
-                attn_norm: self.vector(&p("attn_norm.weight"), d)?,
-                mlp_norm: self.vector(&p("ffn_norm.weight"), d)?,
-            };
-            layers.push(layer);
-        }
-        let final_norm = self.vector("output_norm.weight", d)?;
         let lm_head = if self.has("output.weight") {
-            Linear::from_qtensor(self.tensor("output.weight", &[cfg.vocab_size, d])?, None)?
+            Linear::from_qtensor(self.tensor("output.weight", &[vocab, d])?, None)?
         } else {
             match shared {
                 Some(q) => Linear::from_qmatrix(q, None)?,
                 None => Linear::from_qtensor(embed_q, None)?,
             }
         };
+        Ok((embed, lm_head))
+    }
+
+    /// Loads the network the file holds (Llama family or Gemma).
+    pub fn load_network(&mut self) -> Result<Network> {
+        match self.model_config()?.family {
+            Family::Gemma => Ok(Network::Gemma(self.load_gemma()?)),
+            _ => Ok(Network::Llama(self.load_llama()?)),
+        }
+    }
+
+    /// Loads the whole Llama-family model.
+    pub fn load_llama(&mut self) -> Result<LlamaModel> {
+        let cfg = self.llama_config()?;
+        let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let (embed, lm_head) = self.embedding_and_head(cfg.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let layer = LlamaLayer {
+                wq: self.linear(&p("attn_q"), q_dim, d, cfg.qkv_bias)?,
+                wk: self.linear(&p("attn_k"), kv_dim, d, cfg.qkv_bias)?,
+                wv: self.linear(&p("attn_v"), kv_dim, d, cfg.qkv_bias)?,
+                wo: self.linear(&p("attn_output"), d, q_dim, false)?,
+                w_gate: self.linear(&p("ffn_gate"), ffn, d, false)?,
+                w_up: self.linear(&p("ffn_up"), ffn, d, false)?,
+                w_down: self.linear(&p("ffn_down"), d, ffn, false)?,
+                attn_norm: self.vector(&p("attn_norm.weight"), d)?,
+                mlp_norm: self.vector(&p("ffn_norm.weight"), d)?,
+            };
+            layers.push(layer);
+        }
+        let final_norm = self.vector("output_norm.weight", d)?;
         Ok(LlamaModel {
+            cfg,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// Loads a Gemma 2 / Gemma 3 model (llama.cpp's tensor names; the norm gains are stored
+    /// with Gemma's `+1` already folded in by the converter, so they are used as they are).
+    pub fn load_gemma(&mut self) -> Result<GemmaModel> {
+        let cfg = self.gemma_config()?;
+        let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let qk_norm = cfg.gemma.as_ref().is_some_and(|g| g.qk_norm);
+        let (embed, lm_head) = self.embedding_and_head(cfg.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let qk = if qk_norm {
+                Some((
+                    self.vector(&p("attn_q_norm.weight"), hd)?,
+                    self.vector(&p("attn_k_norm.weight"), hd)?,
+                ))
+            } else {
+                None
+            };
+            layers.push(GemmaLayer {
+                attn_norm: self.vector(&p("attn_norm.weight"), d)?,
+                wq: self.linear(&p("attn_q"), q_dim, d, false)?,
+                wk: self.linear(&p("attn_k"), kv_dim, d, false)?,
+                wv: self.linear(&p("attn_v"), kv_dim, d, false)?,
+                wo: self.linear(&p("attn_output"), d, q_dim, false)?,
+                qk_norm: qk,
+                post_attn_norm: self.vector(&p("post_attention_norm.weight"), d)?,
+                mlp_norm: self.vector(&p("ffn_norm.weight"), d)?,
+                w_gate: self.linear(&p("ffn_gate"), ffn, d, false)?,
+                w_up: self.linear(&p("ffn_up"), ffn, d, false)?,
+                w_down: self.linear(&p("ffn_down"), d, ffn, false)?,
+                post_mlp_norm: self.vector(&p("post_ffw_norm.weight"), d)?,
+            });
+        }
+        let final_norm = self.vector("output_norm.weight", d)?;
+        Ok(GemmaModel {
             cfg,
             embed,
             layers,

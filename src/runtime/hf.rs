@@ -2,9 +2,11 @@
 //! F32/F16/BF16, converted to f32) and `tokenizer.json` (+ `tokenizer_config.json`).
 //!
 //! Llama-family folders (`llama`, `mistral`, `qwen2`) become a [`LlamaModel`] with the
-//! Hugging Face half-split RoPE layout; `gpt2` folders become a [`Gpt2Model`]. Sliding-window
-//! attention (Mistral, Qwen2) is not applied: results match the full-attention models up to
-//! the window length (4096 tokens and more).
+//! Hugging Face half-split RoPE layout; `gpt2` folders become a [`Gpt2Model`]; `gemma2` and
+//! `gemma3_text` (`Gemma2ForCausalLM`, `Gemma3ForCausalLM`) a [`GemmaModel`]. Sliding-window
+//! attention is applied on Gemma (where it alternates with global layers) but not on Mistral
+//! and Qwen2: their results match the full-attention models up to the window length (4096
+//! tokens and more).
 
 use std::path::{Path, PathBuf};
 
@@ -13,9 +15,10 @@ use serde_json::Value;
 
 use crate::transport::ModelFingerprint;
 
-use super::config::{Family, ModelConfig};
+use super::config::{Family, GemmaConfig, ModelConfig};
 use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
+use super::gemma::{GemmaLayer, GemmaModel, sliding_pattern};
 use super::gpt2::{Gpt2Layer, Gpt2Model, LayerNormWeights};
 use super::linear::Linear;
 use super::llama::{LlamaLayer, LlamaModel};
@@ -24,7 +27,7 @@ use super::safetensors_shards::SafetensorsShards;
 use super::tokenizer::TextTokenizer;
 
 /// `model_type` values this loader runs.
-pub const HF_MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2";
+pub const HF_MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2, gemma2, gemma3_text";
 
 /// A model folder with its parsed `config.json`.
 pub struct HfFolder {
@@ -168,6 +171,7 @@ impl HfFolder {
         match self.model_type.as_str() {
             "llama" | "mistral" | "qwen2" => self.llama_config(),
             "gpt2" => self.gpt2_config(),
+            "gemma2" | "gemma3_text" => self.gemma_config(),
             _ => Err(self.unsupported()),
         }
     }
@@ -217,6 +221,7 @@ impl HfFolder {
             rope_interleaved: false,
             norm_eps: self.f32("rms_norm_eps")?,
             qkv_bias: arch == "qwen2",
+            gemma: None,
             architecture: arch,
         };
         cfg.validate().map_err(|r| self.bad(r))?;
@@ -263,6 +268,149 @@ impl HfFolder {
             rope_interleaved: false,
             norm_eps: self.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
             qkv_bias: true,
+            gemma: None,
+        };
+        cfg.validate().map_err(|r| self.bad(r))?;
+        Ok(cfg)
+    }
+
+    /// A RoPE scaling entry (`rope_scaling`, or one of `rope_parameters`): the linear factor
+    /// (1 for none or `default`); other kinds are refused.
+    fn rope_linear_factor(&self, scaling: Option<&Value>) -> Result<f32> {
+        let Some(scaling) = scaling.filter(|v| !v.is_null()) else {
+            return Ok(1.0);
+        };
+        let kind = scaling
+            .get("rope_type")
+            .or_else(|| scaling.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        match kind {
+            "default" => Ok(1.0),
+            "linear" => scaling
+                .get("factor")
+                .and_then(Value::as_f64)
+                .map(|f| f as f32)
+                .ok_or_else(|| self.bad("linear rope scaling without a numeric `factor`".into())),
+            _ => Err(self.bad(format!("rope_scaling `{kind}` is not supported"))),
+        }
+    }
+
+    /// Hyper-parameters of a Gemma 2 (`gemma2`) or Gemma 3 (`gemma3_text`) model, with the
+    /// defaults of transformers' `Gemma2Config` / `Gemma3TextConfig` for absent keys.
+    pub fn gemma_config(&self) -> Result<ModelConfig> {
+        let arch = self.model_type.clone();
+        let gemma3 = match arch.as_str() {
+            "gemma2" => false,
+            "gemma3_text" => true,
+            _ => return Err(self.unsupported()),
+        };
+        for key in ["hidden_activation", "hidden_act"] {
+            if let Some(act) = self.opt_str(key)?
+                && act != "gelu_pytorch_tanh"
+            {
+                return Err(self.bad(format!("{key} `{act}` is not supported (gelu_pytorch_tanh is)")));
+            }
+        }
+        if self.opt_bool("attention_bias")? == Some(true) {
+            return Err(self.bad("`attention_bias: true` is not supported".into()));
+        }
+        if self.opt_bool("use_bidirectional_attention")? == Some(true) {
+            return Err(self.bad("bidirectional attention is not supported".into()));
+        }
+        let hidden = self.usize("hidden_size")?;
+        let n_heads = self.usize("num_attention_heads")?;
+        if n_heads == 0 {
+            return Err(self.bad("num_attention_heads is zero".into()));
+        }
+        let n_layers = self.usize("num_hidden_layers")?;
+        let head_dim = self.opt_usize("head_dim")?.unwrap_or(256);
+        // Per-layer attention types: `layer_types` (transformers ≥ 4.53), else the pattern.
+        let sliding = match self.get("layer_types") {
+            Some(Value::Array(types)) => types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(self.bad(format!("layer type {t} is not supported"))),
+                })
+                .collect::<Result<Vec<bool>>>()?,
+            Some(v) => return Err(self.bad(format!("`layer_types` is not a list: {v}"))),
+            None => {
+                let pattern = if gemma3 {
+                    self.opt_usize("sliding_window_pattern")?
+                        .or(self.opt_usize("_sliding_window_pattern")?)
+                        .unwrap_or(6)
+                } else {
+                    2
+                };
+                sliding_pattern(n_layers, pattern)
+            }
+        };
+        // RoPE: global layers at `rope_theta` (with linear scaling), local ones at
+        // `rope_local_base_freq` unscaled (Gemma 3); Gemma 2 uses one base for all.
+        let (theta, scale, local_theta) = match self.get("rope_parameters") {
+            Some(p) if p.get("full_attention").is_some() => {
+                let theta = |k: &str, default: f64| {
+                    p.get(k)
+                        .and_then(|e| e.get("rope_theta"))
+                        .and_then(Value::as_f64)
+                        .unwrap_or(default) as f32
+                };
+                (
+                    theta("full_attention", 1_000_000.0),
+                    self.rope_linear_factor(p.get("full_attention"))?,
+                    theta("sliding_attention", 10_000.0),
+                )
+            }
+            _ => {
+                let theta =
+                    self.opt_f32("rope_theta")?
+                        .unwrap_or(if gemma3 { 1_000_000.0 } else { 10_000.0 });
+                let local = if gemma3 {
+                    self.opt_f32("rope_local_base_freq")?.unwrap_or(10_000.0)
+                } else {
+                    theta
+                };
+                (theta, self.rope_linear_factor(self.get("rope_scaling"))?, local)
+            }
+        };
+        let gemma = GemmaConfig {
+            // Rounded to the stored embedding's dtype when the weights are read.
+            embed_scale: (hidden as f64).sqrt() as f32,
+            query_pre_attn_scalar: self.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0),
+            attn_softcap: if gemma3 {
+                self.opt_f32("attn_logit_softcapping")?
+            } else {
+                Some(self.opt_f32("attn_logit_softcapping")?.unwrap_or(50.0))
+            },
+            final_softcap: if gemma3 {
+                self.opt_f32("final_logit_softcapping")?
+            } else {
+                Some(self.opt_f32("final_logit_softcapping")?.unwrap_or(30.0))
+            },
+            sliding_window: self.opt_usize("sliding_window")?,
+            sliding,
+            local_rope_theta: local_theta,
+            global_rope_scale: scale,
+            qk_norm: gemma3,
+        };
+        let cfg = ModelConfig {
+            family: Family::Gemma,
+            hidden_size: hidden,
+            n_layers,
+            n_heads,
+            n_kv_heads: self.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+            head_dim,
+            intermediate_size: self.usize("intermediate_size")?,
+            vocab_size: self.usize("vocab_size")?,
+            max_position: self.opt_usize("max_position_embeddings")?.unwrap_or(8192),
+            rope_theta: theta,
+            rope_interleaved: false,
+            norm_eps: self.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            qkv_bias: false,
+            gemma: Some(gemma),
+            architecture: arch,
         };
         cfg.validate().map_err(|r| self.bad(r))?;
         Ok(cfg)
@@ -302,6 +450,10 @@ impl HfFolder {
             Family::Gpt2 => {
                 let tied = self.opt_bool("tie_word_embeddings")?.unwrap_or(true);
                 Network::Gpt2(load_gpt2(cfg, &weights, tied)?)
+            }
+            Family::Gemma => {
+                let tied = self.opt_bool("tie_word_embeddings")?.unwrap_or(true);
+                Network::Gemma(load_gemma(cfg, &weights, tied)?)
             }
         };
         Ok(LoadedModel {
@@ -369,6 +521,72 @@ fn load_llama(cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<Lla
         linear(w, "lm_head", cfg.vocab_size, d, false)?
     };
     Ok(LlamaModel {
+        cfg,
+        embed,
+        layers,
+        final_norm,
+        lm_head,
+    })
+}
+
+/// Builds a Gemma model from `model.*` tensors (`lm_head.weight` unless `tied`). Hugging Face
+/// stores each RMSNorm weight `w` of a norm computing `x̂ · (1 + w)`: the gains kept are `1 + w`
+/// (in f32, as transformers' `1.0 + self.weight.float()`), and √d is rounded to the stored
+/// embedding's dtype, as transformers' `embed_scale.to(self.weight.dtype)`.
+fn load_gemma(mut cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<GemmaModel> {
+    let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let qk_norm = cfg.gemma.as_ref().is_some_and(|g| g.qk_norm);
+    let gain = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let mut v = w.vector(name, len)?;
+        v.iter_mut().for_each(|x| *x += 1.0);
+        Ok(v)
+    };
+    let embed_t = w.tensor("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+    if let Some(g) = cfg.gemma.as_mut() {
+        g.embed_scale = match w.dtype("model.embed_tokens.weight") {
+            Some(safetensors::tensor::Dtype::BF16) => half::bf16::from_f32(g.embed_scale).to_f32(),
+            Some(safetensors::tensor::Dtype::F16) => half::f16::from_f32(g.embed_scale).to_f32(),
+            _ => g.embed_scale,
+        };
+    }
+    let embed = Embedding::Dense {
+        table: flat(&embed_t)?,
+        d,
+    };
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let qk = if qk_norm {
+            Some((
+                gain(&p("self_attn.q_norm.weight"), hd)?,
+                gain(&p("self_attn.k_norm.weight"), hd)?,
+            ))
+        } else {
+            None
+        };
+        layers.push(GemmaLayer {
+            attn_norm: gain(&p("input_layernorm.weight"), d)?,
+            wq: linear(w, &p("self_attn.q_proj"), q_dim, d, false)?,
+            wk: linear(w, &p("self_attn.k_proj"), kv_dim, d, false)?,
+            wv: linear(w, &p("self_attn.v_proj"), kv_dim, d, false)?,
+            wo: linear(w, &p("self_attn.o_proj"), d, q_dim, false)?,
+            qk_norm: qk,
+            post_attn_norm: gain(&p("post_attention_layernorm.weight"), d)?,
+            mlp_norm: gain(&p("pre_feedforward_layernorm.weight"), d)?,
+            w_gate: linear(w, &p("mlp.gate_proj"), ffn, d, false)?,
+            w_up: linear(w, &p("mlp.up_proj"), ffn, d, false)?,
+            w_down: linear(w, &p("mlp.down_proj"), d, ffn, false)?,
+            post_mlp_norm: gain(&p("post_feedforward_layernorm.weight"), d)?,
+        });
+    }
+    let final_norm = gain("model.norm.weight", d)?;
+    let lm_head = if tied {
+        Linear::dense(embed_t, None)?
+    } else {
+        linear(w, "lm_head", cfg.vocab_size, d, false)?
+    };
+    Ok(GemmaModel {
         cfg,
         embed,
         layers,

@@ -10,7 +10,7 @@
 
 use crate::transport::TokenWindow;
 
-use super::config::ModelConfig;
+use super::config::{Family, ModelConfig};
 use super::error::Result;
 
 /// The kind of a hook point within a decoder layer, in forward order.
@@ -20,13 +20,13 @@ pub enum HookKind {
     AttnNorm,
     /// Output of the attention output projection.
     AttnOut,
-    /// Output of a true post-attention norm (Gemma 2).
+    /// Output of a true post-attention norm (Gemma 2 and 3), before the residual add.
     PostAttnNorm,
     /// Output of the pre-MLP norm.
     MlpNorm,
     /// Output of the MLP down projection.
     MlpOut,
-    /// Output of a true post-MLP norm (Gemma 2).
+    /// Output of a true post-MLP norm (Gemma 2 and 3), before the residual add.
     PostMlpNorm,
     /// The residual stream after the block.
     Resid,
@@ -109,15 +109,19 @@ impl std::fmt::Display for HookPoint {
 }
 
 /// The hook points a model with this configuration has, in forward order (the same list for a
-/// loaded model and for its header alone).
+/// loaded model and for its header alone): five per layer, seven on Gemma, whose post-norms
+/// (`post_attn_norm`, `post_mlp_norm`) exist nowhere else.
 pub fn hook_points(cfg: &ModelConfig) -> Vec<HookPoint> {
-    let kinds = [
-        HookKind::AttnNorm,
-        HookKind::AttnOut,
-        HookKind::MlpNorm,
-        HookKind::MlpOut,
-        HookKind::Resid,
-    ];
+    let kinds: &[HookKind] = match cfg.family {
+        Family::Gemma => &HookKind::ALL,
+        Family::Llama | Family::Gpt2 => &[
+            HookKind::AttnNorm,
+            HookKind::AttnOut,
+            HookKind::MlpNorm,
+            HookKind::MlpOut,
+            HookKind::Resid,
+        ],
+    };
     (0..cfg.n_layers)
         .flat_map(|layer| kinds.iter().map(move |&kind| HookPoint { layer, kind }))
         .collect()

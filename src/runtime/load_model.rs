@@ -6,7 +6,7 @@ use std::path::Path;
 use super::error::Result;
 use super::gguf::GgufFile;
 use super::hf::HfFolder;
-use super::model::{LoadedModel, Network};
+use super::model::LoadedModel;
 
 impl LoadedModel {
     /// Loads a `.gguf` file, or a Hugging Face model folder (`config.json`, safetensors
@@ -16,11 +16,11 @@ impl LoadedModel {
             return HfFolder::open(path)?.load();
         }
         let mut f = GgufFile::open(path)?;
-        let model = f.load_llama()?;
+        let model = f.load_network()?;
         let tokenizer = f.tokenizer()?;
-        let fingerprint = f.fingerprint(&model.cfg)?;
+        let fingerprint = f.fingerprint(model.cfg())?;
         Ok(Self {
-            model: Network::Llama(model),
+            model,
             tokenizer,
             fingerprint,
             source: path.to_path_buf(),

@@ -7,6 +7,7 @@ pub mod dense;
 pub mod embedding;
 pub mod error;
 pub mod forward;
+pub mod gemma;
 pub mod generate;
 pub mod generate_many;
 pub mod gguf;
@@ -27,6 +28,7 @@ pub mod quant;
 pub mod quant_mix;
 pub mod safetensors_shards;
 pub mod sampling;
+pub mod spm_tokenizer;
 pub mod steer;
 pub mod tokenizer;
 

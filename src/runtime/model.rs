@@ -8,6 +8,7 @@ use crate::transport::ModelFingerprint;
 use super::config::ModelConfig;
 use super::error::Result;
 use super::forward::{Batch, ForwardOutput, LogitsMode};
+use super::gemma::GemmaModel;
 use super::gpt2::Gpt2Model;
 use super::hooks::{HookPoint, Hooks, hook_points};
 use super::kv_cache::KvCache;
@@ -22,6 +23,8 @@ pub enum Network {
     Llama(LlamaModel),
     /// GPT-2.
     Gpt2(Gpt2Model),
+    /// Gemma 2 and Gemma 3.
+    Gemma(GemmaModel),
 }
 
 impl Network {
@@ -30,6 +33,7 @@ impl Network {
         match self {
             Network::Llama(m) => &m.cfg,
             Network::Gpt2(m) => &m.cfg,
+            Network::Gemma(m) => &m.cfg,
         }
     }
 
@@ -46,6 +50,7 @@ impl Network {
         match self {
             Network::Llama(m) => m.forward(batch, caches, hooks, path, mode),
             Network::Gpt2(m) => m.forward(batch, caches, hooks, path, mode),
+            Network::Gemma(m) => m.forward(batch, caches, hooks, path, mode),
         }
     }
 }

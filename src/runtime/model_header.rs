@@ -330,7 +330,7 @@ fn gguf_entry(name: &str, info: &TensorInfo) -> std::result::Result<(TensorEntry
 
 fn read_gguf(path: &Path) -> Result<ModelHeader> {
     let mut f = GgufFile::open(path)?;
-    let config = f.llama_config()?;
+    let config = f.model_config()?;
     let tokenizer = f.tokenizer()?;
     let fingerprint = f.fingerprint(&config)?;
     let content = f.content();
@@ -559,6 +559,7 @@ mod tests {
                 rope_interleaved: true,
                 norm_eps: 1e-5,
                 qkv_bias: false,
+                gemma: None,
             },
             tokenizer: tiny_tokenizer(),
             fingerprint: ModelFingerprint::arrays(10),

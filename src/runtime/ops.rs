@@ -38,13 +38,27 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// GELU, tanh approximation (PyTorch's `gelu(approximate="tanh")`).
+fn gelu_tanh_one(u: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/π)
+    0.5 * u * (1.0 + (C * (u + 0.044_715 * u * u * u)).tanh())
+}
+
 /// GELU (tanh approximation, as GPT-2), in place.
 pub fn gelu_tanh(x: &mut [f32]) {
-    const C: f32 = 0.797_884_6; // sqrt(2/π)
-    for v in x.iter_mut() {
-        let u = *v;
-        *v = 0.5 * u * (1.0 + (C * (u + 0.044_715 * u * u * u)).tanh());
+    x.iter_mut().for_each(|v| *v = gelu_tanh_one(*v));
+}
+
+/// GeGLU: GELU_tanh(gate) · up, elementwise, into `gate` (Gemma's MLP).
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh_one(*g) * u;
     }
+}
+
+/// Soft-capping `c·tanh(x/c)`, in place (Gemma 2's logits).
+pub fn soft_cap(x: &mut [f32], cap: f32) {
+    x.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
 }
 
 /// In-place softmax of a slice.
@@ -82,6 +96,13 @@ impl Rope {
         Self { theta, interleaved }
     }
 
+    /// Linear RoPE scaling: positions divided by `factor` (Hugging Face `rope_type: linear`,
+    /// llama.cpp `freq_scale = 1/factor`).
+    pub fn linear_scaled(mut self, factor: f32) -> Self {
+        self.theta.iter_mut().for_each(|t| *t /= factor);
+        self
+    }
+
     /// Rotates every head of one token's `x` (`[n_heads × head_dim]`) at position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize, head_dim: usize) {
         let half = head_dim / 2;
@@ -112,6 +133,15 @@ mod tests {
         softmax(&mut x);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(x[1] > x[0] && x[0] > x[2]);
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_positions() {
+        let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.3 - 2.0).collect();
+        let (mut a, mut b) = (x.clone(), x);
+        Rope::new(8, 1e6, false).linear_scaled(8.0).apply(&mut a, 24, 8);
+        Rope::new(8, 1e6, false).apply(&mut b, 3, 8);
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{a:?} {b:?}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ const PAR_MIN_BYTES: usize = 256 * 1024;
 /// Minimum weight rows in one piece of a parallel product.
 const MIN_ROWS_PER_TASK: usize = 16;
 
+/// Weight rows per tile of the batched product ([`QMatrix::matmul`]).
+const ROW_TILE: usize = 16;
+
 /// Weight formats supported by [`QMatrix`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QDType {
@@ -946,11 +949,21 @@ impl QMatrix {
                     done += 4;
                 }
             }
-            for (k, o) in out.chunks_exact_mut(n).enumerate().skip(done) {
-                let row = self.row(r0 + k);
-                for (i, o) in o.iter_mut().enumerate() {
-                    *o = dot_row(self.dtype, row, act.input(i, nb), simd);
+            // Tiled: a block of ROW_TILE weight rows (a few KiB to tens of KiB) stays in L1/L2
+            // while every input meets it once, so the inputs stream from cache once per block
+            // rather than once per row (llama.cpp's mul_mat blocking). Same dots, same order per
+            // output, so the result does not depend on the tiling.
+            let rows_here = out.len() / n;
+            let mut k0 = done;
+            while k0 < rows_here {
+                let k1 = (k0 + ROW_TILE).min(rows_here);
+                for i in 0..n {
+                    let a = act.input(i, nb);
+                    for k in k0..k1 {
+                        out[k * n + i] = dot_row(self.dtype, self.row(r0 + k), a, simd);
+                    }
                 }
+                k0 = k1;
             }
         };
         let pool = Pool::global();

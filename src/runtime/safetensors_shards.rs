@@ -212,6 +212,12 @@ impl SafetensorsShards {
         self.index.contains_key(name)
     }
 
+    /// The dtype a tensor is stored in (`None` when absent).
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        let &i = self.index.get(name)?;
+        self.shards[i].1.get(name).ok().map(|v| v.dtype())
+    }
+
     /// A tensor as f32, checking its shape and dtype.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let &i = self.index.get(name).ok_or_else(|| RuntimeError::MissingTensor {

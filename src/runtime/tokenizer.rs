@@ -14,6 +14,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use super::error::{Result, RuntimeError};
+use super::spm_tokenizer::SpmTokenizer;
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,9 +35,71 @@ impl ChatMessage {
     }
 }
 
+/// Gemma's chat template (as in the Gemma 3 instruction-tuned releases' `tokenizer_config.json`),
+/// used for Gemma GGUF files that carry no `tokenizer.chat_template` (the pretrained releases,
+/// such as Gemma 3 270M).
+const GEMMA_CHAT_TEMPLATE: &str = r#"{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"#;
+
+/// The tokenization algorithm behind a [`TextTokenizer`].
+enum Backend {
+    /// A Hugging Face `tokenizers` pipeline (byte-level BPE from GGUF, or `tokenizer.json`).
+    Hf(Box<Tokenizer>),
+    /// llama.cpp's SentencePiece tokenizer (GGUF `llama` tokenizer model: Llama 2, Gemma).
+    Spm(Box<SpmTokenizer>),
+}
+
+impl Backend {
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        match self {
+            Backend::Hf(t) => t.id_to_token(id),
+            Backend::Spm(t) => t.token_text(id).map(str::to_string),
+        }
+    }
+}
+
 /// A tokenizer with the model's special tokens and chat template.
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Backend,
     bos: Option<u32>,
     eos: Vec<u32>,
     add_bos: bool,
@@ -69,11 +132,18 @@ fn md_strings(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
 }
 
 impl TextTokenizer {
-    /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`): byte-level
-    /// BPE (`gpt2` model) from tokens and merges, with the pre-tokenizer named by
-    /// `tokenizer.ggml.pre` (`smollm`: single digits, then GPT-2 byte-level splitting; other
-    /// names are delegated to candle's GGUF tokenizer builder), special tokens (token types
-    /// 2–5) as single ids, BOS/EOS, and `tokenizer.chat_template`.
+    /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`):
+    ///
+    /// - `gpt2` model: byte-level BPE from tokens and merges, with the pre-tokenizer named by
+    ///   `tokenizer.ggml.pre` (`smollm`: single digits, then GPT-2 byte-level splitting; other
+    ///   names are delegated to candle's GGUF tokenizer builder), special tokens (token types
+    ///   2–5) as single ids;
+    /// - `llama` model: SentencePiece with scores and byte fallback, equal to llama.cpp's
+    ///   (see [`SpmTokenizer`]); generation stops on EOS and on the end-of-turn tokens
+    ///   llama.cpp recognises (`<end_of_turn>` for Gemma); Gemma files without a chat template
+    ///   get Gemma's;
+    ///
+    /// with BOS/EOS and `tokenizer.chat_template`.
     pub fn from_gguf(content: &Content) -> Result<Self> {
         let md = &content.metadata;
         let model = md
@@ -81,9 +151,38 @@ impl TextTokenizer {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
+        let chat_template = md
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        if model == "llama" {
+            let spm = SpmTokenizer::from_gguf_metadata(md).map_err(tok_err)?;
+            let arch = md
+                .get("general.architecture")
+                .and_then(|v| v.to_string().ok())
+                .map(String::as_str)
+                .unwrap_or_default();
+            let chat_template =
+                chat_template.or_else(|| arch.starts_with("gemma").then(|| GEMMA_CHAT_TEMPLATE.to_string()));
+            let text = |id: Option<u32>| {
+                id.and_then(|i| spm.token_text(i))
+                    .map(str::to_string)
+                    .unwrap_or_default()
+            };
+            return Ok(Self {
+                bos_text: text(spm.bos()),
+                eos_text: text(spm.eos()),
+                bos: spm.bos(),
+                eos: spm.eog().to_vec(),
+                add_bos: spm.add_bos(),
+                chat_template,
+                inner: Backend::Spm(Box::new(spm)),
+            });
+        }
         if model != "gpt2" {
             return Err(tok_err(format!(
-                "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` is)"
+                "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` and \
+                 SentencePiece `llama` are)"
             )));
         }
         let tokens = md_strings(md, "tokenizer.ggml.tokens")?;
@@ -146,10 +245,6 @@ impl TextTokenizer {
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
-        let chat_template = md
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned();
         let text = |id: Option<u32>| {
             id.and_then(|i| tokens.get(i as usize))
                 .cloned()
@@ -158,7 +253,7 @@ impl TextTokenizer {
         Ok(Self {
             bos_text: text(bos),
             eos_text: text(eos.first().copied()),
-            inner,
+            inner: Backend::Hf(Box::new(inner)),
             bos,
             eos,
             add_bos,
@@ -200,7 +295,7 @@ impl TextTokenizer {
             .and_then(|v| v.as_str())
             .map(str::to_string);
         Ok(Self {
-            inner,
+            inner: Backend::Hf(Box::new(inner)),
             bos,
             eos,
             add_bos,
@@ -233,9 +328,15 @@ impl TextTokenizer {
     }
 
     /// Encodes text. Special-token strings such as `<|im_start|>` become their single ids;
-    /// BOS is prepended when the model asks for it (`add_bos_token`).
+    /// BOS is prepended when the model asks for it (`add_bos_token`). For SentencePiece
+    /// models this is llama.cpp's `llama_tokenize(text, add_special = true, parse_special =
+    /// true)` (EOS appended too where the model asks for it).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let hf = match &self.inner {
+            Backend::Hf(t) => t,
+            Backend::Spm(t) => return t.encode(text, true, true).map_err(tok_err),
+        };
+        let enc = hf.encode(text, false).map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos
             && let Some(b) = self.bos
@@ -248,17 +349,20 @@ impl TextTokenizer {
 
     /// Encodes text without BOS (for continuations appended to an encoded prompt).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode(text, false)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec())
+        match &self.inner {
+            Backend::Hf(t) => Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec()),
+            Backend::Spm(t) => t.encode(text, false, true).map_err(tok_err),
+        }
     }
 
-    /// Decodes ids to text (special tokens kept unless `skip_special`).
+    /// Decodes ids to text (special tokens kept unless `skip_special`). For SentencePiece
+    /// models this is llama.cpp's `llama_detokenize(ids, remove_special = skip_special,
+    /// unparse_special = !skip_special)`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(tok_err)
+        match &self.inner {
+            Backend::Hf(t) => t.decode(ids, skip_special).map_err(tok_err),
+            Backend::Spm(t) => t.decode(ids, skip_special, !skip_special).map_err(tok_err),
+        }
     }
 
     /// The string of one token id as stored in the vocabulary.
@@ -268,7 +372,10 @@ impl TextTokenizer {
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Backend::Hf(t) => t.get_vocab_size(true),
+            Backend::Spm(t) => t.vocab_size(),
+        }
     }
 
     /// BOS id.
@@ -292,7 +399,9 @@ impl TextTokenizer {
     }
 
     /// Renders messages with the model's chat template (Jinja, via minijinja with Python
-    /// string methods), optionally opening the assistant's turn.
+    /// string methods), optionally opening the assistant's turn. When [`TextTokenizer::encode`]
+    /// prepends BOS itself, a BOS text at the start of the rendering is dropped (as llama.cpp
+    /// does), so that the encoded chat does not start with two BOS tokens.
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .chat_template
@@ -311,13 +420,18 @@ impl TextTokenizer {
         let tmpl = env
             .get_template("chat")
             .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
-        tmpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_text,
-            eos_token => self.eos_text,
+        let text = tmpl
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_text,
+                eos_token => self.eos_text,
+            })
+            .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
+        Ok(match text.strip_prefix(self.bos_text.as_str()) {
+            Some(rest) if self.add_bos && self.bos.is_some() && !self.bos_text.is_empty() => rest.to_string(),
+            _ => text,
         })
-        .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))
     }
 }
 

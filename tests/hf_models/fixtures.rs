@@ -172,6 +172,114 @@ pub fn gpt2(seed: u64, prefixed: bool) -> TinyModel {
     TinyModel { config, tensors: t }
 }
 
+/// Gemma 2 (`gemma3 == false`) or Gemma 3 (`gemma3_text`, with q/k norms): hidden 64,
+/// `layers` layers, 4 heads of 24 (head dim ≠ d/heads), 2 kv heads, MLP 96, vocabulary 100,
+/// tied embeddings, a sliding window of 5 tokens. Gemma 3: every `pattern`-th layer global
+/// (`layer_types` written too when asked), RoPE bases 10⁶ (global) and 10⁴ (local), no
+/// soft-caps; Gemma 2: alternating layers, one RoPE base, soft-caps small enough to bend
+/// (attention 2, logits 3). The norm weights are HF's `w` of `x̂ · (1 + w)`, around 0.
+/// `query_pre_attn_scalar` equals the head dim, as candle-transformers assumes.
+pub fn gemma(gemma3: bool, layers: usize, pattern: usize, layer_types: bool, seed: u64) -> TinyModel {
+    let (d, heads, kv, hd, ffn) = (64, 4, 2, 24, 96);
+    let mut g = Gen(StdRng::seed_from_u64(seed));
+    let mut t = HashMap::new();
+    let w = 1.0 / (d as f32).sqrt();
+    t.insert(
+        "model.embed_tokens.weight".to_string(),
+        g.tensor(&[VOCAB, d], 0.0, 0.3),
+    );
+    for i in 0..layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        for norm in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ] {
+            t.insert(p(&format!("{norm}.weight")), g.tensor(&[d], 0.0, 0.3));
+        }
+        t.insert(
+            p("self_attn.q_proj.weight"),
+            g.tensor(&[heads * hd, d], 0.0, 2.0 * w),
+        );
+        t.insert(
+            p("self_attn.k_proj.weight"),
+            g.tensor(&[kv * hd, d], 0.0, 2.0 * w),
+        );
+        t.insert(p("self_attn.v_proj.weight"), g.tensor(&[kv * hd, d], 0.0, w));
+        t.insert(
+            p("self_attn.o_proj.weight"),
+            g.tensor(&[d, heads * hd], 0.0, 1.0 / ((heads * hd) as f32).sqrt()),
+        );
+        if gemma3 {
+            t.insert(p("self_attn.q_norm.weight"), g.tensor(&[hd], 0.0, 0.3));
+            t.insert(p("self_attn.k_norm.weight"), g.tensor(&[hd], 0.0, 0.3));
+        }
+        t.insert(p("mlp.gate_proj.weight"), g.tensor(&[ffn, d], 0.0, 2.0 * w));
+        t.insert(p("mlp.up_proj.weight"), g.tensor(&[ffn, d], 0.0, 2.0 * w));
+        t.insert(
+            p("mlp.down_proj.weight"),
+            g.tensor(&[d, ffn], 0.0, 1.0 / (ffn as f32).sqrt()),
+        );
+    }
+    t.insert("model.norm.weight".to_string(), g.tensor(&[d], 0.0, 0.3));
+    let mut config = json!({
+        "architectures": [if gemma3 { "Gemma3ForCausalLM" } else { "Gemma2ForCausalLM" }],
+        "model_type": if gemma3 { "gemma3_text" } else { "gemma2" },
+        "hidden_size": d,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": hd,
+        "intermediate_size": ffn,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_act": "gelu_pytorch_tanh",
+        "attention_bias": false,
+        "query_pre_attn_scalar": hd,
+        "sliding_window": 5,
+        "tie_word_embeddings": true,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "torch_dtype": "float32",
+    });
+    let extra = if gemma3 {
+        json!({
+            "rope_theta": 1_000_000.0,
+            "rope_local_base_freq": 10_000.0,
+            "rope_scaling": null,
+            "sliding_window_pattern": pattern,
+            "attn_logit_softcapping": null,
+            "final_logit_softcapping": null,
+        })
+    } else {
+        json!({
+            "rope_theta": 10_000.0,
+            "attn_logit_softcapping": 2.0,
+            "final_logit_softcapping": 3.0,
+        })
+    };
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    if layer_types {
+        let p = if gemma3 { pattern } else { 2 };
+        let types: Vec<&str> = (0..layers)
+            .map(|i| {
+                if (i + 1) % p == 0 {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
+            .collect();
+        config["layer_types"] = json!(types);
+    }
+    TinyModel { config, tensors: t }
+}
+
 /// How to write the weights.
 #[derive(Clone, Copy)]
 pub struct Layout {

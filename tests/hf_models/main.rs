@@ -1,10 +1,12 @@
-//! Hugging Face model folders (tiny random-weight Llama, Qwen2 and GPT-2 written in the real
-//! layout): our loader and forward pass against candle-transformers' `llama` and `qwen2` and a
-//! candle-ops GPT-2 reference on the same files; F16/BF16 and sharded weights; errors; padding;
+//! Hugging Face model folders (tiny random-weight Llama, Qwen2, GPT-2, Gemma 2 and Gemma 3
+//! written in the real layout): our loader and forward pass against candle-transformers'
+//! `llama`, `qwen2`, `gemma2`, `gemma3` and a candle-ops GPT-2 reference on the same files
+//! (Gemma also as GGUF: `gemma.rs`); F16/BF16 and sharded weights; errors; padding;
 //! the local hub cache. Nothing is downloaded.
 
 mod fitting;
 mod fixtures;
+mod gemma;
 mod gpt2_reference;
 
 use std::path::Path;
