@@ -7,7 +7,10 @@
 # Needs the release binary (cargo build --release) and llama-cpp-python in $VENV
 # (default ~/.cache/llamacpp-bench-venv; `python3 -m venv $VENV && $VENV/bin/pip install
 # llama-cpp-python` compiles llama.cpp, ~11 minutes on 2 cores). llama.cpp runs with 2 threads,
-# greedy, as ours does with the default thread count on a 2-core machine.
+# greedy, as ours does with the default thread count on a 2-core machine. llama.cpp's greedy token
+# is the numpy argmax of its logits: llama-cpp-python's `sample` adds Python-side work per token
+# that grows with the vocabulary and the context (Gemma's 262k vocabulary: 15 vs 21 tok/s), which
+# would flatter us.
 set -eu
 model=${1:?usage: benches/vs-llamacpp.sh MODEL.gguf [REPS]}
 reps=${2:-3}
@@ -33,13 +36,14 @@ ours() { # prompt max_tokens → "prefill_tok/s decode_tok/s peak_rss_kib"
 theirs() { # prompt max_tokens → "prefill_tok/s decode_tok/s peak_rss_kib"
   /usr/bin/time -f "%M" -o "$tmp/rss" "$VENV/bin/python" - "$model" "$1" "$2" > "$tmp/out" <<'PY'
 import sys, time, llama_cpp
+import numpy as np
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_threads=2, n_ctx=1024, verbose=False)
 toks = llm.tokenize(sys.argv[2].encode(), add_bos=False)
 t = time.time(); llm.eval(toks); p = len(toks) / (time.time() - t)
 n = int(sys.argv[3]) - 1
 t = time.time()
 for _ in range(n):
-    llm.eval([llm.sample(temp=0.0)])
+    llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 print(p, n / (time.time() - t))
 PY
   echo "$(cat "$tmp/out") $(tail -1 "$tmp/rss")"

@@ -5,6 +5,8 @@
 //! `tests/fixtures/gemma3_270m_tokens.json`), must be ours exactly. Only the tokenizer is
 //! built (from the GGUF metadata); the model's weights are not read.
 
+mod common;
+
 use std::path::PathBuf;
 
 use act_studio::runtime::spm_tokenizer::SpmTokenizer;
@@ -26,27 +28,6 @@ struct Fixture {
     strings: Vec<Record>,
 }
 
-/// The Gemma 3 270M file, or `None` (after printing why) when it is absent outside CI. In CI a
-/// missing file fails the test: CI fetches it first.
-fn gemma_model() -> Option<PathBuf> {
-    let p = std::env::var_os("ACT_GEMMA_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf"));
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "Gemma 3 270M {} is missing in CI (models/fetch-demo-model.sh gemma3-270m should have fetched it)",
-        p.display()
-    );
-    eprintln!(
-        "SKIP: Gemma 3 270M {} not found (run models/fetch-demo-model.sh gemma3-270m)",
-        p.display()
-    );
-    None
-}
-
 fn content(path: &std::path::Path) -> Content {
     let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Content::read(&mut f).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -60,7 +41,7 @@ fn fixture() -> Fixture {
 
 #[test]
 fn tokenization_equals_llama_cpp() {
-    let Some(path) = gemma_model() else { return };
+    let Some(path) = common::gemma_model() else { return };
     let fx = fixture();
     assert_eq!(
         path.file_name().and_then(|n| n.to_str()),
@@ -118,7 +99,7 @@ fn tokenization_equals_llama_cpp() {
 
 #[test]
 fn gemma_special_tokens_chat_template_and_streaming() {
-    let Some(path) = gemma_model() else { return };
+    let Some(path) = common::gemma_model() else { return };
     let c = content(&path);
     let tok = TextTokenizer::from_gguf(&c).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(tok.vocab_size(), 262_144);

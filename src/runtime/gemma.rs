@@ -39,6 +39,7 @@
 //!   Gemma (transformers `gelu_pytorch_tanh`, llama.cpp `LLM_FFN_GELU`) uses GELU, and it
 //!   ignores the linear RoPE scaling llama.cpp applies to the global layers.
 
+use super::block_weights::{AttnWeights, MlpWeights};
 use super::config::{GemmaConfig, ModelConfig};
 use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
@@ -56,26 +57,16 @@ use super::ops::{Rope, add_in_place, gelu_mul, rms_norm, soft_cap};
 pub struct GemmaLayer {
     /// Pre-attention RMSNorm gain `[d]`.
     pub attn_norm: Vec<f32>,
-    /// Query projection `[n_heads·hd, d]`.
-    pub wq: Linear,
-    /// Key projection `[n_kv·hd, d]`.
-    pub wk: Linear,
-    /// Value projection `[n_kv·hd, d]`.
-    pub wv: Linear,
-    /// Output projection `[d, n_heads·hd]`.
-    pub wo: Linear,
+    /// Attention projections.
+    pub attn: AttnWeights,
     /// Per-head query and key RMSNorm gains `[hd]` (Gemma 3).
     pub qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     /// Post-attention RMSNorm gain `[d]`.
     pub post_attn_norm: Vec<f32>,
     /// Pre-MLP RMSNorm gain `[d]`.
     pub mlp_norm: Vec<f32>,
-    /// Gate projection `[ffn, d]`.
-    pub w_gate: Linear,
-    /// Up projection `[ffn, d]`.
-    pub w_up: Linear,
-    /// Down projection `[d, ffn]`.
-    pub w_down: Linear,
+    /// Gated MLP projections.
+    pub mlp: MlpWeights,
     /// Post-MLP RMSNorm gain `[d]`.
     pub post_mlp_norm: Vec<f32>,
 }
@@ -149,9 +140,9 @@ impl GemmaModel {
             if hook(hooks, l, HookKind::AttnNorm, &mut h, &mut out)? {
                 return Ok(out);
             }
-            let mut q = layer.wq.forward(&h, n, path)?;
-            let mut k = layer.wk.forward(&h, n, path)?;
-            let v = layer.wv.forward(&h, n, path)?;
+            let mut q = layer.attn.wq.forward(&h, n, path)?;
+            let mut k = layer.attn.wk.forward(&h, n, path)?;
+            let v = layer.attn.wv.forward(&h, n, path)?;
             if let Some((q_norm, k_norm)) = &layer.qk_norm {
                 // Gains of length hd: every head of every row is normalised on its own.
                 rms_norm(&q, q_norm, cfg.norm_eps, &mut h);
@@ -178,7 +169,7 @@ impl GemmaModel {
                 (nh, nkv, hd),
                 attn_opts(sliding),
             )?;
-            let mut a = layer.wo.forward(&attn, n, path)?;
+            let mut a = layer.attn.wo.forward(&attn, n, path)?;
             if hook(hooks, l, HookKind::AttnOut, &mut a, &mut out)? {
                 return Ok(out);
             }
@@ -191,10 +182,10 @@ impl GemmaModel {
             if hook(hooks, l, HookKind::MlpNorm, &mut h, &mut out)? {
                 return Ok(out);
             }
-            let mut gate = layer.w_gate.forward(&h, n, path)?;
-            let up = layer.w_up.forward(&h, n, path)?;
+            let mut gate = layer.mlp.w_gate.forward(&h, n, path)?;
+            let up = layer.mlp.w_up.forward(&h, n, path)?;
             gelu_mul(&mut gate, &up);
-            let mut m = layer.w_down.forward(&gate, n, path)?;
+            let mut m = layer.mlp.w_down.forward(&gate, n, path)?;
             if hook(hooks, l, HookKind::MlpOut, &mut m, &mut out)? {
                 return Ok(out);
             }

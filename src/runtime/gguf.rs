@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::transport::ModelFingerprint;
 use crate::transport::maps_file::hex;
 
+use super::block_weights::{AttnWeights, MlpWeights};
 use super::config::{Family, GemmaConfig, ModelConfig};
 use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
@@ -357,23 +358,29 @@ impl GgufFile {
         }
     }
 
+    /// Layer `i`'s attention projections (`blk.{i}.attn_q|attn_k|attn_v|attn_output`).
+    fn attn_weights(&mut self, cfg: &ModelConfig, i: usize, qkv_bias: bool) -> Result<AttnWeights> {
+        let names = ["attn_q", "attn_k", "attn_v", "attn_output"].map(|s| format!("blk.{i}.{s}"));
+        AttnWeights::load(cfg, names, qkv_bias, |n, r, c, b| self.linear(n, r, c, b))
+    }
+
+    /// Layer `i`'s MLP projections (`blk.{i}.ffn_gate|ffn_up|ffn_down`).
+    fn mlp_weights(&mut self, cfg: &ModelConfig, i: usize) -> Result<MlpWeights> {
+        let names = ["ffn_gate", "ffn_up", "ffn_down"].map(|s| format!("blk.{i}.{s}"));
+        MlpWeights::load(cfg, names, |n, r, c, b| self.linear(n, r, c, b))
+    }
+
     /// Loads the whole Llama-family model.
     pub fn load_llama(&mut self) -> Result<LlamaModel> {
         let cfg = self.llama_config()?;
-        let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-        let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let d = cfg.hidden_size;
         let (embed, lm_head) = self.embedding_and_head(cfg.vocab_size, d)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let layer = LlamaLayer {
-                wq: self.linear(&p("attn_q"), q_dim, d, cfg.qkv_bias)?,
-                wk: self.linear(&p("attn_k"), kv_dim, d, cfg.qkv_bias)?,
-                wv: self.linear(&p("attn_v"), kv_dim, d, cfg.qkv_bias)?,
-                wo: self.linear(&p("attn_output"), d, q_dim, false)?,
-                w_gate: self.linear(&p("ffn_gate"), ffn, d, false)?,
-                w_up: self.linear(&p("ffn_up"), ffn, d, false)?,
-                w_down: self.linear(&p("ffn_down"), d, ffn, false)?,
+                attn: self.attn_weights(&cfg, i, cfg.qkv_bias)?,
+                mlp: self.mlp_weights(&cfg, i)?,
                 attn_norm: self.vector(&p("attn_norm.weight"), d)?,
                 mlp_norm: self.vector(&p("ffn_norm.weight"), d)?,
             };
@@ -393,8 +400,7 @@ impl GgufFile {
     /// with Gemma's `+1` already folded in by the converter, so they are used as they are).
     pub fn load_gemma(&mut self) -> Result<GemmaModel> {
         let cfg = self.gemma_config()?;
-        let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-        let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let qk_norm = cfg.gemma.as_ref().is_some_and(|g| g.qk_norm);
         let (embed, lm_head) = self.embedding_and_head(cfg.vocab_size, d)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
@@ -410,16 +416,11 @@ impl GgufFile {
             };
             layers.push(GemmaLayer {
                 attn_norm: self.vector(&p("attn_norm.weight"), d)?,
-                wq: self.linear(&p("attn_q"), q_dim, d, false)?,
-                wk: self.linear(&p("attn_k"), kv_dim, d, false)?,
-                wv: self.linear(&p("attn_v"), kv_dim, d, false)?,
-                wo: self.linear(&p("attn_output"), d, q_dim, false)?,
+                attn: self.attn_weights(&cfg, i, false)?,
                 qk_norm: qk,
                 post_attn_norm: self.vector(&p("post_attention_norm.weight"), d)?,
                 mlp_norm: self.vector(&p("ffn_norm.weight"), d)?,
-                w_gate: self.linear(&p("ffn_gate"), ffn, d, false)?,
-                w_up: self.linear(&p("ffn_up"), ffn, d, false)?,
-                w_down: self.linear(&p("ffn_down"), d, ffn, false)?,
+                mlp: self.mlp_weights(&cfg, i)?,
                 post_mlp_norm: self.vector(&p("post_ffw_norm.weight"), d)?,
             });
         }

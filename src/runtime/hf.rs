@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::transport::ModelFingerprint;
 
+use super::block_weights::{AttnWeights, MlpWeights};
 use super::config::{Family, GemmaConfig, ModelConfig};
 use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
@@ -466,6 +467,18 @@ impl HfFolder {
 }
 
 /// A `Linear` from `{name}.weight` `[out, in]` and, if asked, `{name}.bias` `[out]`.
+/// Layer `i`'s attention projections (`model.layers.{i}.self_attn.q_proj|k_proj|v_proj|o_proj`).
+fn attn_weights(w: &SafetensorsShards, cfg: &ModelConfig, i: usize, qkv_bias: bool) -> Result<AttnWeights> {
+    let names = ["q_proj", "k_proj", "v_proj", "o_proj"].map(|s| format!("model.layers.{i}.self_attn.{s}"));
+    AttnWeights::load(cfg, names, qkv_bias, |n, r, c, b| linear(w, n, r, c, b))
+}
+
+/// Layer `i`'s MLP projections (`model.layers.{i}.mlp.gate_proj|up_proj|down_proj`).
+fn mlp_weights(w: &SafetensorsShards, cfg: &ModelConfig, i: usize) -> Result<MlpWeights> {
+    let names = ["gate_proj", "up_proj", "down_proj"].map(|s| format!("model.layers.{i}.mlp.{s}"));
+    MlpWeights::load(cfg, names, |n, r, c, b| linear(w, n, r, c, b))
+}
+
 fn linear(w: &SafetensorsShards, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
     let weight = w.tensor(&format!("{name}.weight"), &[out, inp])?;
     let b = if bias {
@@ -492,8 +505,7 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
 
 /// Builds a Llama-family model from `model.*` tensors (`lm_head.weight` unless `tied`).
 fn load_llama(cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<LlamaModel> {
-    let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let d = cfg.hidden_size;
     let embed_t = w.tensor("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
     let embed = Embedding::Dense {
         table: flat(&embed_t)?,
@@ -504,14 +516,9 @@ fn load_llama(cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<Lla
         let p = |s: &str| format!("model.layers.{i}.{s}");
         layers.push(LlamaLayer {
             attn_norm: w.vector(&p("input_layernorm.weight"), d)?,
-            wq: linear(w, &p("self_attn.q_proj"), q_dim, d, cfg.qkv_bias)?,
-            wk: linear(w, &p("self_attn.k_proj"), kv_dim, d, cfg.qkv_bias)?,
-            wv: linear(w, &p("self_attn.v_proj"), kv_dim, d, cfg.qkv_bias)?,
-            wo: linear(w, &p("self_attn.o_proj"), d, q_dim, false)?,
+            attn: attn_weights(w, &cfg, i, cfg.qkv_bias)?,
             mlp_norm: w.vector(&p("post_attention_layernorm.weight"), d)?,
-            w_gate: linear(w, &p("mlp.gate_proj"), ffn, d, false)?,
-            w_up: linear(w, &p("mlp.up_proj"), ffn, d, false)?,
-            w_down: linear(w, &p("mlp.down_proj"), d, ffn, false)?,
+            mlp: mlp_weights(w, &cfg, i)?,
         });
     }
     let final_norm = w.vector("model.norm.weight", d)?;
@@ -534,8 +541,7 @@ fn load_llama(cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<Lla
 /// (in f32, as transformers' `1.0 + self.weight.float()`), and √d is rounded to the stored
 /// embedding's dtype, as transformers' `embed_scale.to(self.weight.dtype)`.
 fn load_gemma(mut cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result<GemmaModel> {
-    let (d, hd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let (d, hd) = (cfg.hidden_size, cfg.head_dim);
     let qk_norm = cfg.gemma.as_ref().is_some_and(|g| g.qk_norm);
     let gain = |name: &str, len: usize| -> Result<Vec<f32>> {
         let mut v = w.vector(name, len)?;
@@ -567,16 +573,11 @@ fn load_gemma(mut cfg: ModelConfig, w: &SafetensorsShards, tied: bool) -> Result
         };
         layers.push(GemmaLayer {
             attn_norm: gain(&p("input_layernorm.weight"), d)?,
-            wq: linear(w, &p("self_attn.q_proj"), q_dim, d, false)?,
-            wk: linear(w, &p("self_attn.k_proj"), kv_dim, d, false)?,
-            wv: linear(w, &p("self_attn.v_proj"), kv_dim, d, false)?,
-            wo: linear(w, &p("self_attn.o_proj"), d, q_dim, false)?,
+            attn: attn_weights(w, &cfg, i, false)?,
             qk_norm: qk,
             post_attn_norm: gain(&p("post_attention_layernorm.weight"), d)?,
             mlp_norm: gain(&p("pre_feedforward_layernorm.weight"), d)?,
-            w_gate: linear(w, &p("mlp.gate_proj"), ffn, d, false)?,
-            w_up: linear(w, &p("mlp.up_proj"), ffn, d, false)?,
-            w_down: linear(w, &p("mlp.down_proj"), d, ffn, false)?,
+            mlp: mlp_weights(w, &cfg, i)?,
             post_mlp_norm: gain(&p("post_feedforward_layernorm.weight"), d)?,
         });
     }

@@ -12,6 +12,7 @@
 //! Activations are row-major `[batch × tokens, d]` buffers; a batch is right-padded and
 //! padding keys are masked out of attention, so padding never changes real tokens' results.
 
+use super::block_weights::{AttnWeights, MlpWeights};
 use super::config::ModelConfig;
 use super::embedding::Embedding;
 use super::error::Result;
@@ -28,22 +29,12 @@ use super::ops::{Rope, add_in_place, rms_norm, silu_mul};
 pub struct LlamaLayer {
     /// Pre-attention RMSNorm gain `[d]`.
     pub attn_norm: Vec<f32>,
-    /// Query projection `[n_heads·hd, d]`.
-    pub wq: Linear,
-    /// Key projection `[n_kv·hd, d]`.
-    pub wk: Linear,
-    /// Value projection `[n_kv·hd, d]`.
-    pub wv: Linear,
-    /// Output projection `[d, n_heads·hd]`.
-    pub wo: Linear,
+    /// Attention projections.
+    pub attn: AttnWeights,
     /// Pre-MLP RMSNorm gain `[d]`.
     pub mlp_norm: Vec<f32>,
-    /// Gate projection `[ffn, d]`.
-    pub w_gate: Linear,
-    /// Up projection `[ffn, d]`.
-    pub w_up: Linear,
-    /// Down projection `[d, ffn]`.
-    pub w_down: Linear,
+    /// Gated MLP projections.
+    pub mlp: MlpWeights,
 }
 
 /// A Llama-family model.
@@ -100,9 +91,9 @@ impl LlamaModel {
                 stopped(&mut out);
                 return Ok(out);
             }
-            let mut q = layer.wq.forward(&h, n, path)?;
-            let mut k = layer.wk.forward(&h, n, path)?;
-            let v = layer.wv.forward(&h, n, path)?;
+            let mut q = layer.attn.wq.forward(&h, n, path)?;
+            let mut k = layer.attn.wk.forward(&h, n, path)?;
+            let v = layer.attn.wv.forward(&h, n, path)?;
             for (r, (qr, kr)) in q
                 .chunks_exact_mut(nh * hd)
                 .zip(k.chunks_exact_mut(nkv * hd))
@@ -113,7 +104,7 @@ impl LlamaModel {
                 rope.apply(kr, pos, hd);
             }
             let attn = cached_attention(l, &q, &k, &v, batch, caches, &starts, (nh, nkv, hd))?;
-            let mut a = layer.wo.forward(&attn, n, path)?;
+            let mut a = layer.attn.wo.forward(&attn, n, path)?;
             if run_hook(hooks, l, HookKind::AttnOut, &mut a, batch, d, &windows)? {
                 stopped(&mut out);
                 return Ok(out);
@@ -124,10 +115,10 @@ impl LlamaModel {
                 stopped(&mut out);
                 return Ok(out);
             }
-            let mut g = layer.w_gate.forward(&h, n, path)?;
-            let u = layer.w_up.forward(&h, n, path)?;
+            let mut g = layer.mlp.w_gate.forward(&h, n, path)?;
+            let u = layer.mlp.w_up.forward(&h, n, path)?;
             silu_mul(&mut g, &u);
-            let mut m = layer.w_down.forward(&g, n, path)?;
+            let mut m = layer.mlp.w_down.forward(&g, n, path)?;
             if run_hook(hooks, l, HookKind::MlpOut, &mut m, batch, d, &windows)? {
                 stopped(&mut out);
                 return Ok(out);

@@ -2,6 +2,7 @@
 //! folders, the local hub cache), tokenizer and chat template, KV cache, hook points, sampling
 //! and generation.
 
+pub mod block_weights;
 pub mod config;
 pub mod dense;
 pub mod embedding;
@@ -29,6 +30,7 @@ pub mod quant_mix;
 pub mod safetensors_shards;
 pub mod sampling;
 pub mod spm_tokenizer;
+pub mod spm_vocab;
 pub mod steer;
 pub mod tokenizer;
 

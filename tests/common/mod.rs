@@ -12,26 +12,40 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
     }
 }
 
-/// The demo model (SmolLM2-135M-Instruct Q4_1), or `None` (after printing why) when it is
-/// absent outside CI. In CI a missing model fails the test: CI fetches it first.
+/// The demo model (SmolLM2-135M-Instruct Q4_1; `ACT_DEMO_MODEL` overrides the path), or `None`
+/// (after printing why) when it is absent outside CI. In CI a missing model fails the test: CI
+/// fetches it first.
 pub fn demo_model() -> Option<PathBuf> {
-    let p = std::env::var_os("ACT_DEMO_MODEL")
+    model_file(
+        "ACT_DEMO_MODEL",
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "models/fetch-demo-model.sh",
+    )
+}
+
+/// The second real test model, Gemma 3 270M Q4_K_M (`ACT_GEMMA_MODEL` overrides the path), or
+/// `None` (after printing why) when it is absent outside CI; in CI a missing file fails.
+pub fn gemma_model() -> Option<PathBuf> {
+    model_file(
+        "ACT_GEMMA_MODEL",
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "models/fetch-demo-model.sh gemma3-270m",
+    )
+}
+
+fn model_file(env: &str, default: &str, fetch: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(default));
     if p.is_file() {
         return Some(p);
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "demo model {} is missing in CI (models/fetch-demo-model.sh should have fetched it)",
+        "model {} is missing in CI ({fetch} should have fetched it)",
         p.display()
     );
-    eprintln!(
-        "SKIP: demo model {} not found (run models/fetch-demo-model.sh)",
-        p.display()
-    );
+    eprintln!("SKIP: model {} not found (run {fetch})", p.display());
     None
 }
 
