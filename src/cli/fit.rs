@@ -32,9 +32,10 @@ pub struct FitArgs {
     /// Estimator: linear-act, mean-act, gaussian, aura, iti-m, det0.
     #[arg(long, default_value = "linear-act")]
     pub method: Method,
-    /// Hook points: all-ln (default: strongest fluent steering on SmolLM2), attention
-    /// (gentle), post-ln (the paper's), mlp, residual, or comma-separated names; a layer
-    /// range may follow a preset: all-ln:0-14.
+    /// Hook points: default (the measured choice for the model: all-ln on Llama-family
+    /// models, post-ln on Gemma), all-ln (every norm), attention (gentle), post-ln (the
+    /// paper's), mlp, residual, or comma-separated names; a layer range may follow a preset:
+    /// all-ln:0-14.
     #[arg(long, default_value = DEFAULT_PRESET)]
     pub preset: String,
     /// Pooling over each sample's tokens: mean, max or last.

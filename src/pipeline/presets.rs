@@ -8,14 +8,30 @@
 use crate::runtime::config::{Family, ModelConfig};
 use crate::runtime::{HookKind, HookPoint};
 
-/// The preset `fit` uses unless told otherwise (chosen by the measurements in the README).
-pub const DEFAULT_PRESET: &str = "all-ln";
+/// The preset `fit` uses unless told otherwise: `default`, the measured choice for the model's
+/// family ([`family_default`]).
+pub const DEFAULT_PRESET: &str = "default";
+
+/// The preset `default` stands for on a model family, chosen by the preset × support
+/// measurements in the README: `all-ln` on Llama-family models (SmolLM2: strongest steering
+/// with fluent text), `post-ln` on Gemma (Gemma 3 270M: 84 % football presence at λ = 1 where
+/// `all-ln`, with its four norms per layer, breaks the text).
+pub fn family_default(family: Family) -> &'static str {
+    match family {
+        Family::Gemma => "post-ln",
+        _ => "all-ln",
+    }
+}
 
 /// Every preset with a one-line description, in the order the app lists them.
-pub const PRESETS: [(&str, &str); 5] = [
+pub const PRESETS: [(&str, &str); 6] = [
+    (
+        "default",
+        "the measured choice for the model: all-ln on Llama (SmolLM2), post-ln on Gemma",
+    ),
     (
         "all-ln",
-        "both norms of every layer (default: strongest fluent steering on SmolLM2)",
+        "every norm of every layer (both on Llama, all four on Gemma)",
     ),
     ("attention", "attention outputs (gentle)"),
     (
@@ -54,6 +70,11 @@ fn resolve(
         Some((p, r)) => (p, Some(r)),
         None => (spec, None),
     };
+    let preset = if preset.eq_ignore_ascii_case("default") {
+        family_default(family)
+    } else {
+        preset
+    };
     let gemma = family == Family::Gemma;
     let kinds: &[HookKind] = match preset.to_ascii_lowercase().as_str() {
         "post-ln" | "postln" if gemma => &[HookKind::PostAttnNorm, HookKind::PostMlpNorm],
@@ -70,7 +91,7 @@ fn resolve(
         "residual" | "resid" => &[HookKind::Resid],
         _ if range.is_some() => {
             return Err(format!(
-                "`{preset}` is not a preset (post-ln, attention, mlp, all-ln, residual)"
+                "`{preset}` is not a preset (default, post-ln, attention, mlp, all-ln, residual)"
             ));
         }
         _ => {
@@ -79,7 +100,7 @@ fn resolve(
                 .map(|s| {
                     HookPoint::parse(s.trim())
                         .filter(|p| p.layer < n_layers && have.is_none_or(|h| h.contains(p)))
-                        .ok_or_else(|| format!("`{}` is not a hook point of this model (layers.0..{}.KIND, or a preset: post-ln, attention, mlp, all-ln, residual)", s.trim(), n_layers.saturating_sub(1)))
+                        .ok_or_else(|| format!("`{}` is not a hook point of this model (layers.0..{}.KIND, or a preset: default, post-ln, attention, mlp, all-ln, residual)", s.trim(), n_layers.saturating_sub(1)))
                 })
                 .collect();
         }
@@ -154,6 +175,7 @@ mod tests {
     #[test]
     fn presets_and_ranges_name_the_right_hook_points() {
         let all = hook_points(DEFAULT_PRESET, 4).unwrap();
+        assert_eq!(all, hook_points("all-ln", 4).unwrap());
         assert_eq!(all.len(), 8);
         let post = hook_points("post-ln:1-2", 4).unwrap();
         assert_eq!(
@@ -207,6 +229,9 @@ mod tests {
             ["layers.1.post_attn_norm", "layers.1.post_mlp_norm"]
         );
         assert_eq!(names("all-ln").len(), 12);
+        // `default` is the family's measured choice, with a range like any preset.
+        assert_eq!(names("default"), names("post-ln"));
+        assert_eq!(names("default:1"), names("post-ln:1"));
         assert_eq!(names("layers.2.post_mlp_norm"), ["layers.2.post_mlp_norm"]);
         let llama = ModelConfig {
             family: Family::Llama,
