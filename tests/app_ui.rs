@@ -1,5 +1,5 @@
 //! The desktop app driven headlessly with egui_kittest (no display, no GPU): it starts, loads
-//! the demo model and shows its hook points, fits a concept through the worker, generates both
+//! the demo model (and Gemma 3 270M) and shows its hook points, fits a concept through the worker, generates both
 //! columns (identical at λ = 0, different at λ = 1 after moving the slider), and survives a
 //! corrupt model file.
 
@@ -87,17 +87,43 @@ fn set_slider(h: &mut Harness<'static, StudioApp>, label: &str, value: f64) {
 #[test]
 fn the_whole_loop_on_the_demo_model() {
     let Some(model) = common::demo_model() else { return };
+    // Default hook points on Llama: both norms of 30 layers.
+    let both_norms = (0..30).flat_map(|l| [format!("layers.{l}.attn_norm"), format!("layers.{l}.mlp_norm")]);
+    whole_loop(model, 150, both_norms.collect());
+}
+
+/// The same loop on Gemma 3 270M: its 7 hook points per layer are listed and the default
+/// preset (the post-norms on Gemma) fits and steers through the same app code.
+#[test]
+fn the_whole_loop_on_gemma() {
+    let Some(model) = common::gemma_model() else {
+        return;
+    };
+    // Default hook points on Gemma: the post-norms of 18 layers.
+    let post_norms = (0..18).flat_map(|l| {
+        [
+            format!("layers.{l}.post_attn_norm"),
+            format!("layers.{l}.post_mlp_norm"),
+        ]
+    });
+    whole_loop(model, 126, post_norms.collect());
+}
+
+/// Loads `model` (which has `n_hooks` hook points), fits the built-in football concept on 16 +
+/// 16 sentences at the default preset (which must give `want_fitted`, by name), generates at
+/// λ = 0 and λ = 1, and draws the plots.
+fn whole_loop(model: std::path::PathBuf, n_hooks: usize, want_fitted: Vec<String>) {
     let mut h = harness(AppOptions {
         model: Some(model),
         no_autoload: true,
         ..Default::default()
     });
     wait(&mut h, "the model", 60, |a| a.model.is_some());
-    let n_hooks = h.state().model.as_ref().map_or(0, |m| m.hook_points.len());
-    assert_eq!(n_hooks, 150);
-    assert!(h.query_by_label("150 hook points").is_some());
+    let got = h.state().model.as_ref().map_or(0, |m| m.hook_points.len());
+    assert_eq!(got, n_hooks);
+    assert!(h.query_by_label(&format!("{n_hooks} hook points")).is_some());
 
-    // A small fit: 16 + 16 built-in sentences, default hook points (both norms of 30 layers).
+    // A small fit: 16 + 16 built-in sentences at the default hook points.
     h.state_mut().fit.limit = 16;
     h.step();
     h.state_mut().frame_ms.clear();
@@ -107,6 +133,13 @@ fn the_whole_loop_on_the_demo_model() {
     let (median, worst) = h.state().frame_stats().unwrap_or_default();
     println!("UI frame time while fitting: median {median:.2} ms, worst {worst:.2} ms");
     assert_eq!(h.state().stack[0].concept.name, "football");
+    let fitted: Vec<String> = h.state().stack[0]
+        .concept
+        .maps
+        .hooks()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    assert_eq!(fitted, want_fitted, "the default preset's hook points");
     let _slider = h.get_by_role_and_label(accesskit::Role::Slider, "football");
 
     // λ = 0: both columns are the same text.

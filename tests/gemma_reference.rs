@@ -143,7 +143,8 @@ fn gemma_tokens_and_greedy_text_equal_llama_cpps() {
         if got.tokens == want {
             equal += 1;
         } else {
-            let gap = r.margin[same];
+            // Past llama.cpp's record (ours ran longer) there is no near-tie to excuse it.
+            let gap = r.margin.get(same).copied().unwrap_or(f64::INFINITY);
             println!("  (leaves llama.cpp's at step {same}, where its top two are {gap:.3} apart)");
             assert!(
                 gap < TIE,

@@ -73,9 +73,9 @@ pub enum Command {
     /// List the models found in models/ and in the local Hugging Face cache.
     Models(ModelsArgs),
     /// Fit transport maps on a model from source and target datasets (or a built-in concept)
-    /// and write a maps file. Defaults, chosen by measurement on SmolLM2 (README): Linear-AcT,
-    /// causal estimation, the all-ln preset (both norms of every layer), mean pooling,
-    /// support q0-100.
+    /// and write a maps file. Defaults, chosen by measurement (README): Linear-AcT, causal
+    /// estimation, the `default` preset (all-ln on Llama-family models, post-ln on Gemma),
+    /// mean pooling, support q0-100.
     Fit(FitArgs),
     /// Measure steering over a range of λ: concept presence, toxicity, held-out perplexity
     /// and an example per λ, as a table (stdout) and CSV.

@@ -1,5 +1,9 @@
 //! Architecture hyper-parameters of a decoder-only transformer.
 
+/// Most layers a model file may declare: far more than any published model (the largest have
+/// about 130), so a larger count is a broken header, refused before anything is sized by it.
+pub const MAX_LAYERS: usize = 4096;
+
 /// Which family a model belongs to (decides the block structure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -85,6 +89,19 @@ impl ModelConfig {
         ];
         if let Some((what, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{what} is zero"));
+        }
+        // Projection widths and per-layer hook tables are sized from these: no product may
+        // overflow, and a layer count beyond any real model is a broken header.
+        if self.n_heads.checked_mul(self.head_dim).is_none()
+            || self
+                .hidden_size
+                .checked_mul(self.intermediate_size.max(self.vocab_size))
+                .is_none()
+        {
+            return Err("the model's sizes overflow".into());
+        }
+        if self.n_layers > MAX_LAYERS {
+            return Err(format!("{} layers (at most {MAX_LAYERS})", self.n_layers));
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(

@@ -240,7 +240,7 @@ fn attend(
         let mask: Vec<u8> = (0..t)
             .flat_map(|j| {
                 let qpos = (start + j).min(keys - 1);
-                (first..keys).map(move |p| u8::from(p > qpos || opts.window.is_some_and(|w| p + w <= qpos)))
+                (first..keys).map(move |p| u8::from(p > qpos || opts.window.is_some_and(|w| qpos - p >= w)))
             })
             .collect();
         let mask = Tensor::from_vec(mask, (t, n_keys), &dev)?.broadcast_as(att.shape())?;

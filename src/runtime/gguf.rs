@@ -15,7 +15,7 @@ use crate::transport::ModelFingerprint;
 use crate::transport::maps_file::hex;
 
 use super::block_weights::{AttnWeights, MlpWeights};
-use super::config::{Family, GemmaConfig, ModelConfig};
+use super::config::{Family, GemmaConfig, MAX_LAYERS, ModelConfig};
 use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
 use super::gemma::{GemmaLayer, GemmaModel, sliding_pattern};
@@ -238,6 +238,9 @@ impl GgufFile {
             return Err(self.bad("attention.head_count is zero".into()));
         }
         let n_layers = self.md_usize(&k("block_count"))?;
+        if n_layers > MAX_LAYERS {
+            return Err(self.bad(format!("{n_layers} layers (at most {MAX_LAYERS})")));
+        }
         let head_dim = self
             .md_usize(&k("attention.key_length"))
             .or_else(|_| self.md_usize(&k("rope.dimension_count")))

@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::transport::ModelFingerprint;
 
 use super::block_weights::{AttnWeights, MlpWeights};
-use super::config::{Family, GemmaConfig, ModelConfig};
+use super::config::{Family, GemmaConfig, MAX_LAYERS, ModelConfig};
 use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
 use super::gemma::{GemmaLayer, GemmaModel, sliding_pattern};
@@ -112,6 +112,14 @@ impl HfFolder {
             path: self.config_path.clone(),
             key: key.into(),
         })
+    }
+
+    /// A soft-cap: `default` when `key` is absent, none when it is `null`, else its value.
+    fn softcap(&self, key: &str, default: Option<f32>) -> Result<Option<f32>> {
+        if self.config.get(key).is_none() {
+            return Ok(default);
+        }
+        self.opt_f32(key)
     }
 
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
@@ -337,6 +345,9 @@ impl HfFolder {
                 })
                 .collect::<Result<Vec<bool>>>()?,
             Some(v) => return Err(self.bad(format!("`layer_types` is not a list: {v}"))),
+            None if n_layers > MAX_LAYERS => {
+                return Err(self.bad(format!("{n_layers} layers (at most {MAX_LAYERS})")));
+            }
             None => {
                 let pattern = if gemma3 {
                     self.opt_usize("sliding_window_pattern")?
@@ -380,17 +391,12 @@ impl HfFolder {
             // Rounded to the stored embedding's dtype when the weights are read.
             embed_scale: (hidden as f64).sqrt() as f32,
             query_pre_attn_scalar: self.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0),
-            attn_softcap: if gemma3 {
-                self.opt_f32("attn_logit_softcapping")?
-            } else {
-                Some(self.opt_f32("attn_logit_softcapping")?.unwrap_or(50.0))
-            },
-            final_softcap: if gemma3 {
-                self.opt_f32("final_logit_softcapping")?
-            } else {
-                Some(self.opt_f32("final_logit_softcapping")?.unwrap_or(30.0))
-            },
-            sliding_window: self.opt_usize("sliding_window")?,
+            // transformers' defaults apply only where the key is absent: an explicit `null`
+            // means no cap.
+            attn_softcap: self.softcap("attn_logit_softcapping", (!gemma3).then_some(50.0))?,
+            final_softcap: self.softcap("final_logit_softcapping", (!gemma3).then_some(30.0))?,
+            // Gemma2Config and Gemma3TextConfig default to a 4096-token window.
+            sliding_window: Some(self.opt_usize("sliding_window")?.unwrap_or(4096)),
             sliding,
             local_rope_theta: local_theta,
             global_rope_scale: scale,
@@ -405,7 +411,11 @@ impl HfFolder {
             head_dim,
             intermediate_size: self.usize("intermediate_size")?,
             vocab_size: self.usize("vocab_size")?,
-            max_position: self.opt_usize("max_position_embeddings")?.unwrap_or(8192),
+            max_position: self.opt_usize("max_position_embeddings")?.unwrap_or(if gemma3 {
+                131_072
+            } else {
+                8192
+            }),
             rope_theta: theta,
             rope_interleaved: false,
             norm_eps: self.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),

@@ -22,6 +22,7 @@ use act_studio::runtime::{Activation, HookFlow, HookKind, HookPoint, Hooks, Netw
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use serde_json::Value;
 
 use super::fixtures::{self, F32, TinyModel};
 use super::{load, max_abs, max_abs_diff, ok};
@@ -479,4 +480,42 @@ fn unsupported_gemma_options_are_refused_by_name() {
         m.tensors.remove("model.layers.1.self_attn.k_norm.weight");
     });
     assert!(e.contains("model.layers.1.self_attn.k_norm.weight"), "{e}");
+}
+
+/// transformers' config defaults apply where a key is absent, not where it is `null`: a Gemma 2
+/// folder with `"attn_logit_softcapping": null` has no attention cap (transformers stores
+/// `None`), one without the key has 50; a missing `sliding_window` is transformers' 4096; and
+/// a layer count no model has is refused before anything is sized by it.
+#[test]
+fn gemma_config_defaults_follow_transformers() {
+    let load = |f: &dyn Fn(&mut TinyModel)| {
+        let mut model = fixtures::gemma(false, 2, 2, false, 52);
+        f(&mut model);
+        let tmp = ok(tempfile::tempdir());
+        fixtures::write(tmp.path(), &model, F32);
+        act_studio::runtime::LoadedModel::load(tmp.path()).map(|m| m.config().clone())
+    };
+    let gemma =
+        |c: act_studio::runtime::config::ModelConfig| c.gemma.unwrap_or_else(|| panic!("no Gemma config"));
+    let g = gemma(ok(load(&|m| {
+        m.config["attn_logit_softcapping"] = Value::Null;
+        m.config["final_logit_softcapping"] = Value::Null;
+    })));
+    assert_eq!((g.attn_softcap, g.final_softcap), (None, None));
+    let g = gemma(ok(load(&|m| {
+        let c = m
+            .config
+            .as_object_mut()
+            .unwrap_or_else(|| panic!("config is not an object"));
+        c.remove("attn_logit_softcapping");
+        c.remove("final_logit_softcapping");
+        c.remove("sliding_window");
+    })));
+    assert_eq!((g.attn_softcap, g.final_softcap), (Some(50.0), Some(30.0)));
+    assert_eq!(g.sliding_window, Some(4096));
+    let e = load(&|m| m.config["num_hidden_layers"] = u64::MAX.into())
+        .err()
+        .unwrap_or_else(|| panic!("a model with 2^64 − 1 layers loaded"))
+        .to_string();
+    assert!(e.contains("layers"), "{e}");
 }
