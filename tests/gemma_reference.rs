@@ -20,9 +20,8 @@ use std::sync::atomic::AtomicBool;
 
 use act_studio::pipeline::eval::perplexity::token_logprobs;
 use act_studio::runtime::forward::{Batch, LogitsMode};
-use act_studio::runtime::generate::{GenerateOptions, generate, log_softmax_at};
+use act_studio::runtime::generate::log_softmax_at;
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::sampling::SamplingConfig;
 use act_studio::runtime::{LoadedModel, NoHooks};
 use sha2::{Digest, Sha256};
 
@@ -107,25 +106,12 @@ fn load() -> Option<(LoadedModel, Fixture)> {
 #[test]
 fn gemma_tokens_and_greedy_text_equal_llama_cpps() {
     let Some((m, fx)) = load() else { return };
-    let opts = GenerateOptions {
-        max_tokens: fx.new_tokens,
-        sampling: SamplingConfig::greedy(),
-        path: MatPath::Quantized,
-    };
     let vocab = m.config().vocab_size;
     let (mut worst, mut agree, mut total, mut equal) = (0f32, 0usize, 0usize, 0usize);
     for r in &fx.records {
         let ids = m.tokenizer.encode(&r.prompt).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ids, r.tokens, "tokenization of {:?}", r.prompt);
-        let got = generate(
-            &m,
-            &ids,
-            &opts,
-            &mut NoHooks,
-            &AtomicBool::new(false),
-            &mut |_| true,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let got = common::greedy(&m, &ids, fx.new_tokens);
         // `generate` drops the stop token; llama.cpp's record ends with it.
         let want: Vec<u32> = r
             .greedy

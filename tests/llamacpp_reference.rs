@@ -17,10 +17,8 @@ use act_studio::pipeline::quantize_model::{QuantizeRequest, quantize_model};
 use act_studio::runtime::LoadedModel;
 use act_studio::runtime::NoHooks;
 use act_studio::runtime::forward::{Batch, LogitsMode};
-use act_studio::runtime::generate::{GenerateOptions, generate};
 use act_studio::runtime::linear::MatPath;
 use act_studio::runtime::quant_mix::QuantType;
-use act_studio::runtime::sampling::SamplingConfig;
 use sha2::{Digest, Sha256};
 
 /// Largest gap (in logits) allowed between our top logit and llama.cpp's greedy token (measured:
@@ -64,25 +62,12 @@ fn q4_k_m_tokenization_equals_and_greedy_follows_llama_cpps() {
         "the quantizer's output changed: re-record the fixture with tools/record-llamacpp-greedy.py"
     );
     let m = LoadedModel::load(&out).unwrap_or_else(|e| panic!("{e}"));
-    let opts = GenerateOptions {
-        max_tokens: fixture.new_tokens,
-        sampling: SamplingConfig::greedy(),
-        path: MatPath::Quantized,
-    };
     let mut worst = 0f32;
     let (mut agree, mut total) = (0usize, 0usize);
     for r in &fixture.records {
         let ids = m.tokenizer.encode(&r.prompt).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ids, r.tokens, "tokenization of {:?}", r.prompt);
-        let got = generate(
-            &m,
-            &ids,
-            &opts,
-            &mut NoHooks,
-            &AtomicBool::new(false),
-            &mut |_| true,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let got = common::greedy(&m, &ids, fixture.new_tokens);
         let same = got
             .tokens
             .iter()

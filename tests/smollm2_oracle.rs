@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
-
 use act_studio::runtime::forward::{Batch, LogitsMode};
-use act_studio::runtime::generate::{GenerateOptions, generate};
 use act_studio::runtime::linear::MatPath;
-use act_studio::runtime::sampling::{SamplingConfig, argmax};
+use act_studio::runtime::sampling::argmax;
 use act_studio::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, NoHooks};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -150,20 +147,7 @@ fn greedy_continuation_is_token_identical() {
         want.push(t);
         logits = candle_logits(&mut reference, &[t], pos);
     }
-    let opts = GenerateOptions {
-        max_tokens: 32,
-        sampling: SamplingConfig::greedy(),
-        path: MatPath::Quantized,
-    };
-    let got = generate(
-        &m,
-        &ids,
-        &opts,
-        &mut NoHooks,
-        &AtomicBool::new(false),
-        &mut |_| true,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let got = common::greedy(&m, &ids, 32);
     println!("greedy: {:?}", got.text);
     assert_eq!(got.tokens, want);
 }

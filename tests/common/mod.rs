@@ -49,6 +49,31 @@ fn model_file(env: &str, default: &str, fetch: &str) -> Option<PathBuf> {
     None
 }
 
+/// Greedy continuation of `ids` (at most `max_tokens` new tokens, quantized path, no hooks),
+/// as `act-studio generate --temperature 0` runs it.
+pub fn greedy(
+    m: &act_studio::runtime::LoadedModel,
+    ids: &[u32],
+    max_tokens: usize,
+) -> act_studio::runtime::generate::Generation {
+    use act_studio::runtime::generate::{GenerateOptions, generate};
+    let opts = GenerateOptions {
+        max_tokens,
+        sampling: act_studio::runtime::sampling::SamplingConfig::greedy(),
+        path: act_studio::runtime::linear::MatPath::Quantized,
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    generate(
+        m,
+        ids,
+        &opts,
+        &mut act_studio::runtime::NoHooks,
+        &cancel,
+        &mut |_| true,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Runs the `act-studio` binary with `args`.
 pub fn run_cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_act-studio"))
