@@ -10,7 +10,9 @@
 //! - quantized matrix × vector for the formats of k-quant files (Q4_K, Q5_K, Q6_K and the
 //!   Q5_0 / Q5_1 row-length fallback): our kernels against candle's `QMatMul` on Qwen2.5-0.5B's
 //!   MLP shapes (`ACT_BENCH_ONLY=quant` runs only this part, without the demo model; `q5` and
-//!   `kq` only those formats).
+//!   `kq` only those formats);
+//! - the batched quantized product of a prompt (`QMatrix::matmul`, 64 inputs, every format):
+//!   four-input kernels against the one-input kernels, same bits (`ACT_BENCH_ONLY=batched`).
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 3).
 
@@ -241,6 +243,7 @@ fn main() {
     match std::env::var("ACT_BENCH_ONLY").as_deref() {
         Ok("q5") => return quant_products(&Q5_FORMATS),
         Ok("kq") => return quant_products(&K_FORMATS),
+        Ok("batched") => return batched_products(reps_from_env().max(5)),
         Ok("quant") => {
             quant_products(&K_FORMATS);
             return quant_products(&Q5_FORMATS);
@@ -254,10 +257,7 @@ fn main() {
         );
         return;
     }
-    let reps: usize = std::env::var("ACT_BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let reps = reps_from_env();
     let m = LoadedModel::load(&model_path()).unwrap_or_else(|e| panic!("{e}"));
     let mut c = candle_model();
     let ids = m.tokenizer.encode(PROMPT).unwrap_or_default();
@@ -309,6 +309,7 @@ fn main() {
     dense_products(reps.max(5));
     quant_products(&K_FORMATS);
     quant_products(&Q5_FORMATS);
+    batched_products(reps.max(5));
     drop((m, c));
     let exe = std::env::current_exe().unwrap_or_default();
     for engine in ["ours", "candle"] {
@@ -317,6 +318,88 @@ fn main() {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
         println!("peak RSS ({engine}, decode + prefill): {rss} MiB");
+    }
+}
+
+/// `ACT_BENCH_REPS`, default 3.
+fn reps_from_env() -> usize {
+    std::env::var("ACT_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// The batched quantized product of a 64-token prompt in every format, on SmolLM2's MLP shapes
+/// (`[1536, 576]`; k-quants `[1536, 768]`, whose rows must hold whole 256-value blocks): the
+/// four-input kernels (`QMatrix::matmul`) against every input through the one-input kernels
+/// (`QMatrix::matmul_one_by_one`), paired medians of `reps` × 10 calls, on the pool as in a
+/// prefill; the outputs must be equal bit for bit.
+fn batched_products(reps: usize) {
+    use act_studio::runtime::quant::{ActScratch, QMatrix};
+    use candle_core::quantized::QTensor;
+    let n = 64;
+    let formats = [
+        (GgmlDType::Q4_0, QDType::Q4_0),
+        (GgmlDType::Q4_1, QDType::Q4_1),
+        (GgmlDType::Q8_0, QDType::Q8_0),
+    ]
+    .into_iter()
+    .chain(Q5_FORMATS)
+    .chain(K_FORMATS);
+    for (gdt, dt) in formats {
+        let (rows, cols) = if dt.block_size() == 256 {
+            (1536, 768)
+        } else {
+            (1536, 576)
+        };
+        let fill = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                        / (1u32 << 24) as f32
+                        - 0.5
+                })
+                .collect()
+        };
+        let run = || -> Result<String, String> {
+            let t = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu)
+                .map_err(|e| e.to_string())?;
+            let q = QTensor::quantize(&t, gdt).map_err(|e| e.to_string())?;
+            let m = QMatrix::new(dt, rows, cols, q.data().map_err(|e| e.to_string())?.into_owned())
+                .map_err(|e| e.to_string())?;
+            let xs = fill(n * cols, 7);
+            let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            let (mut grouped, mut single, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let mut scratch = ActScratch::new();
+            for _ in 0..reps * 10 {
+                let t = Instant::now();
+                m.matmul(&xs, n, &mut a, &mut scratch)
+                    .map_err(|e| e.to_string())?;
+                let g = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                m.matmul_one_by_one(&xs, n, &mut b, &mut scratch)
+                    .map_err(|e| e.to_string())?;
+                let s = t.elapsed().as_secs_f64();
+                grouped.push(g);
+                single.push(s);
+                ratios.push(s / g);
+            }
+            let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
+            let macs = (n * rows * cols) as f64;
+            let (g, s) = (median(grouped), median(single));
+            Ok(format!(
+                "{dt:?} matmul [{n}, {cols}] × [{rows}, {cols}]ᵀ: four-input {:.2} ms ({:.1} GMAC/s), one-input {:.2} ms ({:.1} GMAC/s), paired median speed-up {:.2}×, bit-identical: {same}",
+                g * 1e3,
+                macs / g / 1e9,
+                s * 1e3,
+                macs / s / 1e9,
+                median(ratios)
+            ))
+        };
+        match run() {
+            Ok(line) => println!("{line}"),
+            Err(e) => println!("{dt:?} batched: {e}"),
+        }
     }
 }
 

@@ -303,7 +303,7 @@ pub(super) mod avx2 {
     /// `p` must point to 12 readable bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scales_and_mins(p: *const u8) -> __m256i {
+    pub(in crate::runtime) unsafe fn scales_and_mins(p: *const u8) -> __m256i {
         const LOW6: u32 = 0x3f3f_3f3f;
         const LOW4: u32 = 0x0f0f_0f0f;
         const TOP2: u32 = 0x0303_0303;
@@ -331,7 +331,7 @@ pub(super) mod avx2 {
     /// The i16 lane `j` (< 8) of each 128-bit half of `v`, broadcast over that half.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn broadcast_i16(v: __m256i, j: i32) -> __m256i {
+    pub(in crate::runtime) fn broadcast_i16(v: __m256i, j: i32) -> __m256i {
         _mm256_shuffle_epi8(v, _mm256_set1_epi16((((2 * j + 1) << 8) | (2 * j)) as i16))
     }
 
@@ -339,7 +339,7 @@ pub(super) mod avx2 {
     /// m[2i+1]·(b[4i+2]+b[4i+3])`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn min_products(scales_mins: __m256i, y: &BlockQ8K) -> __m128i {
+    pub(in crate::runtime) fn min_products(scales_mins: __m256i, y: &BlockQ8K) -> __m128i {
         // SAFETY: `bsums` is 16 i16 = 32 bytes; unaligned load.
         let sums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
         let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(sums), _mm256_extracti128_si256::<1>(sums));

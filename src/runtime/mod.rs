@@ -26,6 +26,7 @@ pub mod model_header;
 pub mod ops;
 pub mod pool;
 pub mod quant;
+pub mod quant_dot4;
 pub mod quant_mix;
 pub mod safetensors_shards;
 pub mod sampling;

@@ -23,6 +23,9 @@
 //!   ours accumulate 8 f32 lanes per block as the Q4_0 kernel does (llama.cpp's AVX2 form), so
 //!   they agree with candle's to float rounding, not bit for bit (`cargo bench --bench runtime`,
 //!   `ACT_BENCH_ONLY=q5`, compares speed).
+//! - Batched products ([`QMatrix::matmul`]: prompts, activation collection) take the inputs four
+//!   at a time through [`super::quant_dot4`]'s kernels, which unpack each weight block once for
+//!   four inputs and give every output the one-input kernel's bits.
 //! - Without those features the scalar references (= candle's `vec_dot_unopt`) are used.
 
 use half::f16;
@@ -395,7 +398,7 @@ pub(super) mod avx2 {
     /// `p` must point to 16 readable bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
+    pub(in crate::runtime) unsafe fn nibbles(p: *const u8) -> __m256i {
         // SAFETY: the caller guarantees 16 readable bytes; `loadu` has no alignment requirement.
         let t = unsafe { _mm_loadu_si128(p.cast()) };
         let both = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
@@ -410,7 +413,7 @@ pub(super) mod avx2 {
     /// `p` must point to 2 readable bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_splat(p: *const u8) -> __m256 {
+    pub(in crate::runtime) unsafe fn f16_splat(p: *const u8) -> __m256 {
         // SAFETY: the caller guarantees 2 readable bytes; the read is unaligned; x86 is little-endian.
         _mm256_cvtph_ps(_mm_set1_epi16(unsafe { p.cast::<i16>().read_unaligned() }))
     }
@@ -576,7 +579,7 @@ pub(super) mod avx2 {
     /// `p` must point to 20 readable bytes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q5_bytes(p: *const u8) -> __m256i {
+    pub(in crate::runtime) unsafe fn q5_bytes(p: *const u8) -> __m256i {
         // SAFETY: the caller guarantees 20 readable bytes (4 of qh, 16 of qs).
         let (hi, lo) = unsafe { (bits_to_bytes(p), nibbles(p.add(4))) };
         _mm256_or_si256(lo, _mm256_and_si256(hi, _mm256_set1_epi8(0x10)))
@@ -707,6 +710,63 @@ fn dot_row(dtype: QDType, row: &[u8], act: Act, simd: bool) -> f32 {
     }
 }
 
+/// Dots of one weight row with inputs `i..i + 4` of `act` (`nb` blocks each) by the
+/// four-input kernels of [`super::quant_dot4`], bit-identical to four [`dot_row`] calls; `None`
+/// in builds without AVX2 + FMA + F16C.
+#[inline]
+fn dot4_row(dtype: QDType, row: &[u8], act: Act, d8: &[f32], i: usize, nb: usize) -> Option<[f32; 4]> {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        use super::quant_dot4::avx2 as d4;
+        let four = |j: usize| act.input(i + j, nb);
+        let d = |j: usize| d8.get((i + j) * nb..(i + j + 1) * nb).unwrap_or(&[]);
+        let yd = [d(0), d(1), d(2), d(3)];
+        // The Q8_0 kernels need every input's scales (an empty `d8` falls back to one input at a time).
+        let with_d = yd.iter().all(|d| d.len() == nb);
+        // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
+        return unsafe {
+            match (dtype, four(0), four(1), four(2), four(3)) {
+                (QDType::Q4_0, Act::Q8_0(a), Act::Q8_0(b), Act::Q8_0(c), Act::Q8_0(d)) if with_d => {
+                    Some(d4::dot4_q4_0(row, [a, b, c, d], yd))
+                }
+                (QDType::Q8_0, Act::Q8_0(a), Act::Q8_0(b), Act::Q8_0(c), Act::Q8_0(d)) if with_d => {
+                    Some(d4::dot4_q8_0(row, [a, b, c, d], yd))
+                }
+                (QDType::Q5_0, Act::Q8_0(a), Act::Q8_0(b), Act::Q8_0(c), Act::Q8_0(d)) if with_d => {
+                    Some(d4::dot4_q5_0(row, [a, b, c, d], yd))
+                }
+                (QDType::Q4_1, Act::Q8_1(a), Act::Q8_1(b), Act::Q8_1(c), Act::Q8_1(d)) => {
+                    Some(d4::dot4_q4_1(row, [a, b, c, d]))
+                }
+                (QDType::Q5_1, Act::Q8_1(a), Act::Q8_1(b), Act::Q8_1(c), Act::Q8_1(d)) => {
+                    Some(d4::dot4_q5_1(row, [a, b, c, d]))
+                }
+                (QDType::Q4K, Act::Q8K(a), Act::Q8K(b), Act::Q8K(c), Act::Q8K(d)) => {
+                    Some(d4::dot4_q4_k(row, [a, b, c, d]))
+                }
+                (QDType::Q5K, Act::Q8K(a), Act::Q8K(b), Act::Q8K(c), Act::Q8K(d)) => {
+                    Some(d4::dot4_q5_k(row, [a, b, c, d]))
+                }
+                (QDType::Q6K, Act::Q8K(a), Act::Q8K(b), Act::Q8K(c), Act::Q8K(d)) => {
+                    Some(d4::dot4_q6_k(row, [a, b, c, d]))
+                }
+                // Not reachable: the activation format is always chosen from `dtype`.
+                _ => None,
+            }
+        };
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (dtype, row, act, d8, i, nb);
+        None
+    }
+}
+
 /// Reusable buffers for [`QMatrix::matvec`] / [`QMatrix::matmul`]: quantized activations and
 /// the matmul transpose buffer. One per thread of the caller; no allocation after warm-up.
 #[derive(Debug, Default)]
@@ -714,6 +774,8 @@ pub struct ActScratch {
     q8_0: Vec<BlockQ8_0>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
+    /// The Q8_0 blocks' scales as f32, for the four-input kernels.
+    d8: Vec<f32>,
     tmp: Vec<f32>,
 }
 
@@ -853,7 +915,7 @@ impl QMatrix {
     /// `y = W · x` with `x: [cols]`, `y: [rows]`, using the SIMD kernels where compiled in.
     /// `x` is quantized once (Q8_0, or Q8_1 for Q4_1 weights) into `scratch`.
     pub fn matvec(&self, x: &[f32], y: &mut [f32], scratch: &mut ActScratch) -> Result<(), QuantError> {
-        self.matmul_impl(x, 1, y, scratch, true)
+        self.matmul_impl(x, 1, y, scratch, true, false)
     }
 
     /// As [`Self::matvec`] but with the scalar reference kernels (same threading); for tests
@@ -864,7 +926,7 @@ impl QMatrix {
         y: &mut [f32],
         scratch: &mut ActScratch,
     ) -> Result<(), QuantError> {
-        self.matmul_impl(x, 1, y, scratch, false)
+        self.matmul_impl(x, 1, y, scratch, false, false)
     }
 
     /// `ys = xs · Wᵀ` for `n` inputs: `xs: [n, cols]`, `ys: [n, rows]`, both row-major. Each
@@ -876,7 +938,19 @@ impl QMatrix {
         ys: &mut [f32],
         scratch: &mut ActScratch,
     ) -> Result<(), QuantError> {
-        self.matmul_impl(xs, n, ys, scratch, true)
+        self.matmul_impl(xs, n, ys, scratch, true, true)
+    }
+
+    /// As [`Self::matmul`], but every input through the one-input kernels (no four-input
+    /// grouping): the baseline of the four-input kernels in benchmarks and tests; same bits.
+    pub fn matmul_one_by_one(
+        &self,
+        xs: &[f32],
+        n: usize,
+        ys: &mut [f32],
+        scratch: &mut ActScratch,
+    ) -> Result<(), QuantError> {
+        self.matmul_impl(xs, n, ys, scratch, true, false)
     }
 
     fn matmul_impl(
@@ -886,6 +960,7 @@ impl QMatrix {
         ys: &mut [f32],
         scratch: &mut ActScratch,
         simd: bool,
+        group: bool,
     ) -> Result<(), QuantError> {
         let n_in = n.checked_mul(self.cols).ok_or(QuantError::Overflow)?;
         let n_out = n.checked_mul(self.rows).ok_or(QuantError::Overflow)?;
@@ -894,7 +969,13 @@ impl QMatrix {
         if n == 0 {
             return Ok(());
         }
-        let ActScratch { q8_0, q8_1, q8k, tmp } = scratch;
+        let ActScratch {
+            q8_0,
+            q8_1,
+            q8k,
+            d8,
+            tmp,
+        } = scratch;
         // cols is a multiple of the block size, so quantizing the concatenated inputs block-wise
         // is the same as quantizing each input row on its own.
         let act = match self.dtype.act_kind() {
@@ -911,13 +992,17 @@ impl QMatrix {
                 Act::Q8_0(q8_0)
             }
         };
+        d8.clear();
+        if group && n >= 4 && matches!(act, Act::Q8_0(_)) {
+            d8.extend(q8_0.iter().map(|b| b.d.to_f32()));
+        }
         if n == 1 {
-            self.compute(act, 1, ys, simd);
+            self.compute(act, &[], 1, ys, simd, false);
             return Ok(());
         }
         tmp.clear();
         tmp.resize(n_out, 0.0);
-        self.compute(act, n, tmp, simd);
+        self.compute(act, d8, n, tmp, simd, group);
         for (i, yrow) in ys.chunks_exact_mut(self.rows).enumerate() {
             for (y, &t) in yrow.iter_mut().zip(tmp.iter().skip(i).step_by(n)) {
                 *y = t;
@@ -926,8 +1011,10 @@ impl QMatrix {
         Ok(())
     }
 
-    /// Fills `out` (`[rows, n]`, transposed) with the dots of every row with every input of `act`.
-    fn compute(&self, act: Act, n: usize, out: &mut [f32], simd: bool) {
+    /// Fills `out` (`[rows, n]`, transposed) with the dots of every row with every input of `act`
+    /// (`d8`: the f32 scales of Q8_0 activations for the four-input kernels, or empty); `group`
+    /// lets inputs go four at a time through those kernels.
+    fn compute(&self, act: Act, d8: &[f32], n: usize, out: &mut [f32], simd: bool, group: bool) {
         let nb = self.cols / self.dtype.block_size();
         let work = |r0: usize, out: &mut [f32]| {
             let mut done = 0;
@@ -953,15 +1040,35 @@ impl QMatrix {
             // while every input meets it once, so the inputs stream from cache once per block
             // rather than once per row (llama.cpp's mul_mat blocking). Same dots, same order per
             // output, so the result does not depend on the tiling.
+            // Inputs go four at a time through the four-input kernels where there are four
+            // left (each weight block unpacked once for all four), the rest one at a time.
             let rows_here = out.len() / n;
             let mut k0 = done;
             while k0 < rows_here {
                 let k1 = (k0 + ROW_TILE).min(rows_here);
-                for i in 0..n {
+                let mut i = 0;
+                while i < n {
+                    if group && i + 4 <= n {
+                        for k in k0..k1 {
+                            let row = self.row(r0 + k);
+                            let o = &mut out[k * n + i..k * n + i + 4];
+                            match dot4_row(self.dtype, row, act, d8, i, nb) {
+                                Some(d) => o.copy_from_slice(&d),
+                                None => {
+                                    for (j, o) in o.iter_mut().enumerate() {
+                                        *o = dot_row(self.dtype, row, act.input(i + j, nb), simd);
+                                    }
+                                }
+                            }
+                        }
+                        i += 4;
+                        continue;
+                    }
                     let a = act.input(i, nb);
                     for k in k0..k1 {
                         out[k * n + i] = dot_row(self.dtype, self.row(r0 + k), a, simd);
                     }
+                    i += 1;
                 }
                 k0 = k1;
             }
@@ -1283,6 +1390,66 @@ mod tests {
                 assert_eq!(&ys[i * 37..(i + 1) * 37], &y[..], "{dtype:?} input {i}");
             }
             assert!(m.matmul(&[], 0, &mut [], &mut scratch).is_ok());
+        }
+    }
+
+    /// The four-input kernels of the batched product (`quant_dot4`) against the one-input ones,
+    /// in every format (k-quants written by candle's quantizer): each output of `matmul` equals
+    /// `matvec` of its input bit for bit, for input counts with and without a remainder after
+    /// the groups of four, row counts that are not a multiple of the tile, and a matrix large
+    /// enough to be split over the pool. Q8_0 weights hold −128 (the sign trick's edge case).
+    #[test]
+    fn grouped_matmul_is_bit_identical_to_matvec_in_every_format() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let mut rng = Rng(0x0D07_0004);
+        let mut scratch = ActScratch::new();
+        let k_quants = [
+            (GgmlDType::Q4K, QDType::Q4K),
+            (GgmlDType::Q5K, QDType::Q5K),
+            (GgmlDType::Q6K, QDType::Q6K),
+        ];
+        let formats = DTYPES
+            .iter()
+            .map(|&d| (None, d))
+            .chain(k_quants.map(|(g, d)| (Some(g), d)));
+        for (gdt, dtype) in formats {
+            for (rows, cols, n) in [(37, 512, 4), (37, 512, 9), (19, 256, 6), (1203, 512, 9)] {
+                let m = match gdt {
+                    None => random_matrix(dtype, rows, cols, &mut rng).1,
+                    Some(gdt) => {
+                        let t =
+                            Tensor::from_vec(rng.vec(rows * cols, 0.6), (rows, cols), &Device::Cpu).unwrap();
+                        let q = QTensor::quantize(&t, gdt).unwrap();
+                        QMatrix::new(dtype, rows, cols, q.data().unwrap().into_owned()).unwrap()
+                    }
+                };
+                let mut m = m;
+                if dtype == QDType::Q8_0 {
+                    m.bytes.chunks_exact_mut(34).for_each(|b| b[2] = 0x80);
+                }
+                let xs = rng.vec(n * cols, 2.5);
+                let (mut ys, mut ones, mut y) =
+                    (vec![0f32; n * rows], vec![0f32; n * rows], vec![0f32; rows]);
+                m.matmul(&xs, n, &mut ys, &mut scratch).unwrap();
+                m.matmul_one_by_one(&xs, n, &mut ones, &mut scratch).unwrap();
+                for i in 0..n {
+                    m.matvec(&xs[i * cols..(i + 1) * cols], &mut y, &mut scratch)
+                        .unwrap();
+                    for (r, ((a, b), c)) in ys[i * rows..].iter().zip(&ones[i * rows..]).zip(&y).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            c.to_bits(),
+                            "{dtype:?} {rows}x{cols} n{n} input {i} row {r}"
+                        );
+                        assert_eq!(
+                            b.to_bits(),
+                            c.to_bits(),
+                            "{dtype:?} one by one, input {i} row {r}"
+                        );
+                    }
+                }
+            }
         }
     }
 
