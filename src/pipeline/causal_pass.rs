@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::runtime::forward::LogitsMode;
-use crate::runtime::linear::MatPath;
 use crate::runtime::{Activation, HookFlow, HookPoint, Hooks, LoadedModel, RuntimeError};
 use crate::transport::{FitConfig, HookMap, Samples, Side, fit_hook};
 
@@ -400,8 +399,13 @@ fn run_chunk(
         one: Vec::with_capacity(shared.d),
     };
     let mut caches: Vec<_> = rows.iter().map(|_| m.transient_cache()).collect();
-    m.model
-        .forward(&batch, &mut caches, &mut hooks, MatPath::Dense, LogitsMode::None)?;
+    m.model.forward(
+        &batch,
+        &mut caches,
+        &mut hooks,
+        m.layer_pass_path(),
+        LogitsMode::None,
+    )?;
     Ok(())
 }
 

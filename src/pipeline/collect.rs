@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::runtime::forward::{Batch, LogitsMode};
-use crate::runtime::linear::MatPath;
 use crate::runtime::{HookPoint, LoadedModel, Result, RuntimeError};
 use crate::transport::SampleMatrix;
 
@@ -78,7 +77,7 @@ pub fn collect(
             &batch,
             &mut caches,
             &mut recorder,
-            MatPath::Dense,
+            m.layer_pass_path(),
             LogitsMode::None,
         )?;
         done += chunk.len();
