@@ -346,6 +346,68 @@ pub(super) mod avx2 {
         _mm_madd_epi16(_mm256_extracti128_si256::<1>(scales_mins), pairs)
     }
 
+    /// The quants of chunk `c` (< 4) of a Q4_K / Q5_K super-block: the 32 values of sub-block
+    /// `2c` (low nibbles of bytes `32c..32c + 32` of `qs`) and of `2c + 1` (their high nibbles),
+    /// with the fifth bits `2c` and `2c + 1` of `hbits` (the 32 `qh` bytes, Q5_K) on top.
+    ///
+    /// # Safety
+    /// `qs` must point to 128 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::runtime) unsafe fn q45_chunk(
+        qs: *const u8,
+        hbits: Option<__m256i>,
+        c: usize,
+    ) -> (__m256i, __m256i) {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        // SAFETY: the caller guarantees 128 readable bytes; c < 4; unaligned load.
+        let bits = unsafe { _mm256_loadu_si256(qs.add(32 * c).cast()) };
+        let mut lo = _mm256_and_si256(bits, m4);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+        if let Some(h) = hbits {
+            let h1 = _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32));
+            let h2 = _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32 + 1));
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(h1, one)));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(_mm256_and_si256(h2, one)));
+        }
+        (lo, hi)
+    }
+
+    /// The 6-bit quants (0..=63) of half `n` (< 2) of a Q6_K super-block at `p`: four runs of
+    /// 32 (values `128n + 32k ..`, k = 0..4), from `ql` (bytes `64n..64n + 64`) and `qh`
+    /// (bytes `128 + 32n ..`).
+    ///
+    /// # Safety
+    /// `p` must point to a whole 210-byte block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::runtime) unsafe fn q6_quants(p: *const u8, n: usize) -> [__m256i; 4] {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m2 = _mm256_set1_epi8(3);
+        // SAFETY: the caller guarantees the block; n < 2; unaligned loads.
+        let (a, bq, h) = unsafe {
+            (
+                _mm256_loadu_si256(p.add(64 * n).cast()),
+                _mm256_loadu_si256(p.add(64 * n + 32).cast()),
+                _mm256_loadu_si256(p.add(128 + 32 * n).cast()),
+            )
+        };
+        let high = |bits: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(bits, m2));
+        [
+            _mm256_or_si256(_mm256_and_si256(a, m4), high(h)),
+            _mm256_or_si256(_mm256_and_si256(bq, m4), high(_mm256_srli_epi16::<2>(h))),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(a), m4),
+                high(_mm256_srli_epi16::<4>(h)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bq), m4),
+                high(_mm256_srli_epi16::<6>(h)),
+            ),
+        ]
+    }
+
     /// Integer lanes of a Q4_K / Q5_K super-block: Σ_c sc · maddubs(q, y) for the 8
     /// sub-blocks. `qs` points to the 128 nibble bytes, `qh` to the 32 high-bit bytes (Q5_K).
     ///
@@ -354,8 +416,6 @@ pub(super) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q45_lanes(qs: *const u8, qh: Option<*const u8>, scales: __m256i, y: &BlockQ8K) -> __m256i {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let one = _mm256_set1_epi8(1);
         // Both 128-bit halves hold the 8 scales.
         let scales = _mm256_permute2x128_si256::<0x00>(scales, scales);
         // SAFETY: the caller guarantees the reads; 256 bytes of y.qs.
@@ -363,15 +423,7 @@ pub(super) mod avx2 {
             let hbits = qh.map(|h| _mm256_loadu_si256(h.cast()));
             let mut sumi = _mm256_setzero_si256();
             for c in 0..4 {
-                let bits = _mm256_loadu_si256(qs.add(32 * c).cast());
-                let mut lo = _mm256_and_si256(bits, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                if let Some(h) = hbits {
-                    let h1 = _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32));
-                    let h2 = _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32 + 1));
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(h1, one)));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(_mm256_and_si256(h2, one)));
-                }
+                let (lo, hi) = q45_chunk(qs, hbits, c);
                 let y0 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c).cast());
                 let y1 = _mm256_loadu_si256(y.qs.as_ptr().add(64 * c + 32).cast());
                 let p0 = _mm256_madd_epi16(broadcast_i16(scales, 2 * c as i32), _mm256_maddubs_epi16(lo, y0));
@@ -430,8 +482,6 @@ pub(super) mod avx2 {
     /// Q6_K·Q8_K of one weight row (`[nb · 210]` bytes) with `y` (`[nb]`).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(in crate::runtime) fn dot_q6_k(row: &[u8], y: &[BlockQ8K]) -> f32 {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(3);
         let off = _mm256_set1_epi8(32);
         let mut acc = _mm256_setzero_ps();
         for (b, yb) in row.chunks_exact(Q6_K_BYTES).zip(y) {
@@ -441,23 +491,7 @@ pub(super) mod avx2 {
                 let p = b.as_ptr();
                 let mut sumi = _mm256_setzero_si256();
                 for n in 0..2 {
-                    let a = _mm256_loadu_si256(p.add(64 * n).cast());
-                    let bq = _mm256_loadu_si256(p.add(64 * n + 32).cast());
-                    let h = _mm256_loadu_si256(p.add(128 + 32 * n).cast());
-                    let high = |bits: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(bits, m2));
-                    let q = [
-                        _mm256_or_si256(_mm256_and_si256(a, m4), high(h)),
-                        _mm256_or_si256(_mm256_and_si256(bq, m4), high(_mm256_srli_epi16::<2>(h))),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(a), m4),
-                            high(_mm256_srli_epi16::<4>(h)),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(bq), m4),
-                            high(_mm256_srli_epi16::<6>(h)),
-                        ),
-                    ];
-                    for (k, q) in q.into_iter().enumerate() {
+                    for (k, q) in q6_quants(p, n).into_iter().enumerate() {
                         let yv = _mm256_loadu_si256(yb.qs.as_ptr().add(128 * n + 32 * k).cast());
                         // (q − 32)·y per byte pair, exact in i16 (|·| ≤ 32 · 128 · 2).
                         let p16 =

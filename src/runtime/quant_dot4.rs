@@ -23,7 +23,7 @@
     target_feature = "f16c"
 ))]
 pub(super) mod avx2 {
-    use super::super::kquant::avx2::{broadcast_i16, min_products, scales_and_mins};
+    use super::super::kquant::avx2::{broadcast_i16, min_products, q6_quants, q45_chunk, scales_and_mins};
     use super::super::kquant::{BlockQ8K, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES};
     use super::super::quant::avx2::{f16_splat, f16x2_at, hsum_ps, nibbles, q5_bytes};
     use super::super::quant::{BlockQ8_0, BlockQ8_1};
@@ -205,23 +205,13 @@ pub(super) mod avx2 {
         scales: __m256i,
         y: [&BlockQ8K; 4],
     ) -> [__m256i; 4] {
-        let m4 = _mm256_set1_epi8(0x0F);
-        let one = _mm256_set1_epi8(1);
         let scales = _mm256_permute2x128_si256::<0x00>(scales, scales);
         let mut sumi = [_mm256_setzero_si256(); 4];
         // SAFETY: the caller guarantees the weight reads; each y.qs holds 256 bytes.
         unsafe {
             let hbits = qh.map(|h| _mm256_loadu_si256(h.cast()));
             for c in 0..4 {
-                let bits = _mm256_loadu_si256(qs.add(32 * c).cast());
-                let mut lo = _mm256_and_si256(bits, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                if let Some(h) = hbits {
-                    let h1 = _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32));
-                    let h2 = _mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * c as i32 + 1));
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(h1, one)));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(_mm256_and_si256(h2, one)));
-                }
+                let (lo, hi) = q45_chunk(qs, hbits, c);
                 let (s0, s1) = (
                     broadcast_i16(scales, 2 * c as i32),
                     broadcast_i16(scales, 2 * c as i32 + 1),
@@ -304,8 +294,6 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(in crate::runtime) fn dot4_q6_k(row: &[u8], y: [&[BlockQ8K]; 4]) -> [f32; 4] {
         let nb = blocks(row, Q6_K_BYTES, &y);
-        let m4 = _mm256_set1_epi8(0x0F);
-        let m2 = _mm256_set1_epi8(3);
         let off = _mm256_set1_epi8(32);
         let mut acc = [_mm256_setzero_ps(); 4];
         for (i, b) in row.chunks_exact(Q6_K_BYTES).take(nb).enumerate() {
@@ -317,23 +305,7 @@ pub(super) mod avx2 {
             unsafe {
                 let p = b.as_ptr();
                 for n in 0..2 {
-                    let a = _mm256_loadu_si256(p.add(64 * n).cast());
-                    let bq = _mm256_loadu_si256(p.add(64 * n + 32).cast());
-                    let h = _mm256_loadu_si256(p.add(128 + 32 * n).cast());
-                    let high = |bits: __m256i| _mm256_slli_epi16::<4>(_mm256_and_si256(bits, m2));
-                    let q = [
-                        _mm256_or_si256(_mm256_and_si256(a, m4), high(h)),
-                        _mm256_or_si256(_mm256_and_si256(bq, m4), high(_mm256_srli_epi16::<2>(h))),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(a), m4),
-                            high(_mm256_srli_epi16::<4>(h)),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(bq), m4),
-                            high(_mm256_srli_epi16::<6>(h)),
-                        ),
-                    ];
-                    for (k, q) in q.into_iter().enumerate() {
+                    for (k, q) in q6_quants(p, n).into_iter().enumerate() {
                         let g = 192 + 8 * n + 2 * k;
                         let pair = _mm256_set_m128i(
                             _mm_set1_epi16(b[g + 1] as i8 as i16),
