@@ -42,6 +42,17 @@ pub struct BlockQ8K {
     pub bsums: [i16; QK_K / 16],
 }
 
+impl Default for BlockQ8K {
+    /// The block of 256 zeros.
+    fn default() -> Self {
+        Self {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
+    }
+}
+
 /// Bytes of one Q4_K super-block.
 pub const Q4_K_BYTES: usize = 144;
 /// Bytes of one Q5_K super-block.
@@ -67,32 +78,31 @@ pub fn quantize_q8_k(x: &[f32], out: &mut Vec<BlockQ8K>) -> Result<(), QuantErro
         });
     }
     out.clear();
-    out.extend(x.chunks_exact(QK_K).map(|xs| {
-        let (mut max, mut amax) = (0f32, 0f32);
-        for &v in xs {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let mut b = BlockQ8K {
-            d: 0.0,
-            qs: [0; QK_K],
-            bsums: [0; QK_K / 16],
-        };
-        if amax != 0.0 {
-            let iscale = -127f32 / max;
-            for (q, &v) in b.qs.iter_mut().zip(xs) {
-                *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
-            }
-            for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
-                *s = g.iter().map(|&q| q as i16).sum();
-            }
-            b.d = 1.0 / iscale;
-        }
-        b
-    }));
+    out.extend(x.chunks_exact(QK_K).map(q8_k_block));
     Ok(())
+}
+
+/// One Q8_K block of 256 values (see [`quantize_q8_k`]).
+pub(super) fn q8_k_block(xs: &[f32]) -> BlockQ8K {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in xs {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let mut b = BlockQ8K::default();
+    if amax != 0.0 {
+        let iscale = -127f32 / max;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+        }
+        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+        }
+        b.d = 1.0 / iscale;
+    }
+    b
 }
 
 /// The eight 6-bit sub-block scales and mins of a Q4_K / Q5_K super-block from its 12 packed

@@ -200,7 +200,7 @@ impl Pool {
 
     /// Splits `out` into pieces of `piece` values (the last may be shorter) and runs
     /// `f(index, piece)` for each, as one job of [`Self::run`].
-    pub fn for_each_piece(&self, out: &mut [f32], piece: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    pub fn for_each_piece<T: Send>(&self, out: &mut [T], piece: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
         let piece = piece.max(1);
         let len = out.len();
         let base = SendPtr(out.as_mut_ptr());
@@ -215,17 +215,56 @@ impl Pool {
     }
 }
 
-/// A raw pointer that may cross threads (for disjoint pieces of one slice).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only by `for_each_piece`, whose pieces never overlap.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
+/// A raw pointer that may cross threads (for disjoint pieces of one slice of `T: Send`).
+struct SendPtr<T>(*mut T);
 
-impl SendPtr {
-    fn get(self) -> *mut f32 {
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+// SAFETY: used only by `for_each_piece`, whose pieces never overlap; `T: Send` lets each piece
+// be written from another thread.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
         self.0
+    }
+}
+
+/// A slice that the chunks of one pool job write at disjoint indices (each index by at most
+/// one chunk), e.g. the `[n, rows]` output of a product split by weight rows, where one chunk's
+/// outputs are strided rather than one contiguous piece.
+pub struct DisjointWrites<'a, T> {
+    ptr: SendPtr<T>,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: Send + Copy> DisjointWrites<'a, T> {
+    /// Borrows `out` for the writes.
+    pub fn new(out: &'a mut [T]) -> Self {
+        Self {
+            ptr: SendPtr(out.as_mut_ptr()),
+            len: out.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// Writes `v` at `i`; an index out of range is ignored (callers compute in-range indices).
+    ///
+    /// # Safety
+    /// No other thread may write or read index `i` while the slice is borrowed here.
+    #[inline(always)]
+    pub unsafe fn set(&self, i: usize, v: T) {
+        if i < self.len {
+            // SAFETY: in bounds; exclusive access to index `i` is the caller's contract.
+            unsafe { self.ptr.get().add(i).write(v) }
+        }
     }
 }
 

@@ -31,19 +31,21 @@
 use half::f16;
 use std::fmt;
 
-use super::kquant::{self, BlockQ8K, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K, quantize_q8_k};
-use super::pool::Pool;
+use super::kquant::{self, BlockQ8K, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K};
+use super::pool::{DisjointWrites, Pool};
 
 /// Values per block in every format of this module.
 pub const QK: usize = 32;
 
 /// Below this many weight bytes × inputs a product runs on the calling thread only.
-const PAR_MIN_BYTES: usize = 256 * 1024;
+const PAR_MIN_BYTES: usize = 48 * 1024;
 /// Minimum weight rows in one piece of a parallel product.
 const MIN_ROWS_PER_TASK: usize = 16;
 
 /// Weight rows per tile of the batched product ([`QMatrix::matmul`]).
 const ROW_TILE: usize = 16;
+/// Activation values below which quantizing them is left to the caller alone.
+const PAR_MIN_QUANT_VALUES: usize = 16 * 1024;
 
 /// Weight formats supported by [`QMatrix`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -165,7 +167,7 @@ pub struct BlockQ4_1 {
 
 /// Q8_0 block (34 bytes): value `j` = `qs[j] · d`. Weight format and activation format.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockQ8_0 {
     pub d: f16,
     pub qs: [i8; 32],
@@ -173,7 +175,7 @@ pub struct BlockQ8_0 {
 
 /// Q8_1 block (36 bytes), activation side of Q4_1: Q8_0 plus `s = f16(Σ qs) · d` (f16 product).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BlockQ8_1 {
     pub d: f16,
     pub s: f16,
@@ -259,11 +261,14 @@ fn quantize_block(xs: &[f32]) -> (f16, [i8; 32]) {
 pub fn quantize_q8_0(x: &[f32], out: &mut Vec<BlockQ8_0>) -> Result<(), QuantError> {
     check_len("q8_0 input (multiple of 32)", x.len() / QK * QK, x.len())?;
     out.clear();
-    out.extend(x.chunks_exact(QK).map(|xs| {
-        let (d, qs) = quantize_block(xs);
-        BlockQ8_0 { d, qs }
-    }));
+    out.extend(x.chunks_exact(QK).map(q8_0_block));
     Ok(())
+}
+
+/// One Q8_0 block of 32 values (see [`quantize_q8_0`]).
+fn q8_0_block(xs: &[f32]) -> BlockQ8_0 {
+    let (d, qs) = quantize_block(xs);
+    BlockQ8_0 { d, qs }
 }
 
 /// Quantizes `x` (`[k]`, `k` a multiple of 32) into `out` (`[k / 32]` blocks, cleared first),
@@ -272,12 +277,15 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<BlockQ8_0>) -> Result<(), QuantErr
 pub fn quantize_q8_1(x: &[f32], out: &mut Vec<BlockQ8_1>) -> Result<(), QuantError> {
     check_len("q8_1 input (multiple of 32)", x.len() / QK * QK, x.len())?;
     out.clear();
-    out.extend(x.chunks_exact(QK).map(|xs| {
-        let (d, qs) = quantize_block(xs);
-        let s = f16::from_f32(qs.iter().map(|&q| q as i32).sum::<i32>() as f32) * d;
-        BlockQ8_1 { d, s, qs }
-    }));
+    out.extend(x.chunks_exact(QK).map(q8_1_block));
     Ok(())
+}
+
+/// One Q8_1 block of 32 values (see [`quantize_q8_1`]).
+fn q8_1_block(xs: &[f32]) -> BlockQ8_1 {
+    let (d, qs) = quantize_block(xs);
+    let s = f16::from_f32(qs.iter().map(|&q| q as i32).sum::<i32>() as f32) * d;
+    BlockQ8_1 { d, s, qs }
 }
 
 /// Scalar reference Q4_0·Q8_0 dot of one weight row (raw bytes, `[nb * 18]`) with `y` (`[nb]`).
@@ -767,6 +775,37 @@ fn dot4_row(dtype: QDType, row: &[u8], act: Act, d8: &[f32], i: usize, nb: usize
     }
 }
 
+/// Dots of four weight rows with one input (decode) by the four-row kernels, bit-identical
+/// to four [`dot_row`] calls; `None` for formats without one, or in builds without AVX2 + FMA
+/// + F16C.
+#[inline]
+fn rows4(dtype: QDType, rows: [&[u8]; 4], act: Act) -> Option<[f32; 4]> {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        use super::quant_dot4::avx2 as d4;
+        // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
+        return unsafe {
+            match (dtype, act) {
+                (QDType::Q4_1, Act::Q8_1(y)) => Some(avx2::dot4_q4_1(rows, y)),
+                (QDType::Q4_0, Act::Q8_0(y)) => Some(d4::rows4_q4_0(rows, y)),
+                (QDType::Q8_0, Act::Q8_0(y)) => Some(d4::rows4_q8_0(rows, y)),
+                (QDType::Q5_0, Act::Q8_0(y)) => Some(d4::rows4_q5_0(rows, y)),
+                _ => None,
+            }
+        };
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (dtype, rows, act);
+        None
+    }
+}
+
 /// Reusable buffers for [`QMatrix::matvec`] / [`QMatrix::matmul`]: quantized activations and
 /// the matmul transpose buffer. One per thread of the caller; no allocation after warm-up.
 #[derive(Debug, Default)]
@@ -776,7 +815,6 @@ pub struct ActScratch {
     q8k: Vec<BlockQ8K>,
     /// The Q8_0 blocks' scales as f32, for the four-input kernels.
     d8: Vec<f32>,
-    tmp: Vec<f32>,
 }
 
 impl ActScratch {
@@ -969,26 +1007,20 @@ impl QMatrix {
         if n == 0 {
             return Ok(());
         }
-        let ActScratch {
-            q8_0,
-            q8_1,
-            q8k,
-            d8,
-            tmp,
-        } = scratch;
+        let ActScratch { q8_0, q8_1, q8k, d8 } = scratch;
         // cols is a multiple of the block size, so quantizing the concatenated inputs block-wise
         // is the same as quantizing each input row on its own.
         let act = match self.dtype.act_kind() {
             ActKind::Q8_1 => {
-                quantize_q8_1(xs, q8_1)?;
+                quantize_par(xs, QK, q8_1, q8_1_block)?;
                 Act::Q8_1(q8_1)
             }
             ActKind::Q8K => {
-                quantize_q8_k(xs, q8k)?;
+                quantize_par(xs, QK_K, q8k, kquant::q8_k_block)?;
                 Act::Q8K(q8k)
             }
             ActKind::Q8_0 => {
-                quantize_q8_0(xs, q8_0)?;
+                quantize_par(xs, QK, q8_0, q8_0_block)?;
                 Act::Q8_0(q8_0)
             }
         };
@@ -996,44 +1028,39 @@ impl QMatrix {
         if group && n >= 4 && matches!(act, Act::Q8_0(_)) {
             d8.extend(q8_0.iter().map(|b| b.d.to_f32()));
         }
-        if n == 1 {
-            self.compute(act, &[], 1, ys, simd, false);
-            return Ok(());
-        }
-        tmp.clear();
-        tmp.resize(n_out, 0.0);
-        self.compute(act, d8, n, tmp, simd, group);
-        for (i, yrow) in ys.chunks_exact_mut(self.rows).enumerate() {
-            for (y, &t) in yrow.iter_mut().zip(tmp.iter().skip(i).step_by(n)) {
-                *y = t;
-            }
-        }
+        self.compute(act, d8, n, ys, simd, group && n >= 4);
         Ok(())
     }
 
-    /// Fills `out` (`[rows, n]`, transposed) with the dots of every row with every input of `act`
-    /// (`d8`: the f32 scales of Q8_0 activations for the four-input kernels, or empty); `group`
-    /// lets inputs go four at a time through those kernels.
-    fn compute(&self, act: Act, d8: &[f32], n: usize, out: &mut [f32], simd: bool, group: bool) {
+    /// Fills `ys` (`[n, rows]`) with the dots of every row with every input of `act` (`d8`: the
+    /// f32 scales of Q8_0 activations for the four-input kernels, or empty); `group` lets inputs
+    /// go four at a time through those kernels. Split by weight rows over the pool; each piece
+    /// writes its rows' outputs of every input in place.
+    fn compute(&self, act: Act, d8: &[f32], n: usize, ys: &mut [f32], simd: bool, group: bool) {
         let nb = self.cols / self.dtype.block_size();
-        let work = |r0: usize, out: &mut [f32]| {
-            let mut done = 0;
+        let rows = self.rows;
+        let out = DisjointWrites::new(ys);
+        // Rows `r0..r1`, every input; `out` index of input `i`, row `r`: `i * rows + r`.
+        let work = |r0: usize, r1: usize| {
+            // SAFETY (every `set` below): pieces cover disjoint row ranges, and each writes
+            // only indices `i * rows + r` of its own rows `r`.
+            let mut k0 = r0;
             #[cfg(all(
                 target_arch = "x86_64",
                 target_feature = "avx2",
                 target_feature = "fma",
                 target_feature = "f16c"
             ))]
-            if simd
-                && n == 1
-                && let (QDType::Q4_1, Act::Q8_1(y)) = (self.dtype, act)
-            {
-                for (g, o) in out.chunks_exact_mut(4).enumerate() {
-                    let r = r0 + 4 * g;
-                    let rows = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
-                    // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the build.
-                    o.copy_from_slice(&unsafe { avx2::dot4_q4_1(rows, y) });
-                    done += 4;
+            if simd && n == 1 {
+                while k0 + 4 <= r1 {
+                    let rs = [self.row(k0), self.row(k0 + 1), self.row(k0 + 2), self.row(k0 + 3)];
+                    let Some(d) = rows4(self.dtype, rs, act) else {
+                        break;
+                    };
+                    for (j, v) in d.into_iter().enumerate() {
+                        unsafe { out.set(k0 + j, v) };
+                    }
+                    k0 += 4;
                 }
             }
             // Tiled: a block of ROW_TILE weight rows (a few KiB to tens of KiB) stays in L1/L2
@@ -1042,31 +1069,26 @@ impl QMatrix {
             // output, so the result does not depend on the tiling.
             // Inputs go four at a time through the four-input kernels where there are four
             // left (each weight block unpacked once for all four), the rest one at a time.
-            let rows_here = out.len() / n;
-            let mut k0 = done;
-            while k0 < rows_here {
-                let k1 = (k0 + ROW_TILE).min(rows_here);
+            while k0 < r1 {
+                let k1 = (k0 + ROW_TILE).min(r1);
                 let mut i = 0;
                 while i < n {
                     if group && i + 4 <= n {
-                        for k in k0..k1 {
-                            let row = self.row(r0 + k);
-                            let o = &mut out[k * n + i..k * n + i + 4];
-                            match dot4_row(self.dtype, row, act, d8, i, nb) {
-                                Some(d) => o.copy_from_slice(&d),
-                                None => {
-                                    for (j, o) in o.iter_mut().enumerate() {
-                                        *o = dot_row(self.dtype, row, act.input(i + j, nb), simd);
-                                    }
-                                }
+                        for r in k0..k1 {
+                            let row = self.row(r);
+                            let d = dot4_row(self.dtype, row, act, d8, i, nb).unwrap_or_else(|| {
+                                std::array::from_fn(|j| dot_row(self.dtype, row, act.input(i + j, nb), simd))
+                            });
+                            for (j, v) in d.into_iter().enumerate() {
+                                unsafe { out.set((i + j) * rows + r, v) };
                             }
                         }
                         i += 4;
                         continue;
                     }
                     let a = act.input(i, nb);
-                    for k in k0..k1 {
-                        out[k * n + i] = dot_row(self.dtype, self.row(r0 + k), a, simd);
+                    for r in k0..k1 {
+                        unsafe { out.set(i * rows + r, dot_row(self.dtype, self.row(r), a, simd)) };
                     }
                     i += 1;
                 }
@@ -1076,18 +1098,51 @@ impl QMatrix {
         let pool = Pool::global();
         let threads = pool.threads();
         if threads <= 1 || self.bytes.len().saturating_mul(n) < PAR_MIN_BYTES {
-            work(0, out);
+            work(0, rows);
         } else {
             // Rows per piece: a multiple of 4 (the 4-row kernels), ≥ 8 pieces per thread so a
             // slow thread holds back little.
-            let chunk = self
-                .rows
+            let chunk = rows
                 .div_ceil(threads * 8)
                 .next_multiple_of(4)
                 .max(MIN_ROWS_PER_TASK);
-            pool.for_each_piece(out, chunk * n, &|c, o| work(c * chunk, o));
+            pool.run(rows.div_ceil(chunk), &|c| {
+                work(c * chunk, ((c + 1) * chunk).min(rows))
+            });
         }
     }
+}
+
+/// Quantizes `x` (`[k]`, `k` a multiple of `per`) into `out` (`[k / per]` blocks, replaced)
+/// with `block` per `per` values: over the pool when there is enough to share, else on the
+/// caller. Blocks are independent, so the result does not depend on the split.
+fn quantize_par<B: Copy + Send + Default>(
+    x: &[f32],
+    per: usize,
+    out: &mut Vec<B>,
+    block: fn(&[f32]) -> B,
+) -> Result<(), QuantError> {
+    check_len(
+        "activation input (a multiple of the block size)",
+        x.len() / per * per,
+        x.len(),
+    )?;
+    let nb = x.len() / per;
+    out.clear();
+    let pool = Pool::global();
+    if pool.threads() <= 1 || x.len() < PAR_MIN_QUANT_VALUES {
+        out.extend(x.chunks_exact(per).map(block));
+        return Ok(());
+    }
+    out.resize(nb, B::default());
+    let piece = nb.div_ceil(pool.threads() * 4).max(1);
+    pool.for_each_piece(out.as_mut_slice(), piece, &|c, part| {
+        let x = &x[c * piece * per..];
+        for (o, xs) in part.iter_mut().zip(x.chunks_exact(per)) {
+            *o = block(xs);
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -331,4 +331,70 @@ pub(super) mod avx2 {
         }
         acc.map(|a| hsum_ps(a))
     }
+
+    /// Four weight rows with a Q8_0 activation side (Q4_0, Q5_0, Q8_0) against **one** input
+    /// (decode): lane `r` equals the one-input kernel of `rows[r]` bit for bit (same per-block
+    /// float steps, same order). The input block and its scale are loaded once for four rows,
+    /// and the four accumulators are four independent dependency chains, where the one-row
+    /// loop waits on its single `fma` chain every block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn rows4_q8_0_family(
+        rows: [&[u8]; 4],
+        block_bytes: usize,
+        y: &[BlockQ8_0],
+        unpack: impl Fn(*const u8) -> __m256i,
+    ) -> [f32; 4] {
+        let nb = rows.iter().fold(y.len(), |nb, r| nb.min(r.len() / block_bytes));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, yb) in y.iter().take(nb).enumerate() {
+            // SAFETY: a Q8_0 block is 34 bytes starting with its f16 scale; unaligned load.
+            let (dy, by) = unsafe {
+                (
+                    f16_splat((yb as *const BlockQ8_0).cast()),
+                    _mm256_loadu_si256(yb.qs.as_ptr().cast()),
+                )
+            };
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                // SAFETY: i < nb <= row.len() / block_bytes, so the block is in bounds; it
+                // starts with its f16 scale.
+                let (dx, bx) = unsafe {
+                    let p = row.as_ptr().add(i * block_bytes);
+                    (f16_splat(p), unpack(p))
+                };
+                let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(bx, bx), _mm256_sign_epi8(by, bx));
+                let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+                *acc = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy), q, *acc);
+            }
+        }
+        acc.map(|a| hsum_ps(a))
+    }
+
+    /// Four Q4_0 rows · one Q8_0 input; lane `r` equals `dot_q4_0(rows[r], y)` bit for bit.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::runtime) fn rows4_q4_0(rows: [&[u8]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+        let eight = _mm256_set1_epi8(8);
+        // SAFETY (closure): the block is 18 bytes, its nibbles at 2..18.
+        rows4_q8_0_family(rows, 18, y, |p| {
+            _mm256_sub_epi8(unsafe { nibbles(p.add(2)) }, eight)
+        })
+    }
+
+    /// Four Q8_0 rows · one Q8_0 input; lane `r` equals `dot_q8_0(rows[r], y)` bit for bit.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::runtime) fn rows4_q8_0(rows: [&[u8]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+        // SAFETY (closure): the block is 34 bytes, its quants at 2..34; unaligned load.
+        rows4_q8_0_family(rows, 34, y, |p| unsafe { _mm256_loadu_si256(p.add(2).cast()) })
+    }
+
+    /// Four Q5_0 rows · one Q8_0 input; lane `r` equals `dot_q5_0(rows[r], y)` bit for bit.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::runtime) fn rows4_q5_0(rows: [&[u8]; 4], y: &[BlockQ8_0]) -> [f32; 4] {
+        let sixteen = _mm256_set1_epi8(16);
+        // SAFETY (closure): the block is 22 bytes, qh at 2..6 and qs at 6..22.
+        rows4_q8_0_family(rows, 22, y, |p| {
+            _mm256_sub_epi8(unsafe { q5_bytes(p.add(2)) }, sixteen)
+        })
+    }
 }
