@@ -31,11 +31,29 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut Vec<f32>)
     }
 }
 
+/// Elements below which an elementwise op runs on the caller alone.
+const PAR_MIN_ELEMENTS: usize = 32 * 1024;
+
+/// `gate[i] = f(gate[i], up[i])` for every `i`, split over the model's thread pool when the
+/// buffers are large (a prompt's MLP activations): each element's value does not depend on
+/// the split.
+fn zip_map_par(gate: &mut [f32], up: &[f32], f: fn(f32, f32) -> f32) {
+    let n = gate.len().min(up.len());
+    let pool = super::pool::Pool::global();
+    if n < PAR_MIN_ELEMENTS || pool.threads() <= 1 {
+        gate.iter_mut().zip(up).for_each(|(g, &u)| *g = f(*g, u));
+        return;
+    }
+    let piece = n.div_ceil(pool.threads() * 4);
+    pool.for_each_piece(&mut gate[..n], piece, &|c, part| {
+        let up = &up[c * piece..];
+        part.iter_mut().zip(up).for_each(|(g, &u)| *g = f(*g, u));
+    });
+}
+
 /// SiLU(gate) · up, elementwise, into `gate`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    zip_map_par(gate, up, |g, u| g / (1.0 + (-g).exp()) * u);
 }
 
 /// GELU, tanh approximation (PyTorch's `gelu(approximate="tanh")`).
@@ -51,9 +69,7 @@ pub fn gelu_tanh(x: &mut [f32]) {
 
 /// GeGLU: GELU_tanh(gate) · up, elementwise, into `gate` (Gemma's MLP).
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = gelu_tanh_one(*g) * u;
-    }
+    zip_map_par(gate, up, |g, u| gelu_tanh_one(g) * u);
 }
 
 /// Soft-capping `c·tanh(x/c)`, in place (Gemma 2's logits).

@@ -44,6 +44,9 @@ const MIN_ROWS_PER_TASK: usize = 16;
 
 /// Weight rows per tile of the batched product ([`QMatrix::matmul`]).
 const ROW_TILE: usize = 16;
+/// Inputs from which Q4_0 / Q5_0 / Q8_0 products run in 2×4 register tiles (the rows' Q8_0
+/// rewrite is then paid for by enough inputs).
+const TILE_MIN_INPUTS: usize = 16;
 /// Activation values below which quantizing them is left to the caller alone.
 const PAR_MIN_QUANT_VALUES: usize = 16 * 1024;
 
@@ -1063,6 +1066,21 @@ impl QMatrix {
                     k0 += 4;
                 }
             }
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            ))]
+            if simd
+                && group
+                && n >= TILE_MIN_INPUTS
+                && let Act::Q8_0(y) = act
+                && d8.len() == y.len()
+            {
+                self.q8_0_tiles(y, d8, n, k0, r1, &out);
+                return;
+            }
             // Tiled: a block of ROW_TILE weight rows (a few KiB to tens of KiB) stays in L1/L2
             // while every input meets it once, so the inputs stream from cache once per block
             // rather than once per row (llama.cpp's mul_mat blocking). Same dots, same order per
@@ -1110,6 +1128,80 @@ impl QMatrix {
                 work(c * chunk, ((c + 1) * chunk).min(rows))
             });
         }
+    }
+
+    /// Rows `r0..r1` of a Q4_0 / Q5_0 / Q8_0 matrix against `n` Q8_0 inputs (`y`, with their
+    /// scales `d8` as f32) by 2-row × 4-input register tiles ([`quant_dot4::avx2::dot2x4_q8_0`]),
+    /// writing `out[i * rows + r]`. Q4_0 and Q5_0 rows are first rewritten as Q8_0 blocks, a
+    /// [`ROW_TILE`] at a time, so their unpacking is paid once for all inputs. Bit-identical
+    /// to the one-input kernels: every pair's float steps are theirs, in their order.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    fn q8_0_tiles(&self, y: &[BlockQ8_0], d8: &[f32], n: usize, r0: usize, r1: usize, out: &DisjointWrites<f32>) {
+        use super::quant_dot4::avx2 as d4;
+        thread_local! {
+            /// Q8_0 rewrites of the current tile's rows (one per pool thread).
+            static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let nb = self.cols / QK;
+        let q8_bytes = nb * 34;
+        let rows = self.rows;
+        let input = |i: usize| (y.get(i * nb..(i + 1) * nb).unwrap_or(&[]), d8.get(i * nb..(i + 1) * nb).unwrap_or(&[]));
+        UNPACKED.with_borrow_mut(|buf| {
+            let mut k0 = r0;
+            while k0 < r1 {
+                let k1 = (k0 + ROW_TILE).min(r1);
+                let tile: Vec<&[u8]> = if self.dtype == QDType::Q8_0 {
+                    (k0..k1).map(|r| self.row(r)).collect()
+                } else {
+                    buf.resize((k1 - k0) * q8_bytes, 0);
+                    for (r, o) in (k0..k1).zip(buf.chunks_exact_mut(q8_bytes)) {
+                        // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the build.
+                        unsafe { d4::unpack_as_q8_0(self.row(r), self.dtype.block_bytes(), o) };
+                    }
+                    buf.chunks_exact(q8_bytes).collect()
+                };
+                let mut i = 0;
+                while i + 4 <= n {
+                    let ins: [(&[BlockQ8_0], &[f32]); 4] = std::array::from_fn(|j| input(i + j));
+                    let (ys, ds) = (ins.map(|t| t.0), ins.map(|t| t.1));
+                    let mut pairs = tile.chunks_exact(2);
+                    let mut r = k0;
+                    for pair in &mut pairs {
+                        // SAFETY: compiled only when AVX2, FMA and F16C are enabled.
+                        let d = unsafe { d4::dot2x4_q8_0([pair[0], pair[1]], ys, ds) };
+                        for (dr, vals) in d.into_iter().enumerate() {
+                            for (j, v) in vals.into_iter().enumerate() {
+                                // SAFETY: row r + dr lies in this piece's rows.
+                                unsafe { out.set((i + j) * rows + r + dr, v) };
+                            }
+                        }
+                        r += 2;
+                    }
+                    if let [last] = pairs.remainder() {
+                        // SAFETY: compiled only when AVX2, FMA and F16C are enabled.
+                        let d = unsafe { d4::dot4_q8_0(last, ys, ds) };
+                        for (j, v) in d.into_iter().enumerate() {
+                            // SAFETY: row r lies in this piece's rows.
+                            unsafe { out.set((i + j) * rows + r, v) };
+                        }
+                    }
+                    i += 4;
+                }
+                for i in i..n {
+                    let a = Act::Q8_0(input(i).0);
+                    for r in k0..k1 {
+                        // SAFETY: row r lies in this piece's rows.
+                        unsafe { out.set(i * rows + r, dot_row(self.dtype, self.row(r), a, true)) };
+                    }
+                }
+                k0 = k1;
+            }
+        });
     }
 }
 
@@ -1469,7 +1561,15 @@ mod tests {
             .map(|&d| (None, d))
             .chain(k_quants.map(|(g, d)| (Some(g), d)));
         for (gdt, dtype) in formats {
-            for (rows, cols, n) in [(37, 512, 4), (37, 512, 9), (19, 256, 6), (1203, 512, 9)] {
+            for (rows, cols, n) in [
+                (37, 512, 4),
+                (37, 512, 9),
+                (19, 256, 6),
+                (1203, 512, 9),
+                (37, 512, 17),
+                (19, 256, 22),
+                (403, 512, 18),
+            ] {
                 let m = match gdt {
                     None => random_matrix(dtype, rows, cols, &mut rng).1,
                     Some(gdt) => {

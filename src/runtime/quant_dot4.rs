@@ -397,4 +397,76 @@ pub(super) mod avx2 {
             _mm256_sub_epi8(unsafe { q5_bytes(p.add(2)) }, sixteen)
         })
     }
+
+    /// Two Q8_0-layout weight rows × four Q8_0 inputs (a 2×4 register tile of prompt-sized
+    /// products): `out[r][j]` equals `dot_q8_0(rows[r], y[j])` bit for bit, the per-block
+    /// float steps of every pair in the one-input kernel's order. Each weight block and each
+    /// input block is loaded once for the tile, so a pair costs the six integer and float steps
+    /// of its own and little else. Q4_0 and Q5_0 rows meet it after [`unpack_as_q8_0`], whose
+    /// blocks hold the same values and scales (and the same sign-trick lanes).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::runtime) fn dot2x4_q8_0(
+        rows: [&[u8]; 2],
+        y: [&[BlockQ8_0]; 4],
+        yd: [&[f32]; 4],
+    ) -> [[f32; 4]; 2] {
+        let nb = yd.iter().fold(
+            rows.iter().fold(blocks(rows[0], 34, &y), |nb, r| nb.min(r.len() / 34)),
+            |nb, d| nb.min(d.len()),
+        );
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        for i in 0..nb {
+            // SAFETY: i < nb <= r.len() / 34 for both rows: block i (f16 scale, 32 quants) is
+            // in bounds; unaligned loads.
+            let (dx, bx) = unsafe {
+                let p = [rows[0].as_ptr().add(i * 34), rows[1].as_ptr().add(i * 34)];
+                (
+                    [f16_splat(p[0]), f16_splat(p[1])],
+                    [
+                        _mm256_loadu_si256(p[0].add(2).cast()),
+                        _mm256_loadu_si256(p[1].add(2).cast()),
+                    ],
+                )
+            };
+            let ax = [_mm256_sign_epi8(bx[0], bx[0]), _mm256_sign_epi8(bx[1], bx[1])];
+            for j in 0..4 {
+                let dy = _mm256_set1_ps(yd[j][i]);
+                // SAFETY: 32 quant bytes; unaligned load.
+                let by = unsafe { _mm256_loadu_si256(y[j][i].qs.as_ptr().cast()) };
+                for r in 0..2 {
+                    let dot = _mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(by, bx[r]));
+                    let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+                    acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), q, acc[r][j]);
+                }
+            }
+        }
+        acc.map(|a| a.map(|a| hsum_ps(a)))
+    }
+
+    /// Rewrites a Q4_0 (`block_bytes` 18) or Q5_0 (22) row as Q8_0 blocks (34 bytes each:
+    /// the same f16 scale, then the 32 signed quants `q − 8` / `q − 16`) into `out`, which
+    /// must hold `row.len() / block_bytes * 34` bytes; other sizes leave `out` untouched.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in crate::runtime) fn unpack_as_q8_0(row: &[u8], block_bytes: usize, out: &mut [u8]) {
+        let nb = row.len() / block_bytes;
+        if out.len() < nb * 34 || !matches!(block_bytes, 18 | 22) {
+            return;
+        }
+        for i in 0..nb {
+            // SAFETY: block i of `row` (block_bytes bytes) and of `out` (34 bytes) are in
+            // bounds (checked above); unaligned load and store.
+            unsafe {
+                let p = row.as_ptr().add(i * block_bytes);
+                let q = if block_bytes == 18 {
+                    _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8))
+                } else {
+                    _mm256_sub_epi8(q5_bytes(p.add(2)), _mm256_set1_epi8(16))
+                };
+                let o = out.as_mut_ptr().add(i * 34);
+                o.copy_from_nonoverlapping(p, 2);
+                _mm256_storeu_si256(o.add(2).cast(), q);
+            }
+        }
+    }
 }
