@@ -67,9 +67,89 @@ pub fn gelu_tanh(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = gelu_tanh_one(*v));
 }
 
-/// GeGLU: GELU_tanh(gate) · up, elementwise, into `gate` (Gemma's MLP).
+/// GeGLU: GELU_tanh(gate) · up, elementwise, into `gate` (Gemma's MLP), as
+/// `u / (1 + exp(−2z))` (the same function as `0.5·u·(1 + tanh z)`), 8 values at a time where
+/// AVX2 is compiled in: within a few f32 ulps of [`gelu_tanh_one`], at a fraction of the cost
+/// of `tanhf` (which took a tenth of a Gemma prompt).
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
-    zip_map_par(gate, up, |g, u| gelu_tanh_one(g) * u);
+    let n = gate.len().min(up.len());
+    let pool = super::pool::Pool::global();
+    if n < PAR_MIN_ELEMENTS || pool.threads() <= 1 {
+        gelu_mul_run(&mut gate[..n], &up[..n]);
+        return;
+    }
+    let piece = n.div_ceil(pool.threads() * 4).next_multiple_of(8);
+    pool.for_each_piece(&mut gate[..n], piece, &|c, part| {
+        let up = &up[c * piece..c * piece + part.len()];
+        gelu_mul_run(part, up);
+    });
+}
+
+/// `gate[i] = GELU_tanh(gate[i]) · up[i]` on the caller (equal lengths).
+fn gelu_mul_run(gate: &mut [f32], up: &[f32]) {
+    let mut done = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        // SAFETY: compiled only when AVX2 and FMA are enabled for the whole build.
+        done = unsafe { simd::gelu_mul(gate, up) };
+    }
+    for (g, &u) in gate.iter_mut().zip(up).skip(done) {
+        *g = gelu_sigmoid_form(*g) * u;
+    }
+}
+
+/// GELU_tanh as `u / (1 + exp(−2·√(2/π)·(u + 0.044715·u³)))`: the scalar twin of the SIMD
+/// form, for the tail of a slice and builds without AVX2.
+fn gelu_sigmoid_form(u: f32) -> f32 {
+    const C2: f32 = -2.0 * 0.797_884_6;
+    let z = (u + 0.044_715 * u * u * u) * C2;
+    u / (1.0 + z.clamp(-87.3, 88.3).exp())
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// `exp(x)` of 8 lanes clamped to [−87.3, 88.3] (no overflow, no denormal results):
+    /// `2ⁿ · p(r)` with `n = round(x·log₂e)`, `r = x − n·ln 2` (two-part ln 2) and the Cephes
+    /// `expf` polynomial; within 2 ulps of the exact value over that range.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.3));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+    }
+
+    /// GeGLU on the first multiple of 8 values of `gate`/`up` (equal lengths); returns how many.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn gelu_mul(gate: &mut [f32], up: &[f32]) -> usize {
+        let n = gate.len().min(up.len()) / 8 * 8;
+        let c2 = _mm256_set1_ps(-2.0 * 0.797_884_6);
+        let k = _mm256_set1_ps(0.044_715);
+        let one = _mm256_set1_ps(1.0);
+        for (g, u) in gate[..n].chunks_exact_mut(8).zip(up.chunks_exact(8)) {
+            // SAFETY: both chunks hold 8 f32; unaligned loads and store.
+            unsafe {
+                let x = _mm256_loadu_ps(g.as_ptr());
+                let z = _mm256_mul_ps(_mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(k, x), x), x, x), c2);
+                let gelu = _mm256_div_ps(x, _mm256_add_ps(one, exp8(z)));
+                _mm256_storeu_ps(g.as_mut_ptr(), _mm256_mul_ps(gelu, _mm256_loadu_ps(u.as_ptr())));
+            }
+        }
+        n
+    }
 }
 
 /// Soft-capping `c·tanh(x/c)`, in place (Gemma 2's logits).
@@ -142,6 +222,42 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GeGLU (SIMD body, scalar tail, pool split) against GELU_tanh in f64, over the range
+    /// where activations live and at the saturated ends.
+    #[test]
+    fn gelu_mul_matches_the_tanh_form_in_f64() {
+        // 0.5·u·(1 + tanh z) = u·σ(2z); the σ form keeps its precision where tanh z → −1.
+        let exact = |u: f64| u / (1.0 + (-2.0 * 0.797_884_560_802_865_4 * (u + 0.044_715 * u * u * u)).exp());
+        // 70,003 values: not a multiple of 8, large enough to be split over the pool.
+        let xs: Vec<f32> = (0..70_003)
+            .map(|i| -14.0 + 28.0 * i as f32 / 70_003.0)
+            .chain([0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0, 1e6, -1e6, 1e30])
+            .collect();
+        let up: Vec<f32> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| 1.0 + (i % 7) as f32 * 0.25)
+            .collect();
+        let z2 = |u: f32| (2.0 * 0.8 * (f64::from(u) + 0.044_715 * f64::from(u).powi(3))).abs();
+        for len in [xs.len(), 13, 5] {
+            let mut g = xs[..len].to_vec();
+            gelu_mul(&mut g, &up[..len]);
+            for ((&x, &u), &got) in xs.iter().zip(&up).zip(&g) {
+                let want = exact(f64::from(x)) * f64::from(u);
+                let err = (f64::from(got) - want).abs();
+                assert!(
+                    // exp(−2z) inherits the f32 roundings of z (a few 2⁻²⁴·|2z|); below
+                    // 1e-35 (the clamp of exp at 88.3 keeps a tiny quotient) all is zero.
+                    err <= (4e-7 + 3.6e-7 * z2(x)) * want.abs() + 1e-35 * (1.0 + f64::from(x).abs()),
+                    "gelu({x}) · {u}: got {got}, want {want} (error {err:e})"
+                );
+            }
+        }
+        let mut nan = vec![f32::NAN; 9];
+        gelu_mul(&mut nan, &[1.0; 9]);
+        assert!(nan.iter().all(|v| v.is_nan()));
+    }
 
     #[test]
     fn softmax_sums_to_one_and_is_stable() {

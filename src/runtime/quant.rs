@@ -1141,7 +1141,15 @@ impl QMatrix {
         target_feature = "fma",
         target_feature = "f16c"
     ))]
-    fn q8_0_tiles(&self, y: &[BlockQ8_0], d8: &[f32], n: usize, r0: usize, r1: usize, out: &DisjointWrites<f32>) {
+    fn q8_0_tiles(
+        &self,
+        y: &[BlockQ8_0],
+        d8: &[f32],
+        n: usize,
+        r0: usize,
+        r1: usize,
+        out: &DisjointWrites<f32>,
+    ) {
         use super::quant_dot4::avx2 as d4;
         thread_local! {
             /// Q8_0 rewrites of the current tile's rows (one per pool thread).
@@ -1150,7 +1158,12 @@ impl QMatrix {
         let nb = self.cols / QK;
         let q8_bytes = nb * 34;
         let rows = self.rows;
-        let input = |i: usize| (y.get(i * nb..(i + 1) * nb).unwrap_or(&[]), d8.get(i * nb..(i + 1) * nb).unwrap_or(&[]));
+        let input = |i: usize| {
+            (
+                y.get(i * nb..(i + 1) * nb).unwrap_or(&[]),
+                d8.get(i * nb..(i + 1) * nb).unwrap_or(&[]),
+            )
+        };
         UNPACKED.with_borrow_mut(|buf| {
             let mut k0 = r0;
             while k0 < r1 {

@@ -411,7 +411,8 @@ pub(super) mod avx2 {
         yd: [&[f32]; 4],
     ) -> [[f32; 4]; 2] {
         let nb = yd.iter().fold(
-            rows.iter().fold(blocks(rows[0], 34, &y), |nb, r| nb.min(r.len() / 34)),
+            rows.iter()
+                .fold(blocks(rows[0], 34, &y), |nb, r| nb.min(r.len() / 34)),
             |nb, d| nb.min(d.len()),
         );
         let ones = _mm256_set1_epi16(1);
