@@ -87,12 +87,11 @@ pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
 
 /// `gate[i] = GELU_tanh(gate[i]) · up[i]` on the caller (equal lengths).
 fn gelu_mul_run(gate: &mut [f32], up: &[f32]) {
-    let mut done = 0;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        // SAFETY: compiled only when AVX2 and FMA are enabled for the whole build.
-        done = unsafe { simd::gelu_mul(gate, up) };
-    }
+    // SAFETY: compiled only when AVX2 and FMA are enabled for the whole build.
+    let done = unsafe { simd::gelu_mul(gate, up) };
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    let done = 0;
     for (g, &u) in gate.iter_mut().zip(up).skip(done) {
         *g = gelu_sigmoid_form(*g) * u;
     }
