@@ -46,6 +46,12 @@ const MIN_ROWS_PER_TASK: usize = 16;
 const ROW_TILE: usize = 16;
 /// Inputs from which Q4_0 / Q5_0 / Q8_0 products run in 2×4 register tiles (the rows' Q8_0
 /// rewrite is then paid for by enough inputs).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 const TILE_MIN_INPUTS: usize = 16;
 /// Activation values below which quantizing them is left to the caller alone.
 const PAR_MIN_QUANT_VALUES: usize = 16 * 1024;
@@ -1048,12 +1054,6 @@ impl QMatrix {
             // SAFETY (every `set` below): pieces cover disjoint row ranges, and each writes
             // only indices `i * rows + r` of its own rows `r`.
             let mut k0 = r0;
-            #[cfg(all(
-                target_arch = "x86_64",
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            ))]
             if simd && n == 1 {
                 while k0 + 4 <= r1 {
                     let rs = [self.row(k0), self.row(k0 + 1), self.row(k0 + 2), self.row(k0 + 3)];
