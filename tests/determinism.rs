@@ -158,7 +158,7 @@ fn fit_and_sweep_give_identical_bits_with_one_two_and_three_threads() {
 /// SHA-256 of the football maps' ω, β, lo, hi bits (hook name, then values) of the test above.
 const MAPS_DIGEST: &str = "30061276f924f6fe0cd5e204e354daab76fdfc42d45b2f9b9b4c0f4545a9fa29";
 /// SHA-256 of the samples file of the test above.
-const SAMPLES_DIGEST: &str = "2d2ecf02805d8fe4c045c5ad4a6bd8d76d26c1bfa3726375ae4c2fda4043cf7d";
+const SAMPLES_DIGEST: &str = "e385e83f0a77a31eeb2bcdd82f8059bc2196583cdf8ec2bb955752c8d05ead0e";
 
 #[test]
 fn a_batched_row_equals_its_seed_drawn_alone_under_steering() {

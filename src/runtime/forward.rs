@@ -204,8 +204,8 @@ pub(crate) fn cached_attention_with(
 /// positions `≤ start + j` (and, with a window, `> start + j − window`). Padding queries
 /// (`start + j ≥ keys`) see what the last real token sees.
 ///
-/// The products run as candle tensor ops in the same shapes and order as candle's
-/// `quantized_llama` (`[1, heads, t, hd] × [1, heads, hd, T]`, masked fill, softmax, `× V`), so
+/// One query goes to [`super::attend_one`]. Several run as candle tensor ops in the same
+/// shapes and order as candle's `quantized_llama` (`[1, heads, t, hd] × [1, heads, hd, T]`, masked fill, softmax, `× V`), so
 /// results are bit-identical to it: with 8-bit activation quantization downstream, even a
 /// last-bit difference in an attention sum can flip a rounding and change the logits visibly.
 fn attend(
@@ -215,6 +215,11 @@ fn attend(
     (nh, nkv, hd): (usize, usize, usize),
     opts: AttnOptions,
 ) -> Result<Vec<f32>> {
+    // A single query (decode) sees every key from `first` on: no mask, and no need to copy
+    // the cache into tensors.
+    if t == 1 {
+        return Ok(super::attend_one::attend_one(q, (kc, vc), (nh, nkv, hd), opts));
+    }
     let dev = Device::Cpu;
     let n_keys = keys - first;
     let q = Tensor::from_slice(q, (1, t, nh, hd), &dev)?
@@ -234,8 +239,7 @@ fn attend(
         Some(c) => ((att / c)?.tanh()? * c)?,
         None => att,
     };
-    // A single query (decode) sees every key from `first` on: nothing to mask.
-    let att = if t > 1 {
+    let att = {
         // 1 where the key lies after the query, or before its window.
         let mask: Vec<u8> = (0..t)
             .flat_map(|j| {
@@ -246,8 +250,6 @@ fn attend(
         let mask = Tensor::from_vec(mask, (t, n_keys), &dev)?.broadcast_as(att.shape())?;
         let neg_inf = Tensor::new(f32::NEG_INFINITY, &dev)?.broadcast_as(att.shape())?;
         mask.where_cond(&neg_inf, &att)?
-    } else {
-        att
     };
     let att = candle_nn::ops::softmax_last_dim(&att)?;
     let y = att.matmul(&v.contiguous()?)?;

@@ -2,6 +2,7 @@
 //! folders, the local hub cache), tokenizer and chat template, KV cache, hook points, sampling
 //! and generation.
 
+mod attend_one;
 pub mod block_weights;
 pub mod config;
 pub mod dense;
