@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use super::common::{load, progress_bar, read_dataset};
+use super::common::{check_output, dataset_path, load, progress_bar, read_dataset};
 use crate::pipeline::dataset::DatasetSpec;
 
 /// Arguments of `collect`.
@@ -37,6 +37,9 @@ pub struct CollectArgs {
 pub fn collect(a: &CollectArgs) -> Result<()> {
     use crate::pipeline::collect::{CollectOptions, collect as run_collect};
     use crate::pipeline::presets::hook_points_for;
+    let mut inputs = vec![a.model.as_path()];
+    inputs.extend(dataset_path(&a.data));
+    check_output("--out", &a.out, &inputs)?;
     let data = read_dataset(&a.data, None)?;
     let texts = data.samples;
     let m = load(&a.model)?;

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 
-use super::common::{load, progress_bar};
+use super::common::{check_output, load, progress_bar};
 use crate::pipeline::concepts::manifest;
 use crate::pipeline::dataset::save_lines;
 use crate::pipeline::describe::{DescribeOptions, concept_from_description};
@@ -14,15 +14,15 @@ use crate::pipeline::describe::{DescribeOptions, concept_from_description};
 /// `concepts`: the built-in concepts and sets.
 pub fn concepts() -> Result<()> {
     let m = manifest();
-    println!("concepts (fit --concept NAME):");
+    outln!("concepts (fit --concept NAME):");
     for c in &m.concepts {
-        println!("  {:<12} {} → {}: {}", c.name, c.source, c.target, c.description);
+        outln!("  {:<12} {} → {}: {}", c.name, c.source, c.target, c.description);
     }
-    println!("\ndatasets (builtin:NAME wherever a dataset is asked for):");
+    outln!("\ndatasets (builtin:NAME wherever a dataset is asked for):");
     for s in &m.sets {
         let n = crate::pipeline::concepts::builtin_dataset(&s.name).map_or(0, |d| d.samples.len());
-        println!("  {:<20} {:>4} samples  {}", s.name, n, s.description);
-        println!("  {:<20}               licence: {}", "", s.licence);
+        outln!("  {:<20} {:>4} samples  {}", s.name, n, s.description);
+        outln!("  {:<20}               licence: {}", "", s.licence);
     }
     Ok(())
 }
@@ -37,13 +37,13 @@ pub struct MakeConceptArgs {
     #[arg(long)]
     pub description: String,
     /// Distinct sentences wanted.
-    #[arg(long, default_value_t = 100)]
-    pub samples: usize,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub samples: u32,
     /// Seed of the first draw.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_temperature)]
     pub temperature: f32,
     /// Output text file (one sentence per line), written atomically.
     #[arg(long)]
@@ -52,9 +52,10 @@ pub struct MakeConceptArgs {
 
 /// `make-concept --model M --description D --out F`.
 pub fn make_concept(a: &MakeConceptArgs) -> Result<()> {
+    check_output("--out", &a.out, &[&a.model])?;
     let m = load(&a.model)?;
     let opts = DescribeOptions {
-        samples: a.samples,
+        samples: a.samples as usize,
         seed: a.seed,
         temperature: a.temperature,
         ..Default::default()
@@ -72,7 +73,7 @@ pub fn make_concept(a: &MakeConceptArgs) -> Result<()> {
         a.description,
         started.elapsed().as_secs_f64(),
         a.out.display(),
-        if lines.len() < a.samples {
+        if lines.len() < a.samples as usize {
             " (fewer than asked: the model repeated itself)"
         } else {
             ""

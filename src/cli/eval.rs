@@ -66,9 +66,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             bar.set_position(d as u64)
         })?;
         bar.finish_and_clear();
-        println!(
+        outln!(
             "perplexity: {:.4} ({} texts, {} tokens, {:.4} nats/token)",
-            p.perplexity, p.texts, p.tokens, p.nll
+            p.perplexity,
+            p.texts,
+            p.tokens,
+            p.nll
         );
     }
     if let Some(path) = &a.mc {
@@ -80,9 +83,11 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         let bar = progress_bar(n_choices as u64, "scoring choices");
         let r = score_mc(&m, &items, hooks, &cancel, &mut |d, _| bar.set_position(d as u64))?;
         bar.finish_and_clear();
-        println!(
+        outln!(
             "multiple choice: accuracy {:.4}, accuracy (per byte) {:.4} on {} questions",
-            r.accuracy, r.accuracy_norm, r.questions
+            r.accuracy,
+            r.accuracy_norm,
+            r.questions
         );
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use super::common::{load, progress_bar, stem};
+use super::common::{check_output, dataset_path, load, progress_bar, stem};
 use crate::pipeline::dataset::DatasetSpec;
 use crate::pipeline::presets::DEFAULT_PRESET;
 use crate::transport::{Method, Support};
@@ -62,6 +62,9 @@ pub struct FitArgs {
 pub fn fit(a: &FitArgs) -> Result<()> {
     use crate::pipeline::fit_concept::{FitRequest, fit_concept};
     use crate::pipeline::fit_model::Estimation;
+    let mut inputs = vec![a.model.as_path()];
+    inputs.extend(a.source.iter().chain(&a.target).filter_map(dataset_path));
+    check_output("--out", &a.out, &inputs)?;
     let builtin = match &a.concept {
         Some(name) => Some(crate::pipeline::concepts::builtin_concept(name)?),
         None => None,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::common::stem;
+use super::common::{check_output, stem};
 use crate::pipeline::fit_arrays::fit_array_files;
 use crate::transport::{FitConfig, Method, Support};
 
@@ -37,6 +37,7 @@ pub struct FitArraysArgs {
 
 /// `fit-arrays --source S --target T --out F`.
 pub fn fit_arrays(a: &FitArraysArgs) -> Result<()> {
+    check_output("--out", &a.out, &[&a.source, &a.target])?;
     let config = FitConfig {
         method: a.method,
         support: a.support.unwrap_or_else(|| a.method.default_support()),

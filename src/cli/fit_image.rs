@@ -1,11 +1,11 @@
 //! `fit-image`: fit transport maps on a Stable Diffusion folder (AcT paper §5: style control
 //! and concept negation).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::common::progress_bar;
+use super::common::{check_output, progress_bar};
 use super::image_args::{ImageModelArgs, load_pipeline};
 use crate::pipeline::diffusion_fit::{DEFAULT_IMAGE_PRESET, IMAGE_PRESETS};
 use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
@@ -73,17 +73,19 @@ pub struct FitImageArgs {
 /// `fit-image`.
 pub fn fit_image(a: &FitImageArgs) -> Result<()> {
     if a.list {
-        println!("built-in image concepts:");
+        outln!("built-in image concepts:");
         for (n, d) in builtin_image_concepts() {
-            println!("  {n:<24} {d}");
+            outln!("  {n:<24} {d}");
         }
-        println!("hook presets:");
+        outln!("hook presets:");
         for (n, d) in IMAGE_PRESETS {
-            println!("  {n:<24} {d}");
+            outln!("  {n:<24} {d}");
         }
         return Ok(());
     }
     let out = a.out.as_ref().context("--out is required")?;
+    let inputs: Vec<&Path> = a.source.iter().chain(&a.target).map(PathBuf::as_path).collect();
+    check_output("--out", out, &inputs)?;
     let concept = match (&a.concept, &a.source, &a.target) {
         (Some(c), _, _) => ImageConceptSource::Builtin(c.clone()),
         (None, Some(s), Some(t)) => ImageConceptSource::Files {

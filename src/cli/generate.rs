@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 
-use super::common::load;
+use super::common::{load, stdout_error};
 use crate::pipeline::generate_text::{TextEvent, TextRequest, generate_text, prompt_ids};
 use crate::pipeline::presets::parse_named_lambda;
 use crate::pipeline::steering::{SteeringTarget, load_steering_stack};
@@ -30,16 +30,16 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 means greedy.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_temperature)]
     pub temperature: f32,
     /// Top-k filter (0 = off).
     #[arg(long, default_value_t = 50)]
     pub top_k: usize,
     /// Top-p (nucleus) filter (1 = off).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_top_p)]
     pub top_p: f32,
     /// Repetition penalty (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_repetition_penalty)]
     pub repetition_penalty: f32,
     /// RNG seed.
     #[arg(long, default_value_t = 42)]
@@ -90,14 +90,25 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     };
     let ids = prompt_ids(&m, &req.prompt, req.chat)?;
     let mut stdout = std::io::stdout().lock();
-    let g = generate_text(&m, &req, &ids, &AtomicBool::new(false), &mut |e| {
-        if let TextEvent::Piece(_, piece) = e {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
+    // A failed write (the reader went away) stops generating; it is reported after.
+    let cancel = AtomicBool::new(false);
+    let mut failed = None;
+    let g = generate_text(&m, &req, &ids, &cancel, &mut |e| {
+        if let TextEvent::Piece(_, piece) = e
+            && failed.is_none()
+            && let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush())
+        {
+            failed = Some(e);
+            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-    })?;
-    let _ = writeln!(stdout);
-    let _ = stdout.flush();
+    });
+    if let Some(e) = failed {
+        return Err(stdout_error(e));
+    }
+    let g = g?;
+    writeln!(stdout)
+        .and_then(|()| stdout.flush())
+        .map_err(stdout_error)?;
     if a.stats {
         let s = g.stats;
         eprintln!(

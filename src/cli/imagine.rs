@@ -1,6 +1,8 @@
 //! `imagine`: one image, optionally steered (and beside the unsteered one), to a PNG.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use super::common::check_output;
 
 use anyhow::{Context, Result};
 
@@ -29,6 +31,14 @@ pub struct ImagineArgs {
 
 /// `imagine`.
 pub fn imagine(a: &ImagineArgs) -> Result<()> {
+    let inputs: Vec<&Path> = a
+        .settings
+        .settings_from
+        .iter()
+        .chain(&a.steer.maps)
+        .map(PathBuf::as_path)
+        .collect();
+    check_output("--out", &a.out, &inputs)?;
     let pipe = load_pipeline(&a.model)?;
     let (r, from) = request(&pipe, &a.settings)?;
     let job = ImageJob {

@@ -24,18 +24,20 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     let h = ModelHeader::read(&a.model)
         .with_context(|| format!("reading the header of model {}", a.model.display()))?;
     let c = &h.config;
-    println!("model:          {}", a.model.display());
-    println!("file size:      {}", file_size(&h));
-    println!("architecture:   {}", c.architecture);
-    println!("layers:         {}", c.n_layers);
-    println!("hidden size:    {}", c.hidden_size);
-    println!(
+    outln!("model:          {}", a.model.display());
+    outln!("file size:      {}", file_size(&h));
+    outln!("architecture:   {}", c.architecture);
+    outln!("layers:         {}", c.n_layers);
+    outln!("hidden size:    {}", c.hidden_size);
+    outln!(
         "heads:          {} (kv {}, head dim {})",
-        c.n_heads, c.n_kv_heads, c.head_dim
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim
     );
-    println!("mlp size:       {}", c.intermediate_size);
-    println!("vocabulary:     {}", c.vocab_size);
-    println!("context:        {}", c.max_position);
+    outln!("mlp size:       {}", c.intermediate_size);
+    outln!("vocabulary:     {}", c.vocab_size);
+    outln!("context:        {}", c.max_position);
     match c.family {
         Family::Llama => {
             let pairs = if c.rope_interleaved {
@@ -43,22 +45,23 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             } else {
                 "half split"
             };
-            println!("rope:           θ = {}, {pairs}", c.rope_theta);
+            outln!("rope:           θ = {}, {pairs}", c.rope_theta);
         }
-        Family::Gpt2 => println!("positions:      learned"),
+        Family::Gpt2 => outln!("positions:      learned"),
         Family::Gemma => {
-            println!("rope:           θ = {} (global layers), half split", c.rope_theta);
+            outln!("rope:           θ = {} (global layers), half split", c.rope_theta);
             if let Some(g) = &c.gemma {
                 let local = g.sliding.iter().filter(|&&s| s).count();
                 match g.sliding_window {
-                    Some(w) if local > 0 => println!(
+                    Some(w) if local > 0 => outln!(
                         "sliding window: {w} tokens on {local} of {} layers (θ = {})",
-                        c.n_layers, g.local_rope_theta
+                        c.n_layers,
+                        g.local_rope_theta
                     ),
-                    _ => println!("sliding window: none"),
+                    _ => outln!("sliding window: none"),
                 }
                 let cap = |c: Option<f32>| c.map_or_else(|| "none".into(), |c| c.to_string());
-                println!(
+                outln!(
                     "soft-caps:      attention {}, logits {}",
                     cap(g.attn_softcap),
                     cap(g.final_softcap)
@@ -66,37 +69,37 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
             }
         }
     }
-    println!("norm eps:       {}", c.norm_eps);
-    println!("fingerprint:    {}", h.fingerprint);
+    outln!("norm eps:       {}", c.norm_eps);
+    outln!("fingerprint:    {}", h.fingerprint);
     let t = &h.tokenizer;
     let name = |id: Option<u32>| {
         id.and_then(|i| t.token_str(i).map(|s| format!("{s} ({i})")))
             .unwrap_or_else(|| "none".into())
     };
-    println!(
+    outln!(
         "tokenizer:      {} tokens, BOS {} (added: {}), EOS {}",
         t.vocab_size(),
         name(t.bos()),
         t.adds_bos(),
         name(t.eos().first().copied())
     );
-    println!(
+    outln!(
         "chat template:  {}",
         if t.chat_template().is_some() { "yes" } else { "no" }
     );
     let points = h.hook_points();
-    println!(
+    outln!(
         "hook points:    {} ({} per layer)",
         points.len(),
         points.len() / c.n_layers.max(1)
     );
     for p in points.iter().take(5) {
-        println!("  {p}");
+        outln!("  {p}");
     }
     if points.len() > 5 {
-        println!("  … {}", points.last().map(|p| p.to_string()).unwrap_or_default());
+        outln!("  … {}", points.last().map(|p| p.to_string()).unwrap_or_default());
     }
-    print_tensors(&h);
+    print_tensors(&h)?;
     Ok(())
 }
 
@@ -140,9 +143,9 @@ fn counted(types: &[(TensorType, usize)]) -> String {
 }
 
 /// The tensor table, one line per group, and notes on types our kernels do not run.
-fn print_tensors(h: &ModelHeader) {
+fn print_tensors(h: &ModelHeader) -> Result<()> {
     let groups = &h.tensor_groups;
-    println!(
+    outln!(
         "tensors:        {} in {} groups, {}",
         h.tensor_count(),
         groups.len(),
@@ -151,12 +154,14 @@ fn print_tensors(h: &ModelHeader) {
     let type_cells: Vec<String> = groups.iter().map(types).collect();
     let name_w = groups.iter().map(|g| g.name.chars().count()).fold(5, usize::max);
     let type_w = type_cells.iter().map(|s| s.chars().count()).fold(5, usize::max);
-    println!(
+    outln!(
         "  {:<name_w$}  count  {:<type_w$}  {:>11}",
-        "group", "types", "size"
+        "group",
+        "types",
+        "size"
     );
     for (g, ty) in groups.iter().zip(&type_cells) {
-        println!(
+        outln!(
             "  {:<name_w$}  {:>5}  {:<type_w$}  {:>8.2} MB",
             g.name,
             g.count,
@@ -165,8 +170,9 @@ fn print_tensors(h: &ModelHeader) {
         );
     }
     for note in notes(&h.type_counts()) {
-        println!("{note}");
+        outln!("{note}");
     }
+    Ok(())
 }
 
 /// Notes on tensor types (with their counts) that our kernels do not run.

@@ -30,45 +30,51 @@ pub fn maps_info(a: &MapsInfoArgs) -> Result<()> {
     let maps = MapsFile::load(&a.file).with_context(|| format!("reading maps file {}", a.file.display()))?;
     let m = maps.meta();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(m)?);
+        outln!("{}", serde_json::to_string_pretty(m)?);
         return Ok(());
     }
-    println!("file:         {}", a.file.display());
-    println!("concept:      {}", m.concept);
-    println!("method:       {} ({})", m.method.label(), m.method.name());
+    outln!("file:         {}", a.file.display());
+    outln!("concept:      {}", m.concept);
+    outln!("method:       {} ({})", m.method.label(), m.method.name());
     if let Method::Det0 { ap_threshold } = m.method {
-        println!("AP threshold: {ap_threshold}");
+        outln!("AP threshold: {ap_threshold}");
     }
-    println!("support:      {}", m.support);
-    println!("pooling:      {}", m.pooling);
-    println!("estimation:   {}", m.estimation);
-    println!("model:        {}", m.fingerprint);
-    println!(
+    outln!("support:      {}", m.support);
+    outln!("pooling:      {}", m.pooling);
+    outln!("estimation:   {}", m.estimation);
+    outln!("model:        {}", m.fingerprint);
+    outln!(
         "source:       {} ({} samples, sha256 {})",
         m.source.name,
         m.source.count,
         short(&m.source.sha256)
     );
-    println!(
+    outln!(
         "target:       {} ({} samples, sha256 {})",
         m.target.name,
         m.target.count,
         short(&m.target.sha256)
     );
-    println!(
+    outln!(
         "created:      {} s since epoch, by act-studio {}",
-        m.created_unix_s, m.app_version
+        m.created_unix_s,
+        m.app_version
     );
-    println!(
+    outln!(
         "format:       version {}, data sha256 {}",
         m.format_version,
         short(&m.data_sha256)
     );
-    println!("hook points:  {}", m.hook_points.len());
-    println!();
-    println!(
+    outln!("hook points:  {}", m.hook_points.len());
+    outln!();
+    outln!(
         "{:<40} {:>7} {:>12} {:>12} {:>12} {:>6}",
-        "tensor", "shape", "min", "mean", "max", "±inf"
+        "tensor",
+        "shape",
+        "min",
+        "mean",
+        "max",
+        "±inf"
     );
     for (name, map) in maps.hooks() {
         let mut rows: Vec<(&str, &[f32])> = vec![
@@ -80,7 +86,7 @@ pub fn maps_info(a: &MapsInfoArgs) -> Result<()> {
         rows.extend(map.diagnostics().iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         for (suffix, v) in rows {
             let (min, mean, max, inf) = summary(v);
-            println!(
+            outln!(
                 "{:<40} {:>7} {:>12.5} {:>12.5} {:>12.5} {:>6}",
                 format!("{name}.{suffix}"),
                 format!("[{}]", v.len()),

@@ -10,6 +10,24 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// `println!` that returns from the enclosing function (`?`) when stdout fails: a closed pipe
+/// ends the command normally ([`common::StdoutClosed`]), other failures are errors.
+macro_rules! outln {
+    () => {
+        crate::cli::common::write_out(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        crate::cli::common::write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` with [`outln!`]'s error handling.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        crate::cli::common::write_out(format_args!($($arg)*))?
+    };
+}
+
 mod common;
 
 pub mod collect;
@@ -125,6 +143,7 @@ pub struct AppArgs {
 pub fn exit_code(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<common::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -28,12 +28,12 @@ pub fn models(a: &ModelsArgs) -> Result<()> {
         Err(_) => Vec::new(),
     };
     local.sort();
-    println!("in {}:", a.dir.display());
+    outln!("in {}:", a.dir.display());
     if local.is_empty() {
-        println!("  (none; models/fetch-demo-model.sh fetches the demo model)");
+        outln!("  (none; models/fetch-demo-model.sh fetches the demo model)");
     }
     for p in &local {
-        println!("  {}", p.display());
+        outln!("  {}", p.display());
     }
     let cached = crate::runtime::hf_cache::discover_hf_cache(a.hf_cache.as_deref());
     match a
@@ -41,14 +41,14 @@ pub fn models(a: &ModelsArgs) -> Result<()> {
         .clone()
         .or_else(crate::runtime::hf_cache::hf_cache_root)
     {
-        Some(root) => println!("in the Hugging Face cache ({}):", root.display()),
-        None => println!("in the Hugging Face cache:"),
+        Some(root) => outln!("in the Hugging Face cache ({}):", root.display()),
+        None => outln!("in the Hugging Face cache:"),
     }
     if cached.is_empty() {
-        println!("  (none)");
+        outln!("  (none)");
     }
     for c in &cached {
-        println!("  {} @ {}  {}", c.name, c.revision, c.path.display());
+        outln!("  {} @ {}  {}", c.name, c.revision, c.path.display());
     }
     Ok(())
 }

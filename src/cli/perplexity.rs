@@ -29,9 +29,11 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let ids = m.tokenizer.encode(&text)?;
     let p = run_perplexity(&m, &ids, a.window, &mut NoHooks, &AtomicBool::new(false))?;
-    println!(
+    outln!(
         "perplexity: {:.4} ({} tokens, {:.4} nats/token)",
-        p.perplexity, p.tokens, p.nll
+        p.perplexity,
+        p.tokens,
+        p.nll
     );
     Ok(())
 }

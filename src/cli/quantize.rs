@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use super::common::progress_bar;
+use super::common::{check_output, progress_bar};
 use crate::pipeline::quantize_model::{QuantizeRequest, quantize_model};
 use crate::runtime::quant_mix::{QuantType, ggml_type_name};
 
@@ -37,6 +37,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// `quantize --model IN --out OUT --type TYPE`.
 pub fn quantize(a: &QuantizeArgs) -> Result<()> {
+    check_output("--out", &a.out, &[&a.model])?;
     let req = QuantizeRequest {
         model: a.model.clone(),
         out: a.out.clone(),
@@ -56,7 +57,7 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
     let report = report?;
     if a.verbose {
         for t in &report.tensors {
-            println!(
+            outln!(
                 "{:<36} {:>16} {:>5} -> {:<5}{}",
                 t.name,
                 format!("{:?}", t.shape),
@@ -72,24 +73,24 @@ pub fn quantize(a: &QuantizeArgs) -> Result<()> {
         .map(|(t, n)| format!("{t} {n}"))
         .collect();
     let requantized = report.tensors.iter().filter(|t| t.requantized).count();
-    println!(
+    outln!(
         "wrote {} as {} (llama.cpp file type {})",
         report.out.display(),
         report.mix,
         report.mix.llama_ftype()
     );
-    println!(
+    outln!(
         "tensors: {} ({requantized} requantized, {} copied): {}",
         report.tensors.len(),
         report.tensors.len() - requantized,
         counts.join(", ")
     );
-    println!(
+    outln!(
         "size: {:.1} MiB -> {:.1} MiB ({:.2} bits per weight)",
         report.input_bytes as f64 / MIB,
         report.output_bytes as f64 / MIB,
         report.bits_per_weight()
     );
-    println!("time: {:.1} s", report.seconds);
+    outln!("time: {:.1} s", report.seconds);
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `strip`: a λ strip (1 × N) or a λ × seed grid of images from the same initial latents.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use super::common::check_output;
 
 use anyhow::{Context, Result};
 use image::RgbImage;
@@ -25,7 +27,7 @@ pub struct StripArgs {
     #[arg(long)]
     pub concept: Option<String>,
     /// λ values, one column each.
-    #[arg(long = "lambdas", value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1", value_parser = parse_lambda)]
+    #[arg(long = "lambdas", value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1", allow_hyphen_values = true, value_parser = parse_lambda)]
     pub strip_lambdas: Vec<f32>,
     /// Seeds, one row each (a λ × seed grid); default: the settings' seed.
     #[arg(long, value_delimiter = ',')]
@@ -38,6 +40,14 @@ pub struct StripArgs {
 /// `strip`: one column per λ of the chosen concept, one row per seed.
 pub fn strip_cmd(a: &StripArgs) -> Result<()> {
     anyhow::ensure!(!a.steer.maps.is_empty(), "strip needs a --maps file");
+    let inputs: Vec<&Path> = a
+        .settings
+        .settings_from
+        .iter()
+        .chain(&a.steer.maps)
+        .map(PathBuf::as_path)
+        .collect();
+    check_output("--out", &a.out, &inputs)?;
     let pipe = load_pipeline(&a.model)?;
     let (r, from) = request(&pipe, &a.settings)?;
     let stack = stack(&pipe, &a.steer, from.as_ref())?;

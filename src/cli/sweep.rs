@@ -1,12 +1,12 @@
 //! `sweep`: measure steering over a range of λ, as a table (stdout) and CSV, with a progress
 //! bar on stderr.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 
-use super::common::{load, progress_bar, read_dataset};
+use super::common::{check_output, dataset_path, load, progress_bar, read_dataset};
 use crate::pipeline::dataset::DatasetSpec;
 use crate::pipeline::presets::{parse_lambda, parse_named_lambda};
 use crate::pipeline::steering::{SteeringTarget, load_steering_stack};
@@ -30,7 +30,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub concept: Option<String>,
     /// λ values of the swept concept.
-    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1", value_parser = parse_lambda)]
+    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1", allow_hyphen_values = true, value_parser = parse_lambda)]
     pub lambdas: Vec<f32>,
     /// Fixed λ of other loaded concepts, NAME=VALUE (default 1).
     #[arg(long = "lambda", value_parser = parse_named_lambda)]
@@ -58,13 +58,13 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Sampling temperature (0 = greedy: every sample alike).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_temperature)]
     pub temperature: f32,
     /// Top-k filter (0 = off).
     #[arg(long, default_value_t = 50)]
     pub top_k: usize,
     /// Top-p filter (1 = off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_top_p)]
     pub top_p: f32,
     /// Presence keywords: a file (one per line or comma-separated; `word`, `prefix*`,
     /// `a phrase`) or builtin:CONCEPT. Default: the built-in concept of the same name, if any.
@@ -99,6 +99,14 @@ pub struct SweepArgs {
 
 /// `sweep --model M --maps F [--lambdas …] [--prompt P] [--samples N] …`.
 pub fn sweep(a: &SweepArgs) -> Result<()> {
+    let mut inputs: Vec<&Path> = vec![a.model.as_path()];
+    inputs.extend(a.maps.iter().map(PathBuf::as_path));
+    inputs.extend(a.prompt_set.iter().chain([&a.heldout]).filter_map(dataset_path));
+    check_output("--csv", &a.csv, &inputs)?;
+    if let Some(g) = &a.generations {
+        inputs.push(&a.csv);
+        check_output("--generations", g, &inputs)?;
+    }
     let m = load(&a.model)?;
     let stack = load_steering_stack(&SteeringTarget::language_model(&m), &a.maps, &a.fixed, a.scope)?
         .ok_or_else(|| anyhow::anyhow!("sweep needs --maps"))?;
@@ -149,12 +157,13 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         bar.set_message(format!("sweeping λ = {}", p.lambda));
     })?;
     bar.finish_and_clear();
-    print!("{}", sweep_table(&rows));
+    // Files first: a closed or full stdout must not lose a finished sweep.
     let csv = sweep_csv(&rows).context("formatting the CSV")?;
     atomic_write(&a.csv, &csv).with_context(|| format!("writing {}", a.csv.display()))?;
     if let Some(p) = &a.generations {
         write_generations(p, &rows)?;
     }
+    out!("{}", sweep_table(&rows));
     eprintln!(
         "{} λ × {} samples in {:.1} s; CSV → {}",
         rows.len(),

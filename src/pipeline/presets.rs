@@ -6,6 +6,7 @@
 //! ([`super::diffusion_fit::IMAGE_PRESETS`]).
 
 use crate::runtime::config::{Family, ModelConfig};
+use crate::runtime::sampling;
 use crate::runtime::{HookKind, HookPoint};
 
 /// The preset `fit` uses unless told otherwise: `default`, the measured choice for the model's
@@ -129,12 +130,13 @@ fn resolve(
         .collect())
 }
 
-/// One λ: a finite number.
+/// One λ: a number within ±[`crate::transport::LAMBDA_LIMIT`].
 pub fn parse_lambda(s: &str) -> Result<f32, String> {
-    match s.trim().parse::<f32>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(format!("`{}` is not a finite number", s.trim())),
-    }
+    let v = s
+        .trim()
+        .parse::<f32>()
+        .map_err(|_| format!("`{}` is not a number", s.trim()))?;
+    crate::transport::check_lambda(v)
 }
 
 /// A comma-separated list of λ values (`0, 0.5, 1`); empty items are skipped, an empty list is
@@ -153,19 +155,37 @@ pub fn parse_lambda_list(text: &str) -> Result<Vec<f32>, String> {
     Ok(v)
 }
 
+/// A number, then checked by `check`.
+fn parse_checked(s: &str, check: fn(f32) -> Result<f32, String>) -> Result<f32, String> {
+    let v = s
+        .trim()
+        .parse::<f32>()
+        .map_err(|_| format!("`{}` is not a number", s.trim()))?;
+    check(v)
+}
+
+/// A sampling temperature (the rule of [`sampling::check_temperature`], which the worker
+/// applies to every request too).
+pub fn parse_temperature(s: &str) -> Result<f32, String> {
+    parse_checked(s, sampling::check_temperature)
+}
+
+/// A top-p value ([`sampling::check_top_p`]).
+pub fn parse_top_p(s: &str) -> Result<f32, String> {
+    parse_checked(s, sampling::check_top_p)
+}
+
+/// A repetition penalty ([`sampling::check_repetition_penalty`]).
+pub fn parse_repetition_penalty(s: &str) -> Result<f32, String> {
+    parse_checked(s, sampling::check_repetition_penalty)
+}
+
 /// `NAME=VALUE`: a concept's strength (`football=0.8`).
 pub fn parse_named_lambda(s: &str) -> Result<(String, f32), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}`: expected NAME=VALUE, e.g. football=1.0"))?;
-    let v: f32 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{value}` is not a number"))?;
-    if !v.is_finite() {
-        return Err(format!("λ = {v} is not finite"));
-    }
-    Ok((name.trim().to_string(), v))
+    Ok((name.trim().to_string(), parse_lambda(value)?))
 }
 
 #[cfg(test)]

@@ -84,8 +84,9 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(RuntimeError::BadInput("the prompt is empty".into()));
     }
+    opts.sampling.check().map_err(RuntimeError::BadInput)?;
     let limit = m.config().max_position;
-    if prompt.len() + opts.max_tokens > limit {
+    if prompt.len().saturating_add(opts.max_tokens) > limit {
         return Err(RuntimeError::BadInput(format!(
             "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
             prompt.len(),
@@ -210,7 +211,12 @@ pub fn perplexity(
             "perplexity needs at least two tokens".into(),
         ));
     }
-    let window = window.clamp(2, m.config().max_position);
+    let limit = m.config().max_position;
+    if !(2..=limit).contains(&window) {
+        return Err(RuntimeError::BadInput(format!(
+            "a perplexity window of {window} tokens is outside 2 … {limit} (the context length)"
+        )));
+    }
     let vocab = m.config().vocab_size;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for chunk in ids.chunks(window) {

@@ -48,8 +48,9 @@ pub fn generate_many(
     if n == 0 {
         return Ok(Vec::new());
     }
+    opts.sampling.check().map_err(RuntimeError::BadInput)?;
     let limit = m.config().max_position;
-    if prompt.len() + opts.max_tokens > limit {
+    if prompt.len().saturating_add(opts.max_tokens) > limit {
         return Err(RuntimeError::BadInput(format!(
             "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
             prompt.len(),

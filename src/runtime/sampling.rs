@@ -31,7 +31,56 @@ impl Default for SamplingConfig {
     }
 }
 
+/// The smallest temperature above 0 that sampling accepts: below it `1/T` scales logits past
+/// anything f32 keeps apart (1e-45 makes every logit infinite). 0 means greedy.
+pub const MIN_TEMPERATURE: f32 = 1e-3;
+/// The largest temperature sampling accepts (at 1000 every token is about equally likely).
+pub const MAX_TEMPERATURE: f32 = 1e3;
+/// The range of the repetition penalty (1 = off).
+pub const REPETITION_PENALTY_RANGE: std::ops::RangeInclusive<f32> = 0.01..=100.0;
+
+/// `t` if it is 0 (greedy) or in [`MIN_TEMPERATURE`, `MAX_TEMPERATURE`].
+pub fn check_temperature(t: f32) -> Result<f32, String> {
+    if t == 0.0 || (MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!(
+            "temperature {t:?} is outside {MIN_TEMPERATURE} … {MAX_TEMPERATURE} (0 = greedy)"
+        ))
+    }
+}
+
+/// `p` if it is a probability above 0 (1 = off).
+pub fn check_top_p(p: f32) -> Result<f32, String> {
+    if p > 0.0 && p <= 1.0 {
+        Ok(p)
+    } else {
+        Err(format!("top-p {p:?} is outside (0, 1] (1 = off)"))
+    }
+}
+
+/// `r` if it lies in [`REPETITION_PENALTY_RANGE`].
+pub fn check_repetition_penalty(r: f32) -> Result<f32, String> {
+    if REPETITION_PENALTY_RANGE.contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "repetition penalty {r:?} is outside {} … {} (1 = off)",
+            REPETITION_PENALTY_RANGE.start(),
+            REPETITION_PENALTY_RANGE.end()
+        ))
+    }
+}
+
 impl SamplingConfig {
+    /// Checks every field against its range (NaN never passes).
+    pub fn check(&self) -> Result<(), String> {
+        check_temperature(self.temperature)?;
+        check_top_p(self.top_p)?;
+        check_repetition_penalty(self.repetition_penalty)?;
+        Ok(())
+    }
+
     /// Greedy decoding.
     pub fn greedy() -> Self {
         Self {
@@ -130,6 +179,32 @@ pub fn argmax(x: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_settings_outside_their_ranges_are_refused() {
+        assert!(SamplingConfig::default().check().is_ok());
+        assert!(SamplingConfig::greedy().check().is_ok());
+        let with = |f: fn(&mut SamplingConfig)| {
+            let mut c = SamplingConfig::default();
+            f(&mut c);
+            c.check()
+        };
+        for bad in [
+            with(|c| c.temperature = 1e-45),
+            with(|c| c.temperature = -1.0),
+            with(|c| c.temperature = f32::NAN),
+            with(|c| c.temperature = f32::INFINITY),
+            with(|c| c.top_p = f32::NAN),
+            with(|c| c.top_p = 0.0),
+            with(|c| c.top_p = 1.5),
+            with(|c| c.repetition_penalty = 0.0),
+            with(|c| c.repetition_penalty = f32::NAN),
+        ] {
+            assert!(bad.is_err());
+        }
+        assert!(with(|c| c.temperature = MIN_TEMPERATURE).is_ok());
+        assert!(with(|c| c.top_p = 1.0).is_ok());
+    }
 
     #[test]
     fn greedy_takes_argmax_and_penalty_applies() {

@@ -74,9 +74,32 @@ pub enum TransportError {
         len: usize,
         dim: usize,
     },
-    /// A strength that is NaN or infinite.
-    #[error("λ = {0} is not a finite number")]
+    /// A strength that is NaN, infinite or beyond ±[`super::stack::LAMBDA_LIMIT`].
+    #[error("λ = {0:?} is not a number within ±{limit} (1 = full transport, beyond 1 extrapolates)", limit = super::stack::LAMBDA_LIMIT)]
     BadLambda(f32),
+    /// An enabled concept none of whose maps names a hook point of the model: it would steer
+    /// nothing.
+    #[error(
+        "concept `{concept}` steers nothing here: none of its {maps} hook point(s) (e.g. `{example}`) is one of this model's; were its maps fitted on another model?"
+    )]
+    NothingMatched {
+        concept: String,
+        maps: usize,
+        example: String,
+    },
+    /// An enabled concept some of whose maps name no hook point of the model.
+    #[error(
+        "concept `{concept}`: {missing} of its {maps} hook point(s) are not in this model (e.g. `{example}`); its maps file does not fit this model"
+    )]
+    PartlyMatched {
+        concept: String,
+        missing: usize,
+        maps: usize,
+        example: String,
+    },
+    /// `det0:T` with a threshold outside [0, 1].
+    #[error("method `{0}`: det0's AP threshold must lie in [0, 1], e.g. det0:0.8")]
+    BadDet0Threshold(String),
 }
 
 /// Errors raised while reading or writing a maps file.

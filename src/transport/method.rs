@@ -137,9 +137,13 @@ impl std::str::FromStr for Method {
             other => {
                 let t = other
                     .strip_prefix("det0:")
-                    .and_then(|t| t.parse::<f32>().ok())
-                    .filter(|t| (0.0..=1.0).contains(t))
                     .ok_or_else(|| TransportError::BadMethod(s.to_string()))?;
+                let t = t
+                    .trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|t| (0.0..=1.0).contains(t))
+                    .ok_or_else(|| TransportError::BadDet0Threshold(s.to_string()))?;
                 Method::Det0 { ap_threshold: t }
             }
         })

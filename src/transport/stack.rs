@@ -13,6 +13,22 @@ use super::hook_map::HookMap;
 use super::maps_file::MapsFile;
 use super::scope::{TokenScope, TokenWindow};
 
+/// The largest |λ| anything accepts: the app's extended slider range. λ = 1 is full transport
+/// (the paper's setting); beyond it the affine map extrapolates, and past ~2 text and images
+/// break down on every model we measured, while 1e30 turns activations (and logits) to NaN.
+pub const LAMBDA_LIMIT: f32 = 2.0;
+
+/// `v` if it is a number within ±[`LAMBDA_LIMIT`] (negative λ transports backwards).
+pub fn check_lambda(v: f32) -> Result<f32, String> {
+    if (-LAMBDA_LIMIT..=LAMBDA_LIMIT).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "λ = {v:?} is not a number within ±{LAMBDA_LIMIT} (1 = full transport, beyond 1 extrapolates)"
+        ))
+    }
+}
+
 /// One concept in the stack.
 #[derive(Debug, Clone)]
 pub struct Concept {
@@ -65,7 +81,9 @@ impl SteeringStack {
     }
 
     /// Compiles the stack for a model whose hook points are `hook_names` (index = hook id).
-    /// Fails on a non-finite λ, or a map whose size differs from `dims[i]` when given.
+    /// Fails on a λ that [`check_lambda`] refuses, on an enabled concept with a map for a hook
+    /// point the model lacks (it would silently steer less, or nothing), or on a map whose size
+    /// differs from `dims[i]` when given.
     pub fn compile(
         &self,
         hook_names: &[&str],
@@ -73,8 +91,29 @@ impl SteeringStack {
     ) -> Result<SteeringPlan, TransportError> {
         let mut per_hook = vec![Vec::new(); hook_names.len()];
         for c in self.concepts.iter().filter(|c| c.enabled && c.lambda != 0.0) {
-            if !c.lambda.is_finite() {
-                return Err(TransportError::BadLambda(c.lambda));
+            check_lambda(c.lambda).map_err(|_| TransportError::BadLambda(c.lambda))?;
+            let unmatched: Vec<&str> = c
+                .maps
+                .hooks()
+                .map(|(name, _)| name)
+                .filter(|name| !hook_names.contains(name))
+                .collect();
+            let maps = c.maps.hooks().count();
+            if let Some(example) = unmatched.first().map(|s| s.to_string()) {
+                return Err(if unmatched.len() == maps {
+                    TransportError::NothingMatched {
+                        concept: c.name.clone(),
+                        maps,
+                        example,
+                    }
+                } else {
+                    TransportError::PartlyMatched {
+                        concept: c.name.clone(),
+                        missing: unmatched.len(),
+                        maps,
+                        example,
+                    }
+                });
             }
             for (i, name) in hook_names.iter().enumerate() {
                 if let Some(m) = c.maps.hook(name) {
@@ -142,5 +181,65 @@ impl SteeringPlan {
             m.apply_4d(hook_name, x, shape, *lambda)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{DatasetInfo, MapsMeta, Method, ModelFingerprint, Support};
+
+    fn concept(hooks: &[&str]) -> Arc<MapsFile> {
+        let info = DatasetInfo {
+            name: "x".into(),
+            sha256: String::new(),
+            count: 0,
+        };
+        let meta = MapsMeta::new(
+            "c",
+            Method::MeanAct,
+            Support::Unbounded,
+            "mean",
+            "arrays",
+            ModelFingerprint::arrays(2),
+            info.clone(),
+            info,
+        );
+        let hooks = hooks
+            .iter()
+            .map(|h| (h.to_string(), HookMap::identity(Method::MeanAct, 2)))
+            .collect();
+        Arc::new(MapsFile::new(meta, hooks).unwrap())
+    }
+
+    #[test]
+    fn concepts_that_match_nothing_or_part_are_refused() {
+        let model = ["layers.0.mlp_norm", "layers.1.mlp_norm"];
+        let mut stack = SteeringStack::default();
+        stack.push(concept(&["layers.0.mlp_norm", "layers.1.mlp_norm"]), 1.0);
+        assert!(stack.compile(&model, None).is_ok());
+        let mut other = SteeringStack::default();
+        other.push(concept(&["blocks.0.norm"]), 1.0);
+        let e = other.compile(&model, None).unwrap_err();
+        assert!(matches!(e, TransportError::NothingMatched { .. }), "{e}");
+        assert!(e.to_string().contains("steers nothing"), "{e}");
+        let mut part = SteeringStack::default();
+        part.push(concept(&["layers.0.mlp_norm", "layers.7.mlp_norm"]), 1.0);
+        let e = part.compile(&model, None).unwrap_err();
+        assert!(matches!(e, TransportError::PartlyMatched { missing: 1, maps: 2, .. }), "{e}");
+        // Off or at λ = 0 it steers nothing on purpose: no error.
+        other.set_lambda("c", 0.0);
+        assert!(other.compile(&model, None).is_ok());
+    }
+
+    #[test]
+    fn lambdas_beyond_the_limit_or_not_numbers_are_refused() {
+        let model = ["layers.0.mlp_norm"];
+        for (l, ok) in [(1.0, true), (-2.0, true), (2.0, true), (2.5, false), (1e30, false), (f32::NAN, false)] {
+            let mut s = SteeringStack::default();
+            s.push(concept(&["layers.0.mlp_norm"]), l);
+            assert_eq!(s.compile(&model, None).is_ok(), ok, "λ = {l}");
+            assert_eq!(check_lambda(l).is_ok(), ok, "λ = {l}");
+        }
     }
 }
