@@ -284,3 +284,17 @@ fn lengths_past_the_context_are_refused_on_the_demo_model() {
         "{err}"
     );
 }
+
+/// A broken model file is an ordinary error: with `RUST_BACKTRACE=1` the message carries no
+/// stack trace (candle appends one to its errors when backtraces are on).
+#[test]
+fn a_truncated_model_is_an_error_without_a_stack_trace() {
+    let Some(model) = common::demo_model() else { return };
+    let bytes = std::fs::read(&model).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..2 << 20]).unwrap_or_else(|e| panic!("{e}"));
+    let (ok, err) = run_with_backtrace(&["generate", "--model", &cut.to_string_lossy(), "--prompt", "hi"]);
+    assert!(!ok && err.contains("remaining in file"), "{err}");
+    assert!(!err.contains("   0: ") && !err.contains("backtrace"), "{err}");
+}

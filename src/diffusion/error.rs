@@ -41,7 +41,7 @@ pub enum DiffusionError {
 
 impl From<candle_core::Error> for DiffusionError {
     fn from(e: candle_core::Error) -> Self {
-        DiffusionError::Backend(e.to_string())
+        DiffusionError::Backend(crate::runtime::error::backend_message(&e))
     }
 }
 

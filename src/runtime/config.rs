@@ -103,6 +103,20 @@ impl ModelConfig {
         if self.n_layers > MAX_LAYERS {
             return Err(format!("{} layers (at most {MAX_LAYERS})", self.n_layers));
         }
+        if self.max_position == 0 {
+            return Err("the context length is zero".into());
+        }
+        // Scalars every token goes through: a NaN or zero here loads fine and then produces
+        // garbage (RoPE angles of NaN or θ^0), so they are refused with the file.
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!(
+                "RoPE base θ = {} is not a positive number",
+                self.rope_theta
+            ));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            return Err(format!("norm epsilon {} is not a number ≥ 0", self.norm_eps));
+        }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "{} heads are not a multiple of {} kv heads",
@@ -125,6 +139,7 @@ impl ModelConfig {
                     return Err("sliding window is zero".into());
                 }
                 let positive = [
+                    ("local RoPE base θ", g.local_rope_theta),
                     ("query_pre_attn_scalar", g.query_pre_attn_scalar),
                     ("rope scaling factor", g.global_rope_scale),
                     ("attention soft-cap", g.attn_softcap.unwrap_or(1.0)),

@@ -17,8 +17,10 @@ use crate::transport::maps_file::hex;
 use super::block_weights::{AttnWeights, MlpWeights};
 use super::config::{Family, GemmaConfig, MAX_LAYERS, ModelConfig};
 use super::embedding::Embedding;
+use super::error::backend_message;
 use super::error::{Result, RuntimeError};
 use super::gemma::{GemmaLayer, GemmaModel, sliding_pattern};
+use super::gguf_precheck::check_gguf_header;
 use super::linear::{Linear, own_matrix};
 use super::llama::{LlamaLayer, LlamaModel};
 use super::model::Network;
@@ -26,6 +28,33 @@ use super::tokenizer::TextTokenizer;
 
 /// GGUF architectures this loader runs.
 pub const GGUF_ARCHITECTURES: &str = "llama, mistral, qwen2, gemma2, gemma3";
+
+/// Tensors' data ranges (offset, byte size from type and shape) must not overlap: a tensor whose
+/// type or shape was changed would otherwise read its neighbours' bytes as its own.
+fn check_tensor_ranges(content: &Content) -> std::result::Result<(), String> {
+    let mut ranges = Vec::with_capacity(content.tensor_infos.len());
+    for (name, info) in &content.tensor_infos {
+        let (_, bytes) = super::model_header::ggml_sizes(info.ggml_dtype, info.shape.dims())
+            .map_err(|e| format!("tensor `{name}`: {e}"))?;
+        let end = info.offset.checked_add(bytes).ok_or_else(|| {
+            format!(
+                "tensor `{name}`: offset {} + {bytes} bytes overflows",
+                info.offset
+            )
+        })?;
+        ranges.push((info.offset, end, name));
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        let ((_, end, a), (start, _, b)) = (&w[0], &w[1]);
+        if end > start {
+            return Err(format!(
+                "the data of tensors `{a}` and `{b}` overlap: one's type or shape does not match its bytes"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A GGUF file opened for reading tensors.
 pub struct GgufFile {
@@ -36,16 +65,29 @@ pub struct GgufFile {
 
 impl GgufFile {
     /// Opens and parses the header (metadata and tensor table).
+    ///
+    /// Only regular files are opened (a named pipe would block the open), and the header is
+    /// walked by [`check_gguf_header`] before candle's reader sizes anything by it; tensors
+    /// whose data would overlap (a type or shape changed) are refused.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| RuntimeError::Io {
+        let io = |source| RuntimeError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| RuntimeError::BadGguf {
+        };
+        let bad = |reason: String| RuntimeError::BadGguf {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        let file = File::open(path).map_err(io)?;
+        let mut reader = BufReader::new(file);
+        check_gguf_header(&mut reader, meta.len()).map_err(bad)?;
+        reader.seek(SeekFrom::Start(0)).map_err(io)?;
+        let content = Content::read(&mut reader).map_err(|e| bad(backend_message(&e)))?;
+        check_tensor_ranges(&content).map_err(bad)?;
         Ok(Self {
             path: path.to_path_buf(),
             reader,
@@ -100,14 +142,14 @@ impl GgufFile {
             .map(|x| x as usize)
             .or_else(|_| v.to_u64().map(|x| x as usize))
             .or_else(|_| v.to_i32().map(|x| x.max(0) as usize))
-            .map_err(|e| self.bad(format!("metadata `{key}`: {e}")))
+            .map_err(|e| self.bad(format!("metadata `{key}`: {}", backend_message(&e))))
     }
 
     fn md_f32(&self, key: &str) -> Result<f32> {
         let v = self.md(key)?;
         v.to_f32()
             .or_else(|_| v.to_f64().map(|x| x as f32))
-            .map_err(|e| self.bad(format!("metadata `{key}`: {e}")))
+            .map_err(|e| self.bad(format!("metadata `{key}`: {}", backend_message(&e))))
     }
 
     fn bad(&self, reason: String) -> RuntimeError {
@@ -122,7 +164,7 @@ impl GgufFile {
         self.md("general.architecture")?
             .to_string()
             .cloned()
-            .map_err(|e| self.bad(e.to_string()))
+            .map_err(|e| self.bad(backend_message(&e)))
     }
 
     /// Reads a tensor, checking its shape (`[rows, cols]` in row-major order).
@@ -145,7 +187,7 @@ impl GgufFile {
         }
         self.content
             .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| self.bad(format!("tensor `{name}`: {e}")))
+            .map_err(|e| self.bad(format!("tensor `{name}`: {}", backend_message(&e))))
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {

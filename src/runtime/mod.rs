@@ -13,6 +13,7 @@ pub mod gemma;
 pub mod generate;
 pub mod generate_many;
 pub mod gguf;
+mod gguf_precheck;
 pub mod gpt2;
 pub mod hf;
 pub mod hf_cache;

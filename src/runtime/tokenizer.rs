@@ -120,6 +120,41 @@ fn md_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
         .or_else(|| v.to_i32().ok().and_then(|x| u32::try_from(x).ok()))
 }
 
+/// Refuses special-token ids (BOS, EOS, unknown, padding) beyond the vocabulary: a BOS that
+/// does not exist would be fed to the embedding, an EOS that cannot be sampled would never
+/// stop generation.
+fn check_special_ids(md: &HashMap<String, Value>) -> Result<()> {
+    let Some(n) = md
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.to_vec().ok())
+        .map(Vec::len)
+    else {
+        return Ok(());
+    };
+    for what in ["bos", "eos", "unknown", "padding", "eot", "eom"] {
+        let key = format!("tokenizer.ggml.{what}_token_id");
+        let Some(v) = md.get(&key) else { continue };
+        let id = v
+            .to_u32()
+            .ok()
+            .map(u64::from)
+            .or_else(|| v.to_u64().ok())
+            .or_else(|| v.to_i32().ok().and_then(|x| u64::try_from(x).ok()))
+            .or_else(|| v.to_i64().ok().and_then(|x| u64::try_from(x).ok()));
+        match id {
+            Some(id) if id < n as u64 => {}
+            // -1 is how some writers say "none".
+            None if v.to_i32().ok() == Some(-1) || v.to_i64().ok() == Some(-1) => {}
+            _ => {
+                return Err(tok_err(format!(
+                    "{key} = {v:?} is not a token of the vocabulary ({n} tokens)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn md_strings(md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
     let arr = md
         .get(key)
@@ -146,6 +181,7 @@ impl TextTokenizer {
     /// with BOS/EOS and `tokenizer.chat_template`.
     pub fn from_gguf(content: &Content) -> Result<Self> {
         let md = &content.metadata;
+        check_special_ids(md)?;
         let model = md
             .get("tokenizer.ggml.model")
             .and_then(|v| v.to_string().ok())

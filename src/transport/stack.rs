@@ -226,7 +226,17 @@ mod tests {
         let mut part = SteeringStack::default();
         part.push(concept(&["layers.0.mlp_norm", "layers.7.mlp_norm"]), 1.0);
         let e = part.compile(&model, None).unwrap_err();
-        assert!(matches!(e, TransportError::PartlyMatched { missing: 1, maps: 2, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                TransportError::PartlyMatched {
+                    missing: 1,
+                    maps: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // Off or at λ = 0 it steers nothing on purpose: no error.
         other.set_lambda("c", 0.0);
         assert!(other.compile(&model, None).is_ok());
@@ -235,7 +245,14 @@ mod tests {
     #[test]
     fn lambdas_beyond_the_limit_or_not_numbers_are_refused() {
         let model = ["layers.0.mlp_norm"];
-        for (l, ok) in [(1.0, true), (-2.0, true), (2.0, true), (2.5, false), (1e30, false), (f32::NAN, false)] {
+        for (l, ok) in [
+            (1.0, true),
+            (-2.0, true),
+            (2.0, true),
+            (2.5, false),
+            (1e30, false),
+            (f32::NAN, false),
+        ] {
             let mut s = SteeringStack::default();
             s.push(concept(&["layers.0.mlp_norm"]), l);
             assert_eq!(s.compile(&model, None).is_ok(), ok, "λ = {l}");
