@@ -362,3 +362,52 @@ fn streamed_pieces_add_up_to_the_decoded_text() {
         assert!(!whole.is_empty());
     }
 }
+
+/// A prompt longer than one prefill chunk runs in chunks through the KV cache: on the dense
+/// path (no 8-bit activation rounding to amplify last bits) its last logits equal one pass
+/// over the whole prompt within float noise.
+#[test]
+fn a_long_prompt_prefills_in_chunks_like_one_pass() {
+    use act_studio::runtime::generate::{PREFILL_CHUNK, prefill};
+    let Some(m) = model() else { return };
+    let text = "The lighthouse keeper climbed the stairs each evening to light the lamp. ".repeat(80);
+    let ids = m.tokenizer.encode(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ids.len() > 2 * PREFILL_CHUNK, "{} tokens", ids.len());
+    let batch = Batch {
+        tokens: &ids,
+        batch: 1,
+        seq: ids.len(),
+        valid: &[ids.len()],
+        prompt_lens: &[ids.len()],
+    };
+    let mut cache = vec![m.new_cache()];
+    let whole = m
+        .model
+        .forward(
+            &batch,
+            &mut cache,
+            &mut act_studio::runtime::NoHooks,
+            MatPath::Dense,
+            LogitsMode::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .logits;
+    let mut cache = vec![m.new_cache()];
+    let chunked = prefill(
+        &m,
+        &ids,
+        &mut cache,
+        &mut act_studio::runtime::NoHooks,
+        MatPath::Dense,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cache[0].len(), ids.len());
+    let d = whole
+        .iter()
+        .zip(&chunked)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("{} tokens: chunked vs whole max |Δ| {d:.2e}", ids.len());
+    assert_eq!(whole.len(), chunked.len());
+    assert!(d <= 1e-3, "chunked prefill differs by {d}");
+}

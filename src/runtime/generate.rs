@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::error::{Result, RuntimeError};
 use super::forward::{Batch, LogitsMode};
 use super::hooks::Hooks;
+use super::kv_cache::KvCache;
 use super::linear::MatPath;
 use super::model::LoadedModel;
 use super::sampling::{Sampler, SamplingConfig};
@@ -72,6 +73,42 @@ pub struct Generation {
 
 /// Generates a continuation of `prompt` (token ids), calling `on_text` with each new piece
 /// of text (return `false` to stop). Hooks see every forward pass (prompt and each new token).
+/// Prompt tokens per forward pass of a prefill: a longer prompt runs in chunks through the KV
+/// cache, so attention holds `heads × chunk × context` scores instead of `heads × prompt²`
+/// (a 7,000-token prompt at once needed gigabytes).
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Runs `prompt` through the model into the one-row `cache` (empty on entry), in chunks of
+/// [`PREFILL_CHUNK`] tokens, and returns the last token's logits (`[vocab]`). Prompts up to
+/// one chunk run exactly as one forward pass.
+pub fn prefill(
+    m: &LoadedModel,
+    prompt: &[u32],
+    cache: &mut [KvCache],
+    hooks: &mut dyn Hooks,
+    path: MatPath,
+) -> Result<Vec<f32>> {
+    let prompt_len = prompt.len();
+    let mut logits = Vec::new();
+    let chunks = prompt_len.div_ceil(PREFILL_CHUNK);
+    for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+        let batch = Batch {
+            tokens: chunk,
+            batch: 1,
+            seq: chunk.len(),
+            valid: &[chunk.len()],
+            prompt_lens: &[prompt_len],
+        };
+        let mode = if i + 1 == chunks {
+            LogitsMode::Last
+        } else {
+            LogitsMode::None
+        };
+        logits = m.model.forward(&batch, cache, hooks, path, mode)?.logits;
+    }
+    Ok(logits)
+}
+
 /// `cancel` set from another thread ends it with [`RuntimeError::Cancelled`].
 pub fn generate(
     m: &LoadedModel,
@@ -105,17 +142,7 @@ pub fn generate(
     };
     let prompt_len = prompt.len();
     let t0 = Instant::now();
-    let batch = Batch {
-        tokens: prompt,
-        batch: 1,
-        seq: prompt.len(),
-        valid: &[prompt.len()],
-        prompt_lens: &[prompt_len],
-    };
-    let mut logits = m
-        .model
-        .forward(&batch, &mut cache, hooks, opts.path, LogitsMode::Last)?
-        .logits;
+    let mut logits = prefill(m, prompt, &mut cache, hooks, opts.path)?;
     stats.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut stop = StopReason::MaxTokens;

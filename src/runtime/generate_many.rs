@@ -61,22 +61,7 @@ pub fn generate_many(
     let prompt_len = prompt.len();
     let t0 = std::time::Instant::now();
     let mut cache = vec![m.new_cache()];
-    let first = m
-        .model
-        .forward(
-            &Batch {
-                tokens: prompt,
-                batch: 1,
-                seq: prompt_len,
-                valid: &[prompt_len],
-                prompt_lens: &[prompt_len],
-            },
-            &mut cache,
-            hooks,
-            opts.path,
-            LogitsMode::Last,
-        )?
-        .logits;
+    let first = super::generate::prefill(m, prompt, &mut cache, hooks, opts.path)?;
     if first.len() != vocab {
         return Err(RuntimeError::BadInput(
             "a hook stopped the forward pass during generation".into(),

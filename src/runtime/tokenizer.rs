@@ -443,31 +443,101 @@ impl TextTokenizer {
             .chat_template
             .as_deref()
             .ok_or_else(|| RuntimeError::ChatTemplate("this model has no chat template".into()))?;
-        let mut env = minijinja::Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-            },
-        );
-        env.add_template("chat", template)
-            .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
-        let tmpl = env
-            .get_template("chat")
-            .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
-        let text = tmpl
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_text,
-                eos_token => self.eos_text,
-            })
-            .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
+        let text = render_template(
+            template,
+            messages,
+            add_generation_prompt,
+            &self.bos_text,
+            &self.eos_text,
+        )?;
         Ok(match text.strip_prefix(self.bos_text.as_str()) {
             Some(rest) if self.add_bos && self.bos.is_some() && !self.bos_text.is_empty() => rest.to_string(),
             _ => text,
         })
+    }
+}
+
+/// Renders a chat template (Jinja, as Hugging Face's `apply_chat_template`) with the bounds
+/// below: [`TEMPLATE_FUEL`] steps, [`TEMPLATE_RECURSION`] levels, [`TEMPLATE_MAX_OUTPUT`] bytes.
+fn render_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_text: &str,
+    eos_text: &str,
+) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    // A template comes with the model file: bound what it may do (an endless loop, a
+    // runaway recursion or an output of gigabytes would hang or exhaust the app).
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_template("chat", template)
+        .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
+    let tmpl = env
+        .get_template("chat")
+        .map_err(|e| RuntimeError::ChatTemplate(e.to_string()))?;
+    let mut out = CappedWriter {
+        bytes: Vec::new(),
+        cap: TEMPLATE_MAX_OUTPUT,
+    };
+    tmpl.render_captured_to(
+        minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => bos_text,
+            eos_token => eos_text,
+        },
+        &mut out,
+    )
+    .map_err(|e| {
+        RuntimeError::ChatTemplate(match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => {
+                format!("rendering took more than {TEMPLATE_FUEL} steps (an endless loop?)")
+            }
+            minijinja::ErrorKind::WriteFailure => {
+                format!("the rendered chat exceeds {} MiB", TEMPLATE_MAX_OUTPUT >> 20)
+            }
+            _ => e.to_string(),
+        })
+    })?;
+    let text = String::from_utf8(out.bytes)
+        .map_err(|_| RuntimeError::ChatTemplate("the rendered chat is not UTF-8".into()))?;
+    Ok(text)
+}
+
+/// Instructions a chat template may run per rendering (real templates need a few thousand
+/// per message; this allows thousands of messages and stops an endless loop in well under a
+/// second).
+const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Deepest recursion (macros, recursive loops, includes) a chat template may reach.
+const TEMPLATE_RECURSION: usize = 100;
+/// Largest rendered chat, in bytes.
+const TEMPLATE_MAX_OUTPUT: usize = 16 << 20;
+
+/// A writer that refuses to grow past `cap` bytes.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.cap {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -513,5 +583,43 @@ impl StreamDecoder {
 impl Default for StreamDecoder {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(t: &str) -> Result<String> {
+        render_template(t, &[ChatMessage::user("hi")], true, "<s>", "</s>")
+    }
+
+    #[test]
+    fn templates_render_within_their_bounds() {
+        let t = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+        assert_eq!(render(t).unwrap(), "<|user|>hi<|assistant|>");
+    }
+
+    #[test]
+    fn endless_deep_or_huge_templates_stop_with_a_clear_error() {
+        let started = std::time::Instant::now();
+        // Endless: a loop over a huge range.
+        let e = render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+            .unwrap_err();
+        assert!(e.to_string().contains("steps"), "{e}");
+        // Deep: a macro calling itself.
+        let e = render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").unwrap_err();
+        assert!(matches!(e, RuntimeError::ChatTemplate(_)), "{e}");
+        // Huge: 64 MiB of output from a short template.
+        let e = render("{% set s = 'x' * 65536 %}{% for i in range(1024) %}{{ s }}{% endfor %}").unwrap_err();
+        assert!(
+            e.to_string().contains("MiB") || e.to_string().contains("steps"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "bounds took {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -11,8 +11,9 @@ pub enum TokenScope {
     /// Every token (the paper's setting).
     #[default]
     All,
-    /// Only the last token of each chunk: in a prefill the final prompt token, in decoding
-    /// every new token (each is the last one when it is computed).
+    /// Only the last token of each chunk: in a prefill the final prompt token (a chunk of a
+    /// prompt prefilled in pieces that ends before it steers nothing), in decoding every new
+    /// token (each is the last one when it is computed).
     LastToken,
     /// Only tokens at positions inside the prompt.
     PromptOnly,
@@ -37,6 +38,9 @@ impl TokenScope {
         let boundary = window.prompt_len.saturating_sub(first).min(seq_len);
         match self {
             TokenScope::All => 0..seq_len,
+            // A chunk of a prompt prefilled in pieces that ends before the prompt's last
+            // token has no token to steer.
+            TokenScope::LastToken if first.saturating_add(seq_len) < window.prompt_len => seq_len..seq_len,
             TokenScope::LastToken => seq_len.saturating_sub(1)..seq_len,
             TokenScope::PromptOnly => 0..boundary,
             TokenScope::GeneratedOnly => boundary..seq_len,
@@ -97,5 +101,22 @@ mod tests {
         assert_eq!(TokenScope::PromptOnly.token_range(4, mixed), 0..2);
         assert_eq!(TokenScope::GeneratedOnly.token_range(4, mixed), 2..4);
         assert_eq!(TokenScope::LastToken.token_range(0, mixed), 0..0);
+    }
+
+    /// A 10-token prompt prefilled as chunks of 4, 4 and 2: only the prompt's last token is
+    /// the last token steered, as in one pass; decoding steers each new token.
+    #[test]
+    fn last_token_in_a_chunked_prefill_is_the_prompts_last() {
+        let w = |first| TokenWindow {
+            first_position: first,
+            prompt_len: 10,
+        };
+        assert_eq!(TokenScope::LastToken.token_range(4, w(0)), 4..4);
+        assert_eq!(TokenScope::LastToken.token_range(4, w(4)), 4..4);
+        assert_eq!(TokenScope::LastToken.token_range(2, w(8)), 1..2);
+        assert_eq!(TokenScope::LastToken.token_range(10, w(0)), 9..10);
+        assert_eq!(TokenScope::LastToken.token_range(1, w(10)), 0..1);
+        assert_eq!(TokenScope::PromptOnly.token_range(4, w(4)), 0..4);
+        assert_eq!(TokenScope::GeneratedOnly.token_range(4, w(4)), 4..4);
     }
 }
