@@ -411,3 +411,28 @@ fn a_long_prompt_prefills_in_chunks_like_one_pass() {
     assert_eq!(whole.len(), chunked.len());
     assert!(d <= 1e-3, "chunked prefill differs by {d}");
 }
+
+/// `encode_prefix` gives the first ids of the whole text's encoding, and reads only the start
+/// of a huge text (a 50 MB dataset line).
+#[test]
+fn encode_prefix_equals_a_cut_full_encoding_and_skips_the_rest() {
+    let Some(m) = model() else { return };
+    let t = &m.tokenizer;
+    for text in [
+        "Football is a family of team sports.",
+        "naïve café — 日本語のテキスト, emojis 🎉🎉 and   runs   of   spaces\n\n\ttabs",
+        &"word ".repeat(500),
+    ] {
+        let full = t.encode(text).unwrap_or_else(|e| panic!("{e}"));
+        for n in [1, 7, 64, 10_000] {
+            let got = t.encode_prefix(text, n).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got[..], full[..full.len().min(n)], "{text:?}, {n} tokens");
+        }
+    }
+    let huge = "All work and no play makes Jack a dull boy. ".repeat(1_200_000);
+    let started = std::time::Instant::now();
+    let got = t.encode_prefix(&huge, 64).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.len(), 64);
+    let s = started.elapsed().as_secs_f64();
+    println!("{} MB text: 64 tokens in {s:.3} s", huge.len() / 1_000_000);
+}

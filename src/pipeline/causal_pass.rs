@@ -203,11 +203,11 @@ fn encode_all(m: &LoadedModel, texts: &[&String], max_tokens: usize) -> Result<V
     texts
         .iter()
         .map(|t| {
-            let mut v = m.tokenizer.encode(t)?;
-            v.truncate(max_tokens.max(1));
+            let v = m.tokenizer.encode_prefix(t, max_tokens.max(1))?;
             if v.is_empty() {
                 return Err(FitError::Input(format!(
-                    "the sample {t:?} is empty after tokenization"
+                    "the sample {:?} is empty after tokenization",
+                    crate::pipeline::dataset::excerpt(t)
                 )));
             }
             Ok(v)

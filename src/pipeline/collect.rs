@@ -60,7 +60,7 @@ pub fn collect(
     let d = m.config().hidden_size;
     let lens = texts
         .iter()
-        .map(|t| Ok(m.tokenizer.encode(t)?.len().min(opts.max_tokens.max(1))))
+        .map(|t| Ok(m.tokenizer.encode_prefix(t, opts.max_tokens.max(1))?.len()))
         .collect::<Result<Vec<usize>>>()?;
     let mut order: Vec<usize> = (0..texts.len()).collect();
     order.sort_by_key(|&i| (lens[i], i));
@@ -123,11 +123,11 @@ impl PaddedBatch {
     ) -> Result<Self> {
         let mut ids = Vec::new();
         for t in texts {
-            let mut v = m.tokenizer.encode(t)?;
-            v.truncate(max_tokens.max(1));
+            let v = m.tokenizer.encode_prefix(t, max_tokens.max(1))?;
             if v.is_empty() {
                 return Err(RuntimeError::BadInput(format!(
-                    "the sample {t:?} is empty after tokenization"
+                    "the sample {:?} is empty after tokenization",
+                    crate::pipeline::dataset::excerpt(t)
                 )));
             }
             ids.push(v);

@@ -62,6 +62,14 @@ pub enum DatasetSpec {
     Builtin(String),
 }
 
+/// The start of a sample for a message: at most 80 characters, `…` when cut.
+pub fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
 impl FromStr for DatasetSpec {
     type Err = DatasetError;
 

@@ -90,8 +90,7 @@ pub fn texts_perplexity(
     let max_tokens = max_tokens.clamp(2, m.config().max_position);
     let mut seqs = Vec::with_capacity(texts.len());
     for t in texts {
-        let mut ids = m.tokenizer.encode(t)?;
-        ids.truncate(max_tokens);
+        let ids = m.tokenizer.encode_prefix(t, max_tokens)?;
         if ids.len() >= 2 {
             seqs.push(ids);
         }
