@@ -16,8 +16,13 @@ use crate::transport::{Method, Support};
 /// Arguments of `fit-image`.
 #[derive(Debug, clap::Args)]
 pub struct FitImageArgs {
-    #[command(flatten)]
-    pub model: ImageModelArgs,
+    /// A diffusers folder (model_index.json, text_encoder/, unet/, vae/, tokenizer/,
+    /// scheduler/; SDXL also text_encoder_2/, tokenizer_2/). Not needed with --list.
+    #[arg(long, required_unless_present = "list")]
+    pub model: Option<PathBuf>,
+    /// Weights and activations precision: f32 or f16.
+    #[arg(long, default_value = "f32", value_parser = super::image_args::parse_dtype)]
+    pub dtype: candle_core::DType,
     /// A built-in concept: style:NAME, negate:NAME or remove:trees (`--list` shows them).
     #[arg(long, conflicts_with_all = ["source", "target"])]
     pub concept: Option<String>,
@@ -111,7 +116,10 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
         },
         chunk: a.chunk,
     };
-    let pipe = load_pipeline(&a.model)?;
+    let pipe = load_pipeline(&ImageModelArgs {
+        model: a.model.clone().context("--model is required")?,
+        dtype: a.dtype,
+    })?;
     let bar = progress_bar(0, "fitting hook points");
     let started = std::time::Instant::now();
     let mut progress = |done: usize, total: usize| {

@@ -32,7 +32,7 @@ pub struct ImageModelArgs {
     pub dtype: DType,
 }
 
-fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+pub(super) fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
     match s.trim().to_lowercase().as_str() {
         "f32" | "float32" => Ok(DType::F32),
         "f16" | "float16" | "fp16" => Ok(DType::F16),

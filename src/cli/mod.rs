@@ -145,7 +145,7 @@ pub fn exit_code(result: Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<common::StdoutClosed>() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::pipeline::error_text::describe(e.as_ref()));
             ExitCode::FAILURE
         }
     }

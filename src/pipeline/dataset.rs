@@ -84,6 +84,14 @@ impl FromStr for DatasetSpec {
             }
             return Ok(Self::Builtin(name.trim().to_string()));
         }
+        // A name that is an existing file is that file, `#` and all (`notes#1.txt`).
+        if s.contains('#') && Path::new(s).is_file() {
+            return Ok(Self::File {
+                path: PathBuf::from(s),
+                field: None,
+                filters: Vec::new(),
+            });
+        }
         let (path, selector) = match s.rsplit_once('#') {
             Some((p, sel)) => (p, Some(sel)),
             None => (s, None),
@@ -339,6 +347,20 @@ fn parse_jsonl(
     Ok(out)
 }
 
+/// A record whose field count is off because a quote opened in it is never closed (the
+/// reader then swallows the rest of the file as one field): said as such, with the line.
+fn unclosed_quote(text: &str, e: &csv::Error, origin: &str) -> Option<DatasetError> {
+    let csv::ErrorKind::UnequalLengths { pos: Some(pos), .. } = e.kind() else {
+        return None;
+    };
+    let rest = text.get(usize::try_from(pos.byte()).ok()?..)?;
+    (rest.matches('"').count() % 2 == 1).then(|| DatasetError::Format {
+        origin: origin.into(),
+        line: pos.line() as usize,
+        message: "a quoted field (\") that starts in this record is never closed".into(),
+    })
+}
+
 fn parse_csv(
     text: &str,
     delimiter: u8,
@@ -394,7 +416,7 @@ fn parse_csv(
         .collect::<Result<_>>()?;
     let mut out = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(csv_err)?;
+        let record = record.map_err(|e| unclosed_quote(text, &e, origin).unwrap_or_else(|| csv_err(e)))?;
         if filter_cols
             .iter()
             .all(|&(c, want)| record.get(c).is_some_and(|v| filter_matches(v.trim(), want)))
@@ -539,6 +561,25 @@ mod tests {
         assert!("builtin:".parse::<DatasetSpec>().is_err());
         assert!("a.csv#x,y".parse::<DatasetSpec>().is_err());
         assert!("a.csv#=1".parse::<DatasetSpec>().is_err());
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_named_and_a_hash_in_a_file_name_is_kept() {
+        let e = parse("text,label\nfine,1\n\"open quote,0\nmore,1\n", "csv", "").unwrap_err();
+        assert!(e.to_string().contains("never closed"), "{e}");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("notes#1.txt");
+        std::fs::write(&p, "a\n").unwrap();
+        let spec: DatasetSpec = p.to_string_lossy().parse().unwrap();
+        assert_eq!(
+            spec,
+            DatasetSpec::File {
+                path: p.clone(),
+                field: None,
+                filters: vec![],
+            }
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod concepts;
 pub mod dataset;
 pub mod describe;
 pub mod diffusion_fit;
+pub mod error_text;
 pub mod eval;
 pub mod fit_arrays;
 pub mod fit_concept;

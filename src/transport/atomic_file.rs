@@ -73,7 +73,10 @@ fn link_target(path: &Path) -> std::io::Result<PathBuf> {
             _ => t,
         };
     }
-    Err(std::io::Error::other(format!("{}: too many levels of symbolic links", path.display())))
+    Err(std::io::Error::other(format!(
+        "{}: too many levels of symbolic links",
+        path.display()
+    )))
 }
 
 /// `.{name}.{pid}.tmp`: the temporary file of a save of `name` by process `pid`.
@@ -88,7 +91,9 @@ fn temp_name(name: &std::ffi::OsStr, pid: u32) -> std::ffi::OsString {
 /// Linux, no `/proc/PID`; elsewhere, older than an hour): a save killed between writing and
 /// renaming leaves one behind. Best effort: nothing here can fail a save.
 fn remove_stale_temps(dir: &Path, name: &std::ffi::OsStr) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let prefix = format!(".{}.", name.to_string_lossy());
     for e in entries.flatten() {
         let file = e.file_name();
@@ -177,12 +182,17 @@ mod tests {
         let link = dir.path().join("link.safetensors");
         std::os::unix::fs::symlink("real.safetensors", &link)?;
         atomic_write(&link, b"new")?;
-        assert!(std::fs::symlink_metadata(&link)?.file_type().is_symlink(), "the link was replaced");
+        assert!(
+            std::fs::symlink_metadata(&link)?.file_type().is_symlink(),
+            "the link was replaced"
+        );
         assert_eq!(std::fs::read(&target)?, b"new");
         assert_eq!(std::fs::metadata(&target)?.permissions().mode() & 0o777, 0o640);
         // A killed save's temp file (a pid that cannot be running) goes at the next save; one
         // of another file stays.
-        let stale = dir.path().join(temp_name("real.safetensors".as_ref(), u32::MAX - 1));
+        let stale = dir
+            .path()
+            .join(temp_name("real.safetensors".as_ref(), u32::MAX - 1));
         let other = dir.path().join(temp_name("other.bin".as_ref(), u32::MAX - 1));
         std::fs::write(&stale, b"x")?;
         std::fs::write(&other, b"x")?;

@@ -163,6 +163,8 @@ pub enum MapsError {
         expected: Box<super::ModelFingerprint>,
         found: Box<super::ModelFingerprint>,
     },
-    #[error("cannot save maps: {0}")]
+    /// Maps that break a rule of the format (a bad or repeated hook point name), found when
+    /// assembling them to save or when loading a file.
+    #[error("invalid maps: {0}")]
     Invalid(String),
 }

@@ -73,17 +73,7 @@ fn is_cancel(e: &(dyn Error + 'static)) -> bool {
 
 /// Errors as the user reads them: the whole cause chain on one line, each cause once.
 pub fn describe(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
+    crate::pipeline::error_text::describe(e)
 }
 
 // `JobError` is not an `Error` itself, so every error type of the layers below converts.
