@@ -473,7 +473,7 @@ impl TextTokenizer {
 
 /// Renders a chat template (Jinja, as Hugging Face's `apply_chat_template`) with the bounds
 /// below: [`TEMPLATE_FUEL`] steps, [`TEMPLATE_RECURSION`] levels, [`TEMPLATE_MAX_OUTPUT`] bytes.
-fn render_template(
+pub fn render_template(
     template: &str,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
