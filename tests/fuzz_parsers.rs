@@ -75,10 +75,14 @@ const INTERESTING_TEXT: [&str; 12] = [
     "{",
 ];
 
-/// One to four random mutations of `data`.
-fn mutate(rng: &mut Rng, data: &mut Vec<u8>, text: bool) {
+/// One to four random mutations of `data`; three in four fall in its first `hot` bytes (a
+/// file's header, where lengths and counts live) when given.
+fn mutate(rng: &mut Rng, data: &mut Vec<u8>, text: bool, hot: Option<usize>) {
     for _ in 0..1 + rng.below(4) {
-        let len = data.len();
+        let len = match hot {
+            Some(h) if rng.below(4) != 0 => h.min(data.len()),
+            _ => data.len(),
+        };
         match rng.below(if text { 8 } else { 7 }) {
             0 if len > 0 => {
                 let i = rng.below(len);
@@ -145,7 +149,13 @@ fn seed() -> u64 {
 
 /// Runs `target` on the regression inputs, then on `cases()` mutations of the seeds; returns
 /// how many inputs ran and how many the parser accepted.
-fn fuzz(name: &str, seeds: &[Vec<u8>], text: bool, mut target: impl FnMut(&[u8]) -> bool) -> (usize, usize) {
+fn fuzz(
+    name: &str,
+    seeds: &[Vec<u8>],
+    text: bool,
+    hot: Option<usize>,
+    mut target: impl FnMut(&[u8]) -> bool,
+) -> (usize, usize) {
     let regressions = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/fuzz-regressions")
         .join(name);
@@ -165,7 +175,7 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], text: bool, mut target: impl FnMut(&[u8])
             inputs[i].clone()
         } else {
             let mut d = seeds[rng.below(seeds.len())].clone();
-            mutate(&mut rng, &mut d, text);
+            mutate(&mut rng, &mut d, text, hot);
             (format!("case {i}"), d)
         };
         match catch_unwind(AssertUnwindSafe(|| target(&data))) {
@@ -212,6 +222,7 @@ fn tiny_gguf() -> Vec<u8> {
     let s = |v: &str| Value::String(v.to_string());
     let md: Vec<(&str, Value)> = vec![
         ("general.architecture", s("llama")),
+        ("general.alignment", Value::U32(32)),
         ("llama.block_count", Value::U32(layers as u32)),
         ("llama.context_length", Value::U32(64)),
         ("llama.embedding_length", Value::U32(d as u32)),
@@ -321,7 +332,10 @@ fn gguf_files() {
     let seed = tiny_gguf();
     std::fs::write(&path, &seed).unwrap_or_else(|e| panic!("{e}"));
     assert!(run_model(&path), "the seed does not load");
-    let (ran, accepted) = fuzz("gguf", &[seed], false, |data| {
+    let header = gguf_file::Content::read(&mut std::io::Cursor::new(&seed))
+        .map(|c| c.tensor_data_offset as usize)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (ran, accepted) = fuzz("gguf", &[seed], false, Some(header), |data| {
         std::fs::write(&path, data).is_ok() && run_model(&path)
     });
     assert!(
@@ -340,7 +354,7 @@ fn hugging_face_config_json() {
     let config = dir.path().join("config.json");
     let seed = std::fs::read(&config).unwrap_or_else(|e| panic!("{e}"));
     assert!(run_model(dir.path()), "the seed does not load");
-    let (_, accepted) = fuzz("config", &[seed], true, |data| {
+    let (_, accepted) = fuzz("config", &[seed], true, None, |data| {
         std::fs::write(&config, data).is_ok() && run_model(dir.path())
     });
     assert!(accepted > 0);
@@ -391,7 +405,10 @@ fn maps_files() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let seed = maps_seed(dir.path());
     let path = dir.path().join("m.safetensors");
-    let (_, accepted) = fuzz("maps", &[seed], false, |data| {
+    let header = seed.get(..8).map_or(0, |b| {
+        u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize + 8
+    });
+    let (_, accepted) = fuzz("maps", &[seed], false, Some(header), |data| {
         if std::fs::write(&path, data).is_err() {
             return false;
         }
@@ -438,7 +455,7 @@ fn datasets() {
     for (ext, text, field) in seeds {
         let filters: Vec<(String, String)> = Vec::new();
         let name = format!("dataset-{ext}");
-        fuzz(&name, &[text.as_bytes().to_vec()], true, |data| {
+        fuzz(&name, &[text.as_bytes().to_vec()], true, None, |data| {
             let text = String::from_utf8_lossy(data);
             parse_dataset(&text, ext, field, &filters, "x", "x").is_ok()
         });
@@ -463,7 +480,7 @@ fn chat_templates() {
         msg("assistant", "hello"),
         msg("user", "football?"),
     ];
-    let (_, accepted) = fuzz("template", &seeds, true, |data| {
+    let (_, accepted) = fuzz("template", &seeds, true, None, |data| {
         let t = String::from_utf8_lossy(data);
         render_template(&t, &messages, true, "<bos>", "<eos>").is_ok()
     });

@@ -87,10 +87,13 @@ fn build_from_vocab(vocab_path: &Path, merges_path: &Path, unk: &str) -> Result<
         })?;
         vocab.insert(token, id);
     }
-    let merges_text = std::fs::read_to_string(merges_path).map_err(|source| DiffusionError::Io {
-        path: merges_path.to_path_buf(),
-        source,
-    })?;
+    let merges_text =
+        crate::transport::regular_file::read_regular_to_string(merges_path).map_err(|source| {
+            DiffusionError::Io {
+                path: merges_path.to_path_buf(),
+                source,
+            }
+        })?;
     let mut merges = Vec::new();
     for (n, line) in merges_text.lines().enumerate() {
         let line = line.trim_end_matches('\r');

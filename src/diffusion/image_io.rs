@@ -242,7 +242,7 @@ pub fn save_png(path: &Path, img: &RgbImage, meta: Option<&ImageMeta>) -> Result
 
 /// Reads the AcT Studio settings stored in the PNG file at `path`.
 pub fn read_png_meta(path: &Path) -> Result<ImageMeta> {
-    let bytes = std::fs::read(path).map_err(|source| DiffusionError::Io {
+    let bytes = crate::transport::regular_file::read_regular(path).map_err(|source| DiffusionError::Io {
         path: path.to_path_buf(),
         source,
     })?;

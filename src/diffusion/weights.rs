@@ -168,7 +168,7 @@ pub fn weights_error(component: &str) -> impl FnOnce(candle_core::Error) -> Diff
 
 /// Reads and parses a JSON config file.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = crate::transport::regular_file::read_regular_to_string(path).map_err(io(path))?;
     serde_json::from_str(&text).map_err(|e| DiffusionError::BadConfig {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -56,7 +56,7 @@ pub struct LoadedArray {
 
 /// Loads a CSV or safetensors file (chosen by the `.safetensors` extension, else CSV).
 pub fn load_array(path: &Path) -> Result<LoadedArray, ArrayError> {
-    let bytes = std::fs::read(path).map_err(|source| ArrayError::Io {
+    let bytes = crate::transport::regular_file::read_regular(path).map_err(|source| ArrayError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -187,7 +187,7 @@ pub fn read_dataset_file(
     filters: &[(String, String)],
     spec: &str,
 ) -> Result<Dataset> {
-    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
+    let bytes = crate::transport::regular_file::read_regular(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
     })?;

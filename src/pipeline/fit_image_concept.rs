@@ -96,9 +96,11 @@ pub struct FittedImageConcept {
 
 /// Reads prompts from a text file, one per line (blank lines skipped).
 pub fn read_prompts(path: &Path) -> Result<Vec<String>, DiffusionError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DiffusionError::Io {
-        path: path.to_path_buf(),
-        source,
+    let text = crate::transport::regular_file::read_regular_to_string(path).map_err(|source| {
+        DiffusionError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     })?;
     let v: Vec<String> = text
         .lines()

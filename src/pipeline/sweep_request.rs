@@ -58,7 +58,7 @@ pub fn keywords_for(spec: Option<&str>, concept: &str) -> Result<KeywordSet, Swe
                 &builtin_concept(name).map_err(|e| input(&e))?.keywords,
             )),
             None => {
-                let text = std::fs::read_to_string(s)
+                let text = crate::transport::regular_file::read_regular_to_string(std::path::Path::new(s))
                     .map_err(|e| SweepError::Input(format!("reading keywords {s}: {e}")))?;
                 let k = KeywordSet::parse_list(&text);
                 if k.is_empty() {

@@ -49,10 +49,13 @@ impl HfFolder {
                     .into(),
             });
         }
-        let text = std::fs::read_to_string(&config_path).map_err(|source| RuntimeError::Io {
-            path: config_path.clone(),
-            source,
-        })?;
+        let text =
+            crate::transport::regular_file::read_regular_to_string(&config_path).map_err(|source| {
+                RuntimeError::Io {
+                    path: config_path.clone(),
+                    source,
+                }
+            })?;
         let bad = |reason: String| RuntimeError::BadModel {
             path: config_path.clone(),
             reason,

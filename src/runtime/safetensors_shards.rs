@@ -62,7 +62,7 @@ fn is_shard_name(name: &str) -> bool {
 pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let text = crate::transport::regular_file::read_regular_to_string(&index).map_err(io_err(&index))?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(&index, format!("not valid JSON: {e}")))?;
         let map = json
@@ -136,6 +136,7 @@ pub const MAX_HEADER_LEN: u64 = 100_000_000;
 /// announces — read without the tensor data: the bytes [`SafetensorsShards::header_sha256`]
 /// hashes for this file.
 pub fn read_header(path: &Path) -> Result<Vec<u8>> {
+    crate::transport::regular_file::check_regular(path).map_err(io_err(path))?;
     let mut f = File::open(path).map_err(io_err(path))?;
     let truncated = |what: String| {
         move |e: std::io::Error| match e.kind() {
@@ -174,7 +175,7 @@ impl SafetensorsShards {
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
-            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            let bytes = crate::transport::regular_file::read_regular(&path).map_err(io_err(&path))?;
             h.update(header_bytes(&bytes, &path)?);
             let st = BufferedSafetensors::new(bytes)
                 .map_err(|e| bad(&path, format!("not a valid safetensors file: {e}")))?;

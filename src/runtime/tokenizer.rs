@@ -304,9 +304,11 @@ impl TextTokenizer {
             .map_err(|e| tok_err(format!("{}: {e}", tokenizer_json.display())))?;
         let cfg: serde_json::Value = match config_json {
             Some(p) if p.exists() => {
-                let text = std::fs::read_to_string(p).map_err(|source| RuntimeError::Io {
-                    path: p.to_path_buf(),
-                    source,
+                let text = crate::transport::regular_file::read_regular_to_string(p).map_err(|source| {
+                    RuntimeError::Io {
+                        path: p.to_path_buf(),
+                        source,
+                    }
                 })?;
                 serde_json::from_str(&text).map_err(|e| tok_err(format!("{}: {e}", p.display())))?
             }

@@ -223,7 +223,7 @@ impl MapsFile {
     /// Loads and validates a maps file: safetensors structure, metadata, version, every
     /// tensor's presence, dtype and shape, the data checksum, and finiteness.
     pub fn load(path: &Path) -> Result<Self, MapsError> {
-        let bytes = std::fs::read(path).map_err(|source| MapsError::Io {
+        let bytes = super::regular_file::read_regular(path).map_err(|source| MapsError::Io {
             path: path.to_path_buf(),
             source,
         })?;

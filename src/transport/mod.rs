@@ -13,6 +13,7 @@ pub mod fingerprint;
 pub mod hook_map;
 pub mod maps_file;
 pub mod method;
+pub mod regular_file;
 pub mod samples;
 pub mod scope;
 pub mod stack;
