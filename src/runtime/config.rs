@@ -107,8 +107,10 @@ impl ModelConfig {
             return Err("the context length is zero".into());
         }
         // Scalars every token goes through: a NaN or zero here loads fine and then produces
-        // garbage (RoPE angles of NaN or θ^0), so they are refused with the file.
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+        // garbage (RoPE angles of NaN or θ^0), so they are refused with the file. GPT-2 has
+        // learned positions and no RoPE base.
+        let rope = matches!(self.family, Family::Llama | Family::Gemma);
+        if rope && !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(format!(
                 "RoPE base θ = {} is not a positive number",
                 self.rope_theta
