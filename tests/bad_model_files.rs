@@ -12,26 +12,26 @@ use std::path::Path;
 
 use act_studio::runtime::LoadedModel;
 
-/// Where the value of metadata `key` starts (after its name and its u32 type).
-fn value_at(bytes: &[u8], key: &str) -> usize {
-    let mut pat = (key.len() as u64).to_le_bytes().to_vec();
-    pat.extend(key.as_bytes());
-    let at = bytes
-        .windows(pat.len())
-        .position(|w| w == pat)
-        .unwrap_or_else(|| panic!("no key {key}"));
-    at + pat.len() + 4
-}
-
-/// Where tensor `name`'s entry continues after its name: dims count, dims, type, offset.
-fn tensor_at(bytes: &[u8], name: &str) -> usize {
+/// Where the bytes right after the length-prefixed string `name` start (the header writes
+/// metadata keys and tensor names as a u64 length, then the bytes).
+fn after_name(bytes: &[u8], name: &str) -> usize {
     let mut pat = (name.len() as u64).to_le_bytes().to_vec();
     pat.extend(name.as_bytes());
     let at = bytes
         .windows(pat.len())
         .position(|w| w == pat)
-        .unwrap_or_else(|| panic!("no tensor {name}"));
+        .unwrap_or_else(|| panic!("no {name} in the header"));
     at + pat.len()
+}
+
+/// Where the value of metadata `key` starts (after its name and its u32 type).
+fn value_at(bytes: &[u8], key: &str) -> usize {
+    after_name(bytes, key) + 4
+}
+
+/// Where tensor `name`'s entry continues after its name: dims count, dims, type, offset.
+fn tensor_at(bytes: &[u8], name: &str) -> usize {
+    after_name(bytes, name)
 }
 
 fn put(bytes: &mut [u8], at: usize, v: &[u8]) {

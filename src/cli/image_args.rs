@@ -113,6 +113,22 @@ fn parse_window(s: &str) -> std::result::Result<StepWindow, String> {
     Ok(StepWindow { start, end })
 }
 
+/// Checks an image command's output PNG against what it reads (the settings PNG and the maps
+/// files) before the model loads.
+pub(super) fn check_image_output(
+    out: &std::path::Path,
+    s: &ImageSettingsArgs,
+    steer: &ImageSteerArgs,
+) -> Result<()> {
+    let inputs: Vec<&std::path::Path> = s
+        .settings_from
+        .iter()
+        .chain(&steer.maps)
+        .map(PathBuf::as_path)
+        .collect();
+    super::common::check_output("--out", out, &inputs)
+}
+
 pub(super) fn load_pipeline(a: &ImageModelArgs) -> Result<SdPipeline> {
     let started = std::time::Instant::now();
     let p = SdPipeline::load(

@@ -1,13 +1,12 @@
 //! `imagine`: one image, optionally steered (and beside the unsteered one), to a PNG.
 
-use std::path::{Path, PathBuf};
-
-use super::common::check_output;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use super::image_args::{
-    ImageModelArgs, ImageSettingsArgs, ImageSteerArgs, load_pipeline, render, request, stack, steer_window,
+    ImageModelArgs, ImageSettingsArgs, ImageSteerArgs, check_image_output, load_pipeline, render, request,
+    stack, steer_window,
 };
 use crate::diffusion::image_io::{save_png, side_by_side};
 use crate::pipeline::image_sheet::{ImageJob, ImageJobKind, ImageSlot};
@@ -31,14 +30,7 @@ pub struct ImagineArgs {
 
 /// `imagine`.
 pub fn imagine(a: &ImagineArgs) -> Result<()> {
-    let inputs: Vec<&Path> = a
-        .settings
-        .settings_from
-        .iter()
-        .chain(&a.steer.maps)
-        .map(PathBuf::as_path)
-        .collect();
-    check_output("--out", &a.out, &inputs)?;
+    check_image_output(&a.out, &a.settings, &a.steer)?;
     let pipe = load_pipeline(&a.model)?;
     let (r, from) = request(&pipe, &a.settings)?;
     let job = ImageJob {

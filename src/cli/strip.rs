@@ -1,14 +1,13 @@
 //! `strip`: a λ strip (1 × N) or a λ × seed grid of images from the same initial latents.
 
-use std::path::{Path, PathBuf};
-
-use super::common::check_output;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use image::RgbImage;
 
 use super::image_args::{
-    ImageModelArgs, ImageSettingsArgs, ImageSteerArgs, load_pipeline, render, request, stack, steer_window,
+    ImageModelArgs, ImageSettingsArgs, ImageSteerArgs, check_image_output, load_pipeline, render, request,
+    stack, steer_window,
 };
 use crate::diffusion::image_io::save_png;
 use crate::pipeline::image_sheet::{ImageJob, ImageJobKind, compose_sheet, sheet_settings_cell};
@@ -40,14 +39,7 @@ pub struct StripArgs {
 /// `strip`: one column per λ of the chosen concept, one row per seed.
 pub fn strip_cmd(a: &StripArgs) -> Result<()> {
     anyhow::ensure!(!a.steer.maps.is_empty(), "strip needs a --maps file");
-    let inputs: Vec<&Path> = a
-        .settings
-        .settings_from
-        .iter()
-        .chain(&a.steer.maps)
-        .map(PathBuf::as_path)
-        .collect();
-    check_output("--out", &a.out, &inputs)?;
+    check_image_output(&a.out, &a.settings, &a.steer)?;
     let pipe = load_pipeline(&a.model)?;
     let (r, from) = request(&pipe, &a.settings)?;
     let stack = stack(&pipe, &a.steer, from.as_ref())?;
