@@ -30,6 +30,11 @@ fn app_options(a: AppArgs) -> AppOptions {
         image_model: a.image_model,
         no_autoload: false,
         fresh: a.fresh || a.screenshot.is_some(),
+        // A screenshot run must not add to (or restore) the user's stack.
+        data_dir: a
+            .screenshot
+            .as_ref()
+            .map(|_| std::env::temp_dir().join("act-studio-screenshot")),
         screenshot: a.screenshot,
     }
 }

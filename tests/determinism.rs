@@ -1,5 +1,6 @@
 //! Reproducibility on the demo model: the same seed gives the same maps and the same tokens
-//! whatever the thread count, and a row decoded in a batch equals the same seed drawn alone.
+//! whatever the thread count, and a row decoded in a batch equals the same seed drawn alone;
+//! the app's two columns, streamed together, equal each column generated alone.
 //!
 //! Why it matters: a toxicity test once passed in CI and failed on another 2-core machine with
 //! the same commit, because the dense path's matrix products (candle's `gemm`) summed in blocks
@@ -20,8 +21,10 @@ use sha2::{Digest, Sha256};
 use act_studio::pipeline::dataset::DatasetSpec;
 use act_studio::pipeline::fit_concept::{FitRequest, fit_concept};
 use act_studio::pipeline::fit_model::Estimation;
+use act_studio::pipeline::generate_text::{Column, TextEvent, TextRequest, generate_text};
 use act_studio::pipeline::pooling::Pooling;
 use act_studio::runtime::LoadedModel;
+use act_studio::runtime::NoHooks;
 use act_studio::runtime::generate::{GenerateOptions, generate};
 use act_studio::runtime::generate_many::generate_many;
 use act_studio::runtime::linear::MatPath;
@@ -216,5 +219,41 @@ fn a_batched_row_equals_its_seed_drawn_alone_under_steering() {
     assert!(
         distinct.len() > 1,
         "every row drew the same tokens: seeds are not per row"
+    );
+
+    // The two columns streamed together (a token of each in turn) are each what they are
+    // generated alone with the same seed.
+    let req = TextRequest {
+        prompt: String::new(),
+        chat: false,
+        system: String::new(),
+        options: opts,
+        stack: stack.clone(),
+        unsteered: true,
+    };
+    let mut texts = [String::new(), String::new()];
+    let mut order = Vec::new();
+    let both = ok(generate_text(&m, &req, &prompt, &no, &mut |e| {
+        if let TextEvent::Piece(col, piece) = e {
+            texts[(col == Column::Steered) as usize].push_str(piece);
+            order.push(col);
+        }
+    }));
+    let unsteered = ok(generate(&m, &prompt, &opts, &mut NoHooks, &no, &mut |_| true));
+    let mut hooks = ok(SteeringHooks::new(&stack, c.n_layers, c.hidden_size));
+    let steered = ok(generate(&m, &prompt, &opts, &mut hooks, &no, &mut |_| true));
+    assert_eq!(
+        texts[0], unsteered.text,
+        "the unsteered column differs from it alone"
+    );
+    assert_eq!(texts[1], steered.text, "the steered column differs from it alone");
+    assert_eq!(both.tokens, steered.tokens);
+    assert_ne!(unsteered.text, steered.text, "λ = 0.7 changes the text");
+    // They interleave: the steered column starts before the unsteered one ends.
+    let first_steered = order.iter().position(|c| *c == Column::Steered);
+    let last_unsteered = order.iter().rposition(|c| *c == Column::Unsteered);
+    assert!(
+        matches!((first_steered, last_unsteered), (Some(f), Some(l)) if f < l),
+        "the columns did not stream together: {order:?}"
     );
 }

@@ -1,5 +1,8 @@
 //! File dialogs: each runs on its own thread (rfd blocks), and its result comes back to the
-//! UI thread as a [`DialogResult`] over a channel.
+//! UI thread as a [`DialogResult`] over a channel. Where the desktop has no file-picker
+//! service (no xdg-desktop-portal, a bare X server), rfd returns at once with nothing: that
+//! is reported, pointing to the path bar of the model panel, which does every file action by
+//! typed path.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,7 +10,7 @@ use std::sync::Arc;
 use crate::transport::MapsFile;
 use crate::worker::Command;
 
-use super::{SaveWhat, StudioApp, concepts_panel, output_panel};
+use super::{SaveWhat, StudioApp, concepts_panel, output_panel, plots, sweep_panel};
 
 /// Results of file dialogs, which run on their own threads.
 pub(super) enum DialogResult {
@@ -25,7 +28,19 @@ pub(super) enum DialogResult {
     LoadMaps(PathBuf),
     ExportOutput(PathBuf),
     ExportSweep(PathBuf),
+    ExportSweepSamples(PathBuf),
+    ExportHistory(PathBuf),
+    /// Write this text (an export prepared when the button was pressed) to the file.
+    WriteText(PathBuf, String),
+    /// Save the plots panel as a PNG.
+    PlotsPng(PathBuf),
+    /// The dialog came back at once with nothing: no dialog could be shown.
+    Unavailable,
 }
+
+/// A dialog that returns with nothing faster than this was never shown (nobody cancels a
+/// file picker within a quarter of a second).
+const NO_DIALOG_MS: u128 = 250;
 
 impl StudioApp {
     /// Runs a file dialog on its own thread; `wrap` turns the chosen path into a result.
@@ -41,6 +56,7 @@ impl StudioApp {
         let spawned = std::thread::Builder::new()
             .name("act-dialog".into())
             .spawn(move || {
+                let t = std::time::Instant::now();
                 let picked = if folder {
                     dialog.pick_folder()
                 } else if save {
@@ -48,10 +64,13 @@ impl StudioApp {
                 } else {
                     dialog.pick_file()
                 };
-                if let Some(p) = picked {
-                    let _ = tx.send(wrap(p));
-                    ctx.request_repaint();
-                }
+                let result = match picked {
+                    Some(p) => wrap(p),
+                    None if t.elapsed().as_millis() < NO_DIALOG_MS => DialogResult::Unavailable,
+                    None => return,
+                };
+                let _ = tx.send(result);
+                ctx.request_repaint();
             });
         if spawned.is_err() {
             // Without a thread for the dialog there is no dialog; nothing else is affected.
@@ -79,7 +98,19 @@ impl StudioApp {
             DialogResult::SaveMaps(maps, p) => self.send(Command::SaveMaps(maps, p)),
             DialogResult::LoadMaps(p) => self.send(Command::LoadMaps(p)),
             DialogResult::ExportOutput(p) => output_panel::export_output(self, &p),
-            DialogResult::ExportSweep(p) => output_panel::export_sweep(self, &p),
+            DialogResult::ExportSweep(p) => sweep_panel::export(self, &p, false),
+            DialogResult::ExportSweepSamples(p) => sweep_panel::export(self, &p, true),
+            DialogResult::ExportHistory(p) => self.export_history(&p),
+            DialogResult::WriteText(p, text) => plots::write_text(self, &p, &text),
+            DialogResult::PlotsPng(p) => {
+                let ctx = self.ctx.clone();
+                plots::request_png(self, &ctx, p);
+            }
+            DialogResult::Unavailable => self.error(
+                "no file dialog is available on this desktop (it needs xdg-desktop-portal or GTK): \
+                 type the path in the path bar of the Model panel instead"
+                    .into(),
+            ),
         }
     }
 }

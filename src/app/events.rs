@@ -27,15 +27,23 @@ impl StudioApp {
                 // loaded diffusion pipeline stay).
                 let fp = &info.fingerprint;
                 let image_fp = self.image_model.as_ref().map(|m| &m.fingerprint);
-                self.stack.retain(|c| {
-                    let f = &c.concept.maps.meta().fingerprint;
-                    &f.to_string() == fp || Some(f) == image_fp
-                });
+                let (keep, leave): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.stack).into_iter().partition(|c| {
+                        let f = &c.concept.maps.meta().fingerprint;
+                        &f.to_string() == fp || Some(f) == image_fp
+                    });
+                self.stack = keep;
+                // They come back if their model is loaded again (this session or the next).
+                let mut park = StudioApp::saved_entries(&leave);
+                park.retain(|c| !self.restore.iter().any(|r| r.path == c.path));
+                self.restore.extend(park);
                 self.output = Output::default();
                 self.prompt_acts.clear();
                 self.sweep.rows.clear();
                 self.plots.invalidate();
+                let fp = info.fingerprint.clone();
                 self.model = Some(info);
+                self.restore_stack_for(&fp);
             }
             Event::DatasetLoaded(d, lens) => {
                 self.editor = Some(Editor {
@@ -55,8 +63,12 @@ impl StudioApp {
             // Text of an older, stopped generation does not belong in the columns.
             Event::Token(id, _, _) | Event::ColumnDone { id, .. } if id != self.output.started => {}
             Event::Token(_, col, text) => match col {
-                Column::Unsteered => self.output.unsteered.push_str(&text),
+                Column::Unsteered => {
+                    self.output.rates[0].token();
+                    self.output.unsteered.push_str(&text);
+                }
                 Column::Steered => {
+                    self.output.rates[1].token();
                     if self.output.first_steered_token.is_none()
                         && let Some(t) = self.output.requested
                     {
@@ -68,11 +80,23 @@ impl StudioApp {
                     self.output.steered.push_str(&text);
                 }
             },
-            Event::ColumnDone { column, complete, .. } => match column {
-                Column::Unsteered if complete => self.output.unsteered_key = self.output.pending_key.take(),
-                Column::Unsteered => self.output.pending_key = None,
-                Column::Steered => self.output.generating = false,
-            },
+            Event::ColumnDone { column, complete, .. } => {
+                let run = self.output.pending_run.clone();
+                match column {
+                    Column::Unsteered if complete => self.output.unsteered_run = run.map(|r| r.unsteered()),
+                    Column::Unsteered => {}
+                    Column::Steered => {
+                        self.output.generating = false;
+                        self.output.pending_run = None;
+                        if complete {
+                            self.output.steered_run = run;
+                            if self.output.unsteered_run.is_some() {
+                                self.record_run();
+                            }
+                        }
+                    }
+                }
+            }
             Event::PromptActivations(a) => self.prompt_acts = a,
             Event::Fitted(maps, samples) => {
                 let name = maps.meta().concept.clone();
@@ -80,7 +104,9 @@ impl StudioApp {
                     "fitted `{name}` at {} hook points",
                     maps.meta().hook_points.len()
                 ));
-                self.add_concept(maps, Some(samples));
+                self.add_concept(maps.clone(), Some(samples), None);
+                self.keep_fitted(&maps);
+                self.lambda_released();
             }
             Event::SweepDone(rows) => {
                 self.info(format!("sweep done: {} λ values", rows.len()));
@@ -97,10 +123,22 @@ impl StudioApp {
                     token_lens: Vec::new(),
                 });
             }
-            Event::MapsSaved(p) => self.info(format!("saved {}", p.display())),
+            Event::MapsSaved(p) => {
+                // Concepts kept for the next session are saved without a word.
+                if self.data_dir.as_ref().is_none_or(|d| !p.starts_with(d)) {
+                    self.info(format!("saved {}", p.display()));
+                    self.settings.remember_maps(p);
+                }
+            }
             Event::MapsLoaded(maps, p) => {
-                self.info(format!("loaded maps {}", p.display()));
-                self.add_concept(maps, None);
+                self.add_concept(maps, None, Some(p.clone()));
+                if self.apply_restored(&p) {
+                    self.info(format!("restored {}", p.display()));
+                } else {
+                    self.info(format!("loaded maps {}", p.display()));
+                    self.settings.remember_maps(p);
+                }
+                self.lambda_released();
             }
             Event::ImageModelLoaded(info) => image::model_loaded(self, info),
             Event::ImageModelUnloaded => image::model_unloaded(self),
@@ -113,28 +151,47 @@ impl StudioApp {
                     m.source.count,
                     m.target.count
                 ));
-                self.add_concept(maps, None);
+                self.add_concept(maps, None, None);
             }
             Event::ImageProgress(p) => image::progress(self, p),
             Event::Image(r) => image::image_arrived(self, *r),
             Event::ImagesDone { id, complete } => image::job_done(self, id, complete),
             Event::Idle => {
-                self.pending = self.pending.saturating_sub(1);
+                self.jobs.pop_front();
                 self.running = None;
-                if self.pending == 0 {
+                if self.jobs.is_empty() {
                     self.progress = None;
                     self.output.generating = false;
                     self.image.generating = false;
                 }
             }
             Event::Failed(JobError::Cancelled) => self.info("stopped".into()),
-            Event::Failed(JobError::Failed(msg)) => self.error(msg),
+            Event::Failed(JobError::Failed(msg)) => {
+                // A stack entry of the last session that no longer loads is forgotten.
+                let gone: Vec<_> = self
+                    .restore
+                    .iter()
+                    .filter(|c| msg.contains(&c.path.display().to_string()))
+                    .map(|c| c.path.clone())
+                    .collect();
+                for p in &gone {
+                    self.drop_restore(p);
+                }
+                self.error(msg);
+            }
         }
     }
 
-    /// Adds (or replaces, by name) a concept at λ = 1.
-    pub(super) fn add_concept(&mut self, maps: Arc<MapsFile>, samples: Option<Arc<Vec<FitSamples>>>) {
+    /// Adds (or replaces, by name) a concept at λ = 1; `path` is its maps file, when it has
+    /// one.
+    pub(super) fn add_concept(
+        &mut self,
+        maps: Arc<MapsFile>,
+        samples: Option<Arc<Vec<FitSamples>>>,
+        path: Option<std::path::PathBuf>,
+    ) {
         let name = maps.meta().concept.clone();
+        let maps_sha256 = super::restore::maps_sha256(&maps);
         let entry = StackEntry {
             concept: crate::transport::Concept {
                 name: name.clone(),
@@ -144,6 +201,8 @@ impl StudioApp {
             },
             samples,
             extended: false,
+            path,
+            maps_sha256,
         };
         match self.stack.iter_mut().find(|e| e.concept.name == name) {
             Some(e) => *e = entry,

@@ -114,13 +114,20 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
         ui.add(egui::DragValue::new(&mut f.limit).range(0..=100_000))
             .on_hover_text("0 = all");
     });
-    let can_fit = app.model.is_some() && !app.settings.concept_name.trim().is_empty();
-    if ui
-        .add_enabled(can_fit, egui::Button::new("Fit concept"))
-        .clicked()
-    {
-        start_fit(app);
-    }
+    let fitting = app.has_job(crate::worker::JobKind::Fit);
+    let can_fit = app.model.is_some() && !app.settings.concept_name.trim().is_empty() && !fitting;
+    ui.horizontal(|ui| {
+        if ui
+            .add_enabled(can_fit, egui::Button::new("Fit concept"))
+            .on_disabled_hover_text("one fit at a time: wait for it or cancel it")
+            .clicked()
+        {
+            start_fit(app);
+        }
+        if fitting && ui.button("Cancel fit").clicked() {
+            app.cancel_kind(crate::worker::JobKind::Fit);
+        }
+    });
     maps_row(app, ui);
 }
 
@@ -188,5 +195,8 @@ pub fn start_fit(app: &mut StudioApp) {
         },
         keep_samples: true,
     };
+    if app.has_job(crate::worker::JobKind::Fit) {
+        return;
+    }
     app.send(Command::Fit(Box::new(job)));
 }

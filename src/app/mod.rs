@@ -6,30 +6,38 @@ mod concepts_panel;
 mod dialogs;
 mod events;
 mod fit_panel;
+mod history;
 mod image;
+mod jobs;
+mod lambda_bar;
 mod model_panel;
 mod output_panel;
-mod plots_panel;
+mod path_bar;
+mod plots;
+mod restore;
+pub mod run_settings;
 mod script;
 pub mod settings;
 mod status_bar;
 mod steering_panel;
+mod sweep_panel;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use eframe::egui;
 
 use crate::pipeline::fit_model::FitSamples;
-use crate::pipeline::generate_text::TextRequest;
-use crate::pipeline::sweep::SweepRow;
 use crate::runtime::CachedModel;
 use crate::transport::{SteeringStack, TokenScope};
-use crate::worker::{Command, GenerateJob, ImageModelInfo, JobKind, ModelInfo, Progress, Worker};
+use crate::worker::{Command, ImageModelInfo, JobKind, ModelInfo, Progress, Ticket, Worker};
 
+pub use history::Run;
 pub use image::{ImageAction, ImageState, ImageView, SaveWhat, SheetKind, Shown};
+pub use run_settings::RunSettings;
+pub use sweep_panel::SweepForm;
 
 use dialogs::DialogResult;
 use script::Script;
@@ -55,6 +63,9 @@ pub struct AppOptions {
     /// Demo script: fit the default concept on a few samples, generate at λ = 1, save a
     /// screenshot of the window to this PNG and close (for the README image).
     pub screenshot: Option<PathBuf>,
+    /// Where concepts fitted in the app are kept so they come back at the next start
+    /// (default: the app's data folder, `fitted/` under eframe's storage folder).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// One concept in the steering stack, with what the app knows about it.
@@ -64,8 +75,12 @@ pub struct StackEntry {
     pub concept: crate::transport::Concept,
     /// The samples it was fitted on (for plots), when fitted in this session.
     pub samples: Option<Arc<Vec<FitSamples>>>,
-    /// Allow λ up to 2 (extrapolation).
+    /// Allow λ from −2 to 2 (extrapolation).
     pub extended: bool,
+    /// The maps file it was loaded from or saved to (what restores it at the next start).
+    pub path: Option<PathBuf>,
+    /// SHA-256 of the maps' bytes (recorded with every run that used them).
+    pub maps_sha256: String,
 }
 
 /// A dataset open in the editor.
@@ -79,6 +94,33 @@ pub struct Editor {
     pub token_lens: Vec<usize>,
 }
 
+/// Generation speed of one column.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ColumnRate {
+    /// Tokens so far.
+    pub tokens: usize,
+    /// When the first token arrived.
+    pub first: Option<Instant>,
+    /// When the last token arrived.
+    pub last: Option<Instant>,
+}
+
+impl ColumnRate {
+    /// Counts a token.
+    pub fn token(&mut self) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        self.tokens += 1;
+    }
+
+    /// Tokens per second after the first token (`None` before two tokens).
+    pub fn per_second(&self) -> Option<f64> {
+        let s = self.last?.duration_since(self.first?).as_secs_f64();
+        (self.tokens > 1 && s > 0.0).then(|| (self.tokens - 1) as f64 / s)
+    }
+}
+
 /// The two output columns.
 #[derive(Debug, Clone, Default)]
 pub struct Output {
@@ -86,8 +128,14 @@ pub struct Output {
     pub unsteered: String,
     /// Steered text.
     pub steered: String,
-    /// The settings the unsteered column was made with (to regenerate only the steered one).
-    pub unsteered_key: Option<String>,
+    /// What the unsteered column was made with (set when it is complete).
+    pub unsteered_run: Option<RunSettings>,
+    /// What the steered column was made with (set when it is complete).
+    pub steered_run: Option<RunSettings>,
+    /// What the running generation was started with.
+    pub pending_run: Option<RunSettings>,
+    /// A generation waits for the worker (`Some(steered_only)`).
+    pub queued: Option<bool>,
     /// When the current generation was asked for.
     pub requested: Option<Instant>,
     /// Time from the request to the first steered token, last generation.
@@ -98,38 +146,14 @@ pub struct Output {
     pub regenerate_at: Option<Instant>,
     /// Generations started so far.
     pub started: usize,
-    /// Settings of the unsteered column being generated (it becomes `unsteered_key` when done).
-    pub pending_key: Option<String>,
     /// Unsteered columns generated so far.
     pub unsteered_runs: usize,
     /// When a slider was last released (cleared at the next steered token).
     pub released: Option<Instant>,
     /// Time from releasing a slider to the first steered token, last time.
     pub release_to_token: Option<Duration>,
-}
-
-/// The λ sweep form and results.
-#[derive(Debug, Clone)]
-pub struct SweepForm {
-    /// λ values, comma-separated.
-    pub lambdas: String,
-    /// Samples per λ.
-    pub samples: usize,
-    /// Held-out texts for perplexity.
-    pub heldout: usize,
-    /// Results.
-    pub rows: Vec<SweepRow>,
-}
-
-impl Default for SweepForm {
-    fn default() -> Self {
-        Self {
-            lambdas: "0, 0.25, 0.5, 0.75, 1".into(),
-            samples: 4,
-            heldout: 4,
-            rows: Vec::new(),
-        }
-    }
+    /// Speed of the unsteered and steered columns of the last generation.
+    pub rates: [ColumnRate; 2],
 }
 
 /// Central tabs.
@@ -172,8 +196,8 @@ pub struct StudioApp {
     pub image: ImageState,
     /// Models in the local Hugging Face cache.
     pub hf_cache: Vec<CachedModel>,
-    /// Commands sent and not finished.
-    pub pending: usize,
+    /// Commands sent and not finished, oldest (the running one) first.
+    pub jobs: VecDeque<Ticket>,
     /// The job the worker is running.
     pub running: Option<JobKind>,
     /// Progress of the running job.
@@ -199,13 +223,21 @@ pub struct StudioApp {
     /// Sweep.
     pub sweep: SweepForm,
     /// Plot choices.
-    pub plots: plots_panel::PlotsState,
+    pub plots: plots::PlotsState,
     /// The prompt's pooled activations per hook point (unsteered).
     pub prompt_acts: Vec<(String, Vec<f32>)>,
     /// Central tab.
     pub tab: Tab,
     /// UI frame times (ms), the last 2000 frames.
     pub frame_ms: Vec<f32>,
+    /// Finished generations, oldest first (at most [`history::MAX_RUNS`]).
+    pub history: Vec<Run>,
+    /// Stack entries of the last session still to be loaded (restored when their model is).
+    pub restore: Vec<settings::SavedConcept>,
+    /// Where fitted concepts are kept between sessions.
+    pub data_dir: Option<PathBuf>,
+    /// The path bar's text.
+    pub path_bar: String,
     script: Option<(Script, PathBuf)>,
     /// The screenshot script runs in image mode.
     image_script: bool,
@@ -232,6 +264,7 @@ impl StudioApp {
             // Without a worker thread nothing can run; the OS refusing one thread is fatal.
             Err(e) => panic!("cannot start the worker thread: {e}"),
         };
+        let restore = settings.stack.clone();
         let mut app = Self {
             worker,
             dialogs: crossbeam_channel::unbounded(),
@@ -243,7 +276,7 @@ impl StudioApp {
             mode: Mode::Text,
             image: ImageState::default(),
             hf_cache: crate::runtime::discover_hf_cache(None),
-            pending: 0,
+            jobs: VecDeque::new(),
             running: None,
             progress: None,
             status: None,
@@ -255,10 +288,17 @@ impl StudioApp {
             describe_samples: 24,
             output: Output::default(),
             sweep: SweepForm::default(),
-            plots: plots_panel::PlotsState::default(),
+            plots: plots::PlotsState::default(),
             prompt_acts: Vec::new(),
             tab: Tab::Output,
             frame_ms: Vec::new(),
+            history: Vec::new(),
+            restore: Vec::new(),
+            path_bar: String::new(),
+            data_dir: opts
+                .data_dir
+                .clone()
+                .or_else(|| eframe::storage_dir("act-studio").map(|d| d.join("fitted"))),
             script: opts.screenshot.clone().map(|p| (Script::WaitModel, p)),
             image_script: opts.screenshot.is_some() && opts.image_model.is_some(),
         };
@@ -266,6 +306,7 @@ impl StudioApp {
             let demo = PathBuf::from(DEMO_MODEL);
             (!opts.no_autoload && demo.exists()).then_some(demo)
         });
+        app.restore = restore;
         if let Some(p) = start {
             app.load_model(p);
         }
@@ -273,25 +314,6 @@ impl StudioApp {
             app.load_image_model(p);
         }
         app
-    }
-
-    /// Whether the worker is running something.
-    pub fn busy(&self) -> bool {
-        self.pending > 0
-    }
-
-    /// Sends a command to the worker.
-    pub fn send(&mut self, cmd: Command) {
-        if self.worker.send(cmd) {
-            self.pending += 1;
-        } else {
-            self.error("the worker thread has stopped; restart the app".into());
-        }
-    }
-
-    /// Asks the running job to stop.
-    pub fn cancel(&self) {
-        self.worker.cancel.store(true, Ordering::Relaxed);
     }
 
     /// Shows an error in the status line (and keeps it in the error list).
@@ -367,70 +389,6 @@ impl StudioApp {
         image::start_fit(self);
     }
 
-    /// Settings text that decides the unsteered column.
-    fn unsteered_key(&self) -> String {
-        let s = &self.settings;
-        format!(
-            "{}|{}|{}|{}|{}|{:?}",
-            s.prompt,
-            s.chat,
-            s.max_tokens,
-            s.temperature,
-            s.seed,
-            self.model.as_ref().map(|m| &m.path)
-        )
-    }
-
-    /// Starts a generation: both columns, or only the steered one when `steered_only` and the
-    /// unsteered column is current.
-    pub fn generate(&mut self, steered_only: bool) {
-        if self.model.is_none() {
-            self.error("load a model first".into());
-            return;
-        }
-        // Stop a running generation (never another kind of job: the cancel flag is shared).
-        if self.running == Some(JobKind::Generate) {
-            self.cancel();
-        }
-        if !self.settings.seed_locked && !steered_only {
-            self.settings.seed = rand::random::<u32>() as u64;
-        }
-        let key = self.unsteered_key();
-        let unsteered = !(steered_only && self.output.unsteered_key.as_deref() == Some(&key));
-        if unsteered {
-            self.output.unsteered.clear();
-            self.output.unsteered_key = None;
-            self.output.pending_key = Some(key);
-            self.output.unsteered_runs += 1;
-        }
-        self.output.steered.clear();
-        self.output.generating = true;
-        self.output.started += 1;
-        self.output.requested = Some(Instant::now());
-        self.output.first_steered_token = None;
-        let s = &self.settings;
-        let job = GenerateJob {
-            id: self.output.started,
-            request: TextRequest {
-                prompt: s.prompt.clone(),
-                chat: s.chat,
-                options: crate::runtime::generate::GenerateOptions {
-                    max_tokens: s.max_tokens.max(1),
-                    sampling: crate::runtime::sampling::SamplingConfig {
-                        temperature: s.temperature,
-                        seed: s.seed,
-                        ..Default::default()
-                    },
-                    path: crate::runtime::linear::MatPath::Quantized,
-                },
-                stack: self.steering_stack(),
-                unsteered,
-            },
-            record_prompt: unsteered,
-        };
-        self.send(Command::Generate(Box::new(job)));
-    }
-
     /// Called when a λ slider is released: regenerate the steered column (or image) shortly
     /// after.
     pub fn lambda_released(&mut self) {
@@ -438,9 +396,23 @@ impl StudioApp {
             image::lambda_released(self, Duration::from_millis(REGENERATE_DELAY_MS));
             return;
         }
-        if self.settings.live && self.model.is_some() && !self.output.unsteered.is_empty() {
+        let has_output =
+            self.output.unsteered_runs > 0 || self.output.queued.is_some() || self.output.generating;
+        if self.settings.live && self.model.is_some() && has_output {
             self.output.regenerate_at = Some(Instant::now() + Duration::from_millis(REGENERATE_DELAY_MS));
             self.output.released = Some(Instant::now());
+        }
+    }
+
+    /// Ctrl+Enter (⌘+Enter) generates, Esc stops the generation.
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let generate = ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter));
+        let stop = ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Escape));
+        if generate && self.mode == Mode::Text && self.model.is_some() {
+            self.generate(false);
+        }
+        if stop && (self.output.generating || self.output.queued.is_some()) {
+            self.stop_generation();
         }
     }
 
@@ -465,6 +437,9 @@ impl eframe::App for StudioApp {
             self.handle_dialog(r);
         }
         self.run_script(ctx);
+        self.shortcuts(ctx);
+        self.pump();
+        plots::take_screenshot(self, ctx);
         if let Some(at) = self.output.regenerate_at {
             if Instant::now() >= at {
                 self.output.regenerate_at = None;
@@ -509,7 +484,7 @@ impl eframe::App for StudioApp {
             ui.separator();
             match self.tab {
                 Tab::Output => output_panel::show(self, ui),
-                Tab::Plots => plots_panel::show(self, ui),
+                Tab::Plots => plots::show(self, ui),
             }
         });
         if self.frame_ms.len() >= 2000 {
@@ -519,7 +494,7 @@ impl eframe::App for StudioApp {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, eframe::APP_KEY, &self.settings);
+        eframe::set_value(storage, eframe::APP_KEY, &self.settings_to_save());
     }
 }
 

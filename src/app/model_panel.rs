@@ -29,6 +29,7 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
              10 GB for the UNet), usually slower on a CPU; applies to the next load",
         );
     });
+    super::path_bar::show(app, ui);
     image_model(app, ui);
     match &app.model {
         Some(m) => {

@@ -1,22 +1,15 @@
-//! Output panel: prompt and sampling settings, Generate/Stop, the unsteered and steered
-//! columns side by side (same seed), and the λ sweep table with perplexity per λ.
+//! Output panel: the λ bar, prompt and sampling settings, Generate/Stop, the unsteered and
+//! steered columns side by side (same seed, streaming together), each headed by the settings
+//! that made it (marked when they no longer match the form), the run history, and the λ
+//! sweep.
 
 use std::path::Path;
 
 use eframe::egui;
 
-use crate::pipeline::dataset::DatasetSpec;
-use crate::pipeline::eval::stats::Proportion;
-use crate::pipeline::presets::parse_lambda_list;
-use crate::pipeline::sweep::sweep_csv;
-use crate::pipeline::sweep_request::SweepRequest;
-use crate::runtime::generate::GenerateOptions;
-use crate::runtime::linear::MatPath;
-use crate::runtime::sampling::SamplingConfig;
 use crate::transport::atomic_write;
-use crate::worker::Command;
 
-use super::{DialogResult, Mode, StudioApp};
+use super::{DialogResult, Mode, RunSettings, StudioApp};
 
 /// Draws the panel: the Text / Image switch, then the mode's output.
 pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
@@ -28,6 +21,7 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
                 .on_disabled_hover_text("open a diffusion model folder first");
         });
     });
+    super::lambda_bar::show(app, ui);
     if app.mode == Mode::Image && app.image_model.is_some() {
         super::image::show_output(app, ui);
         return;
@@ -38,11 +32,11 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
 fn show_text(app: &mut StudioApp, ui: &mut egui::Ui) {
     ui.add(
         egui::TextEdit::multiline(&mut app.settings.prompt)
-            .hint_text("prompt")
+            .hint_text("prompt (Ctrl+Enter generates, Esc stops)")
             .desired_rows(2)
             .desired_width(f32::INFINITY),
     );
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.checkbox(&mut app.settings.chat, "chat");
         ui.label("max tokens");
         ui.add(egui::DragValue::new(&mut app.settings.max_tokens).range(1..=2048));
@@ -51,36 +45,82 @@ fn show_text(app: &mut StudioApp, ui: &mut egui::Ui) {
             egui::DragValue::new(&mut app.settings.temperature)
                 .range(0.0..=2.0)
                 .speed(0.05),
-        );
+        )
+        .on_hover_text("0 = greedy");
+        let sampled = app.settings.temperature > 0.0;
+        ui.add_enabled_ui(sampled, |ui| {
+            ui.label("top-k");
+            ui.add(egui::DragValue::new(&mut app.settings.top_k).range(0..=1000))
+                .on_hover_text("0 = off");
+            ui.label("top-p");
+            ui.add(
+                egui::DragValue::new(&mut app.settings.top_p)
+                    .range(0.01..=1.0)
+                    .speed(0.01),
+            )
+            .on_hover_text("1 = off");
+        });
         ui.label("seed");
         ui.add(egui::DragValue::new(&mut app.settings.seed));
         ui.checkbox(&mut app.settings.seed_locked, "lock")
             .on_hover_text("keep the seed between generations");
+    });
+    if app.settings.chat {
+        ui.horizontal(|ui| {
+            ui.label("system");
+            ui.add(
+                egui::TextEdit::singleline(&mut app.settings.system)
+                    .hint_text("system prompt (optional)")
+                    .desired_width(f32::INFINITY),
+            );
+        });
+    }
+    ui.horizontal_wrapped(|ui| {
         let can = app.model.is_some();
-        if ui.add_enabled(can, egui::Button::new("Generate")).clicked() {
-            app.generate(false);
-        }
         if ui
-            .add_enabled(app.output.generating, egui::Button::new("Stop"))
+            .add_enabled(can, egui::Button::new("Generate"))
+            .on_hover_text("Ctrl+Enter")
             .clicked()
         {
-            app.cancel();
+            app.generate(false);
+        }
+        let stoppable = app.output.generating || app.output.queued.is_some();
+        if ui
+            .add_enabled(stoppable, egui::Button::new("Stop"))
+            .on_hover_text("Esc: stops the generation (a fit goes on)")
+            .clicked()
+        {
+            app.stop_generation();
+        }
+        if app.output.queued.is_some()
+            && let Some(kind) = app.jobs.front().map(|t| t.kind)
+        {
+            ui.colored_label(
+                egui::Color32::from_rgb(230, 160, 40),
+                format!("waiting for {} to end", kind.describe()),
+            );
         }
         if let Some(t) = app.output.release_to_token {
             ui.small(format!(
-                "slider release to first steered token: {:.0} ms",
+                "slider release → first steered token: {:.0} ms",
                 t.as_secs_f64() * 1e3
             ));
         }
     });
     ui.separator();
-    let height = (ui.available_height() * 0.55).max(160.0);
+    let height = (ui.available_height() * 0.5).max(120.0);
+    let now = app.run_settings();
+    let heads = [
+        column_head(app.output.unsteered_run.as_ref(), &now.unsteered(), false),
+        column_head(app.output.steered_run.as_ref(), &now, true),
+    ];
     ui.columns(2, |cols| {
         column(
             &mut cols[0],
             "Unsteered",
             "out-unsteered",
             &app.output.unsteered,
+            &heads[0],
             height,
         );
         column(
@@ -88,10 +128,11 @@ fn show_text(app: &mut StudioApp, ui: &mut egui::Ui) {
             "Steered",
             "out-steered",
             &app.output.steered,
+            &heads[1],
             height,
         );
     });
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         if ui.button("Copy both").clicked() {
             ui.ctx().copy_text(output_text(app));
         }
@@ -101,13 +142,42 @@ fn show_text(app: &mut StudioApp, ui: &mut egui::Ui) {
                 .set_file_name("steering.md");
             app.dialog(d, true, false, DialogResult::ExportOutput);
         }
+        history(app, ui);
     });
     ui.separator();
-    sweep(app, ui);
+    super::sweep_panel::show(app, ui);
 }
 
-fn column(ui: &mut egui::Ui, title: &str, id: &str, text: &str, height: f32) {
-    ui.strong(title);
+/// What a column's header says: the settings that made it, and whether they still match.
+struct Head {
+    text: String,
+    stale: bool,
+}
+
+fn column_head(made: Option<&RunSettings>, now: &RunSettings, steered: bool) -> Head {
+    match made {
+        Some(r) => Head {
+            text: r.describe(steered),
+            stale: r != now,
+        },
+        None => Head {
+            text: String::new(),
+            stale: false,
+        },
+    }
+}
+
+fn column(ui: &mut egui::Ui, title: &str, id: &str, text: &str, head: &Head, height: f32) {
+    ui.horizontal_wrapped(|ui| {
+        ui.strong(title);
+        if head.stale {
+            ui.colored_label(egui::Color32::from_rgb(230, 160, 40), "settings changed")
+                .on_hover_text("made with other settings than the form's: generate again");
+        }
+    });
+    if !head.text.is_empty() {
+        ui.small(&head.text);
+    }
     egui::ScrollArea::vertical()
         .id_salt(id)
         .max_height(height)
@@ -115,6 +185,35 @@ fn column(ui: &mut egui::Ui, title: &str, id: &str, text: &str, height: f32) {
         .show(ui, |ui| {
             ui.add(egui::Label::new(text).wrap());
         });
+}
+
+/// The run history: reopen a run, export them all as JSON Lines.
+fn history(app: &mut StudioApp, ui: &mut egui::Ui) {
+    if app.history.is_empty() {
+        return;
+    }
+    let mut open = None;
+    egui::ComboBox::from_id_salt("history")
+        .selected_text(format!("history ({})", app.history.len()))
+        .width(220.0)
+        .show_ui(ui, |ui| {
+            for (i, r) in app.history.iter().enumerate().rev() {
+                if ui.selectable_label(false, r.title()).clicked() {
+                    open = Some(i);
+                }
+            }
+        })
+        .response
+        .on_hover_text("finished runs, newest first: pick one to show it again");
+    if let Some(i) = open {
+        app.reopen_run(i);
+    }
+    if ui.button("Export history…").clicked() {
+        let d = rfd::FileDialog::new()
+            .add_filter("JSON Lines", &["jsonl"])
+            .set_file_name("runs.jsonl");
+        app.dialog(d, true, false, DialogResult::ExportHistory);
+    }
 }
 
 fn output_text(app: &StudioApp) -> String {
@@ -141,117 +240,4 @@ pub fn export_output(app: &mut StudioApp, path: &Path) {
         Ok(()) => app.info(format!("exported {}", path.display())),
         Err(e) => app.error(format!("{}: {e}", path.display())),
     }
-}
-
-/// Writes the sweep table as CSV, atomically.
-pub fn export_sweep(app: &mut StudioApp, path: &Path) {
-    let r = sweep_csv(&app.sweep.rows)
-        .map_err(|e| e.to_string())
-        .and_then(|b| atomic_write(path, &b).map_err(|e| e.to_string()));
-    match r {
-        Ok(()) => app.info(format!("exported {}", path.display())),
-        Err(e) => app.error(format!("{}: {e}", path.display())),
-    }
-}
-
-fn sweep(app: &mut StudioApp, ui: &mut egui::Ui) {
-    ui.horizontal(|ui| {
-        ui.strong("λ sweep");
-        ui.label("λ");
-        ui.add(egui::TextEdit::singleline(&mut app.sweep.lambdas).desired_width(140.0));
-        ui.label("samples");
-        ui.add(egui::DragValue::new(&mut app.sweep.samples).range(1..=256));
-        ui.label("perplexity texts");
-        ui.add(egui::DragValue::new(&mut app.sweep.heldout).range(0..=100));
-        let ready = app.model.is_some() && !app.stack.is_empty();
-        if ui
-            .add_enabled(ready, egui::Button::new("Run sweep"))
-            .on_hover_text("sweeps the first enabled concept")
-            .clicked()
-        {
-            start_sweep(app);
-        }
-        if !app.sweep.rows.is_empty() && ui.button("Export CSV…").clicked() {
-            let d = rfd::FileDialog::new()
-                .add_filter("CSV", &["csv"])
-                .set_file_name("sweep.csv");
-            app.dialog(d, true, false, DialogResult::ExportSweep);
-        }
-    });
-    if app.sweep.rows.is_empty() {
-        return;
-    }
-    egui::ScrollArea::vertical().id_salt("sweep-rows").show(ui, |ui| {
-        egui::Grid::new("sweep-table")
-            .striped(true)
-            .num_columns(5)
-            .show(ui, |ui| {
-                for h in ["λ", "presence", "toxicity", "perplexity", "samples"] {
-                    ui.strong(h);
-                }
-                ui.end_row();
-                for r in &app.sweep.rows {
-                    ui.label(format!("{:.2}", r.lambda));
-                    ui.label(r.presence.map_or("—".into(), rate_with_interval));
-                    ui.label(rate_with_interval(r.toxic));
-                    ui.label(r.perplexity.map_or("—".into(), |p| format!("{p:.2}")));
-                    ui.vertical(|ui| {
-                        for g in &r.generations {
-                            ui.label(g.split_whitespace().collect::<Vec<_>>().join(" "));
-                        }
-                    });
-                    ui.end_row();
-                }
-            });
-    });
-}
-
-fn start_sweep(app: &mut StudioApp) {
-    let lambdas = match parse_lambda_list(&app.sweep.lambdas) {
-        Ok(l) => l,
-        Err(e) => {
-            app.error(e);
-            return;
-        }
-    };
-    let Some(concept) = app
-        .stack
-        .iter()
-        .find(|e| e.concept.enabled && !e.concept.maps.meta().fingerprint.is_diffusion())
-        .map(|e| e.concept.name.clone())
-    else {
-        app.error("no enabled concept to sweep".into());
-        return;
-    };
-    let s = &app.settings;
-    let req = SweepRequest {
-        stack: app.steering_stack(),
-        concept: Some(concept),
-        lambdas,
-        prompts: vec![s.prompt.clone()],
-        chat: s.chat,
-        samples: app.sweep.samples,
-        generate: GenerateOptions {
-            max_tokens: s.max_tokens.max(1),
-            sampling: SamplingConfig {
-                temperature: if s.temperature > 0.0 { s.temperature } else { 1.0 },
-                seed: s.seed,
-                ..Default::default()
-            },
-            path: MatPath::Quantized,
-        },
-        keywords: None,
-        heldout: DatasetSpec::Builtin("wikipedia".into()),
-        heldout_samples: app.sweep.heldout,
-        heldout_tokens: 128,
-        judge: None,
-    };
-    app.sweep.rows.clear();
-    app.send(Command::Sweep(Box::new(req)));
-}
-
-/// "12 % [8–17]": a rate with its 95 % Wilson interval.
-fn rate_with_interval(p: Proportion) -> String {
-    let (lo, hi) = p.wilson95();
-    format!("{:.0} % [{:.0}–{:.0}]", 100.0 * p.rate(), 100.0 * lo, 100.0 * hi)
 }

@@ -21,6 +21,12 @@ pub struct Settings {
     pub max_tokens: usize,
     /// Sampling temperature (0 = greedy).
     pub temperature: f32,
+    /// Top-k filter (0 = off).
+    pub top_k: usize,
+    /// Top-p (nucleus) filter (1 = off).
+    pub top_p: f32,
+    /// System message before the prompt (chat only).
+    pub system: String,
     /// Seed.
     pub seed: u64,
     /// Keep the seed between generations.
@@ -43,6 +49,29 @@ pub struct Settings {
     pub image_half: bool,
     /// Image mode: generation and fitting settings.
     pub image: ImageSettings,
+    /// The steering stack of the last session, in order.
+    pub stack: Vec<SavedConcept>,
+    /// Recently loaded or saved maps files, newest first.
+    pub recent_maps: Vec<PathBuf>,
+    /// Which tokens are steered (`all`, `last`, `prompt`, `generated`).
+    pub scope: String,
+}
+
+/// A stack entry as it is kept between sessions: where its maps are and how it was set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedConcept {
+    /// The maps file.
+    pub path: PathBuf,
+    /// Concept name (as in the maps file).
+    pub name: String,
+    /// The fingerprint of the model the maps belong to, as text.
+    pub fingerprint: String,
+    /// Strength.
+    pub lambda: f32,
+    /// On or off.
+    pub enabled: bool,
+    /// λ range −2 … 2 instead of −1 … 1.
+    pub extended: bool,
 }
 
 /// Image mode settings (persisted with the rest).
@@ -176,6 +205,9 @@ impl Default for Settings {
             chat: false,
             max_tokens: 48,
             temperature: 0.0,
+            top_k: 50,
+            top_p: 0.9,
+            system: String::new(),
             seed: 0,
             seed_locked: true,
             source: "builtin:neutral".into(),
@@ -187,6 +219,9 @@ impl Default for Settings {
             recent_image_models: Vec::new(),
             image_half: false,
             image: ImageSettings::default(),
+            stack: Vec::new(),
+            recent_maps: Vec::new(),
+            scope: "all".into(),
         }
     }
 }
@@ -204,6 +239,13 @@ impl Settings {
         self.recent_models.retain(|p| p != &path);
         self.recent_models.insert(0, path);
         self.recent_models.truncate(8);
+    }
+
+    /// Puts `path` first in the recent maps files (at most 8, no repeats).
+    pub fn remember_maps(&mut self, path: PathBuf) {
+        self.recent_maps.retain(|p| p != &path);
+        self.recent_maps.insert(0, path);
+        self.recent_maps.truncate(8);
     }
 
     /// Puts `path` first in the recent diffusion folders (at most 8, no repeats).

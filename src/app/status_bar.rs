@@ -1,5 +1,5 @@
-//! The status line: progress of the running job (stage, k of n, ETA) with Cancel, and the
-//! last message or error.
+//! The status line: progress of the running job (stage, k of n, ETA) with Cancel, the
+//! speed of the last generation's columns (tokens/s), and the last message or error.
 
 use eframe::egui;
 
@@ -37,6 +37,15 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             if ui.button("Cancel").clicked() {
                 app.cancel();
             }
+        }
+        let rates: Vec<String> = ["unsteered", "steered"]
+            .iter()
+            .zip(&app.output.rates)
+            .filter_map(|(name, r)| r.per_second().map(|t| format!("{name} {t:.1} tok/s")))
+            .collect();
+        if !rates.is_empty() {
+            ui.label(rates.join(" · "))
+                .on_hover_text("decode speed of each column (they run in turn, so each gets about half)");
         }
         if let Some((msg, is_error)) = &app.status {
             if *is_error {

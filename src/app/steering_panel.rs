@@ -1,5 +1,6 @@
-//! Steering panel: the stack of concepts, each with a λ slider (0…1, extendable to 2 for
-//! extrapolation), a number box, on/off and order; the token scope.
+//! Steering panel: the stack of concepts, each with its λ as a number (the sliders are in the
+//! λ bar above the output), on/off, range (±1 or ±2), order and remove; the token scope.
+//! Every change to the stack regenerates the output.
 
 use eframe::egui;
 
@@ -18,21 +19,32 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     let n = app.stack.len();
     for (i, e) in app.stack.iter_mut().enumerate() {
         ui.horizontal(|ui| {
-            ui.checkbox(&mut e.concept.enabled, "").on_hover_text("on/off");
-            let max = if e.extended { 2.0 } else { 1.0 };
-            let slider = ui.add(egui::Slider::new(&mut e.concept.lambda, 0.0..=max).text(&e.concept.name));
-            if slider.drag_stopped() || (slider.changed() && !slider.dragged()) {
+            released |= ui
+                .checkbox(&mut e.concept.enabled, "")
+                .on_hover_text("on/off")
+                .changed();
+            ui.strong(&e.concept.name);
+            let r = super::lambda_bar::range(e);
+            let value = ui.add(
+                egui::DragValue::new(&mut e.concept.lambda)
+                    .range(r)
+                    .speed(0.01)
+                    .fixed_decimals(2)
+                    .prefix("λ "),
+            );
+            if value.drag_stopped() || (value.changed() && !value.dragged()) {
                 released = true;
             }
-            if e.concept.lambda > 1.0 {
+            if e.concept.lambda.abs() > 1.0 {
                 ui.colored_label(egui::Color32::from_rgb(230, 160, 40), "extrapolate");
             }
         });
         ui.horizontal(|ui| {
             ui.add_space(24.0);
-            ui.checkbox(&mut e.extended, "up to 2");
-            if !e.extended && e.concept.lambda > 1.0 {
-                e.concept.lambda = 1.0;
+            ui.checkbox(&mut e.extended, "±2")
+                .on_hover_text("λ from −2 to 2 (extrapolation) instead of −1 to 1");
+            if !e.extended && e.concept.lambda.abs() > 1.0 {
+                e.concept.lambda = e.concept.lambda.clamp(-1.0, 1.0);
                 released = true;
             }
             if ui

@@ -26,6 +26,9 @@ pub struct GenerateArgs {
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     pub chat: bool,
+    /// A system message before the prompt (with --chat).
+    #[arg(long, default_value = "", requires = "chat")]
+    pub system: String,
     /// Most new tokens.
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
@@ -70,6 +73,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     let req = TextRequest {
         prompt: a.prompt.clone(),
         chat: a.chat,
+        system: a.system.clone(),
         options: GenerateOptions {
             max_tokens: a.max_tokens,
             sampling: SamplingConfig {
@@ -88,7 +92,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         stack: load_steering_stack(&target, &a.maps, &a.lambdas, a.scope)?.unwrap_or_default(),
         unsteered: false,
     };
-    let ids = prompt_ids(&m, &req.prompt, req.chat)?;
+    let ids = prompt_ids(&m, &req.prompt, req.chat, &req.system)?;
     let mut stdout = std::io::stdout().lock();
     // A failed write (the reader went away) stops generating; it is reported after.
     let cancel = AtomicBool::new(false);

@@ -4,12 +4,14 @@
 //! [`prompt_activations`] (docs/ARCHITECTURE.md, "Generating text").
 //!
 //! Both columns start from the same seed, so with every λ at 0 the steered column is the
-//! unsteered one token for token.
+//! unsteered one token for token. When both are asked for they stream together, a token of
+//! each in turn, each with its own cache, sampler and hooks, so either column is exactly what
+//! it would be generated alone (tested).
 
 use std::sync::atomic::AtomicBool;
 
 use crate::runtime::forward::{Batch, LogitsMode};
-use crate::runtime::generate::{GenerateOptions, Generation, generate};
+use crate::runtime::generate::{GenerateOptions, Generation, Generator};
 use crate::runtime::linear::MatPath;
 use crate::runtime::steer::SteeringHooks;
 use crate::runtime::tokenizer::ChatMessage;
@@ -34,11 +36,13 @@ pub struct TextRequest {
     pub prompt: String,
     /// Wrap it as a user message in the model's chat template.
     pub chat: bool,
+    /// A system message before the user's (chat only; empty: none).
+    pub system: String,
     /// Sampling settings, token budget and matrix path (the same seed for both columns).
     pub options: GenerateOptions,
     /// The steering stack (empty: the steered column is unsteered).
     pub stack: SteeringStack,
-    /// Generate the unsteered column first, then the steered one; else only the steered one.
+    /// Generate the unsteered column beside the steered one; else only the steered one.
     pub unsteered: bool,
 }
 
@@ -62,10 +66,16 @@ pub enum TextError {
     Steering(#[from] TransportError),
 }
 
-/// The token ids of `prompt`, rendered through the chat template when `chat`.
-pub fn prompt_ids(m: &LoadedModel, prompt: &str, chat: bool) -> Result<Vec<u32>, RuntimeError> {
+/// The token ids of `prompt`, rendered through the chat template when `chat` (after the
+/// `system` message, when it is not blank).
+pub fn prompt_ids(m: &LoadedModel, prompt: &str, chat: bool, system: &str) -> Result<Vec<u32>, RuntimeError> {
     let ids = if chat {
-        let text = m.tokenizer.render_chat(&[ChatMessage::user(prompt)], true)?;
+        let mut messages = Vec::with_capacity(2);
+        if !system.trim().is_empty() {
+            messages.push(ChatMessage::system(system));
+        }
+        messages.push(ChatMessage::user(prompt));
+        let text = m.tokenizer.render_chat(&messages, true)?;
         m.tokenizer.encode(&text)?
     } else {
         m.tokenizer.encode(prompt)?
@@ -76,9 +86,11 @@ pub fn prompt_ids(m: &LoadedModel, prompt: &str, chat: bool) -> Result<Vec<u32>,
     Ok(ids)
 }
 
-/// Generates the requested columns one after the other from the prompt `ids`, streaming each
-/// piece of text to `on_event`; returns the last column's generation (text and timing).
-/// `cancel` set from another thread ends it with [`RuntimeError::Cancelled`].
+/// Generates the requested columns from the prompt `ids`, streaming each piece of text to
+/// `on_event`: both columns advance a token each in turn (after both prompts ran), so they
+/// fill together. Returns the steered column's generation (text and timing). `cancel` set
+/// from another thread ends it with [`RuntimeError::Cancelled`], every unfinished column
+/// reported as incomplete.
 pub fn generate_text(
     m: &LoadedModel,
     req: &TextRequest,
@@ -87,32 +99,60 @@ pub fn generate_text(
     on_event: &mut dyn FnMut(TextEvent),
 ) -> Result<Generation, TextError> {
     let c = m.config();
-    let mut columns = Vec::with_capacity(2);
+    // No concept: the plain forward pass (no hook calls at all).
+    let mut steering = match req.stack.concepts.is_empty() {
+        true => None,
+        false => Some(SteeringHooks::new(&req.stack, c.n_layers, c.hidden_size)?),
+    };
+    let (mut plain, mut plain_steered) = (NoHooks, NoHooks);
+    let mut columns: Vec<(Column, &mut dyn Hooks)> = Vec::with_capacity(2);
     if req.unsteered {
-        columns.push(Column::Unsteered);
+        columns.push((Column::Unsteered, &mut plain));
     }
-    columns.push(Column::Steered);
-    let mut last = None;
-    for col in columns {
-        // No concept: the plain forward pass (no hook calls at all).
-        let mut steering = match col {
-            Column::Steered if !req.stack.concepts.is_empty() => {
-                Some(SteeringHooks::new(&req.stack, c.n_layers, c.hidden_size)?)
+    let steered_hooks: &mut dyn Hooks = match steering.as_mut() {
+        Some(h) => h,
+        None => &mut plain_steered,
+    };
+    columns.push((Column::Steered, steered_hooks));
+    let names: Vec<Column> = columns.iter().map(|(c, _)| *c).collect();
+    let mut running = Vec::with_capacity(columns.len());
+    for (_, hooks) in columns.iter_mut() {
+        match Generator::start(m, ids, &req.options, &mut **hooks) {
+            Ok(g) => running.push(g),
+            Err(e) => {
+                for col in &names {
+                    on_event(TextEvent::ColumnDone(*col, false));
+                }
+                return Err(e.into());
             }
-            _ => None,
-        };
-        let hooks: &mut dyn Hooks = match steering.as_mut() {
-            Some(h) => h,
-            None => &mut NoHooks,
-        };
-        let r = generate(m, ids, &req.options, hooks, cancel, &mut |piece| {
-            on_event(TextEvent::Piece(col, piece));
-            true
-        });
-        on_event(TextEvent::ColumnDone(col, r.is_ok()));
-        last = Some(r?);
+        }
     }
-    last.ok_or_else(|| RuntimeError::BadInput("no column to generate".into()).into())
+    let mut open = vec![true; running.len()];
+    while open.iter().any(|&o| o) {
+        for (i, g) in running.iter_mut().enumerate() {
+            if !open[i] {
+                continue;
+            }
+            let (col, hooks) = &mut columns[i];
+            match g.next(&mut **hooks, cancel) {
+                Ok(Some(piece)) => on_event(TextEvent::Piece(*col, &piece)),
+                Ok(None) => {
+                    open[i] = false;
+                    on_event(TextEvent::ColumnDone(*col, true));
+                }
+                Err(e) => {
+                    for (col, _) in names.iter().zip(&open).filter(|(_, o)| **o) {
+                        on_event(TextEvent::ColumnDone(*col, false));
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    running
+        .pop()
+        .map(Generator::finish)
+        .ok_or_else(|| RuntimeError::BadInput("no column to generate".into()).into())
 }
 
 /// The prompt's own activations at every hook point, mean-pooled over its tokens and

@@ -226,6 +226,19 @@ pub fn sweep_csv(rows: &[SweepRow]) -> Result<Vec<u8>, csv::Error> {
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
 }
 
+/// Every sample of a sweep, one row each: `lambda,sample,text` (the text on one line).
+pub fn sweep_samples_csv(rows: &[SweepRow]) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["lambda", "sample", "text"])?;
+    for r in rows {
+        for (i, g) in r.generations.iter().enumerate() {
+            let one_line = g.split_whitespace().collect::<Vec<_>>().join(" ");
+            w.write_record([r.lambda.to_string(), i.to_string(), one_line])?;
+        }
+    }
+    w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
+}
+
 /// The columns of [`sweep_csv`].
 pub const CSV_HEADER: [&str; 12] = [
     "lambda",
@@ -310,6 +323,17 @@ mod tests {
             judge: None,
             generations: vec!["a goal,\n\"scored\"".into(), "b".into()],
         }
+    }
+
+    #[test]
+    fn the_samples_csv_keeps_every_sample_on_one_line() {
+        let csv = sweep_samples_csv(&[row(0.0, None), row(1.0, None)]).unwrap_or_default();
+        let text = String::from_utf8(csv).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[0], "lambda,sample,text");
+        assert_eq!(lines[1], "0,0,\"a goal, \"\"scored\"\"\"");
+        assert_eq!(lines[4], "1,1,b");
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct SweepRequest {
     pub samples: usize,
     /// Generation settings.
     pub generate: GenerateOptions,
-    /// Presence keywords: a file (one per line or comma-separated) or `builtin:CONCEPT`;
+    /// Presence keywords: a file (one per line or comma-separated), `builtin:CONCEPT` or
+    /// `words:a, b, c`;
     /// `None`: the built-in concept named like the swept one, if any.
     pub keywords: Option<String>,
     /// Held-out texts for perplexity.
@@ -48,10 +49,18 @@ pub struct SweepRequest {
     pub judge: Option<String>,
 }
 
-/// Presence keywords from `spec` (a file or `builtin:CONCEPT`), or those of the built-in
-/// concept named `concept` (none if there is no such concept).
+/// Presence keywords from `spec` (a file, `builtin:CONCEPT`, or `words:a, b, c` written
+/// inline), or those of the built-in concept named `concept` (none if there is no such
+/// concept).
 pub fn keywords_for(spec: Option<&str>, concept: &str) -> Result<KeywordSet, SweepError> {
     let input = |e: &dyn std::fmt::Display| SweepError::Input(e.to_string());
+    if let Some(list) = spec.map(str::trim).and_then(|s| s.strip_prefix("words:")) {
+        let k = KeywordSet::parse_list(list);
+        if k.is_empty() {
+            return Err(SweepError::Input("`words:` lists no keywords".into()));
+        }
+        return Ok(k);
+    }
     match spec.map(str::trim) {
         Some(s) => match s.strip_prefix("builtin:") {
             Some(name) => Ok(KeywordSet::new(
@@ -147,5 +156,16 @@ mod tests {
         std::fs::write(&f, "\n").ok();
         assert!(keywords_for(f.to_str(), "x").is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn keywords_can_be_written_inline() {
+        let k = keywords_for(Some("words: Tax, budget "), "football").map_err(|e| e.to_string());
+        assert!(
+            matches!(&k, Ok(k) if k.matches("the new tax law") && !k.matches("a late goal")),
+            "{:?}",
+            k.err()
+        );
+        assert!(keywords_for(Some("words: , "), "x").is_err());
     }
 }

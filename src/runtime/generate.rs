@@ -71,8 +71,6 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
-/// Generates a continuation of `prompt` (token ids), calling `on_text` with each new piece
-/// of text (return `false` to stop). Hooks see every forward pass (prompt and each new token).
 /// Prompt tokens per forward pass of a prefill: a longer prompt runs in chunks through the KV
 /// cache, so attention holds `heads × chunk × context` scores instead of `heads × prompt²`
 /// (a 7,000-token prompt at once needed gigabytes).
@@ -109,6 +107,8 @@ pub fn prefill(
     Ok(logits)
 }
 
+/// Generates a continuation of `prompt` (token ids), calling `on_text` with each new piece
+/// of text (return `false` to stop). Hooks see every forward pass (prompt and each new token).
 /// `cancel` set from another thread ends it with [`RuntimeError::Cancelled`].
 pub fn generate(
     m: &LoadedModel,
@@ -118,82 +118,167 @@ pub fn generate(
     cancel: &AtomicBool,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(RuntimeError::BadInput("the prompt is empty".into()));
+    let mut g = Generator::start(m, prompt, opts, hooks)?;
+    while let Some(piece) = g.next(hooks, cancel)? {
+        if !on_text(&piece) {
+            g.stop_here();
+            break;
+        }
     }
-    opts.sampling.check().map_err(RuntimeError::BadInput)?;
-    let limit = m.config().max_position;
-    if prompt.len().saturating_add(opts.max_tokens) > limit {
-        return Err(RuntimeError::BadInput(format!(
-            "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
-            prompt.len(),
-            opts.max_tokens
-        )));
+    Ok(g.finish())
+}
+
+/// One generation advanced a token at a time, so that several can run side by side (the
+/// app's unsteered and steered columns stream together, each with its own cache, sampler and
+/// hooks): [`Generator::start`] checks the request and runs the prompt, each
+/// [`Generator::next`] picks one token (and runs the previous one through the model first).
+/// Driving it to the end gives exactly what [`generate`] gives: `generate` is this loop.
+pub struct Generator<'m> {
+    m: &'m LoadedModel,
+    opts: GenerateOptions,
+    /// One layer cache per decoder layer, one row.
+    cache: Vec<KvCache>,
+    sampler: Sampler,
+    /// Prompt and generated ids (for the repetition penalty).
+    history: Vec<u32>,
+    stream: StreamDecoder,
+    tokens: Vec<u32>,
+    text: String,
+    stats: GenerationStats,
+    /// `[vocab]` logits of the next position, once `pending` has run.
+    logits: Vec<f32>,
+    /// The last picked token, still to be run through the model.
+    pending: Option<u32>,
+    stop: Option<StopReason>,
+}
+
+impl<'m> Generator<'m> {
+    /// Checks the request (prompt not empty, sampling settings, context length) and runs the
+    /// prompt through the model with `hooks` (the same hooks must be passed to every `next`).
+    pub fn start(
+        m: &'m LoadedModel,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(RuntimeError::BadInput("the prompt is empty".into()));
+        }
+        opts.sampling.check().map_err(RuntimeError::BadInput)?;
+        let limit = m.config().max_position;
+        if prompt.len().saturating_add(opts.max_tokens) > limit {
+            return Err(RuntimeError::BadInput(format!(
+                "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
+                prompt.len(),
+                opts.max_tokens
+            )));
+        }
+        let mut cache = vec![m.new_cache()];
+        let t0 = Instant::now();
+        let logits = prefill(m, prompt, &mut cache, hooks, opts.path)?;
+        let stats = GenerationStats {
+            prompt_tokens: prompt.len(),
+            prefill_s: t0.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        Ok(Self {
+            m,
+            opts: *opts,
+            cache,
+            sampler: Sampler::new(opts.sampling),
+            history: prompt.to_vec(),
+            stream: StreamDecoder::new(),
+            tokens: Vec::new(),
+            text: String::new(),
+            stats,
+            logits,
+            pending: None,
+            stop: (opts.max_tokens == 0).then_some(StopReason::MaxTokens),
+        })
     }
-    let mut cache = vec![m.new_cache()];
-    let mut sampler = Sampler::new(opts.sampling);
-    let mut history = prompt.to_vec();
-    let mut stream = StreamDecoder::new();
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut stats = GenerationStats {
-        prompt_tokens: prompt.len(),
-        ..Default::default()
-    };
-    let prompt_len = prompt.len();
-    let t0 = Instant::now();
-    let mut logits = prefill(m, prompt, &mut cache, hooks, opts.path)?;
-    stats.prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut stop = StopReason::MaxTokens;
-    for step in 0..opts.max_tokens {
+
+    /// The next piece of text (one token's worth, possibly empty inside a multi-byte
+    /// character), or `None` once the generation has ended (EOS or `max_tokens`).
+    /// `cancel` set from another thread ends it with [`RuntimeError::Cancelled`].
+    pub fn next(&mut self, hooks: &mut dyn Hooks, cancel: &AtomicBool) -> Result<Option<String>> {
+        if self.stop.is_some() {
+            return Ok(None);
+        }
         if cancel.load(Ordering::Relaxed) {
             return Err(RuntimeError::Cancelled);
         }
-        if logits.len() != m.config().vocab_size {
+        let t = Instant::now();
+        if let Some(tok) = self.pending.take() {
+            let prompt_len = self.stats.prompt_tokens;
+            let ids = [tok];
+            let batch = Batch {
+                tokens: &ids,
+                batch: 1,
+                seq: 1,
+                valid: &[1],
+                prompt_lens: &[prompt_len],
+            };
+            let (m, cache, path) = (self.m, &mut self.cache, self.opts.path);
+            self.logits = decode_pool()
+                .install(|| {
+                    m.model
+                        .forward(&batch, cache, &mut *hooks, path, LogitsMode::Last)
+                })?
+                .logits;
+            self.stats.decode_tokens += 1;
+            if cancel.load(Ordering::Relaxed) {
+                return Err(RuntimeError::Cancelled);
+            }
+        }
+        if self.logits.len() != self.m.config().vocab_size {
             return Err(RuntimeError::BadInput(
                 "a hook stopped the forward pass during generation".into(),
             ));
         }
-        let next = sampler.sample(&mut logits, &history);
-        if m.tokenizer.eos().contains(&next) {
-            stop = StopReason::Eos;
-            break;
+        let next = self.sampler.sample(&mut self.logits, &self.history);
+        if self.m.tokenizer.eos().contains(&next) {
+            self.stop = Some(StopReason::Eos);
+            self.stats.decode_s += t.elapsed().as_secs_f64();
+            return Ok(None);
         }
-        history.push(next);
-        out.push(next);
-        let piece = stream.push(&m.tokenizer, next)?;
-        text.push_str(&piece);
-        if !on_text(&piece) {
-            stop = StopReason::Callback;
-            break;
+        self.history.push(next);
+        self.tokens.push(next);
+        let piece = self.stream.push(&self.m.tokenizer, next)?;
+        self.text.push_str(&piece);
+        if self.tokens.len() >= self.opts.max_tokens {
+            self.stop = Some(StopReason::MaxTokens);
+        } else {
+            self.pending = Some(next);
         }
-        if step + 1 == opts.max_tokens {
-            break;
-        }
-        let tok = [next];
-        let batch = Batch {
-            tokens: &tok,
-            batch: 1,
-            seq: 1,
-            valid: &[1],
-            prompt_lens: &[prompt_len],
-        };
-        logits = decode_pool()
-            .install(|| {
-                m.model
-                    .forward(&batch, &mut cache, &mut *hooks, opts.path, LogitsMode::Last)
-            })?
-            .logits;
-        stats.decode_tokens += 1;
+        self.stats.decode_s += t.elapsed().as_secs_f64();
+        Ok(Some(piece))
     }
-    stats.decode_s = t1.elapsed().as_secs_f64();
-    Ok(Generation {
-        tokens: out,
-        text,
-        stop,
-        stats,
-    })
+
+    /// Ends the generation where it is (the caller wants no more text).
+    pub fn stop_here(&mut self) {
+        self.stop = Some(StopReason::Callback);
+        self.pending = None;
+    }
+
+    /// Whether the generation has ended.
+    pub fn finished(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    /// The generated text so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// What was generated, why it stopped and how long it took.
+    pub fn finish(self) -> Generation {
+        Generation {
+            tokens: self.tokens,
+            text: self.text,
+            stop: self.stop.unwrap_or(StopReason::MaxTokens),
+            stats: self.stats,
+        }
+    }
 }
 
 /// The pool decode steps run on: one thread. A decode step is dozens of small operations

@@ -26,6 +26,14 @@ pub struct ChatMessage {
 }
 
 impl ChatMessage {
+    /// A system message (instructions before the conversation).
+    pub fn system(content: &str) -> Self {
+        Self {
+            role: "system".into(),
+            content: content.into(),
+        }
+    }
+
     /// A user message.
     pub fn user(content: &str) -> Self {
         Self {

@@ -1,7 +1,8 @@
 //! The background worker: the one thread that runs model work for the app. Commands come in
 //! over a crossbeam channel, events go out over another; after each event the worker calls
 //! the `notify` callback (the app passes `ctx.request_repaint()`), so the UI thread only
-//! drains events and draws. A shared cancel flag stops long jobs between steps.
+//! drains events and draws. Every job has its own cancel flag (its [`Ticket`]), so stopping one
+//! kind of job never stops another; a job cancelled before it starts is skipped.
 //!
 //! - [`protocol`]: the commands (pipeline requests plus ids) and events;
 //! - [`job_error`]: how a job ends when it does not succeed (cancelled or failed);
@@ -13,8 +14,8 @@ pub mod protocol;
 mod image_jobs;
 mod text_jobs;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -29,21 +30,42 @@ pub use protocol::{
 
 /// The app's handle to the worker thread.
 pub struct Worker {
-    /// Commands in.
-    pub commands: Sender<Command>,
+    /// Commands in, each with its own cancel flag.
+    commands: Sender<(Command, Arc<AtomicBool>)>,
     /// Events out.
     pub events: Receiver<Event>,
-    /// Set to stop the running job.
-    pub cancel: Arc<AtomicBool>,
+    /// The cancel flag of the job running now.
+    running: Arc<Mutex<Option<Arc<AtomicBool>>>>,
+}
+
+/// A job sent to the worker: its kind and the flag that stops it (before it starts: it is
+/// skipped; while it runs: it ends at its next check as [`JobError::Cancelled`]).
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// What the job does.
+    pub kind: JobKind,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Ticket {
+    /// Asks this job (and no other) to stop.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether it was asked to stop.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
 }
 
 impl Worker {
     /// Starts the worker thread (`act-worker`); `notify` is called after every event.
     pub fn spawn(notify: impl Fn() + Send + Sync + 'static) -> std::io::Result<Self> {
-        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded::<Command>();
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded::<(Command, Arc<AtomicBool>)>();
         let (evt_tx, evt_rx) = crossbeam_channel::unbounded::<Event>();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let flag = cancel.clone();
+        let running = Arc::new(Mutex::new(None));
+        let current = running.clone();
         std::thread::Builder::new()
             .name("act-worker".into())
             .spawn(move || {
@@ -52,11 +74,22 @@ impl Worker {
                     image: None,
                     events: evt_tx,
                     notify: Box::new(notify),
-                    cancel: flag,
+                    cancel: Arc::new(AtomicBool::new(false)),
                 };
-                for cmd in cmd_rx {
-                    state.cancel.store(false, Ordering::Relaxed);
+                for (cmd, flag) in cmd_rx {
                     state.send(Event::JobStarted(cmd.kind()));
+                    if flag.load(Ordering::Relaxed) {
+                        // Superseded or stopped before it began: its columns or images end
+                        // unfinished, and nothing runs.
+                        state.skip(&cmd);
+                        state.send(Event::Failed(JobError::Cancelled));
+                        state.send(Event::Idle);
+                        continue;
+                    }
+                    if let Ok(mut r) = current.lock() {
+                        *r = Some(flag.clone());
+                    }
+                    state.cancel = flag;
                     // A bug in a job must not take the worker (and every later job) down.
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(cmd)));
                     match outcome {
@@ -66,19 +99,41 @@ impl Worker {
                             "internal error: the job panicked (see stderr)",
                         ))),
                     }
+                    if let Ok(mut r) = current.lock() {
+                        *r = None;
+                    }
                     state.send(Event::Idle);
                 }
             })?;
         Ok(Self {
             commands: cmd_tx,
             events: evt_rx,
-            cancel,
+            running,
         })
+    }
+
+    /// Sends a command; its ticket stops it (`None` when the worker is gone).
+    pub fn submit(&self, cmd: Command) -> Option<Ticket> {
+        let ticket = Ticket {
+            kind: cmd.kind(),
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        self.commands.send((cmd, ticket.cancel.clone())).ok()?;
+        Some(ticket)
     }
 
     /// Sends a command (false when the worker is gone).
     pub fn send(&self, cmd: Command) -> bool {
-        self.commands.send(cmd).is_ok()
+        self.submit(cmd).is_some()
+    }
+
+    /// Asks the job running now, whichever it is, to stop.
+    pub fn cancel_running(&self) {
+        if let Ok(r) = self.running.lock()
+            && let Some(flag) = r.as_ref()
+        {
+            flag.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -109,6 +164,32 @@ impl State {
 
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// The end events of a job that never ran (so the app closes its columns or images).
+    fn skip(&self, cmd: &Command) {
+        match cmd {
+            Command::Generate(job) => {
+                let id = job.id;
+                if job.request.unsteered {
+                    self.send(Event::ColumnDone {
+                        id,
+                        column: crate::pipeline::generate_text::Column::Unsteered,
+                        complete: false,
+                    });
+                }
+                self.send(Event::ColumnDone {
+                    id,
+                    column: crate::pipeline::generate_text::Column::Steered,
+                    complete: false,
+                });
+            }
+            Command::GenerateImages(id, _) => self.send(Event::ImagesDone {
+                id: *id,
+                complete: false,
+            }),
+            _ => {}
+        }
     }
 
     fn run(&mut self, cmd: Command) -> Result<(), JobError> {
@@ -170,6 +251,43 @@ mod tests {
             Event::Failed(f) => Some(f.clone()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn a_job_cancelled_before_it_starts_is_skipped_and_others_run() {
+        // The worker waits inside its first event until the gate opens, so both jobs are
+        // queued before the first one runs.
+        let (open, gate) = crossbeam_channel::bounded::<()>(1);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let w = Worker::spawn(move || {
+            if first.swap(false, Ordering::Relaxed) {
+                let _ = gate.recv_timeout(Duration::from_secs(30));
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let a = w.submit(Command::LoadDataset(DatasetSpec::Builtin("football".into())));
+        let b = w.submit(Command::LoadDataset(DatasetSpec::Builtin("neutral".into())));
+        let (Some(a), Some(b)) = (a, b) else {
+            panic!("the worker is gone")
+        };
+        b.cancel();
+        assert!(b.cancelled() && !a.cancelled(), "a ticket stops its own job only");
+        let _ = open.send(());
+        let mut loaded = Vec::new();
+        let mut failures = Vec::new();
+        let mut idle = 0;
+        while idle < 2 {
+            match w.events.recv_timeout(Duration::from_secs(60)) {
+                Ok(Event::Idle) => idle += 1,
+                Ok(Event::DatasetLoaded(d, _)) => loaded.push(d.origin),
+                Ok(Event::Failed(f)) => failures.push(f),
+                Ok(_) => {}
+                Err(e) => panic!("no event from the worker: {e}"),
+            }
+        }
+        assert_eq!(loaded.len(), 1, "{loaded:?}");
+        assert!(loaded[0].contains("football"), "{loaded:?}");
+        assert_eq!(failures, [JobError::Cancelled]);
     }
 
     #[test]

@@ -161,6 +161,24 @@ pub enum Command {
     GenerateImages(usize, Box<ImageJob>),
 }
 
+impl JobKind {
+    /// What the job does, in words ("the fit").
+    pub fn describe(self) -> &'static str {
+        match self {
+            JobKind::LoadModel => "the model to load",
+            JobKind::LoadDataset => "the dataset to load",
+            JobKind::Fit => "the fit",
+            JobKind::Generate => "the generation",
+            JobKind::Sweep => "the sweep",
+            JobKind::MakeConcept => "the concept sentences",
+            JobKind::Maps => "the maps file",
+            JobKind::LoadImageModel => "the diffusion model to load",
+            JobKind::FitImage => "the image fit",
+            JobKind::GenerateImages => "the images",
+        }
+    }
+}
+
 impl Command {
     /// The kind of job this command starts.
     pub fn kind(&self) -> JobKind {

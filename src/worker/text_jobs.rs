@@ -83,7 +83,7 @@ impl State {
 
     pub(super) fn generate(&mut self, job: &GenerateJob) -> Result<(), JobError> {
         let m = self.model()?;
-        let ids = prompt_ids(&m, &job.request.prompt, job.request.chat)?;
+        let ids = prompt_ids(&m, &job.request.prompt, job.request.chat, &job.request.system)?;
         if job.record_prompt {
             self.send(Event::PromptActivations(prompt_activations(&m, &ids)?));
         }

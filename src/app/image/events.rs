@@ -65,8 +65,10 @@ pub fn model_loaded(app: &mut StudioApp, info: ImageModelInfo) {
     app.image.view = ImageView::Empty;
     app.image.unsteered_key = None;
     app.image.pending_key = None;
+    let fp = info.fingerprint.to_string();
     app.image_model = Some(info);
     app.mode = Mode::Image;
+    app.restore_stack_for(&fp);
 }
 
 /// The pipeline is gone (a new one is loading, or failed to load). Its concepts stay in the

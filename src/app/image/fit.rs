@@ -187,7 +187,7 @@ pub fn show_fit(app: &mut StudioApp, ui: &mut egui::Ui) {
                     .desired_width(220.0),
             );
             if ui.button("Cancel fit").clicked() {
-                app.cancel();
+                app.cancel_kind(JobKind::FitImage);
             }
         });
     }

@@ -114,10 +114,8 @@ pub fn generate(app: &mut StudioApp, action: ImageAction) {
             return;
         }
     };
-    // Stop a running image job (never another kind of job: the cancel flag is shared).
-    if app.running == Some(JobKind::GenerateImages) {
-        app.cancel();
-    }
+    // A newer image job supersedes a running or waiting one (and no other kind of job).
+    app.cancel_kind(JobKind::GenerateImages);
     let kind = match (action, sheet) {
         (ImageAction::Pair { steered_only }, _) => {
             let key = unsteered_key(app, &req);
@@ -328,7 +326,7 @@ pub fn show_output(app: &mut StudioApp, ui: &mut egui::Ui) {
             };
             ui.add(egui::ProgressBar::new(frac).text(text).desired_width(320.0));
             if ui.button("Cancel").clicked() {
-                app.cancel();
+                app.cancel_kind(JobKind::GenerateImages);
             }
         }
         let has = !matches!(app.image.view, ImageView::Empty);
