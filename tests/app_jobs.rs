@@ -118,6 +118,30 @@ fn generate_during_a_fit_steers_with_it_stop_spares_the_fit_and_the_stack_surviv
     });
     assert_eq!(h.state().output.steered, out.unsteered, "off is unsteered");
 
+    // Ten quick Generate clicks: never more than one generation in the worker, each click
+    // supersedes the last, and the columns fill with the last one's text.
+    let started = h.state().output.started;
+    for _ in 0..10 {
+        click(&mut h, "Generate");
+        let n = h
+            .state()
+            .jobs
+            .iter()
+            .filter(|t| t.kind == JobKind::Generate)
+            .count();
+        assert!(n <= 1, "{n} generations in the worker at once");
+    }
+    wait(&mut h, "the last generation", 120, |a| {
+        !a.busy() && a.output.queued.is_none() && a.output.steered_run.is_some()
+    });
+    let ran = h.state().output.started - started;
+    assert!((1..=10).contains(&ran), "{ran} generations ran for ten clicks");
+    assert_eq!(
+        h.state().output.steered,
+        out.unsteered,
+        "the concept is still off"
+    );
+
     // The plots draw for it, with their exports.
     h.get_by_label("Plots").click();
     h.run_ok();

@@ -20,6 +20,9 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             ui.selectable_value(&mut app.mode, Mode::Image, "Image")
                 .on_disabled_hover_text("open a diffusion model folder first");
         });
+        if !can {
+            ui.small("image mode: open a diffusers folder in the Model panel (button or path bar)");
+        }
     });
     super::lambda_bar::show(app, ui);
     if app.mode == Mode::Image && app.image_model.is_some() {
@@ -102,7 +105,7 @@ fn show_text(app: &mut StudioApp, ui: &mut egui::Ui) {
         }
         if let Some(t) = app.output.release_to_token {
             ui.small(format!(
-                "slider release → first steered token: {:.0} ms",
+                "slider release to first steered token: {:.0} ms",
                 t.as_secs_f64() * 1e3
             ));
         }

@@ -1,6 +1,8 @@
 //! The screenshot script (`act-studio app --screenshot F`): load, fit a concept on a few
-//! samples, generate, and save a screenshot of each tab (the README images), one step per
-//! frame.
+//! samples, generate at λ = 0.5, release the slider at λ = 1, and save a screenshot of each
+//! tab (the README images), one step per frame. On the way it prints to stderr what the
+//! real window measured: UI frame times while fitting (median, worst) and the time from the
+//! slider release to the first steered token.
 
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ pub(super) enum Script {
     WaitModel,
     WaitFit,
     WaitGeneration,
+    /// The slider was released at λ = 1: waiting for the steered column.
+    WaitRelease,
     /// Waiting for screenshot `k` (0: output tab, 1: plots tab), `n` frames so far.
     Shoot(u8, u16),
     Done,
@@ -52,15 +56,37 @@ impl StudioApp {
             }
             Script::WaitModel if self.model.is_some() && !self.busy() => {
                 self.fit.limit = 48;
+                self.frame_ms.clear();
                 fit_panel::start_fit(self);
                 Script::WaitFit
             }
             Script::WaitFit if !self.stack.is_empty() && !self.busy() => {
+                if let Some((median, worst)) = self.frame_stats() {
+                    eprintln!(
+                        "UI frame time while fitting: median {median:.2} ms, worst {worst:.2} ms over {} frames",
+                        self.frame_ms.len()
+                    );
+                }
                 self.settings.max_tokens = 40;
+                self.stack[0].concept.lambda = 0.5;
                 self.generate(false);
                 Script::WaitGeneration
             }
-            Script::WaitGeneration if !self.busy() && !self.output.generating => {
+            Script::WaitGeneration if !image && !self.busy() && !self.output.generating => {
+                self.stack[0].concept.lambda = 1.0;
+                self.output.release_to_token = None;
+                self.lambda_released();
+                Script::WaitRelease
+            }
+            Script::WaitRelease
+                if !self.busy() && !self.output.generating && self.output.regenerate_at.is_none() =>
+            {
+                if let Some(t) = self.output.release_to_token {
+                    eprintln!(
+                        "slider release → first steered token: {:.0} ms",
+                        t.as_secs_f64() * 1e3
+                    );
+                }
                 ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::UserData::default()));
                 Script::Shoot(0, 0)
             }

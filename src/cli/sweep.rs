@@ -67,7 +67,8 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 0.95, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_top_p)]
     pub top_p: f32,
     /// Presence keywords: a file (one per line or comma-separated; `word`, `prefix*`,
-    /// `a phrase`) or builtin:CONCEPT. Default: the built-in concept of the same name, if any.
+    /// `a phrase`), builtin:CONCEPT, or words:a,b,c inline. Default: the built-in concept of
+    /// the same name, if any.
     #[arg(long)]
     pub keywords: Option<String>,
     /// Held-out texts for perplexity.

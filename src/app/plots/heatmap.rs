@@ -100,9 +100,9 @@ pub fn show(
     let mut clicked = None;
     ui.horizontal(|ui| {
         ui.vertical(|ui| {
-            ui.small(format!("↓ {}", hooks[0].0));
+            ui.small(format!("first: {}", hooks[0].0));
             ui.add_space(4.0);
-            ui.small(format!("… {}", hooks[hooks.len() - 1].0));
+            ui.small(format!("last: {}", hooks[hooks.len() - 1].0));
         });
         let w = (ui.available_width() - 90.0).max(120.0);
         let h = (hooks.len() as f32 * 4.0).clamp(60.0, 320.0);
@@ -128,7 +128,7 @@ pub fn show(
         }
         colour_bar(ui, heat, h);
     });
-    ui.small(format!("neurons 0 … {} →", d - 1));
+    ui.small(format!("columns: neurons 0 … {}", d - 1));
     clicked
 }
 

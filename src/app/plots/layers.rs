@@ -90,7 +90,7 @@ pub fn show(
 ) {
     ui.horizontal_wrapped(|ui| {
         ui.strong("per hook point:");
-        ui.selectable_value(metric, Metric::W1, "W1 source → target");
+        ui.selectable_value(metric, Metric::W1, "W1 source to target");
         ui.selectable_value(metric, Metric::Omega, "mean |ω − 1|");
         ui.selectable_value(metric, Metric::Beta, "mean |β|");
         ui.checkbox(log, "log scale");
