@@ -5,10 +5,11 @@
 //! image concepts side by side in one stack (with the demo language model, when present).
 
 mod common;
+
+use common::app::wait;
 mod sd_common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use act_studio::app::settings::Settings;
 use act_studio::app::{AppOptions, ImageAction, Mode, SaveWhat, StudioApp};
@@ -26,21 +27,6 @@ fn harness(opts: AppOptions) -> H {
         .with_size(egui::vec2(1400.0, 900.0))
         .with_max_steps(8)
         .build_eframe(move |cc| StudioApp::with_settings(&cc.egui_ctx, Settings::default(), opts))
-}
-
-/// Steps frames until `done`, failing after `secs`.
-fn wait(h: &mut H, what: &str, secs: u64, done: impl Fn(&StudioApp) -> bool) {
-    let t = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}; status: {:?}",
-            h.state().status
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
 }
 
 fn set_slider(h: &mut H, label: &str, value: f64) {

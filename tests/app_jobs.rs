@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use common::app::wait;
 
 use act_studio::app::settings::Settings;
 use act_studio::app::{AppOptions, StudioApp};
@@ -21,21 +21,6 @@ fn harness(settings: Settings, opts: AppOptions, size: egui::Vec2) -> Harness<'s
         .with_size(size)
         .with_max_steps(8)
         .build_eframe(move |cc| StudioApp::with_settings(&cc.egui_ctx, settings, opts))
-}
-
-/// Steps frames until `done`, failing after `secs`.
-fn wait(h: &mut Harness<'static, StudioApp>, what: &str, secs: u64, done: impl Fn(&StudioApp) -> bool) {
-    let t = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}; status: {:?}",
-            h.state().status
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
 }
 
 fn click(h: &mut Harness<'static, StudioApp>, label: &str) {
@@ -108,6 +93,29 @@ fn generate_during_a_fit_steers_with_it_stop_spares_the_fit_and_the_stack_surviv
         "the column says what made it"
     );
     assert_eq!(h.state().history.len(), 1, "the run is in the history");
+
+    // Exports carry what reproduces the run: the model's fingerprint, λ and the maps hash.
+    let md = data.path().join("run.md");
+    let jsonl = data.path().join("runs.jsonl");
+    for (file, button) in [(&md, "Export output"), (&jsonl, "Export history")] {
+        h.state_mut().path_bar = file.display().to_string();
+        h.step();
+        click(&mut h, button);
+    }
+    let sha = run.concepts[0].maps_sha256.clone();
+    assert_eq!(sha.len(), 64, "{sha}");
+    let fingerprint = h
+        .state()
+        .model
+        .as_ref()
+        .map(|m| m.fingerprint.clone())
+        .unwrap_or_default();
+    for file in [&md, &jsonl] {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for want in [sha.as_str(), fingerprint.as_str(), "football"] {
+            assert!(text.contains(want), "{} lacks {want}:\n{text}", file.display());
+        }
+    }
 
     // Switching the concept off regenerates; the column then says no concept was on.
     h.state_mut().stack[0].concept.enabled = false;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use common::app::wait;
 
 use act_studio::app::settings::Settings;
 use act_studio::app::{AppOptions, StudioApp};
@@ -18,21 +18,6 @@ fn harness(opts: AppOptions) -> Harness<'static, StudioApp> {
         .with_size(egui::vec2(1400.0, 900.0))
         .with_max_steps(8)
         .build_eframe(move |cc| StudioApp::with_settings(&cc.egui_ctx, Settings::default(), opts))
-}
-
-/// Steps frames until `done`, failing after `secs`.
-fn wait(h: &mut Harness<'static, StudioApp>, what: &str, secs: u64, done: impl Fn(&StudioApp) -> bool) {
-    let t = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}; status: {:?}",
-            h.state().status
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
 }
 
 #[test]

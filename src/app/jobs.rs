@@ -11,7 +11,6 @@ use std::time::Instant;
 use crate::pipeline::generate_text::TextRequest;
 use crate::runtime::generate::GenerateOptions;
 use crate::runtime::linear::MatPath;
-use crate::runtime::sampling::SamplingConfig;
 use crate::worker::{Command, GenerateJob, JobKind};
 
 use super::StudioApp;
@@ -139,13 +138,7 @@ impl StudioApp {
                 system: run.system.clone(),
                 options: GenerateOptions {
                     max_tokens: run.max_tokens,
-                    sampling: SamplingConfig {
-                        temperature: s.temperature,
-                        top_k: s.top_k,
-                        top_p: s.top_p,
-                        seed: s.seed,
-                        ..Default::default()
-                    },
+                    sampling: s.sampling(),
                     path: MatPath::Quantized,
                 },
                 stack: self.steering_stack(),

@@ -219,20 +219,36 @@ fn history(app: &mut StudioApp, ui: &mut egui::Ui) {
     }
 }
 
+/// Both columns as Markdown, each with what reproduces it: the model (path and
+/// fingerprint), the prompt and sampling settings, and for the steered column each concept's
+/// λ and maps hash and the token scope (as recorded when it was generated).
 fn output_text(app: &StudioApp) -> String {
-    let lambdas: Vec<String> = app
-        .stack
-        .iter()
-        .filter(|e| e.concept.enabled)
-        .map(|e| format!("{}={}", e.concept.name, e.concept.lambda))
-        .collect();
+    let model = app.model.as_ref().map_or("(none)".to_string(), |m| {
+        format!("{} ({})", m.path.display(), m.fingerprint)
+    });
+    let settings = |r: Option<&RunSettings>, steered: bool| -> String {
+        let Some(r) = r else {
+            return "settings: (incomplete column)".into();
+        };
+        let mut t = format!(
+            "prompt: {:?}\nchat: {}, system: {:?}\n{}",
+            r.prompt,
+            r.chat,
+            r.system,
+            r.describe(steered)
+        );
+        if steered {
+            for c in &r.concepts {
+                t.push_str(&format!("\nmaps `{}`: sha256 {}", c.name, c.maps_sha256));
+            }
+        }
+        t
+    };
     format!(
-        "prompt: {}\nseed: {}, temperature: {}, steering: {}\n\n## Unsteered\n\n{}\n\n## Steered\n\n{}\n",
-        app.settings.prompt,
-        app.settings.seed,
-        app.settings.temperature,
-        lambdas.join(", "),
+        "model: {model}\n\n## Unsteered\n\n{}\n\n{}\n\n## Steered\n\n{}\n\n{}\n",
+        settings(app.output.unsteered_run.as_ref(), false),
         app.output.unsteered,
+        settings(app.output.steered_run.as_ref(), true),
         app.output.steered
     )
 }

@@ -227,6 +227,17 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The form's sampling settings (temperature 0 is greedy).
+    pub fn sampling(&self) -> crate::runtime::sampling::SamplingConfig {
+        crate::runtime::sampling::SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+
     /// Adds a dataset spec to the user's list (no repeats).
     pub fn add_dataset(&mut self, spec: String) {
         if !self.user_datasets.contains(&spec) {

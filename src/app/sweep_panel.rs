@@ -16,7 +16,6 @@ use crate::pipeline::sweep::{SweepRow, sweep_csv, sweep_samples_csv};
 use crate::pipeline::sweep_request::SweepRequest;
 use crate::runtime::generate::GenerateOptions;
 use crate::runtime::linear::MatPath;
-use crate::runtime::sampling::SamplingConfig;
 use crate::transport::atomic_write;
 use crate::worker::Command;
 
@@ -219,13 +218,7 @@ fn start(app: &mut StudioApp) {
         samples: app.sweep.samples,
         generate: GenerateOptions {
             max_tokens: s.max_tokens.max(1),
-            sampling: SamplingConfig {
-                temperature: s.temperature,
-                top_k: s.top_k,
-                top_p: s.top_p,
-                seed: s.seed,
-                ..Default::default()
-            },
+            sampling: s.sampling(),
             path: MatPath::Quantized,
         },
         keywords: keyword_spec(&app.sweep.keywords),

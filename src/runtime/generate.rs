@@ -107,6 +107,24 @@ pub fn prefill(
     Ok(logits)
 }
 
+/// Refuses what no generation can run: an empty prompt, bad sampling settings, or a prompt
+/// and token budget beyond the model's context.
+pub fn check_request(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(RuntimeError::BadInput("the prompt is empty".into()));
+    }
+    opts.sampling.check().map_err(RuntimeError::BadInput)?;
+    let limit = m.config().max_position;
+    if prompt.len().saturating_add(opts.max_tokens) > limit {
+        return Err(RuntimeError::BadInput(format!(
+            "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
+            prompt.len(),
+            opts.max_tokens
+        )));
+    }
+    Ok(())
+}
+
 /// Generates a continuation of `prompt` (token ids), calling `on_text` with each new piece
 /// of text (return `false` to stop). Hooks see every forward pass (prompt and each new token).
 /// `cancel` set from another thread ends it with [`RuntimeError::Cancelled`].
@@ -161,18 +179,7 @@ impl<'m> Generator<'m> {
         opts: &GenerateOptions,
         hooks: &mut dyn Hooks,
     ) -> Result<Self> {
-        if prompt.is_empty() {
-            return Err(RuntimeError::BadInput("the prompt is empty".into()));
-        }
-        opts.sampling.check().map_err(RuntimeError::BadInput)?;
-        let limit = m.config().max_position;
-        if prompt.len().saturating_add(opts.max_tokens) > limit {
-            return Err(RuntimeError::BadInput(format!(
-                "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
-                prompt.len(),
-                opts.max_tokens
-            )));
-        }
+        check_request(m, prompt, opts)?;
         let mut cache = vec![m.new_cache()];
         let t0 = Instant::now();
         let logits = prefill(m, prompt, &mut cache, hooks, opts.path)?;

@@ -42,20 +42,9 @@ pub fn generate_many(
     cancel: &AtomicBool,
     on_row_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<Generation>> {
-    if prompt.is_empty() {
-        return Err(RuntimeError::BadInput("the prompt is empty".into()));
-    }
+    super::generate::check_request(m, prompt, opts)?;
     if n == 0 {
         return Ok(Vec::new());
-    }
-    opts.sampling.check().map_err(RuntimeError::BadInput)?;
-    let limit = m.config().max_position;
-    if prompt.len().saturating_add(opts.max_tokens) > limit {
-        return Err(RuntimeError::BadInput(format!(
-            "prompt ({} tokens) + max tokens ({}) exceed the context length {limit}",
-            prompt.len(),
-            opts.max_tokens
-        )));
     }
     let vocab = m.config().vocab_size;
     let prompt_len = prompt.len();

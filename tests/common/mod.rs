@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+pub mod app;
+
 use std::path::PathBuf;
 
 /// |a − e| ≤ tol · max(1, |e|) for every element; panics naming the first offender.
