@@ -553,3 +553,31 @@ fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
         "causal and simultaneous maps differ"
     );
 }
+
+/// Generate pressed while an image concept is being fitted waits for the fit, then steers
+/// with the concept it produced (the request is built when the worker is free).
+#[test]
+fn generate_during_an_image_fit_waits_and_steers_with_the_new_concept() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&model, 21).unwrap_or_else(|e| panic!("{e}"));
+    let mut h = loaded(&model);
+    click(&mut h, "Fit image concept");
+    assert!(h.state().busy(), "the fit is under way");
+    click(&mut h, "Generate");
+    assert!(h.state().image.queued.is_some(), "the pair waits for the fit");
+    wait(&mut h, "the fit and then the pair", 180, |a| {
+        !a.busy() && a.image.queued.is_none() && matches!(a.image.pair(), Some((Some(_), Some(_))))
+    });
+    let (u, s) = match h.state().image.pair() {
+        Some((Some(u), Some(s))) => (u.clone(), s.clone()),
+        _ => panic!("no pair"),
+    };
+    assert_eq!(
+        s.meta.lambdas,
+        vec![("negate:cat".to_string(), 1.0)],
+        "steered with the new concept"
+    );
+    assert_ne!(s.image, u.image, "λ = 1 of the new concept changes the image");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}

@@ -150,6 +150,16 @@ fn generate_during_a_fit_steers_with_it_stop_spares_the_fit_and_the_stack_surviv
         "the concept is still off"
     );
 
+    // Maps saved through the path bar join the recent maps.
+    let saved_maps = data.path().join("mine.safetensors");
+    h.state_mut().path_bar = saved_maps.display().to_string();
+    h.step();
+    click(&mut h, "Save maps");
+    wait(&mut h, "the maps to be saved", 60, |a| !a.busy());
+    assert!(saved_maps.is_file());
+    assert_eq!(h.state().settings.recent_maps.first(), Some(&saved_maps));
+    assert!(h.query_by_label("recent maps").is_some());
+
     // The plots draw for it, with their exports.
     h.get_by_label("Plots").click();
     h.run_ok();

@@ -125,7 +125,10 @@ impl StudioApp {
             }
             Event::MapsSaved(p) => {
                 // Concepts kept for the next session are saved without a word.
-                if self.data_dir.as_ref().is_none_or(|d| !p.starts_with(d)) {
+                let kept = self.keeping.iter().position(|k| k == &p);
+                if let Some(i) = kept {
+                    self.keeping.remove(i);
+                } else {
                     self.info(format!("saved {}", p.display()));
                     self.settings.remember_maps(p);
                 }

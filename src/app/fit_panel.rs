@@ -162,6 +162,26 @@ fn maps_row(app: &mut StudioApp, ui: &mut egui::Ui) {
             let d = rfd::FileDialog::new().add_filter("maps", &["safetensors"]);
             app.dialog(d, false, false, DialogResult::LoadMaps);
         }
+        if can_load && !app.settings.recent_maps.is_empty() {
+            let mut pick = None;
+            ui.menu_button("recent maps", |ui| {
+                for p in &app.settings.recent_maps {
+                    let name = p
+                        .file_name()
+                        .map_or(p.display().to_string(), |n| n.to_string_lossy().into());
+                    if ui
+                        .selectable_label(false, name)
+                        .on_hover_text(p.display().to_string())
+                        .clicked()
+                    {
+                        pick = Some(p.clone());
+                    }
+                }
+            });
+            if let Some(p) = pick {
+                app.send(Command::LoadMaps(p));
+            }
+        }
     });
 }
 

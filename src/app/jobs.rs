@@ -75,13 +75,20 @@ impl StudioApp {
         self.pump();
     }
 
-    /// Starts a waiting generation once nothing else is running (called every frame).
+    /// Starts a waiting generation (text or images) once nothing else is running (called
+    /// every frame).
     pub(super) fn pump(&mut self) {
         if let Some(steered_only) = self.output.queued
             && self.jobs.is_empty()
         {
             self.output.queued = None;
             self.start_generation(steered_only);
+        }
+        if let Some(action) = self.image.queued
+            && self.jobs.is_empty()
+        {
+            self.image.queued = None;
+            super::image::generate(self, action);
         }
     }
 

@@ -236,6 +236,8 @@ pub struct StudioApp {
     pub restore: Vec<settings::SavedConcept>,
     /// Where fitted concepts are kept between sessions.
     pub data_dir: Option<PathBuf>,
+    /// Maps files of fitted concepts being written to the data folder.
+    keeping: Vec<PathBuf>,
     /// The path bar's text.
     pub path_bar: String,
     script: Option<(Script, PathBuf)>,
@@ -295,6 +297,7 @@ impl StudioApp {
             history: Vec::new(),
             restore: Vec::new(),
             path_bar: String::new(),
+            keeping: Vec::new(),
             data_dir: opts
                 .data_dir
                 .clone()

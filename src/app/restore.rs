@@ -121,6 +121,7 @@ impl StudioApp {
         if let Some(e) = self.stack.iter_mut().find(|e| Arc::ptr_eq(&e.concept.maps, maps)) {
             e.path = Some(path.clone());
         }
+        self.keeping.push(path.clone());
         self.send(Command::SaveMaps(maps.clone(), path));
     }
 }

@@ -124,6 +124,9 @@ pub struct ImageState {
     pub steered_runs: usize,
     /// Regenerate the steered image at this time (debounced slider release).
     pub regenerate_at: Option<Instant>,
+    /// An image job waits for another kind of job (a fit, a load) to end; it is built when
+    /// it starts, so it steers with what that job produced.
+    pub queued: Option<ImageAction>,
     /// Concept varied by strips and grids.
     pub sheet_concept: String,
     /// Estimator of image fits.
@@ -147,6 +150,7 @@ impl Default for ImageState {
             unsteered_runs: 0,
             steered_runs: 0,
             regenerate_at: None,
+            queued: None,
             sheet_concept: String::new(),
             fit_method: Method::LinearAct,
             fit_support: Support::Unbounded,

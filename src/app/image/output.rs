@@ -71,10 +71,21 @@ fn sheet_concepts(app: &StudioApp) -> Vec<String> {
         .collect()
 }
 
-/// Starts an image job.
+/// Starts an image job, or, while another kind of job runs (a fit, a model or maps load),
+/// keeps it waiting: [`StudioApp::pump`] starts it once the worker is free, built from the
+/// settings and stack of that moment.
 pub fn generate(app: &mut StudioApp, action: ImageAction) {
     if app.image_model.is_none() {
         app.error("open a diffusion model folder first".into());
+        return;
+    }
+    if app.jobs.iter().any(|t| t.kind != JobKind::GenerateImages) {
+        // A waiting pair with both images stays one with both.
+        let keep_both = matches!(app.image.queued, Some(ImageAction::Pair { steered_only: false }));
+        app.image.queued = match action {
+            ImageAction::Pair { .. } if keep_both => Some(ImageAction::Pair { steered_only: false }),
+            a => Some(a),
+        };
         return;
     }
     let (req, window) = match request(app).and_then(|r| window(app).map(|w| (r, w))) {
@@ -327,6 +338,16 @@ pub fn show_output(app: &mut StudioApp, ui: &mut egui::Ui) {
             ui.add(egui::ProgressBar::new(frac).text(text).desired_width(320.0));
             if ui.button("Cancel").clicked() {
                 app.cancel_kind(JobKind::GenerateImages);
+            }
+        }
+        if app.image.queued.is_some() {
+            let what = app.jobs.front().map_or("the worker", |t| t.kind.describe());
+            ui.colored_label(
+                egui::Color32::from_rgb(230, 160, 40),
+                format!("waiting for {what} to end"),
+            );
+            if ui.button("Cancel").clicked() {
+                app.image.queued = None;
             }
         }
         let has = !matches!(app.image.view, ImageView::Empty);
