@@ -11,6 +11,7 @@ use common::app::wait;
 
 use act_studio::app::settings::Settings;
 use act_studio::app::{AppOptions, StudioApp};
+use act_studio::transport::TokenScope;
 use act_studio::worker::JobKind;
 use eframe::egui::{self, accesskit};
 use egui_kittest::Harness;
@@ -193,6 +194,7 @@ fn generate_during_a_fit_steers_with_it_stop_spares_the_fit_and_the_stack_surviv
 
     // Restart: the concept (kept in the data folder) comes back with its λ and on/off.
     h.state_mut().stack[0].concept.lambda = -0.4;
+    h.state_mut().scope = TokenScope::LastToken;
     let saved = h.state().settings_to_save();
     assert_eq!(saved.stack.len(), 1);
     assert!(
@@ -209,6 +211,11 @@ fn generate_during_a_fit_steers_with_it_stop_spares_the_fit_and_the_stack_surviv
     assert_eq!(e.concept.name, "football");
     assert_eq!(e.concept.lambda, -0.4);
     assert!(!e.concept.enabled);
+    assert_eq!(
+        h.state().scope,
+        TokenScope::LastToken,
+        "the token scope is kept too"
+    );
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
     let _slider = h.get_by_role_and_label(accesskit::Role::Slider, "football");
 }

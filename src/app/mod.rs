@@ -310,6 +310,9 @@ impl StudioApp {
             (!opts.no_autoload && demo.exists()).then_some(demo)
         });
         app.restore = restore;
+        if let Ok(scope) = app.settings.scope.parse::<TokenScope>() {
+            app.scope = scope;
+        }
         if let Some(p) = start {
             app.load_model(p);
         }
@@ -409,12 +412,13 @@ impl StudioApp {
 
     /// Ctrl+Enter (⌘+Enter) generates, Esc stops the generation.
     fn shortcuts(&mut self, ctx: &egui::Context) {
-        let generate = ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter));
-        let stop = ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Escape));
-        if generate && self.mode == Mode::Text && self.model.is_some() {
+        // Keys are taken only when they do something here (Esc still closes menus otherwise).
+        let can_generate = self.mode == Mode::Text && self.model.is_some();
+        if can_generate && ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter)) {
             self.generate(false);
         }
-        if stop && (self.output.generating || self.output.queued.is_some()) {
+        let can_stop = self.output.generating || self.output.queued.is_some();
+        if can_stop && ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Escape)) {
             self.stop_generation();
         }
     }

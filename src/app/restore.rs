@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::transport::{MapsFile, TokenScope};
+use crate::transport::MapsFile;
 use crate::worker::Command;
 
 use super::settings::{SavedConcept, Settings};
@@ -57,9 +57,6 @@ impl StudioApp {
     /// Loads the saved stack entries that belong to the model with `fingerprint` (the
     /// language model's, or a diffusion pipeline's); they join the stack in their old order.
     pub(super) fn restore_stack_for(&mut self, fingerprint: &str) {
-        if let Ok(scope) = self.settings.scope.parse::<TokenScope>() {
-            self.scope = scope;
-        }
         let due: Vec<PathBuf> = self
             .restore
             .iter()

@@ -108,13 +108,7 @@ pub fn show(
         let h = (hooks.len() as f32 * 4.0).clamp(60.0, 320.0);
         let resp =
             ui.add(egui::Image::new((heat.texture.id(), egui::vec2(w, h))).sense(egui::Sense::click()));
-        let cell = |pos: egui::Pos2| {
-            let r = resp.rect;
-            let col = (((pos.x - r.left()) / r.width()) * d as f32).floor();
-            let row = (((pos.y - r.top()) / r.height()) * hooks.len() as f32).floor();
-            (col >= 0.0 && row >= 0.0)
-                .then(|| ((row as usize).min(hooks.len() - 1), (col as usize).min(d - 1)))
-        };
+        let cell = |pos: egui::Pos2| cell_at(resp.rect, pos, hooks.len(), d);
         if let Some((row, k)) = resp.hover_pos().and_then(cell) {
             let v = values(hooks[row].1, *beta).get(k).copied();
             let name = if *beta { "β" } else { "ω" };
@@ -130,6 +124,16 @@ pub fn show(
     });
     ui.small(format!("columns: neurons 0 … {}", d - 1));
     clicked
+}
+
+/// The `(row, column)` of a `rows × cols` image drawn in `rect` under `pos` (`None` outside).
+pub fn cell_at(rect: egui::Rect, pos: egui::Pos2, rows: usize, cols: usize) -> Option<(usize, usize)> {
+    if rows == 0 || cols == 0 || !rect.contains(pos) || rect.width() <= 0.0 || rect.height() <= 0.0 {
+        return None;
+    }
+    let col = ((pos.x - rect.left()) / rect.width() * cols as f32).floor() as usize;
+    let row = ((pos.y - rect.top()) / rect.height() * rows as f32).floor() as usize;
+    Some((row.min(rows - 1), col.min(cols - 1)))
 }
 
 /// A vertical gradient with the values at its top, centre and bottom.
@@ -163,6 +167,21 @@ mod tests {
         let s = robust_scale(v.into_iter(), 1.0, CLIP_QUANTILE);
         assert!((s - 0.09).abs() < 1e-4, "{s}");
         assert_eq!(robust_scale(std::iter::empty(), 0.0, 0.99), 1e-6);
+    }
+
+    #[test]
+    fn a_point_on_the_image_names_its_hook_point_and_neuron() {
+        let r = egui::Rect::from_min_size(egui::pos2(10.0, 20.0), egui::vec2(576.0, 60.0));
+        // 60 rows of 1 px, 576 columns of 1 px.
+        assert_eq!(cell_at(r, egui::pos2(10.0, 20.0), 60, 576), Some((0, 0)));
+        assert_eq!(
+            cell_at(r, egui::pos2(10.5 + 312.0, 20.5 + 7.0), 60, 576),
+            Some((7, 312))
+        );
+        assert_eq!(cell_at(r, egui::pos2(586.0, 80.0), 60, 576), Some((59, 575)));
+        assert_eq!(cell_at(r, egui::pos2(9.0, 30.0), 60, 576), None);
+        assert_eq!(cell_at(r, egui::pos2(20.0, 81.0), 60, 576), None);
+        assert_eq!(cell_at(r, egui::pos2(20.0, 30.0), 0, 576), None);
     }
 
     #[test]
