@@ -194,7 +194,7 @@ impl StudioApp {
         path: Option<std::path::PathBuf>,
     ) {
         let name = maps.meta().concept.clone();
-        let maps_sha256 = super::restore::maps_sha256(&maps);
+        let maps_sha256 = maps.meta().data_sha256.clone();
         let entry = StackEntry {
             concept: crate::transport::Concept {
                 name: name.clone(),

@@ -79,7 +79,7 @@ pub struct StackEntry {
     pub extended: bool,
     /// The maps file it was loaded from or saved to (what restores it at the next start).
     pub path: Option<PathBuf>,
-    /// SHA-256 of the maps' bytes (recorded with every run that used them).
+    /// The maps' data checksum (`data_sha256`), recorded with every run that used them.
     pub maps_sha256: String,
 }
 

@@ -7,20 +7,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use crate::transport::MapsFile;
 use crate::worker::Command;
 
 use super::settings::{SavedConcept, Settings};
 use super::{StackEntry, StudioApp};
-
-/// SHA-256 of a maps file's bytes, as hex (empty when they cannot be serialised).
-pub fn maps_sha256(maps: &MapsFile) -> String {
-    maps.to_bytes()
-        .map(|b| crate::transport::maps_file::hex(&Sha256::digest(&b)))
-        .unwrap_or_default()
-}
 
 impl StudioApp {
     /// The settings as they should be stored: the form, plus the stack as it is now (entries
@@ -94,7 +85,7 @@ impl StudioApp {
     pub(super) fn keep_fitted(&mut self, maps: &Arc<MapsFile>) {
         let Some(dir) = self.data_dir.clone() else { return };
         let meta = maps.meta();
-        let sha = maps_sha256(maps);
+        let sha = &meta.data_sha256;
         let stem: String = meta
             .concept
             .chars()

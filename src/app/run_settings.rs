@@ -11,7 +11,8 @@ pub struct AppliedConcept {
     pub name: String,
     /// λ (0 = off, 1 = full transport, beyond ±1 extrapolates).
     pub lambda: f32,
-    /// SHA-256 of the maps file's bytes (what reproduces the run).
+    /// The maps' data checksum (`data_sha256`, as `maps-info` shows it): what reproduces
+    /// the run.
     pub maps_sha256: String,
 }
 

@@ -75,7 +75,7 @@ pub struct MapsMeta {
     /// Target dataset (moved to).
     pub target: DatasetInfo,
     /// Hex SHA-256 over all tensors (name, NUL, little-endian data; names sorted). Filled in
-    /// by [`MapsFile::save`].
+    /// by [`MapsFile::new`] (and checked on load), so maps fitted in a session carry it too.
     #[serde(default)]
     pub data_sha256: String,
 }
@@ -140,7 +140,10 @@ impl MapsFile {
                 return Err(MapsError::Invalid(format!("hook point `{name}` appears twice")));
             }
         }
-        Ok(Self { meta, hooks: map })
+        let mut maps = Self { meta, hooks: map };
+        let tensors = maps.tensor_bytes();
+        maps.meta.data_sha256 = checksum(tensors.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        Ok(maps)
     }
 
     /// The metadata.
