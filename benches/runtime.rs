@@ -12,7 +12,10 @@
 //!   MLP shapes (`ACT_BENCH_ONLY=quant` runs only this part, without the demo model; `q5` and
 //!   `kq` only those formats);
 //! - the batched quantized product of a prompt (`QMatrix::matmul`, 64 inputs, every format):
-//!   four-input kernels against the one-input kernels, same bits (`ACT_BENCH_ONLY=batched`).
+//!   four-input kernels against the one-input kernels, same bits (`ACT_BENCH_ONLY=batched`);
+//! - the tiled prompt product (`runtime::tiled`, f32 on weights dequantized a tile at a time)
+//!   against the quantized kernels for 8 … 512 inputs, every format (`ACT_BENCH_ONLY=tiled`):
+//!   where `tiled::min_inputs` comes from.
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 3).
 
@@ -244,6 +247,7 @@ fn main() {
         Ok("q5") => return quant_products(&Q5_FORMATS),
         Ok("kq") => return quant_products(&K_FORMATS),
         Ok("batched") => return batched_products(reps_from_env().max(5)),
+        Ok("tiled") => return tiled_products(reps_from_env().max(5)),
         Ok("quant") => {
             quant_products(&K_FORMATS);
             return quant_products(&Q5_FORMATS);
@@ -399,6 +403,72 @@ fn batched_products(reps: usize) {
         match run() {
             Ok(line) => println!("{line}"),
             Err(e) => println!("{dt:?} batched: {e}"),
+        }
+    }
+}
+
+/// The tiled prompt product (`runtime::tiled::matmul`) against the quantized kernels
+/// (`QMatrix::matmul`, four inputs at a time) for 8 … 512 inputs, on SmolLM2's MLP up shape
+/// (`[1536, 576]`; k-quants `[1536, 768]`), paired medians of `reps` alternating calls on the
+/// pool as in a prefill.
+fn tiled_products(reps: usize) {
+    use act_studio::runtime::pool::Pool;
+    use act_studio::runtime::quant::{ActScratch, QMatrix};
+    use act_studio::runtime::tiled;
+    use candle_core::quantized::QTensor;
+    let formats = [
+        (GgmlDType::Q4_0, QDType::Q4_0),
+        (GgmlDType::Q4_1, QDType::Q4_1),
+        (GgmlDType::Q8_0, QDType::Q8_0),
+    ]
+    .into_iter()
+    .chain(Q5_FORMATS)
+    .chain(K_FORMATS);
+    let fill = |len: usize, seed: u32| -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32
+                    - 0.5
+            })
+            .collect()
+    };
+    for (gdt, dt) in formats {
+        let (rows, cols) = if dt.block_size() == 256 {
+            (1536, 768)
+        } else {
+            (1536, 576)
+        };
+        let run = || -> Result<String, String> {
+            let t = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu)
+                .map_err(|e| e.to_string())?;
+            let q = QTensor::quantize(&t, gdt).map_err(|e| e.to_string())?;
+            let m = QMatrix::new(dt, rows, cols, q.data().map_err(|e| e.to_string())?.into_owned())
+                .map_err(|e| e.to_string())?;
+            let mut line = format!("{dt:?} [n, {cols}] × [{rows}, {cols}]ᵀ, tiled vs quantized (speed-up):");
+            for n in [8, 16, 32, 64, 128, 512] {
+                let xs = fill(n * cols, 7);
+                let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                let mut scratch = ActScratch::new();
+                let mut ratios = Vec::new();
+                let mut tiled_s = Vec::new();
+                for _ in 0..reps * 4 {
+                    let t = Instant::now();
+                    tiled::matmul(Pool::global(), &m, &xs, n, &mut a).map_err(|e| e.to_string())?;
+                    let ti = t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    m.matmul(&xs, n, &mut b, &mut scratch)
+                        .map_err(|e| e.to_string())?;
+                    ratios.push(t.elapsed().as_secs_f64() / ti);
+                    tiled_s.push(ti);
+                }
+                let gmacs = (n * rows * cols) as f64 / median(tiled_s) / 1e9;
+                line += &format!(" n={n} {:.2}× ({gmacs:.1} GMAC/s);", median(ratios));
+            }
+            Ok(line)
+        };
+        match run() {
+            Ok(line) => println!("{line}"),
+            Err(e) => println!("{dt:?} tiled: {e}"),
         }
     }
 }

@@ -143,21 +143,25 @@ fn gemma_tokens_and_greedy_text_equal_llama_cpps() {
         }
         // Teacher-forced along llama.cpp's continuation.
         let seq: Vec<u32> = ids.iter().chain(&r.greedy).copied().collect();
-        let logits = all_logits(&m, &seq[..seq.len() - 1], MatPath::Quantized);
-        for (k, &t) in r.greedy.iter().enumerate() {
-            let row = &logits[(ids.len() - 1 + k) * vocab..][..vocab];
-            let top = row.iter().copied().fold(f32::MIN, f32::max);
-            let margin = top - row[t as usize];
-            worst = worst.max(margin);
-            agree += usize::from(margin == 0.0);
-            total += 1;
-            assert!(
-                margin <= MARGIN,
-                "{:?}, step {k}: llama.cpp's token {t} is {margin} below our top logit \
+        // On the quantized path and on the tiled prompt product (`generate` prefills a
+        // prompt of ≥ 32 tokens with it).
+        for path in [MatPath::Quantized, MatPath::Tiled] {
+            let logits = all_logits(&m, &seq[..seq.len() - 1], path);
+            for (k, &t) in r.greedy.iter().enumerate() {
+                let row = &logits[(ids.len() - 1 + k) * vocab..][..vocab];
+                let top = row.iter().copied().fold(f32::MIN, f32::max);
+                let margin = top - row[t as usize];
+                worst = worst.max(margin);
+                agree += usize::from(margin == 0.0);
+                total += 1;
+                assert!(
+                    margin <= MARGIN,
+                    "{:?}, {path:?}, step {k}: llama.cpp's token {t} is {margin} below our top logit \
                  (llama.cpp's own top-two gap {:.3})",
-                r.prompt,
-                r.margin[k]
-            );
+                    r.prompt,
+                    r.margin[k]
+                );
+            }
         }
     }
     println!(
@@ -174,15 +178,17 @@ fn gemma_perplexity_within_one_percent_of_llama_cpps() {
     let dense = token_logprobs(&m, &seqs, &mut NoHooks, &AtomicBool::new(false), &mut |_, _| {})
         .unwrap_or_else(|e| panic!("{e}"));
     let vocab = m.config().vocab_size;
-    let quantized: Vec<Vec<f64>> = seqs
-        .iter()
-        .map(|s| {
-            let logits = all_logits(&m, &s[..s.len() - 1], MatPath::Quantized);
-            (0..s.len() - 1)
-                .map(|t| log_softmax_at(&logits[t * vocab..(t + 1) * vocab], s[t + 1] as usize))
-                .collect()
-        })
-        .collect();
+    let on_path = |path| -> Vec<Vec<f64>> {
+        seqs.iter()
+            .map(|s| {
+                let logits = all_logits(&m, &s[..s.len() - 1], path);
+                (0..s.len() - 1)
+                    .map(|t| log_softmax_at(&logits[t * vocab..(t + 1) * vocab], s[t + 1] as usize))
+                    .collect()
+            })
+            .collect()
+    };
+    let (quantized, tiled) = (on_path(MatPath::Quantized), on_path(MatPath::Tiled));
     let theirs_total: f64 = fx
         .windows
         .iter()
@@ -191,7 +197,7 @@ fn gemma_perplexity_within_one_percent_of_llama_cpps() {
     let n_total: usize = fx.windows.iter().map(|w| w.ids.len() - 1).sum();
     let theirs_ppl = (theirs_total / n_total as f64).exp();
     let mut failures = Vec::new();
-    for (name, lps) in [("dense", &dense), ("quantized", &quantized)] {
+    for (name, lps) in [("dense", &dense), ("quantized", &quantized), ("tiled", &tiled)] {
         let mut sum = 0f64;
         for (w, lp) in fx.windows.iter().zip(lps.iter()) {
             assert_eq!(lp.len(), w.ids.len() - 1);

@@ -80,7 +80,8 @@ fn q4_k_m_tokenization_equals_and_greedy_follows_llama_cpps() {
             got.text,
             r.greedy.len()
         );
-        // Teacher-forced along llama.cpp's continuation: at every step its token must be our
+        // Teacher-forced along llama.cpp's continuation, on the quantized path and on the tiled
+        // prompt product (`generate` prefills a prompt of ≥ 32 tokens with it): at every step
         // top token or within `MARGIN` of it (a near-tie that rounding may flip either way).
         let seq: Vec<u32> = ids.iter().chain(&r.greedy).copied().collect();
         let n = seq.len() - 1;
@@ -91,30 +92,26 @@ fn q4_k_m_tokenization_equals_and_greedy_follows_llama_cpps() {
             valid: &[n],
             prompt_lens: &[n],
         };
-        let mut cache = vec![m.new_cache()];
-        let out = m
-            .model
-            .forward(
-                &batch,
-                &mut cache,
-                &mut NoHooks,
-                MatPath::Quantized,
-                LogitsMode::All,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let vocab = m.config().vocab_size;
-        for (k, &want) in r.greedy.iter().enumerate() {
-            let row = &out.logits[(ids.len() - 1 + k) * vocab..][..vocab];
-            let top = row.iter().copied().fold(f32::MIN, f32::max);
-            let margin = top - row[want as usize];
-            worst = worst.max(margin);
-            agree += usize::from(margin == 0.0);
-            total += 1;
-            assert!(
-                margin <= MARGIN,
-                "{:?}, step {k}: llama.cpp's token {want} is {margin} below our top logit",
-                r.prompt
-            );
+        for path in [MatPath::Quantized, MatPath::Tiled] {
+            let mut cache = vec![m.new_cache()];
+            let out = m
+                .model
+                .forward(&batch, &mut cache, &mut NoHooks, path, LogitsMode::All)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let vocab = m.config().vocab_size;
+            for (k, &want) in r.greedy.iter().enumerate() {
+                let row = &out.logits[(ids.len() - 1 + k) * vocab..][..vocab];
+                let top = row.iter().copied().fold(f32::MIN, f32::max);
+                let margin = top - row[want as usize];
+                worst = worst.max(margin);
+                agree += usize::from(margin == 0.0);
+                total += 1;
+                assert!(
+                    margin <= MARGIN,
+                    "{:?}, {path:?}, step {k}: llama.cpp's token {want} is {margin} below our top logit",
+                    r.prompt
+                );
+            }
         }
     }
     println!(

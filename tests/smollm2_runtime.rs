@@ -412,6 +412,68 @@ fn a_long_prompt_prefills_in_chunks_like_one_pass() {
     assert!(d <= 1e-3, "chunked prefill differs by {d}");
 }
 
+/// A long prompt prefills through the tiled product (`MatPath::for_prompt`), which
+/// computes the quantized kernels' products up to float rounding. Downstream 8-bit activation
+/// rounding turns last-bit differences into occasional one-step flips, so the logits differ on
+/// the scale the decode-step oracle allows (`smollm2_oracle`: ≤ 1.5; measured here 0.41 at 96
+/// tokens on logits of magnitude ≈ 20), and the greedy token (a wide margin here) is the same.
+#[test]
+fn generation_prefills_long_prompts_with_the_tiled_product() {
+    use act_studio::runtime::generate::prefill;
+    let Some(m) = model() else { return };
+    let text = "The lighthouse keeper climbed the stairs each evening to light the lamp, and the ships";
+    let ids = m
+        .tokenizer
+        .encode(&text.repeat(6))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Every matrix of the demo model is Q4_1 (the head is tied to the Q8_0 embedding and
+    // sees the last token only).
+    let min = act_studio::runtime::tiled::min_inputs(act_studio::runtime::quant::QDType::Q4_1);
+    assert!(ids.len() >= min, "{} tokens", ids.len());
+    let pass = |path| {
+        let batch = Batch {
+            tokens: &ids,
+            batch: 1,
+            seq: ids.len(),
+            valid: &[ids.len()],
+            prompt_lens: &[ids.len()],
+        };
+        m.model
+            .forward(
+                &batch,
+                &mut [m.new_cache()],
+                &mut act_studio::runtime::NoHooks,
+                path,
+                LogitsMode::Last,
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+            .logits
+    };
+    let (tiled, quantized) = (pass(MatPath::Tiled), pass(MatPath::Quantized));
+    let generated = prefill(
+        &m,
+        &ids,
+        &mut [m.new_cache()],
+        &mut act_studio::runtime::NoHooks,
+        MatPath::Quantized,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(generated, tiled, "generation's prefill is not the tiled pass");
+    assert_ne!(tiled, quantized, "the tiled pass is the quantized one");
+    let d = tiled
+        .iter()
+        .zip(&quantized)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]));
+    println!("{} tokens: tiled vs quantized max |Δ| {d:.3e}", ids.len());
+    assert_eq!(argmax(&tiled), argmax(&quantized));
+    assert!(
+        d <= 1.5,
+        "tiled prefill differs from the quantized kernels by {d}"
+    );
+}
+
 /// `encode_prefix` gives the first ids of the whole text's encoding, and reads only the start
 /// of a huge text (a 50 MB dataset line).
 #[test]

@@ -21,7 +21,7 @@ use super::pool::Pool;
 /// Output columns per packed panel (two AVX2 registers of f32).
 pub const PANEL: usize = 16;
 /// Rows of `x` per micro-kernel call.
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 /// Rows of `x` kept hot (in L2) while a task walks every panel.
 const X_BLOCK: usize = 96;
 /// Below this many multiply-adds a product runs on the calling thread only.
@@ -149,7 +149,7 @@ impl PackedMatrix {
 
 /// `nr ≤ MR` rows of `x` (`[nr, k]`) against one packed panel, into `tile[row][column]`.
 #[inline]
-fn kernel(x: &[f32], nr: usize, k: usize, panel: &[f32], tile: &mut [[f32; PANEL]; MR]) {
+pub(super) fn kernel(x: &[f32], nr: usize, k: usize, panel: &[f32], tile: &mut [[f32; PANEL]; MR]) {
     macro_rules! go {
         ($r:literal) => {{
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]

@@ -24,6 +24,7 @@ use candle_core::{Device, Module, Tensor};
 
 use super::dense::PackedMatrix;
 use super::error::{Result, RuntimeError};
+use super::pool::Pool;
 use super::quant::{ActScratch, QDType, QMatrix};
 
 thread_local! {
@@ -119,6 +120,26 @@ pub enum MatPath {
     Quantized,
     /// f32 GEMM (quantized weights dequantized per call).
     Dense,
+    /// Prompts: the quantized path's numbers (activations rounded to its 8-bit grid) up to
+    /// float rounding, computed as an f32 GEMM on weights dequantized a tile at a time
+    /// ([`super::tiled`]) — dense speed, no f32 copy kept. Fewer inputs than
+    /// [`super::tiled::min_inputs`] of the format, and formats only candle covers, take the
+    /// quantized path; f32/f16 weights the dense one.
+    Tiled,
+}
+
+impl MatPath {
+    /// The path for a prompt's batched pass when generation decodes on `self`:
+    /// [`MatPath::Tiled`] for [`MatPath::Quantized`], else `self`.
+    /// `ACT_TILED=0` keeps prompts on the quantized kernels (for side-by-side measurements).
+    pub fn for_prompt(self) -> MatPath {
+        static OFF: OnceLock<bool> = OnceLock::new();
+        let off = *OFF.get_or_init(|| std::env::var_os("ACT_TILED").is_some_and(|v| v == "0"));
+        match self {
+            MatPath::Quantized if !off => MatPath::Tiled,
+            other => other,
+        }
+    }
 }
 
 /// Weight storage.
@@ -270,13 +291,17 @@ impl Linear {
         let mut y = vec![0.0f32; n * self.out_dim];
         match (&self.weights, path) {
             (Weights::Dense(w), _) => w.matmul(x, n, &mut y),
-            (Weights::Own { q, .. }, MatPath::Quantized) => {
+            (Weights::Own { q, .. }, MatPath::Tiled) if n >= super::tiled::min_inputs(q.dtype()) => {
+                super::tiled::matmul(Pool::global(), q, x, n, &mut y)
+                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
+            }
+            (Weights::Own { q, .. }, MatPath::Quantized | MatPath::Tiled) => {
                 // Our kernels read `x` directly: no tensor copy on the per-token path.
                 SCRATCH
                     .with_borrow_mut(|s| q.matmul(x, n, &mut y, s))
                     .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
             }
-            (Weights::Candle { mm, .. }, MatPath::Quantized) => {
+            (Weights::Candle { mm, .. }, MatPath::Quantized | MatPath::Tiled) => {
                 let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;
                 y = mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?;
             }

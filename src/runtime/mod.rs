@@ -35,6 +35,7 @@ pub mod sampling;
 pub mod spm_tokenizer;
 pub mod spm_vocab;
 pub mod steer;
+pub mod tiled;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};

@@ -949,6 +949,109 @@ impl QMatrix {
         Ok(())
     }
 
+    /// Values per row of the tiled prompt product's operands ([`Self::round_activations`],
+    /// [`Self::tiled_row`]): `cols`, plus one per 32-value block for the formats whose kernels
+    /// take the weight minimum times Q8_1's block sum `s` (Q4_1, Q5_1).
+    pub fn tiled_width(&self) -> usize {
+        match self.dtype.act_kind() {
+            ActKind::Q8_1 => self.cols + self.cols / QK,
+            _ => self.cols,
+        }
+    }
+
+    /// `xs` (`[n, cols]`) rounded to the 8-bit grid that [`Self::matmul`] quantizes activations
+    /// to for this format, as f32 rows of [`Self::tiled_width`] values into `out` (resized):
+    /// `d·q` per 32 values with an f16 `d` (Q8_0, Q8_1), or per 256 values with an f32 `d`
+    /// (Q8_K); for Q8_1 each row then carries its blocks' sums `s` as the kernels round them
+    /// (f16). The tiled prompt product ([`super::tiled`]) multiplies these by [`Self::tiled_row`]
+    /// in f32, so it computes the quantized kernels' products up to float rounding. Split over
+    /// the pool; the values do not depend on the split.
+    pub fn round_activations(&self, xs: &[f32], out: &mut Vec<f32>) -> Result<(), QuantError> {
+        let kind = self.dtype.act_kind();
+        let (k, w) = (self.cols, self.tiled_width());
+        let n = xs.len() / k.max(1);
+        check_len("activation input (whole rows)", n * k, xs.len())?;
+        out.clear();
+        out.resize(n * w, 0.0);
+        let round = |src: &[f32], dst: &mut [f32]| {
+            let (vals, sums) = dst.split_at_mut(k);
+            match kind {
+                ActKind::Q8K => {
+                    for (s, d) in src.chunks_exact(QK_K).zip(vals.chunks_exact_mut(QK_K)) {
+                        let b = kquant::q8_k_block(s);
+                        d.iter_mut().zip(&b.qs).for_each(|(o, &q)| *o = q as f32 * b.d);
+                    }
+                }
+                ActKind::Q8_0 => {
+                    for (s, d) in src.chunks_exact(QK).zip(vals.chunks_exact_mut(QK)) {
+                        let (scale, qs) = quantize_block(s);
+                        let scale = scale.to_f32();
+                        d.iter_mut().zip(&qs).for_each(|(o, &q)| *o = q as f32 * scale);
+                    }
+                }
+                ActKind::Q8_1 => {
+                    let blocks = src.chunks_exact(QK).zip(vals.chunks_exact_mut(QK));
+                    for ((s, d), sum) in blocks.zip(sums.iter_mut()) {
+                        let b = q8_1_block(s);
+                        let scale = b.d.to_f32();
+                        d.iter_mut().zip(&b.qs).for_each(|(o, &q)| *o = q as f32 * scale);
+                        *sum = b.s.to_f32();
+                    }
+                }
+            }
+        };
+        let pool = Pool::global();
+        if pool.threads() <= 1 || xs.len() < PAR_MIN_QUANT_VALUES {
+            xs.chunks_exact(k.max(1))
+                .zip(out.chunks_exact_mut(w.max(1)))
+                .for_each(|(s, d)| round(s, d));
+            return Ok(());
+        }
+        let rows = n.div_ceil(pool.threads() * 4).max(1);
+        pool.for_each_piece(out.as_mut_slice(), rows * w, &|c, part| {
+            let src = &xs[c * rows * k..];
+            src.chunks_exact(k)
+                .zip(part.chunks_exact_mut(w))
+                .for_each(|(s, d)| round(s, d));
+        });
+        Ok(())
+    }
+
+    /// Row `r` as the tiled prompt product's weight operand ([`Self::tiled_width`] values):
+    /// the dequantized row, except for Q4_1 / Q5_1, whose 32 values per block are `d·q`
+    /// without the minimum, followed by each block's minimum `m` (to meet Q8_1's `s`).
+    pub fn tiled_row(&self, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        let k = self.cols;
+        check_len("tiled row output", self.tiled_width(), out.len())?;
+        if !matches!(self.dtype, QDType::Q4_1 | QDType::Q5_1) {
+            return self.dequantize_row(r, out);
+        }
+        if r >= self.rows {
+            return Err(QuantError::Row {
+                row: r,
+                rows: self.rows,
+            });
+        }
+        let bb = self.dtype.block_bytes();
+        let (vals, mins) = out.split_at_mut(k);
+        let blocks = self.row(r).chunks_exact(bb).zip(vals.chunks_exact_mut(QK));
+        for ((b, o), m) in blocks.zip(mins.iter_mut()) {
+            let d = get16(b, 0).to_f32();
+            *m = get16(b, 2).to_f32();
+            if self.dtype == QDType::Q4_1 {
+                for (j, &q) in b[4..20].iter().enumerate() {
+                    o[j] = (q & 0x0F) as f32 * d;
+                    o[j + 16] = (q >> 4) as f32 * d;
+                }
+            } else {
+                for (o, v) in o.iter_mut().zip(q5_values(b, 4)) {
+                    *o = v as f32 * d;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Dequantizes the whole matrix to row-major f32 `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];

@@ -1,0 +1,263 @@
+//! Prompt products on quantized weights without an f32 copy of the layer (the
+//! [`super::linear::MatPath::Tiled`] path).
+//!
+//! `y = x̂ · Ŵᵀ` for `x: [n, k]` and a quantized `W: [out, k]`, where
+//! - `x̂` is `x` rounded to the 8-bit grid the decode kernels quantize activations to
+//!   ([`QMatrix::round_activations`]: Q8_0, Q8_1 or Q8_K, whichever the format pairs with), and
+//! - `Ŵ` is `W` dequantized ([`QMatrix::tiled_row`]; for Q4_1 / Q5_1 each row and input carry
+//!   one more value per 32-value block, the weight minimum and Q8_1's f16 block sum, so the
+//!   minimum term is the kernels' own) a group of [`GROUP`] panels of [`PANEL`] rows at a time into a
+//!   per-thread buffer (`GROUP · 16 · k` f32: 144 KiB at `k = 576`), in the dense path's panel
+//!   layout, and multiplied there by every input with the dense path's micro-kernel
+//!   ([`super::dense`]) while it is in cache.
+//!
+//! **Why**: the integer kernels spend most of their instructions per 32-value block on scale
+//! products and float accumulation, so a 512-token prompt ran at about a fifth of the f32
+//! micro-kernel's speed; dequantizing a tile costs `1/n` of its multiply-adds.
+//!
+//! **Numbers**: every output is one chain of fused multiply-adds over `i = 0 … w−1` in order
+//! on `x̂` and `Ŵ` — bit for bit [`super::dense::PackedMatrix::matmul`] of the `Ŵ` rows on
+//! `x̂`, whatever the thread count — and the quantized kernels' value up to float rounding:
+//! they sum exact integer block dots and then scale, this sums the same products in f32
+//! (measured: ≤ 1.8e-6 of `Σ|x̂ᵢ·ŵᵢ|` in every format, `tests` below).
+//!
+//! Work is split over the pool by groups of weight rows; each thread dequantizes only its
+//! own rows, once per call.
+
+use std::cell::RefCell;
+
+use super::dense::{MR, PANEL, kernel};
+use super::pool::{DisjointWrites, Pool};
+use super::quant::{QDType, QMatrix, QuantError};
+
+/// Fewest inputs for which the tiled product is at least as fast as the quantized kernels in
+/// format `dt`: below it, dequantizing the weights is not repaid. Measured with
+/// `ACT_BENCH_ONLY=tiled cargo bench --bench runtime` on SmolLM2's MLP shapes (2 threads):
+/// speed-ups at 32 / 64 / 128 / 512 inputs of Q4_1 0.79 / 1.15 / 1.45 / 1.84×, Q4_K
+/// 0.49 / 0.74 / 0.99 / 1.34×, Q5_K 0.41 / 0.63 / 0.85 / 1.17×.
+pub fn min_inputs(dt: QDType) -> usize {
+    match dt {
+        QDType::Q5_1 => 32,
+        QDType::Q4_1 => 48,
+        QDType::Q4_0 | QDType::Q5_0 | QDType::Q6K => 64,
+        QDType::Q8_0 | QDType::Q4K => 128,
+        QDType::Q5K => 256,
+    }
+}
+
+/// Panels of [`PANEL`] weight rows dequantized together: every block of [`MR`] inputs meets
+/// all of them while it is in L1.
+const GROUP: usize = 4;
+
+thread_local! {
+    /// Per thread: one dequantized row `[w]` and a group of panels `[GROUP][w][PANEL]`
+    /// (`w` = [`QMatrix::tiled_width`]),
+    /// reused across calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `y = x̂ · Ŵᵀ` (see the module doc) for `x: [n, cols]` into `y: [n, rows]`, both row-major,
+/// on the threads of `pool`. Allocates `x̂` (`[n, tiled_width]`) per call.
+pub fn matmul(pool: &Pool, q: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) -> Result<(), QuantError> {
+    let (out, k) = (q.rows(), q.cols());
+    let len = |what, expected: Option<usize>, got| match expected {
+        Some(e) if e == got => Ok(()),
+        _ => Err(QuantError::Len {
+            what,
+            expected: expected.unwrap_or(usize::MAX),
+            got,
+        }),
+    };
+    len("tiled product input", n.checked_mul(k), x.len())?;
+    len("tiled product output", n.checked_mul(out), y.len())?;
+    if n == 0 || out == 0 {
+        return Ok(());
+    }
+    let mut xr = Vec::new();
+    q.round_activations(x, &mut xr)?;
+    let groups = out.div_ceil(GROUP * PANEL);
+    let ys = DisjointWrites::new(y);
+    pool.run(groups, &|g| {
+        SCRATCH.with_borrow_mut(|(row, panels)| rows_group(q, &xr, n, g, &ys, row, panels));
+    });
+    Ok(())
+}
+
+/// Weight rows `[g · GROUP · PANEL, …)` (up to [`GROUP`] panels) against every input of `x`
+/// (`[n, tiled_width]`, already rounded), into their columns of `ys` (`[n, out]`).
+fn rows_group(
+    q: &QMatrix,
+    x: &[f32],
+    n: usize,
+    g: usize,
+    ys: &DisjointWrites<'_, f32>,
+    row: &mut Vec<f32>,
+    panels: &mut Vec<f32>,
+) {
+    let (out, k) = (q.rows(), q.tiled_width());
+    let r0 = g * GROUP * PANEL;
+    let r1 = (r0 + GROUP * PANEL).min(out);
+    let count = (r1 - r0).div_ceil(PANEL);
+    row.resize(k, 0.0);
+    panels.resize(GROUP * k * PANEL, 0.0);
+    for (p, panel) in panels.chunks_exact_mut(k * PANEL).take(count).enumerate() {
+        for c in 0..PANEL {
+            let r = r0 + p * PANEL + c;
+            // Rows past the matrix are zero (their outputs are not written); a row in range
+            // cannot fail (`row` holds `tiled_width` values).
+            if r >= r1 || q.tiled_row(r, row).is_err() {
+                row.fill(0.0);
+            }
+            for (i, &v) in row.iter().enumerate() {
+                panel[i * PANEL + c] = v;
+            }
+        }
+    }
+    let mut tile = [[0.0f32; PANEL]; MR];
+    for rb in (0..n).step_by(MR) {
+        let nr = MR.min(n - rb);
+        let xs = &x[rb * k..(rb + nr) * k];
+        for (p, panel) in panels.chunks_exact(k * PANEL).take(count).enumerate() {
+            kernel(xs, nr, k, panel, &mut tile);
+            let c0 = r0 + p * PANEL;
+            let cols = PANEL.min(out - c0);
+            for (i, t) in tile.iter().take(nr).enumerate() {
+                let at = (rb + i) * out + c0;
+                for (c, &v) in t[..cols].iter().enumerate() {
+                    // SAFETY: group `g` alone writes columns `r0..r1` (disjoint across
+                    // groups), each index once.
+                    unsafe { ys.set(at + c, v) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::dense::PackedMatrix;
+    use crate::runtime::quant::ActScratch;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// Deterministic values in [-1, 1) with some large ones (xorshift).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+                (u * 2.0 - 1.0) * if s.is_multiple_of(17) { 6.0 } else { 0.5 }
+            })
+            .collect()
+    }
+
+    /// `rows × cols` random weights quantized by candle into `dt`, as our matrix.
+    fn matrix(dt: GgmlDType, rows: usize, cols: usize, seed: u64) -> QMatrix {
+        let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let q = QTensor::quantize(&w, dt).unwrap_or_else(|e| panic!("{e}"));
+        let own = crate::runtime::linear::own_dtype(dt).unwrap_or_else(|| panic!("{dt:?}"));
+        let bytes = q.data().unwrap_or_else(|e| panic!("{e}")).into_owned();
+        QMatrix::new(own, rows, cols, bytes).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const FORMATS: [GgmlDType; 8] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+
+    #[test]
+    fn equals_the_dense_product_of_the_dequantized_matrix_bit_for_bit() {
+        for dt in FORMATS {
+            // 83 rows: a partial panel and a partial group; 37 inputs: a partial MR block.
+            let (rows, cols, n) = (83, 512, 37);
+            let q = matrix(dt, rows, cols, 11);
+            let x = values(n * cols, 5);
+            let mut xr = Vec::new();
+            q.round_activations(&x, &mut xr).unwrap_or_else(|e| panic!("{e}"));
+            let w = q.tiled_width();
+            let packed = PackedMatrix::pack_rows(rows, w, |r, row| {
+                q.tiled_row(r, row).unwrap_or_else(|e| panic!("{e}"));
+            });
+            let mut want = vec![0.0; n * rows];
+            packed.matmul_on(&Pool::new(1), &xr, n, &mut want);
+            // The weight operand is the dequantized row (values plus their block's minimum).
+            let (deq, mut t) = (q.dequantize(), vec![0.0; w]);
+            for (r, d) in deq.chunks_exact(cols).enumerate() {
+                q.tiled_row(r, &mut t).unwrap_or_else(|e| panic!("{e}"));
+                let (vals, mins) = t.split_at(cols);
+                for (i, (&v, &want)) in vals.iter().zip(d).enumerate() {
+                    let got = mins.get(i / 32).map_or(v, |m| v + m);
+                    assert_eq!(got.to_bits(), want.to_bits(), "{dt:?} row {r} value {i}");
+                }
+            }
+            for threads in [1, 3] {
+                let mut got = vec![f32::NAN; n * rows];
+                matmul(&Pool::new(threads), &q, &x, n, &mut got).unwrap_or_else(|e| panic!("{e}"));
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dt:?}, {threads} threads: differs from the dense product"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_quantized_kernels_up_to_float_rounding() {
+        for dt in FORMATS {
+            let (rows, cols, n) = (48, 768, 33);
+            let q = matrix(dt, rows, cols, 3);
+            let x = values(n * cols, 9);
+            let mut got = vec![0.0; n * rows];
+            matmul(&Pool::new(2), &q, &x, n, &mut got).unwrap_or_else(|e| panic!("{e}"));
+            let mut want = vec![0.0; n * rows];
+            q.matmul(&x, n, &mut want, &mut ActScratch::new())
+                .unwrap_or_else(|e| panic!("{e}"));
+            // Scale of a product: Σ|x̂ᵢ·ŵᵢ| of the row; the two orders differ by rounding only.
+            let w = q.dequantize();
+            let mut xr = Vec::new();
+            q.round_activations(&x, &mut xr).unwrap_or_else(|e| panic!("{e}"));
+            let width = q.tiled_width();
+            let mut worst = 0f64;
+            for r in 0..n {
+                for j in 0..rows {
+                    let scale: f64 = (0..cols)
+                        .map(|i| (xr[r * width + i] * w[j * cols + i]).abs() as f64)
+                        .sum();
+                    let d = (got[r * rows + j] - want[r * rows + j]).abs() as f64;
+                    worst = worst.max(d / scale.max(1e-30));
+                }
+            }
+            // Every format agrees to f32 rounding (Q4_1 / Q5_1 included: their minimum meets
+            // Q8_1's f16 block sum `s` as in the kernels).
+            let limit = 2e-6;
+            println!("{dt:?}: worst relative difference {worst:e}");
+            assert!(worst <= limit, "{dt:?}: relative difference {worst:e}");
+            // And x̂ differs from x by the 8-bit rounding only.
+            for (xr, x) in xr.chunks_exact(width).zip(x.chunks_exact(cols)) {
+                assert!(xr.iter().zip(x).all(|(a, b)| (a - b).abs() <= 6.0 / 127.0));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_errors_and_empty_shapes_are_fine() {
+        let q = matrix(GgmlDType::Q8_0, 16, 64, 1);
+        let pool = Pool::new(1);
+        assert!(matmul(&pool, &q, &[0.0; 63], 1, &mut [0.0; 16]).is_err());
+        assert!(matmul(&pool, &q, &[0.0; 64], 1, &mut [0.0; 15]).is_err());
+        assert!(matmul(&pool, &q, &[], 0, &mut []).is_ok());
+        let mut xr = Vec::new();
+        assert!(q.round_activations(&[0.0; 40], &mut xr).is_err());
+    }
+}
