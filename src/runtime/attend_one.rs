@@ -6,21 +6,34 @@
 //! single query needs no mask and no copies: per head, `softmax(scale · q·kᵀ) · V` over the
 //! cached rows in place (Vaswani et al. 2017, eq. 1; grouped-query heads as in Ainslie et al.
 //! 2023, query head `h` reading kv head `h / (nh / nkv)`).
+//!
+//! During a decode step the weight stream (tens to hundreds of MB per token) pushes the cache
+//! out of L2/L3, so the cached keys and values come from memory: the query heads that share a
+//! kv head are served together ([`group`]), each key and value row read once for all of them
+//! (SmolLM2: 3 heads per kv head, Gemma 3 270M: 4), with the rows a few positions ahead
+//! prefetched. Every sum keeps the order of the one-head loop (`tests`, bit for bit).
 
 use super::forward::AttnOptions;
 use super::pool::Pool;
 
 /// Below this many multiply-adds (`heads × keys × head_dim`) one thread does all heads: a pool
 /// job costs a few microseconds to hand out.
-const PAR_MIN_MACS: usize = 1 << 17;
+const PAR_MIN_MACS: usize = 1 << 15;
+/// Query heads accumulated together over one pass of the values (4 × 16 f32 accumulators:
+/// eight AVX registers).
+const HEADS_PER_PASS: usize = 4;
+/// Head-dimension values accumulated per pass of the values.
+const DIMS_PER_PASS: usize = 16;
+/// How many positions ahead the key and value rows are prefetched.
+const PREFETCH_AHEAD: usize = 8;
 
 /// One query `q` (`[nh·hd]`) against the `n` cached positions in `kc` and `vc` (`[n, nkv·hd]`
 /// each, every one visible to the query). Returns `[nh·hd]`: for each head,
 /// `Σ_p softmax_p(s) · v_p` with `s_p = scale · q·k_p`, soft-capped as `c·tanh(s/c)` when
 /// `opts.softcap` is set. Empty or mismatched shapes give zeros, never a panic.
 ///
-/// Each head's sums run in a fixed order whatever thread computes it, so results do not
-/// depend on the thread count.
+/// Each head's sums run in a fixed order whatever thread computes it and whichever heads it
+/// is grouped with, so results do not depend on the thread count.
 pub(crate) fn attend_one(
     q: &[f32],
     (kc, vc): (&[f32], &[f32]),
@@ -36,67 +49,213 @@ pub(crate) fn attend_one(
     if n == 0 {
         return out;
     }
+    let cache = Cache {
+        kc: &kc[..n * kvw],
+        vc: &vc[..n * kvw],
+        n,
+        kvw,
+        hd,
+    };
     let rep = nh / nkv;
-    let head = |h: usize, y: &mut [f32], scores: &mut Vec<f32>| {
-        let off = (h / rep) * hd;
-        let qh = &q[h * hd..(h + 1) * hd];
-        scores.clear();
-        scores.extend((0..n).map(|p| {
-            let s = dot(qh, &kc[p * kvw + off..p * kvw + off + hd]) * opts.scale as f32;
-            match opts.softcap {
-                Some(c) => (c as f32) * (s / c as f32).tanh(),
-                None => s,
-            }
-        }));
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for s in scores.iter_mut() {
-            *s /= sum;
-        }
-        y.fill(0.0);
-        for (p, &w) in scores.iter().enumerate() {
-            let v = &vc[p * kvw + off..p * kvw + off + hd];
-            for (y, &v) in y.iter_mut().zip(v) {
-                *y += w * v;
-            }
+    // Heads `h0 ..` into `part` (`[heads, hd]`), in runs of heads that share a kv head.
+    let heads = |h0: usize, part: &mut [f32], scores: &mut Vec<f32>| {
+        let h1 = h0 + part.len() / hd;
+        let mut h = h0;
+        while h < h1 {
+            let end = ((h / rep + 1) * rep).min(h1);
+            let y = &mut part[(h - h0) * hd..(end - h0) * hd];
+            group(&cache, &q[h * hd..end * hd], (h / rep) * hd, opts, y, scores);
+            h = end;
         }
     };
     let pool = Pool::global();
     if nh * n * hd < PAR_MIN_MACS || pool.threads() <= 1 {
-        let mut scores = Vec::with_capacity(n);
-        for (h, y) in out.chunks_mut(hd).enumerate() {
-            head(h, y, &mut scores);
-        }
+        heads(0, &mut out, &mut Vec::new());
     } else {
-        let per = nh.div_ceil(pool.threads() * 2);
+        let per = nh.div_ceil(pool.threads());
         pool.for_each_piece(&mut out, per * hd, &|c, part| {
-            let mut scores = Vec::with_capacity(n);
-            for (i, y) in part.chunks_mut(hd).enumerate() {
-                head(c * per + i, y, &mut scores);
-            }
+            heads(c * per, part, &mut Vec::new())
         });
     }
     out
 }
 
-/// `a · b` over the shorter length, in 8 interleaved partial sums (which the compiler keeps in
-/// one vector register) added pairwise at the end.
+/// One row's cached keys and values: `kc`, `vc` are `[n, kvw]`, heads of `hd` values.
+struct Cache<'a> {
+    kc: &'a [f32],
+    vc: &'a [f32],
+    n: usize,
+    kvw: usize,
+    hd: usize,
+}
+
+/// Hints the processor to fetch the `len` values of `rows` from `i` on (every cache line
+/// they touch; nothing past the end of `rows`).
+#[inline]
+fn prefetch(rows: &[f32], i: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(row) = rows.get(i..) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let at = row.as_ptr().cast::<i8>();
+        let bytes = len.min(row.len()) * 4;
+        // SAFETY: SSE is part of x86-64; a prefetch is only a hint, it reads nothing
+        // architecturally and cannot fault, whatever the address.
+        unsafe {
+            for b in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(b));
+            }
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(bytes.saturating_sub(1)));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, i, len);
+}
+
+/// The query heads `qs` (`[m, hd]`) that read the kv head at column `off`, into `y`
+/// (`[m, hd]`); `scores` is scratch. Each head's numbers are those of the one-head loop:
+/// scores by [`dot`] in position order, softmax, then `y = Σ_p w_p·v_p` in position order.
+fn group(c: &Cache<'_>, qs: &[f32], off: usize, opts: AttnOptions, y: &mut [f32], scores: &mut Vec<f32>) {
+    let (n, hd) = (c.n, c.hd);
+    let m = qs.len() / hd;
+    scores.clear();
+    scores.resize(m * n, 0.0);
+    let scale = opts.scale as f32;
+    for p in 0..n {
+        prefetch(c.kc, (p + PREFETCH_AHEAD) * c.kvw + off, hd);
+        let k = &c.kc[p * c.kvw + off..p * c.kvw + off + hd];
+        for (r, qh) in qs.chunks_exact(hd).enumerate() {
+            let s = dot(qh, k) * scale;
+            scores[r * n + p] = match opts.softcap {
+                Some(cap) => (cap as f32) * (s / cap as f32).tanh(),
+                None => s,
+            };
+        }
+    }
+    for s in scores.chunks_exact_mut(n) {
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in s.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for s in s.iter_mut() {
+            *s /= sum;
+        }
+    }
+    for r0 in (0..m).step_by(HEADS_PER_PASS) {
+        let r1 = (r0 + HEADS_PER_PASS).min(m);
+        for d0 in (0..hd).step_by(DIMS_PER_PASS) {
+            let d1 = (d0 + DIMS_PER_PASS).min(hd);
+            let w = &scores[r0 * n..r1 * n];
+            match (r1 - r0, d1 - d0) {
+                (4, DIMS_PER_PASS) => weigh_values::<4>(c, w, off + d0, y, (r0, d0)),
+                (3, DIMS_PER_PASS) => weigh_values::<3>(c, w, off + d0, y, (r0, d0)),
+                (2, DIMS_PER_PASS) => weigh_values::<2>(c, w, off + d0, y, (r0, d0)),
+                (1, DIMS_PER_PASS) => weigh_values::<1>(c, w, off + d0, y, (r0, d0)),
+                _ => weigh_values_any(c, w, (off + d0, d1 - d0), y, (r0, d0)),
+            }
+        }
+    }
+}
+
+/// `y[r0 + r][d0 .. d0 + 16] = Σ_p w[r][p] · v_p[col ..]` for `M` heads, `w` holding their
+/// `[M, n]` weights, the sums in position order with the accumulators in registers.
+#[inline]
+fn weigh_values<const M: usize>(
+    c: &Cache<'_>,
+    w: &[f32],
+    col: usize,
+    y: &mut [f32],
+    (r0, d0): (usize, usize),
+) {
+    let (n, hd) = (c.n, c.hd);
+    let mut acc = [[0f32; DIMS_PER_PASS]; M];
+    for p in 0..n {
+        prefetch(c.vc, (p + PREFETCH_AHEAD) * c.kvw + col, DIMS_PER_PASS);
+        let Some(v) = c.vc[p * c.kvw + col..].first_chunk::<DIMS_PER_PASS>() else {
+            return;
+        };
+        for (r, a) in acc.iter_mut().enumerate() {
+            let wp = w[r * n + p];
+            for (a, &v) in a.iter_mut().zip(v) {
+                *a += wp * v;
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        let at = (r0 + r) * hd + d0;
+        y[at..at + DIMS_PER_PASS].copy_from_slice(a);
+    }
+}
+
+/// [`weigh_values`] for any number of heads and values (the last, narrower passes).
+fn weigh_values_any(
+    c: &Cache<'_>,
+    w: &[f32],
+    (col, width): (usize, usize),
+    y: &mut [f32],
+    (r0, d0): (usize, usize),
+) {
+    let (n, hd) = (c.n, c.hd);
+    let m = w.len() / n;
+    for r in 0..m {
+        let at = (r0 + r) * hd + d0;
+        let out = &mut y[at..at + width];
+        out.fill(0.0);
+        for p in 0..n {
+            let wp = w[r * n + p];
+            let v = &c.vc[p * c.kvw + col..p * c.kvw + col + width];
+            for (o, &v) in out.iter_mut().zip(v) {
+                *o += wp * v;
+            }
+        }
+    }
+}
+
+/// `a · b` over the shorter length, in 8 interleaved partial sums added pairwise at the end:
+/// `((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7)) + tail`, each `s_l` summing the
+/// products of lane `l` (values `l`, `l + 8`, …) in order, multiply and add rounded apart.
+/// With AVX2 the partial sums are one register (the same roundings, so the same bits).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        use std::arch::x86_64::*;
+        let n = a.len().min(b.len());
+        let (ac, ar) = a[..n].as_chunks::<8>();
+        let (bc, br) = b[..n].as_chunks::<8>();
+        let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+        // SAFETY: AVX2 (with AVX) is enabled for the whole build; every load reads one whole
+        // 8-value chunk of `ac` or `bc`, unaligned.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in ac.iter().zip(bc) {
+                let p = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(y.as_ptr()));
+                acc = _mm256_add_ps(acc, p);
+            }
+            // (s0+s4, s1+s5, s2+s6, s3+s7), then ((s0+s4)+(s1+s5), (s2+s6)+(s3+s7)), then
+            // their sum: the scalar path's additions, in its order.
+            let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let pairs = _mm_hadd_ps(half, half);
+            let all = _mm_hadd_ps(pairs, pairs);
+            return _mm_cvtss_f32(all) + tail;
+        }
+    }
+    #[allow(unreachable_code)]
+    dot_portable(a, b)
+}
+
+/// [`dot`] without SIMD intrinsics (CPUs without AVX2, and the check of the AVX2 path).
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let (ac, ar) = a.as_chunks::<8>();
-    let (bc, br) = b.as_chunks::<8>();
+    let (ac, ar) = a[..n].as_chunks::<8>();
+    let (bc, br) = b[..n].as_chunks::<8>();
+    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
     let mut acc = [0f32; 8];
     for (x, y) in ac.iter().zip(bc) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];
         }
     }
-    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
     let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
     ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail
 }
@@ -175,6 +334,90 @@ mod tests {
                     "({nh},{nkv},{hd},{n}) softcap {softcap:?}: max |Δ| {err}"
                 );
             }
+        }
+    }
+
+    /// The plain loop, one head after another (this module's first version): the order of
+    /// every sum that [`attend_one`] must keep.
+    fn one_head_at_a_time(
+        q: &[f32],
+        (kc, vc): (&[f32], &[f32]),
+        (nh, nkv, hd): (usize, usize, usize),
+        opts: AttnOptions,
+    ) -> Vec<f32> {
+        let kvw = nkv * hd;
+        let n = kc.len() / kvw;
+        let rep = nh / nkv;
+        let mut out = vec![0f32; nh * hd];
+        for (h, y) in out.chunks_mut(hd).enumerate() {
+            let off = (h / rep) * hd;
+            let qh = &q[h * hd..(h + 1) * hd];
+            let mut scores: Vec<f32> = (0..n)
+                .map(|p| {
+                    let s = dot(qh, &kc[p * kvw + off..p * kvw + off + hd]) * opts.scale as f32;
+                    opts.softcap.map_or(s, |c| (c as f32) * (s / c as f32).tanh())
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for s in scores.iter_mut() {
+                *s /= sum;
+            }
+            for (p, &w) in scores.iter().enumerate() {
+                let v = &vc[p * kvw + off..p * kvw + off + hd];
+                for (y, &v) in y.iter_mut().zip(v) {
+                    *y += w * v;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grouped_heads_give_the_one_head_loop_bit_for_bit() {
+        // (heads, kv heads, head dim, keys): SmolLM2's 9:3 and Gemma 3 270M's 4:1 at 64 (full
+        // 16-value passes), 6 heads per kv head (a pass of 4, then 2), head dims with a
+        // narrower last pass (40, 13), one key, and contexts long enough for the pool's split,
+        // which then cuts groups of heads sharing a kv head.
+        let shapes = [
+            (9, 3, 64, 300),
+            (9, 3, 64, 5),
+            (4, 1, 64, 700),
+            (12, 2, 64, 200),
+            (6, 2, 40, 33),
+            (9, 3, 13, 7),
+            (2, 2, 16, 1),
+        ];
+        for (nh, nkv, hd, n) in shapes {
+            for softcap in [None, Some(30.0)] {
+                let opts = AttnOptions {
+                    scale: 1.0 / (hd as f64).sqrt(),
+                    softcap,
+                    window: None,
+                };
+                let q = values(nh * hd, 7);
+                let (kc, vc) = (values(n * nkv * hd, 8), values(n * nkv * hd, 9));
+                let got = attend_one(&q, (&kc, &vc), (nh, nkv, hd), opts);
+                let want = one_head_at_a_time(&q, (&kc, &vc), (nh, nkv, hd), opts);
+                let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "({nh},{nkv},{hd},{n}) softcap {softcap:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_simd_dot_is_the_portable_one_bit_for_bit() {
+        for n in [0, 1, 7, 8, 13, 64, 67, 256] {
+            let (a, b) = (values(n, 11), values(n + 3, 12));
+            assert_eq!(
+                dot(&a, &b).to_bits(),
+                dot_portable(&a, &b).to_bits(),
+                "length {n}"
+            );
         }
     }
 

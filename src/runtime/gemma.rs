@@ -140,9 +140,8 @@ impl GemmaModel {
             if hook(hooks, l, HookKind::AttnNorm, &mut h, &mut out)? {
                 return Ok(out);
             }
-            let mut q = layer.attn.wq.forward(&h, n, path)?;
-            let mut k = layer.attn.wk.forward(&h, n, path)?;
-            let v = layer.attn.wv.forward(&h, n, path)?;
+            let a = &layer.attn;
+            let [mut q, mut k, v] = Linear::forward_group([&a.wq, &a.wk, &a.wv], &h, n, path)?;
             if let Some((q_norm, k_norm)) = &layer.qk_norm {
                 // Gains of length hd: every head of every row is normalised on its own.
                 rms_norm(&q, q_norm, cfg.norm_eps, &mut h);
@@ -182,8 +181,7 @@ impl GemmaModel {
             if hook(hooks, l, HookKind::MlpNorm, &mut h, &mut out)? {
                 return Ok(out);
             }
-            let mut gate = layer.mlp.w_gate.forward(&h, n, path)?;
-            let up = layer.mlp.w_up.forward(&h, n, path)?;
+            let [mut gate, up] = Linear::forward_group([&layer.mlp.w_gate, &layer.mlp.w_up], &h, n, path)?;
             gelu_mul(&mut gate, &up);
             let mut m = layer.mlp.w_down.forward(&gate, n, path)?;
             if hook(hooks, l, HookKind::MlpOut, &mut m, &mut out)? {

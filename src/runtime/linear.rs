@@ -325,6 +325,47 @@ impl Linear {
         self.finish(y)
     }
 
+    /// `[layer.forward(x, n, path) for each layer]` for layers that read the same input (a
+    /// block's query, key and value projections; its gate and up projections), bit for bit.
+    /// Where all of them run on our quantized kernels, the input is quantized once and one
+    /// pool job covers the rows of all ([`QMatrix::matmul_group`]): a decode step's threads
+    /// meet once per group rather than once per matrix.
+    pub fn forward_group<'a, const N: usize>(
+        layers: [&'a Linear; N],
+        x: &[f32],
+        n: usize,
+        path: MatPath,
+    ) -> Result<[Vec<f32>; N]> {
+        let on_kernels = |l: &'a Linear| match (&l.weights, path) {
+            (Weights::Own { q, .. }, MatPath::Quantized) => Some(&**q),
+            (Weights::Own { q, .. }, MatPath::Tiled) if n < super::tiled::min_inputs(q.dtype()) => Some(&**q),
+            _ => None,
+        };
+        let mats: Vec<&QMatrix> = layers.iter().copied().filter_map(on_kernels).collect();
+        let grouped = <[&QMatrix; N]>::try_from(mats)
+            .ok()
+            .filter(|_| N >= 2 && layers.iter().all(|l| x.len() == n * l.in_dim));
+        let Some(qs) = grouped else {
+            let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+            for (o, l) in out.iter_mut().zip(layers) {
+                *o = l.forward(x, n, path)?;
+            }
+            return Ok(out);
+        };
+        let mut ys: [Vec<f32>; N] = std::array::from_fn(|j| vec![0.0f32; n * layers[j].out_dim]);
+        {
+            let outs: [&mut [f32]; N] = ys.each_mut().map(Vec::as_mut_slice);
+            SCRATCH
+                .with_borrow_mut(|s| QMatrix::matmul_group(qs, x, n, outs, s))
+                .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
+        }
+        let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        for ((o, y), l) in out.iter_mut().zip(ys).zip(layers) {
+            *o = l.finish(y)?;
+        }
+        Ok(out)
+    }
+
     /// Adds the bias to every row of `y` (`[n, out]`).
     fn finish(&self, mut y: Vec<f32>) -> Result<Vec<f32>> {
         if let Some(b) = &self.bias {

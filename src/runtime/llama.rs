@@ -91,9 +91,8 @@ impl LlamaModel {
                 stopped(&mut out);
                 return Ok(out);
             }
-            let mut q = layer.attn.wq.forward(&h, n, path)?;
-            let mut k = layer.attn.wk.forward(&h, n, path)?;
-            let v = layer.attn.wv.forward(&h, n, path)?;
+            let a = &layer.attn;
+            let [mut q, mut k, v] = Linear::forward_group([&a.wq, &a.wk, &a.wv], &h, n, path)?;
             for (r, (qr, kr)) in q
                 .chunks_exact_mut(nh * hd)
                 .zip(k.chunks_exact_mut(nkv * hd))
@@ -115,8 +114,7 @@ impl LlamaModel {
                 stopped(&mut out);
                 return Ok(out);
             }
-            let mut g = layer.mlp.w_gate.forward(&h, n, path)?;
-            let u = layer.mlp.w_up.forward(&h, n, path)?;
+            let [mut g, u] = Linear::forward_group([&layer.mlp.w_gate, &layer.mlp.w_up], &h, n, path)?;
             silu_mul(&mut g, &u);
             let mut m = layer.mlp.w_down.forward(&g, n, path)?;
             if run_hook(hooks, l, HookKind::MlpOut, &mut m, batch, d, &windows)? {

@@ -831,6 +831,33 @@ impl ActScratch {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Quantizes `xs` (whole input rows) for weights that take `kind`; with `scales`, also
+    /// the f32 scales of Q8_0 blocks for the four-input kernels (else those come back empty).
+    fn quantize(&mut self, xs: &[f32], kind: ActKind, scales: bool) -> Result<(Act<'_>, &[f32]), QuantError> {
+        let ActScratch { q8_0, q8_1, q8k, d8 } = self;
+        // cols is a multiple of the block size, so quantizing the concatenated inputs block-wise
+        // is the same as quantizing each input row on its own.
+        let act = match kind {
+            ActKind::Q8_1 => {
+                quantize_par(xs, QK, q8_1, q8_1_block)?;
+                Act::Q8_1(q8_1)
+            }
+            ActKind::Q8K => {
+                quantize_par(xs, QK_K, q8k, kquant::q8_k_block)?;
+                Act::Q8K(q8k)
+            }
+            ActKind::Q8_0 => {
+                quantize_par(xs, QK, q8_0, q8_0_block)?;
+                Act::Q8_0(q8_0)
+            }
+        };
+        d8.clear();
+        if scales && let Act::Q8_0(q) = act {
+            d8.extend(q.iter().map(|b| b.d.to_f32()));
+        }
+        Ok((act, d8))
+    }
 }
 
 /// A quantized weight matrix `[rows, cols]` stored as raw GGUF bytes (row-major blocks).
@@ -1091,6 +1118,88 @@ impl QMatrix {
         self.matmul_impl(xs, n, ys, scratch, true, true)
     }
 
+    /// `ys[j] = xs · mats[j]ᵀ` for matrices that read the same inputs (a layer's query, key
+    /// and value projections; its gate and up projections): the inputs are quantized once and
+    /// the rows of all the matrices are shared out in one pool job, so the pool's threads meet
+    /// once rather than once per matrix. `ys[j]` equals `mats[j].matmul(xs, n, …)` bit for bit
+    /// (the same kernels on the same rows). Matrices of other widths or activation formats
+    /// (e.g. a Q6_K value projection beside Q4_K query and key, or Q5_0 beside Q4_K) run one
+    /// after another.
+    pub fn matmul_group<const N: usize>(
+        mats: [&QMatrix; N],
+        xs: &[f32],
+        n: usize,
+        ys: [&mut [f32]; N],
+        scratch: &mut ActScratch,
+    ) -> Result<(), QuantError> {
+        let Some(first) = mats.first() else {
+            return Ok(());
+        };
+        let kind = first.dtype.act_kind();
+        if mats
+            .iter()
+            .any(|m| m.cols != first.cols || m.dtype.act_kind() != kind)
+        {
+            for (m, y) in mats.iter().zip(ys) {
+                m.matmul(xs, n, y, scratch)?;
+            }
+            return Ok(());
+        }
+        check_len(
+            "input",
+            n.checked_mul(first.cols).ok_or(QuantError::Overflow)?,
+            xs.len(),
+        )?;
+        for (m, y) in mats.iter().zip(&ys) {
+            check_len(
+                "output",
+                n.checked_mul(m.rows).ok_or(QuantError::Overflow)?,
+                y.len(),
+            )?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let group = n >= 4;
+        let (act, d8) = scratch.quantize(xs, kind, group)?;
+        let outs = ys.map(DisjointWrites::new);
+        let pool = Pool::global();
+        let threads = pool.threads();
+        let bytes = mats.iter().map(|m| m.bytes.len()).sum::<usize>();
+        if threads <= 1 || bytes.saturating_mul(n) < PAR_MIN_BYTES {
+            for (m, out) in mats.iter().zip(&outs) {
+                // SAFETY: one piece covers every row of each matrix.
+                unsafe { m.compute_rows(act, d8, n, out, (0, m.rows), true, group) };
+            }
+            return Ok(());
+        }
+        // Matrix `j` is cut into `pieces[j]` pieces of `chunk[j]` rows, as on its own.
+        let chunk = mats.map(|m| m.rows_per_piece(threads));
+        let pieces: [usize; N] = std::array::from_fn(|j| mats[j].rows.div_ceil(chunk[j]));
+        pool.run(pieces.iter().sum(), &|mut c| {
+            let mut j = 0;
+            while j + 1 < N && c >= pieces[j] {
+                c -= pieces[j];
+                j += 1;
+            }
+            let (m, k) = (mats[j], chunk[j]);
+            // SAFETY: pieces of one matrix cover disjoint row ranges; matrices write their own
+            // outputs.
+            unsafe {
+                m.compute_rows(
+                    act,
+                    d8,
+                    n,
+                    &outs[j],
+                    (c * k, ((c + 1) * k).min(m.rows)),
+                    true,
+                    group,
+                )
+            };
+        });
+        Ok(())
+    }
+
     /// As [`Self::matmul`], but every input through the one-input kernels (no four-input
     /// grouping): the baseline of the four-input kernels in benchmarks and tests; same bits.
     pub fn matmul_one_by_one(
@@ -1119,27 +1228,7 @@ impl QMatrix {
         if n == 0 {
             return Ok(());
         }
-        let ActScratch { q8_0, q8_1, q8k, d8 } = scratch;
-        // cols is a multiple of the block size, so quantizing the concatenated inputs block-wise
-        // is the same as quantizing each input row on its own.
-        let act = match self.dtype.act_kind() {
-            ActKind::Q8_1 => {
-                quantize_par(xs, QK, q8_1, q8_1_block)?;
-                Act::Q8_1(q8_1)
-            }
-            ActKind::Q8K => {
-                quantize_par(xs, QK_K, q8k, kquant::q8_k_block)?;
-                Act::Q8K(q8k)
-            }
-            ActKind::Q8_0 => {
-                quantize_par(xs, QK, q8_0, q8_0_block)?;
-                Act::Q8_0(q8_0)
-            }
-        };
-        d8.clear();
-        if group && n >= 4 && matches!(act, Act::Q8_0(_)) {
-            d8.extend(q8_0.iter().map(|b| b.d.to_f32()));
-        }
+        let (act, d8) = scratch.quantize(xs, self.dtype.act_kind(), group && n >= 4)?;
         self.compute(act, d8, n, ys, simd, group && n >= 4);
         Ok(())
     }
@@ -1149,87 +1238,119 @@ impl QMatrix {
     /// go four at a time through those kernels. Split by weight rows over the pool; each piece
     /// writes its rows' outputs of every input in place.
     fn compute(&self, act: Act, d8: &[f32], n: usize, ys: &mut [f32], simd: bool, group: bool) {
-        let nb = self.cols / self.dtype.block_size();
         let rows = self.rows;
         let out = DisjointWrites::new(ys);
-        // Rows `r0..r1`, every input; `out` index of input `i`, row `r`: `i * rows + r`.
-        let work = |r0: usize, r1: usize| {
-            // SAFETY (every `set` below): pieces cover disjoint row ranges, and each writes
-            // only indices `i * rows + r` of its own rows `r`.
-            let mut k0 = r0;
-            if simd && n == 1 {
-                while k0 + 4 <= r1 {
-                    let rs = [self.row(k0), self.row(k0 + 1), self.row(k0 + 2), self.row(k0 + 3)];
-                    let Some(d) = rows4(self.dtype, rs, act) else {
-                        break;
-                    };
-                    for (j, v) in d.into_iter().enumerate() {
-                        unsafe { out.set(k0 + j, v) };
-                    }
-                    k0 += 4;
-                }
-            }
-            #[cfg(all(
-                target_arch = "x86_64",
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            ))]
-            if simd
-                && group
-                && n >= TILE_MIN_INPUTS
-                && let Act::Q8_0(y) = act
-                && d8.len() == y.len()
-            {
-                self.q8_0_tiles(y, d8, n, k0, r1, &out);
-                return;
-            }
-            // Tiled: a block of ROW_TILE weight rows (a few KiB to tens of KiB) stays in L1/L2
-            // while every input meets it once, so the inputs stream from cache once per block
-            // rather than once per row (llama.cpp's mul_mat blocking). Same dots, same order per
-            // output, so the result does not depend on the tiling.
-            // Inputs go four at a time through the four-input kernels where there are four
-            // left (each weight block unpacked once for all four), the rest one at a time.
-            while k0 < r1 {
-                let k1 = (k0 + ROW_TILE).min(r1);
-                let mut i = 0;
-                while i < n {
-                    if group && i + 4 <= n {
-                        for r in k0..k1 {
-                            let row = self.row(r);
-                            let d = dot4_row(self.dtype, row, act, d8, i, nb).unwrap_or_else(|| {
-                                std::array::from_fn(|j| dot_row(self.dtype, row, act.input(i + j, nb), simd))
-                            });
-                            for (j, v) in d.into_iter().enumerate() {
-                                unsafe { out.set((i + j) * rows + r, v) };
-                            }
-                        }
-                        i += 4;
-                        continue;
-                    }
-                    let a = act.input(i, nb);
-                    for r in k0..k1 {
-                        unsafe { out.set(i * rows + r, dot_row(self.dtype, self.row(r), a, simd)) };
-                    }
-                    i += 1;
-                }
-                k0 = k1;
-            }
-        };
         let pool = Pool::global();
         let threads = pool.threads();
         if threads <= 1 || self.bytes.len().saturating_mul(n) < PAR_MIN_BYTES {
-            work(0, rows);
+            // SAFETY: one piece covers every row.
+            unsafe { self.compute_rows(act, d8, n, &out, (0, rows), simd, group) };
         } else {
-            // Rows per piece: a multiple of 4 (the 4-row kernels), ≥ 8 pieces per thread so a
-            // slow thread holds back little.
-            let chunk = rows
-                .div_ceil(threads * 8)
-                .next_multiple_of(4)
-                .max(MIN_ROWS_PER_TASK);
+            let chunk = self.rows_per_piece(threads);
             pool.run(rows.div_ceil(chunk), &|c| {
-                work(c * chunk, ((c + 1) * chunk).min(rows))
+                // SAFETY: pieces cover disjoint row ranges.
+                unsafe {
+                    self.compute_rows(
+                        act,
+                        d8,
+                        n,
+                        &out,
+                        (c * chunk, ((c + 1) * chunk).min(rows)),
+                        simd,
+                        group,
+                    )
+                }
             });
+        }
+    }
+
+    /// Rows per pool piece: a multiple of 4 (the 4-row kernels), ≥ 8 pieces per thread so a
+    /// slow thread holds back little.
+    fn rows_per_piece(&self, threads: usize) -> usize {
+        self.rows
+            .div_ceil(threads * 8)
+            .next_multiple_of(4)
+            .max(MIN_ROWS_PER_TASK)
+    }
+
+    /// Rows `r0..r1`, every input of `act`: writes `out[i * rows + r]`.
+    ///
+    /// # Safety
+    /// No other thread may write the outputs of rows `r0..r1` meanwhile (pieces of one product
+    /// cover disjoint row ranges).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn compute_rows(
+        &self,
+        act: Act,
+        d8: &[f32],
+        n: usize,
+        out: &DisjointWrites<f32>,
+        (r0, r1): (usize, usize),
+        simd: bool,
+        group: bool,
+    ) {
+        let nb = self.cols / self.dtype.block_size();
+        let rows = self.rows;
+        // SAFETY (every `set` below): pieces cover disjoint row ranges, and each writes
+        // only indices `i * rows + r` of its own rows `r`.
+        let mut k0 = r0;
+        if simd && n == 1 {
+            while k0 + 4 <= r1 {
+                let rs = [self.row(k0), self.row(k0 + 1), self.row(k0 + 2), self.row(k0 + 3)];
+                let Some(d) = rows4(self.dtype, rs, act) else {
+                    break;
+                };
+                for (j, v) in d.into_iter().enumerate() {
+                    unsafe { out.set(k0 + j, v) };
+                }
+                k0 += 4;
+            }
+        }
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))]
+        if simd
+            && group
+            && n >= TILE_MIN_INPUTS
+            && let Act::Q8_0(y) = act
+            && d8.len() == y.len()
+        {
+            self.q8_0_tiles(y, d8, n, k0, r1, out);
+            return;
+        }
+        // Tiled: a block of ROW_TILE weight rows (a few KiB to tens of KiB) stays in L1/L2
+        // while every input meets it once, so the inputs stream from cache once per block
+        // rather than once per row (llama.cpp's mul_mat blocking). Same dots, same order per
+        // output, so the result does not depend on the tiling.
+        // Inputs go four at a time through the four-input kernels where there are four
+        // left (each weight block unpacked once for all four), the rest one at a time.
+        while k0 < r1 {
+            let k1 = (k0 + ROW_TILE).min(r1);
+            let mut i = 0;
+            while i < n {
+                if group && i + 4 <= n {
+                    for r in k0..k1 {
+                        let row = self.row(r);
+                        let d = dot4_row(self.dtype, row, act, d8, i, nb).unwrap_or_else(|| {
+                            std::array::from_fn(|j| dot_row(self.dtype, row, act.input(i + j, nb), simd))
+                        });
+                        for (j, v) in d.into_iter().enumerate() {
+                            unsafe { out.set((i + j) * rows + r, v) };
+                        }
+                    }
+                    i += 4;
+                    continue;
+                }
+                let a = act.input(i, nb);
+                for r in k0..k1 {
+                    unsafe { out.set(i * rows + r, dot_row(self.dtype, self.row(r), a, simd)) };
+                }
+                i += 1;
+            }
+            k0 = k1;
         }
     }
 
@@ -1661,6 +1782,88 @@ mod tests {
     /// `matvec` of its input bit for bit, for input counts with and without a remainder after
     /// the groups of four, row counts that are not a multiple of the tile, and a matrix large
     /// enough to be split over the pool. Q8_0 weights hold −128 (the sign trick's edge case).
+    /// Two or three matrices on one input (a block's q/k/v or gate/up): one pool job, one
+    /// quantization, each output the matrix's own product bit for bit; matrices of one
+    /// activation format may differ in weight format; other mixes run one by one.
+    #[test]
+    fn a_group_of_products_equals_each_product() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let mut rng = Rng(0x0D07_0018);
+        let mut scratch = ActScratch::new();
+        let k_quant = |rng: &mut Rng, g: GgmlDType, d: QDType, rows: usize, cols: usize| {
+            let t = Tensor::from_vec(rng.vec(rows * cols, 0.6), (rows, cols), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, g).unwrap();
+            QMatrix::new(d, rows, cols, q.data().unwrap().into_owned()).unwrap()
+        };
+        // (rows of each, cols, inputs): below and above the pool's threshold, one input and
+        // enough for the four-input kernels and the Q8_0 tiles (k-quants need 256 columns).
+        for (rows, cols, n) in [
+            ([9, 3, 3], 256, 1),
+            ([576, 192, 192], 768, 1),
+            ([200, 72, 40], 512, 9),
+        ] {
+            let groups: Vec<Vec<QMatrix>> = vec![
+                (0..3)
+                    .map(|j| random_matrix(QDType::Q4_1, rows[j], cols, &mut rng).1)
+                    .collect(),
+                vec![
+                    random_matrix(QDType::Q4_0, rows[0], cols, &mut rng).1,
+                    random_matrix(QDType::Q5_0, rows[1], cols, &mut rng).1,
+                    random_matrix(QDType::Q8_0, rows[2], cols, &mut rng).1,
+                ],
+                vec![
+                    k_quant(&mut rng, GgmlDType::Q4K, QDType::Q4K, rows[0], cols),
+                    k_quant(&mut rng, GgmlDType::Q4K, QDType::Q4K, rows[1], cols),
+                    k_quant(&mut rng, GgmlDType::Q6K, QDType::Q6K, rows[2], cols),
+                ],
+                vec![
+                    k_quant(&mut rng, GgmlDType::Q4K, QDType::Q4K, rows[0], cols),
+                    random_matrix(QDType::Q5_0, rows[1], cols, &mut rng).1,
+                    random_matrix(QDType::Q5_1, rows[2], cols, &mut rng).1,
+                ],
+            ];
+            for g in &groups {
+                let xs = rng.vec(n * cols, 2.5);
+                let want: Vec<Vec<f32>> = g
+                    .iter()
+                    .map(|m| {
+                        let mut y = vec![0f32; n * m.rows];
+                        m.matmul(&xs, n, &mut y, &mut scratch).unwrap();
+                        y
+                    })
+                    .collect();
+                let (mut a, mut b, mut c) = (
+                    vec![0f32; n * g[0].rows],
+                    vec![0f32; n * g[1].rows],
+                    vec![0f32; n * g[2].rows],
+                );
+                QMatrix::matmul_group(
+                    [&g[0], &g[1], &g[2]],
+                    &xs,
+                    n,
+                    [&mut a, &mut b, &mut c],
+                    &mut scratch,
+                )
+                .unwrap();
+                for (j, got) in [a, b, c].iter().enumerate() {
+                    let same = got.iter().zip(&want[j]).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{:?} #{j} ({rows:?} × {cols}, n = {n})", g[j].dtype);
+                }
+                let mut short = vec![0f32; 1];
+                let (mut a, mut b) = (vec![0f32; n * g[0].rows], vec![0f32; n * g[1].rows]);
+                assert!(
+                    QMatrix::matmul_group([&g[0], &g[1]], &xs[1..], n, [&mut a, &mut b], &mut scratch)
+                        .is_err()
+                );
+                assert!(
+                    QMatrix::matmul_group([&g[0], &g[1]], &xs, n, [&mut a, &mut short], &mut scratch)
+                        .is_err()
+                );
+            }
+        }
+    }
+
     #[test]
     fn grouped_matmul_is_bit_identical_to_matvec_in_every_format() {
         use candle_core::quantized::{GgmlDType, QTensor};
