@@ -546,6 +546,11 @@ pub(super) mod avx2 {
             let (p, hdr, (dy, sy)) = unsafe {
                 let by = _mm256_loadu_si256(yb.qs.as_ptr().cast());
                 let at = |r: usize| rows[r].as_ptr().add(i * 20);
+                // The same blocks four rows on (the next call's rows): only a hint, never read;
+                // without it the four interleaved row streams wait on memory.
+                for r in rows {
+                    _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().wrapping_add(i * 20 + 4 * r.len()).cast());
+                }
                 let pair =
                     |r: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(at(r).add(4)), by), ones);
                 let word = |r: usize| at(r).cast::<i32>().read_unaligned();
