@@ -136,7 +136,7 @@ impl PackedMatrix {
                 let cols = PANEL.min(self.out - c0);
                 for rb in (r0..r1).step_by(MR) {
                     let nr = MR.min(r1 - rb);
-                    kernel(&x[rb * k..(rb + nr) * k], nr, k, panel, &mut tile);
+                    kernel(&x[rb * k..(rb + nr) * k], k, nr, k, panel, &mut tile);
                     for (i, t) in tile.iter().take(nr).enumerate() {
                         let at = (rb + i) * self.out + c0;
                         y[at..at + cols].copy_from_slice(&t[..cols]);
@@ -147,19 +147,27 @@ impl PackedMatrix {
     }
 }
 
-/// `nr ≤ MR` rows of `x` (`[nr, k]`) against one packed panel, into `tile[row][column]`.
+/// `nr ≤ MR` rows of `x` (row `r` is `x[r·stride .. r·stride + k]`, `stride ≥ k`) against one
+/// packed panel (`[k][16]`), into `tile[row][column]`.
 #[inline]
-pub(super) fn kernel(x: &[f32], nr: usize, k: usize, panel: &[f32], tile: &mut [[f32; PANEL]; MR]) {
+pub(super) fn kernel(
+    x: &[f32],
+    stride: usize,
+    nr: usize,
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; PANEL]; MR],
+) {
     macro_rules! go {
         ($r:literal) => {{
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
             // SAFETY: compiled only when AVX2 and FMA are enabled for the build; the slices'
             // lengths (`$r·k` and `16·k`) are asserted inside.
             unsafe {
-                avx2::kernel::<$r>(x, k, panel, tile)
+                avx2::kernel::<$r>(x, stride, k, panel, tile)
             }
             #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-            scalar_kernel::<$r>(x, k, panel, tile)
+            scalar_kernel::<$r>(x, stride, k, panel, tile)
         }};
     }
     match nr {
@@ -178,11 +186,17 @@ pub(super) fn kernel(x: &[f32], nr: usize, k: usize, panel: &[f32], tile: &mut [
     all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"),
     allow(dead_code)
 )]
-fn scalar_kernel<const R: usize>(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; PANEL]; MR]) {
+fn scalar_kernel<const R: usize>(
+    x: &[f32],
+    stride: usize,
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; PANEL]; MR],
+) {
     for (r, t) in tile.iter_mut().take(R).enumerate() {
         *t = [0.0; PANEL];
         for i in 0..k {
-            let a = x[r * k + i];
+            let a = x[r * stride + i];
             for (c, v) in t.iter_mut().enumerate() {
                 *v = a.mul_add(panel[i * PANEL + c], *v);
             }
@@ -201,20 +215,23 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel<const R: usize>(
         x: &[f32],
+        stride: usize,
         k: usize,
         panel: &[f32],
         tile: &mut [[f32; PANEL]; MR],
     ) {
-        assert!(R <= MR && x.len() >= R * k && panel.len() >= k * PANEL);
+        assert!(R <= MR && stride >= k && panel.len() >= k * PANEL);
+        assert!(R == 0 || x.len() >= (R - 1) * stride + k);
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let (xp, wp) = (x.as_ptr(), panel.as_ptr());
         for i in 0..k {
-            // SAFETY: `i < k`, so `16i + 16 ≤ panel.len()` and `rk + i < x.len()` (asserted).
+            // SAFETY: `i < k`, so `16i + 16 ≤ panel.len()` and `r·stride + i < x.len()`
+            // (asserted).
             unsafe {
                 let w0 = _mm256_loadu_ps(wp.add(i * PANEL));
                 let w1 = _mm256_loadu_ps(wp.add(i * PANEL + 8));
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_broadcast_ss(&*xp.add(r * k + i));
+                    let xv = _mm256_broadcast_ss(&*xp.add(r * stride + i));
                     a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
                     a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
                 }

@@ -2,8 +2,6 @@
 //! [`super::gemma`]): the batch
 //! and output types, batch checks, hook calls and causal attention over a row's key/value cache.
 
-use candle_core::{Device, Tensor};
-
 use crate::transport::TokenWindow;
 
 use super::error::{Result, RuntimeError};
@@ -192,7 +190,7 @@ pub(crate) fn cached_attention_with(
             (t, keys, first, starts[b]),
             (nh, nkv, hd),
             opts,
-        )?;
+        );
         out.extend_from_slice(&y);
         cache.release_layer(layer);
     }
@@ -204,66 +202,26 @@ pub(crate) fn cached_attention_with(
 /// positions `≤ start + j` (and, with a window, `> start + j − window`). Padding queries
 /// (`start + j ≥ keys`) see what the last real token sees.
 ///
-/// One query goes to [`super::attend_one`]. Several run as candle tensor ops in the same
-/// shapes and order as candle's `quantized_llama` (`[1, heads, t, hd] × [1, heads, hd, T]`, masked fill, softmax, `× V`), so
-/// results are bit-identical to it: with 8-bit activation quantization downstream, even a
-/// last-bit difference in an attention sum can flip a rounding and change the logits visibly.
+/// One query goes to [`super::attend_one`], several to [`super::attend_prompt`] (bit for bit
+/// candle's tensor attention up to 512 keys, on the model's thread pool).
 fn attend(
     q: &[f32],
     (kc, vc): (&[f32], &[f32]),
     (t, keys, first, start): (usize, usize, usize, usize),
     (nh, nkv, hd): (usize, usize, usize),
     opts: AttnOptions,
-) -> Result<Vec<f32>> {
-    // A single query (decode) sees every key from `first` on: no mask, and no need to copy
-    // the cache into tensors.
+) -> Vec<f32> {
+    // A single query (decode) sees every key from `first` on: no mask needed.
     if t == 1 {
-        return Ok(super::attend_one::attend_one(q, (kc, vc), (nh, nkv, hd), opts));
+        return super::attend_one::attend_one(q, (kc, vc), (nh, nkv, hd), opts);
     }
-    let dev = Device::Cpu;
-    let n_keys = keys - first;
-    let q = Tensor::from_slice(q, (1, t, nh, hd), &dev)?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let k = Tensor::from_slice(kc, (1, n_keys, nkv, hd), &dev)?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let v = Tensor::from_slice(vc, (1, n_keys, nkv, hd), &dev)?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let k = repeat_kv(k, nh / nkv)?;
-    let v = repeat_kv(v, nh / nkv)?;
-    // `× (1/√hd)` is the same candle affine op as quantized_llama's `/ √hd`.
-    let att = (q.matmul(&k.t()?)? * opts.scale)?;
-    let att = match opts.softcap {
-        Some(c) => ((att / c)?.tanh()? * c)?,
-        None => att,
+    let span = super::attend_prompt::Span {
+        t,
+        keys,
+        first,
+        start,
     };
-    let att = {
-        // 1 where the key lies after the query, or before its window.
-        let mask: Vec<u8> = (0..t)
-            .flat_map(|j| {
-                let qpos = (start + j).min(keys - 1);
-                (first..keys).map(move |p| u8::from(p > qpos || opts.window.is_some_and(|w| qpos - p >= w)))
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, n_keys), &dev)?.broadcast_as(att.shape())?;
-        let neg_inf = Tensor::new(f32::NEG_INFINITY, &dev)?.broadcast_as(att.shape())?;
-        mask.where_cond(&neg_inf, &att)?
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    let y = att.matmul(&v.contiguous()?)?;
-    Ok(y.transpose(1, 2)?.reshape((t * nh * hd,))?.to_vec1::<f32>()?)
-}
-
-/// Repeats each of the `[1, nkv, T, hd]` key/value heads `n_rep` times along the head axis
-/// (head `h` uses kv head `h / n_rep`).
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, nkv, t, hd) = x.dims4()?;
-    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, nkv * n_rep, t, hd))?)
+    super::attend_prompt::attend_prompt(q, (kc, vc), span, (nh, nkv, hd), opts)
 }
 
 /// The rows of `x` (`[batch·seq, d]`) whose logits `mode` asks for, gathered into

@@ -279,6 +279,17 @@ impl Linear {
         self.in_dim
     }
 
+    /// The matrix, when a product of `n` inputs on `path` runs on our quantized kernels
+    /// ([`QMatrix::matmul`]): [`MatPath::Quantized`], or [`MatPath::Tiled`] below
+    /// [`super::tiled::min_inputs`] of the format.
+    fn on_kernels(&self, n: usize, path: MatPath) -> Option<&QMatrix> {
+        match (&self.weights, path) {
+            (Weights::Own { q, .. }, MatPath::Quantized) => Some(q),
+            (Weights::Own { q, .. }, MatPath::Tiled) if n < super::tiled::min_inputs(q.dtype()) => Some(q),
+            _ => None,
+        }
+    }
+
     /// `x: [n, in]` (row-major) → `[n, out]`.
     pub fn forward(&self, x: &[f32], n: usize, path: MatPath) -> Result<Vec<f32>> {
         if x.len() != n * self.in_dim {
@@ -289,16 +300,18 @@ impl Linear {
             )));
         }
         let mut y = vec![0.0f32; n * self.out_dim];
+        if let Some(q) = self.on_kernels(n, path) {
+            // Our kernels read `x` directly: no tensor copy on the per-token path.
+            SCRATCH
+                .with_borrow_mut(|s| q.matmul(x, n, &mut y, s))
+                .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
+            return self.finish(y);
+        }
         match (&self.weights, path) {
             (Weights::Dense(w), _) => w.matmul(x, n, &mut y),
-            (Weights::Own { q, .. }, MatPath::Tiled) if n >= super::tiled::min_inputs(q.dtype()) => {
-                super::tiled::matmul(Pool::global(), q, x, n, &mut y)
-                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
-            }
             (Weights::Own { q, .. }, MatPath::Quantized | MatPath::Tiled) => {
-                // Our kernels read `x` directly: no tensor copy on the per-token path.
-                SCRATCH
-                    .with_borrow_mut(|s| q.matmul(x, n, &mut y, s))
+                // `on_kernels` declined: a prompt long enough for the tiled product.
+                super::tiled::matmul(Pool::global(), q, x, n, &mut y)
                     .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
             }
             (Weights::Candle { mm, .. }, MatPath::Quantized | MatPath::Tiled) => {
@@ -330,20 +343,17 @@ impl Linear {
     /// Where all of them run on our quantized kernels, the input is quantized once and one
     /// pool job covers the rows of all ([`QMatrix::matmul_group`]): a decode step's threads
     /// meet once per group rather than once per matrix.
-    pub fn forward_group<'a, const N: usize>(
-        layers: [&'a Linear; N],
+    pub fn forward_group<const N: usize>(
+        layers: [&Linear; N],
         x: &[f32],
         n: usize,
         path: MatPath,
     ) -> Result<[Vec<f32>; N]> {
-        let on_kernels = |l: &'a Linear| match (&l.weights, path) {
-            (Weights::Own { q, .. }, MatPath::Quantized) => Some(&**q),
-            (Weights::Own { q, .. }, MatPath::Tiled) if n < super::tiled::min_inputs(q.dtype()) => Some(&**q),
-            _ => None,
-        };
-        let mats: Vec<&QMatrix> = layers.iter().copied().filter_map(on_kernels).collect();
-        let grouped = <[&QMatrix; N]>::try_from(mats)
-            .ok()
+        let mats = layers.map(|l| l.on_kernels(n, path));
+        let grouped = mats
+            .iter()
+            .all(|m| m.is_some())
+            .then(|| mats.map(|m| m.unwrap_or_else(|| unreachable!("checked above"))))
             .filter(|_| N >= 2 && layers.iter().all(|l| x.len() == n * l.in_dim));
         let Some(qs) = grouped else {
             let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());

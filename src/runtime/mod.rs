@@ -3,6 +3,7 @@
 //! and generation.
 
 mod attend_one;
+mod attend_prompt;
 pub mod block_weights;
 pub mod config;
 pub mod dense;

@@ -118,7 +118,7 @@ fn rows_group(
         let nr = MR.min(n - rb);
         let xs = &x[rb * k..(rb + nr) * k];
         for (p, panel) in panels.chunks_exact(k * PANEL).take(count).enumerate() {
-            kernel(xs, nr, k, panel, &mut tile);
+            kernel(xs, k, nr, k, panel, &mut tile);
             let c0 = r0 + p * PANEL;
             let cols = PANEL.min(out - c0);
             for (i, t) in tile.iter().take(nr).enumerate() {
