@@ -271,11 +271,9 @@ fn head_rows(
             let cols = PANEL.min(hd - d * PANEL);
             for (r, row) in tile.iter().take(nr).enumerate() {
                 let at = (r0 + r) * s.nh * hd + h * hd + d * PANEL;
-                for (c, &v) in row[..cols].iter().enumerate() {
-                    // SAFETY: chunk (h, rows) alone writes head `h`'s columns of its rows, each
-                    // index once.
-                    unsafe { ys.set(at + c, v) };
-                }
+                // SAFETY: chunk (h, rows) alone writes head `h`'s columns of its rows, each
+                // index once.
+                unsafe { ys.set_slice(at, &row[..cols]) };
             }
         }
     }

@@ -34,7 +34,7 @@ thread_local! {
 
 /// Our own quantized kernels are used unless `ACT_CANDLE_QMATMUL=1` asks for candle's (for
 /// side-by-side measurements).
-fn use_own_kernels() -> bool {
+pub(super) fn use_own_kernels() -> bool {
     std::env::var_os("ACT_CANDLE_QMATMUL").is_none_or(|v| v != "1")
 }
 

@@ -268,6 +268,23 @@ impl<'a, T: Send + Copy> DisjointWrites<'a, T> {
     }
 }
 
+impl<T: Send + Copy> DisjointWrites<'_, T> {
+    /// Writes `vals` at `at …`; a range past the end is ignored (callers compute in-range
+    /// indices). One copy, where [`Self::set`] per value compiled to masked stores.
+    ///
+    /// # Safety
+    /// No other thread may write or read indices `at … at + vals.len()` while the slice is
+    /// borrowed here.
+    #[inline(always)]
+    pub unsafe fn set_slice(&self, at: usize, vals: &[T]) {
+        if at.checked_add(vals.len()).is_some_and(|end| end <= self.len) {
+            // SAFETY: in bounds; exclusive access to the range is the caller's contract, and
+            // `vals` (borrowed elsewhere) cannot overlap indices only this writer may touch.
+            unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.get().add(at), vals.len()) }
+        }
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);

@@ -50,7 +50,7 @@ pub fn min_inputs(dt: QDType) -> usize {
 const GROUP: usize = 4;
 
 thread_local! {
-    /// Per thread: one dequantized row `[w]` and a group of panels `[GROUP][w][PANEL]`
+    /// Per thread: one panel's dequantized rows `[PANEL][w]` and a group of panels `[GROUP][w][PANEL]`
     /// (`w` = [`QMatrix::tiled_width`]),
     /// reused across calls.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -98,20 +98,18 @@ fn rows_group(
     let r0 = g * GROUP * PANEL;
     let r1 = (r0 + GROUP * PANEL).min(out);
     let count = (r1 - r0).div_ceil(PANEL);
-    row.resize(k, 0.0);
+    row.resize(PANEL * k, 0.0);
     panels.resize(GROUP * k * PANEL, 0.0);
     for (p, panel) in panels.chunks_exact_mut(k * PANEL).take(count).enumerate() {
-        for c in 0..PANEL {
+        for (c, dst) in row.chunks_exact_mut(k).enumerate() {
             let r = r0 + p * PANEL + c;
             // Rows past the matrix are zero (their outputs are not written); a row in range
-            // cannot fail (`row` holds `tiled_width` values).
-            if r >= r1 || q.tiled_row(r, row).is_err() {
-                row.fill(0.0);
-            }
-            for (i, &v) in row.iter().enumerate() {
-                panel[i * PANEL + c] = v;
+            // cannot fail (`dst` holds `tiled_width` values).
+            if r >= r1 || q.tiled_row(r, dst).is_err() {
+                dst.fill(0.0);
             }
         }
+        to_panel(row, k, panel);
     }
     let mut tile = [[0.0f32; PANEL]; MR];
     for rb in (0..n).step_by(MR) {
@@ -122,12 +120,88 @@ fn rows_group(
             let c0 = r0 + p * PANEL;
             let cols = PANEL.min(out - c0);
             for (i, t) in tile.iter().take(nr).enumerate() {
-                let at = (rb + i) * out + c0;
-                for (c, &v) in t[..cols].iter().enumerate() {
-                    // SAFETY: group `g` alone writes columns `r0..r1` (disjoint across
-                    // groups), each index once.
-                    unsafe { ys.set(at + c, v) };
-                }
+                // SAFETY: group `g` alone writes columns `r0..r1` (disjoint across groups),
+                // each index once.
+                unsafe { ys.set_slice((rb + i) * out + c0, &t[..cols]) };
+            }
+        }
+    }
+}
+
+/// `rows` (`[16][w]`, row-major) into `panel` (`[w][16]`): the transpose, 8 × 8 values at a
+/// time in AVX registers (a value-by-value scatter, one store per 64-byte line, had cost more
+/// than dequantizing).
+fn to_panel(rows: &[f32], w: usize, panel: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if rows.len() >= PANEL * w && panel.len() >= PANEL * w {
+        done = w / 8 * 8;
+        for i in (0..done).step_by(8) {
+            for half in 0..2 {
+                // SAFETY: rows `8·half … 8·half + 7` hold `w ≥ i + 8` values each, and the
+                // panel rows `i … i + 7` hold 16 each (lengths checked above).
+                unsafe {
+                    avx2::transpose8(
+                        rows.as_ptr().add(8 * half * w + i),
+                        w,
+                        panel.as_mut_ptr().add(i * PANEL + 8 * half),
+                    )
+                };
+            }
+        }
+    }
+    for i in done..w {
+        for (c, v) in panel[i * PANEL..(i + 1) * PANEL].iter_mut().enumerate() {
+            *v = rows[c * w + i];
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::PANEL;
+
+    /// The 8 × 8 block at `src` (row stride `stride`) transposed into `dst` (row stride
+    /// [`PANEL`]).
+    ///
+    /// # Safety
+    /// `src + r·stride + 0..8` must be readable and `dst + r·PANEL + 0..8` writable for r < 8.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose8(src: *const f32, stride: usize, dst: *mut f32) {
+        // SAFETY: the caller's contract; unaligned loads and stores.
+        unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(src.add(j * stride)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (j, v) in out.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(j * PANEL), v);
             }
         }
     }
@@ -246,6 +320,20 @@ mod tests {
             // And x̂ differs from x by the 8-bit rounding only.
             for (xr, x) in xr.chunks_exact(width).zip(x.chunks_exact(cols)) {
                 assert!(xr.iter().zip(x).all(|(a, b)| (a - b).abs() <= 6.0 / 127.0));
+            }
+        }
+    }
+
+    #[test]
+    fn panels_are_the_transpose_for_every_width() {
+        for w in [1usize, 7, 8, 9, 24, 33, 100] {
+            let rows: Vec<f32> = (0..PANEL * w).map(|i| i as f32).collect();
+            let mut panel = vec![-1.0f32; PANEL * w];
+            to_panel(&rows, w, &mut panel);
+            for i in 0..w {
+                for c in 0..PANEL {
+                    assert_eq!(panel[i * PANEL + c], rows[c * w + i], "w {w}, value {i}, row {c}");
+                }
             }
         }
     }
