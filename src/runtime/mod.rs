@@ -37,6 +37,7 @@ pub mod spm_tokenizer;
 pub mod spm_vocab;
 pub mod steer;
 pub mod tiled;
+pub mod token_table;
 pub mod tokenizer;
 
 pub use error::{Result, RuntimeError};

@@ -24,6 +24,8 @@ use std::collections::{BinaryHeap, HashMap};
 
 use candle_core::quantized::gguf_file::Value;
 
+use super::token_table::TokenTable;
+
 pub use super::spm_vocab::{SpmError, SpmVocab, attr, token_type};
 
 /// Token texts that llama.cpp treats as end of generation (and as control tokens) whatever
@@ -56,10 +58,10 @@ const EOG_TEXTS: &[&str] = &[
 /// llama.cpp's SentencePiece (SPM) tokenizer.
 #[derive(Debug, Clone)]
 pub struct SpmTokenizer {
-    tokens: Vec<String>,
+    /// Token texts by id and ids by text.
+    table: TokenTable,
     scores: Vec<f32>,
     attrs: Vec<u32>,
-    token_to_id: HashMap<String, u32>,
     /// Control, user-defined and unknown tokens, longest text first.
     specials: Vec<u32>,
     /// The token for each byte in byte fallback.
@@ -151,14 +153,11 @@ impl SpmTokenizer {
                 },
             )
             .collect();
-        let mut token_to_id = HashMap::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            token_to_id.insert(t.clone(), i as u32);
-        }
+        let table = TokenTable::new(tokens);
         // End of generation: known texts (forced to control), EOS, EOT, EOM.
         let mut eog: Vec<u32> = Vec::new();
         for text in EOG_TEXTS {
-            if let Some(&id) = token_to_id.get(*text) {
+            if let Some(id) = table.id(text) {
                 attrs[id as usize] |= attr::CONTROL;
                 eog.push(id);
             }
@@ -182,36 +181,36 @@ impl SpmTokenizer {
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
             .collect();
-        specials.sort_by(|&a, &b| tokens[b as usize].len().cmp(&tokens[a as usize].len()));
+        let len = |id: u32| table.get(id).map_or(0, str::len);
+        specials.sort_by_key(|&id| std::cmp::Reverse(len(id)));
         let name = vocab.model_name.to_lowercase();
         if name.contains("phi-3") || name.contains("phi3") {
             for &id in &specials {
                 attrs[id as usize] |= attr::RSTRIP;
             }
-            if let Some(&id) = token_to_id.get("</s>") {
+            if let Some(id) = table.id("</s>") {
                 attrs[id as usize] |= attr::RSTRIP;
             }
             for t in ["<unk>", "<s>", "<|endoftext|>"] {
-                if let Some(&id) = token_to_id.get(t) {
+                if let Some(id) = table.id(t) {
                     attrs[id as usize] &= !attr::RSTRIP;
                 }
             }
         }
         let mut byte_tokens = [None; 256];
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
-            *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied().or_else(|| {
+            *slot = table.id(&format!("<0x{b:02X}>")).or_else(|| {
                 // Fallback: the byte itself as a one-character token (ASCII only here).
                 u8::try_from(b)
                     .ok()
                     .filter(u8::is_ascii)
-                    .and_then(|c| token_to_id.get(&char::from(c).to_string()).copied())
+                    .and_then(|c| table.id(&char::from(c).to_string()))
             });
         }
         Ok(Self {
-            tokens,
+            table,
             scores,
             attrs,
-            token_to_id,
             specials,
             byte_tokens,
             bos,
@@ -230,17 +229,17 @@ impl SpmTokenizer {
 
     /// Number of tokens.
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.table.len()
     }
 
     /// The stored text of a token (with `▁` for spaces).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.table.get(id)
     }
 
     /// The id of a token text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.table.id(text)
     }
 
     /// A token's attribute bits ([`attr`]).
@@ -331,7 +330,7 @@ impl SpmTokenizer {
             if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
                 continue;
             }
-            let tok = self.tokens[id as usize].as_str();
+            let tok = self.table.get(id).unwrap_or_default();
             if !frags
                 .iter()
                 .any(|f| matches!(*f, Fragment::Text(s, e) if text[s..e].contains(tok)))
@@ -419,8 +418,8 @@ impl SpmTokenizer {
         while let Some(k) = i {
             let s = &syms[k];
             let piece = &text[s.start..s.start + s.n];
-            match self.token_to_id.get(piece) {
-                Some(&id) => out.push(id),
+            match self.table.id(piece) {
+                Some(id) => out.push(id),
                 None => {
                     for &byte in piece.as_bytes() {
                         out.push(self.byte_tokens[byte as usize].ok_or(SpmError::NoByteToken(byte))?);
@@ -445,10 +444,7 @@ impl SpmTokenizer {
         };
         let start = syms[left].start;
         let size = syms[left].n + syms[right].n;
-        let Some(&id) = text
-            .get(start..start + size)
-            .and_then(|t| self.token_to_id.get(t))
-        else {
+        let Some(id) = text.get(start..start + size).and_then(|t| self.table.id(t)) else {
             return;
         };
         queue.push(Bigram {
@@ -464,10 +460,10 @@ impl SpmTokenizer {
     /// their text, normal tokens their text with `▁` as spaces, byte tokens their byte, and
     /// other (unused, undefined) tokens nothing.
     pub fn token_to_piece(&self, id: u32, special: bool) -> Result<Cow<'_, [u8]>, SpmError> {
-        let (Some(&a), Some(text)) = (self.attrs.get(id as usize), self.tokens.get(id as usize)) else {
+        let (Some(&a), Some(text)) = (self.attrs.get(id as usize), self.table.get(id)) else {
             return Err(SpmError::BadId {
                 id,
-                n: self.tokens.len(),
+                n: self.table.len(),
             });
         };
         let sp = attr::UNKNOWN | attr::CONTROL;
