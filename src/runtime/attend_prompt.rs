@@ -350,15 +350,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
+        crate::runtime::test_values::values(n, seed, 1, (1.0, 1.0))
     }
 
     /// The same attention as candle tensor ops (what the forward passes ran before).
@@ -423,120 +415,33 @@ mod tests {
 
     #[test]
     fn equals_candle_tensor_attention_bit_for_bit_up_to_512_keys() {
-        let causal = AttnOptions::causal(64);
-        let spans = [
-            // A whole prompt, a chunk after cached positions, padding queries, odd sizes.
-            (
-                Span {
-                    t: 37,
-                    keys: 37,
-                    first: 0,
-                    start: 0,
-                },
-                (9, 3, 64),
-                causal,
-            ),
-            (
-                Span {
-                    t: 20,
-                    keys: 57,
-                    first: 0,
-                    start: 37,
-                },
-                (9, 3, 64),
-                causal,
-            ),
-            (
-                Span {
-                    t: 12,
-                    keys: 12,
-                    first: 0,
-                    start: 0,
-                },
-                (4, 4, 32),
-                AttnOptions::causal(32),
-            ),
-            (
-                Span {
-                    t: 12,
-                    keys: 9,
-                    first: 0,
-                    start: 0,
-                },
-                (4, 4, 32),
-                AttnOptions::causal(32),
-            ),
-            (
-                Span {
-                    t: 12,
-                    keys: 12,
-                    first: 0,
-                    start: 0,
-                },
-                (4, 4, 24),
-                AttnOptions::causal(24),
-            ),
-            (
-                Span {
-                    t: 12,
-                    keys: 9,
-                    first: 0,
-                    start: 0,
-                },
-                (4, 4, 24),
-                AttnOptions::causal(24),
-            ),
-            (
-                Span {
-                    t: 10,
-                    keys: 10,
-                    first: 0,
-                    start: 0,
-                },
-                (2, 1, 20),
-                AttnOptions::causal(20),
-            ),
-            (
-                Span {
-                    t: 2,
-                    keys: 2,
-                    first: 0,
-                    start: 0,
-                },
-                (2, 1, 64),
-                AttnOptions::causal(64),
-            ),
-            (
-                Span {
-                    t: 3,
-                    keys: 5,
-                    first: 0,
-                    start: 2,
-                },
-                (2, 1, 64),
-                AttnOptions::causal(64),
-            ),
-            (
-                Span {
-                    t: 130,
-                    keys: 130,
-                    first: 0,
-                    start: 0,
-                },
-                (4, 1, 256),
-                AttnOptions::causal(256),
-            ),
-            (
-                Span {
-                    t: 7,
-                    keys: 300,
-                    first: 0,
-                    start: 293,
-                },
-                (2, 1, 40),
-                AttnOptions::causal(40),
-            ),
+        // (t, keys, first, start, heads, kv heads, head dim): a whole prompt, a chunk after
+        // cached positions, padding queries, odd sizes, ≤ 256 scores per head, ≤ 2 keys.
+        let cases = [
+            (37, 37, 0, 0, 9, 3, 64),
+            (20, 57, 0, 37, 9, 3, 64),
+            (12, 12, 0, 0, 4, 4, 32),
+            (12, 9, 0, 0, 4, 4, 32),
+            (12, 12, 0, 0, 4, 4, 24),
+            (12, 9, 0, 0, 4, 4, 24),
+            (10, 10, 0, 0, 2, 1, 20),
+            (2, 2, 0, 0, 2, 1, 64),
+            (3, 5, 0, 2, 2, 1, 64),
+            (130, 130, 0, 0, 4, 1, 256),
+            (7, 300, 0, 293, 2, 1, 40),
         ];
+        let spans = cases.map(|(t, keys, first, start, nh, nkv, hd)| {
+            (
+                Span {
+                    t,
+                    keys,
+                    first,
+                    start,
+                },
+                (nh, nkv, hd),
+                AttnOptions::causal(hd),
+            )
+        });
         for (i, (span, dims, opts)) in spans.into_iter().enumerate() {
             let (ours, want) = case(span, dims, opts, i as u64 * 10);
             let bad = ours.iter().zip(&want).filter(|(a, b)| a != b).count();

@@ -251,18 +251,9 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// Deterministic values in [-1, 1) with varied exponents (xorshift).
+    /// Deterministic values in [-1, 1) with varied exponents.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-                (u * 2.0 - 1.0) * if s & 3 == 0 { 100.0 } else { 0.37 }
-            })
-            .collect()
+        crate::runtime::test_values::values(n, seed, 4, (100.0, 0.37))
     }
 
     /// The oracle: each output as one sequential `mul_add` chain, straight from row-major `W`.

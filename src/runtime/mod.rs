@@ -36,6 +36,8 @@ pub mod sampling;
 pub mod spm_tokenizer;
 pub mod spm_vocab;
 pub mod steer;
+#[cfg(test)]
+mod test_values;
 pub mod tiled;
 pub mod token_table;
 pub mod tokenizer;

@@ -215,18 +215,9 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
-    /// Deterministic values in [-1, 1) with some large ones (xorshift).
+    /// Deterministic values in [-1, 1) with some large ones.
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-                (u * 2.0 - 1.0) * if s.is_multiple_of(17) { 6.0 } else { 0.5 }
-            })
-            .collect()
+        crate::runtime::test_values::values(n, seed, 17, (6.0, 0.5))
     }
 
     /// `rows × cols` random weights quantized by candle into `dt`, as our matrix.
