@@ -23,8 +23,12 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it parks.
-const SPIN: Duration = Duration::from_micros(200);
+/// How long an idle worker spins before it parks (and how long the caller spins on stragglers
+/// beyond its own share before it yields). Measured on SmolLM2 decode, alternating runs: 20 µs
+/// against 200 µs gave 1.22× (paired median of 4) with another process busy on one core, and
+/// the same speed idle (1.04×): under load a spinning worker takes the time slices the caller
+/// needs.
+const SPIN: Duration = Duration::from_micros(20);
 /// Longest period (in jobs) the pool runs on the caller alone after slow stragglers.
 const MAX_BACKOFF: u32 = 4096;
 
