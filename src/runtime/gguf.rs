@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use candle_core::quantized::QTensor;
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use sha2::{Digest, Sha256};
 
 use crate::transport::ModelFingerprint;
@@ -176,6 +176,14 @@ impl GgufFile {
 
     /// Reads a tensor, checking its shape (`[rows, cols]` in row-major order).
     pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
+        self.info(name, shape)?;
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| self.bad(format!("tensor `{name}`: {}", backend_message(&e))))
+    }
+
+    /// The table entry of tensor `name`, whose shape must be `shape`.
+    fn info(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo> {
         let info = self
             .content
             .tensor_infos
@@ -192,9 +200,7 @@ impl GgufFile {
                 found: info.shape.dims().to_vec(),
             });
         }
-        self.content
-            .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| self.bad(format!("tensor `{name}`: {}", backend_message(&e))))
+        Ok(info)
     }
 
     /// Reads a quantized tensor (`[rows, cols]`, checked) straight into our [`QMatrix`] when
@@ -203,22 +209,15 @@ impl GgufFile {
     /// bytes, candle's blocks and our copy at once (Gemma 3 270M's 178 MB embedding: the
     /// file's peak memory).
     fn own_tensor(&mut self, name: &str, shape: &[usize]) -> Result<Option<QMatrix>> {
-        let Some(info) = self.content.tensor_infos.get(name) else {
-            return Err(RuntimeError::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-            });
+        let (dtype, offset) = {
+            let info = self.info(name, shape)?;
+            (info.ggml_dtype, info.offset)
         };
-        let Some(dt) = own_dtype(info.ggml_dtype).filter(|_| use_own_kernels()) else {
+        let Some(dt) = own_dtype(dtype).filter(|_| use_own_kernels()) else {
             return Ok(None);
         };
-        let (&[rows, cols], true) = (shape, info.shape.dims() == shape) else {
-            return Err(RuntimeError::TensorShape {
-                path: self.path.clone(),
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                found: info.shape.dims().to_vec(),
-            });
+        let &[rows, cols] = shape else {
+            return Err(self.bad(format!("tensor `{name}` is not a matrix")));
         };
         let bytes = dt
             .row_bytes(cols)
@@ -227,7 +226,7 @@ impl GgufFile {
         let start = self
             .content
             .tensor_data_offset
-            .checked_add(info.offset)
+            .checked_add(offset)
             .ok_or_else(|| self.bad(format!("tensor `{name}`: offset overflows")))?;
         let io = |source| RuntimeError::Io {
             path: self.path.clone(),
