@@ -49,12 +49,17 @@ const REGENERATE_DELAY_MS: u64 = 60;
 /// The demo model's place, relative to the working folder.
 pub const DEMO_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// The demo text-to-image model's place (trained by tools/t2i/train.py), relative to the
+/// working folder; loaded at start beside the demo model, without leaving text mode.
+pub const DEMO_IMAGE_MODEL: &str = "models/act-shapes-t2i";
+
 /// How the app starts.
 #[derive(Debug, Clone, Default)]
 pub struct AppOptions {
     /// Load this model at start (the demo model when `None` and it exists).
     pub model: Option<PathBuf>,
-    /// Load this diffusers folder (Stable Diffusion) at start.
+    /// Load this diffusers folder (Stable Diffusion) at start and show image mode (default:
+    /// the demo image model when it exists, in the background).
     pub image_model: Option<PathBuf>,
     /// Do not look for the demo model.
     pub no_autoload: bool,
@@ -318,6 +323,12 @@ impl StudioApp {
         }
         if let Some(p) = opts.image_model.clone() {
             app.load_image_model(p);
+        } else {
+            let demo = PathBuf::from(DEMO_IMAGE_MODEL);
+            if !opts.no_autoload && demo.join("model_index.json").exists() {
+                app.image.show_on_load = false;
+                app.load_image_model(demo);
+            }
         }
         app
     }

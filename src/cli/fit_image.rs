@@ -10,7 +10,7 @@ use super::image_args::{ImageModelArgs, load_pipeline};
 use crate::pipeline::diffusion_fit::{DEFAULT_IMAGE_PRESET, IMAGE_PRESETS};
 use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
 use crate::pipeline::fit_model::Estimation;
-use crate::pipeline::image_concepts::builtin_image_concepts;
+use crate::pipeline::image_concepts::image_concepts_for;
 use crate::transport::{Method, Support};
 
 /// Arguments of `fit-image`.
@@ -78,8 +78,12 @@ pub struct FitImageArgs {
 /// `fit-image`.
 pub fn fit_image(a: &FitImageArgs) -> Result<()> {
     if a.list {
-        outln!("built-in image concepts:");
-        for (n, d) in builtin_image_concepts() {
+        let concepts = image_concepts_for(a.model.as_deref())?;
+        match &a.model {
+            Some(m) => outln!("image concepts for {}:", m.display()),
+            None => outln!("built-in image concepts (give --model DIR to add the folder's own):"),
+        }
+        for (n, d) in concepts {
             outln!("  {n:<24} {d}");
         }
         outln!("hook presets:");

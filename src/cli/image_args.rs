@@ -56,10 +56,12 @@ pub struct ImageSettingsArgs {
     /// Seed of the initial latents.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Denoising steps (default: 1 for Turbo/Lightning folders, else 25).
+    /// Denoising steps (default: the folder's `_act_studio_defaults`, else 1 for
+    /// Turbo/Lightning folders, else 25).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance (default: 0 for Turbo, else 7.5; ≤ 1 disables it).
+    /// Classifier-free guidance (default: the folder's, else 0 for Turbo, else 7.5; ≤ 1
+    /// disables it).
     #[arg(long)]
     pub guidance: Option<f32>,
     /// Width in pixels (multiple of 8).

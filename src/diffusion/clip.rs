@@ -293,7 +293,14 @@ impl ClipTextEncoder {
         let c = &config;
         let d = c.hidden_size;
         let vb = weights.vb.clone();
-        let tm = vb.pp("text_model");
+        // transformers ≥ 5 saves a CLIPTextModel without the `text_model.` prefix.
+        let tm = if vb.contains_tensor("text_model.embeddings.token_embedding.weight")
+            || !vb.contains_tensor("embeddings.token_embedding.weight")
+        {
+            vb.pp("text_model")
+        } else {
+            vb.clone()
+        };
         let emb = tm.pp("embeddings");
         let token_embedding =
             candle_nn::embedding(c.vocab_size, d, emb.pp("token_embedding")).map_err(werr())?;
@@ -608,6 +615,34 @@ mod tests {
         assert!(enc.forward(&bad, &mut NoDiffHooks).is_err());
         let long = Tensor::zeros((1, 7), DType::U32, &Device::Cpu).unwrap();
         assert!(enc.forward(&long, &mut NoDiffHooks).is_err());
+    }
+
+    /// transformers ≥ 5 writes the text model's tensors without `text_model.`: same encoder.
+    #[test]
+    fn loads_weights_saved_without_the_text_model_prefix() {
+        let run = |strip: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            write_config(dir.path(), "quick_gelu");
+            write_weights(dir.path(), true);
+            if strip {
+                let path = dir.path().join("model.safetensors");
+                let ts = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+                let renamed: std::collections::HashMap<String, Tensor> = ts
+                    .into_iter()
+                    .map(|(k, v)| (k.strip_prefix("text_model.").unwrap_or(&k).to_string(), v))
+                    .collect();
+                assert!(renamed.contains_key("embeddings.token_embedding.weight"));
+                candle_core::safetensors::save(&renamed, &path).unwrap();
+            }
+            let mut reg = HookRegistry::default();
+            let enc = ClipTextEncoder::load(dir.path(), "text_encoder", DType::F32, &Device::Cpu, &mut reg)
+                .unwrap();
+            let ids = Tensor::new(&[[14u32, 3, 5, 15, 15, 15]], &Device::Cpu).unwrap();
+            let out = enc.forward(&ids, &mut NoDiffHooks).unwrap();
+            let v: Vec<f32> = out.last_hidden_state.flatten_all().unwrap().to_vec1().unwrap();
+            (v, out.pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        assert_eq!(run(false), run(true));
     }
 
     #[test]

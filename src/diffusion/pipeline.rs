@@ -123,6 +123,49 @@ pub struct SdPipeline {
     dtype: DType,
     device: Device,
     fingerprint: ModelFingerprint,
+    defaults: FolderDefaults,
+}
+
+/// Sampling settings a folder recommends for itself in `model_index.json`, under the key
+/// `_act_studio_defaults` (`{"steps": 20, "guidance": 4.0}`; diffusers ignores keys that
+/// start with `_`). The demo model uses it: it is trained for fewer steps and weaker guidance
+/// than SD.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FolderDefaults {
+    /// Denoising steps.
+    pub steps: Option<usize>,
+    /// Guidance scale.
+    pub guidance: Option<f32>,
+}
+
+impl FolderDefaults {
+    /// Reads the key from `model_index.json`'s JSON; values that are not positive numbers
+    /// (steps 1…1000, guidance 0…30) are ignored with a warning.
+    fn from_index(index: &Value, warnings: &mut Vec<String>) -> Self {
+        let Some(d) = index.get("_act_studio_defaults") else {
+            return Self::default();
+        };
+        let steps = d
+            .get("steps")
+            .map(|v| v.as_u64().filter(|s| (1..=1000).contains(s)));
+        let guidance = d
+            .get("guidance")
+            .map(|v| v.as_f64().filter(|g| (0.0..=30.0).contains(g)));
+        for (key, bad) in [
+            ("steps", matches!(steps, Some(None))),
+            ("guidance", matches!(guidance, Some(None))),
+        ] {
+            if bad {
+                warnings.push(format!(
+                    "model_index.json: `_act_studio_defaults.{key}` is out of range or not a number; ignored"
+                ));
+            }
+        }
+        Self {
+            steps: steps.flatten().map(|s| s as usize),
+            guidance: guidance.flatten().map(|g| g as f32),
+        }
+    }
 }
 
 /// Scheduler options diffusers honours that our samplers do not implement.
@@ -315,6 +358,8 @@ impl SdPipeline {
             n_layers: registry.len(),
             weights_header_sha256: crate::transport::maps_file::hex(&h.finalize()),
         };
+        let mut warnings = warnings;
+        let defaults = FolderDefaults::from_index(&index, &mut warnings);
         let zeros_for_empty_negative = index
             .get("force_zeros_for_empty_prompt")
             .and_then(Value::as_bool)
@@ -335,6 +380,7 @@ impl SdPipeline {
             dtype,
             device: device.clone(),
             fingerprint,
+            defaults,
         })
     }
 
@@ -426,7 +472,8 @@ impl SdPipeline {
     }
 
     /// Sensible settings for this model: Turbo-style models 1 step without guidance at 512 px;
-    /// others 25 steps, guidance 7.5, native size; both with the folder's sampler.
+    /// others 25 steps, guidance 7.5, native size; both with the folder's sampler. A folder's
+    /// own [`FolderDefaults`] win.
     pub fn default_request(&self, prompt: &str) -> ImageRequest {
         let px = self.unet.config().sample_size * self.latent_factor();
         let few = self.is_few_step();
@@ -434,8 +481,8 @@ impl SdPipeline {
             prompt: prompt.to_string(),
             negative_prompt: String::new(),
             seed: 0,
-            steps: if few { 1 } else { 25 },
-            guidance: if few { 0.0 } else { 7.5 },
+            steps: self.defaults.steps.unwrap_or(if few { 1 } else { 25 }),
+            guidance: self.defaults.guidance.unwrap_or(if few { 0.0 } else { 7.5 }),
             width: if few { 64 * self.latent_factor() } else { px },
             height: if few { 64 * self.latent_factor() } else { px },
             scheduler: self.scheduler.class,

@@ -16,7 +16,7 @@ use crate::transport::{FitConfig, MapsFile, Method, Support};
 
 use super::diffusion_fit::{DEFAULT_IMAGE_PRESET, ImageFitOptions, fit_image_maps};
 use super::fit_model::Estimation;
-use super::image_concepts::{PromptPair, builtin_image_concept};
+use super::image_concepts::{PromptPair, image_concept_for};
 
 /// Where the prompts of an image concept come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,11 +117,12 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>, DiffusionError> {
     Ok(v)
 }
 
-/// The prompt pair a request names, limited and named as asked.
-pub fn prompt_pair(req: &ImageFitRequest) -> Result<PromptPair, DiffusionError> {
+/// The prompt pair a request names, limited and named as asked; a built-in name is looked
+/// up in the model folder's own concepts first (`folder`, [`image_concept_for`]).
+pub fn prompt_pair(req: &ImageFitRequest, folder: Option<&Path>) -> Result<PromptPair, DiffusionError> {
     let mut pair = match &req.concept {
         ImageConceptSource::Builtin(name) => {
-            builtin_image_concept(name.trim()).map_err(|e| DiffusionError::BadInput(e.to_string()))?
+            image_concept_for(name.trim(), folder).map_err(|e| DiffusionError::BadInput(e.to_string()))?
         }
         ImageConceptSource::Files { source, target } => PromptPair {
             name: target
@@ -146,7 +147,7 @@ pub fn fit_image_concept(
     req: &ImageFitRequest,
     progress: &mut (dyn FnMut(usize, usize) -> bool + Send),
 ) -> Result<FittedImageConcept, DiffusionError> {
-    let pair = prompt_pair(req)?;
+    let pair = prompt_pair(req, Some(pipe.folder()))?;
     if req.estimation == Estimation::Simultaneous && req.chunk == 0 {
         return Err(DiffusionError::BadInput(
             "the chunk (prompts per forward pass) must be at least 1".into(),
@@ -188,7 +189,7 @@ mod tests {
             source: s.clone(),
             target: t.clone(),
         });
-        let pair = prompt_pair(&req).map_err(|e| e.to_string());
+        let pair = prompt_pair(&req, None).map_err(|e| e.to_string());
         assert_eq!(pair.as_ref().map(|p| p.name.as_str()), Ok("neon"));
         assert_eq!(
             pair.as_ref().map(|p| p.source.clone()),
@@ -196,28 +197,28 @@ mod tests {
         );
         req.limit = 2;
         req.name = Some("  glow ".into());
-        let pair = prompt_pair(&req).map_err(|e| e.to_string());
+        let pair = prompt_pair(&req, None).map_err(|e| e.to_string());
         assert_eq!(
             pair.as_ref().map(|p| (p.name.as_str(), p.target.len())),
             Ok(("glow", 2))
         );
         std::fs::write(&s, "\n  \n").ok();
-        let err = prompt_pair(&req).map(|_| ()).map_err(|e| e.to_string());
+        let err = prompt_pair(&req, None).map(|_| ()).map_err(|e| e.to_string());
         assert!(matches!(&err, Err(e) if e.contains("has no prompts")), "{err:?}");
         let missing = ImageFitRequest::new(ImageConceptSource::Files {
             source: dir.join("nope.txt"),
             target: t,
         });
-        assert!(prompt_pair(&missing).is_err());
+        assert!(prompt_pair(&missing, None).is_err());
         let unknown = ImageFitRequest::new(ImageConceptSource::Builtin("style:nothing-like-it".into()));
-        assert!(prompt_pair(&unknown).is_err());
+        assert!(prompt_pair(&unknown, None).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn builtin_concepts_are_found_by_name() {
         let req = ImageFitRequest::new(ImageConceptSource::Builtin("remove:trees".into()));
-        let pair = prompt_pair(&req).map_err(|e| e.to_string());
+        let pair = prompt_pair(&req, None).map_err(|e| e.to_string());
         assert!(
             matches!(&pair, Ok(p) if p.name == "remove:trees" && p.source.len() <= 32),
             "{pair:?}"

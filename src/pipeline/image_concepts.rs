@@ -4,8 +4,14 @@
 //! - `style:NAME` — style control: plain captions → captions + the style's tags;
 //! - `negate:NAME` — concept negation: captions + a phrase adding the concept → plain captions;
 //! - `remove:trees` — captions with trees → the same scenes without.
+//!
+//! A diffusers folder may also carry its own concepts, written in its own caption language,
+//! in `act_studio_concepts.json` ([`FOLDER_CONCEPTS`]; the demo model's `style:neon`,
+//! `negate:red`, … are there). With a folder, its concepts come first and win over a
+//! built-in of the same name ([`image_concepts_for`], [`image_concept_for`]).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -53,6 +59,104 @@ pub enum ImageConceptError {
     /// A prompt list is empty.
     #[error("image concept `{0}`: no prompts")]
     Empty(String),
+    /// The folder's concepts file cannot be read or is malformed.
+    #[error("{path}: {reason}")]
+    FolderFile { path: String, reason: String },
+}
+
+/// The file in a diffusers folder that lists the folder's own concepts:
+/// `{"concepts": [{"name": "style:neon", "about": "…", "source": ["…"], "target": ["…"]}, …]}`.
+pub const FOLDER_CONCEPTS: &str = "act_studio_concepts.json";
+
+/// A concept that a model folder defines for itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FolderConcept {
+    /// Its prompts (and name).
+    pub pair: PromptPair,
+    /// One line on what it does.
+    pub about: String,
+}
+
+/// The concepts of the diffusers folder `folder` ([`FOLDER_CONCEPTS`]); none when it has no
+/// such file. Every concept needs a name and prompts on both sides.
+pub fn folder_concepts(folder: &Path) -> Result<Vec<FolderConcept>, ImageConceptError> {
+    let path = folder.join(FOLDER_CONCEPTS);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let bad = |reason: String| ImageConceptError::FolderFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text =
+        crate::transport::regular_file::read_regular_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let list = v
+        .get("concepts")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no `concepts` list".into()))?;
+    let mut out: Vec<FolderConcept> = Vec::with_capacity(list.len());
+    for (i, c) in list.iter().enumerate() {
+        let name = c.get("name").and_then(Value::as_str).map(str::trim).unwrap_or("");
+        if name.is_empty() {
+            return Err(bad(format!("concept {i} has no `name`")));
+        }
+        if out.iter().any(|o| o.pair.name == name) {
+            return Err(bad(format!("concept `{name}` is listed twice")));
+        }
+        let (source, target) = (strings(c.get("source")), strings(c.get("target")));
+        if source.is_empty() || target.is_empty() {
+            return Err(bad(format!(
+                "concept `{name}` needs `source` and `target` prompts"
+            )));
+        }
+        out.push(FolderConcept {
+            pair: PromptPair {
+                name: name.to_string(),
+                source,
+                target,
+            },
+            about: c.get("about").and_then(Value::as_str).unwrap_or("").to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// The image concepts to offer for the model in `folder` (name, description): the folder's
+/// own first, then the built-in ones it does not redefine.
+pub fn image_concepts_for(folder: Option<&Path>) -> Result<Vec<(String, String)>, ImageConceptError> {
+    let own = match folder {
+        Some(f) => folder_concepts(f)?,
+        None => Vec::new(),
+    };
+    let mut out: Vec<(String, String)> = own
+        .iter()
+        .map(|c| (c.pair.name.clone(), format!("(this model) {}", c.about)))
+        .collect();
+    out.extend(
+        builtin_image_concepts()
+            .into_iter()
+            .filter(|(n, _)| !own.iter().any(|c| &c.pair.name == n)),
+    );
+    Ok(out)
+}
+
+/// The concept `name` for the model in `folder`: the folder's own, else a built-in one.
+pub fn image_concept_for(name: &str, folder: Option<&Path>) -> Result<PromptPair, ImageConceptError> {
+    if let Some(f) = folder
+        && let Some(c) = folder_concepts(f)?.into_iter().find(|c| c.pair.name == name)
+    {
+        return Ok(c.pair);
+    }
+    builtin_image_concept(name).map_err(|e| match (e, folder) {
+        (ImageConceptError::Unknown { name, .. }, Some(f)) => ImageConceptError::Unknown {
+            name,
+            known: image_concepts_for(Some(f))
+                .map(|v| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+        },
+        (e, _) => e,
+    })
 }
 
 fn json(text: &str) -> BTreeMap<String, Value> {
@@ -210,6 +314,56 @@ mod tests {
         for bad in ["style:none", "style:nope", "negate:no_cat", "x"] {
             let e = builtin_image_concept(bad).unwrap_err().to_string();
             assert!(e.contains("style:impressionism"), "{e}");
+        }
+    }
+
+    #[test]
+    fn folder_concepts_come_first_and_win_over_built_ins() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(folder_concepts(dir.path()).unwrap().is_empty());
+        let write = |text: &str| std::fs::write(dir.path().join(FOLDER_CONCEPTS), text).unwrap();
+        write(
+            r#"{"concepts": [
+            {"name": "style:neon", "about": "plain → neon", "source": ["a circle"], "target": ["a circle, neon style"]},
+            {"name": "style:sketch", "about": "ours", "source": ["a square"], "target": ["a square, pencil sketch"]}]}"#,
+        );
+        let list = image_concepts_for(Some(dir.path())).unwrap();
+        assert_eq!(list[0].0, "style:neon");
+        assert_eq!(list[1], ("style:sketch".into(), "(this model) ours".into()));
+        assert_eq!(list.len(), 2 + builtin_image_concepts().len() - 1);
+        let p = image_concept_for("style:sketch", Some(dir.path())).unwrap();
+        assert_eq!(p.target, ["a square, pencil sketch"]);
+        assert_eq!(image_concept_for("style:sketch", None).unwrap().source.len(), 98);
+        assert_eq!(
+            image_concept_for("style:anime", Some(dir.path()))
+                .unwrap()
+                .source
+                .len(),
+            98
+        );
+        let e = image_concept_for("style:nope", Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("style:neon") && e.contains("style:anime"), "{e}");
+        for (text, says) in [
+            ("{", "not JSON"),
+            ("{}", "no `concepts`"),
+            (
+                r#"{"concepts": [{"source": ["a"], "target": ["b"]}]}"#,
+                "no `name`",
+            ),
+            (
+                r#"{"concepts": [{"name": "x", "source": [], "target": ["b"]}]}"#,
+                "needs `source`",
+            ),
+            (
+                r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"]}, {"name": "x", "source": ["a"], "target": ["b"]}]}"#,
+                "twice",
+            ),
+        ] {
+            write(text);
+            let e = image_concepts_for(Some(dir.path())).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains(FOLDER_CONCEPTS), "{e}");
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::diffusion::pipeline::{LoadOptions, SdPipeline};
 use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
+use crate::pipeline::image_concepts::{builtin_image_concepts, image_concepts_for};
 use crate::pipeline::image_sheet::{ImageJob, render_images};
 
 use super::State;
@@ -36,13 +37,19 @@ impl State {
             ..LoadOptions::default()
         };
         let pipe = SdPipeline::load(&path, &opts).map_err(|e| JobError::from(e).context(path.display()))?;
+        let mut warnings = pipe.warnings().to_vec();
+        let concepts = image_concepts_for(Some(&path)).unwrap_or_else(|e| {
+            warnings.push(format!("its own concepts are not offered: {e}"));
+            builtin_image_concepts()
+        });
         let info = ImageModelInfo {
+            concepts,
             path,
             name: pipe.name(),
             family: pipe.family().name().to_string(),
             hook_points: pipe.hook_sites().iter().map(|s| s.name.clone()).collect(),
             fingerprint: pipe.fingerprint().clone(),
-            warnings: pipe.warnings().to_vec(),
+            warnings,
             default_request: pipe.default_request(""),
             dtype: pipe.dtype().as_str().to_string(),
         };

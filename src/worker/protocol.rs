@@ -63,6 +63,9 @@ pub struct ImageModelInfo {
     pub warnings: Vec<String>,
     /// Weights' precision: `f32` or `f16`.
     pub dtype: String,
+    /// The image concepts to offer (name, description): the folder's own, then the built-in
+    /// ones ([`crate::pipeline::image_concepts::image_concepts_for`]).
+    pub concepts: Vec<(String, String)>,
 }
 
 /// A text generation: the pipeline request and what the app wants besides.

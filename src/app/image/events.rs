@@ -66,8 +66,12 @@ pub fn model_loaded(app: &mut StudioApp, info: ImageModelInfo) {
     app.image.unsteered_key = None;
     app.image.pending_key = None;
     let fp = info.fingerprint.to_string();
+    app.image.builtin = info.concepts.clone();
     app.image_model = Some(info);
-    app.mode = Mode::Image;
+    if app.image.show_on_load {
+        app.mode = Mode::Image;
+    }
+    app.image.show_on_load = true;
     app.restore_stack_for(&fp);
 }
 

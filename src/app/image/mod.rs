@@ -133,8 +133,11 @@ pub struct ImageState {
     pub fit_method: Method,
     /// Support of image fits.
     pub fit_support: Support,
-    /// The built-in image concepts (name, description).
+    /// The built-in image concepts (name, description); the loaded folder's own first.
     pub builtin: Vec<(String, String)>,
+    /// Switch to image mode when the loading diffusion model arrives (not for the demo
+    /// image model loaded at start).
+    pub show_on_load: bool,
 }
 
 impl Default for ImageState {
@@ -155,6 +158,7 @@ impl Default for ImageState {
             fit_method: Method::LinearAct,
             fit_support: Support::Unbounded,
             builtin: builtin_image_concepts(),
+            show_on_load: true,
         }
     }
 }

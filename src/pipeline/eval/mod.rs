@@ -2,6 +2,7 @@
 //! toxicity of generations, perplexity of held-out text, multiple-choice accuracy, and the
 //! interval statistics the sweeps report.
 
+pub mod image_stats;
 pub mod judge;
 pub mod mc;
 pub mod perplexity;
