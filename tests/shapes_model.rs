@@ -27,6 +27,9 @@ use act_studio::pipeline::fit_image_concept::{ImageConceptSource, ImageFitReques
 use act_studio::pipeline::image_sheet::{ImageJob, ImageJobKind, ImageSlot, render_images};
 use act_studio::transport::SteeringStack;
 use image::RgbImage;
+use sd_common::compare::max_abs_diff;
+
+mod sd_common;
 
 const MODEL: &str = "models/act-shapes-t2i";
 
@@ -251,24 +254,8 @@ fn matches_diffusers_on_the_trained_weights() {
         req.guidance = meta["guidance"].parse().expect("guidance");
         let lat = pipe.denoise(&req, None, &mut |_, _| true).expect("denoises");
         let want = &tensors[&format!("case{i}.latents")];
-        let d = (&lat - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let d: f32 = d.to_scalar().unwrap();
-        let mag: f32 = want
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(&lat, want);
+        let mag = max_abs_diff(want, &want.zeros_like().expect("zeros"));
         let img = render(&pipe, prompt, *seed, &SteeringStack::default(), None).remove(0);
         let ref_img: Vec<f32> = tensors[&format!("case{i}.image")]
             .flatten_all()

@@ -723,3 +723,30 @@ impl SdPipeline {
         self.decode(&latents)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_defaults_read_the_index_and_ignore_bad_values() {
+        let read = |text: &str| {
+            let mut warnings = Vec::new();
+            let v: Value = serde_json::from_str(text).unwrap();
+            (FolderDefaults::from_index(&v, &mut warnings), warnings.len())
+        };
+        assert_eq!(read("{}"), (FolderDefaults::default(), 0));
+        let good = FolderDefaults {
+            steps: Some(20),
+            guidance: Some(4.0),
+        };
+        assert_eq!(
+            read(r#"{"_act_studio_defaults": {"steps": 20, "guidance": 4.0}}"#),
+            (good, 0)
+        );
+        let (d, warned) = read(r#"{"_act_studio_defaults": {"steps": 0, "guidance": "x"}}"#);
+        assert_eq!((d, warned), (FolderDefaults::default(), 2));
+        let (d, warned) = read(r#"{"_act_studio_defaults": {"steps": 5000, "guidance": 31}}"#);
+        assert_eq!((d, warned), (FolderDefaults::default(), 2));
+    }
+}
