@@ -127,8 +127,8 @@ fn bench(label: &str, tiny: &TinyUnet, latent: usize, batch: usize, tokens: usiz
     let ours =
         UNet::load_with_config(dir.path(), cfg, DType::F32, &dev, &mut reg).unwrap_or_else(|e| panic!("{e}"));
     let stack = all_norm_maps(&reg);
-    let mut steer =
-        DiffSteeringHooks::new(&stack, reg.sites(), 0, StepWindow::ALL).unwrap_or_else(|e| panic!("{e}"));
+    let mut steer = DiffSteeringHooks::new(&stack, reg.sites(), 0, StepWindow::ALL, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "{label}: {:.1} M parameters, {} hook points, set up in {:.1} s",
         params as f64 / 1e6,

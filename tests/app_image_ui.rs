@@ -489,8 +489,9 @@ fn f16_checkbox_loads_the_model_in_half_precision() {
 }
 
 /// The app's image fit is the CLI's: the same `ImageFitRequest` through the worker gives the
-/// maps `pipeline::fit_image_concept` returns directly, causal by default and simultaneous
-/// (a few prompts per pass) when the box is ticked.
+/// maps `pipeline::fit_image_concept` returns directly: along the denoising trajectory by
+/// default, and on the first step (causal, or simultaneous with a few prompts per pass when
+/// that box is ticked) once the trajectory box is unticked.
 #[test]
 fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
     use act_studio::diffusion::pipeline::{LoadOptions, SdPipeline};
@@ -501,6 +502,14 @@ fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
     let model = tmp.path().join("tiny-sd15");
     write_tiny_sd15(&model, 11).unwrap_or_else(|e| panic!("{e}"));
     let mut h = loaded(&model);
+    assert!(
+        h.state().settings.image.fit_trajectory,
+        "trajectory fits by default"
+    );
+    h.get_by_role_and_label(accesskit::Role::CheckBox, "along the denoising trajectory")
+        .click();
+    h.step();
+    assert!(!h.state().settings.image.fit_trajectory, "the box unticks");
     h.get_by_role_and_label(accesskit::Role::CheckBox, "simultaneous")
         .click();
     h.step();
@@ -522,6 +531,7 @@ fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
         seed: s.seed,
         estimation: Estimation::Simultaneous,
         chunk: 3,
+        trajectory: false,
         ..ImageFitRequest::new(ImageConceptSource::Builtin("negate:cat".into()))
     };
     let direct = fit_image_concept(&pipe, &req, &mut |_, _| true).unwrap_or_else(|e| panic!("{e}"));
@@ -541,7 +551,7 @@ fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
         &pipe,
         &ImageFitRequest {
             estimation: Estimation::Causal,
-            ..req
+            ..req.clone()
         },
         &mut |_, _| true,
     )
@@ -552,6 +562,28 @@ fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
         params(&direct.maps),
         "causal and simultaneous maps differ"
     );
+    // A trajectory fit is causal only, with one map per step and hook point.
+    let both = ImageFitRequest {
+        trajectory: true,
+        ..req.clone()
+    };
+    assert!(fit_image_concept(&pipe, &both, &mut |_, _| true).is_err());
+    let traj = fit_image_concept(
+        &pipe,
+        &ImageFitRequest {
+            estimation: Estimation::Causal,
+            ..both
+        },
+        &mut |_, _| true,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (per_step, base) = (traj.maps.hooks().count(), causal.maps.hooks().count());
+    assert!(
+        per_step % base == 0 && per_step / base >= s.steps,
+        "one map per step and hook point: {per_step} maps, {base} hook points, {} steps",
+        s.steps
+    );
+    assert!(traj.maps.meta().estimation.contains("trajectories"));
 }
 
 /// Generate pressed while an image concept is being fitted waits for the fit, then steers

@@ -229,7 +229,7 @@ fn request(fx: &Fixture, steps: usize, guidance: f32, negative: &str, s: Schedul
 }
 
 fn denoise(p: &SdPipeline, r: &ImageRequest, stack: Option<&SteeringStack>) -> Tensor {
-    let mut steer = stack.map(|s| p.steering(s, StepWindow::ALL).unwrap());
+    let mut steer = stack.map(|s| p.steering(s, StepWindow::ALL, r).unwrap());
     p.denoise(r, steer.as_mut(), &mut |_, _| true).unwrap()
 }
 

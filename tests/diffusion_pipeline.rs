@@ -65,6 +65,7 @@ fn fit(p: &SdPipeline, hooks: &str) -> MapsFile {
         hooks: hooks.into(),
         request: request(p, "", 2, 0.0),
         step: 0,
+        trajectory: false,
         estimation: act_studio::pipeline::fit_model::Estimation::Causal,
         chunk: 8,
     };
@@ -80,6 +81,7 @@ fn fit_with(p: &SdPipeline, estimation: Estimation, chunk: usize) -> MapsFile {
         hooks: "unet-norms".into(),
         request: request(p, "", 2, 0.0),
         step: 0,
+        trajectory: false,
         estimation,
         chunk,
     };
@@ -267,7 +269,7 @@ fn spatial_mean_rule_shifts_exactly_one_channel_mean_and_keeps_deviations() {
     };
     let mut plain = Record { id, seen: vec![] };
     let _ = p.unet().forward(&x, 500.0, &unet_cond, &mut plain);
-    let mut steer: DiffSteeringHooks = p.steering(&stack, StepWindow::ALL).unwrap();
+    let mut steer: DiffSteeringHooks = p.steering(&stack, StepWindow::ALL, &r).unwrap();
     let mut rec = Record { id, seen: vec![] };
     let _ = p
         .unet()
@@ -479,4 +481,186 @@ fn simultaneous_fitting_in_chunks_equals_one_batch_and_differs_from_causal() {
         causal_vs_simultaneous > 1e-2,
         "causal estimation must see earlier maps"
     );
+}
+
+/// Fitting along denoising trajectories gives one map per step and hook point (`HOOK@tK`
+/// for the schedule's timesteps); steering with them picks each step's map, acts on the
+/// conditional rows only (guidance's unconditional branch is the reference), is the
+/// unsteered image bit for bit at λ = 0 and changes it at λ = 1.
+#[test]
+fn trajectory_maps_are_per_step_and_steer_the_conditional_branch() {
+    use act_studio::diffusion::DiffPhase;
+    use act_studio::diffusion::scheduler::Scheduler;
+    use act_studio::transport::split_timestep;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&root, 5).unwrap();
+    let p = load(&root);
+    let req = request(&p, "", 3, 5.0);
+    let opts = ImageFitOptions {
+        config: FitConfig {
+            method: Method::LinearAct,
+            support: Support::Unbounded,
+        },
+        hooks: "unet-norms".into(),
+        request: req.clone(),
+        step: 0,
+        trajectory: true,
+        estimation: Estimation::Causal,
+        chunk: 8,
+    };
+    let maps = fit_image_maps(&p, &pair(), &opts, &mut |_, _| true).unwrap();
+    let timesteps = Scheduler::new(p.scheduler_config(), req.scheduler, req.steps)
+        .unwrap()
+        .timesteps()
+        .to_vec();
+    let hooks = select_hooks(p.hook_sites(), "unet-norms").unwrap().len();
+    let names: Vec<String> = maps.hooks().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(
+        names.len(),
+        hooks * timesteps.len(),
+        "one map per step and hook point"
+    );
+    for t in &timesteps {
+        let at_t = names
+            .iter()
+            .filter(|n| split_timestep(n).1 == Some(t.round() as u64))
+            .count();
+        assert_eq!(at_t, hooks, "maps at timestep {t}");
+    }
+    assert!(
+        maps.meta().estimation.contains("trajectories"),
+        "{}",
+        maps.meta().estimation
+    );
+    // Simultaneous estimation is refused along trajectories.
+    let simultaneous = ImageFitOptions {
+        estimation: Estimation::Simultaneous,
+        ..opts.clone()
+    };
+    assert!(fit_image_maps(&p, &pair(), &simultaneous, &mut |_, _| true).is_err());
+
+    // One hook point, fed two identical rows as [unconditional, conditional].
+    let name = "unet.down_blocks.1.resnets.0.norm2";
+    let id = p.hook_sites().iter().position(|s| s.name == name).unwrap();
+    let c = p.hook_sites()[id].dim;
+    let stack = stack_of(maps, 1.0);
+    let mut steer = p.steering(&stack, StepWindow::ALL, &req).unwrap();
+    let row: Vec<f32> = (0..c * 4).map(|i| (i as f32 * 0.37).sin()).collect();
+    let at_step = |steer: &mut DiffSteeringHooks, step: usize| -> Vec<f32> {
+        steer.begin(DiffPhase::Step {
+            step,
+            unconditional: 1,
+        });
+        assert!(steer.wants(id));
+        let mut data = [row.clone(), row.clone()].concat();
+        steer
+            .on_activation(
+                id,
+                DiffActivation {
+                    data: &mut data,
+                    shape: ActShape::Spatial([2, c, 2, 2]),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            &data[..row.len()],
+            &row[..],
+            "the unconditional row is left alone"
+        );
+        data[row.len()..].to_vec()
+    };
+    let first = at_step(&mut steer, 0);
+    let last = at_step(&mut steer, timesteps.len() - 1);
+    assert_ne!(first, row, "the conditional row is steered");
+    assert_ne!(first, last, "each step has its own map");
+
+    // Whole images: λ = 0 is the unsteered image bit for bit, λ = 1 differs.
+    let mut r = request(&p, "a red car", 3, 5.0);
+    r.seed = 9;
+    let plain = run(&p, &r, &SteeringStack::default(), StepWindow::ALL);
+    let mut zero = stack.clone();
+    zero.concepts[0].lambda = 0.0;
+    assert_eq!(bits(&run(&p, &r, &zero, StepWindow::ALL)), bits(&plain));
+    assert_ne!(bits(&run(&p, &r, &stack, StepWindow::ALL)), bits(&plain));
+}
+
+/// Per-step previews: the sink is asked at every step of every image and gets pictures
+/// only when it wants them — the VAE's for small latents, the linear latent → RGB map for
+/// large ones (checked against its formula).
+#[test]
+fn previews_come_per_step_when_wanted() {
+    use act_studio::pipeline::image_sheet::{
+        ImageJob, ImageJobKind, ImageSlot, PreviewSink, render_images_previewed,
+    };
+
+    struct Every {
+        asked: Vec<(ImageSlot, usize)>,
+        got: Vec<(ImageSlot, usize, (u32, u32))>,
+    }
+    impl PreviewSink for Every {
+        fn wants(&mut self, slot: ImageSlot, step: usize, _: usize) -> bool {
+            self.asked.push((slot, step));
+            step.is_multiple_of(2)
+        }
+        fn preview(&mut self, slot: ImageSlot, step: usize, _: usize, image: image::RgbImage) {
+            self.got.push((slot, step, image.dimensions()));
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&root, 6).unwrap();
+    let p = load(&root);
+    let job = ImageJob {
+        kind: ImageJobKind::Pair { unsteered: true },
+        request: request(&p, "a cat", 4, 0.0),
+        stack: SteeringStack::default(),
+        window: None,
+    };
+    let mut sink = Every {
+        asked: vec![],
+        got: vec![],
+    };
+    let mut images = 0;
+    render_images_previewed(&p, &job, &mut |_| true, &mut |_, _, _| images += 1, &mut sink).unwrap();
+    assert_eq!(images, 2);
+    // Nothing steers, so the steered image is the unsteered one: one image is made.
+    assert_eq!(
+        sink.asked,
+        (0..4).map(|s| (ImageSlot::Unsteered, s)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sink.got,
+        vec![
+            (ImageSlot::Unsteered, 0, (32, 32)),
+            (ImageSlot::Unsteered, 2, (32, 32))
+        ]
+    );
+
+    // Large latents: the linear approximation at latent resolution.
+    let (h, w) = (40, 48);
+    let vals: Vec<f32> = (0..4 * h * w).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
+    let lat = Tensor::from_vec(vals.clone(), (1, 4, h, w), &candle_core::Device::Cpu).unwrap();
+    let img = p.preview_image(&lat).unwrap();
+    assert_eq!(img.dimensions(), (w as u32, h as u32));
+    let factors = [
+        [0.3512f32, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ];
+    for (y, x) in [(0usize, 0usize), (7, 31), (39, 47)] {
+        let i = y * w + x;
+        let got = img.get_pixel(x as u32, y as u32);
+        for (ch, &g) in got.0.iter().enumerate() {
+            let lin: f32 = factors
+                .iter()
+                .enumerate()
+                .map(|(k, f)| vals[k * h * w + i] * f[ch])
+                .sum();
+            let want = (((lin + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+            assert_eq!(g, want, "({y}, {x}) channel {ch}");
+        }
+    }
 }

@@ -158,6 +158,7 @@ impl StudioApp {
             }
             Event::ImageProgress(p) => image::progress(self, p),
             Event::Image(r) => image::image_arrived(self, *r),
+            Event::ImagePreview(p) => image::preview_arrived(self, *p),
             Event::ImagesDone { id, complete } => image::job_done(self, id, complete),
             Event::Idle => {
                 self.jobs.pop_front();

@@ -35,18 +35,33 @@ impl StudioApp {
             // Image mode (`--image-model` with `--screenshot`): fit an image concept on a few
             // prompts, then a λ strip.
             Script::WaitModel if image && self.image_model.is_some() && !self.busy() => {
+                // The demo model's own style concept at its own settings; on other folders
+                // (the random test folders) a built-in one, small and fast.
+                let demo = self.image.builtin.iter().any(|(n, _)| n == "style:neon");
                 let s = &mut self.settings.image;
                 s.fit_builtin = true;
-                s.fit_concept = "style:impressionism".into();
-                s.fit_limit = 8;
-                s.steps = s.steps.min(4);
-                s.width = s.width.max(128);
-                s.height = s.height.max(128);
+                if demo {
+                    s.fit_concept = "style:neon".into();
+                    s.fit_limit = 32;
+                    s.prompt = "a red circle".into();
+                    s.seed = 7;
+                } else {
+                    s.fit_concept = "style:impressionism".into();
+                    s.fit_limit = 8;
+                    s.steps = s.steps.min(4);
+                    s.width = s.width.max(128);
+                    s.height = s.height.max(128);
+                }
                 image::start_fit(self);
                 Script::WaitFit
             }
             Script::WaitFit if image && !self.stack.is_empty() && !self.busy() => {
-                self.settings.image.strip_lambdas = "0, 0.5, 1, 1.5".into();
+                let demo = self.image.builtin.iter().any(|(n, _)| n == "style:neon");
+                self.settings.image.strip_lambdas = if demo {
+                    "0, 0.25, 0.5, 0.75, 1".into()
+                } else {
+                    "0, 0.5, 1, 1.5".into()
+                };
                 image::generate(self, image::ImageAction::Strip);
                 Script::WaitGeneration
             }

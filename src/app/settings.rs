@@ -122,8 +122,11 @@ pub struct ImageSettings {
     pub fit_limit: usize,
     /// Latent size of the fitting step in pixels (0 = the model's).
     pub fit_size: usize,
-    /// Fit every map on unsteered activations, `fit_chunk` prompts per pass (bounded
-    /// memory), instead of causally in one batch.
+    /// Fit along the denoising trajectories, one map per step on the conditional branch
+    /// (the default), instead of on the first step.
+    pub fit_trajectory: bool,
+    /// With a first-step fit: every map on unsteered activations, `fit_chunk` prompts per
+    /// pass (bounded memory), instead of causally in one batch.
     pub fit_simultaneous: bool,
     /// Prompts per forward pass of a simultaneous fit.
     pub fit_chunk: usize,
@@ -191,6 +194,7 @@ impl Default for ImageSettings {
             fit_hooks: crate::pipeline::diffusion_fit::DEFAULT_IMAGE_PRESET.into(),
             fit_limit: 32,
             fit_size: 0,
+            fit_trajectory: true,
             fit_simultaneous: false,
             fit_chunk: 8,
         }

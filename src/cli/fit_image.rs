@@ -54,19 +54,28 @@ pub struct FitImageArgs {
     /// Size of the latents the activations come from (pixels; default: the model's).
     #[arg(long)]
     pub size: Option<usize>,
-    /// Schedule length whose first step the activations come from (default: the model's).
+    /// Schedule length of the fitting trajectories, or whose first step the activations come
+    /// from with --first-step (default: the model's; fewer steps fit faster, and the maps
+    /// of the nearest fitted timestep act at each step of any schedule).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed of the shared initial latents.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Fit every map on unsteered activations, recording `--chunk` prompts per pass (bounded
-    /// memory for many prompts, e.g. with `--limit 0`), instead of causally in one batch.
+    /// Fit every map on unsteered activations of the first step, recording `--chunk` prompts
+    /// per pass (bounded memory for many prompts, e.g. with `--limit 0`), instead of causally
+    /// in one batch (implies --first-step).
     #[arg(long)]
     pub simultaneous: bool,
     /// Prompts per forward pass with `--simultaneous`.
     #[arg(long, default_value_t = 8)]
     pub chunk: usize,
+    /// Fit on the first denoising step only, one map per hook point acting on both guidance
+    /// branches at every step (the earlier way). By default maps are fitted along the
+    /// denoising trajectories, one per step, on the conditional branch: on models with
+    /// guidance this is what makes λ = 1 reach the target (see docs/ARCHITECTURE.md).
+    #[arg(long)]
+    pub first_step: bool,
     /// List the built-in image concepts and presets, then exit.
     #[arg(long)]
     pub list: bool,
@@ -119,6 +128,7 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
             Estimation::Causal
         },
         chunk: a.chunk,
+        trajectory: !(a.first_step || a.simultaneous),
     };
     let pipe = load_pipeline(&ImageModelArgs {
         model: a.model.clone().context("--model is required")?,

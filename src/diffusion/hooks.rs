@@ -89,6 +89,26 @@ pub trait DiffHooks: Send {
     fn wants(&self, id: usize) -> bool;
     /// Called at hook `id` with the live activation; may record and/or modify it.
     fn on_activation(&mut self, id: usize, act: DiffActivation<'_>) -> Result<HookFlow>;
+    /// Called when a new part of a run starts (the prompts' encoding, the negative prompt's,
+    /// each denoising step's UNet pass), for hooks that act on parts differently.
+    fn begin(&mut self, _phase: DiffPhase) {}
+}
+
+/// The part of a diffusion run about to reach the hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffPhase {
+    /// The text encoding of the prompts (one batch row each).
+    Prompts,
+    /// The text encoding of the negative prompt (with guidance only).
+    NegativePrompt,
+    /// The UNet pass of denoising step `step` (0-based), whose first `unconditional` batch
+    /// rows are guidance's unconditional branch and the rest the prompts' (conditional).
+    Step {
+        /// Step index.
+        step: usize,
+        /// Leading unconditional rows (0 without guidance).
+        unconditional: usize,
+    },
 }
 
 /// No hooks: the plain forward pass.

@@ -18,4 +18,6 @@ pub mod vae;
 pub mod weights;
 
 pub use error::{DiffusionError, Result};
-pub use hooks::{ActShape, DiffActivation, DiffHooks, HookRegistry, HookSite, HookSiteKind, NoDiffHooks};
+pub use hooks::{
+    ActShape, DiffActivation, DiffHooks, DiffPhase, HookRegistry, HookSite, HookSiteKind, NoDiffHooks,
+};

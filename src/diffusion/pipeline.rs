@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -23,8 +24,8 @@ use crate::transport::{ModelFingerprint, SteeringStack};
 use super::clip::ClipTextEncoder;
 use super::clip_tokenizer::ClipTokenizer;
 use super::error::{DiffusionError, Result};
-use super::hooks::{DiffHooks, HookRegistry, HookSite, NoDiffHooks};
-use super::image_io::ImageMeta;
+use super::hooks::{DiffHooks, DiffPhase, HookRegistry, HookSite, NoDiffHooks};
+use super::image_io::{ImageMeta, tensor_to_images};
 use super::scheduler::{NoiseSource, Scheduler, SchedulerConfig, SchedulerKind};
 use super::steer::{DiffSteeringHooks, StepWindow};
 use super::unet::{UNet, UNetCond};
@@ -553,15 +554,20 @@ impl SdPipeline {
         Ok(())
     }
 
-    /// The UNet conditioning tensors of one request: text `[b, 77, ctx]` (uncond rows first
-    /// with guidance), SDXL pooled and time ids.
+    /// The UNet conditioning tensors of `prompts` (b rows) at `req`'s size and negative
+    /// prompt: text `[b, 77, ctx]`, or `[2b, 77, ctx]` with guidance (b unconditional rows
+    /// first), SDXL pooled and time ids. `text_hooks` see the prompts' encoding (then the
+    /// negative prompt's, once, with guidance).
     fn conditioning(
         &self,
         req: &ImageRequest,
+        prompts: &[&str],
         guided: bool,
-        hooks: &mut dyn DiffHooks,
+        text_hooks: &mut dyn DiffHooks,
     ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
-        let cond = self.encode_prompts(&[req.prompt.as_str()], hooks)?;
+        let b = prompts.len();
+        text_hooks.begin(DiffPhase::Prompts);
+        let cond = self.encode_prompts(prompts, text_hooks)?;
         let (text, pooled) = if guided {
             let unc = if self.zeros_for_empty_negative && req.negative_prompt.trim().is_empty() {
                 TextCond {
@@ -569,7 +575,21 @@ impl SdPipeline {
                     pooled: cond.pooled.as_ref().map(Tensor::zeros_like).transpose()?,
                 }
             } else {
-                self.encode_prompts(&[req.negative_prompt.as_str()], hooks)?
+                text_hooks.begin(DiffPhase::NegativePrompt);
+                let one = self.encode_prompts(&[req.negative_prompt.as_str()], text_hooks)?;
+                let rep = |t: Tensor| -> Result<Tensor> {
+                    Ok(if b == 1 {
+                        t
+                    } else {
+                        let mut dims = vec![1; t.rank()];
+                        dims[0] = b;
+                        t.repeat(dims)?
+                    })
+                };
+                TextCond {
+                    text: rep(one.text)?,
+                    pooled: one.pooled.map(rep).transpose()?,
+                }
             };
             let text = Tensor::cat(&[&unc.text, &cond.text], 0)?;
             let pooled = match (unc.pooled, cond.pooled) {
@@ -580,13 +600,13 @@ impl SdPipeline {
         } else {
             (cond.text, cond.pooled)
         };
-        let b = text.dim(0)?;
+        let rows = text.dim(0)?;
         let text_time = match pooled {
             Some(p) => {
                 let (h, w) = (req.height as f32, req.width as f32);
                 let row = [h, w, 0.0, 0.0, h, w];
-                let ids: Vec<f32> = (0..b).flat_map(|_| row).collect();
-                Some((p, Tensor::from_vec(ids, (b, 6), &self.device)?))
+                let ids: Vec<f32> = (0..rows).flat_map(|_| row).collect();
+                Some((p, Tensor::from_vec(ids, (rows, 6), &self.device)?))
             }
             None => None,
         };
@@ -611,16 +631,39 @@ impl SdPipeline {
         steer: Option<&mut DiffSteeringHooks>,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Tensor> {
-        self.validate(req)?;
-        let guided = req.guidance > 1.0;
         let mut none = NoDiffHooks;
-        let mut steer = steer;
-        let (text, text_time) = match steer.as_deref_mut() {
-            Some(s) => self.conditioning(req, guided, s)?,
-            None => self.conditioning(req, guided, &mut none)?,
+        let hooks: &mut dyn DiffHooks = match steer {
+            Some(s) => s,
+            None => &mut none,
         };
+        self.denoise_prompts(req, &[req.prompt.as_str()], hooks, progress, None)
+    }
+
+    /// [`Self::denoise`] for a batch of `prompts` (in place of `req.prompt`), all from the
+    /// seed's initial latents: final latents `[b, 4, H/8, W/8]` (f32). `hooks` see the text
+    /// encoding and every UNet pass, whose batch is `[b unconditional, b conditional]` rows
+    /// with guidance and `b` rows without; [`DiffHooks::begin_step`] is called before each
+    /// step. A hook's early stop ends the loop with [`DiffusionError::Stopped`]. `preview`,
+    /// when given, receives after each step its index and the clean latents the model
+    /// predicts there (`[b, 4, H/8, W/8]`, f32; see [`Scheduler::predict_x0`]).
+    pub fn denoise_prompts(
+        &self,
+        req: &ImageRequest,
+        prompts: &[&str],
+        hooks: &mut dyn DiffHooks,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+        mut preview: Option<StepPreview<'_>>,
+    ) -> Result<Tensor> {
+        self.validate(req)?;
+        let b = prompts.len();
+        if b == 0 {
+            return Err(DiffusionError::BadInput("no prompt to denoise".into()));
+        }
+        let guided = req.guidance > 1.0;
+        let (text, text_time) = self.conditioning(req, prompts, guided, hooks)?;
         let mut sched = Scheduler::new(&self.scheduler, req.scheduler, req.steps)?;
         let (x0, mut noise) = self.initial_noise(req)?;
+        let x0 = if b == 1 { x0 } else { x0.repeat((b, 1, 1, 1))? };
         let mut x = (x0 * sched.init_noise_sigma())?;
         let total = sched.timesteps().len();
         let cond = UNetCond {
@@ -637,21 +680,21 @@ impl SdPipeline {
             } else {
                 xin
             };
-            let out = match steer.as_deref_mut() {
-                Some(s) => {
-                    s.set_step(i);
-                    self.unet.forward(&xin, t, &cond, s)?
-                }
-                None => self.unet.forward(&xin, t, &cond, &mut none)?,
-            }
-            .to_dtype(DType::F32)?;
+            hooks.begin(DiffPhase::Step {
+                step: i,
+                unconditional: if guided { b } else { 0 },
+            });
+            let out = self.unet.forward(&xin, t, &cond, hooks)?.to_dtype(DType::F32)?;
             let eps = if guided {
-                let u = out.narrow(0, 0, 1)?;
-                let c = out.narrow(0, 1, 1)?;
+                let u = out.narrow(0, 0, b)?;
+                let c = out.narrow(0, b, b)?;
                 (&u + ((c - &u)? * f64::from(req.guidance))?)?
             } else {
                 out
             };
+            if let Some(show) = preview.as_deref_mut() {
+                show(i, &sched.predict_x0(&eps, i, &x)?)?;
+            }
             x = sched.step(&eps, i, &x, &mut noise)?;
         }
         progress(total, total);
@@ -700,9 +743,22 @@ impl SdPipeline {
         }
     }
 
-    /// Compiles steering hooks for `stack` acting within `window`.
-    pub fn steering(&self, stack: &SteeringStack, window: StepWindow) -> Result<DiffSteeringHooks> {
-        DiffSteeringHooks::new(stack, self.hook_sites(), self.unet_first_hook, window)
+    /// Compiles steering hooks for `stack` acting within `window` on the steps of `req`'s
+    /// schedule (which pick maps fitted per timestep).
+    pub fn steering(
+        &self,
+        stack: &SteeringStack,
+        window: StepWindow,
+        req: &ImageRequest,
+    ) -> Result<DiffSteeringHooks> {
+        let timesteps = if stack.has_timestep_maps() {
+            Scheduler::new(&self.scheduler, req.scheduler, req.steps)?
+                .timesteps()
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        DiffSteeringHooks::new(stack, self.hook_sites(), self.unet_first_hook, window, &timesteps)
     }
 
     /// Generates one image `[1, 3, H, W]`, steered by `stack` within `window` (an empty
@@ -714,15 +770,78 @@ impl SdPipeline {
         window: StepWindow,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Tensor> {
-        let mut hooks = self.steering(stack, window)?;
-        let latents = if hooks.is_empty() {
-            self.denoise(req, None, progress)?
-        } else {
-            self.denoise(req, Some(&mut hooks), progress)?
-        };
+        self.generate_previewed(req, stack, window, progress, None)
+    }
+
+    /// [`Self::generate`], handing `preview` each step's predicted clean latents (see
+    /// [`Self::denoise_prompts`]; [`Self::preview_image`] turns them into a picture).
+    pub fn generate_previewed(
+        &self,
+        req: &ImageRequest,
+        stack: &SteeringStack,
+        window: StepWindow,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+        preview: Option<StepPreview<'_>>,
+    ) -> Result<Tensor> {
+        let mut hooks = self.steering(stack, window, req)?;
+        let mut none = NoDiffHooks;
+        let h: &mut dyn DiffHooks = if hooks.is_empty() { &mut none } else { &mut hooks };
+        let latents = self.denoise_prompts(req, &[req.prompt.as_str()], h, progress, preview)?;
         self.decode(&latents)
     }
+
+    /// A quick picture of latents `[b, 4, h, w]` (e.g. a step's predicted clean latents) for
+    /// a preview: the VAE's own decoding where it is cheap (latents of at most 32 × 32), else
+    /// the well-known linear latent → RGB approximation of the SD 1.x/2.x or SDXL latent
+    /// space (no extra weights), at latent resolution. The first batch row only.
+    pub fn preview_image(&self, latents: &Tensor) -> Result<RgbImage> {
+        let (_, c, h, w) = latents.dims4()?;
+        let first = latents.narrow(0, 0, 1)?.to_dtype(DType::F32)?;
+        if h * w <= 32 * 32 || c != 4 {
+            let img = self.decode(&first)?;
+            return tensor_to_images(&img)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| DiffusionError::Backend("the VAE returned no image".into()));
+        }
+        let (factors, bias) = match self.family {
+            Family::Sdxl => (&LATENT_RGB_SDXL, LATENT_RGB_SDXL_BIAS),
+            _ => (&LATENT_RGB_SD1, [0.0; 3]),
+        };
+        let v = first.flatten_all()?.to_vec1::<f32>()?;
+        let plane = h * w;
+        let mut px = Vec::with_capacity(plane * 3);
+        for i in 0..plane {
+            for (ch, b) in bias.iter().enumerate() {
+                let lin: f32 = (0..4).map(|k| v[k * plane + i] * factors[k][ch]).sum::<f32>() + b;
+                px.push((((lin + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+        }
+        RgbImage::from_raw(w as u32, h as u32, px)
+            .ok_or_else(|| DiffusionError::Backend("preview size mismatch".into()))
+    }
 }
+
+/// Called after each denoising step with its index and the predicted clean latents.
+pub type StepPreview<'a> = &'a mut dyn FnMut(usize, &Tensor) -> Result<()>;
+
+/// Latent channel → RGB weights of SD 1.x/2.x latents (the community's linear preview
+/// approximation), applied to model-space latents; the result is about [-1, 1].
+const LATENT_RGB_SD1: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+
+/// The same for SDXL latents, with its bias.
+const LATENT_RGB_SDXL: [[f32; 3]; 4] = [
+    [0.3651, 0.4232, 0.4341],
+    [-0.2533, -0.0042, 0.1068],
+    [0.1076, 0.1111, -0.0362],
+    [-0.3165, -0.2492, -0.2188],
+];
+const LATENT_RGB_SDXL_BIAS: [f32; 3] = [0.1084, -0.0175, -0.0011];
 
 #[cfg(test)]
 mod tests {

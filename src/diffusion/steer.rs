@@ -10,7 +10,7 @@ use crate::runtime::HookFlow;
 use crate::transport::{SteeringPlan, SteeringStack, TokenWindow, TransportError};
 
 use super::error::{DiffusionError, Result};
-use super::hooks::{ActShape, DiffActivation, DiffHooks, HookSite};
+use super::hooks::{ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite};
 
 /// Denoising steps `[start, end)` during which UNet maps act; text-encoder maps act on the
 /// prompt encoding, which every step reuses.
@@ -35,40 +35,70 @@ impl StepWindow {
     }
 }
 
-/// Applies a steering plan (plan index = hook id of the pipeline's registry).
+/// Applies a steering stack at a pipeline's hook points (plan index = hook id).
+///
+/// Concepts fitted on one denoising step act as one plan on every batch row (both guidance
+/// branches and the negative prompt's encoding), as diffusers forward hooks would. Concepts
+/// fitted per timestep along denoising trajectories (maps `HOOK@tK`, see
+/// `pipeline::diffusion_fit`) act, at each step, with their maps of the nearest fitted
+/// timestep and only on the conditional rows and the prompts' encoding — the rows they were
+/// fitted on — so that guidance amplifies the steering as it amplifies the prompt instead of
+/// cancelling it. Within a hook point, the first kind acts before the second.
 pub struct DiffSteeringHooks {
-    plan: SteeringPlan,
+    every_row: SteeringPlan,
+    per_step: Vec<SteeringPlan>,
     names: Vec<String>,
     unet_first: usize,
     window: StepWindow,
     step: usize,
+    unconditional: usize,
+    negative: bool,
 }
 
 impl DiffSteeringHooks {
     /// Compiles `stack` for the pipeline's hook points `sites`; `unet_first` is the id of
-    /// the first UNet hook (text-encoder hooks come before it). Maps whose width differs
-    /// from the hook point's are refused.
+    /// the first UNet hook (text-encoder hooks come before it); `timesteps` are the model's
+    /// timestep inputs of the run's steps (they pick per-timestep maps). Maps whose width
+    /// differs from the hook point's are refused.
     pub fn new(
         stack: &SteeringStack,
         sites: &[HookSite],
         unet_first: usize,
         window: StepWindow,
+        timesteps: &[f64],
     ) -> Result<Self> {
         let names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let dims: Vec<usize> = sites.iter().map(|s| s.dim).collect();
-        let plan = stack
-            .compile(&refs, Some(&dims))
-            .map_err(|e| DiffusionError::Hook {
-                hook: "steering".into(),
-                reason: e.to_string(),
-            })?;
+        let err = |e: TransportError| DiffusionError::Hook {
+            hook: "steering".into(),
+            reason: e.to_string(),
+        };
+        let (plain, timed) = stack.split_timestep_concepts();
+        let every_row = plain.compile(&refs, Some(&dims)).map_err(err)?;
+        let per_step = if timed.has_timestep_maps() {
+            if timesteps.is_empty() {
+                return Err(DiffusionError::BadInput(
+                    "maps fitted per denoising timestep need the run's timesteps".into(),
+                ));
+            }
+            timesteps
+                .iter()
+                .map(|&t| timed.compile_at_timestep(&refs, Some(&dims), t))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(err)?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
-            plan,
+            every_row,
+            per_step,
             names,
             unet_first,
             window,
             step: 0,
+            unconditional: 0,
+            negative: false,
         })
     }
 
@@ -79,7 +109,18 @@ impl DiffSteeringHooks {
 
     /// Whether anything is steered at all.
     pub fn is_empty(&self) -> bool {
-        self.plan.is_empty()
+        self.every_row.is_empty() && self.per_step.iter().all(SteeringPlan::is_empty)
+    }
+
+    /// The per-timestep plan of the current step, unless the negative prompt is being
+    /// encoded (text-encoder hooks run before step 0 and see its plan; their maps are the
+    /// same in every step's).
+    fn step_plan(&self) -> Option<&SteeringPlan> {
+        if self.negative {
+            return None;
+        }
+        let last = self.per_step.len().checked_sub(1)?;
+        self.per_step.get(self.step.min(last))
     }
 }
 
@@ -92,23 +133,53 @@ fn hook_err(name: &str, e: TransportError) -> DiffusionError {
 
 impl DiffHooks for DiffSteeringHooks {
     fn wants(&self, id: usize) -> bool {
-        (id < self.unet_first || self.window.contains(self.step)) && self.plan.is_active(id)
+        (id < self.unet_first || self.window.contains(self.step))
+            && (self.every_row.is_active(id) || self.step_plan().is_some_and(|p| p.is_active(id)))
     }
 
     fn on_activation(&mut self, id: usize, act: DiffActivation<'_>) -> Result<HookFlow> {
         let name = self.names.get(id).map_or("?", String::as_str);
-        match act.shape {
-            ActShape::Spatial(shape) => self
-                .plan
-                .apply_4d(id, name, act.data, shape)
-                .map_err(|e| hook_err(name, e))?,
-            ActShape::Tokens(shape) => self
-                .plan
-                .apply_3d(id, name, act.data, shape, TokenWindow::default())
-                .map_err(|e| hook_err(name, e))?,
+        apply_plan(&self.every_row, id, name, act.data, act.shape)?;
+        if let Some(plan) = self.step_plan().filter(|p| p.is_active(id)) {
+            // The conditional rows (UNet), or the prompts' encoding (text encoder).
+            let skip = if id < self.unet_first {
+                0
+            } else {
+                self.unconditional
+            };
+            let len = act.shape.row_len();
+            let rows = act.shape.batch().saturating_sub(skip);
+            let shape = match act.shape {
+                ActShape::Tokens([_, t, d]) => ActShape::Tokens([rows, t, d]),
+                ActShape::Spatial([_, c, h, w]) => ActShape::Spatial([rows, c, h, w]),
+            };
+            if let Some(data) = act.data.get_mut(skip * len..) {
+                apply_plan(plan, id, name, data, shape)?;
+            }
         }
         Ok(HookFlow::Continue)
     }
+
+    fn begin(&mut self, phase: DiffPhase) {
+        match phase {
+            DiffPhase::Prompts => self.negative = false,
+            DiffPhase::NegativePrompt => self.negative = true,
+            DiffPhase::Step { step, unconditional } => {
+                self.negative = false;
+                self.step = step;
+                self.unconditional = unconditional;
+            }
+        }
+    }
+}
+
+/// Applies `plan`'s maps at hook `id` to `data` laid out as `shape`.
+fn apply_plan(plan: &SteeringPlan, id: usize, name: &str, data: &mut [f32], shape: ActShape) -> Result<()> {
+    match shape {
+        ActShape::Spatial(shape) => plan.apply_4d(id, name, data, shape),
+        ActShape::Tokens(shape) => plan.apply_3d(id, name, data, shape, TokenWindow::default()),
+    }
+    .map_err(|e| hook_err(name, e))
 }
 
 /// Runs `first`, then `second`, at every hook either wants (e.g. steering, then recording).
@@ -135,5 +206,9 @@ impl DiffHooks for Chain<'_> {
             flow = self.1.on_activation(id, DiffActivation { data, shape })?;
         }
         Ok(flow)
+    }
+    fn begin(&mut self, phase: DiffPhase) {
+        self.0.begin(phase);
+        self.1.begin(phase);
     }
 }

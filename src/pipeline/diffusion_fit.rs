@@ -1,14 +1,26 @@
-//! Fitting transport maps on a Stable Diffusion pipeline (AcT paper §5): source and target
-//! prompts go through the text encoder(s) and one denoising step of the UNet as one batch;
-//! at every selected hook point, in forward order, each prompt's activation is pooled (token
-//! mean for 3-D `[b, tokens, d]`, spatial mean for 4-D `[b, c, h, w]`), the map is fitted on
-//! the pooled source and target rows, and then applied at λ = 1 to the source rows before the
-//! pass goes on — so every map is estimated causally, on activations already transported by
-//! the maps before it, in a single pass. The pass stops after the last selected hook point.
+//! Fitting transport maps on a Stable Diffusion pipeline (AcT paper §5), in one of two ways.
 //!
-//! Simultaneous estimation instead records every selected hook point's pooled rows on
-//! unsteered activations, a chunk of prompts at a time (bounded memory for large prompt
-//! sets), and fits all maps at the end.
+//! **Along denoising trajectories** (the default, [`ImageFitOptions::trajectory`]): source and
+//! target prompts are denoised together, with the request's schedule and guidance, from the
+//! seed's latents. At every step and every selected UNet hook point, in forward order, a map
+//! is fitted on the pooled conditional activations of the two sides and applied at λ = 1 to
+//! the source rows before the pass goes on. So every map is estimated causally — over layers
+//! and over steps — on the activations it will meet when steering, and each step gets its own
+//! map (entries `HOOK@tK`, picked by nearest timestep at inference). These maps act on the
+//! conditional branch only: guidance then amplifies the steering as it amplifies a prompt,
+//! where steering both branches would largely cancel out in `u + g·(c − u)`. On the demo
+//! model (models/act-shapes-t2i) this is what makes style concepts appear at λ = 1; maps
+//! fitted on the first step alone move the image only at λ ≈ 2 (issue 17's measurements).
+//!
+//! **On the first denoising step** (the earlier way, as for few-step models): the prompts go
+//! through the text encoder(s) and one UNet pass as one batch; at every selected hook point,
+//! in forward order, each prompt's activation is pooled (token mean for 3-D
+//! `[b, tokens, d]`, spatial mean for 4-D `[b, c, h, w]`), the map is fitted on the pooled
+//! source and target rows, and then applied at λ = 1 to the source rows before the pass goes
+//! on (causal), the pass stopping after the last selected hook point. Simultaneous
+//! estimation instead records every selected hook point's pooled rows on unsteered
+//! activations, a chunk of prompts at a time (bounded memory for large prompt sets), and
+//! fits all maps at the end. These maps act on every batch row at every step.
 //!
 //! Every prompt starts from the same initial latents (drawn from the seed), so the rows
 //! differ only by their prompts.
@@ -16,13 +28,16 @@
 use candle_core::Tensor;
 
 use crate::diffusion::error::{DiffusionError, Result};
-use crate::diffusion::hooks::{ActShape, DiffActivation, DiffHooks, HookSite, HookSiteKind, pool_mean};
+use crate::diffusion::hooks::{
+    ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite, HookSiteKind, pool_mean,
+};
 use crate::diffusion::pipeline::{ImageRequest, SdPipeline};
 use crate::diffusion::scheduler::Scheduler;
 use crate::diffusion::unet::UNetCond;
 use crate::runtime::HookFlow;
 use crate::transport::{
     FitConfig, HookMap, MapsFile, MapsMeta, Samples, Side, TokenScope, TokenWindow, fit_hook,
+    timestep_map_name,
 };
 
 use super::fit_model::Estimation;
@@ -112,8 +127,11 @@ pub struct ImageFitOptions {
     pub hooks: String,
     /// Size, seed, scheduler and steps of the denoising step the activations come from.
     pub request: ImageRequest,
-    /// Which step of that schedule (0 = the first, pure noise).
+    /// Which step of that schedule (0 = the first, pure noise); ignored with `trajectory`.
     pub step: usize,
+    /// Fit along whole denoising trajectories, one map per step and hook point (see the
+    /// module docs; always causal) instead of on one step.
+    pub trajectory: bool,
     /// Causal (one batch, each map fitted after the earlier ones are applied) or
     /// simultaneous (every map on unsteered activations, recorded `chunk` prompts at a time,
     /// so memory stays bounded however many prompts there are).
@@ -124,8 +142,8 @@ pub struct ImageFitOptions {
 
 impl ImageFitOptions {
     /// Options for `pipe`: the model's default request with `seed`, and `size` (pixels,
-    /// square) and `steps` when given; the schedule's first step; causal estimation
-    /// (simultaneous chunks of 8 when switched).
+    /// square) and `steps` when given; along trajectories (else the schedule's first step,
+    /// causal, or simultaneous in chunks of 8 when switched).
     pub fn new(
         pipe: &SdPipeline,
         config: FitConfig,
@@ -148,6 +166,7 @@ impl ImageFitOptions {
             hooks: hooks.to_string(),
             request,
             step: 0,
+            trajectory: true,
             estimation: Estimation::Causal,
             chunk: 8,
         }
@@ -235,6 +254,134 @@ impl DiffHooks for RecordHooks {
     }
 }
 
+/// Causal fitting along denoising trajectories: the source and target prompts are denoised
+/// as one batch (with guidance `[unconditional × n, conditional × n]` rows, source prompts
+/// first in each half); at every step and every wanted UNet hook point, in forward order, a
+/// map is fitted on the pooled conditional rows of the two sides and applied at λ = 1 to the
+/// source's conditional rows, as steering applies such maps at inference
+/// ([`crate::diffusion::steer::DiffSteeringHooks`]). The source trajectories thus become the
+/// steered ones, and each step's maps are fitted on the activations they will meet.
+/// Text-encoder hook points (which do not depend on the step) are fitted once, on the
+/// prompts' encoding; the negative prompt's encoding passes unchanged.
+struct TrajectoryFitHooks<'a> {
+    sites: &'a [HookSite],
+    wanted: Vec<bool>,
+    unet_first: usize,
+    n_src: usize,
+    n: usize,
+    timesteps: Vec<f64>,
+    step: usize,
+    unconditional: usize,
+    negative: bool,
+    config: FitConfig,
+    maps: Vec<(String, HookMap)>,
+    progress: &'a mut (dyn FnMut(usize, usize) -> bool + Send),
+    total: usize,
+}
+
+impl DiffHooks for TrajectoryFitHooks<'_> {
+    fn wants(&self, id: usize) -> bool {
+        self.wanted.get(id).copied().unwrap_or(false) && !(id < self.unet_first && self.negative)
+    }
+
+    fn begin(&mut self, phase: DiffPhase) {
+        match phase {
+            DiffPhase::Prompts => self.negative = false,
+            DiffPhase::NegativePrompt => self.negative = true,
+            DiffPhase::Step { step, unconditional } => {
+                self.negative = false;
+                self.step = step;
+                self.unconditional = unconditional;
+            }
+        }
+    }
+
+    fn on_activation(&mut self, id: usize, act: DiffActivation<'_>) -> Result<HookFlow> {
+        let name = &self.sites[id].name;
+        let hook_err = |reason: String| DiffusionError::Hook {
+            hook: name.clone(),
+            reason,
+        };
+        if !(self.progress)(self.maps.len(), self.total) {
+            return Err(DiffusionError::Cancelled);
+        }
+        let text = id < self.unet_first;
+        let (ns, n) = (self.n_src, self.n);
+        let cond = if text { 0 } else { self.unconditional };
+        let len = act.shape.row_len();
+        if act.shape.batch() != cond + n {
+            return Err(hook_err(format!(
+                "a batch of {} rows where {} were expected",
+                act.shape.batch(),
+                cond + n
+            )));
+        }
+        let sub = |rows: usize| match act.shape {
+            ActShape::Tokens([_, t, d]) => ActShape::Tokens([rows, t, d]),
+            ActShape::Spatial([_, c, h, w]) => ActShape::Spatial([rows, c, h, w]),
+        };
+        let d = act.shape.neurons();
+        let pooled = pool_mean(&act.data[cond * len..], sub(n));
+        let (src, tgt) = pooled.split_at(ns * d);
+        let source = Samples::new(src, ns, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
+        let target = Samples::new(tgt, n - ns, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
+        let map = fit_hook(name, source, target, &self.config).map_err(|e| hook_err(e.to_string()))?;
+        let rows = &mut act.data[cond * len..(cond + ns) * len];
+        match sub(ns) {
+            ActShape::Spatial(shape) => map.apply_4d(name, rows, shape, 1.0),
+            ActShape::Tokens(shape) => {
+                map.apply_3d(name, rows, shape, 1.0, TokenScope::All, TokenWindow::default())
+            }
+        }
+        .map_err(|e| hook_err(e.to_string()))?;
+        let entry = if text {
+            name.clone()
+        } else {
+            let t = self.timesteps.get(self.step).copied().unwrap_or_default();
+            timestep_map_name(name, t)
+        };
+        self.maps.push((entry, map));
+        Ok(HookFlow::Continue)
+    }
+}
+
+/// Fits every hook point of `ids` on recorded pooled rows (`[samples, dim]` per hook id and
+/// side).
+fn fit_recorded(
+    sites: &[HookSite],
+    ids: &[usize],
+    source: &[Vec<f32>],
+    target: &[Vec<f32>],
+    config: &FitConfig,
+) -> Result<Vec<(usize, HookMap)>> {
+    let mut maps = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let name = &sites[id].name;
+        let d = sites[id].dim.max(1);
+        let hook_err = |reason: String| DiffusionError::Hook {
+            hook: name.clone(),
+            reason,
+        };
+        let (src, tgt) = (&source[id], &target[id]);
+        if src.is_empty() || tgt.is_empty() || src.len() % d != 0 || tgt.len() % d != 0 {
+            return Err(hook_err(format!(
+                "recorded {} source and {} target values for {d} neurons",
+                src.len(),
+                tgt.len()
+            )));
+        }
+        let source =
+            Samples::new(src, src.len() / d, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
+        let target =
+            Samples::new(tgt, tgt.len() / d, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
+        maps.push((
+            id,
+            fit_hook(name, source, target, config).map_err(|e| hook_err(e.to_string()))?,
+        ));
+    }
+    Ok(maps)
+}
+
 /// Runs `prompts` through the text encoder(s) and one denoising step of the UNet (from the
 /// seed's latents, shared by every prompt) with `hooks`; a hook's early stop ends it.
 fn one_pass(
@@ -318,7 +465,53 @@ pub fn fit_image_maps(
         .chain(&pair.target)
         .map(String::as_str)
         .collect();
+    if opts.trajectory && opts.estimation == Estimation::Simultaneous {
+        return Err(DiffusionError::BadInput(
+            "fitting on denoising trajectories is causal; it cannot be simultaneous".into(),
+        ));
+    }
+    let named = |maps: Vec<(usize, HookMap)>| -> Vec<(String, HookMap)> {
+        maps.into_iter()
+            .map(|(id, m)| (sites[id].name.clone(), m))
+            .collect()
+    };
     let maps = match opts.estimation {
+        _ if opts.trajectory => {
+            let req = ImageRequest {
+                prompt: String::new(),
+                ..opts.request.clone()
+            };
+            let timesteps = Scheduler::new(pipe.scheduler_config(), req.scheduler, req.steps)?
+                .timesteps()
+                .to_vec();
+            let unet_first = pipe.unet_first_hook();
+            let text_ids = ids.iter().filter(|&&i| i < unet_first).count();
+            let total = text_ids + timesteps.len() * (ids.len() - text_ids);
+            let mut hooks = TrajectoryFitHooks {
+                sites,
+                wanted,
+                unet_first,
+                n_src: ns,
+                n: ns + nt,
+                timesteps,
+                step: 0,
+                unconditional: 0,
+                negative: false,
+                config: opts.config,
+                maps: Vec::new(),
+                progress,
+                total,
+            };
+            pipe.denoise_prompts(&req, &prompts, &mut hooks, &mut |_, _| true, None)?;
+            if hooks.maps.len() != total {
+                return Err(DiffusionError::Backend(format!(
+                    "fitting reached {} of {total} hook points and steps",
+                    hooks.maps.len()
+                )));
+            }
+            (hooks.progress)(total, total);
+            hooks.maps
+        }
         Estimation::Causal => {
             let mut hooks = FitHooks {
                 sites,
@@ -338,7 +531,7 @@ pub fn fit_image_maps(
                 )));
             }
             (hooks.progress)(total, total);
-            hooks.maps
+            named(hooks.maps)
         }
         Estimation::Simultaneous => {
             // Record pooled rows chunk by chunk (bounded memory), then fit every hook point
@@ -357,31 +550,17 @@ pub fn fit_image_maps(
                 one_pass(pipe, part, opts, &mut rec)?;
             }
             progress(n, n);
-            let mut maps = Vec::with_capacity(total);
-            for &id in &ids {
-                let name = &sites[id].name;
-                let d = sites[id].dim;
-                let hook_err = |reason: String| DiffusionError::Hook {
-                    hook: name.clone(),
-                    reason,
-                };
-                let rows = &rec.rows[id];
-                if rows.len() != n * d {
-                    return Err(hook_err(format!(
-                        "recorded {} values, expected {}",
-                        rows.len(),
-                        n * d
-                    )));
-                }
-                let (src, tgt) = rows.split_at(ns * d);
-                let source = Samples::new(src, ns, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
-                let target = Samples::new(tgt, nt, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
-                maps.push((
-                    id,
-                    fit_hook(name, source, target, &opts.config).map_err(|e| hook_err(e.to_string()))?,
-                ));
-            }
-            maps
+            let split = |rows: &[Vec<f32>]| -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+                rows.iter()
+                    .zip(sites)
+                    .map(|(r, s)| {
+                        let at = (ns * s.dim).min(r.len());
+                        (r[..at].to_vec(), r[at..].to_vec())
+                    })
+                    .unzip()
+            };
+            let (source, target) = split(&rec.rows);
+            named(fit_recorded(sites, &ids, &source, &target, &opts.config)?)
         }
     };
     let mut meta = MapsMeta::new(
@@ -389,15 +568,15 @@ pub fn fit_image_maps(
         opts.config.method,
         opts.config.support,
         "mean",
-        opts.estimation.name(),
+        &if opts.trajectory {
+            format!("causal per step of {}-step trajectories", opts.request.steps)
+        } else {
+            opts.estimation.name().to_string()
+        },
         pipe.fingerprint().clone(),
         prompts_info(&format!("{}:source", pair.name), &pair.source),
         prompts_info(&format!("{}:target", pair.name), &pair.target),
     );
     meta.pooling = "spatial-mean/token-mean".into();
-    let maps = maps
-        .into_iter()
-        .map(|(id, m)| (sites[id].name.clone(), m))
-        .collect();
     MapsFile::new(meta, maps).map_err(|e| DiffusionError::Backend(e.to_string()))
 }

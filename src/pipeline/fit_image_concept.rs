@@ -52,7 +52,8 @@ pub struct ImageFitRequest {
     pub limit: usize,
     /// Latent size of the fitting step, in pixels (`None`: the model's).
     pub size: Option<usize>,
-    /// Schedule length whose first step the activations come from (`None`: the model's).
+    /// Schedule length of the fitting trajectories (or whose first step the activations come
+    /// from; `None`: the model's).
     pub steps: Option<usize>,
     /// Seed of the shared initial latents.
     pub seed: u64,
@@ -61,11 +62,15 @@ pub struct ImageFitRequest {
     pub estimation: Estimation,
     /// Prompts per forward pass with simultaneous estimation.
     pub chunk: usize,
+    /// Fit along the denoising trajectories of the `steps` schedule, one map per step
+    /// ([`ImageFitOptions::trajectory`]; causal), instead of on the first step only.
+    pub trajectory: bool,
 }
 
 impl ImageFitRequest {
     /// A request for `concept` with the CLI's defaults: the default preset, Linear-AcT,
-    /// unbounded support, 32 prompts per side, the model's size and steps, seed 0, causal.
+    /// unbounded support, 32 prompts per side, the model's size and steps, seed 0, causal
+    /// along trajectories.
     pub fn new(concept: ImageConceptSource) -> Self {
         Self {
             concept,
@@ -79,6 +84,7 @@ impl ImageFitRequest {
             seed: 0,
             estimation: Estimation::Causal,
             chunk: 8,
+            trajectory: true,
         }
     }
 }
@@ -148,6 +154,11 @@ pub fn fit_image_concept(
     progress: &mut (dyn FnMut(usize, usize) -> bool + Send),
 ) -> Result<FittedImageConcept, DiffusionError> {
     let pair = prompt_pair(req, Some(pipe.folder()))?;
+    if req.trajectory && req.estimation == Estimation::Simultaneous {
+        return Err(DiffusionError::BadInput(
+            "fitting along denoising trajectories is causal; fit on the first step for simultaneous estimation".into(),
+        ));
+    }
     if req.estimation == Estimation::Simultaneous && req.chunk == 0 {
         return Err(DiffusionError::BadInput(
             "the chunk (prompts per forward pass) must be at least 1".into(),
@@ -166,6 +177,7 @@ pub fn fit_image_concept(
     );
     opts.estimation = req.estimation;
     opts.chunk = req.chunk;
+    opts.trajectory = req.trajectory;
     let maps = fit_image_maps(pipe, &pair, &opts, progress)?;
     Ok(FittedImageConcept {
         maps,

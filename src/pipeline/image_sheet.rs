@@ -106,6 +106,25 @@ fn at_zero(stack: &SteeringStack) -> SteeringStack {
     s
 }
 
+/// Receives per-step previews of the images a job is making.
+pub trait PreviewSink {
+    /// Whether a preview of the image for `slot` after step `step` of `steps` is wanted
+    /// (each costs a small VAE decode or a linear map: a sink throttles them).
+    fn wants(&mut self, slot: ImageSlot, step: usize, steps: usize) -> bool;
+    /// The preview ([`SdPipeline::preview_image`] of the step's predicted clean latents).
+    fn preview(&mut self, slot: ImageSlot, step: usize, steps: usize, image: RgbImage);
+}
+
+/// No previews.
+pub struct NoPreviews;
+
+impl PreviewSink for NoPreviews {
+    fn wants(&mut self, _: ImageSlot, _: usize, _: usize) -> bool {
+        false
+    }
+    fn preview(&mut self, _: ImageSlot, _: usize, _: usize, _: RgbImage) {}
+}
+
 /// Makes the job's images one at a time (a strip or grid row by row), handing each to
 /// `on_image` with the settings that reproduce it as soon as it is decoded;
 /// `progress` returning `false` cancels ([`DiffusionError::Cancelled`]).
@@ -114,6 +133,17 @@ pub fn render_images(
     job: &ImageJob,
     progress: &mut dyn FnMut(RenderProgress) -> bool,
     on_image: &mut dyn FnMut(ImageSlot, RgbImage, ImageMeta),
+) -> Result<(), DiffusionError> {
+    render_images_previewed(pipe, job, progress, on_image, &mut NoPreviews)
+}
+
+/// [`render_images`], with per-step previews of each image for `previews`.
+pub fn render_images_previewed(
+    pipe: &SdPipeline,
+    job: &ImageJob,
+    progress: &mut dyn FnMut(RenderProgress) -> bool,
+    on_image: &mut dyn FnMut(ImageSlot, RgbImage, ImageMeta),
+    previews: &mut dyn PreviewSink,
 ) -> Result<(), DiffusionError> {
     pipe.validate(&job.request)?;
     if let Some(w) = job.window
@@ -131,7 +161,7 @@ pub fn render_images(
         .retain(|c| &c.maps.meta().fingerprint == pipe.fingerprint());
     let images = job.kind.images();
     let window = job.window;
-    let mut render = |req: &ImageRequest, stack: &SteeringStack, image: usize| {
+    let mut render = |req: &ImageRequest, stack: &SteeringStack, image: usize, slot: ImageSlot| {
         let mut step_progress = |step: usize, steps: usize| {
             progress(RenderProgress {
                 image,
@@ -140,7 +170,23 @@ pub fn render_images(
                 steps,
             })
         };
-        let x = pipe.generate(req, stack, window.unwrap_or(StepWindow::ALL), &mut step_progress)?;
+        let steps = req.steps;
+        let mut preview = |step: usize, x0: &candle_core::Tensor| {
+            // A preview that fails to draw is skipped: the image itself goes on.
+            if previews.wants(slot, step, steps)
+                && let Ok(img) = pipe.preview_image(x0)
+            {
+                previews.preview(slot, step, steps, img);
+            }
+            Ok(())
+        };
+        let x = pipe.generate_previewed(
+            req,
+            stack,
+            window.unwrap_or(StepWindow::ALL),
+            &mut step_progress,
+            Some(&mut preview),
+        )?;
         tensor_to_images(&x)?
             .into_iter()
             .next()
@@ -150,10 +196,10 @@ pub fn render_images(
     let (concept, lambdas, seeds) = match &job.kind {
         ImageJobKind::Pair { unsteered } => {
             let steered_is_plain = pipe
-                .steering(&stack, window.unwrap_or(StepWindow::ALL))?
+                .steering(&stack, window.unwrap_or(StepWindow::ALL), req)?
                 .is_empty();
             if *unsteered {
-                let plain = render(req, &SteeringStack::default(), 0)?;
+                let plain = render(req, &SteeringStack::default(), 0, ImageSlot::Unsteered)?;
                 on_image(
                     ImageSlot::Unsteered,
                     plain.clone(),
@@ -165,7 +211,7 @@ pub fn render_images(
                     return Ok(());
                 }
             }
-            let img = render(req, &stack, images - 1)?;
+            let img = render(req, &stack, images - 1, ImageSlot::Steered)?;
             on_image(ImageSlot::Steered, img, pipe.image_meta(req, &stack, window));
             return Ok(());
         }
@@ -204,7 +250,12 @@ pub fn render_images(
         r.seed = seed;
         for (col, &l) in lambdas.iter().enumerate() {
             stack.set_lambda(concept, l);
-            let img = render(&r, &stack, row * lambdas.len() + col)?;
+            let img = render(
+                &r,
+                &stack,
+                row * lambdas.len() + col,
+                ImageSlot::Cell { row, col },
+            )?;
             on_image(
                 ImageSlot::Cell { row, col },
                 img,

@@ -92,7 +92,9 @@ pub fn check_maps_for(maps: &MapsFile, path: &Path, target: &SteeringTarget) -> 
             source,
         })?;
     for h in &maps.meta().hook_points {
-        match target.sites.iter().find(|(name, _)| *name == h.name) {
+        // Maps fitted per denoising timestep are named `HOOK@tK`.
+        let hook = crate::transport::split_timestep(&h.name).0;
+        match target.sites.iter().find(|(name, _)| *name == hook) {
             None => {
                 return Err(SteeringError::UnknownHook {
                     path: path.to_path_buf(),

@@ -87,6 +87,12 @@ pub enum TransportError {
         maps: usize,
         example: String,
     },
+    /// An enabled concept whose maps were fitted per denoising timestep, used where no
+    /// timestep is known (a language model, or a caller that does not step).
+    #[error(
+        "concept `{concept}` holds maps fitted per denoising timestep (e.g. `{example}`); they steer only a diffusion model's denoising steps"
+    )]
+    TimestepMaps { concept: String, example: String },
     /// An enabled concept some of whose maps name no hook point of the model.
     #[error(
         "concept `{concept}`: {missing} of its {maps} hook point(s) are not in this model (e.g. `{example}`); its maps file does not fit this model"

@@ -29,5 +29,7 @@ pub use maps_file::{DatasetInfo, HookInfo, MAPS_FORMAT_VERSION, MapsFile, MapsMe
 pub use method::{Application, Method};
 pub use samples::{SampleMatrix, Samples};
 pub use scope::{TokenScope, TokenWindow};
-pub use stack::{Concept, LAMBDA_LIMIT, SteeringPlan, SteeringStack, check_lambda};
+pub use stack::{
+    Concept, LAMBDA_LIMIT, SteeringPlan, SteeringStack, check_lambda, split_timestep, timestep_map_name,
+};
 pub use support::Support;

@@ -42,6 +42,13 @@ pub struct Concept {
     pub enabled: bool,
 }
 
+impl Concept {
+    /// Whether its maps were fitted per denoising timestep ([`timestep_map_name`]).
+    pub fn has_timestep_maps(&self) -> bool {
+        self.maps.hooks().any(|(n, _)| split_timestep(n).1.is_some())
+    }
+}
+
 /// The user's concepts, applied in order, and the token scope.
 #[derive(Debug, Clone, Default)]
 pub struct SteeringStack {
@@ -83,22 +90,71 @@ impl SteeringStack {
     /// Compiles the stack for a model whose hook points are `hook_names` (index = hook id).
     /// Fails on a λ that [`check_lambda`] refuses, on an enabled concept with a map for a hook
     /// point the model lacks (it would silently steer less, or nothing), or on a map whose size
-    /// differs from `dims[i]` when given.
+    /// differs from `dims[i]` when given. Maps fitted per denoising timestep
+    /// ([`timestep_map_name`]) are refused here; see [`Self::compile_at_timestep`].
     pub fn compile(
         &self,
         hook_names: &[&str],
         dims: Option<&[usize]>,
     ) -> Result<SteeringPlan, TransportError> {
+        self.compile_with(hook_names, dims, None)
+    }
+
+    /// [`Self::compile`] for the denoising step at `timestep`: a concept whose maps were
+    /// fitted per timestep (entries `NAME@tK`, [`timestep_map_name`]) contributes, at each
+    /// hook point, its map of the fitted timestep nearest to `timestep`; other concepts act
+    /// as at every step.
+    pub fn compile_at_timestep(
+        &self,
+        hook_names: &[&str],
+        dims: Option<&[usize]>,
+        timestep: f64,
+    ) -> Result<SteeringPlan, TransportError> {
+        self.compile_with(hook_names, dims, Some(timestep))
+    }
+
+    /// Whether an enabled, active concept holds maps fitted per timestep.
+    pub fn has_timestep_maps(&self) -> bool {
+        self.concepts
+            .iter()
+            .any(|c| c.enabled && c.lambda != 0.0 && c.has_timestep_maps())
+    }
+
+    /// The stack split into its concepts without and with maps fitted per timestep (each
+    /// keeping the stack's order and scope).
+    pub fn split_timestep_concepts(&self) -> (SteeringStack, SteeringStack) {
+        let (timed, plain): (Vec<Concept>, Vec<Concept>) = self
+            .concepts
+            .iter()
+            .cloned()
+            .partition(Concept::has_timestep_maps);
+        let stack = |concepts| SteeringStack {
+            concepts,
+            scope: self.scope,
+        };
+        (stack(plain), stack(timed))
+    }
+
+    fn compile_with(
+        &self,
+        hook_names: &[&str],
+        dims: Option<&[usize]>,
+        timestep: Option<f64>,
+    ) -> Result<SteeringPlan, TransportError> {
         let mut per_hook = vec![Vec::new(); hook_names.len()];
         for c in self.concepts.iter().filter(|c| c.enabled && c.lambda != 0.0) {
             check_lambda(c.lambda).map_err(|_| TransportError::BadLambda(c.lambda))?;
-            let unmatched: Vec<&str> = c
-                .maps
-                .hooks()
-                .map(|(name, _)| name)
+            let resolved =
+                resolve_timestep(&c.maps, timestep).map_err(|example| TransportError::TimestepMaps {
+                    concept: c.name.clone(),
+                    example,
+                })?;
+            let unmatched: Vec<&str> = resolved
+                .iter()
+                .map(|(name, _)| *name)
                 .filter(|name| !hook_names.contains(name))
                 .collect();
-            let maps = c.maps.hooks().count();
+            let maps = resolved.len();
             if let Some(example) = unmatched.first().map(|s| s.to_string()) {
                 return Err(if unmatched.len() == maps {
                     TransportError::NothingMatched {
@@ -116,7 +172,7 @@ impl SteeringStack {
                 });
             }
             for (i, name) in hook_names.iter().enumerate() {
-                if let Some(m) = c.maps.hook(name) {
+                if let Some((_, m)) = resolved.iter().find(|(n, _)| n == name) {
                     if let Some(d) = dims.and_then(|d| d.get(i))
                         && *d != m.dim()
                     {
@@ -136,6 +192,51 @@ impl SteeringStack {
             scope: self.scope,
         })
     }
+}
+
+/// The entry name of a map fitted at denoising timestep `timestep` (rounded) for hook point
+/// `hook`: `HOOK@tK`, e.g. `unet.mid_block.resnets.0.norm1@t999`.
+pub fn timestep_map_name(hook: &str, timestep: f64) -> String {
+    format!("{hook}@t{}", timestep.round().max(0.0) as u64)
+}
+
+/// `HOOK@tK` → (`HOOK`, `Some(K)`); any other name → (name, `None`).
+pub fn split_timestep(name: &str) -> (&str, Option<u64>) {
+    match name.rsplit_once("@t") {
+        Some((hook, k)) if !hook.is_empty() && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => {
+            (hook, k.parse().ok())
+        }
+        _ => (name, None),
+    }
+}
+
+/// A concept's maps by hook point, for the step at `timestep` (`None`: every step): per-
+/// timestep entries resolve to the nearest fitted timestep of their hook point (ties: the
+/// later, i.e. smaller, timestep). Per-timestep maps without a timestep to resolve them
+/// are an error naming one of them.
+fn resolve_timestep(maps: &MapsFile, timestep: Option<f64>) -> Result<Vec<(&str, &Arc<HookMap>)>, String> {
+    let mut out: Vec<(&str, &Arc<HookMap>, Option<f64>)> = Vec::new();
+    for (name, m) in maps.hooks() {
+        let (hook, k) = split_timestep(name);
+        match (k, timestep) {
+            (None, _) => out.push((hook, m, None)),
+            (Some(_), None) => {
+                return Err(name.to_string());
+            }
+            (Some(k), Some(t)) => {
+                let d = (k as f64 - t).abs();
+                match out.iter_mut().find(|(h, _, _)| *h == hook) {
+                    Some(e) => {
+                        if e.2.is_none_or(|best| d < best || (d == best && (k as f64) < t)) {
+                            *e = (hook, m, Some(d));
+                        }
+                    }
+                    None => out.push((hook, m, Some(d))),
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(h, m, _)| (h, m)).collect())
 }
 
 impl SteeringPlan {
@@ -188,6 +289,7 @@ impl SteeringPlan {
 mod tests {
     use super::*;
     use crate::transport::{DatasetInfo, MapsMeta, Method, ModelFingerprint, Support};
+    use std::collections::BTreeMap;
 
     fn concept(hooks: &[&str]) -> Arc<MapsFile> {
         let info = DatasetInfo {
@@ -258,5 +360,65 @@ mod tests {
             assert_eq!(s.compile(&model, None).is_ok(), ok, "λ = {l}");
             assert_eq!(check_lambda(l).is_ok(), ok, "λ = {l}");
         }
+    }
+
+    #[test]
+    fn timestep_maps_resolve_to_the_nearest_fitted_timestep() {
+        assert_eq!(timestep_map_name("unet.norm", 999.4), "unet.norm@t999");
+        assert_eq!(split_timestep("unet.norm@t999"), ("unet.norm", Some(999)));
+        for plain in ["unet.norm", "a@t", "@t5", "x@tnine", "mail@town"] {
+            assert_eq!(split_timestep(plain), (plain, None), "{plain}");
+        }
+        let info = DatasetInfo {
+            name: "x".into(),
+            sha256: String::new(),
+            count: 0,
+        };
+        let meta = MapsMeta::new(
+            "c",
+            Method::MeanAct,
+            Support::Unbounded,
+            "mean",
+            "causal",
+            ModelFingerprint::arrays(1),
+            info.clone(),
+            info,
+        );
+        let shift = |b: f32| {
+            HookMap::new(
+                Method::MeanAct,
+                Support::Unbounded,
+                vec![1.0],
+                vec![b],
+                vec![f32::NEG_INFINITY],
+                vec![f32::INFINITY],
+                BTreeMap::new(),
+            )
+            .unwrap()
+        };
+        let maps = vec![
+            (timestep_map_name("n", 900.0), shift(9.0)),
+            (timestep_map_name("n", 500.0), shift(5.0)),
+            (timestep_map_name("n", 100.0), shift(1.0)),
+        ];
+        let mut stack = SteeringStack::default();
+        stack.push(Arc::new(MapsFile::new(meta, maps).unwrap()), 1.0);
+        assert!(stack.has_timestep_maps());
+        let model = ["other", "n"];
+        let e = stack.compile(&model, None).unwrap_err();
+        assert!(matches!(e, TransportError::TimestepMaps { .. }), "{e}");
+        for (t, want) in [(999.0, 9.0), (720.0, 9.0), (650.0, 5.0), (300.0, 1.0), (0.0, 1.0)] {
+            let plan = stack.compile_at_timestep(&model, Some(&[1, 1]), t).unwrap();
+            assert!(!plan.is_active(0));
+            let mut x = [0.0f32];
+            plan.apply_4d(1, "n", &mut x, [1, 1, 1, 1]).unwrap();
+            assert_eq!(x[0], want, "t = {t}");
+        }
+        // A tie goes to the smaller (later) timestep.
+        let plan = stack.compile_at_timestep(&model, None, 300.0).unwrap();
+        let mut x = [0.0f32];
+        plan.apply_4d(1, "n", &mut x, [1, 1, 1, 1]).unwrap();
+        assert_eq!(x[0], 1.0);
+        assert!(stack.compile_at_timestep(&["n@t900"], None, 900.0).is_err());
     }
 }

@@ -8,11 +8,39 @@ use std::time::Instant;
 use crate::diffusion::pipeline::{LoadOptions, SdPipeline};
 use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
 use crate::pipeline::image_concepts::{builtin_image_concepts, image_concepts_for};
-use crate::pipeline::image_sheet::{ImageJob, render_images};
+use crate::pipeline::image_sheet::{ImageJob, ImageSlot, PreviewSink, render_images_previewed};
 
 use super::State;
 use super::job_error::JobError;
-use super::protocol::{Event, ImageModelInfo, ImageProgress, ImageResult, Progress};
+use super::protocol::{Event, ImageModelInfo, ImagePreview, ImageProgress, ImageResult, Progress};
+
+/// Shortest time between two previews sent to the app.
+const PREVIEW_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sends previews of job `id` as events, at most one per [`PREVIEW_EVERY`] and none of a
+/// last step (the image itself follows).
+struct SendPreviews<'a> {
+    id: usize,
+    last: Option<Instant>,
+    send: &'a dyn Fn(Event),
+}
+
+impl PreviewSink for SendPreviews<'_> {
+    fn wants(&mut self, _: ImageSlot, step: usize, steps: usize) -> bool {
+        step + 1 < steps && self.last.is_none_or(|t| t.elapsed() >= PREVIEW_EVERY)
+    }
+
+    fn preview(&mut self, slot: ImageSlot, step: usize, steps: usize, image: image::RgbImage) {
+        self.last = Some(Instant::now());
+        (self.send)(Event::ImagePreview(Box::new(ImagePreview {
+            id: self.id,
+            slot,
+            step: step + 1,
+            steps,
+            image,
+        })));
+    }
+}
 
 impl State {
     pub(super) fn image(&self) -> Result<Arc<SdPipeline>, JobError> {
@@ -99,7 +127,13 @@ impl State {
                 meta,
             })))
         };
-        render_images(&pipe, job, &mut progress, &mut on_image)?;
+        let send = |e: Event| self.send(e);
+        let mut previews = SendPreviews {
+            id,
+            last: None,
+            send: &send,
+        };
+        render_images_previewed(&pipe, job, &mut progress, &mut on_image, &mut previews)?;
         Ok(())
     }
 }

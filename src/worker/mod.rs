@@ -25,7 +25,8 @@ use crate::runtime::LoadedModel;
 
 pub use job_error::JobError;
 pub use protocol::{
-    Command, Event, GenerateJob, ImageModelInfo, ImageProgress, ImageResult, JobKind, ModelInfo, Progress,
+    Command, Event, GenerateJob, ImageModelInfo, ImagePreview, ImageProgress, ImageResult, JobKind,
+    ModelInfo, Progress,
 };
 
 /// The app's handle to the worker thread.

@@ -92,6 +92,21 @@ pub struct ImageResult {
     pub meta: ImageMeta,
 }
 
+/// A per-step preview of the image job `id` is making for `slot`.
+#[derive(Debug, Clone)]
+pub struct ImagePreview {
+    /// The job's id.
+    pub id: usize,
+    /// Where the image goes.
+    pub slot: ImageSlot,
+    /// Steps done (1-based) of `steps`.
+    pub step: usize,
+    /// Denoising steps of the image.
+    pub steps: usize,
+    /// The picture: the predicted clean image after `step` steps.
+    pub image: RgbImage,
+}
+
 /// Progress of image job `id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageProgress {
@@ -257,6 +272,8 @@ pub enum Event {
     ImageProgress(ImageProgress),
     /// An image of a job is ready.
     Image(Box<ImageResult>),
+    /// A preview of an image a job is making (a few per second at most).
+    ImagePreview(Box<ImagePreview>),
     /// Image job `id` ended; `complete` when every image was made.
     ImagesDone {
         /// The job's id.

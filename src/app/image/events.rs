@@ -7,7 +7,7 @@ use eframe::egui;
 use image::RgbImage;
 
 use crate::pipeline::image_sheet::ImageSlot;
-use crate::worker::{ImageModelInfo, ImageProgress, ImageResult, Progress};
+use crate::worker::{ImageModelInfo, ImagePreview, ImageProgress, ImageResult, Progress};
 
 use super::super::{Mode, StudioApp};
 use super::*;
@@ -106,10 +106,28 @@ pub fn progress(app: &mut StudioApp, p: ImageProgress) {
     });
 }
 
+/// A per-step preview arrived: it shows in its slot until the image itself arrives.
+pub fn preview_arrived(app: &mut StudioApp, p: ImagePreview) {
+    if p.id != app.image.started {
+        return;
+    }
+    let (w, h) = p.image.dimensions();
+    app.image.preview = Some(Preview {
+        slot: p.slot,
+        step: p.step,
+        steps: p.steps,
+        texture: texture(&app.ctx, "image-preview".into(), &p.image),
+        size: [w, h],
+    });
+}
+
 /// An image arrived: make its texture once and put it in its place.
 pub fn image_arrived(app: &mut StudioApp, r: ImageResult) {
     if r.id != app.image.started {
         return;
+    }
+    if app.image.preview.as_ref().is_some_and(|p| p.slot == r.slot) {
+        app.image.preview = None;
     }
     let name = format!("image-{}-{:?}", r.id, r.slot);
     let shown = Shown {
@@ -144,6 +162,7 @@ pub fn job_done(app: &mut StudioApp, id: usize, complete: bool) {
     }
     app.image.generating = false;
     app.image.progress = None;
+    app.image.preview = None;
     if !complete {
         app.image.pending_key = None;
     }

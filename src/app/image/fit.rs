@@ -40,12 +40,13 @@ pub fn start_fit(app: &mut StudioApp) {
         size: (s.fit_size > 0).then_some(s.fit_size),
         steps: Some(s.steps.max(1)),
         seed: s.seed,
-        estimation: if s.fit_simultaneous {
+        estimation: if s.fit_simultaneous && !s.fit_trajectory {
             Estimation::Simultaneous
         } else {
             Estimation::Causal
         },
         chunk: s.fit_chunk.max(1),
+        trajectory: s.fit_trajectory,
     };
     app.send(Command::FitImage(Box::new(req)));
 }
@@ -153,21 +154,30 @@ pub fn show_fit(app: &mut StudioApp, ui: &mut egui::Ui) {
         ui.add(egui::DragValue::new(&mut s.fit_size).range(0..=4096).speed(8.0))
             .on_hover_text("pixels of the latents the activations come from; 0 = the model's");
     });
-    ui.horizontal(|ui| {
-        ui.checkbox(&mut s.fit_simultaneous, "simultaneous")
-            .on_hover_text(
-                "fit every map on unsteered activations, a few prompts per pass: bounded memory \
-                 for many prompts (causal, the default, runs all prompts as one batch)",
-            );
-        ui.add_enabled_ui(s.fit_simultaneous, |ui| {
-            ui.label("prompts per pass");
-            ui.add(egui::DragValue::new(&mut s.fit_chunk).range(1..=256));
+    ui.checkbox(&mut s.fit_trajectory, "along the denoising trajectory")
+        .on_hover_text(
+            "one map per denoising step, fitted causally on the activations it will meet and \
+             acting on the prompt's (conditional) branch, so guidance amplifies it: what makes \
+             λ = 1 reach the target on models with guidance. Takes the steps × the time of a \
+             first-step fit. Off: one map per hook point from the first step, on every branch",
+        );
+    ui.add_enabled_ui(!s.fit_trajectory, |ui| {
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut s.fit_simultaneous, "simultaneous")
+                .on_hover_text(
+                    "fit every map on unsteered activations, a few prompts per pass: bounded \
+                     memory for many prompts (causal, the default, runs all prompts as one batch)",
+                );
+            ui.add_enabled_ui(s.fit_simultaneous, |ui| {
+                ui.label("prompts per pass");
+                ui.add(egui::DragValue::new(&mut s.fit_chunk).range(1..=256));
+            });
         });
     });
     let can = app.image_model.is_some() && app.running != Some(JobKind::FitImage);
     if ui
         .add_enabled(can, egui::Button::new("Fit image concept"))
-        .on_hover_text("one denoising step of every prompt; the concept joins the steering stack")
+        .on_hover_text("the concept's prompts go through the model; the concept joins the steering stack")
         .clicked()
     {
         start_fit(app);
@@ -183,7 +193,7 @@ pub fn show_fit(app: &mut StudioApp, ui: &mut egui::Ui) {
             };
             ui.add(
                 egui::ProgressBar::new(frac)
-                    .text(format!("{}/{} hook points", p.done, p.total))
+                    .text(format!("{}/{} maps", p.done, p.total))
                     .desired_width(220.0),
             );
             if ui.button("Cancel fit").clicked() {

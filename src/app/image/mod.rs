@@ -22,10 +22,11 @@ use image::RgbImage;
 
 use crate::diffusion::image_io::ImageMeta;
 use crate::pipeline::image_concepts::builtin_image_concepts;
+use crate::pipeline::image_sheet::ImageSlot;
 use crate::transport::{Method, Support};
 use crate::worker::ImageProgress;
 
-pub use events::{image_arrived, job_done, model_loaded, model_unloaded, progress};
+pub use events::{image_arrived, job_done, model_loaded, model_unloaded, preview_arrived, progress};
 pub use files::{load_settings, save};
 pub use fit::{show_fit, start_fit};
 pub use output::{generate, lambda_released, show_output};
@@ -138,6 +139,31 @@ pub struct ImageState {
     /// Switch to image mode when the loading diffusion model arrives (not for the demo
     /// image model loaded at start).
     pub show_on_load: bool,
+    /// The latest per-step preview of the image being made, shown in its slot until the
+    /// image itself arrives.
+    pub preview: Option<Preview>,
+}
+
+/// A per-step preview on screen.
+#[derive(Clone)]
+pub struct Preview {
+    /// Where the image being made goes.
+    pub slot: ImageSlot,
+    /// Steps done.
+    pub step: usize,
+    /// Steps in all.
+    pub steps: usize,
+    /// The picture.
+    pub texture: egui::TextureHandle,
+    /// Its size in pixels.
+    pub size: [u32; 2],
+}
+
+impl Preview {
+    /// The preview for `slot`, if it is the one being made.
+    pub fn of(preview: Option<&Preview>, slot: ImageSlot) -> Option<&Preview> {
+        preview.filter(|p| p.slot == slot)
+    }
 }
 
 impl Default for ImageState {
@@ -159,6 +185,7 @@ impl Default for ImageState {
             fit_support: Support::Unbounded,
             builtin: builtin_image_concepts(),
             show_on_load: true,
+            preview: None,
         }
     }
 }

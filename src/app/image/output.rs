@@ -8,7 +8,7 @@ use crate::diffusion::image_io::format_lambda;
 use crate::diffusion::pipeline::ImageRequest;
 use crate::diffusion::scheduler::SchedulerKind;
 use crate::diffusion::steer::StepWindow;
-use crate::pipeline::image_sheet::{ImageJob, ImageJobKind};
+use crate::pipeline::image_sheet::{ImageJob, ImageJobKind, ImageSlot};
 use crate::pipeline::presets::parse_lambda_list;
 use crate::worker::{Command, JobKind};
 
@@ -184,9 +184,25 @@ fn fit_size(w: u32, h: u32, max: f32) -> egui::Vec2 {
     egui::vec2(w * f, h * f)
 }
 
-fn draw(ui: &mut egui::Ui, shown: Option<&Shown>, caption: &str, side: f32, placeholder: egui::Vec2) {
+/// A slot's picture: the preview of the image being made for it, else its image, else an
+/// empty frame.
+fn draw(
+    ui: &mut egui::Ui,
+    shown: Option<&Shown>,
+    preview: Option<&Preview>,
+    caption: &str,
+    side: f32,
+    placeholder: egui::Vec2,
+) {
     ui.vertical(|ui| {
-        ui.label(caption);
+        match preview {
+            Some(p) => ui.label(format!("{caption} · step {}/{}", p.step, p.steps)),
+            None => ui.label(caption),
+        };
+        if let Some(p) = preview {
+            show_preview(ui, p, side);
+            return;
+        }
         match shown {
             Some(s) => {
                 let size = fit_size(s.image.width(), s.image.height(), side);
@@ -212,6 +228,16 @@ fn draw(ui: &mut egui::Ui, shown: Option<&Shown>, caption: &str, side: f32, plac
             }
         }
     });
+}
+
+/// A preview, scaled to `side` like the image it stands for.
+fn show_preview(ui: &mut egui::Ui, p: &Preview, side: f32) {
+    let size = fit_size(p.size[0], p.size[1], side);
+    ui.add(egui::Image::new(egui::load::SizedTexture::new(
+        p.texture.id(),
+        size,
+    )))
+    .on_hover_text(format!("preview after step {} of {}", p.step, p.steps));
 }
 
 /// The image settings and buttons, and the result.
@@ -392,9 +418,24 @@ fn show_result(app: &StudioApp, ui: &mut egui::Ui) {
             }
             ImageView::Pair { unsteered, steered } => {
                 let side = ((avail - 24.0) / 2.0).min(max_h).min(768.0);
+                let preview = app.image.preview.as_ref();
                 ui.horizontal_top(|ui| {
-                    draw(ui, unsteered.as_deref(), "unsteered", side, placeholder(side));
-                    draw(ui, steered.as_deref(), "steered", side, placeholder(side));
+                    draw(
+                        ui,
+                        unsteered.as_deref(),
+                        Preview::of(preview, ImageSlot::Unsteered),
+                        "unsteered",
+                        side,
+                        placeholder(side),
+                    );
+                    draw(
+                        ui,
+                        steered.as_deref(),
+                        Preview::of(preview, ImageSlot::Steered),
+                        "steered",
+                        side,
+                        placeholder(side),
+                    );
                 });
             }
             ImageView::Sheet {
@@ -429,6 +470,11 @@ fn show_result(app: &StudioApp, ui: &mut egui::Ui) {
                         }
                         for c in 0..lambdas.len() {
                             let cell = cells.get(r * lambdas.len() + c).and_then(Option::as_ref);
+                            let slot = ImageSlot::Cell { row: r, col: c };
+                            if let Some(p) = Preview::of(app.image.preview.as_ref(), slot) {
+                                show_preview(ui, p, side);
+                                continue;
+                            }
                             match cell {
                                 Some(s) => {
                                     let size = fit_size(s.image.width(), s.image.height(), side);

@@ -600,6 +600,44 @@ impl Scheduler {
         Ok(prev)
     }
 
+    /// The clean latents `x₀` the model predicts at step `step` from its output
+    /// `model_output` and the current latents `sample` (f32; same shape), without advancing
+    /// the sampler — what a per-step preview shows.
+    pub fn predict_x0(&self, model_output: &Tensor, step: usize, sample: &Tensor) -> Result<Tensor> {
+        self.check_step(step)?;
+        let m = model_output.to_dtype(DType::F32)?;
+        let x = sample.to_dtype(DType::F32)?;
+        // Variance-preserving latents x = α·x₀ + σ·ε.
+        let vp = |alpha: f64, sigma: f64| -> Result<Tensor> {
+            Ok(match self.prediction {
+                Prediction::Epsilon => ((&x - (&m * sigma)?)? * (1.0 / alpha.max(1e-12)))?,
+                Prediction::VPrediction => ((&x * alpha)? - (&m * sigma)?)?,
+            })
+        };
+        let from_cumprod = |a: f64| vp(a.sqrt(), (1.0 - a).max(0.0).sqrt());
+        match self.kind {
+            SchedulerKind::EulerDiscrete | SchedulerKind::EulerAncestral => {
+                self.euler_x0(&m, &x, self.sigmas[step])
+            }
+            SchedulerKind::Ddim => from_cumprod(self.ddim_alphas[step].0),
+            SchedulerKind::Pndm => {
+                let a = self
+                    .pndm
+                    .as_ref()
+                    .and_then(|p| {
+                        let t = self.timesteps[step].max(0.0) as usize;
+                        p.alphas_cumprod.get(t).copied()
+                    })
+                    .unwrap_or(1.0);
+                from_cumprod(a)
+            }
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
+                let (alpha, sigma, _) = dpm_alpha_sigma_lambda(self.sigmas[step]);
+                vp(alpha, sigma)
+            }
+        }
+    }
+
     /// Euler: the predicted clean latents from the σ-scaled model output.
     fn euler_x0(&self, m: &Tensor, x: &Tensor, sigma: f64) -> Result<Tensor> {
         Ok(match self.prediction {
@@ -836,6 +874,44 @@ mod tests {
         };
         assert!(Scheduler::new(&thr, SchedulerKind::Ddim, 10).is_err());
         assert!(Scheduler::new(&thr, SchedulerKind::EulerDiscrete, 10).is_ok());
+    }
+
+    #[test]
+    fn predicted_x0_is_where_the_last_step_lands() {
+        // A step to the end of the schedule (σ = 0, or ᾱ = 1) lands on the predicted x₀, so
+        // there `predict_x0` must equal `step` for every deterministic kind and prediction.
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(vec![0.3f32, -1.2, 2.0, 0.5], (1, 1, 2, 2), &dev).unwrap();
+        let m = Tensor::from_vec(vec![-0.4f32, 0.8, 0.1, 1.5], (1, 1, 2, 2), &dev).unwrap();
+        for prediction in [Prediction::Epsilon, Prediction::VPrediction] {
+            for kind in [
+                SchedulerKind::EulerDiscrete,
+                SchedulerKind::Ddim,
+                SchedulerKind::DpmSolverMultistep,
+            ] {
+                let c = SchedulerConfig {
+                    set_alpha_to_one: true,
+                    prediction,
+                    ..cfg(Spacing::Leading)
+                };
+                let mut s = Scheduler::new(&c, kind, 1).unwrap();
+                let x0 = s.predict_x0(&m, 0, &x).unwrap();
+                let stepped = s.step_with_noise(&m, 0, &x, None).unwrap();
+                let d = (x0 - stepped)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d < 1e-5, "{kind:?} {prediction:?}: |Δ| {d}");
+            }
+        }
+        let s = Scheduler::new(&cfg(Spacing::Leading), SchedulerKind::Ddim, 4).unwrap();
+        assert!(s.predict_x0(&m, 4, &x).is_err());
     }
 
     #[test]
