@@ -42,6 +42,13 @@ impl ActShape {
             ActShape::Spatial(s) => s[1],
         }
     }
+    /// The same layout with `rows` batch rows.
+    pub fn with_batch(&self, rows: usize) -> ActShape {
+        match *self {
+            ActShape::Tokens([_, t, d]) => ActShape::Tokens([rows, t, d]),
+            ActShape::Spatial([_, c, h, w]) => ActShape::Spatial([rows, c, h, w]),
+        }
+    }
     /// Values per batch row.
     pub fn row_len(&self) -> usize {
         match self {
@@ -92,6 +99,35 @@ pub trait DiffHooks: Send {
     /// Called when a new part of a run starts (the prompts' encoding, the negative prompt's,
     /// each denoising step's UNet pass), for hooks that act on parts differently.
     fn begin(&mut self, _phase: DiffPhase) {}
+}
+
+/// Where a run stands, kept up to date from [`DiffHooks::begin`] by hooks that act on its
+/// parts differently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunPosition {
+    /// The denoising step (0 before the first).
+    pub step: usize,
+    /// Leading unconditional rows of the current UNet pass.
+    pub unconditional: usize,
+    /// The negative prompt is being encoded.
+    pub negative: bool,
+}
+
+impl RunPosition {
+    /// Moves to `phase`.
+    pub fn enter(&mut self, phase: DiffPhase) {
+        match phase {
+            DiffPhase::Prompts => self.negative = false,
+            DiffPhase::NegativePrompt => self.negative = true,
+            DiffPhase::Step { step, unconditional } => {
+                *self = RunPosition {
+                    step,
+                    unconditional,
+                    negative: false,
+                }
+            }
+        }
+    }
 }
 
 /// The part of a diffusion run about to reach the hooks.

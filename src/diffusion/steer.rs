@@ -10,7 +10,7 @@ use crate::runtime::HookFlow;
 use crate::transport::{SteeringPlan, SteeringStack, TokenWindow, TransportError};
 
 use super::error::{DiffusionError, Result};
-use super::hooks::{ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite};
+use super::hooks::{ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite, RunPosition};
 
 /// Denoising steps `[start, end)` during which UNet maps act; text-encoder maps act on the
 /// prompt encoding, which every step reuses.
@@ -50,9 +50,7 @@ pub struct DiffSteeringHooks {
     names: Vec<String>,
     unet_first: usize,
     window: StepWindow,
-    step: usize,
-    unconditional: usize,
-    negative: bool,
+    at: RunPosition,
 }
 
 impl DiffSteeringHooks {
@@ -96,15 +94,13 @@ impl DiffSteeringHooks {
             names,
             unet_first,
             window,
-            step: 0,
-            unconditional: 0,
-            negative: false,
+            at: RunPosition::default(),
         })
     }
 
     /// Sets the denoising step about to run.
     pub fn set_step(&mut self, step: usize) {
-        self.step = step;
+        self.at.step = step;
     }
 
     /// Whether anything is steered at all.
@@ -116,11 +112,11 @@ impl DiffSteeringHooks {
     /// encoded (text-encoder hooks run before step 0 and see its plan; their maps are the
     /// same in every step's).
     fn step_plan(&self) -> Option<&SteeringPlan> {
-        if self.negative {
+        if self.at.negative {
             return None;
         }
         let last = self.per_step.len().checked_sub(1)?;
-        self.per_step.get(self.step.min(last))
+        self.per_step.get(self.at.step.min(last))
     }
 }
 
@@ -133,7 +129,7 @@ fn hook_err(name: &str, e: TransportError) -> DiffusionError {
 
 impl DiffHooks for DiffSteeringHooks {
     fn wants(&self, id: usize) -> bool {
-        (id < self.unet_first || self.window.contains(self.step))
+        (id < self.unet_first || self.window.contains(self.at.step))
             && (self.every_row.is_active(id) || self.step_plan().is_some_and(|p| p.is_active(id)))
     }
 
@@ -145,14 +141,10 @@ impl DiffHooks for DiffSteeringHooks {
             let skip = if id < self.unet_first {
                 0
             } else {
-                self.unconditional
+                self.at.unconditional
             };
             let len = act.shape.row_len();
-            let rows = act.shape.batch().saturating_sub(skip);
-            let shape = match act.shape {
-                ActShape::Tokens([_, t, d]) => ActShape::Tokens([rows, t, d]),
-                ActShape::Spatial([_, c, h, w]) => ActShape::Spatial([rows, c, h, w]),
-            };
+            let shape = act.shape.with_batch(act.shape.batch().saturating_sub(skip));
             if let Some(data) = act.data.get_mut(skip * len..) {
                 apply_plan(plan, id, name, data, shape)?;
             }
@@ -161,15 +153,7 @@ impl DiffHooks for DiffSteeringHooks {
     }
 
     fn begin(&mut self, phase: DiffPhase) {
-        match phase {
-            DiffPhase::Prompts => self.negative = false,
-            DiffPhase::NegativePrompt => self.negative = true,
-            DiffPhase::Step { step, unconditional } => {
-                self.negative = false;
-                self.step = step;
-                self.unconditional = unconditional;
-            }
-        }
+        self.at.enter(phase);
     }
 }
 

@@ -29,7 +29,7 @@ use candle_core::Tensor;
 
 use crate::diffusion::error::{DiffusionError, Result};
 use crate::diffusion::hooks::{
-    ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite, HookSiteKind, pool_mean,
+    ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite, HookSiteKind, RunPosition, pool_mean,
 };
 use crate::diffusion::pipeline::{ImageRequest, SdPipeline};
 use crate::diffusion::scheduler::Scheduler;
@@ -270,9 +270,7 @@ struct TrajectoryFitHooks<'a> {
     n_src: usize,
     n: usize,
     timesteps: Vec<f64>,
-    step: usize,
-    unconditional: usize,
-    negative: bool,
+    at: RunPosition,
     config: FitConfig,
     maps: Vec<(String, HookMap)>,
     progress: &'a mut (dyn FnMut(usize, usize) -> bool + Send),
@@ -281,19 +279,11 @@ struct TrajectoryFitHooks<'a> {
 
 impl DiffHooks for TrajectoryFitHooks<'_> {
     fn wants(&self, id: usize) -> bool {
-        self.wanted.get(id).copied().unwrap_or(false) && !(id < self.unet_first && self.negative)
+        self.wanted.get(id).copied().unwrap_or(false) && !(id < self.unet_first && self.at.negative)
     }
 
     fn begin(&mut self, phase: DiffPhase) {
-        match phase {
-            DiffPhase::Prompts => self.negative = false,
-            DiffPhase::NegativePrompt => self.negative = true,
-            DiffPhase::Step { step, unconditional } => {
-                self.negative = false;
-                self.step = step;
-                self.unconditional = unconditional;
-            }
-        }
+        self.at.enter(phase);
     }
 
     fn on_activation(&mut self, id: usize, act: DiffActivation<'_>) -> Result<HookFlow> {
@@ -307,7 +297,7 @@ impl DiffHooks for TrajectoryFitHooks<'_> {
         }
         let text = id < self.unet_first;
         let (ns, n) = (self.n_src, self.n);
-        let cond = if text { 0 } else { self.unconditional };
+        let cond = if text { 0 } else { self.at.unconditional };
         let len = act.shape.row_len();
         if act.shape.batch() != cond + n {
             return Err(hook_err(format!(
@@ -316,18 +306,14 @@ impl DiffHooks for TrajectoryFitHooks<'_> {
                 cond + n
             )));
         }
-        let sub = |rows: usize| match act.shape {
-            ActShape::Tokens([_, t, d]) => ActShape::Tokens([rows, t, d]),
-            ActShape::Spatial([_, c, h, w]) => ActShape::Spatial([rows, c, h, w]),
-        };
         let d = act.shape.neurons();
-        let pooled = pool_mean(&act.data[cond * len..], sub(n));
+        let pooled = pool_mean(&act.data[cond * len..], act.shape.with_batch(n));
         let (src, tgt) = pooled.split_at(ns * d);
         let source = Samples::new(src, ns, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
         let target = Samples::new(tgt, n - ns, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
         let map = fit_hook(name, source, target, &self.config).map_err(|e| hook_err(e.to_string()))?;
         let rows = &mut act.data[cond * len..(cond + ns) * len];
-        match sub(ns) {
+        match act.shape.with_batch(ns) {
             ActShape::Spatial(shape) => map.apply_4d(name, rows, shape, 1.0),
             ActShape::Tokens(shape) => {
                 map.apply_3d(name, rows, shape, 1.0, TokenScope::All, TokenWindow::default())
@@ -337,7 +323,7 @@ impl DiffHooks for TrajectoryFitHooks<'_> {
         let entry = if text {
             name.clone()
         } else {
-            let t = self.timesteps.get(self.step).copied().unwrap_or_default();
+            let t = self.timesteps.get(self.at.step).copied().unwrap_or_default();
             timestep_map_name(name, t)
         };
         self.maps.push((entry, map));
@@ -494,9 +480,7 @@ pub fn fit_image_maps(
                 n_src: ns,
                 n: ns + nt,
                 timesteps,
-                step: 0,
-                unconditional: 0,
-                negative: false,
+                at: RunPosition::default(),
                 config: opts.config,
                 maps: Vec::new(),
                 progress,

@@ -291,22 +291,27 @@ mod tests {
     use crate::transport::{DatasetInfo, MapsMeta, Method, ModelFingerprint, Support};
     use std::collections::BTreeMap;
 
-    fn concept(hooks: &[&str]) -> Arc<MapsFile> {
+    /// Metadata of a Mean-AcT concept `c` for `d` neurons.
+    fn meta(d: usize) -> MapsMeta {
         let info = DatasetInfo {
             name: "x".into(),
             sha256: String::new(),
             count: 0,
         };
-        let meta = MapsMeta::new(
+        MapsMeta::new(
             "c",
             Method::MeanAct,
             Support::Unbounded,
             "mean",
             "arrays",
-            ModelFingerprint::arrays(2),
+            ModelFingerprint::arrays(d),
             info.clone(),
             info,
-        );
+        )
+    }
+
+    fn concept(hooks: &[&str]) -> Arc<MapsFile> {
+        let meta = meta(2);
         let hooks = hooks
             .iter()
             .map(|h| (h.to_string(), HookMap::identity(Method::MeanAct, 2)))
@@ -369,21 +374,7 @@ mod tests {
         for plain in ["unet.norm", "a@t", "@t5", "x@tnine", "mail@town"] {
             assert_eq!(split_timestep(plain), (plain, None), "{plain}");
         }
-        let info = DatasetInfo {
-            name: "x".into(),
-            sha256: String::new(),
-            count: 0,
-        };
-        let meta = MapsMeta::new(
-            "c",
-            Method::MeanAct,
-            Support::Unbounded,
-            "mean",
-            "causal",
-            ModelFingerprint::arrays(1),
-            info.clone(),
-            info,
-        );
+        let meta = meta(1);
         let shift = |b: f32| {
             HookMap::new(
                 Method::MeanAct,
