@@ -642,8 +642,8 @@ impl SdPipeline {
     /// [`Self::denoise`] for a batch of `prompts` (in place of `req.prompt`), all from the
     /// seed's initial latents: final latents `[b, 4, H/8, W/8]` (f32). `hooks` see the text
     /// encoding and every UNet pass, whose batch is `[b unconditional, b conditional]` rows
-    /// with guidance and `b` rows without; [`DiffHooks::begin_step`] is called before each
-    /// step. A hook's early stop ends the loop with [`DiffusionError::Stopped`]. `preview`,
+    /// with guidance and `b` rows without; [`DiffHooks::begin`] is told each part of the run
+    /// (prompts, negative prompt, each step). A hook's early stop ends the loop with [`DiffusionError::Stopped`]. `preview`,
     /// when given, receives after each step its index and the clean latents the model
     /// predicts there (`[b, 4, H/8, W/8]`, f32; see [`Scheduler::predict_x0`]).
     pub fn denoise_prompts(

@@ -98,11 +98,6 @@ impl DiffSteeringHooks {
         })
     }
 
-    /// Sets the denoising step about to run.
-    pub fn set_step(&mut self, step: usize) {
-        self.at.step = step;
-    }
-
     /// Whether anything is steered at all.
     pub fn is_empty(&self) -> bool {
         self.every_row.is_empty() && self.per_step.iter().all(SteeringPlan::is_empty)
