@@ -7,7 +7,8 @@
 //! - a mid-size SD 1.5-shaped UNet (channels 128/256/512/512, 2 ResNets per block, 8 heads,
 //!   text width 768; ≈ 1/6 of SD 1.5's widths) at 32×32 latents (256 px), batch 2 as with
 //!   classifier-free guidance;
-//! - ours with Linear-AcT maps active at every UNet norm (λ = 1), for the steering overhead.
+//! - ours with Linear-AcT maps active at every UNet norm (λ = 1), for the steering overhead;
+//! - one whole image of the demo model (`models/act-shapes-t2i`) at its defaults.
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 5). `ACT_BENCH_FULL=1` adds SD 1.5's exact
 //! UNet shape (860 M parameters, random weights, ≈ 7 GB of memory for both UNets) at 64×64
@@ -19,12 +20,15 @@ mod pt_safetensors;
 #[allow(dead_code)]
 mod tiny_unet;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use act_studio::diffusion::hooks::{DiffHooks, HookRegistry, NoDiffHooks};
+use act_studio::diffusion::pipeline::{LoadOptions, SdPipeline};
 use act_studio::diffusion::steer::{DiffSteeringHooks, StepWindow};
 use act_studio::diffusion::unet::{UNet, UNetCond, UNetConfig};
+use act_studio::pipeline::image_sheet::{ImageJob, ImageJobKind, render_images};
 use act_studio::transport::{
     DatasetInfo, HookMap, MapsFile, MapsMeta, Method, ModelFingerprint, SteeringStack, Support,
 };
@@ -187,6 +191,40 @@ fn bench(label: &str, tiny: &TinyUnet, latent: usize, batch: usize, tokens: usiz
     );
 }
 
+/// One image of the demo model (`models/act-shapes-t2i`) at its defaults, prompt to pixels
+/// (issue 17's "one image ≤ 1 s"), median of `reps` after a warm-up.
+fn bench_demo_image(reps: usize) {
+    let dir = Path::new("models/act-shapes-t2i");
+    if !dir.join("model_index.json").exists() {
+        println!("demo image model: {} is missing; skipped", dir.display());
+        return;
+    }
+    let pipe = SdPipeline::load(dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let mut request = pipe.default_request("a red circle");
+    request.seed = 7;
+    let (steps, guidance) = (request.steps, request.guidance);
+    let job = ImageJob {
+        kind: ImageJobKind::Pair { unsteered: false },
+        request,
+        stack: SteeringStack::default(),
+        window: None,
+    };
+    let once = || {
+        let t = Instant::now();
+        render_images(&pipe, &job, &mut |_| true, &mut |_, _, _| {}).unwrap_or_else(|e| panic!("{e}"));
+        t.elapsed().as_secs_f64()
+    };
+    once();
+    let times: Vec<f64> = (0..reps).map(|_| once()).collect();
+    let (lo, hi) = times
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), &t| (l.min(t), h.max(t)));
+    println!(
+        "demo image model, one 64×64 image ({steps} steps, guidance {guidance}): median {:.2} s (min {lo:.2}, max {hi:.2})",
+        median(times)
+    );
+}
+
 fn main() {
     let reps: usize = std::env::var("ACT_BENCH_REPS")
         .ok()
@@ -224,4 +262,5 @@ fn main() {
         };
         bench("full SD1.5-shaped, 2×64×64", &full, 64, 2, 77, reps);
     }
+    bench_demo_image(reps);
 }

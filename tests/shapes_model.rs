@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use act_studio::diffusion::pipeline::{LoadOptions, SdPipeline};
+use act_studio::diffusion::pipeline::{ImageRequest, LoadOptions, SdPipeline};
 use act_studio::pipeline::eval::image_stats::{
     blockiness, colour_share, dominant_colour, find_object, frame_darkness, greyness, shape_of,
 };
@@ -63,6 +63,16 @@ fn render(
 ) -> Vec<RgbImage> {
     let mut request = pipe.default_request(prompt);
     request.seed = seed;
+    render_request(pipe, request, stack, strip)
+}
+
+/// [`render`] with a whole request.
+fn render_request(
+    pipe: &SdPipeline,
+    request: ImageRequest,
+    stack: &SteeringStack,
+    strip: Option<(&str, &[f32])>,
+) -> Vec<RgbImage> {
     let kind = match strip {
         Some((concept, lambdas)) => ImageJobKind::Strip {
             concept: concept.into(),
@@ -274,7 +284,7 @@ fn matches_diffusers_on_the_trained_weights() {
         let want = &tensors[&format!("case{i}.latents")];
         let d = max_abs_diff(&lat, want);
         let mag = max_abs_diff(want, &want.zeros_like().expect("zeros"));
-        let img = render(&pipe, prompt, *seed, &SteeringStack::default(), None).remove(0);
+        let img = render_request(&pipe, req, &SteeringStack::default(), None).remove(0);
         let ref_img: Vec<f32> = tensors[&format!("case{i}.image")]
             .flatten_all()
             .unwrap()

@@ -7,6 +7,7 @@
 
 pub mod clip;
 pub mod clip_tokenizer;
+pub mod conv;
 pub mod error;
 pub mod hooks;
 pub mod image_io;

@@ -24,7 +24,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+use super::conv::{Conv2d, conv2d};
 use serde_json::Value;
 
 use super::error::{DiffusionError, Result};
@@ -297,7 +299,7 @@ fn conv(in_c: usize, out_c: usize, k: usize, padding: usize, vb: VarBuilder) -> 
         padding,
         ..Default::default()
     };
-    candle_nn::conv2d(in_c, out_c, k, cfg, vb).map_err(weights_error(COMPONENT))
+    conv2d(in_c, out_c, k, cfg, vb).map_err(weights_error(COMPONENT))
 }
 
 fn norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
@@ -437,10 +439,7 @@ impl UpBlock {
             x = r.forward(&x)?;
         }
         match &self.upsampler {
-            Some(conv) => {
-                let (_, _, h, w) = x.dims4()?;
-                Ok(conv.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?)
-            }
+            Some(conv) => Ok(conv.forward_upsampled(&x)?),
             None => Ok(x),
         }
     }

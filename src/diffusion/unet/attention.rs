@@ -8,7 +8,9 @@
 //! ```
 
 use candle_core::{D, DType, Module, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::diffusion::conv::{Conv2d, conv2d};
 use rayon::prelude::*;
 
 use crate::diffusion::error::Result;
@@ -117,11 +119,16 @@ fn gelu(x: f32, tanh: bool) -> f32 {
     }
 }
 
-/// erf with |error| < 1.2e-7 ([`crate::transport::stats::erfc`]'s Chebyshev fit), in f64
-/// internally.
+/// erf in f32 by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7 in exact arithmetic, within
+/// 5e-7 in f32): `1 − t·P(t)·e^{−x²}` with `t = 1 / (1 + p·|x|)`, odd in `x`. One `expf` and
+/// a degree-5 polynomial per value; the GEGLU of every transformer block calls it once per
+/// inner activation (f64 `erfc` here cost ~5 % of an image on the demo model).
 fn erf(x: f32) -> f32 {
-    let r = 1.0 - crate::transport::stats::erfc(f64::from(x).abs());
-    (if x >= 0.0 { r } else { -r }) as f32
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly =
+        t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    (1.0 - poly * (-z * z).exp()).copysign(x)
 }
 
 /// The GEGLU feed-forward: `net.2(a · gelu(g))` with `[a, g] = net.0.proj(x)`.
@@ -239,7 +246,7 @@ impl SpatialTransformer {
             Ok(if s.linear_projection {
                 Proj::Linear(candle_nn::linear(c, c, vb)?)
             } else {
-                Proj::Conv(candle_nn::conv2d(c, c, 1, Default::default(), vb)?)
+                Proj::Conv(conv2d(c, c, 1, Default::default(), vb)?)
             })
         };
         let proj_in = proj(vb.pp("proj_in"))?;
@@ -314,6 +321,22 @@ mod tests {
             );
         }
         assert!((gelu(1.0, true) - 0.841_192).abs() < 1e-5);
+    }
+
+    /// The f32 erf stays within 5e-7 of the f64 reference (itself within 1.2e-7) over [−6, 6]
+    /// and is odd.
+    #[test]
+    fn erf_matches_the_f64_reference() {
+        for i in -6000..=6000 {
+            let x = i as f32 / 1000.0;
+            let want = 1.0 - crate::transport::stats::erfc(f64::from(x));
+            let got = erf(x);
+            assert!(
+                (f64::from(got) - want).abs() < 5e-7,
+                "erf({x}) = {got}, want {want}"
+            );
+            assert_eq!(erf(-x), -got);
+        }
     }
 }
 

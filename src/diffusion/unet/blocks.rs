@@ -3,7 +3,9 @@
 //! upsampler.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::diffusion::conv::{Conv2d, conv2d};
 
 use crate::diffusion::error::Result;
 use crate::diffusion::hooks::{DiffHooks, HookRegistry};
@@ -92,7 +94,7 @@ impl DownBlock {
                 ..Default::default()
             };
             Some((
-                candle_nn::conv2d(out, out, 3, cc, vb.pp("downsamplers.0.conv"))?,
+                conv2d(out, out, 3, cc, vb.pp("downsamplers.0.conv"))?,
                 cfg.downsample_padding,
             ))
         } else {
@@ -241,8 +243,12 @@ impl UpBlock {
         }
         if let Some(conv) = &self.upsampler {
             let (_, _, h, w) = x.dims4()?;
-            let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-            x = conv.forward(&x.upsample_nearest2d(th, tw)?)?;
+            x = match size {
+                Some((th, tw)) if (th, tw) != (2 * h, 2 * w) => {
+                    conv.forward(&x.upsample_nearest2d(th, tw)?)?
+                }
+                _ => conv.forward_upsampled(&x)?,
+            };
         }
         Ok(x)
     }

@@ -19,7 +19,9 @@ pub mod resnet;
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::diffusion::conv::Conv2d;
 
 use super::error::{DiffusionError, Result};
 use super::hooks::{DiffHooks, HookRegistry};

@@ -7,7 +7,9 @@
 //! ```
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+
+use crate::diffusion::conv::{Conv2d, conv2d};
 
 use crate::diffusion::error::Result;
 use crate::diffusion::hooks::{DiffHooks, HookRegistry};
@@ -48,7 +50,7 @@ pub(crate) fn conv3(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Res
         padding: 1,
         ..Default::default()
     };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+    conv2d(cin, cout, 3, cfg, vb)
 }
 
 impl ResnetBlock {
@@ -74,7 +76,7 @@ impl ResnetBlock {
         )?;
         let conv2 = conv3(s.out_channels, s.out_channels, vb.pp("conv2"))?;
         let conv_shortcut = if s.in_channels != s.out_channels {
-            Some(candle_nn::conv2d(
+            Some(conv2d(
                 s.in_channels,
                 s.out_channels,
                 1,
