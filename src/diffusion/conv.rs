@@ -382,6 +382,10 @@ fn fill_tap(src: &[f32], dst: &mut [f32], g: &Geometry, ky: usize, kx: usize) {
 mod tests {
     use super::*;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
     /// Our path against candle's own `conv2d` on random data, for the geometries the UNet
     /// and VAE use (3×3 pad 1 stride 1, 3×3 pad 1 stride 2, 3×3 pad 0 stride 2, 1×1) and odd
     /// sizes.
@@ -411,11 +415,7 @@ mod tests {
                 Conv2d::new(candle_nn::Conv2d::new(wt.clone(), Some(bias.clone()), cfg))?.forward(&x)?;
             let theirs = candle_nn::Conv2d::new(wt, Some(bias), cfg).forward(&x)?;
             assert_eq!(ours.dims(), theirs.dims(), "case {i}");
-            let diff = (ours - theirs)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let diff = max_abs_diff(&ours, &theirs)?;
             assert!(diff < 1e-4, "case {i}: max |Δ| = {diff}");
         }
         Ok(())
@@ -449,11 +449,7 @@ mod tests {
             let theirs =
                 candle_nn::Conv2d::new(wt, bias, cfg).forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?;
             assert_eq!(ours.dims(), theirs.dims(), "case {i}");
-            let diff = (ours - theirs)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let diff = max_abs_diff(&ours, &theirs)?;
             assert!(diff < 1e-4, "case {i}: max |Δ| = {diff}");
         }
         Ok(())
@@ -472,8 +468,7 @@ mod tests {
         let conv = Conv2d::new(candle_nn::Conv2d::new(wt, None, cfg))?;
         let a = conv.forward(&x)?;
         let b = conv.forward(&x.contiguous()?)?;
-        let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert_eq!(diff, 0.0);
+        assert_eq!(max_abs_diff(&a, &b)?, 0.0);
         Ok(())
     }
 
