@@ -10,5 +10,6 @@ pub mod cli;
 pub mod diffusion;
 pub mod pipeline;
 pub mod runtime;
+pub mod serve;
 pub mod transport;
 pub mod worker;

@@ -165,6 +165,24 @@ fn whole_loop(model: std::path::PathBuf, n_hooks: usize, want_fitted: Vec<String
             t.as_secs_f64() * 1e3
         );
     }
+    // The Serve toggle serves the stack's concept over the OpenAI API, and stops.
+    h.state_mut().settings.serve_port = 0;
+    h.get_by_label("Serve").click();
+    wait(&mut h, "the server", 30, |a| a.serving.is_some() && !a.busy());
+    let url = h
+        .state()
+        .serving
+        .as_ref()
+        .map(|s| s.url.clone())
+        .unwrap_or_default();
+    assert!(h.query_by_label(&url).is_some(), "the address is shown");
+    let concepts = common::http_get(&url, "/concepts");
+    assert!(concepts.contains("\"name\":\"football\""), "{concepts}");
+    h.get_by_label("Serve").click();
+    wait(&mut h, "the server to stop", 30, |a| {
+        a.serving.is_none() && !a.busy()
+    });
+
     // The plots draw for the fitted concept.
     h.get_by_label("Plots").click();
     h.run_ok();

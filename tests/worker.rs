@@ -187,3 +187,70 @@ fn a_stopped_job_ends_as_cancelled_and_the_next_one_runs() {
         }
     )));
 }
+
+#[test]
+fn the_serve_toggle_serves_the_stacks_concepts_and_stops_with_a_new_model() {
+    let Some(path) = common::demo_model() else { return };
+    let w = Worker::spawn(|| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert!(w.send(Command::LoadModel(path.clone())));
+    until_idle(&w);
+    assert!(w.send(Command::Fit(Box::new(request("post-ln:0-3")))));
+    let maps = until_idle(&w)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Fitted(m, _) => Some(m),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no maps fitted"));
+    let options = act_studio::serve::ServeOptions {
+        port: 0,
+        ..Default::default()
+    };
+    let serve = act_studio::worker::ServeRequest {
+        concepts: vec![maps],
+        options,
+    };
+    assert!(w.send(Command::Serve(Some(Box::new(serve)))));
+    let info = until_idle(&w)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Serving(Some(info)) => Some(info),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the server did not start"));
+    assert_eq!(info.concepts, vec!["football".to_string()]);
+    let addr = info
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_string();
+    let body = r#"{"prompt":"I like to","max_tokens":6,"temperature":0,"steering":{"football":1}}"#;
+    let (status, answer) = common::http(&addr, "POST", "/v1/completions", body);
+    assert_eq!(status, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(v["usage"]["completion_tokens"], 6, "{answer}");
+    let (status, answer) = common::http(
+        &addr,
+        "POST",
+        "/v1/completions",
+        &body.replace("football", "cooking"),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("unknown_concept"), "{answer}");
+
+    // Loading a model stops the server (it would go on serving the old one).
+    assert!(w.send(Command::LoadModel(path)));
+    let events = until_idle(&w);
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Serving(None))),
+        "no stop event: {events:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the port still accepts connections"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -145,6 +145,14 @@ impl StudioApp {
             }
             Event::ImageModelLoaded(info) => image::model_loaded(self, info),
             Event::ImageModelUnloaded => image::model_unloaded(self),
+            Event::Serving(info) => {
+                match &info {
+                    Some(s) => self.info(format!("serving the OpenAI API at {}", s.url)),
+                    None if self.serving.is_some() => self.info("the server stopped".into()),
+                    None => {}
+                }
+                self.serving = info;
+            }
             Event::ImageFitted(maps) => {
                 let m = maps.meta();
                 self.info(format!(

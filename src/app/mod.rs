@@ -243,6 +243,8 @@ pub struct StudioApp {
     pub data_dir: Option<PathBuf>,
     /// Maps files of fitted concepts being written to the data folder.
     keeping: Vec<PathBuf>,
+    /// The OpenAI-compatible server started from the steering panel, while it runs.
+    pub serving: Option<crate::worker::ServingInfo>,
     /// The path bar's text.
     pub path_bar: String,
     script: Option<(Script, PathBuf)>,
@@ -303,6 +305,7 @@ impl StudioApp {
             restore: Vec::new(),
             path_bar: String::new(),
             keeping: Vec::new(),
+            serving: None,
             data_dir: opts
                 .data_dir
                 .clone()

@@ -55,6 +55,8 @@ pub struct Settings {
     pub recent_maps: Vec<PathBuf>,
     /// Which tokens are steered (`all`, `last`, `prompt`, `generated`).
     pub scope: String,
+    /// The port the Serve toggle's server listens on (on 127.0.0.1).
+    pub serve_port: u16,
 }
 
 /// A stack entry as it is kept between sessions: where its maps are and how it was set.
@@ -226,6 +228,7 @@ impl Default for Settings {
             stack: Vec::new(),
             recent_maps: Vec::new(),
             scope: "all".into(),
+            serve_port: 8080,
         }
     }
 }

@@ -1,10 +1,15 @@
 //! Steering panel: the stack of concepts, each with its λ as a number (the sliders are in the
 //! λ bar above the output), on/off, range (±1 or ±2), order and remove; the token scope.
-//! Every change to the stack regenerates the output.
+//! Every change to the stack regenerates the output. Below, the Serve toggle: the same
+//! concepts over an OpenAI-compatible API.
+
+use std::sync::Arc;
 
 use eframe::egui;
 
-use crate::transport::TokenScope;
+use crate::serve::ServeOptions;
+use crate::transport::{MapsFile, TokenScope};
+use crate::worker::{Command, JobKind, ServeRequest};
 
 use super::{Mode, StudioApp};
 
@@ -101,5 +106,91 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     ui.checkbox(&mut app.settings.live, "regenerate when a slider is released");
     if released || before != app.scope {
         app.lambda_released();
+    }
+    if app.mode == Mode::Text {
+        ui.separator();
+        serve_controls(app, ui);
+    }
+}
+
+/// The text concepts of the stack (what the server offers), by name.
+fn text_concepts(app: &StudioApp) -> Vec<Arc<MapsFile>> {
+    app.stack
+        .iter()
+        .map(|e| e.concept.maps.clone())
+        .filter(|m| !m.meta().fingerprint.is_diffusion())
+        .collect()
+}
+
+/// Asks the worker to (re)start the server with the stack's text concepts.
+pub fn start_serving(app: &mut StudioApp) {
+    let options = ServeOptions {
+        port: app.settings.serve_port,
+        ..ServeOptions::default()
+    };
+    let concepts = text_concepts(app);
+    app.send(Command::Serve(Some(Box::new(ServeRequest { concepts, options }))));
+}
+
+/// The Serve toggle: an OpenAI-compatible API on this machine, steered per request with the
+/// stack's concepts (`"steering": {"NAME": λ}` in a request body).
+fn serve_controls(app: &mut StudioApp, ui: &mut egui::Ui) {
+    let busy = app.has_job(JobKind::Serve);
+    let mut on = app.serving.is_some();
+    ui.horizontal(|ui| {
+        let toggle = ui
+            .add_enabled(
+                app.model.is_some() && !busy,
+                egui::Checkbox::new(&mut on, "Serve"),
+            )
+            .on_hover_text(
+                "An OpenAI-compatible API (chat and text completions) on 127.0.0.1 for any \
+                 client; each request picks its concept strengths: \
+                 \"steering\": {\"NAME\": λ}",
+            );
+        ui.add_enabled(
+            app.serving.is_none(),
+            egui::DragValue::new(&mut app.settings.serve_port)
+                .range(0..=65535)
+                .prefix("port "),
+        )
+        .on_hover_text("0: any free port");
+        if toggle.changed() {
+            if on {
+                start_serving(app);
+            } else {
+                app.send(Command::Serve(None));
+            }
+        }
+    });
+    let Some(s) = app.serving.clone() else {
+        return;
+    };
+    ui.horizontal(|ui| {
+        ui.monospace(&s.url);
+        if ui
+            .small_button("copy")
+            .on_hover_text("copy the base URL")
+            .clicked()
+        {
+            ui.ctx().copy_text(s.url.clone());
+        }
+    });
+    ui.small(if s.concepts.is_empty() {
+        "concepts: none (unsteered only)".to_string()
+    } else {
+        format!("concepts: {}", s.concepts.join(", "))
+    });
+    let now: Vec<String> = text_concepts(app)
+        .iter()
+        .map(|m| m.meta().concept.clone())
+        .collect();
+    if now != s.concepts
+        && ui
+            .add_enabled(!busy, egui::Button::new("serve the current stack").small())
+            .on_hover_text("restart the server with the concepts now in the stack")
+            .clicked()
+    {
+        start_serving(app);
     }
 }

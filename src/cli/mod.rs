@@ -44,6 +44,7 @@ pub mod maps_info;
 pub mod models;
 pub mod perplexity;
 pub mod quantize;
+pub mod serve;
 pub mod strip;
 pub mod sweep;
 
@@ -60,6 +61,7 @@ use maps_info::MapsInfoArgs;
 use models::ModelsArgs;
 use perplexity::PerplexityArgs;
 use quantize::QuantizeArgs;
+use serve::ServeArgs;
 use strip::StripArgs;
 use sweep::SweepArgs;
 
@@ -113,6 +115,10 @@ pub enum Command {
     Imagine(ImagineArgs),
     /// A λ strip (1 × N) or a λ × seed grid of images from the same initial latents.
     Strip(StripArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions,
+    /// streaming or not), with per-request concept strengths (`"steering": {"NAME": λ}`) and
+    /// continuous batching of concurrent requests.
+    Serve(ServeArgs),
     /// Open the desktop app (also what `act-studio` with no arguments does).
     App(AppArgs),
     /// Export pooled activations of a dataset (one 2-D tensor per hook point, rows in
@@ -169,6 +175,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::FitImage(a) => fit_image::fit_image(&a),
         Command::Imagine(a) => imagine::imagine(&a),
         Command::Strip(a) => strip::strip_cmd(&a),
+        Command::Serve(a) => serve::serve(&a),
         Command::Concepts => concepts::concepts(),
         Command::MakeConcept(a) => concepts::make_concept(&a),
         Command::App(_) => anyhow::bail!("`app` opens the desktop app, which the act-studio binary does"),

@@ -1,8 +1,10 @@
 //! Data, fitting, generation and evaluation on top of the runtime and the transport core.
 
 pub mod arrays;
+pub mod batch_engine;
 pub mod causal_pass;
 pub mod collect;
+pub mod completion;
 pub mod concepts;
 pub mod dataset;
 pub mod describe;

@@ -98,6 +98,7 @@ pub struct Sampler {
     cfg: SamplingConfig,
     rng: StdRng,
     probs: Vec<(u32, f32)>,
+    keys: Vec<u64>,
 }
 
 impl Sampler {
@@ -107,6 +108,7 @@ impl Sampler {
             cfg,
             rng: StdRng::seed_from_u64(cfg.seed),
             probs: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -128,14 +130,7 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / self.cfg.temperature;
-        self.probs.clear();
-        self.probs
-            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)));
-        // Stable: ties keep vocabulary order, so top-k = 1 agrees with argmax.
-        self.probs.sort_by(|a, b| b.1.total_cmp(&a.1));
-        if self.cfg.top_k > 0 {
-            self.probs.truncate(self.cfg.top_k);
-        }
+        ranked(logits, inv_t, self.cfg.top_k, &mut self.keys, &mut self.probs);
         let max = self.probs.first().map_or(0.0, |p| p.1);
         let mut sum = 0.0f32;
         for p in &mut self.probs {
@@ -163,6 +158,31 @@ impl Sampler {
         }
         self.probs.last().map_or(0, |p| p.0)
     }
+}
+
+/// `(token, logit · inv_t)` of the `top_k` highest logits (all when 0) into `out`, highest
+/// first, ties in vocabulary order: exactly a stable descending sort of every scaled logit
+/// (total order) cut to `top_k`. Each value is packed with its token into one `u64` key whose
+/// ascending order is that order, so an unstable sort (or, with `top_k`, a selection and a
+/// sort of `top_k` keys) gives the same list several times faster than sorting pairs.
+fn ranked(logits: &[f32], inv_t: f32, top_k: usize, keys: &mut Vec<u64>, out: &mut Vec<(u32, f32)>) {
+    keys.clear();
+    keys.extend(logits.iter().enumerate().map(|(i, &l)| {
+        let b = (l * inv_t).to_bits();
+        // Ascending in f32's total order, then flipped: ascending keys = descending values.
+        let ordered = if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 };
+        (u64::from(!ordered) << 32) | i as u64
+    }));
+    if top_k > 0 && top_k < keys.len() {
+        keys.select_nth_unstable(top_k - 1);
+        keys.truncate(top_k);
+    }
+    keys.sort_unstable();
+    out.clear();
+    out.extend(keys.iter().map(|&k| {
+        let i = (k & 0xFFFF_FFFF) as usize;
+        (i as u32, logits[i] * inv_t)
+    }));
 }
 
 /// Index of the largest value (the first one on ties).
@@ -204,6 +224,41 @@ mod tests {
         }
         assert!(with(|c| c.temperature = MIN_TEMPERATURE).is_ok());
         assert!(with(|c| c.top_p = 1.0).is_ok());
+    }
+
+    #[test]
+    fn ranking_equals_a_stable_sort_of_the_scaled_logits() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut keys, mut got) = (Vec::new(), Vec::new());
+        for case in 0..200 {
+            let n = 1 + case * 37 % 3000;
+            // Few distinct values (many ties), signed zeros, infinities and wide ranges.
+            let logits: Vec<f32> = (0..n)
+                .map(|i| match (case + i) % 11 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    2 if case % 5 == 0 => f32::NEG_INFINITY,
+                    3 if case % 7 == 0 => f32::INFINITY,
+                    4..=6 => ((rng.random::<f32>() * 6.0) as i32) as f32,
+                    _ => (rng.random::<f32>() - 0.5) * 40.0,
+                })
+                .collect();
+            let inv_t = [1.0, 1.25, 0.5, 3.0][case % 4];
+            for top_k in [0, 1, 2, 50, n - 1, n, n + 3] {
+                let mut want: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, l * inv_t))
+                    .collect();
+                want.sort_by(|a, b| b.1.total_cmp(&a.1));
+                if top_k > 0 {
+                    want.truncate(top_k);
+                }
+                ranked(&logits, inv_t, top_k, &mut keys, &mut got);
+                let bits = |v: &[(u32, f32)]| v.iter().map(|&(t, p)| (t, p.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "case {case}, n {n}, top_k {top_k}");
+            }
+        }
     }
 
     #[test]

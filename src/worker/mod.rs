@@ -6,12 +6,14 @@
 //!
 //! - [`protocol`]: the commands (pipeline requests plus ids) and events;
 //! - [`job_error`]: how a job ends when it does not succeed (cancelled or failed);
-//! - `text_jobs` / `image_jobs`: each command translated into its pipeline call.
+//! - `text_jobs` / `image_jobs`: each command translated into its pipeline call;
+//! - `serve_jobs`: the app's Serve toggle, which starts [`crate::serve`] on the loaded model.
 
 pub mod job_error;
 pub mod protocol;
 
 mod image_jobs;
+mod serve_jobs;
 mod text_jobs;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +28,7 @@ use crate::runtime::LoadedModel;
 pub use job_error::JobError;
 pub use protocol::{
     Command, Event, GenerateJob, ImageModelInfo, ImagePreview, ImageProgress, ImageResult, JobKind,
-    ModelInfo, Progress,
+    ModelInfo, Progress, ServeRequest, ServingInfo,
 };
 
 /// The app's handle to the worker thread.
@@ -73,6 +75,7 @@ impl Worker {
                 let mut state = State {
                     model: None,
                     image: None,
+                    server: None,
                     events: evt_tx,
                     notify: Box::new(notify),
                     cancel: Arc::new(AtomicBool::new(false)),
@@ -142,6 +145,8 @@ impl Worker {
 struct State {
     model: Option<Arc<LoadedModel>>,
     image: Option<Arc<SdPipeline>>,
+    /// The OpenAI-compatible server the app started, serving `model`.
+    server: Option<crate::serve::RunningServer>,
     events: Sender<Event>,
     notify: Box<dyn Fn() + Send + Sync>,
     cancel: Arc<AtomicBool>,
@@ -196,6 +201,7 @@ impl State {
     fn run(&mut self, cmd: Command) -> Result<(), JobError> {
         match cmd {
             Command::LoadModel(path) => self.load_model(path),
+            Command::Serve(req) => self.serve(req.map(|r| *r)),
             Command::LoadDataset(spec) => self.load_dataset(&spec),
             Command::Fit(req) => self.fit(&req),
             Command::Generate(job) => self.generate(&job),

@@ -19,6 +19,7 @@ use crate::pipeline::generate_text::{Column, TextRequest};
 use crate::pipeline::image_sheet::{ImageJob, ImageSlot, RenderProgress};
 use crate::pipeline::sweep::SweepRow;
 use crate::pipeline::sweep_request::SweepRequest;
+use crate::serve::ServeOptions;
 use crate::transport::{MapsFile, ModelFingerprint};
 
 use super::job_error::JobError;
@@ -137,6 +138,8 @@ pub enum JobKind {
     LoadImageModel,
     /// Fitting an image concept.
     FitImage,
+    /// Starting or stopping the server.
+    Serve,
     /// Generating images.
     GenerateImages,
 }
@@ -177,6 +180,27 @@ pub enum Command {
     FitImage(Box<ImageFitRequest>),
     /// Generate images (a pair, a λ strip or a λ × seed grid); the id is echoed in events.
     GenerateImages(usize, Box<ImageJob>),
+    /// Start the OpenAI-compatible server on the loaded language model with these concepts
+    /// (restarting it if it runs), or stop it (`None`).
+    Serve(Option<Box<ServeRequest>>),
+}
+
+/// What the app's Serve toggle starts.
+#[derive(Debug, Clone)]
+pub struct ServeRequest {
+    /// The concepts requests may steer with (the text concepts of the steering stack).
+    pub concepts: Vec<Arc<MapsFile>>,
+    /// Address, key and limits.
+    pub options: ServeOptions,
+}
+
+/// A running server, as the app shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingInfo {
+    /// The API's base URL (`http://127.0.0.1:8080/v1`).
+    pub url: String,
+    /// The concepts it serves, by name.
+    pub concepts: Vec<String>,
 }
 
 impl JobKind {
@@ -193,6 +217,7 @@ impl JobKind {
             JobKind::LoadImageModel => "the diffusion model to load",
             JobKind::FitImage => "the image fit",
             JobKind::GenerateImages => "the images",
+            JobKind::Serve => "the server",
         }
     }
 }
@@ -211,6 +236,7 @@ impl Command {
             Command::LoadImageModel { .. } => JobKind::LoadImageModel,
             Command::FitImage(_) => JobKind::FitImage,
             Command::GenerateImages(..) => JobKind::GenerateImages,
+            Command::Serve(_) => JobKind::Serve,
         }
     }
 }
@@ -262,6 +288,8 @@ pub enum Event {
     MapsSaved(PathBuf),
     /// Maps loaded.
     MapsLoaded(Arc<MapsFile>, PathBuf),
+    /// The server started (with its address) or stopped (`None`).
+    Serving(Option<ServingInfo>),
     /// A diffusion pipeline is loaded.
     ImageModelLoaded(ImageModelInfo),
     /// The diffusion pipeline was dropped (a new one failed to load).

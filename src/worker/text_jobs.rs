@@ -28,6 +28,8 @@ impl State {
 
     pub(super) fn load_model(&mut self, path: PathBuf) -> Result<(), JobError> {
         let started = Instant::now();
+        // A server would go on serving the old model.
+        self.stop_server();
         self.progress("loading model", 0, 0, started);
         let m = LoadedModel::load(&path).map_err(|e| JobError::from(e).context(path.display()))?;
         let c = m.config();

@@ -109,3 +109,38 @@ pub fn forward_alone(
         .forward(&b, &mut [m.new_cache()], hooks, MatPath::Dense, LogitsMode::None)
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A whole HTTP/1.1 exchange with `addr` (`HOST:PORT`) over a fresh connection: (status,
+/// body).
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap_or_else(|e| panic!("{e}"));
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The body of `GET {base}{path}` (`base` = `http://HOST:PORT/v1`); panics unless the status
+/// is 200.
+pub fn http_get(base: &str, path: &str) -> String {
+    let rest = base.trim_start_matches("http://");
+    let (addr, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let (status, body) = http(addr, "GET", &format!("/{prefix}{path}"), "");
+    assert_eq!(status, 200, "GET {base}{path}: {body}");
+    body
+}

@@ -1,0 +1,360 @@
+//! Continuous batching: one model thread decodes every running request together, each row
+//! with its own cache, sampler and steering, and requests join and leave the batch between
+//! decode steps (the engine behind `act-studio serve`; docs/ARCHITECTURE.md, "Serving").
+//!
+//! Each step the engine
+//! 1. admits waiting jobs while the batch has room: a job's prompt runs alone (batch 1,
+//!    steered by its own plan), and its `n` samples join as rows with copies of that cache;
+//! 2. samples one token per row from the row's logits, streams its text through the row's
+//!    stop-sequence matcher, and retires rows that end (end-of-sequence, a stop sequence,
+//!    `max_tokens`, or a listener that has gone);
+//! 3. runs one forward pass over every remaining row (`[rows, 1]` tokens), with
+//!    [`RowSteering`] giving each row its request's plan.
+//!
+//! **Exactness**: a row's numbers never depend on the rows beside it. The prompt runs alone;
+//! on the quantized path the matrix kernels treat every input row on its own (the four-input
+//! kernels are bit-identical to the one-input ones), attention and norms are per row, and
+//! each row's steering sees only its own tokens. So a request gives the same tokens whether it
+//! runs alone or beside seven others (tested below and in `tests/serve_openai.rs`).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::runtime::forward::{Batch, LogitsMode};
+use crate::runtime::generate::{decode_pool, prefill};
+use crate::runtime::kv_cache::KvCache;
+use crate::runtime::linear::MatPath;
+use crate::runtime::sampling::{Sampler, SamplingConfig};
+use crate::runtime::steer::RowSteering;
+use crate::runtime::tokenizer::StreamDecoder;
+use crate::runtime::{LoadedModel, RuntimeError};
+use crate::transport::SteeringPlan;
+
+use super::completion::{CompletionEvent, CompletionJob, CompletionSink, FinishReason, StopText, check_job};
+
+/// Most rows decoded together by default: beyond it jobs wait for rows to finish.
+pub const DEFAULT_MAX_ROWS: usize = 32;
+/// Most jobs waiting for a row: beyond it [`BatchEngine::submit`] refuses new ones.
+pub const MAX_QUEUED: usize = 256;
+
+/// A job's listener, shared by its samples.
+struct JobState {
+    sink: Box<dyn CompletionSink>,
+    /// The listener has gone (or the job failed): its rows are dropped.
+    dropped: bool,
+}
+
+impl JobState {
+    fn send(&mut self, event: CompletionEvent) {
+        if !self.dropped && !self.sink.send(event) {
+            self.dropped = true;
+        }
+    }
+}
+
+/// One sample being decoded.
+struct Row {
+    job: Rc<RefCell<JobState>>,
+    index: usize,
+    cache: KvCache,
+    sampler: Sampler,
+    history: Vec<u32>,
+    prompt_len: usize,
+    generated: usize,
+    max_tokens: usize,
+    stream: StreamDecoder,
+    stop: StopText,
+    steering: Option<Arc<SteeringPlan>>,
+    /// `[vocab]` logits of the next position.
+    logits: Vec<f32>,
+    /// The token picked this step, still to run through the model.
+    fed: u32,
+}
+
+/// The model thread and its queue. Dropping the engine lets running jobs finish; new jobs
+/// are refused once it is dropped.
+pub struct BatchEngine {
+    tx: Option<Sender<CompletionJob>>,
+    thread: Option<JoinHandle<()>>,
+    running: Arc<AtomicUsize>,
+    /// Jobs submitted and not yet admitted.
+    queued: Arc<AtomicUsize>,
+}
+
+/// Why a job was not queued (it comes back with the refusal).
+pub enum SubmitError {
+    /// [`MAX_QUEUED`] jobs are already waiting.
+    Busy(Box<CompletionJob>),
+    /// The model thread has stopped.
+    Stopped(Box<CompletionJob>),
+}
+
+impl BatchEngine {
+    /// Starts the model thread for `m`, decoding at most `max_rows` rows at once.
+    pub fn start(m: Arc<LoadedModel>, max_rows: usize) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let running = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let counts = (running.clone(), queued.clone());
+        let thread = std::thread::Builder::new()
+            .name("act-serve-engine".into())
+            .spawn(move || run(&m, &rx, max_rows.max(1), (&counts.0, &counts.1)))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            running,
+            queued,
+        })
+    }
+
+    /// Jobs waiting for a row.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Rows (samples) being decoded now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Queues `job` (checked with [`check_job`] by the caller); refused when [`MAX_QUEUED`]
+    /// jobs wait already or the model thread has stopped.
+    pub fn submit(&self, job: CompletionJob) -> Result<(), SubmitError> {
+        let Some(tx) = &self.tx else {
+            return Err(SubmitError::Stopped(Box::new(job)));
+        };
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubmitError::Busy(Box::new(job)));
+        }
+        tx.send(job).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            SubmitError::Stopped(Box::new(e.into_inner()))
+        })
+    }
+}
+
+impl Drop for BatchEngine {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The model thread: admit, sample, step, until the queue closes and no row is left.
+fn run(
+    m: &LoadedModel,
+    rx: &Receiver<CompletionJob>,
+    max_rows: usize,
+    (running, queued): (&AtomicUsize, &AtomicUsize),
+) {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut waiting: Option<CompletionJob> = None;
+    loop {
+        running.store(rows.len(), Ordering::Relaxed);
+        // 1. Admit: block only when there is nothing to decode.
+        if rows.is_empty() && waiting.is_none() {
+            match rx.recv() {
+                Ok(job) => waiting = Some(job),
+                Err(_) => return,
+            }
+        }
+        loop {
+            let job = match waiting.take() {
+                Some(j) => j,
+                None => match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                },
+            };
+            if !rows.is_empty() && rows.len() + job.n > max_rows {
+                waiting = Some(job);
+                break;
+            }
+            queued.fetch_sub(1, Ordering::Relaxed);
+            rows.extend(admit(m, job));
+        }
+        // 2. Sample one token per row; retire rows that end.
+        let eos = m.tokenizer.eos();
+        rows.retain_mut(|row| sample_step(m, row, eos));
+        if rows.is_empty() {
+            continue;
+        }
+        // 3. One forward pass over every remaining row.
+        if let Err(e) = forward_step(m, &mut rows) {
+            let message = format!("the model failed: {e}");
+            for row in &rows {
+                row.job
+                    .borrow_mut()
+                    .send(CompletionEvent::Failed(message.clone()));
+            }
+            rows.clear();
+        }
+    }
+}
+
+/// Runs a job's prompt and makes its rows (none if it fails or nobody listens).
+fn admit(m: &LoadedModel, mut job: CompletionJob) -> Vec<Row> {
+    if let Err(e) = check_job(m, &job) {
+        job.sink.send(CompletionEvent::Failed(e.to_string()));
+        return Vec::new();
+    }
+    let CompletionJob {
+        prompt,
+        n,
+        max_tokens,
+        sampling,
+        stop,
+        steering,
+        sink,
+    } = job;
+    let state = Rc::new(RefCell::new(JobState { sink, dropped: false }));
+    let mut cache = vec![m.new_cache()];
+    let mut hooks = RowSteering::new(vec![steering.clone()]);
+    let logits = match prefill(m, &prompt, &mut cache, &mut hooks, MatPath::Quantized) {
+        Ok(l) if l.len() == m.config().vocab_size => l,
+        Ok(_) => {
+            state
+                .borrow_mut()
+                .send(CompletionEvent::Failed("the model returned no logits".into()));
+            return Vec::new();
+        }
+        Err(e) => {
+            state
+                .borrow_mut()
+                .send(CompletionEvent::Failed(format!("the prompt failed: {e}")));
+            return Vec::new();
+        }
+    };
+    let cache = cache.pop().unwrap_or_else(|| m.new_cache());
+    (0..n)
+        .map(|index| Row {
+            job: state.clone(),
+            index,
+            cache: cache.clone(),
+            sampler: Sampler::new(SamplingConfig {
+                seed: sampling.seed.wrapping_add(index as u64),
+                ..sampling
+            }),
+            history: prompt.clone(),
+            prompt_len: prompt.len(),
+            generated: 0,
+            max_tokens,
+            stream: StreamDecoder::new(),
+            stop: StopText::new(stop.clone()),
+            steering: steering.clone(),
+            logits: logits.clone(),
+            fed: 0,
+        })
+        .collect()
+}
+
+/// Samples row's next token and reports its text; false when the row is done.
+fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32]) -> bool {
+    {
+        let mut job = row.job.borrow_mut();
+        if job.dropped || job.sink.is_closed() {
+            job.dropped = true;
+            return false;
+        }
+    }
+    let tok = row.sampler.sample(&mut row.logits, &row.history);
+    if eos.contains(&tok) {
+        finish(row, FinishReason::Stop);
+        return false;
+    }
+    row.history.push(tok);
+    row.generated += 1;
+    let piece = match row.stream.push(&m.tokenizer, tok) {
+        Ok(p) => p,
+        Err(e) => {
+            row.job
+                .borrow_mut()
+                .send(CompletionEvent::Failed(format!("decoding a token failed: {e}")));
+            row.job.borrow_mut().dropped = true;
+            return false;
+        }
+    };
+    let (shown, hit) = row.stop.push(&piece);
+    if !shown.is_empty() {
+        row.job.borrow_mut().send(CompletionEvent::Text {
+            index: row.index,
+            text: shown,
+        });
+    }
+    if hit {
+        finish(row, FinishReason::Stop);
+        return false;
+    }
+    if row.generated >= row.max_tokens {
+        finish(row, FinishReason::Length);
+        return false;
+    }
+    row.fed = tok;
+    true
+}
+
+/// Reports the end of a row: its held-back text, then why it ended.
+fn finish(row: &mut Row, reason: FinishReason) {
+    // Text held back as a possible stop sequence that never completed.
+    let rest = row.stop.flush();
+    let mut job = row.job.borrow_mut();
+    if !rest.is_empty() {
+        job.send(CompletionEvent::Text {
+            index: row.index,
+            text: rest,
+        });
+    }
+    job.send(CompletionEvent::Finished {
+        index: row.index,
+        reason,
+        tokens: row.generated,
+    });
+}
+
+/// One decode step over every row: feeds each row's last token, stores its next logits.
+fn forward_step(m: &LoadedModel, rows: &mut [Row]) -> Result<(), RuntimeError> {
+    let vocab = m.config().vocab_size;
+    let feed: Vec<u32> = rows.iter().map(|r| r.fed).collect();
+    let ones = vec![1usize; rows.len()];
+    let prompt_lens: Vec<usize> = rows.iter().map(|r| r.prompt_len).collect();
+    let mut caches: Vec<KvCache> = rows.iter_mut().map(|r| std::mem::take(&mut r.cache)).collect();
+    let mut hooks = RowSteering::new(rows.iter().map(|r| r.steering.clone()).collect());
+    let batch = Batch {
+        tokens: &feed,
+        batch: rows.len(),
+        seq: 1,
+        valid: &ones,
+        prompt_lens: &prompt_lens,
+    };
+    let out = decode_pool().install(|| {
+        m.model.forward(
+            &batch,
+            &mut caches,
+            &mut hooks,
+            MatPath::Quantized,
+            LogitsMode::Last,
+        )
+    });
+    for (row, cache) in rows.iter_mut().zip(caches) {
+        row.cache = cache;
+    }
+    let out = out?;
+    if out.logits.len() != vocab * rows.len() {
+        return Err(RuntimeError::BadInput(
+            "a hook stopped the forward pass during generation".into(),
+        ));
+    }
+    for (row, logits) in rows.iter_mut().zip(out.logits.chunks_exact(vocab)) {
+        row.logits.clear();
+        row.logits.extend_from_slice(logits);
+    }
+    Ok(())
+}

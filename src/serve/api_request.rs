@@ -1,0 +1,381 @@
+//! Request bodies of `/v1/chat/completions` and `/v1/completions` (the OpenAI API's fields
+//! that this server honours, plus `steering`), parsed and turned into a
+//! [`CompletionJob`]'s settings. Fields the server does not know are ignored, as OpenAI-style
+//! servers do; fields it knows but cannot honour (`logprobs`, `echo`, `suffix`, `best_of`,
+//! `tools`) are refused rather than silently dropped.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::runtime::sampling::SamplingConfig;
+use crate::transport::TokenScope;
+
+use super::api_error::ApiError;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage counts.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The fields both endpoints share.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CommonFields {
+    /// The model name (any name is accepted: one model is served, and answers carry its id).
+    pub model: Option<String>,
+    pub max_tokens: Option<u64>,
+    /// The chat API's newer name for `max_tokens`.
+    pub max_completion_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Not in the OpenAI API; as llama.cpp's server (0 = off, the default).
+    pub top_k: Option<u64>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopField>,
+    pub n: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    /// Concept name → λ (absent: unsteered).
+    pub steering: Option<BTreeMap<String, f64>>,
+    /// Which tokens are steered: `all` (default), `last`, `prompt` or `generated`.
+    pub steering_scope: Option<String>,
+    // Known but not supported: refused when set.
+    pub logprobs: Option<serde_json::Value>,
+    pub top_logprobs: Option<serde_json::Value>,
+    pub echo: Option<bool>,
+    pub suffix: Option<serde_json::Value>,
+    pub best_of: Option<u64>,
+    pub tools: Option<serde_json::Value>,
+}
+
+/// One chat message; `content` is a string or a list of `{"type": "text", "text": …}` parts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessageIn {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<serde_json::Value>,
+}
+
+/// `/v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatBody {
+    pub messages: Vec<ChatMessageIn>,
+    #[serde(flatten)]
+    pub common: CommonFields,
+}
+
+/// `/v1/completions`: `prompt` is a string, a list of one string, or a list of token ids.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionBody {
+    pub prompt: serde_json::Value,
+    #[serde(flatten)]
+    pub common: CommonFields,
+}
+
+/// A completion prompt as given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptIn {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// Parses a JSON body, mapping serde's message to a 400.
+pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid(
+            None,
+            format!("the request body is not valid JSON for this endpoint: {e}"),
+        )
+    })
+}
+
+/// A chat message's text.
+pub fn message_text(m: &ChatMessageIn) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            Some("messages"),
+            "a message's content must be a string or a list of text parts",
+        )
+    };
+    match &m.content {
+        None | Some(serde_json::Value::Null) => Ok(String::new()),
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Array(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (
+                    p.get("type").and_then(|t| t.as_str()),
+                    p.get("text").and_then(|t| t.as_str()),
+                ) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    _ => return Err(bad()),
+                }
+            }
+            Ok(out)
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// The chat role a message maps to in the model's template (`developer` is OpenAI's newer
+/// name for `system`).
+pub fn chat_role(role: &str) -> Result<&'static str, ApiError> {
+    match role {
+        "system" | "developer" => Ok("system"),
+        "user" => Ok("user"),
+        "assistant" => Ok("assistant"),
+        other => Err(ApiError::invalid(
+            Some("messages"),
+            format!("unsupported message role `{other}` (system, developer, user, assistant)"),
+        )),
+    }
+}
+
+/// A completion body's prompt.
+pub fn prompt_in(v: &serde_json::Value) -> Result<PromptIn, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            Some("prompt"),
+            "prompt must be a string, a list of one string, or a list of token ids",
+        )
+    };
+    match v {
+        serde_json::Value::String(s) => Ok(PromptIn::Text(s.clone())),
+        serde_json::Value::Array(items) => match items.as_slice() {
+            [serde_json::Value::String(s)] => Ok(PromptIn::Text(s.clone())),
+            [] => Err(bad()),
+            ids => ids
+                .iter()
+                .map(|x| x.as_u64().and_then(|t| u32::try_from(t).ok()).ok_or_else(bad))
+                .collect::<Result<Vec<u32>, _>>()
+                .map(PromptIn::Tokens),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// The settings of a request, checked for type and range (the model-dependent checks —
+/// context length, concept names — come later).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `None`: up to the end of the context.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingConfig,
+    pub stop: Vec<String>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub steering: Vec<(String, f32)>,
+    pub scope: TokenScope,
+}
+
+/// Reads the shared fields; `random_seed` is used when the request gives none.
+pub fn settings(c: &CommonFields, random_seed: u64) -> Result<Settings, ApiError> {
+    let unsupported = |param: &'static str| {
+        Err(ApiError::invalid(
+            Some(param),
+            format!("`{param}` is not supported by this server"),
+        ))
+    };
+    if c.logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && v != &serde_json::Value::Bool(false))
+    {
+        return unsupported("logprobs");
+    }
+    if c.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
+        return unsupported("top_logprobs");
+    }
+    if c.echo == Some(true) {
+        return unsupported("echo");
+    }
+    if c.suffix.as_ref().is_some_and(|v| !v.is_null()) {
+        return unsupported("suffix");
+    }
+    if c.best_of.is_some_and(|b| b > 1) {
+        return unsupported("best_of");
+    }
+    if c.tools.as_ref().is_some_and(|v| !v.is_null()) {
+        return unsupported("tools");
+    }
+    let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
+        Some(0) => {
+            return Err(ApiError::invalid(
+                Some("max_tokens"),
+                "max_tokens must be at least 1",
+            ));
+        }
+        Some(v) => Some(usize::try_from(v).unwrap_or(usize::MAX)),
+        None => None,
+    };
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            Some("temperature"),
+            format!("temperature {temperature} is outside 0 … 2"),
+        ));
+    }
+    let top_p = c.top_p.unwrap_or(1.0);
+    let sampling = SamplingConfig {
+        // Below the runtime's smallest temperature sampling is greedy in effect.
+        temperature: if temperature < f64::from(crate::runtime::sampling::MIN_TEMPERATURE) {
+            0.0
+        } else {
+            temperature as f32
+        },
+        top_k: c.top_k.map_or(0, |k| usize::try_from(k).unwrap_or(usize::MAX)),
+        top_p: top_p as f32,
+        repetition_penalty: 1.0,
+        seed: c.seed.map_or(random_seed, |s| s as u64),
+    };
+    crate::runtime::sampling::check_top_p(sampling.top_p).map_err(|m| ApiError::invalid(Some("top_p"), m))?;
+    let stop = match &c.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s.clone()],
+        Some(StopField::Many(v)) => v.clone(),
+    };
+    let n = c.n.unwrap_or(1);
+    let max_n = crate::pipeline::completion::MAX_SAMPLES as u64;
+    if !(1..=max_n).contains(&n) {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!("n = {n} is outside 1 … {max_n}"),
+        ));
+    }
+    let mut steering = Vec::new();
+    for (name, &v) in c.steering.iter().flatten() {
+        // JSON has no NaN or infinity, but a huge number parses to one.
+        if !v.is_finite() || v.abs() > f64::from(crate::transport::LAMBDA_LIMIT) {
+            return Err(ApiError::invalid(
+                Some("steering"),
+                format!(
+                    "steering `{name}`: λ = {v} is not a number within ±{}",
+                    crate::transport::LAMBDA_LIMIT
+                ),
+            )
+            .with_code("invalid_lambda"));
+        }
+        steering.push((name.clone(), v as f32));
+    }
+    let scope = match &c.steering_scope {
+        None => TokenScope::All,
+        Some(s) => s
+            .parse()
+            .map_err(|m: String| ApiError::invalid(Some("steering_scope"), m))?,
+    };
+    Ok(Settings {
+        max_tokens,
+        sampling,
+        stop,
+        n: n as usize,
+        stream: c.stream,
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        steering,
+        scope,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<Settings, ApiError> {
+        let b: ChatBody = parse(body.as_bytes())?;
+        settings(&b.common, 7)
+    }
+
+    #[test]
+    fn defaults_are_the_openai_apis() {
+        let s = chat(r#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        assert_eq!(s.max_tokens, None);
+        assert_eq!(s.sampling.temperature, 1.0);
+        assert_eq!(s.sampling.top_p, 1.0);
+        assert_eq!(s.sampling.top_k, 0);
+        assert_eq!(s.sampling.seed, 7);
+        assert_eq!((s.n, s.stream, s.include_usage), (1, false, false));
+        assert!(s.steering.is_empty() && s.stop.is_empty());
+    }
+
+    #[test]
+    fn fields_are_read_and_checked() {
+        let s = chat(
+            r#"{"messages":[],"max_tokens":5,"temperature":0,"seed":3,"stop":"\n","n":2,
+                "stream":true,"stream_options":{"include_usage":true},
+                "steering":{"b":0.5,"a":-1},"steering_scope":"generated","user":"ignored"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.max_tokens, Some(5));
+        assert_eq!(s.sampling.temperature, 0.0);
+        assert_eq!(s.sampling.seed, 3);
+        assert_eq!(s.stop, vec!["\n".to_string()]);
+        assert_eq!((s.n, s.stream, s.include_usage), (2, true, true));
+        assert_eq!(s.steering, vec![("a".into(), -1.0), ("b".into(), 0.5)]);
+        assert_eq!(s.scope, TokenScope::GeneratedOnly);
+        for (body, param) in [
+            (r#"{"messages":[],"temperature":3}"#, "temperature"),
+            (r#"{"messages":[],"top_p":0}"#, "top_p"),
+            (r#"{"messages":[],"n":0}"#, "n"),
+            (r#"{"messages":[],"max_tokens":0}"#, "max_tokens"),
+            (r#"{"messages":[],"steering":{"a":2.5}}"#, "steering"),
+            (r#"{"messages":[],"steering":{"a":1e308}}"#, "steering"),
+            (r#"{"messages":[],"steering_scope":"some"}"#, "steering_scope"),
+            (r#"{"messages":[],"logprobs":true}"#, "logprobs"),
+        ] {
+            let e = chat(body).unwrap_err();
+            assert_eq!(e.param, Some(param), "{body}: {}", e.message);
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+        for body in [
+            "{",
+            r#"{"messages":"hi"}"#,
+            r#"{"messages":[],"steering":{"a":"strong"}}"#,
+            r#"{"messages":[],"steering":{"a":1e999}}"#,
+            r#"{"messages":[],"max_tokens":-1}"#,
+        ] {
+            let e = chat(body).unwrap_err();
+            assert!(e.message.contains("not valid JSON"), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn prompts_and_messages() {
+        assert_eq!(
+            prompt_in(&serde_json::json!("a")).unwrap(),
+            PromptIn::Text("a".into())
+        );
+        assert_eq!(
+            prompt_in(&serde_json::json!(["a"])).unwrap(),
+            PromptIn::Text("a".into())
+        );
+        assert_eq!(
+            prompt_in(&serde_json::json!([1, 2])).unwrap(),
+            PromptIn::Tokens(vec![1, 2])
+        );
+        assert!(prompt_in(&serde_json::json!([])).is_err());
+        assert!(prompt_in(&serde_json::json!(["a", "b"])).is_err());
+        assert!(prompt_in(&serde_json::json!([-1])).is_err());
+        assert!(prompt_in(&serde_json::json!({"a": 1})).is_err());
+        let m: ChatMessageIn = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(message_text(&m).unwrap(), "ab");
+        let m: ChatMessageIn =
+            serde_json::from_str(r#"{"role":"user","content":[{"type":"image_url"}]}"#).unwrap();
+        assert!(message_text(&m).is_err());
+        assert_eq!(chat_role("developer").unwrap(), "system");
+        assert!(chat_role("tool").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+"""Drives `act-studio serve` with the official `openai` Python package (and plain urllib for
+requests the client would refuse to send). Run by tests/serve_openai.rs:
+
+    python3 tests/serve/openai_client.py BASE_URL API_KEY CONCEPT OTHER_CONCEPT OUT.json
+
+Every check asserts; the texts the Rust side compares with the library's own greedy decoding
+go to OUT.json. Exit status 0 means every check passed.
+"""
+
+import concurrent.futures
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import openai
+
+BASE, KEY, CONCEPT, OTHER, OUT = sys.argv[1:6]
+ROOT = BASE[: -len("/v1")]
+client = openai.OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=300)
+MODEL = "whatever-the-client-says"
+CHAT = [{"role": "user", "content": "Tell me about your weekend."}]
+PROMPT = "My favourite thing to do on a Saturday is"
+results = {}
+checks = []
+
+
+def check(name, ok, detail=""):
+    checks.append(name)
+    if not ok:
+        raise AssertionError(f"{name}: {detail}")
+    print(f"ok  {name}", flush=True)
+
+
+def chat(**kw):
+    kw.setdefault("messages", CHAT)
+    kw.setdefault("max_tokens", 24)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=MODEL, **kw)
+
+
+def complete(**kw):
+    kw.setdefault("prompt", PROMPT)
+    kw.setdefault("max_tokens", 24)
+    kw.setdefault("temperature", 0)
+    return client.completions.create(model=MODEL, **kw)
+
+
+def raw(path, body=None, key=KEY, method=None):
+    """(status, parsed JSON body) of a request sent as is."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(ROOT + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if key is not None:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+# --- listing ------------------------------------------------------------------------------
+models = client.models.list().data
+check("models lists the served model", len(models) == 1 and models[0].id, models)
+status, concepts = raw("/v1/concepts")
+names = [c["name"] for c in concepts["data"]]
+check("concepts lists the loaded maps", status == 200 and names == [CONCEPT, OTHER], concepts)
+first = concepts["data"][0]
+check(
+    "a concept carries method, hook points, datasets and fingerprint",
+    first["method"] and first["hook_points"] and first["datasets"]["source"]["count"] > 0
+    and first["fingerprint"]["architecture"],
+    first,
+)
+
+# --- chat: plain, λ = 0, steered, streamed ------------------------------------------------
+plain = chat()
+text = plain.choices[0].message.content
+check("chat answers", bool(text) and plain.choices[0].finish_reason in ("stop", "length"), plain)
+check(
+    "chat usage counts",
+    plain.usage.completion_tokens > 0
+    and plain.usage.total_tokens == plain.usage.prompt_tokens + plain.usage.completion_tokens,
+    plain.usage,
+)
+zero = chat(extra_body={"steering": {CONCEPT: 0.0}})
+check("chat with λ = 0 is the unsteered text", zero.choices[0].message.content == text, (zero, text))
+steered = chat(extra_body={"steering": {CONCEPT: 1.0}})
+check("chat with λ = 1 changes the text", steered.choices[0].message.content != text, steered)
+results["chat_plain"] = text
+results["chat_steered"] = steered.choices[0].message.content
+
+pieces, finishes, usage, roles = [], [], None, 0
+for chunk in chat(stream=True, stream_options={"include_usage": True}):
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for c in chunk.choices:
+        if c.delta.role == "assistant":
+            roles += 1
+        if c.delta.content:
+            pieces.append(c.delta.content)
+        if c.finish_reason:
+            finishes.append(c.finish_reason)
+check("chat stream equals the whole answer", "".join(pieces) == text, ("".join(pieces), text))
+check("chat stream: one role chunk, one finish", roles == 1 and finishes == [plain.choices[0].finish_reason])
+check("chat stream: usage chunk", usage is not None and usage.completion_tokens == plain.usage.completion_tokens)
+
+# --- completions --------------------------------------------------------------------------
+cplain = complete()
+ctext = cplain.choices[0].text
+results["completion_plain"] = ctext
+results["completion_prompt_tokens"] = cplain.usage.prompt_tokens
+check("completion answers", bool(ctext), cplain)
+czero = complete(extra_body={"steering": {CONCEPT: 0.0, OTHER: 0.0}})
+check("completion with λ = 0 is the unsteered text", czero.choices[0].text == ctext)
+cst = "".join(c.choices[0].text for c in complete(stream=True) if c.choices)
+check("completion stream equals the whole answer", cst == ctext, (cst, ctext))
+csteer = complete(extra_body={"steering": {CONCEPT: 1.0}, "steering_scope": "generated"})
+check("completion steered on generated tokens changes the text", csteer.choices[0].text != ctext)
+
+# stop: cut at the first occurrence of a word from inside the greedy text
+words = ctext.split()
+stop_word = " " + words[len(words) // 2]
+cut = ctext[: ctext.find(stop_word)]
+stopped = complete(stop=[stop_word, "\u2603never"])
+check(
+    "a stop sequence ends the text before it",
+    stopped.choices[0].text == cut and stopped.choices[0].finish_reason == "stop",
+    (stopped.choices[0].text, cut),
+)
+sst = "".join(c.choices[0].text for c in complete(stream=True, stop=stop_word) if c.choices)
+check("a stop sequence ends the stream before it", sst == cut, (sst, cut))
+
+# n samples = one request per seed
+many = complete(n=3, temperature=0.9, seed=11, max_tokens=16)
+singles = [complete(n=1, temperature=0.9, seed=11 + i, max_tokens=16).choices[0].text for i in range(3)]
+check("n = 3 gives three choices", [c.index for c in many.choices] == [0, 1, 2])
+check("sample i of n draws with seed + i", [c.text for c in many.choices] == singles, (many, singles))
+check("samples differ", len(set(singles)) > 1, singles)
+
+# --- concurrency: 8 requests together = the same 8 one at a time --------------------------
+lambdas = [0.0, 0.25, 0.5, 0.75, 1.0, -0.5, 0.6, 0.0]
+
+
+def job(i):
+    steering = {CONCEPT: lambdas[i]} if i % 2 == 0 else {CONCEPT: lambdas[i], OTHER: 0.5}
+    kw = dict(temperature=0.8, seed=100 + i, max_tokens=32, extra_body={"steering": steering})
+    if i % 3 == 0:
+        return chat(**kw).choices[0].message.content
+    return complete(**kw).choices[0].text
+
+
+one_by_one = [job(i) for i in range(8)]
+start = time.time()
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    together = list(pool.map(job, range(8)))
+check("8 concurrent requests equal the same requests sent one at a time", together == one_by_one,
+      json.dumps([together, one_by_one], indent=1))
+check("the 8 requests differ from each other", len(set(one_by_one)) >= 6, one_by_one)
+
+# --- bad requests: status, message, and the server still answers --------------------------
+def bad(name, status, param_or_code, path, body, key=KEY):
+    got, answer = raw(path, body, key=key)
+    err = answer.get("error", {})
+    check(
+        f"{name} → {status}",
+        got == status and err.get("message") and param_or_code in (err.get("param"), err.get("code"), None),
+        (got, answer),
+    )
+    print(f"    {err.get('message')}")
+    check(f"after {name} the server answers", chat(max_tokens=2).choices[0].message.content is not None)
+
+
+CHATP = "/v1/chat/completions"
+body = {"model": MODEL, "messages": CHAT, "max_tokens": 4}
+bad("unknown concept", 400, "unknown_concept", CHATP, {**body, "steering": {"nonexistent": 1}})
+bad("λ out of range", 400, "invalid_lambda", CHATP, {**body, "steering": {CONCEPT: 2.5}})
+bad("λ not finite", 400, None, CHATP, b'{"messages": [{"role": "user", "content": "hi"}], "steering": {"%s": 1e999}}' % CONCEPT.encode())
+bad("λ not a number", 400, None, CHATP, {**body, "steering": {CONCEPT: "strong"}})
+bad("prompt longer than the context", 400, "context_length_exceeded", "/v1/completions",
+    {"model": MODEL, "prompt": "word " * 9000, "max_tokens": 4})
+bad("budget beyond the context", 400, "context_length_exceeded", CHATP, {**body, "max_tokens": 10**9})
+bad("bad JSON", 400, None, CHATP, b'{"messages": [')
+bad("wrong field type", 400, None, CHATP, {**body, "messages": "hi"})
+bad("empty messages", 400, "messages", CHATP, {**body, "messages": []})
+bad("unknown role", 400, "messages", CHATP, {**body, "messages": [{"role": "robot", "content": "x"}]})
+bad("temperature out of range", 400, "temperature", CHATP, {**body, "temperature": 5})
+bad("body over the size limit", 413, None, CHATP, {**body, "messages": [{"role": "user", "content": "x" * 200_000}]})
+bad("wrong API key", 401, "invalid_api_key", CHATP, body, key="wrong")
+bad("missing API key", 401, "invalid_api_key", CHATP, body, key=None)
+bad("unknown endpoint", 404, None, "/v1/embeddings", body)
+try:
+    chat(extra_body={"steering": {"nonexistent": 1}})
+    check("the openai client raises BadRequestError for an unknown concept", False)
+except openai.BadRequestError as e:
+    check("the openai client raises BadRequestError for an unknown concept", "nonexistent" in str(e), str(e))
+
+# --- a client that goes away cancels its rows ---------------------------------------------
+stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3000, temperature=0.9,
+                                   seed=3, stream=True)
+for i, _ in enumerate(stream):
+    if i == 3:
+        break
+stream.close()
+deadline = time.time() + 20
+running = None
+while time.time() < deadline:
+    running = raw("/health", method="GET")[1]["running"]
+    if running == 0:
+        break
+    time.sleep(0.1)
+check("a disconnected stream stops decoding", running == 0, running)
+
+with open(OUT, "w") as f:
+    json.dump(results, f)
+print(f"all {len(checks)} checks passed")

@@ -1,0 +1,146 @@
+//! `act-studio serve` on the demo model, driven by a client nobody here wrote: the official
+//! `openai` Python package (`.ci/run` installs it into `target/py-openai`; `ACT_PY_OPENAI`
+//! points elsewhere). The script (`tests/serve/openai_client.py`) checks chat and text
+//! completions, streaming and not, steering (λ = 0 equals unsteered, λ = 1 changes the text),
+//! stop sequences, `n`, 8 concurrent requests against the same requests one at a time, every
+//! bad request's status and message, and that a client going away stops its decoding. Here
+//! the unsteered greedy texts are also compared with the library's own greedy decoding.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+
+use act_studio::pipeline::concepts::builtin_concept;
+use act_studio::pipeline::dataset::DatasetSpec;
+use act_studio::pipeline::fit_concept::{FitRequest, fit_concept};
+use act_studio::pipeline::fit_model::Estimation;
+use act_studio::pipeline::pooling::Pooling;
+use act_studio::pipeline::presets::DEFAULT_PRESET;
+use act_studio::runtime::LoadedModel;
+use act_studio::transport::Method;
+
+/// The directory holding the `openai` package, or `None` (after printing why) outside CI.
+fn openai_package() -> Option<PathBuf> {
+    let dir = std::env::var_os("ACT_PY_OPENAI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-openai"));
+    let ok = Command::new("python3")
+        .args(["-c", "import openai"])
+        .env("PYTHONPATH", &dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the openai package is missing in CI (.ci/run installs it into {})",
+        dir.display()
+    );
+    eprintln!(
+        "SKIP: the openai Python package is not importable from {} (python3 -m pip install --target {} openai)",
+        dir.display(),
+        dir.display()
+    );
+    None
+}
+
+/// Fits built-in `concept` on 24 + 24 samples and saves it under `dir`.
+fn fit_to(m: &LoadedModel, concept: &str, dir: &Path) -> PathBuf {
+    let c = builtin_concept(concept).unwrap_or_else(|e| panic!("{e}"));
+    let req = FitRequest {
+        name: concept.into(),
+        source: DatasetSpec::Builtin(c.source.clone()),
+        target: DatasetSpec::Builtin(c.target.clone()),
+        limit: Some(24),
+        method: Method::LinearAct,
+        preset: DEFAULT_PRESET.into(),
+        pooling: Pooling::Mean,
+        support: None,
+        estimation: Estimation::Causal,
+        keep_samples: false,
+    };
+    let fitted = fit_concept(m, &req, &AtomicBool::new(false), &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join(format!("{concept}.safetensors"));
+    fitted.maps.save(&path).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_openai_client_gets_steered_completions() {
+    let Some(model) = common::demo_model() else {
+        return;
+    };
+    let Some(py) = openai_package() else {
+        return;
+    };
+    let m = LoadedModel::load(&model).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let football = fit_to(&m, "football", dir.path());
+    let other = fit_to(&m, "sentiment", dir.path());
+    let key = "test-key-123";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_act-studio"))
+        .args(["serve", "--model"])
+        .arg(&model)
+        .arg("--maps")
+        .arg(&football)
+        .arg("--maps")
+        .arg(&other)
+        .args(["--port", "0", "--max-body-bytes", "65536", "--api-key", key])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting the server: {e}"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let server = Server(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the server exited before listening"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("server: {line}");
+        if let Some(rest) = line.split(" at http://").nth(1) {
+            let url = rest.split_whitespace().next().unwrap_or_default();
+            break url.trim_end_matches("/v1").to_string();
+        }
+    };
+    // Keep draining the server's stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(|l| eprintln!("server: {}", l.unwrap_or_default())));
+    let out = dir.path().join("results.json");
+    let status = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/openai_client.py"))
+        .arg(format!("http://{addr}/v1"))
+        .args([key, "football", "sentiment"])
+        .arg(&out)
+        .env("PYTHONPATH", &py)
+        .status()
+        .unwrap_or_else(|e| panic!("running python3: {e}"));
+    assert!(status.success(), "the openai client checks failed (see above)");
+    drop(server);
+
+    // The server's unsteered greedy texts are the library's own.
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let prompt = "My favourite thing to do on a Saturday is";
+    let ids = m.tokenizer.encode(prompt).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(results["completion_prompt_tokens"], ids.len());
+    let g = common::greedy(&m, &ids, 24);
+    assert_eq!(results["completion_plain"], g.text.as_str());
+    let chat = act_studio::pipeline::generate_text::prompt_ids(&m, "Tell me about your weekend.", true, "")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(results["chat_plain"], common::greedy(&m, &chat, 24).text.as_str());
+}
