@@ -13,14 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
-use act_studio::pipeline::concepts::builtin_concept;
-use act_studio::pipeline::dataset::DatasetSpec;
-use act_studio::pipeline::fit_concept::{FitRequest, fit_concept};
-use act_studio::pipeline::fit_model::Estimation;
-use act_studio::pipeline::pooling::Pooling;
-use act_studio::pipeline::presets::DEFAULT_PRESET;
+use act_studio::pipeline::fit_concept::fit_concept;
 use act_studio::runtime::LoadedModel;
-use act_studio::transport::Method;
 
 /// The directory holding the `openai` package, or `None` (after printing why) outside CI.
 fn openai_package() -> Option<PathBuf> {
@@ -48,21 +42,9 @@ fn openai_package() -> Option<PathBuf> {
     None
 }
 
-/// Fits built-in `concept` on 24 + 24 samples and saves it under `dir`.
+/// Fits built-in `concept` on 24 + 24 samples (`fit`'s defaults) and saves it under `dir`.
 fn fit_to(m: &LoadedModel, concept: &str, dir: &Path) -> PathBuf {
-    let c = builtin_concept(concept).unwrap_or_else(|e| panic!("{e}"));
-    let req = FitRequest {
-        name: concept.into(),
-        source: DatasetSpec::Builtin(c.source.clone()),
-        target: DatasetSpec::Builtin(c.target.clone()),
-        limit: Some(24),
-        method: Method::LinearAct,
-        preset: DEFAULT_PRESET.into(),
-        pooling: Pooling::Mean,
-        support: None,
-        estimation: Estimation::Causal,
-        keep_samples: false,
-    };
+    let req = common::builtin_fit(concept, Some(24));
     let fitted = fit_concept(m, &req, &AtomicBool::new(false), &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
     let path = dir.join(format!("{concept}.safetensors"));
     fitted.maps.save(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -13,19 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use act_studio::pipeline::concepts::{builtin_concept, builtin_dataset};
-use act_studio::pipeline::dataset::DatasetSpec;
 use act_studio::pipeline::eval::presence::KeywordSet;
 use act_studio::pipeline::eval::stats::{Proportion, p_greater};
-use act_studio::pipeline::fit_concept::{FitRequest, fit_concept};
-use act_studio::pipeline::fit_model::Estimation;
-use act_studio::pipeline::pooling::Pooling;
-use act_studio::pipeline::presets::DEFAULT_PRESET;
+use act_studio::pipeline::fit_concept::fit_concept;
 use act_studio::pipeline::sweep::{SweepConfig, SweepRow, run_sweep, sweep_table};
 use act_studio::runtime::LoadedModel;
 use act_studio::runtime::generate::GenerateOptions;
 use act_studio::runtime::linear::MatPath;
 use act_studio::runtime::sampling::SamplingConfig;
-use act_studio::transport::{Method, SteeringStack};
+use act_studio::transport::SteeringStack;
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -34,19 +30,7 @@ fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
 /// Fits a built-in concept with `fit`'s defaults (Linear-AcT, its default support, the
 /// default preset, mean pooling, causal) and returns it as a one-concept stack at λ = 1.
 fn fit_builtin(m: &LoadedModel, concept: &str) -> SteeringStack {
-    let c = ok(builtin_concept(concept));
-    let req = FitRequest {
-        name: concept.into(),
-        source: DatasetSpec::Builtin(c.source.clone()),
-        target: DatasetSpec::Builtin(c.target.clone()),
-        limit: None,
-        method: Method::LinearAct,
-        preset: DEFAULT_PRESET.into(),
-        pooling: Pooling::Mean,
-        support: None,
-        estimation: Estimation::Causal,
-        keep_samples: false,
-    };
+    let req = common::builtin_fit(concept, None);
     let fitted = ok(fit_concept(m, &req, &AtomicBool::new(false), &mut |_| {}));
     let mut stack = SteeringStack::default();
     stack.push(Arc::new(fitted.maps), 1.0);

@@ -153,8 +153,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = tokio::task::spawn_blocking(move || run_chat(&st, &headers, body)).await;
-    respond(prepared).await
+    respond(st, headers, body, run_chat).await
 }
 
 async fn completions(
@@ -162,14 +161,21 @@ async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = tokio::task::spawn_blocking(move || run_completion(&st, &headers, body)).await;
-    respond(prepared).await
+    respond(st, headers, body, run_completion).await
 }
 
-/// The answer to a request prepared off the async threads (parsing, chat template and
-/// tokenizing run on tokio's blocking pool).
-async fn respond(prepared: Result<Result<Running, ApiError>, tokio::task::JoinError>) -> Response {
-    match prepared {
+/// How an endpoint turns a request into a queued job.
+type Prepare = fn(&Shared, &HeaderMap, Result<Bytes, BytesRejection>) -> Result<Running, ApiError>;
+
+/// Prepares the request off the async threads (parsing, chat template and tokenizing run on
+/// tokio's blocking pool), then answers it.
+async fn respond(
+    st: Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    prepare: Prepare,
+) -> Response {
+    match tokio::task::spawn_blocking(move || prepare(&st, &headers, body)).await {
         Ok(Ok(r)) => answer(r).await,
         Ok(Err(e)) => e.into_response(),
         Err(_) => ApiError::invalid(None, "internal error while reading the request")

@@ -144,3 +144,22 @@ pub fn http_get(base: &str, path: &str) -> String {
     assert_eq!(status, 200, "GET {base}{path}: {body}");
     body
 }
+
+/// A fit of built-in concept `concept` with `fit`'s defaults (Linear-AcT, its default support,
+/// the default preset, mean pooling, causal), on the first `limit` samples of each side.
+pub fn builtin_fit(concept: &str, limit: Option<usize>) -> act_studio::pipeline::fit_concept::FitRequest {
+    use act_studio::pipeline::dataset::DatasetSpec;
+    let c = act_studio::pipeline::concepts::builtin_concept(concept).unwrap_or_else(|e| panic!("{e}"));
+    act_studio::pipeline::fit_concept::FitRequest {
+        name: concept.into(),
+        source: DatasetSpec::Builtin(c.source.clone()),
+        target: DatasetSpec::Builtin(c.target.clone()),
+        limit,
+        method: act_studio::transport::Method::LinearAct,
+        preset: act_studio::pipeline::presets::DEFAULT_PRESET.into(),
+        pooling: act_studio::pipeline::pooling::Pooling::Mean,
+        support: None,
+        estimation: act_studio::pipeline::fit_model::Estimation::Causal,
+        keep_samples: false,
+    }
+}
