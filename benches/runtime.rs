@@ -15,7 +15,11 @@
 //!   four-input kernels against the one-input kernels, same bits (`ACT_BENCH_ONLY=batched`);
 //! - the tiled prompt product (`runtime::tiled`, f32 on weights dequantized a tile at a time)
 //!   against the quantized kernels for 8 … 512 inputs, every format (`ACT_BENCH_ONLY=tiled`):
-//!   where `tiled::min_inputs` comes from.
+//!   where `tiled::min_inputs` comes from;
+//! - the products of a batched decode step (1 … 16 inputs: a server's rows) against one
+//!   matrix × vector per input (`ACT_BENCH_ONLY=fewrows`);
+//! - the sampler on SmolLM2's 49,152-token vocabulary against a full sort of every token
+//!   (`ACT_BENCH_ONLY=sampler`).
 //!
 //! `ACT_BENCH_REPS` sets the repetitions (default 3).
 
@@ -248,6 +252,8 @@ fn main() {
         Ok("kq") => return quant_products(&K_FORMATS),
         Ok("batched") => return batched_products(reps_from_env().max(5)),
         Ok("tiled") => return tiled_products(reps_from_env().max(5)),
+        Ok("fewrows") => return few_inputs(reps_from_env().max(5)),
+        Ok("sampler") => return sampler_speed(reps_from_env().max(5)),
         Ok("quant") => {
             quant_products(&K_FORMATS);
             return quant_products(&Q5_FORMATS);
@@ -599,5 +605,147 @@ fn quant_products(formats: &[(GgmlDType, QDType)]) {
                 println!("{dt:?} [{rows}, {cols}]: {e}");
             }
         }
+    }
+}
+
+/// The products of a decode step over `n` rows (a server's batch): `QMatrix::matmul` of `n`
+/// inputs against `n` calls of `matvec`, on SmolLM2's MLP shape (Q4_1), an output-head slice
+/// (Q8_0) and a k-quant MLP shape; medians of `reps` × 20 alternating calls on the pool.
+fn few_inputs(reps: usize) {
+    use act_studio::runtime::quant::{ActScratch, QMatrix};
+    use candle_core::quantized::QTensor;
+    for (gdt, dt, rows, cols) in [
+        (GgmlDType::Q4_1, QDType::Q4_1, 1536usize, 576usize),
+        (GgmlDType::Q8_0, QDType::Q8_0, 8192, 576),
+        (GgmlDType::Q4K, QDType::Q4K, 1536, 768),
+    ] {
+        let fill = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                        / (1u32 << 24) as f32
+                        - 0.5
+                })
+                .collect()
+        };
+        let t = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, gdt).unwrap();
+        let m = QMatrix::new(dt, rows, cols, q.data().unwrap().into_owned()).unwrap();
+        for n in [1usize, 2, 4, 8, 16] {
+            let xs = fill(n * cols, 7);
+            let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            let mut scratch = ActScratch::new();
+            let (mut g, mut s) = (Vec::new(), Vec::new());
+            for _ in 0..reps * 20 {
+                let t = Instant::now();
+                m.matmul(&xs, n, &mut a, &mut scratch).unwrap();
+                g.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                for i in 0..n {
+                    m.matvec(
+                        &xs[i * cols..(i + 1) * cols],
+                        &mut b[i * rows..(i + 1) * rows],
+                        &mut scratch,
+                    )
+                    .unwrap();
+                }
+                s.push(t.elapsed().as_secs_f64());
+            }
+            let macs = (n * rows * cols) as f64;
+            let (g, s) = (median(g), median(s));
+            println!(
+                "{dt:?} n={n}: matmul {:.1} GMAC/s, matvecs {:.1} GMAC/s",
+                macs / g / 1e9,
+                macs / s / 1e9
+            );
+        }
+    }
+}
+
+/// The sampler (`runtime::sampling::Sampler`) on a 49,152-token vocabulary (SmolLM2's) at
+/// temperature 0.8, against the previous method as a baseline (rank every token by a full
+/// sort of packed keys, softmax in rank order, walk): median µs per sampled token.
+fn sampler_speed(reps: usize) {
+    use act_studio::runtime::sampling::{Sampler, SamplingConfig};
+    let n = 49_152;
+    // Logit-like values: a few high ones over a wide, roughly normal body.
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32) / (1u64 << 24) as f32
+    };
+    let logits: Vec<f32> = (0..n)
+        .map(|i| {
+            let z: f32 = (0..4).map(|_| next()).sum::<f32>() - 2.0;
+            z * 3.0 + if i % 5000 == 7 { 12.0 } else { 0.0 }
+        })
+        .collect();
+    let baseline = |logits: &[f32], inv_t: f32, u: f32| -> u32 {
+        let mut keys: Vec<u64> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let b = (l * inv_t).to_bits();
+                let o = if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 };
+                (u64::from(!o) << 32) | i as u64
+            })
+            .collect();
+        keys.sort_unstable();
+        let mut probs: Vec<(u32, f32)> = keys
+            .iter()
+            .map(|&k| {
+                (
+                    (k & 0xFFFF_FFFF) as u32,
+                    logits[(k & 0xFFFF_FFFF) as usize] * inv_t,
+                )
+            })
+            .collect();
+        let max = probs[0].1;
+        let mut sum = 0.0f32;
+        for p in &mut probs {
+            p.1 = (p.1 - max).exp();
+            sum += p.1;
+        }
+        let mut u = u * sum;
+        for &(t, p) in &probs {
+            if u < p {
+                return t;
+            }
+            u -= p;
+        }
+        0
+    };
+    for (label, top_k, top_p) in [
+        ("top_p 1, top_k 0", 0, 1.0f32),
+        ("top_p 0.9", 0, 0.9),
+        ("top_k 50", 50, 1.0),
+    ] {
+        let mut s = Sampler::new(SamplingConfig {
+            temperature: 0.8,
+            top_k,
+            top_p,
+            repetition_penalty: 1.0,
+            seed: 1,
+        });
+        let (mut new, mut old) = (Vec::new(), Vec::new());
+        let mut sink = 0u64;
+        for r in 0..reps * 40 {
+            let mut l = logits.clone();
+            let t = Instant::now();
+            sink += u64::from(s.sample(&mut l, &[]));
+            new.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            sink += u64::from(baseline(&logits, 1.25, (r % 97) as f32 / 97.0));
+            old.push(t.elapsed().as_secs_f64());
+        }
+        let (a, b) = (median(new), median(old));
+        println!(
+            "sampler ({label}, 49,152 tokens): {:.0} µs per token; full-sort baseline {:.0} µs ({:.1}×) [{sink}]",
+            a * 1e6,
+            b * 1e6,
+            b / a
+        );
     }
 }

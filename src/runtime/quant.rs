@@ -1349,8 +1349,21 @@ impl QMatrix {
                     i += 4;
                     continue;
                 }
+                // One input: four weight rows at a time against it where the format has a
+                // four-row kernel (the decode kernel; same bits as one row at a time).
                 let a = act.input(i, nb);
-                for r in k0..k1 {
+                let mut r = k0;
+                while simd && r + 4 <= k1 {
+                    let rs = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
+                    let Some(d) = rows4(self.dtype, rs, a) else {
+                        break;
+                    };
+                    for (j, v) in d.into_iter().enumerate() {
+                        unsafe { out.set(i * rows + r + j, v) };
+                    }
+                    r += 4;
+                }
+                for r in r..k1 {
                     unsafe { out.set(i * rows + r, dot_row(self.dtype, self.row(r), a, simd)) };
                 }
                 i += 1;
