@@ -3,8 +3,11 @@
 //! decode steps (the engine behind `act-studio serve`; docs/ARCHITECTURE.md, "Serving").
 //!
 //! Each step the engine
-//! 1. admits waiting jobs while the batch has room: a job's prompt runs alone (batch 1,
-//!    steered by its own plan), and its `n` samples join as rows with copies of that cache;
+//! 1. runs up to [`PREFILL_CHUNK`] prompt tokens of waiting jobs, one job at a time in
+//!    arrival order while the batch has room: a job's prompt runs alone (batch 1, steered by
+//!    its own plan) in the chunks of [`crate::runtime::generate::prefill`], so a long prompt
+//!    holds the running rows back by one chunk per step, not by its whole length; when its
+//!    last chunk is done, its `n` samples join as rows with copies of that cache;
 //! 2. samples one token per row from the row's logits, streams its text through the row's
 //!    stop-sequence matcher, and retires rows that end (end-of-sequence, a stop sequence,
 //!    `max_tokens`, or a listener that has gone);
@@ -26,7 +29,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::runtime::forward::{Batch, LogitsMode};
-use crate::runtime::generate::{decode_pool, prefill};
+use crate::runtime::generate::{PREFILL_CHUNK, decode_pool, prefill_chunk};
 use crate::runtime::kv_cache::KvCache;
 use crate::runtime::linear::MatPath;
 use crate::runtime::sampling::{Sampler, SamplingConfig};
@@ -148,7 +151,28 @@ impl Drop for BatchEngine {
     }
 }
 
-/// The model thread: admit, sample, step, until the queue closes and no row is left.
+/// A job whose prompt is running through the model, [`PREFILL_CHUNK`] tokens per engine step.
+struct Prefilling {
+    job: CompletionJob,
+    /// The prompt's one-row cache so far.
+    cache: Vec<KvCache>,
+    hooks: RowSteering,
+    /// Prompt tokens already in `cache`.
+    done: usize,
+}
+
+/// What one chunk of a prompt led to.
+enum PrefillStep {
+    /// More chunks to run.
+    More,
+    /// The prompt is done: the last token's logits (`[vocab]`).
+    Done(Vec<f32>),
+    /// The job failed (it was told) or nobody listens any more.
+    Gone,
+}
+
+/// The model thread: admit, prefill a chunk, sample, step, until the queue closes and no row
+/// is left.
 fn run(
     m: &LoadedModel,
     rx: &Receiver<CompletionJob>,
@@ -157,29 +181,52 @@ fn run(
 ) {
     let mut rows: Vec<Row> = Vec::new();
     let mut waiting: Option<CompletionJob> = None;
+    let mut prefilling: Option<Prefilling> = None;
     loop {
         running.store(rows.len(), Ordering::Relaxed);
-        // 1. Admit: block only when there is nothing to decode.
-        if rows.is_empty() && waiting.is_none() {
+        // Block only when there is nothing to do.
+        if rows.is_empty() && prefilling.is_none() && waiting.is_none() {
             match rx.recv() {
                 Ok(job) => waiting = Some(job),
                 Err(_) => return,
             }
         }
-        loop {
-            let job = match waiting.take() {
-                Some(j) => j,
-                None => match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
-                },
-            };
-            if !rows.is_empty() && rows.len() + job.n > max_rows {
-                waiting = Some(job);
-                break;
+        // 1. Prompts: up to PREFILL_CHUNK tokens per step, one job at a time in arrival
+        //    order, so a long prompt delays the running rows by one chunk per step rather
+        //    than by its whole length.
+        let mut budget = PREFILL_CHUNK;
+        while budget > 0 {
+            if prefilling.is_none() {
+                let job = match waiting.take() {
+                    Some(j) => j,
+                    None => match rx.try_recv() {
+                        Ok(j) => j,
+                        Err(_) => break,
+                    },
+                };
+                if !rows.is_empty() && rows.len() + job.n > max_rows {
+                    waiting = Some(job);
+                    break;
+                }
+                queued.fetch_sub(1, Ordering::Relaxed);
+                prefilling = start_prefill(m, job);
             }
-            queued.fetch_sub(1, Ordering::Relaxed);
-            rows.extend(admit(m, job));
+            let Some(p) = prefilling.as_mut() else {
+                continue;
+            };
+            let before = p.done;
+            let step = prefill_step(m, p);
+            // Even a failed chunk used the step's time; count at least one token.
+            budget = budget.saturating_sub((p.done - before).max(1));
+            match step {
+                PrefillStep::More => {}
+                PrefillStep::Done(logits) => {
+                    if let Some(p) = prefilling.take() {
+                        rows.extend(rows_of(m, p, logits));
+                    }
+                }
+                PrefillStep::Gone => prefilling = None,
+            }
         }
         // 2. Sample one token per row; retire rows that end.
         let eos = m.tokenizer.eos();
@@ -200,12 +247,47 @@ fn run(
     }
 }
 
-/// Runs a job's prompt and makes its rows (none if it fails or nobody listens).
-fn admit(m: &LoadedModel, mut job: CompletionJob) -> Vec<Row> {
+/// Checks a job and sets up its prompt's run (`None`, the job told, when it is refused).
+fn start_prefill(m: &LoadedModel, mut job: CompletionJob) -> Option<Prefilling> {
     if let Err(e) = check_job(m, &job) {
         job.sink.send(CompletionEvent::Failed(e.to_string()));
-        return Vec::new();
+        return None;
     }
+    Some(Prefilling {
+        hooks: RowSteering::new(vec![job.steering.clone()]),
+        cache: vec![m.new_cache()],
+        done: 0,
+        job,
+    })
+}
+
+/// Runs the next chunk of `p`'s prompt (alone: batch 1, steered by its own plan).
+fn prefill_step(m: &LoadedModel, p: &mut Prefilling) -> PrefillStep {
+    if p.job.sink.is_closed() {
+        return PrefillStep::Gone;
+    }
+    let ran = prefill_chunk(
+        m,
+        &p.job.prompt,
+        &mut p.done,
+        &mut p.cache,
+        &mut p.hooks,
+        MatPath::Quantized,
+    );
+    let failed = match ran {
+        Ok(None) => return PrefillStep::More,
+        Ok(Some(l)) if l.len() == m.config().vocab_size => return PrefillStep::Done(l),
+        Ok(Some(_)) => "the model returned no logits".to_string(),
+        Err(e) => format!("the prompt failed: {e}"),
+    };
+    p.job.sink.send(CompletionEvent::Failed(failed));
+    PrefillStep::Gone
+}
+
+/// The `n` rows of a job whose prompt has run, each with a copy of its cache and the
+/// next-token `logits`.
+fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
+    let Prefilling { job, mut cache, .. } = p;
     let CompletionJob {
         prompt,
         n,
@@ -215,25 +297,8 @@ fn admit(m: &LoadedModel, mut job: CompletionJob) -> Vec<Row> {
         steering,
         sink,
     } = job;
-    let state = Rc::new(RefCell::new(JobState { sink, dropped: false }));
-    let mut cache = vec![m.new_cache()];
-    let mut hooks = RowSteering::new(vec![steering.clone()]);
-    let logits = match prefill(m, &prompt, &mut cache, &mut hooks, MatPath::Quantized) {
-        Ok(l) if l.len() == m.config().vocab_size => l,
-        Ok(_) => {
-            state
-                .borrow_mut()
-                .send(CompletionEvent::Failed("the model returned no logits".into()));
-            return Vec::new();
-        }
-        Err(e) => {
-            state
-                .borrow_mut()
-                .send(CompletionEvent::Failed(format!("the prompt failed: {e}")));
-            return Vec::new();
-        }
-    };
     let cache = cache.pop().unwrap_or_else(|| m.new_cache());
+    let state = Rc::new(RefCell::new(JobState { sink, dropped: false }));
     (0..n)
         .map(|index| Row {
             job: state.clone(),

@@ -88,28 +88,40 @@ pub fn prefill(
     hooks: &mut dyn Hooks,
     path: MatPath,
 ) -> Result<Vec<f32>> {
-    let prompt_len = prompt.len();
-    let mut logits = Vec::new();
-    let chunks = prompt_len.div_ceil(PREFILL_CHUNK);
-    for (i, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
-        let batch = Batch {
-            tokens: chunk,
-            batch: 1,
-            seq: chunk.len(),
-            valid: &[chunk.len()],
-            prompt_lens: &[prompt_len],
-        };
-        let mode = if i + 1 == chunks {
-            LogitsMode::Last
-        } else {
-            LogitsMode::None
-        };
-        logits = m
-            .model
-            .forward(&batch, cache, hooks, path.for_prompt(), mode)?
-            .logits;
+    let mut done = 0;
+    loop {
+        if let Some(logits) = prefill_chunk(m, prompt, &mut done, cache, hooks, path)? {
+            return Ok(logits);
+        }
     }
-    Ok(logits)
+}
+
+/// One chunk of [`prefill`]: runs prompt tokens `done..done + PREFILL_CHUNK` (fewer at the
+/// end) into `cache`, which holds the first `done`, and advances `done`. Returns the last
+/// token's logits after the last chunk, `None` before. A server interleaves these chunks with
+/// the decode steps of other requests, with the numbers of one [`prefill`] call.
+pub fn prefill_chunk(
+    m: &LoadedModel,
+    prompt: &[u32],
+    done: &mut usize,
+    cache: &mut [KvCache],
+    hooks: &mut dyn Hooks,
+    path: MatPath,
+) -> Result<Option<Vec<f32>>> {
+    let end = done.saturating_add(PREFILL_CHUNK).min(prompt.len());
+    let chunk = prompt.get(*done..end).unwrap_or(&[]);
+    let last = end == prompt.len();
+    let batch = Batch {
+        tokens: chunk,
+        batch: 1,
+        seq: chunk.len(),
+        valid: &[chunk.len()],
+        prompt_lens: &[prompt.len()],
+    };
+    let mode = if last { LogitsMode::Last } else { LogitsMode::None };
+    let out = m.model.forward(&batch, cache, hooks, path.for_prompt(), mode)?;
+    *done = end;
+    Ok(last.then_some(out.logits))
 }
 
 /// Refuses what no generation can run: an empty prompt, bad sampling settings, or a prompt

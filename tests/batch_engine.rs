@@ -1,0 +1,118 @@
+//! The serving engine (`pipeline::batch_engine`) on the demo model: a long prompt runs in
+//! chunks between the decode steps of the rows already running, and its text is that of the
+//! same prompt decoded alone.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use act_studio::pipeline::batch_engine::BatchEngine;
+use act_studio::pipeline::completion::{CompletionEvent, CompletionJob, CompletionSink};
+use act_studio::runtime::LoadedModel;
+use act_studio::runtime::generate::PREFILL_CHUNK;
+use act_studio::runtime::sampling::SamplingConfig;
+
+/// Every job's events in the order the engine sent them, with the job's label.
+type Log = Arc<Mutex<Vec<(&'static str, CompletionEvent)>>>;
+
+struct LogSink(&'static str, Log);
+
+impl CompletionSink for LogSink {
+    fn send(&mut self, event: CompletionEvent) -> bool {
+        if let Ok(mut log) = self.1.lock() {
+            log.push((self.0, event));
+        }
+        true
+    }
+}
+
+fn events(log: &Log) -> Vec<(&'static str, CompletionEvent)> {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+/// Waits (≤ 5 min) until `done` holds for the log.
+fn wait_for(log: &Log, what: &str, done: impl Fn(&[(&'static str, CompletionEvent)]) -> bool) {
+    let t = Instant::now();
+    while !done(&events(log)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn text_of(events: &[(&'static str, CompletionEvent)], label: &str) -> String {
+    events
+        .iter()
+        .filter(|(l, _)| *l == label)
+        .filter_map(|(_, e)| match e {
+            CompletionEvent::Text { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_long_prompt_runs_between_the_decode_steps_of_running_rows() {
+    let Some(path) = common::demo_model() else { return };
+    let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let engine = BatchEngine::start(m.clone(), 8).unwrap_or_else(|e| panic!("{e}"));
+    let log: Log = Arc::default();
+    let job = |prompt: Vec<u32>, max_tokens: usize, label: &'static str| CompletionJob {
+        prompt,
+        n: 1,
+        max_tokens,
+        sampling: SamplingConfig::greedy(),
+        stop: Vec::new(),
+        steering: None,
+        sink: Box::new(LogSink(label, log.clone())),
+    };
+    let encode = |t: &str| m.tokenizer.encode(t).unwrap_or_else(|e| panic!("{e}"));
+    let short = encode("Once upon a time, in a small village by the sea, there lived");
+    let para = "The history of the lighthouse begins with fires lit on hilltops to guide sailors \
+                home, and over the centuries these beacons grew into towers of stone with lamps, \
+                lenses and keepers who tended them through every storm. ";
+    let long = encode(&para.repeat(26));
+    let chunks = long.len().div_ceil(PREFILL_CHUNK);
+    assert!(chunks >= 3, "the long prompt has {} tokens", long.len());
+
+    if engine.submit(job(short, 60, "short")).is_err() {
+        panic!("the engine refused the short job");
+    }
+    wait_for(&log, "the short job's first text", |e| {
+        e.iter()
+            .any(|(l, ev)| *l == "short" && matches!(ev, CompletionEvent::Text { .. }))
+    });
+    let mark = events(&log).len();
+    if engine.submit(job(long.clone(), 6, "long")).is_err() {
+        panic!("the engine refused the long job");
+    }
+    wait_for(&log, "the long job's end", |e| {
+        e.iter()
+            .any(|(l, ev)| *l == "long" && matches!(ev, CompletionEvent::Finished { .. }))
+    });
+    let after = events(&log).split_off(mark);
+    // Each engine step runs one chunk of the long prompt and then decodes the short row: the
+    // short row goes on while the long prompt runs, instead of waiting for all of it.
+    let short_steps = after
+        .iter()
+        .take_while(|(l, _)| *l != "long")
+        .filter(|(l, e)| *l == "short" && matches!(e, CompletionEvent::Text { .. }))
+        .count();
+    assert!(
+        !after
+            .iter()
+            .take_while(|(l, _)| *l != "long")
+            .any(|(l, e)| *l == "short" && matches!(e, CompletionEvent::Finished { .. })),
+        "the short job ended before the long prompt was done; give it more tokens"
+    );
+    assert!(
+        short_steps >= chunks - 1,
+        "the short row made {short_steps} steps while the {chunks} chunks of the long prompt ran"
+    );
+    // Chunks between other rows' steps give the numbers of one prefill: the same greedy text
+    // as the prompt decoded alone.
+    assert_eq!(text_of(&after, "long"), common::greedy(&m, &long, 6).text);
+}
