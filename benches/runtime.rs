@@ -331,6 +331,17 @@ fn main() {
     }
 }
 
+/// `len` values in [−0.5, 0.5) from a multiplicative hash of their index and `seed`: matrices
+/// and inputs for the product benchmarks, the same in every run.
+fn fill(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32
+                - 0.5
+        })
+        .collect()
+}
+
 /// `ACT_BENCH_REPS`, default 3.
 fn reps_from_env() -> usize {
     std::env::var("ACT_BENCH_REPS")
@@ -361,15 +372,6 @@ fn batched_products(reps: usize) {
             (1536, 768)
         } else {
             (1536, 576)
-        };
-        let fill = |len: usize, seed: u32| -> Vec<f32> {
-            (0..len)
-                .map(|i| {
-                    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
-                        / (1u32 << 24) as f32
-                        - 0.5
-                })
-                .collect()
         };
         let run = || -> Result<String, String> {
             let t = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu)
@@ -430,14 +432,6 @@ fn tiled_products(reps: usize) {
     .into_iter()
     .chain(Q5_FORMATS)
     .chain(K_FORMATS);
-    let fill = |len: usize, seed: u32| -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32
-                    - 0.5
-            })
-            .collect()
-    };
     for (gdt, dt) in formats {
         let (rows, cols) = if dt.block_size() == 256 {
             (1536, 768)
@@ -619,18 +613,16 @@ fn few_inputs(reps: usize) {
         (GgmlDType::Q8_0, QDType::Q8_0, 8192, 576),
         (GgmlDType::Q4K, QDType::Q4K, 1536, 768),
     ] {
-        let fill = |len: usize, seed: u32| -> Vec<f32> {
-            (0..len)
-                .map(|i| {
-                    ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
-                        / (1u32 << 24) as f32
-                        - 0.5
-                })
-                .collect()
-        };
-        let t = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, gdt).unwrap();
-        let m = QMatrix::new(dt, rows, cols, q.data().unwrap().into_owned()).unwrap();
+        let t = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let q = QTensor::quantize(&t, gdt).unwrap_or_else(|e| panic!("{e}"));
+        let m = QMatrix::new(
+            dt,
+            rows,
+            cols,
+            q.data().unwrap_or_else(|e| panic!("{e}")).into_owned(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         for n in [1usize, 2, 4, 8, 16] {
             let xs = fill(n * cols, 7);
             let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
@@ -638,7 +630,8 @@ fn few_inputs(reps: usize) {
             let (mut g, mut s) = (Vec::new(), Vec::new());
             for _ in 0..reps * 20 {
                 let t = Instant::now();
-                m.matmul(&xs, n, &mut a, &mut scratch).unwrap();
+                m.matmul(&xs, n, &mut a, &mut scratch)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 g.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 for i in 0..n {
@@ -647,7 +640,7 @@ fn few_inputs(reps: usize) {
                         &mut b[i * rows..(i + 1) * rows],
                         &mut scratch,
                     )
-                    .unwrap();
+                    .unwrap_or_else(|e| panic!("{e}"));
                 }
                 s.push(t.elapsed().as_secs_f64());
             }
