@@ -184,14 +184,15 @@ impl Sampler {
                 let mut k = TOP_P_FIRST_RANKED.min(n);
                 loop {
                     ranked(logits, inv_t, k, &mut self.keys, &mut self.probs);
-                    if k >= n || mass(&self.probs, max) / sum >= top_p {
+                    self.weights.clear();
+                    self.weights
+                        .extend(self.probs.iter().map(|&(_, s)| weight(s, max)));
+                    let ranked_mass: f64 = self.weights.iter().map(|&w| f64::from(w)).sum();
+                    if k >= n || ranked_mass / sum >= top_p {
                         break;
                     }
                     k = k.saturating_mul(8).min(n);
                 }
-                self.weights.clear();
-                self.weights
-                    .extend(self.probs.iter().map(|&(_, s)| weight(s, max)));
             }
             let mut cum = 0.0f64;
             let mut keep = self.probs.len();
@@ -245,11 +246,6 @@ fn weight(s: f32, max: f32) -> f32 {
         let w = (s - max).exp();
         if w.is_nan() { 0.0 } else { w }
     }
-}
-
-/// Σ of the weights of `cands` (in f64, in their order).
-fn mass(cands: &[(u32, f32)], max: f32) -> f64 {
-    cands.iter().map(|&(_, s)| f64::from(weight(s, max))).sum()
 }
 
 /// The largest value that is not NaN (`-∞` when all are `-∞`); `None` without one.
