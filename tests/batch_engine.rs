@@ -58,7 +58,7 @@ fn text_of(events: &[(&'static str, CompletionEvent)], label: &str) -> String {
 fn a_long_prompt_runs_between_the_decode_steps_of_running_rows() {
     let Some(path) = common::demo_model() else { return };
     let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
-    let engine = BatchEngine::start(m.clone(), 8).unwrap_or_else(|e| panic!("{e}"));
+    let engine = BatchEngine::start(m.clone(), 8, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
     let log: Log = Arc::default();
     let job = |prompt: Vec<u32>, max_tokens: usize, label: &'static str| CompletionJob {
         prompt,
@@ -67,6 +67,7 @@ fn a_long_prompt_runs_between_the_decode_steps_of_running_rows() {
         sampling: SamplingConfig::greedy(),
         stop: Vec::new(),
         steering: None,
+        logprobs: None,
         sink: Box::new(LogSink(label, log.clone())),
     };
     let encode = |t: &str| m.tokenizer.encode(t).unwrap_or_else(|e| panic!("{e}"));
@@ -115,4 +116,66 @@ fn a_long_prompt_runs_between_the_decode_steps_of_running_rows() {
     // Chunks between other rows' steps give the numbers of one prefill: the same greedy text
     // as the prompt decoded alone.
     assert_eq!(text_of(&after, "long"), common::greedy(&m, &long, 6).text);
+}
+
+#[test]
+fn jobs_wait_for_kv_cache_room_and_one_that_cannot_fit_is_refused() {
+    use act_studio::pipeline::completion::row_kv_bytes;
+    let Some(path) = common::demo_model() else { return };
+    let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let log: Log = Arc::default();
+    let job = |prompt: Vec<u32>, n: usize, max_tokens: usize, label: &'static str| CompletionJob {
+        prompt,
+        n,
+        max_tokens,
+        sampling: SamplingConfig::greedy(),
+        stop: Vec::new(),
+        steering: None,
+        logprobs: None,
+        sink: Box::new(LogSink(label, log.clone())),
+    };
+    let prompt = m
+        .tokenizer
+        .encode("The lighthouse keeper climbed the stairs and")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Room for the first job's two rows and not one more row of the same size.
+    let one_row = row_kv_bytes(&m, &job(prompt.clone(), 1, 24, "probe"));
+    let engine =
+        BatchEngine::start(m.clone(), 8, 2 * one_row + one_row / 2).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(engine.max_kv_bytes(), 2 * one_row + one_row / 2);
+    for j in [
+        job(prompt.clone(), 2, 24, "first"),
+        job(prompt.clone(), 1, 24, "second"),
+        job(prompt.clone(), 3, 24, "too big"),
+    ] {
+        if engine.submit(j).is_err() {
+            panic!("the engine refused a job at submission");
+        }
+    }
+    wait_for(&log, "every job's end", |e| {
+        let finished = |label: &str| {
+            e.iter()
+                .filter(|(l, ev)| *l == label && matches!(ev, CompletionEvent::Finished { .. }))
+                .count()
+        };
+        finished("first") == 2 && finished("second") == 1 && e.iter().any(|(l, _)| *l == "too big")
+    });
+    let all = events(&log);
+    let first_end = all
+        .iter()
+        .rposition(|(l, e)| *l == "first" && matches!(e, CompletionEvent::Finished { .. }));
+    let second_start = all
+        .iter()
+        .position(|(l, e)| *l == "second" && matches!(e, CompletionEvent::Text { .. }));
+    assert!(
+        matches!((first_end, second_start), (Some(a), Some(b)) if b > a),
+        "the second job ran beside the first although the KV limit leaves room for two rows"
+    );
+    // A job that could never fit is told so, and the others are unaffected.
+    let refused: Vec<_> = all.iter().filter(|(l, _)| *l == "too big").collect();
+    assert!(
+        matches!(refused.as_slice(), [(_, CompletionEvent::Failed(m))] if m.contains("KV cache")),
+        "{refused:?}"
+    );
+    assert_eq!(text_of(&all, "second"), common::greedy(&m, &prompt, 24).text);
 }

@@ -51,6 +51,40 @@ fn fit_to(m: &LoadedModel, concept: &str, dir: &Path) -> PathBuf {
     path
 }
 
+/// `log p(tokens[i] | prompt, tokens[..i])` from the quantized path's logits, the prompt in
+/// one pass and each token after it alone (log-softmax in f64, written out here).
+fn teacher_forced_logprobs(m: &LoadedModel, prompt: &[u32], tokens: &[u32]) -> Vec<f64> {
+    use act_studio::runtime::forward::{Batch, LogitsMode};
+    use act_studio::runtime::hooks::NoHooks;
+    use act_studio::runtime::linear::MatPath;
+    let log_softmax_at = |logits: &[f32], t: u32| {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+        logits[t as usize] as f64 - max - z.ln()
+    };
+    let mut cache = vec![m.new_cache()];
+    let mut logits =
+        act_studio::runtime::generate::prefill(m, prompt, &mut cache, &mut NoHooks, MatPath::Quantized)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    for &t in tokens {
+        out.push(log_softmax_at(&logits, t));
+        let b = Batch {
+            tokens: &[t],
+            batch: 1,
+            seq: 1,
+            valid: &[1],
+            prompt_lens: &[prompt.len()],
+        };
+        logits = m
+            .model
+            .forward(&b, &mut cache, &mut NoHooks, MatPath::Quantized, LogitsMode::Last)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .logits;
+    }
+    out
+}
+
 /// Kills the server when the test ends, however it ends.
 struct Server(Child);
 
@@ -122,6 +156,25 @@ fn the_openai_client_gets_steered_completions() {
     assert_eq!(results["completion_prompt_tokens"], ids.len());
     let g = common::greedy(&m, &ids, 24);
     assert_eq!(results["completion_plain"], g.text.as_str());
+    // The served log-probabilities are log-softmax of the library's own logits for the same
+    // tokens, fed one at a time on the quantized path as the server decodes them.
+    let served: Vec<f64> = results["completion_logprobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no completion_logprobs"))
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    assert_eq!(served.len(), g.tokens.len());
+    let own = teacher_forced_logprobs(&m, &ids, &g.tokens);
+    let worst = served
+        .iter()
+        .zip(&own)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!("served vs library log-probabilities: largest difference {worst:.2e}");
+    for (i, (a, b)) in served.iter().zip(&own).enumerate() {
+        assert!((a - b).abs() < 1e-3, "token {i}: served {a}, library {b}");
+    }
     let chat = act_studio::pipeline::generate_text::prompt_ids(&m, "Tell me about your weekend.", true, "")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(results["chat_plain"], common::greedy(&m, &chat, 24).text.as_str());

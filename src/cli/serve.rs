@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// Most samples decoded together (more wait for a free row).
     #[arg(long, default_value_t = crate::pipeline::batch_engine::DEFAULT_MAX_ROWS)]
     pub max_batch: usize,
+    /// Most MiB of KV cache the running samples may grow to together (each counts its prompt
+    /// and max_tokens; later requests wait, and one that alone needs more is refused).
+    /// Default: half of this machine's memory.
+    #[arg(long)]
+    pub max_kv_mb: Option<u64>,
 }
 
 /// `serve --model M [--maps F …]`: runs until Ctrl-C.
@@ -53,6 +58,11 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
         api_key: a.api_key.clone(),
         max_body_bytes: a.max_body_bytes,
         max_rows: a.max_batch,
+        max_kv_bytes: match a.max_kv_mb {
+            Some(0) => anyhow::bail!("--max-kv-mb must be at least 1"),
+            Some(mb) => mb.saturating_mul(1 << 20),
+            None => crate::serve::default_max_kv_bytes(),
+        },
     };
     let server = start(Arc::new(m), concepts, &opts, true)?;
     eprintln!(

@@ -32,13 +32,17 @@ use crate::runtime::forward::{Batch, LogitsMode};
 use crate::runtime::generate::{PREFILL_CHUNK, decode_pool, prefill_chunk};
 use crate::runtime::kv_cache::KvCache;
 use crate::runtime::linear::MatPath;
+use crate::runtime::logprobs::token_logprobs;
 use crate::runtime::sampling::{Sampler, SamplingConfig};
 use crate::runtime::steer::RowSteering;
 use crate::runtime::tokenizer::StreamDecoder;
 use crate::runtime::{LoadedModel, RuntimeError};
 use crate::transport::SteeringPlan;
 
-use super::completion::{CompletionEvent, CompletionJob, CompletionSink, FinishReason, StopText, check_job};
+use super::completion::{
+    CompletionEvent, CompletionJob, CompletionSink, FinishReason, StopText, TokenLogprob, TokenText,
+    check_job, check_kv_limit, row_kv_bytes,
+};
 
 /// Most rows decoded together by default: beyond it jobs wait for rows to finish.
 pub const DEFAULT_MAX_ROWS: usize = 32;
@@ -77,6 +81,16 @@ struct Row {
     logits: Vec<f32>,
     /// The token picked this step, still to run through the model.
     fed: u32,
+    /// The KV cache this row can grow to ([`row_kv_bytes`]).
+    kv_bytes: u64,
+    /// Report log-probabilities with `k` alternatives (`CompletionJob::logprobs`).
+    logprobs: Option<usize>,
+    /// Log-probabilities of tokens whose text has not been sent yet.
+    pending_logprobs: Vec<TokenLogprob>,
+    /// The logits before sampling (which may change them) and the softmax weights, only when
+    /// log-probabilities are asked for.
+    raw_logits: Vec<f32>,
+    scratch: Vec<f32>,
 }
 
 /// The model thread and its queue. Dropping the engine lets running jobs finish; new jobs
@@ -87,6 +101,8 @@ pub struct BatchEngine {
     running: Arc<AtomicUsize>,
     /// Jobs submitted and not yet admitted.
     queued: Arc<AtomicUsize>,
+    /// Most bytes of KV cache the running rows may grow to together.
+    max_kv_bytes: u64,
 }
 
 /// Why a job was not queued (it comes back with the refusal).
@@ -98,21 +114,33 @@ pub enum SubmitError {
 }
 
 impl BatchEngine {
-    /// Starts the model thread for `m`, decoding at most `max_rows` rows at once.
-    pub fn start(m: Arc<LoadedModel>, max_rows: usize) -> std::io::Result<Self> {
+    /// Starts the model thread for `m`, decoding at most `max_rows` rows at once whose KV
+    /// caches can grow to at most `max_kv_bytes` together ([`row_kv_bytes`] each: a job
+    /// waits until the running rows leave it room; one that could never fit is refused).
+    pub fn start(m: Arc<LoadedModel>, max_rows: usize, max_kv_bytes: u64) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let running = Arc::new(AtomicUsize::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
         let counts = (running.clone(), queued.clone());
+        let limits = Limits {
+            rows: max_rows.max(1),
+            kv_bytes: max_kv_bytes,
+        };
         let thread = std::thread::Builder::new()
             .name("act-serve-engine".into())
-            .spawn(move || run(&m, &rx, max_rows.max(1), (&counts.0, &counts.1)))?;
+            .spawn(move || run(&m, &rx, limits, (&counts.0, &counts.1)))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             running,
             queued,
+            max_kv_bytes,
         })
+    }
+
+    /// The KV cache limit the engine admits jobs under, in bytes.
+    pub fn max_kv_bytes(&self) -> u64 {
+        self.max_kv_bytes
     }
 
     /// Jobs waiting for a row.
@@ -171,12 +199,19 @@ enum PrefillStep {
     Gone,
 }
 
+/// What the running rows may take together.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    rows: usize,
+    kv_bytes: u64,
+}
+
 /// The model thread: admit, prefill a chunk, sample, step, until the queue closes and no row
 /// is left.
 fn run(
     m: &LoadedModel,
     rx: &Receiver<CompletionJob>,
-    max_rows: usize,
+    limits: Limits,
     (running, queued): (&AtomicUsize, &AtomicUsize),
 ) {
     let mut rows: Vec<Row> = Vec::new();
@@ -204,12 +239,17 @@ fn run(
                         Err(_) => break,
                     },
                 };
-                if !rows.is_empty() && rows.len() + job.n > max_rows {
+                let kv_in_use: u64 = rows.iter().map(|r| r.kv_bytes).sum();
+                let kv_need = row_kv_bytes(m, &job).saturating_mul(job.n as u64);
+                if !rows.is_empty()
+                    && (rows.len() + job.n > limits.rows
+                        || kv_in_use.saturating_add(kv_need) > limits.kv_bytes)
+                {
                     waiting = Some(job);
                     break;
                 }
                 queued.fetch_sub(1, Ordering::Relaxed);
-                prefilling = start_prefill(m, job);
+                prefilling = start_prefill(m, job, limits.kv_bytes);
             }
             let Some(p) = prefilling.as_mut() else {
                 continue;
@@ -248,14 +288,14 @@ fn run(
 }
 
 /// Checks a job and sets up its prompt's run (`None`, the job told, when it is refused).
-fn start_prefill(m: &LoadedModel, mut job: CompletionJob) -> Option<Prefilling> {
-    if let Err(e) = check_job(m, &job) {
+fn start_prefill(m: &LoadedModel, mut job: CompletionJob, max_kv_bytes: u64) -> Option<Prefilling> {
+    if let Err(e) = check_job(m, &job).and_then(|()| check_kv_limit(m, &job, max_kv_bytes)) {
         job.sink.send(CompletionEvent::Failed(e.to_string()));
         return None;
     }
     Some(Prefilling {
         hooks: RowSteering::new(vec![job.steering.clone()]),
-        cache: vec![m.new_cache()],
+        cache: vec![m.cache_for(job.prompt.len().saturating_add(job.max_tokens))],
         done: 0,
         job,
     })
@@ -288,6 +328,7 @@ fn prefill_step(m: &LoadedModel, p: &mut Prefilling) -> PrefillStep {
 /// next-token `logits`.
 fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
     let Prefilling { job, mut cache, .. } = p;
+    let kv_bytes = row_kv_bytes(m, &job);
     let CompletionJob {
         prompt,
         n,
@@ -295,6 +336,7 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
         sampling,
         stop,
         steering,
+        logprobs,
         sink,
     } = job;
     let cache = cache.pop().unwrap_or_else(|| m.new_cache());
@@ -303,7 +345,7 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
         .map(|index| Row {
             job: state.clone(),
             index,
-            cache: cache.clone(),
+            cache: m.fork_cache(&cache, prompt.len().saturating_add(max_tokens)),
             sampler: Sampler::new(SamplingConfig {
                 seed: sampling.seed.wrapping_add(index as u64),
                 ..sampling
@@ -317,6 +359,11 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
             steering: steering.clone(),
             logits: logits.clone(),
             fed: 0,
+            kv_bytes,
+            logprobs,
+            pending_logprobs: Vec::new(),
+            raw_logits: Vec::new(),
+            scratch: Vec::new(),
         })
         .collect()
 }
@@ -330,6 +377,9 @@ fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32]) -> bool {
             return false;
         }
     }
+    if row.logprobs.is_some() {
+        row.raw_logits.clone_from(&row.logits);
+    }
     let tok = row.sampler.sample(&mut row.logits, &row.history);
     if eos.contains(&tok) {
         finish(row, FinishReason::Stop);
@@ -337,6 +387,15 @@ fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32]) -> bool {
     }
     row.history.push(tok);
     row.generated += 1;
+    if let Some(k) = row.logprobs {
+        // The model's own distribution: before the sampler's temperature, penalty and cuts.
+        let (logprob, top) = token_logprobs(&row.raw_logits, tok, k, &mut row.scratch);
+        row.pending_logprobs.push(TokenLogprob {
+            token: TokenText::of(m, tok),
+            logprob,
+            top: top.into_iter().map(|(id, l)| (TokenText::of(m, id), l)).collect(),
+        });
+    }
     let piece = match row.stream.push(&m.tokenizer, tok) {
         Ok(p) => p,
         Err(e) => {
@@ -352,6 +411,7 @@ fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32]) -> bool {
         row.job.borrow_mut().send(CompletionEvent::Text {
             index: row.index,
             text: shown,
+            logprobs: std::mem::take(&mut row.pending_logprobs),
         });
     }
     if hit {
@@ -371,10 +431,11 @@ fn finish(row: &mut Row, reason: FinishReason) {
     // Text held back as a possible stop sequence that never completed.
     let rest = row.stop.flush();
     let mut job = row.job.borrow_mut();
-    if !rest.is_empty() {
+    if !rest.is_empty() || !row.pending_logprobs.is_empty() {
         job.send(CompletionEvent::Text {
             index: row.index,
             text: rest,
+            logprobs: std::mem::take(&mut row.pending_logprobs),
         });
     }
     job.send(CompletionEvent::Finished {

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::runtime::LoadedModel;
+pub use crate::runtime::logprobs::MAX_TOP_LOGPROBS;
+#[cfg(doc)]
+use crate::runtime::logprobs::token_logprobs;
 use crate::runtime::sampling::SamplingConfig;
 use crate::runtime::steer::compile_plan;
 use crate::transport::{MapsFile, SteeringPlan, SteeringStack, TokenScope, TransportError, check_lambda};
@@ -33,6 +36,9 @@ pub struct CompletionJob {
     pub stop: Vec<String>,
     /// Per-request steering ([`ConceptSet::plan`]); `None` runs the plain model.
     pub steering: Option<Arc<SteeringPlan>>,
+    /// Report each generated token's log-probability and those of the `k` most likely tokens
+    /// at its position (`Some(k)`, k ≤ [`MAX_TOP_LOGPROBS`]); `None`: none.
+    pub logprobs: Option<usize>,
     /// Where the results go, as they come.
     pub sink: Box<dyn CompletionSink>,
 }
@@ -56,11 +62,48 @@ impl FinishReason {
     }
 }
 
+/// One token as an answer shows it: its id, its text (invalid UTF-8 of a token that holds part
+/// of a character replaced by U+FFFD) and its exact bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenText {
+    pub id: u32,
+    pub text: String,
+    pub bytes: Vec<u8>,
+}
+
+impl TokenText {
+    /// Token `id` of `m`'s vocabulary.
+    pub fn of(m: &LoadedModel, id: u32) -> Self {
+        let bytes = m.tokenizer.token_bytes(id);
+        Self {
+            id,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+        }
+    }
+}
+
+/// A generated token's log-probability under the model ([`token_logprobs`]), with the most
+/// likely tokens at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: TokenText,
+    pub logprob: f32,
+    /// Most likely first.
+    pub top: Vec<(TokenText, f32)>,
+}
+
 /// What the engine reports about a job, in order per sample.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompletionEvent {
-    /// New text of sample `index` (never empty).
-    Text { index: usize, text: String },
+    /// New text of sample `index`, and the log-probabilities of the tokens generated since the
+    /// last `Text` (when the job asked for them). The text is empty only when a token's text
+    /// is held back or cut by a stop sequence while its log-probability is reported.
+    Text {
+        index: usize,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// Sample `index` ended after `tokens` generated tokens.
     Finished {
         index: usize,
@@ -81,6 +124,38 @@ pub trait CompletionSink: Send {
     }
 }
 
+/// Bytes of KV cache one position of one row takes: keys and values of every layer, f32.
+pub fn kv_bytes_per_position(m: &LoadedModel) -> u64 {
+    let c = m.config();
+    (c.n_layers as u64)
+        .saturating_mul(2)
+        .saturating_mul((c.n_kv_heads * c.head_dim) as u64)
+        .saturating_mul(4)
+}
+
+/// The KV cache one row of `job` can grow to: its prompt and `max_tokens` (within the context).
+pub fn row_kv_bytes(m: &LoadedModel, job: &CompletionJob) -> u64 {
+    let positions = job
+        .prompt
+        .len()
+        .saturating_add(job.max_tokens)
+        .min(m.config().max_position);
+    (positions as u64).saturating_mul(kv_bytes_per_position(m))
+}
+
+/// Refuses a job whose rows together could need more than `limit` bytes of KV cache.
+pub fn check_kv_limit(m: &LoadedModel, job: &CompletionJob, limit: u64) -> Result<(), CompletionError> {
+    let need = row_kv_bytes(m, job).saturating_mul(job.n as u64);
+    if need > limit {
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        return Err(CompletionError::KvLimit {
+            need_mib: mib(need),
+            limit_mib: limit >> 20,
+        });
+    }
+    Ok(())
+}
+
 /// Why a request cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum CompletionError {
@@ -97,6 +172,11 @@ pub enum CompletionError {
         max_tokens: usize,
         limit: usize,
     },
+    #[error(
+        "this request may need {need_mib} MiB of KV cache (n × (prompt + max_tokens) positions); \
+         the server's limit is {limit_mib} MiB: ask for fewer tokens or samples"
+    )]
+    KvLimit { need_mib: u64, limit_mib: u64 },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -133,6 +213,11 @@ pub fn check_job(m: &LoadedModel, job: &CompletionJob) -> Result<(), CompletionE
     }
     if job.stop.iter().any(String::is_empty) {
         return bad("a stop sequence is empty".into());
+    }
+    if job.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        return bad(format!(
+            "top logprobs are limited to {MAX_TOP_LOGPROBS} per token"
+        ));
     }
     Ok(())
 }

@@ -197,7 +197,7 @@ impl<'m> Generator<'m> {
         hooks: &mut dyn Hooks,
     ) -> Result<Self> {
         check_request(m, prompt, opts)?;
-        let mut cache = vec![m.new_cache()];
+        let mut cache = vec![m.cache_for(prompt.len().saturating_add(opts.max_tokens))];
         let t0 = Instant::now();
         let logits = prefill(m, prompt, &mut cache, hooks, opts.path)?;
         let stats = GenerationStats {

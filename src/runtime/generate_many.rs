@@ -60,7 +60,7 @@ pub fn generate_many(
     let t1 = std::time::Instant::now();
     let mut rows: Vec<Row> = (0..n)
         .map(|i| Row {
-            cache: cache[0].clone(),
+            cache: m.fork_cache(&cache[0], prompt_len.saturating_add(opts.max_tokens)),
             sampler: Sampler::new(SamplingConfig {
                 seed: opts.sampling.seed.wrapping_add(i as u64),
                 ..opts.sampling

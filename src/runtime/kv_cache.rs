@@ -1,5 +1,9 @@
 //! Per-sequence key/value cache.
 
+/// The most positions [`KvCache::reserve`] sets aside at once (a request for the whole of a
+/// long context reserves this much and grows past it only when it gets there).
+pub const RESERVE_LIMIT: usize = 4096;
+
 /// Keys and values of one sequence for every layer: `[position][kv_head × head_dim]`.
 /// A *transient* cache keeps nothing: each layer's keys and values are dropped right after the
 /// layer's attention, so a one-shot pass over many sequences (fitting, collecting, scoring)
@@ -37,6 +41,23 @@ impl KvCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Reserves room for `positions` positions in all (at most [`RESERVE_LIMIT`]) of
+    /// `kv_width` floats each, exactly, in every layer. A cache that grows one token at a
+    /// time by doubling leaves the smaller blocks it outgrew behind as freed but touched
+    /// heap, which for a short generation weighs about as much as the cache itself; a cache
+    /// sized once for the prompt and `max_tokens` does not. Positions past the reservation
+    /// still grow the usual way.
+    pub fn reserve(&mut self, positions: usize, kv_width: usize) {
+        if self.transient {
+            return;
+        }
+        let want = positions.min(RESERVE_LIMIT).saturating_mul(kv_width);
+        for (k, v) in &mut self.layers {
+            k.reserve_exact(want.saturating_sub(k.len()));
+            v.reserve_exact(want.saturating_sub(v.len()));
+        }
     }
 
     /// Forgets everything (keeps the allocations).

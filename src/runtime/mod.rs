@@ -5,6 +5,7 @@
 mod attend_one;
 mod attend_prompt;
 pub mod block_weights;
+pub mod bpe_tokenizer;
 pub mod config;
 pub mod dense;
 pub mod embedding;
@@ -24,6 +25,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod load_model;
+pub mod logprobs;
 pub mod model;
 pub mod model_header;
 pub mod ops;

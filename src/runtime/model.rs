@@ -83,6 +83,24 @@ impl LoadedModel {
         KvCache::new(self.config().n_layers)
     }
 
+    /// A fresh cache for one sequence with room for `positions` positions (the prompt and
+    /// the tokens to generate; capped by the context and [`KvCache::reserve`]'s limit).
+    pub fn cache_for(&self, positions: usize) -> KvCache {
+        let c = self.config();
+        let mut cache = self.new_cache();
+        cache.reserve(positions.min(c.max_position), c.n_kv_heads * c.head_dim);
+        cache
+    }
+
+    /// A copy of `cache` with room for `positions` positions in all (a clone alone holds
+    /// only what is cached, and would grow by doubling from there).
+    pub fn fork_cache(&self, cache: &KvCache, positions: usize) -> KvCache {
+        let c = self.config();
+        let mut copy = cache.clone();
+        copy.reserve(positions.min(c.max_position), c.n_kv_heads * c.head_dim);
+        copy
+    }
+
     /// A cache for a one-shot pass that is never continued (see [`KvCache::transient`]).
     pub fn transient_cache(&self) -> KvCache {
         KvCache::transient(self.config().n_layers)

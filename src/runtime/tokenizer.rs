@@ -6,13 +6,9 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use serde::Serialize;
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+use tokenizers::{AddedToken, Tokenizer};
 
+use super::bpe_tokenizer::BpeTokenizer;
 use super::error::{Result, RuntimeError};
 use super::spm_tokenizer::SpmTokenizer;
 
@@ -90,10 +86,14 @@ const GEMMA_CHAT_TEMPLATE: &str = r#"{{ bos_token }}
 
 /// The tokenization algorithm behind a [`TextTokenizer`].
 enum Backend {
-    /// A Hugging Face `tokenizers` pipeline (byte-level BPE from GGUF, or `tokenizer.json`).
+    /// A Hugging Face `tokenizers` pipeline (`tokenizer.json`, or a GGUF BPE with another
+    /// pre-tokenizer, through candle's builder).
     Hf(Box<Tokenizer>),
     /// llama.cpp's SentencePiece tokenizer (GGUF `llama` tokenizer model: Llama 2, Gemma).
     Spm(Box<SpmTokenizer>),
+    /// Byte-level BPE from a GGUF file's tokens and merges (GGUF `gpt2` tokenizer model with
+    /// the `smollm`, `gpt2` or `default` pre-tokenizer).
+    Bpe(Box<BpeTokenizer>),
 }
 
 impl Backend {
@@ -101,6 +101,7 @@ impl Backend {
         match self {
             Backend::Hf(t) => t.id_to_token(id),
             Backend::Spm(t) => t.token_text(id).map(str::to_string),
+            Backend::Bpe(t) => t.token_text(id).map(str::to_string),
         }
     }
 }
@@ -235,54 +236,25 @@ impl TextTokenizer {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_else(|| "gpt2".into());
-        let mut inner = match pre.as_str() {
-            "smollm" | "gpt2" | "default" => {
-                let merges = md_strings(md, "tokenizer.ggml.merges")?
-                    .into_iter()
-                    .map(|m| {
-                        m.split_once(' ')
-                            .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .ok_or_else(|| tok_err(format!("bad merge `{m}`")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let vocab: tokenizers::models::bpe::Vocab = tokens
+        // Special tokens (types 2–5: unknown, control, user-defined, unused) are single ids.
+        let specials: Vec<u32> = md
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
+            .map(|types| {
+                types
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| (t.clone(), i as u32))
-                    .collect();
-                let bpe = BPE::builder()
-                    .vocab_and_merges(vocab, merges)
-                    .build()
-                    .map_err(tok_err)?;
-                let mut t = Tokenizer::new(bpe);
-                let byte_level = ByteLevel::new(false, true, true);
-                let pre_tok: PreTokenizerWrapper = if pre == "smollm" {
-                    Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-                } else {
-                    byte_level.into()
-                };
-                t.with_pre_tokenizer(Some(pre_tok));
-                t.with_decoder(Some(ByteLevelDecoder::default()));
-                t
-            }
-            _ => <Tokenizer as candle_core::quantized::tokenizer::TokenizerFromGguf>::from_gguf(content)
-                .map_err(tok_err)?,
-        };
-        if let Some(types) = md.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
-            let specials: Vec<AddedToken> = types
-                .iter()
-                .enumerate()
-                .filter(|(_, ty)| {
-                    matches!(
-                        ty.to_i32().ok().or_else(|| ty.to_u32().ok().map(|u| u as i32)),
-                        Some(2..=5)
-                    )
-                })
-                .filter_map(|(i, _)| tokens.get(i))
-                .map(|t| AddedToken::from(t.clone(), true))
-                .collect();
-            inner.add_special_tokens(specials).map_err(tok_err)?;
-        }
+                    .filter(|(_, ty)| {
+                        matches!(
+                            ty.to_i32().ok().or_else(|| ty.to_u32().ok().map(|u| u as i32)),
+                            Some(2..=5)
+                        )
+                    })
+                    .filter_map(|(i, _)| u32::try_from(i).ok())
+                    .filter(|&i| (i as usize) < tokens.len())
+                    .collect()
+            })
+            .unwrap_or_default();
         let bos = md_u32(md, "tokenizer.ggml.bos_token_id");
         let eos: Vec<u32> = md_u32(md, "tokenizer.ggml.eos_token_id").into_iter().collect();
         let add_bos = md
@@ -294,10 +266,30 @@ impl TextTokenizer {
                 .cloned()
                 .unwrap_or_default()
         };
+        let (bos_text, eos_text) = (text(bos), text(eos.first().copied()));
+        let inner = match pre.as_str() {
+            "smollm" | "gpt2" | "default" => {
+                let merges = md_strings(md, "tokenizer.ggml.merges")?;
+                let bpe = BpeTokenizer::new(tokens, &merges, &specials, pre == "smollm").map_err(tok_err)?;
+                Backend::Bpe(Box::new(bpe))
+            }
+            _ => {
+                let mut t =
+                    <Tokenizer as candle_core::quantized::tokenizer::TokenizerFromGguf>::from_gguf(content)
+                        .map_err(tok_err)?;
+                let added: Vec<AddedToken> = specials
+                    .iter()
+                    .filter_map(|&i| tokens.get(i as usize))
+                    .map(|t| AddedToken::from(t.clone(), true))
+                    .collect();
+                t.add_special_tokens(added).map_err(tok_err)?;
+                Backend::Hf(Box::new(t))
+            }
+        };
         Ok(Self {
-            bos_text: text(bos),
-            eos_text: text(eos.first().copied()),
-            inner: Backend::Hf(Box::new(inner)),
+            bos_text,
+            eos_text,
+            inner,
             bos,
             eos,
             add_bos,
@@ -381,6 +373,16 @@ impl TextTokenizer {
         let hf = match &self.inner {
             Backend::Hf(t) => t,
             Backend::Spm(t) => return t.encode(text, true, true).map_err(tok_err),
+            Backend::Bpe(t) => {
+                let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+                if self.add_bos
+                    && let Some(b) = self.bos
+                {
+                    ids.push(b);
+                }
+                ids.extend(t.encode(text));
+                return Ok(ids);
+            }
         };
         let enc = hf.encode(text, false).map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
@@ -412,6 +414,7 @@ impl TextTokenizer {
         match &self.inner {
             Backend::Hf(t) => Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec()),
             Backend::Spm(t) => t.encode(text, false, true).map_err(tok_err),
+            Backend::Bpe(t) => Ok(t.encode(text)),
         }
     }
 
@@ -422,6 +425,21 @@ impl TextTokenizer {
         match &self.inner {
             Backend::Hf(t) => t.decode(ids, skip_special).map_err(tok_err),
             Backend::Spm(t) => t.decode(ids, skip_special, !skip_special).map_err(tok_err),
+            Backend::Bpe(t) => Ok(t.decode(ids, skip_special)),
+        }
+    }
+
+    /// The bytes one token id stands for in decoded text (a special token's own text; a
+    /// byte-level token that holds part of a UTF-8 character gives just those bytes).
+    /// Empty for an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match &self.inner {
+            Backend::Bpe(t) => t.token_bytes(id),
+            Backend::Spm(t) => t
+                .token_to_piece(id, true)
+                .map(|p| p.into_owned())
+                .unwrap_or_default(),
+            Backend::Hf(t) => t.decode(&[id], false).map(String::into_bytes).unwrap_or_default(),
         }
     }
 
@@ -435,6 +453,7 @@ impl TextTokenizer {
         match &self.inner {
             Backend::Hf(t) => t.get_vocab_size(true),
             Backend::Spm(t) => t.vocab_size(),
+            Backend::Bpe(t) => t.vocab_size(),
         }
     }
 

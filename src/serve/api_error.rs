@@ -85,6 +85,9 @@ impl From<CompletionError> for ApiError {
             CompletionError::ContextLength { .. } => {
                 ApiError::invalid(Some("messages"), message).with_code("context_length_exceeded")
             }
+            CompletionError::KvLimit { .. } => {
+                ApiError::invalid(Some("max_tokens"), message).with_code("kv_cache_limit")
+            }
             CompletionError::Invalid(_) => ApiError::invalid(None, message),
             CompletionError::Steering(_) => ApiError::invalid(Some("steering"), message),
         }

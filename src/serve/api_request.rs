@@ -1,8 +1,8 @@
 //! Request bodies of `/v1/chat/completions` and `/v1/completions` (the OpenAI API's fields
 //! that this server honours, plus `steering`), parsed and turned into a
 //! [`CompletionJob`]'s settings. Fields the server does not know are ignored, as OpenAI-style
-//! servers do; fields it knows but cannot honour (`logprobs`, `echo`, `suffix`, `best_of`,
-//! `tools`) are refused rather than silently dropped.
+//! servers do; fields it knows but cannot honour (`echo`, `suffix`, `best_of`, `tools`) are
+//! refused rather than silently dropped.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +12,7 @@ use crate::runtime::sampling::SamplingConfig;
 use crate::transport::TokenScope;
 
 use super::api_error::ApiError;
+use super::responses::Endpoint;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -51,9 +52,12 @@ pub struct CommonFields {
     pub steering: Option<BTreeMap<String, f64>>,
     /// Which tokens are steered: `all` (default), `last`, `prompt` or `generated`.
     pub steering_scope: Option<String>,
-    // Known but not supported: refused when set.
+    /// Chat: `true` to report the generated tokens' log-probabilities; completions: how many
+    /// alternatives to report per token (0 … 20) beside the chosen one.
     pub logprobs: Option<serde_json::Value>,
+    /// Chat: alternatives per token (0 … 20), with `logprobs: true`.
     pub top_logprobs: Option<serde_json::Value>,
+    // Known but not supported: refused when set.
     pub echo: Option<bool>,
     pub suffix: Option<serde_json::Value>,
     pub best_of: Option<u64>,
@@ -179,25 +183,71 @@ pub struct Settings {
     pub include_usage: bool,
     pub steering: Vec<(String, f32)>,
     pub scope: TokenScope,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
 }
 
-/// Reads the shared fields; `random_seed` is used when the request gives none.
-pub fn settings(c: &CommonFields, random_seed: u64) -> Result<Settings, ApiError> {
+/// The `logprobs` / `top_logprobs` fields as the endpoint reads them: the chat API's
+/// `logprobs: true` with `top_logprobs: k`, or the completions API's `logprobs: k`.
+fn logprobs_setting(c: &CommonFields, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
+    use serde_json::Value;
+    let max = crate::pipeline::completion::MAX_TOP_LOGPROBS;
+    let count = |v: &Value, param: &'static str| -> Result<usize, ApiError> {
+        v.as_u64()
+            .and_then(|k| usize::try_from(k).ok())
+            .filter(|&k| k <= max)
+            .ok_or_else(|| {
+                ApiError::invalid(Some(param), format!("{param} must be an integer from 0 to {max}"))
+            })
+    };
+    let top = c.top_logprobs.as_ref().filter(|v| !v.is_null());
+    match endpoint {
+        Endpoint::Chat => {
+            let on = match &c.logprobs {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        Some("logprobs"),
+                        "logprobs must be true or false",
+                    ));
+                }
+            };
+            match (on, top) {
+                (false, None) => Ok(None),
+                (false, Some(_)) => Err(ApiError::invalid(
+                    Some("top_logprobs"),
+                    "top_logprobs needs logprobs set to true",
+                )),
+                (true, None) => Ok(Some(0)),
+                (true, Some(k)) => count(k, "top_logprobs").map(Some),
+            }
+        }
+        Endpoint::Completion => {
+            if top.is_some() {
+                return Err(ApiError::invalid(
+                    Some("top_logprobs"),
+                    "the completions API takes the number of alternatives in logprobs",
+                ));
+            }
+            match &c.logprobs {
+                None | Some(Value::Null) => Ok(None),
+                Some(k) => count(k, "logprobs").map(Some),
+            }
+        }
+    }
+}
+
+/// Reads the shared fields as `endpoint` understands them; `random_seed` is used when the
+/// request gives none.
+pub fn settings(c: &CommonFields, endpoint: Endpoint, random_seed: u64) -> Result<Settings, ApiError> {
     let unsupported = |param: &'static str| {
         Err(ApiError::invalid(
             Some(param),
             format!("`{param}` is not supported by this server"),
         ))
     };
-    if c.logprobs
-        .as_ref()
-        .is_some_and(|v| !v.is_null() && v != &serde_json::Value::Bool(false))
-    {
-        return unsupported("logprobs");
-    }
-    if c.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-        return unsupported("top_logprobs");
-    }
+    let logprobs = logprobs_setting(c, endpoint)?;
     if c.echo == Some(true) {
         return unsupported("echo");
     }
@@ -284,6 +334,7 @@ pub fn settings(c: &CommonFields, random_seed: u64) -> Result<Settings, ApiError
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
         steering,
         scope,
+        logprobs,
     })
 }
 
@@ -293,7 +344,7 @@ mod tests {
 
     fn chat(body: &str) -> Result<Settings, ApiError> {
         let b: ChatBody = parse(body.as_bytes())?;
-        settings(&b.common, 7)
+        settings(&b.common, Endpoint::Chat, 7)
     }
 
     #[test]
@@ -306,6 +357,34 @@ mod tests {
         assert_eq!(s.sampling.seed, 7);
         assert_eq!((s.n, s.stream, s.include_usage), (1, false, false));
         assert!(s.steering.is_empty() && s.stop.is_empty());
+        assert_eq!(s.logprobs, None);
+    }
+
+    #[test]
+    fn logprobs_are_read_as_each_endpoint_defines_them() {
+        let lp = |body: &str| chat(body).map(|s| s.logprobs);
+        assert_eq!(lp(r#"{"messages":[],"logprobs":false}"#).unwrap(), None);
+        assert_eq!(lp(r#"{"messages":[],"logprobs":true}"#).unwrap(), Some(0));
+        assert_eq!(
+            lp(r#"{"messages":[],"logprobs":true,"top_logprobs":20}"#).unwrap(),
+            Some(20)
+        );
+        let cmpl = |body: &str| {
+            let b: CompletionBody = parse(body.as_bytes())?;
+            settings(&b.common, Endpoint::Completion, 7).map(|s| s.logprobs)
+        };
+        assert_eq!(cmpl(r#"{"prompt":"a"}"#).unwrap(), None);
+        assert_eq!(cmpl(r#"{"prompt":"a","logprobs":null}"#).unwrap(), None);
+        assert_eq!(cmpl(r#"{"prompt":"a","logprobs":0}"#).unwrap(), Some(0));
+        assert_eq!(cmpl(r#"{"prompt":"a","logprobs":5}"#).unwrap(), Some(5));
+        for (body, param) in [
+            (r#"{"prompt":"a","logprobs":true}"#, "logprobs"),
+            (r#"{"prompt":"a","logprobs":21}"#, "logprobs"),
+            (r#"{"prompt":"a","logprobs":1,"top_logprobs":1}"#, "top_logprobs"),
+        ] {
+            let e = cmpl(body).unwrap_err();
+            assert_eq!(e.param, Some(param), "{body}: {}", e.message);
+        }
     }
 
     #[test]
@@ -331,7 +410,16 @@ mod tests {
             (r#"{"messages":[],"steering":{"a":2.5}}"#, "steering"),
             (r#"{"messages":[],"steering":{"a":1e308}}"#, "steering"),
             (r#"{"messages":[],"steering_scope":"some"}"#, "steering_scope"),
-            (r#"{"messages":[],"logprobs":true}"#, "logprobs"),
+            (r#"{"messages":[],"logprobs":1}"#, "logprobs"),
+            (r#"{"messages":[],"top_logprobs":2}"#, "top_logprobs"),
+            (
+                r#"{"messages":[],"logprobs":true,"top_logprobs":21}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"messages":[],"logprobs":true,"top_logprobs":-1}"#,
+                "top_logprobs",
+            ),
         ] {
             let e = chat(body).unwrap_err();
             assert_eq!(e.param, Some(param), "{body}: {}", e.message);

@@ -40,6 +40,20 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Most samples decoded together.
     pub max_rows: usize,
+    /// Most bytes of KV cache the running samples may grow to together (each reserves its
+    /// prompt + `max_tokens`); default [`default_max_kv_bytes`].
+    pub max_kv_bytes: u64,
+}
+
+/// Half of this machine's memory (`MemTotal` in `/proc/meminfo`), or 8 GiB where that cannot
+/// be read: the default KV cache limit of a server.
+pub fn default_max_kv_bytes() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kib.map_or(8 << 30, |k| k.saturating_mul(1024) / 2)
 }
 
 impl Default for ServeOptions {
@@ -50,6 +64,7 @@ impl Default for ServeOptions {
             api_key: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_rows: crate::pipeline::batch_engine::DEFAULT_MAX_ROWS,
+            max_kv_bytes: default_max_kv_bytes(),
         }
     }
 }
@@ -152,7 +167,8 @@ pub fn start(
     let listener = TcpListener::bind(&addr_text).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
-    let engine = BatchEngine::start(model.clone(), opts.max_rows).map_err(ServeError::Threads)?;
+    let engine =
+        BatchEngine::start(model.clone(), opts.max_rows, opts.max_kv_bytes).map_err(ServeError::Threads)?;
     let state = Arc::new(routes::ServerState {
         model_id: model_id(&model),
         model,

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::pipeline::completion::{CompletionEvent, FinishReason};
+use crate::pipeline::completion::{CompletionEvent, FinishReason, TokenLogprob, TokenText};
 
 /// Which endpoint an answer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +45,20 @@ impl Envelope {
         })
     }
 
-    /// A streamed chunk for choice `index`: new `text` and/or its finish reason. A chat
+    /// A streamed chunk for choice `index`: new `text` and/or its finish reason, and the
+    /// log-probabilities of its tokens when the request asked for them (`Some`; the
+    /// completions shape needs the character offset of the choice's text so far). A chat
     /// stream's first chunk per choice (`role`) carries the assistant role.
-    pub fn chunk(&self, index: usize, text: Option<&str>, finish: Option<FinishReason>, role: bool) -> Value {
+    pub fn chunk(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        logprobs: Option<(&[TokenLogprob], usize)>,
+        finish: Option<FinishReason>,
+        role: bool,
+    ) -> Value {
         let finish = finish.map(|f| f.name());
+        let lp = logprobs.map_or(Value::Null, |(l, offset)| self.logprobs_json(l, offset));
         let choice = match self.endpoint {
             Endpoint::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -58,13 +68,59 @@ impl Envelope {
                 if let Some(t) = text {
                     delta.insert("content".into(), json!(t));
                 }
-                json!({"index": index, "delta": delta, "logprobs": Value::Null, "finish_reason": finish})
+                json!({"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish})
             }
             Endpoint::Completion => {
-                json!({"index": index, "text": text.unwrap_or(""), "logprobs": Value::Null, "finish_reason": finish})
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": lp, "finish_reason": finish})
             }
         };
         self.wrap(true, json!([choice]))
+    }
+
+    /// Log-probabilities in this endpoint's shape: the chat API's `{"content": [{token,
+    /// logprob, bytes, top_logprobs}]}`, or the completions API's parallel lists `tokens`,
+    /// `token_logprobs`, `top_logprobs` (`{token: logprob}` per position) and `text_offset`
+    /// (characters from the start of the choice's text, counting from `offset`).
+    pub fn logprobs_json(&self, l: &[TokenLogprob], offset: usize) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => {
+                let entry = |t: &TokenText, lp: f32| json!({"token": t.text, "logprob": finite(lp), "bytes": t.bytes});
+                let content: Vec<Value> = l
+                    .iter()
+                    .map(|e| {
+                        let mut v = entry(&e.token, e.logprob);
+                        v["top_logprobs"] = e.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+                        v
+                    })
+                    .collect();
+                json!({"content": content})
+            }
+            Endpoint::Completion => {
+                let mut at = offset;
+                let mut offsets = Vec::with_capacity(l.len());
+                for e in l {
+                    offsets.push(at);
+                    at += e.token.text.chars().count();
+                }
+                let top: Vec<Value> = l
+                    .iter()
+                    .map(|e| {
+                        let m: serde_json::Map<String, Value> = e
+                            .top
+                            .iter()
+                            .map(|(t, lp)| (t.text.clone(), finite(*lp)))
+                            .collect();
+                        Value::Object(m)
+                    })
+                    .collect();
+                json!({
+                    "tokens": l.iter().map(|e| e.token.text.as_str()).collect::<Vec<_>>(),
+                    "token_logprobs": l.iter().map(|e| finite(e.logprob)).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
     }
 
     /// The last chunk of a stream that asked for usage: no choices, the counts.
@@ -81,17 +137,21 @@ impl Envelope {
             .enumerate()
             .map(|(index, c)| {
                 let finish = c.finish.map(|f| f.name());
+                let lp = c
+                    .logprobs
+                    .as_ref()
+                    .map_or(Value::Null, |l| self.logprobs_json(l, 0));
                 match self.endpoint {
                     Endpoint::Chat => json!({
                         "index": index,
                         "message": {"role": "assistant", "content": c.text},
-                        "logprobs": Value::Null,
+                        "logprobs": lp,
                         "finish_reason": finish,
                     }),
                     Endpoint::Completion => json!({
                         "index": index,
                         "text": c.text,
-                        "logprobs": Value::Null,
+                        "logprobs": lp,
                         "finish_reason": finish,
                     }),
                 }
@@ -101,6 +161,12 @@ impl Envelope {
         v["usage"] = usage.json();
         v
     }
+}
+
+/// A log-probability as JSON can hold it: `−∞` (a token the model gives no mass) becomes
+/// −9999, the OpenAI API's stand-in.
+fn finite(lp: f32) -> Value {
+    json!(if lp.is_finite() { lp } else { -9999.0 })
 }
 
 /// Token counts.
@@ -125,6 +191,10 @@ impl Usage {
 pub struct Choice {
     pub text: String,
     pub finish: Option<FinishReason>,
+    /// Its tokens' log-probabilities, when the request asked for them.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Characters of its tokens' texts so far (the completions API's `text_offset`).
+    pub token_chars: usize,
 }
 
 /// Gathers a job's events into its choices and usage.
@@ -137,10 +207,15 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// For `n` samples of a `prompt_tokens`-token prompt.
-    pub fn new(n: usize, prompt_tokens: usize) -> Self {
+    /// For `n` samples of a `prompt_tokens`-token prompt (with log-probabilities when
+    /// `logprobs`).
+    pub fn new(n: usize, prompt_tokens: usize, logprobs: bool) -> Self {
+        let choice = Choice {
+            logprobs: logprobs.then(Vec::new),
+            ..Choice::default()
+        };
         Self {
-            choices: vec![Choice::default(); n],
+            choices: vec![choice; n],
             usage: Usage {
                 prompt_tokens,
                 completion_tokens: 0,
@@ -152,9 +227,20 @@ impl Collector {
     /// Takes one event in.
     pub fn add(&mut self, e: &CompletionEvent) {
         match e {
-            CompletionEvent::Text { index, text } => {
+            CompletionEvent::Text {
+                index,
+                text,
+                logprobs,
+            } => {
                 if let Some(c) = self.choices.get_mut(*index) {
                     c.text.push_str(text);
+                    c.token_chars += logprobs
+                        .iter()
+                        .map(|l| l.token.text.chars().count())
+                        .sum::<usize>();
+                    if let Some(all) = &mut c.logprobs {
+                        all.extend(logprobs.iter().cloned());
+                    }
                 }
             }
             CompletionEvent::Finished {
@@ -169,6 +255,11 @@ impl Collector {
             }
             CompletionEvent::Failed(m) => self.failed = Some(m.clone()),
         }
+    }
+
+    /// Characters of choice `index`'s tokens so far (0 for an unknown index).
+    pub fn token_chars(&self, index: usize) -> usize {
+        self.choices.get(index).map_or(0, |c| c.token_chars)
     }
 
     /// Whether every sample has ended.
@@ -189,10 +280,11 @@ mod tests {
             created: 5,
             model: "m".into(),
         };
-        let mut c = Collector::new(2, 3);
+        let mut c = Collector::new(2, 3, false);
         c.add(&CompletionEvent::Text {
             index: 1,
             text: "b".into(),
+            logprobs: Vec::new(),
         });
         c.add(&CompletionEvent::Finished {
             index: 1,
@@ -212,7 +304,7 @@ mod tests {
         assert_eq!(v["choices"][1]["finish_reason"], "length");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["total_tokens"], 8);
-        let k = env.chunk(0, Some("x"), None, true);
+        let k = env.chunk(0, Some("x"), None, None, true);
         assert_eq!(k["object"], "chat.completion.chunk");
         assert_eq!(k["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(k["choices"][0]["delta"]["content"], "x");
@@ -221,10 +313,72 @@ mod tests {
             endpoint: Endpoint::Completion,
             ..env
         };
-        let k = cmpl.chunk(0, None, Some(FinishReason::Stop), false);
+        let k = cmpl.chunk(0, None, None, Some(FinishReason::Stop), false);
         assert_eq!(k["object"], "text_completion");
         assert_eq!(k["choices"][0]["text"], "");
         assert_eq!(k["choices"][0]["finish_reason"], "stop");
         assert_eq!(cmpl.usage_chunk(c.usage)["usage"]["completion_tokens"], 5);
+        assert!(v["choices"][0]["logprobs"].is_null());
+    }
+
+    fn tok(id: u32, text: &str) -> TokenText {
+        TokenText {
+            id,
+            text: text.into(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn logprobs_have_each_endpoints_shape() {
+        let lp = |id, text: &str, l| TokenLogprob {
+            token: tok(id, text),
+            logprob: l,
+            top: vec![(tok(id, text), l), (tok(9, "é"), -2.5)],
+        };
+        let mut c = Collector::new(1, 2, true);
+        for (text, lps) in [
+            ("Hé", vec![lp(1, "H", -0.5), lp(2, "é", -1.0)]),
+            ("", vec![lp(3, "!", f32::NEG_INFINITY)]),
+        ] {
+            c.add(&CompletionEvent::Text {
+                index: 0,
+                text: text.into(),
+                logprobs: lps,
+            });
+        }
+        assert_eq!(c.token_chars(0), 3);
+        let chat = Envelope {
+            endpoint: Endpoint::Chat,
+            id: "chatcmpl-1".into(),
+            created: 5,
+            model: "m".into(),
+        };
+        let v = chat.whole(&c.choices, c.usage);
+        let content = &v["choices"][0]["logprobs"]["content"];
+        assert_eq!(content[1]["token"], "é");
+        assert_eq!(content[1]["logprob"], -1.0);
+        assert_eq!(content[1]["bytes"], json!([0xc3, 0xa9]));
+        assert_eq!(content[0]["top_logprobs"][1]["token"], "é");
+        assert_eq!(content[2]["logprob"], -9999.0);
+        let cmpl = Envelope {
+            endpoint: Endpoint::Completion,
+            ..chat
+        };
+        let v = cmpl.whole(&c.choices, c.usage);
+        let l = &v["choices"][0]["logprobs"];
+        assert_eq!(l["tokens"], json!(["H", "é", "!"]));
+        assert_eq!(l["token_logprobs"], json!([-0.5, -1.0, -9999.0]));
+        assert_eq!(l["top_logprobs"][0]["é"], -2.5);
+        assert_eq!(l["text_offset"], json!([0, 1, 2]));
+        // A streamed chunk counts its offsets from the characters already sent.
+        let k = cmpl.chunk(
+            0,
+            Some("!"),
+            Some((&c.choices[0].logprobs.as_ref().unwrap()[2..], 2)),
+            None,
+            false,
+        );
+        assert_eq!(k["choices"][0]["logprobs"]["text_offset"], json!([2]));
     }
 }

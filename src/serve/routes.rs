@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::pipeline::batch_engine::{BatchEngine, MAX_QUEUED, SubmitError};
 use crate::pipeline::completion::{
-    CompletionError, CompletionEvent, CompletionJob, CompletionSink, ConceptSet, check_job,
+    CompletionError, CompletionEvent, CompletionJob, CompletionSink, ConceptSet, check_job, check_kv_limit,
 };
 use crate::runtime::LoadedModel;
 use crate::runtime::tokenizer::ChatMessage;
@@ -222,7 +222,7 @@ fn run_chat(
 ) -> Result<Running, ApiError> {
     authorize(st, headers)?;
     let body: ChatBody = parse(&body_bytes(body)?)?;
-    let s = settings(&body.common, random_seed(st))?;
+    let s = settings(&body.common, Endpoint::Chat, random_seed(st))?;
     if body.messages.is_empty() {
         return Err(ApiError::invalid(Some("messages"), "messages is empty"));
     }
@@ -250,7 +250,7 @@ fn run_completion(
 ) -> Result<Running, ApiError> {
     authorize(st, headers)?;
     let body: CompletionBody = parse(&body_bytes(body)?)?;
-    let s = settings(&body.common, random_seed(st))?;
+    let s = settings(&body.common, Endpoint::Completion, random_seed(st))?;
     let ids =
         match prompt_in(&body.prompt)? {
             PromptIn::Text(t) => st.model.tokenizer.encode(&t).map_err(|e| {
@@ -314,15 +314,18 @@ fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<
         sampling: s.sampling,
         stop: s.stop.clone(),
         steering,
+        logprobs: s.logprobs,
         sink: Box::new(ChannelSink(tx)),
     };
-    check_job(&st.model, &job).map_err(|e| {
-        let mut e = ApiError::from(e);
-        if e.param == Some("messages") {
-            e.param = Some(param);
-        }
-        e
-    })?;
+    check_job(&st.model, &job)
+        .and_then(|()| check_kv_limit(&st.model, &job, st.engine.max_kv_bytes()))
+        .map_err(|e| {
+            let mut e = ApiError::from(e);
+            if e.param == Some("messages") {
+                e.param = Some(param);
+            }
+            e
+        })?;
     let prompt_tokens = job.prompt.len();
     st.engine.submit(job).map_err(|e| match e {
         SubmitError::Busy(_) => ApiError::invalid(
@@ -363,7 +366,7 @@ async fn answer(r: Running) -> Response {
         prompt_tokens,
         mut events,
     } = r;
-    let mut c = Collector::new(settings.n, prompt_tokens);
+    let mut c = Collector::new(settings.n, prompt_tokens, settings.logprobs.is_some());
     while let Some(e) = events.recv().await {
         c.add(&e);
     }
@@ -398,23 +401,32 @@ fn stream(r: Running) -> Response {
         };
         if envelope.endpoint == Endpoint::Chat {
             for i in 0..settings.n {
-                if !send(envelope.chunk(i, Some(""), None, true)).await {
+                if !send(envelope.chunk(i, Some(""), None, None, true)).await {
                     return;
                 }
             }
         }
-        let mut c = Collector::new(settings.n, prompt_tokens);
+        let mut c = Collector::new(settings.n, prompt_tokens, settings.logprobs.is_some());
         while let Some(e) = events.recv().await {
-            c.add(&e);
             let v = match &e {
-                CompletionEvent::Text { index, text } => envelope.chunk(*index, Some(text), None, false),
+                CompletionEvent::Text {
+                    index,
+                    text,
+                    logprobs,
+                } => {
+                    let lp = settings
+                        .logprobs
+                        .map(|_| (logprobs.as_slice(), c.token_chars(*index)));
+                    envelope.chunk(*index, Some(text), lp, None, false)
+                }
                 CompletionEvent::Finished { index, reason, .. } => {
-                    envelope.chunk(*index, None, Some(*reason), false)
+                    envelope.chunk(*index, None, None, Some(*reason), false)
                 }
                 CompletionEvent::Failed(m) => ApiError::invalid(None, m.clone())
                     .with_status(StatusCode::INTERNAL_SERVER_ERROR)
                     .body(),
             };
+            c.add(&e);
             if !send(v).await {
                 return;
             }

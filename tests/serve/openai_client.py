@@ -9,6 +9,7 @@ go to OUT.json. Exit status 0 means every check passed.
 
 import concurrent.futures
 import json
+import math
 import sys
 import time
 import urllib.error
@@ -140,6 +141,54 @@ check("n = 3 gives three choices", [c.index for c in many.choices] == [0, 1, 2])
 check("sample i of n draws with seed + i", [c.text for c in many.choices] == singles, (many, singles))
 check("samples differ", len(set(singles)) > 1, singles)
 
+# --- log-probabilities ----------------------------------------------------------------------
+def close(a, b, tol=1e-4):
+    return abs(a - b) <= tol
+
+
+lp = chat(logprobs=True, top_logprobs=3)
+entries = lp.choices[0].logprobs.content
+check("chat logprobs leave the text as it was", lp.choices[0].message.content == text, lp)
+check("chat logprobs: one entry per token, texts joined = the answer",
+      "".join(e.token for e in entries) == text and len(entries) == lp.usage.completion_tokens, entries)
+check("chat logprobs: bytes joined decode to the answer",
+      bytes(b for e in entries for b in e.bytes).decode("utf-8") == text)
+check("chat logprobs: 3 alternatives, most likely first, greedy picks the first",
+      all(len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+          and close(e.top_logprobs[0].logprob, e.logprob)
+          and e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+          and e.logprob <= 0 for e in entries), entries)
+check("chat logprobs: the alternatives' probabilities sum to at most 1",
+      all(sum(math.exp(t.logprob) for t in e.top_logprobs) <= 1 + 1e-5 for e in entries))
+streamed = []
+for chunk in chat(stream=True, logprobs=True, top_logprobs=3):
+    for c in chunk.choices:
+        if c.logprobs is not None and c.logprobs.content:
+            streamed.extend(c.logprobs.content)
+check("chat stream logprobs equal the whole answer's",
+      [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries])
+check("no logprobs unless asked", plain.choices[0].logprobs is None)
+
+clp = complete(logprobs=2)
+l = clp.choices[0].logprobs
+check("completion logprobs: tokens joined = the text", "".join(l.tokens) == ctext, l)
+check("completion logprobs: offsets count the characters before each token",
+      l.text_offset == [len("".join(l.tokens[:i])) for i in range(len(l.tokens))], l.text_offset)
+check("completion logprobs: the chosen token is the most likely (greedy)",
+      all(len(t) == 2 and close(max(t.values()), v) for t, v in zip(l.top_logprobs, l.token_logprobs)), l)
+cstream = []
+for chunk in complete(stream=True, logprobs=2):
+    for c in chunk.choices:
+        if c.logprobs is not None:
+            cstream.extend(zip(c.logprobs.tokens, c.logprobs.token_logprobs, c.logprobs.text_offset))
+check("completion stream logprobs equal the whole answer's",
+      cstream == list(zip(l.tokens, l.token_logprobs, l.text_offset)), (cstream, l))
+clp_steer = complete(logprobs=0, max_tokens=1, extra_body={"steering": {CONCEPT: 1.0}})
+check("steering changes the log-probabilities",
+      not close(clp_steer.choices[0].logprobs.token_logprobs[0], l.token_logprobs[0], 1e-3)
+      or clp_steer.choices[0].logprobs.tokens[0] != l.tokens[0], clp_steer)
+results["completion_logprobs"] = l.token_logprobs
+
 # --- concurrency: 8 requests together = the same 8 one at a time --------------------------
 lambdas = [0.0, 0.25, 0.5, 0.75, 1.0, -0.5, 0.6, 0.0]
 
@@ -188,6 +237,8 @@ bad("empty messages", 400, "messages", CHATP, {**body, "messages": []})
 bad("unknown role", 400, "messages", CHATP, {**body, "messages": [{"role": "robot", "content": "x"}]})
 bad("temperature out of range", 400, "temperature", CHATP, {**body, "temperature": 5})
 bad("body over the size limit", 413, None, CHATP, {**body, "messages": [{"role": "user", "content": "x" * 200_000}]})
+bad("logprobs not a boolean in chat", 400, "logprobs", CHATP, {**body, "logprobs": 2})
+bad("top_logprobs over 20", 400, "top_logprobs", CHATP, {**body, "logprobs": True, "top_logprobs": 21})
 bad("wrong API key", 401, "invalid_api_key", CHATP, body, key="wrong")
 bad("missing API key", 401, "invalid_api_key", CHATP, body, key=None)
 bad("unknown endpoint", 404, None, "/v1/embeddings", body)
