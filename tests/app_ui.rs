@@ -182,6 +182,46 @@ fn whole_loop(model: std::path::PathBuf, n_hooks: usize, want_fitted: Vec<String
     wait(&mut h, "the server to stop", 30, |a| {
         a.serving.is_none() && !a.busy()
     });
+    // Other machines may connect only with an API key: without one the toggle is disabled;
+    // with one the server listens on every interface and asks for it.
+    h.get_by_label("other machines").click();
+    h.run_ok();
+    assert!(h.state().settings.serve_network);
+    assert!(
+        h.get_by_label("Serve").accesskit_node().is_disabled(),
+        "Serve is enabled for other machines without an API key"
+    );
+    h.state_mut().serve_key = "key-for-the-test".into();
+    h.run_ok();
+    h.get_by_label("Serve").click();
+    wait(&mut h, "the network server", 30, |a| {
+        a.serving.is_some() && !a.busy()
+    });
+    let url = h
+        .state()
+        .serving
+        .as_ref()
+        .map(|s| s.url.clone())
+        .unwrap_or_default();
+    let port = url
+        .trim_start_matches("http://0.0.0.0:")
+        .trim_end_matches("/v1")
+        .to_string();
+    assert!(url.starts_with("http://0.0.0.0:"), "{url}");
+    let (status, body) = common::http(&format!("127.0.0.1:{port}"), "GET", "/v1/models", "");
+    assert_eq!(status, 401, "a request without the key: {body}");
+    let (status, body) = common::http_with_key(
+        &format!("127.0.0.1:{port}"),
+        "GET",
+        "/v1/models",
+        "",
+        "key-for-the-test",
+    );
+    assert_eq!(status, 200, "a request with the key: {body}");
+    h.get_by_label("Serve").click();
+    wait(&mut h, "the network server to stop", 30, |a| {
+        a.serving.is_none() && !a.busy()
+    });
 
     // The plots draw for the fitted concept.
     h.get_by_label("Plots").click();

@@ -245,6 +245,9 @@ pub struct StudioApp {
     keeping: Vec<PathBuf>,
     /// The OpenAI-compatible server started from the steering panel, while it runs.
     pub serving: Option<crate::worker::ServingInfo>,
+    /// The API key the Serve toggle's server asks for (empty: none); kept for this session
+    /// only, never written to the settings.
+    pub serve_key: String,
     /// The path bar's text.
     pub path_bar: String,
     script: Option<(Script, PathBuf)>,
@@ -306,6 +309,7 @@ impl StudioApp {
             path_bar: String::new(),
             keeping: Vec::new(),
             serving: None,
+            serve_key: String::new(),
             data_dir: opts
                 .data_dir
                 .clone()

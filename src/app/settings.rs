@@ -55,8 +55,12 @@ pub struct Settings {
     pub recent_maps: Vec<PathBuf>,
     /// Which tokens are steered (`all`, `last`, `prompt`, `generated`).
     pub scope: String,
-    /// The port the Serve toggle's server listens on (on 127.0.0.1).
+    /// The port the Serve toggle's server listens on.
     pub serve_port: u16,
+    /// Let other machines connect (bind 0.0.0.0, an API key required) instead of only this
+    /// one (127.0.0.1). The key itself is not saved.
+    #[serde(default)]
+    pub serve_network: bool,
 }
 
 /// A stack entry as it is kept between sessions: where its maps are and how it was set.
@@ -229,6 +233,7 @@ impl Default for Settings {
             recent_maps: Vec::new(),
             scope: "all".into(),
             serve_port: 8080,
+            serve_network: false,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Steering panel: the stack of concepts, each with its λ as a number (the sliders are in the
 //! λ bar above the output), on/off, range (±1 or ±2), order and remove; the token scope.
 //! Every change to the stack regenerates the output. Below, the Serve toggle: the same
-//! concepts over an OpenAI-compatible API.
+//! concepts over an OpenAI-compatible API (a port; other machines only with an API key).
 
 use std::sync::Arc;
 
@@ -122,32 +122,52 @@ fn text_concepts(app: &StudioApp) -> Vec<Arc<MapsFile>> {
         .collect()
 }
 
-/// Asks the worker to (re)start the server with the stack's text concepts.
+/// Asks the worker to (re)start the server with the stack's text concepts, on this machine
+/// only or (with an API key) for other machines too.
 pub fn start_serving(app: &mut StudioApp) {
+    let key = app.serve_key.trim().to_string();
     let options = ServeOptions {
+        host: if app.settings.serve_network {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        }
+        .into(),
         port: app.settings.serve_port,
+        api_key: (!key.is_empty()).then_some(key),
         ..ServeOptions::default()
     };
     let concepts = text_concepts(app);
     app.send(Command::Serve(Some(Box::new(ServeRequest { concepts, options }))));
 }
 
-/// The Serve toggle: an OpenAI-compatible API on this machine, steered per request with the
-/// stack's concepts (`"steering": {"NAME": λ}` in a request body).
+/// Whether the Serve settings allow a start: other machines may connect only with a key.
+pub fn serve_settings_ok(app: &StudioApp) -> bool {
+    !app.settings.serve_network || !app.serve_key.trim().is_empty()
+}
+
+/// The Serve toggle: an OpenAI-compatible API, steered per request with the stack's concepts
+/// (`"steering": {"NAME": λ}` in a request body), on this machine or, with an API key, on the
+/// network.
 fn serve_controls(app: &mut StudioApp, ui: &mut egui::Ui) {
     let busy = app.has_job(JobKind::Serve);
     let mut on = app.serving.is_some();
+    let settings_ok = serve_settings_ok(app);
     ui.horizontal(|ui| {
         let toggle = ui
             .add_enabled(
-                app.model.is_some() && !busy,
+                app.model.is_some() && !busy && (on || settings_ok),
                 egui::Checkbox::new(&mut on, "Serve"),
             )
             .on_hover_text(
-                "An OpenAI-compatible API (chat and text completions) on 127.0.0.1 for any \
-                 client; each request picks its concept strengths: \
-                 \"steering\": {\"NAME\": λ}",
-            );
+                "An OpenAI-compatible API (chat and text completions) for any client; each \
+                 request picks its concept strengths: \"steering\": {\"NAME\": λ}",
+            )
+            .on_disabled_hover_text(if settings_ok {
+                "load a model first"
+            } else {
+                "set an API key to let other machines connect"
+            });
         ui.add_enabled(
             app.serving.is_none(),
             egui::DragValue::new(&mut app.settings.serve_port)
@@ -163,9 +183,31 @@ fn serve_controls(app: &mut StudioApp, ui: &mut egui::Ui) {
             }
         }
     });
+    ui.add_enabled_ui(app.serving.is_none(), |ui| {
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut app.settings.serve_network, "other machines")
+                .on_hover_text(
+                    "listen on every network interface (0.0.0.0) instead of this machine only \
+                     (127.0.0.1); needs an API key",
+                );
+            ui.add(
+                egui::TextEdit::singleline(&mut app.serve_key)
+                    .password(true)
+                    .hint_text("API key")
+                    .desired_width(120.0),
+            )
+            .on_hover_text(
+                "clients send it as `Authorization: Bearer KEY` (the openai package's api_key); \
+                 empty: no key (this machine only). Not saved.",
+            );
+        });
+    });
     let Some(s) = app.serving.clone() else {
         return;
     };
+    if s.url.contains("://0.0.0.0:") {
+        ui.small("other machines: this machine's address in place of 0.0.0.0");
+    }
     ui.horizontal(|ui| {
         ui.monospace(&s.url);
         if ui

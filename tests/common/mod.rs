@@ -113,11 +113,26 @@ pub fn forward_alone(
 /// A whole HTTP/1.1 exchange with `addr` (`HOST:PORT`) over a fresh connection: (status,
 /// body).
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    exchange(addr, method, path, body, "")
+}
+
+/// [`http`] with `Authorization: Bearer KEY`.
+pub fn http_with_key(addr: &str, method: &str, path: &str, body: &str, key: &str) -> (u16, String) {
+    exchange(
+        addr,
+        method,
+        path,
+        body,
+        &format!("Authorization: Bearer {key}\r\n"),
+    )
+}
+
+fn exchange(addr: &str, method: &str, path: &str, body: &str, extra_headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
