@@ -99,6 +99,8 @@ pub struct BatchEngine {
     tx: Option<Sender<CompletionJob>>,
     thread: Option<JoinHandle<()>>,
     running: Arc<AtomicUsize>,
+    /// Rows dropped because their client went away, since the start.
+    abandoned: Arc<AtomicUsize>,
     /// Jobs submitted and not yet admitted.
     queued: Arc<AtomicUsize>,
     /// Most bytes of KV cache the running rows may grow to together.
@@ -121,18 +123,20 @@ impl BatchEngine {
         let (tx, rx) = crossbeam_channel::unbounded();
         let running = Arc::new(AtomicUsize::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
-        let counts = (running.clone(), queued.clone());
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let counts = (running.clone(), queued.clone(), abandoned.clone());
         let limits = Limits {
             rows: max_rows.max(1),
             kv_bytes: max_kv_bytes,
         };
         let thread = std::thread::Builder::new()
             .name("act-serve-engine".into())
-            .spawn(move || run(&m, &rx, limits, (&counts.0, &counts.1)))?;
+            .spawn(move || run(&m, &rx, limits, (&counts.0, &counts.1, &counts.2)))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             running,
+            abandoned,
             queued,
             max_kv_bytes,
         })
@@ -151,6 +155,11 @@ impl BatchEngine {
     /// Rows (samples) being decoded now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Rows (samples) dropped since the start because their client went away.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// Queues `job` (checked with [`check_job`] by the caller); refused when [`MAX_QUEUED`]
@@ -212,7 +221,7 @@ fn run(
     m: &LoadedModel,
     rx: &Receiver<CompletionJob>,
     limits: Limits,
-    (running, queued): (&AtomicUsize, &AtomicUsize),
+    (running, queued, abandoned): (&AtomicUsize, &AtomicUsize, &AtomicUsize),
 ) {
     let mut rows: Vec<Row> = Vec::new();
     let mut waiting: Option<CompletionJob> = None;
@@ -265,12 +274,18 @@ fn run(
                         rows.extend(rows_of(m, p, logits));
                     }
                 }
-                PrefillStep::Gone => prefilling = None,
+                PrefillStep::Gone => {
+                    if let Some(p) = prefilling.take()
+                        && p.job.sink.is_closed()
+                    {
+                        abandoned.fetch_add(p.job.n, Ordering::Relaxed);
+                    }
+                }
             }
         }
         // 2. Sample one token per row; retire rows that end.
         let eos = m.tokenizer.eos();
-        rows.retain_mut(|row| sample_step(m, row, eos));
+        rows.retain_mut(|row| sample_step(m, row, eos, abandoned));
         if rows.is_empty() {
             continue;
         }
@@ -368,11 +383,15 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
         .collect()
 }
 
-/// Samples row's next token and reports its text; false when the row is done.
-fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32]) -> bool {
+/// Samples row's next token and reports its text; false when the row is done (counted in
+/// `abandoned` when its client has gone).
+fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32], abandoned: &AtomicUsize) -> bool {
     {
         let mut job = row.job.borrow_mut();
         if job.dropped || job.sink.is_closed() {
+            if job.sink.is_closed() {
+                abandoned.fetch_add(1, Ordering::Relaxed);
+            }
             job.dropped = true;
             return false;
         }

@@ -92,10 +92,16 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Liveness, the rows being decoded (`running`: a client that went away leaves none) and the
-/// jobs waiting for a row (`queued`).
+/// Liveness, the rows being decoded (`running`: a client that went away leaves none), the
+/// jobs waiting for a row (`queued`), and the rows dropped because their client went away
+/// (`abandoned`, since the start).
 async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "running": st.engine.running(), "queued": st.engine.queued()}))
+    Json(json!({
+        "status": "ok",
+        "running": st.engine.running(),
+        "queued": st.engine.queued(),
+        "abandoned": st.engine.abandoned(),
+    }))
 }
 
 async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

@@ -249,6 +249,7 @@ except openai.BadRequestError as e:
     check("the openai client raises BadRequestError for an unknown concept", "nonexistent" in str(e), str(e))
 
 # --- a client that goes away cancels its rows ---------------------------------------------
+abandoned_before = raw("/health", method="GET")[1]["abandoned"]
 stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3000, temperature=0.9,
                                    seed=3, stream=True)
 for i, _ in enumerate(stream):
@@ -263,6 +264,36 @@ while time.time() < deadline:
         break
     time.sleep(0.1)
 check("a disconnected stream stops decoding", running == 0, running)
+abandoned = raw("/health", method="GET")[1]["abandoned"]
+check("the engine counts the stream's row as abandoned", abandoned == abandoned_before + 1,
+      (abandoned_before, abandoned))
+
+# A whole (non-streamed) answer whose client gives up: the closed connection ends its rows too.
+slow = urllib.request.Request(
+    BASE + "/completions",
+    data=json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 3000, "temperature": 0.9,
+                     "seed": 5}).encode(),
+    method="POST",
+)
+slow.add_header("Content-Type", "application/json")
+slow.add_header("Authorization", f"Bearer {KEY}")
+gave_up = False
+try:
+    urllib.request.urlopen(slow, timeout=1.0)
+except (TimeoutError, OSError):
+    gave_up = True
+check("the slow whole answer was abandoned by its client", gave_up)
+deadline = time.time() + 20
+running = None
+while time.time() < deadline:
+    running = raw("/health", method="GET")[1]["running"]
+    if running == 0:
+        break
+    time.sleep(0.1)
+check("a disconnected whole answer stops decoding", running == 0, running)
+check("the engine counts the whole answer's row as abandoned (not run to its end)",
+      raw("/health", method="GET")[1]["abandoned"] == abandoned + 1)
+check("after a disconnected answer the server answers", chat(max_tokens=2).choices[0].message.content is not None)
 
 with open(OUT, "w") as f:
     json.dump(results, f)
