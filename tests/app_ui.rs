@@ -20,6 +20,11 @@ fn harness(opts: AppOptions) -> Harness<'static, StudioApp> {
         .build_eframe(move |cc| StudioApp::with_settings(&cc.egui_ctx, Settings::default(), opts))
 }
 
+/// The base URL of the app's running server (empty when none runs).
+fn serving_url(app: &StudioApp) -> String {
+    app.serving.as_ref().map(|s| s.url.clone()).unwrap_or_default()
+}
+
 #[test]
 fn starts_without_a_model_and_says_how_to_get_one() {
     let mut h = harness(AppOptions {
@@ -169,12 +174,7 @@ fn whole_loop(model: std::path::PathBuf, n_hooks: usize, want_fitted: Vec<String
     h.state_mut().settings.serve_port = 0;
     h.get_by_label("Serve").click();
     wait(&mut h, "the server", 30, |a| a.serving.is_some() && !a.busy());
-    let url = h
-        .state()
-        .serving
-        .as_ref()
-        .map(|s| s.url.clone())
-        .unwrap_or_default();
+    let url = serving_url(h.state());
     assert!(h.query_by_label(&url).is_some(), "the address is shown");
     let concepts = common::http_get(&url, "/concepts");
     assert!(concepts.contains("\"name\":\"football\""), "{concepts}");
@@ -197,12 +197,7 @@ fn whole_loop(model: std::path::PathBuf, n_hooks: usize, want_fitted: Vec<String
     wait(&mut h, "the network server", 30, |a| {
         a.serving.is_some() && !a.busy()
     });
-    let url = h
-        .state()
-        .serving
-        .as_ref()
-        .map(|s| s.url.clone())
-        .unwrap_or_default();
+    let url = serving_url(h.state());
     let port = url
         .trim_start_matches("http://0.0.0.0:")
         .trim_end_matches("/v1")

@@ -54,21 +54,34 @@ fn text_of(events: &[(&'static str, CompletionEvent)], label: &str) -> String {
         .collect()
 }
 
-#[test]
-fn a_long_prompt_runs_between_the_decode_steps_of_running_rows() {
-    let Some(path) = common::demo_model() else { return };
-    let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
-    let engine = BatchEngine::start(m.clone(), 8, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
-    let log: Log = Arc::default();
-    let job = |prompt: Vec<u32>, max_tokens: usize, label: &'static str| CompletionJob {
+/// A greedy, unsteered job of `n` samples whose events go to `log` under `label`.
+fn greedy_job(
+    prompt: Vec<u32>,
+    n: usize,
+    max_tokens: usize,
+    label: &'static str,
+    log: &Log,
+) -> CompletionJob {
+    CompletionJob {
         prompt,
-        n: 1,
+        n,
         max_tokens,
         sampling: SamplingConfig::greedy(),
         stop: Vec::new(),
         steering: None,
         logprobs: None,
         sink: Box::new(LogSink(label, log.clone())),
+    }
+}
+
+#[test]
+fn a_long_prompt_runs_between_the_decode_steps_of_running_rows() {
+    let Some(path) = common::demo_model() else { return };
+    let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let engine = BatchEngine::start(m.clone(), 8, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let log: Log = Arc::default();
+    let job = |prompt: Vec<u32>, max_tokens: usize, label: &'static str| {
+        greedy_job(prompt, 1, max_tokens, label, &log)
     };
     let encode = |t: &str| m.tokenizer.encode(t).unwrap_or_else(|e| panic!("{e}"));
     let short = encode("Once upon a time, in a small village by the sea, there lived");
@@ -124,15 +137,8 @@ fn jobs_wait_for_kv_cache_room_and_one_that_cannot_fit_is_refused() {
     let Some(path) = common::demo_model() else { return };
     let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
     let log: Log = Arc::default();
-    let job = |prompt: Vec<u32>, n: usize, max_tokens: usize, label: &'static str| CompletionJob {
-        prompt,
-        n,
-        max_tokens,
-        sampling: SamplingConfig::greedy(),
-        stop: Vec::new(),
-        steering: None,
-        logprobs: None,
-        sink: Box::new(LogSink(label, log.clone())),
+    let job = |prompt: Vec<u32>, n: usize, max_tokens: usize, label: &'static str| {
+        greedy_job(prompt, n, max_tokens, label, &log)
     };
     let prompt = m
         .tokenizer

@@ -249,6 +249,18 @@ except openai.BadRequestError as e:
     check("the openai client raises BadRequestError for an unknown concept", "nonexistent" in str(e), str(e))
 
 # --- a client that goes away cancels its rows ---------------------------------------------
+def running_after_wait(seconds=20):
+    """The running rows once none are left, or after `seconds`."""
+    deadline = time.time() + seconds
+    running = None
+    while time.time() < deadline:
+        running = raw("/health", method="GET")[1]["running"]
+        if running == 0:
+            break
+        time.sleep(0.1)
+    return running
+
+
 abandoned_before = raw("/health", method="GET")[1]["abandoned"]
 stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=3000, temperature=0.9,
                                    seed=3, stream=True)
@@ -256,13 +268,7 @@ for i, _ in enumerate(stream):
     if i == 3:
         break
 stream.close()
-deadline = time.time() + 20
-running = None
-while time.time() < deadline:
-    running = raw("/health", method="GET")[1]["running"]
-    if running == 0:
-        break
-    time.sleep(0.1)
+running = running_after_wait()
 check("a disconnected stream stops decoding", running == 0, running)
 abandoned = raw("/health", method="GET")[1]["abandoned"]
 check("the engine counts the stream's row as abandoned", abandoned == abandoned_before + 1,
@@ -283,13 +289,7 @@ try:
 except (TimeoutError, OSError):
     gave_up = True
 check("the slow whole answer was abandoned by its client", gave_up)
-deadline = time.time() + 20
-running = None
-while time.time() < deadline:
-    running = raw("/health", method="GET")[1]["running"]
-    if running == 0:
-        break
-    time.sleep(0.1)
+running = running_after_wait()
 check("a disconnected whole answer stops decoding", running == 0, running)
 check("the engine counts the whole answer's row as abandoned (not run to its end)",
       raw("/health", method="GET")[1]["abandoned"] == abandoned + 1)
