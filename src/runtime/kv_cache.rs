@@ -60,6 +60,22 @@ impl KvCache {
         }
     }
 
+    /// A copy with room for `positions` positions in all (as [`KvCache::reserve`]), made in
+    /// one allocation per layer side (a clone and then a reserve would copy twice).
+    pub fn fork(&self, positions: usize, kv_width: usize) -> Self {
+        let want = positions.min(RESERVE_LIMIT).saturating_mul(kv_width);
+        let copy = |x: &Vec<f32>| {
+            let mut out = Vec::with_capacity(want.max(x.len()));
+            out.extend_from_slice(x);
+            out
+        };
+        Self {
+            layers: self.layers.iter().map(|(k, v)| (copy(k), copy(v))).collect(),
+            len: self.len,
+            transient: self.transient,
+        }
+    }
+
     /// Forgets everything (keeps the allocations).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -100,5 +116,31 @@ impl KvCache {
 
     pub(crate) fn n_layers(&self) -> usize {
         self.layers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fork_keeps_the_cache_and_has_room_for_what_follows() {
+        let mut c = KvCache::new(2);
+        for l in 0..2 {
+            if let Some((k, v)) = c.layer_mut(l) {
+                k.extend_from_slice(&[1.0, 2.0, 3.0, 4.0]);
+                v.extend_from_slice(&[5.0, 6.0, 7.0, 8.0]);
+            }
+        }
+        c.set_len(2);
+        let f = c.fork(10, 2);
+        assert_eq!(f.len(), 2);
+        for (a, b) in c.layers.iter().zip(&f.layers) {
+            assert_eq!(a, b);
+            assert!(b.0.capacity() >= 20 && b.1.capacity() >= 20);
+        }
+        // Beyond the limit only the limit is set aside.
+        let big = c.fork(usize::MAX, 2);
+        assert!(big.layers[0].0.capacity() >= RESERVE_LIMIT * 2);
     }
 }

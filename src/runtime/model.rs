@@ -92,13 +92,11 @@ impl LoadedModel {
         cache
     }
 
-    /// A copy of `cache` with room for `positions` positions in all (a clone alone holds
-    /// only what is cached, and would grow by doubling from there).
+    /// A copy of `cache` with room for `positions` positions in all (a plain clone holds only
+    /// what is cached, and would grow by doubling from there).
     pub fn fork_cache(&self, cache: &KvCache, positions: usize) -> KvCache {
         let c = self.config();
-        let mut copy = cache.clone();
-        copy.reserve(positions.min(c.max_position), c.n_kv_heads * c.head_dim);
-        copy
+        cache.fork(positions.min(c.max_position), c.n_kv_heads * c.head_dim)
     }
 
     /// A cache for a one-shot pass that is never continued (see [`KvCache::transient`]).
