@@ -415,14 +415,15 @@ fn batched_products(reps: usize) {
     }
 }
 
-/// The tiled prompt product (`runtime::tiled::matmul`) against the quantized kernels
+/// The tiled prompt product (`runtime::tiled::matmul`; for k-quants also the integer tiles,
+/// `runtime::kquant_tiled::matmul`, and also at n = 512 on a 1.35 B model's MLP shapes) against the quantized kernels
 /// (`QMatrix::matmul`, four inputs at a time) for 8 … 512 inputs, on SmolLM2's MLP up shape
 /// (`[1536, 576]`; k-quants `[1536, 768]`), paired medians of `reps` alternating calls on the
 /// pool as in a prefill.
 fn tiled_products(reps: usize) {
     use act_studio::runtime::pool::Pool;
     use act_studio::runtime::quant::{ActScratch, QMatrix};
-    use act_studio::runtime::tiled;
+    use act_studio::runtime::{kquant_tiled, tiled};
     use candle_core::quantized::QTensor;
     let formats = [
         (GgmlDType::Q4_0, QDType::Q4_0),
@@ -432,11 +433,25 @@ fn tiled_products(reps: usize) {
     .into_iter()
     .chain(Q5_FORMATS)
     .chain(K_FORMATS);
-    for (gdt, dt) in formats {
-        let (rows, cols) = if dt.block_size() == 256 {
-            (1536, 768)
+    // k-quants also on a 1.35 B model's MLP shapes (up `[5632, 2048]`, down `[2048, 5632]`).
+    let big = K_FORMATS
+        .into_iter()
+        .flat_map(|f| [(f, 5632, 2048), (f, 2048, 5632)]);
+    let shapes = formats
+        .map(|(g, d)| {
+            let (rows, cols) = if d.block_size() == 256 {
+                (1536, 768)
+            } else {
+                (1536, 576)
+            };
+            ((g, d), rows, cols)
+        })
+        .chain(big);
+    for ((gdt, dt), rows, cols) in shapes {
+        let sizes: &[usize] = if rows * cols > 1536 * 768 {
+            &[512]
         } else {
-            (1536, 576)
+            &[8, 16, 32, 64, 128, 512]
         };
         let run = || -> Result<String, String> {
             let t = Tensor::from_vec(fill(rows * cols, 1), (rows, cols), &Device::Cpu)
@@ -445,7 +460,7 @@ fn tiled_products(reps: usize) {
             let m = QMatrix::new(dt, rows, cols, q.data().map_err(|e| e.to_string())?.into_owned())
                 .map_err(|e| e.to_string())?;
             let mut line = format!("{dt:?} [n, {cols}] × [{rows}, {cols}]ᵀ, tiled vs quantized (speed-up):");
-            for n in [8, 16, 32, 64, 128, 512] {
+            for &n in sizes {
                 let xs = fill(n * cols, 7);
                 let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
                 let mut scratch = ActScratch::new();
@@ -462,7 +477,33 @@ fn tiled_products(reps: usize) {
                     tiled_s.push(ti);
                 }
                 let gmacs = (n * rows * cols) as f64 / median(tiled_s) / 1e9;
-                line += &format!(" n={n} {:.2}× ({gmacs:.1} GMAC/s);", median(ratios));
+                line += &format!(" n={n} {:.2}× ({gmacs:.1} GMAC/s", median(ratios));
+                if kquant_tiled::supports(dt) {
+                    // The integer tiles against the f32 tiles and the quantized kernels, the
+                    // three in turn.
+                    let (mut vs_f32, mut vs_quant, mut int_s) = (Vec::new(), Vec::new(), Vec::new());
+                    for _ in 0..reps * 4 {
+                        let t = Instant::now();
+                        kquant_tiled::matmul(Pool::global(), &m, &xs, n, &mut b)
+                            .map_err(|e| e.to_string())?;
+                        let ti = t.elapsed().as_secs_f64();
+                        let t = Instant::now();
+                        tiled::matmul(Pool::global(), &m, &xs, n, &mut a).map_err(|e| e.to_string())?;
+                        vs_f32.push(t.elapsed().as_secs_f64() / ti);
+                        let t = Instant::now();
+                        m.matmul(&xs, n, &mut a, &mut scratch)
+                            .map_err(|e| e.to_string())?;
+                        vs_quant.push(t.elapsed().as_secs_f64() / ti);
+                        int_s.push(ti);
+                    }
+                    let gmacs = (n * rows * cols) as f64 / median(int_s) / 1e9;
+                    line += &format!(
+                        "; integer tiles {:.2}× the f32 tiles, {:.2}× the quantized kernels, {gmacs:.1} GMAC/s",
+                        median(vs_f32),
+                        median(vs_quant)
+                    );
+                }
+                line += ");";
             }
             Ok(line)
         };

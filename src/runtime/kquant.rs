@@ -62,7 +62,7 @@ pub const Q6_K_BYTES: usize = 210;
 
 /// f16 at `b[i..i + 2]` (little-endian) as f32.
 #[inline(always)]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
@@ -82,8 +82,79 @@ pub fn quantize_q8_k(x: &[f32], out: &mut Vec<BlockQ8K>) -> Result<(), QuantErro
     Ok(())
 }
 
-/// One Q8_K block of 256 values (see [`quantize_q8_k`]).
+/// One Q8_K block of 256 values (see [`quantize_q8_k`]); with AVX2 in SIMD
+/// ([`q8_k_block_avx2`]), bit-identical to the scalar form ([`q8_k_block_scalar`]).
 pub(super) fn q8_k_block(xs: &[f32]) -> BlockQ8K {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if xs.len() == QK_K {
+        // SAFETY: AVX2 is enabled at compile time; `xs` holds 256 values.
+        return unsafe { q8_k_block_avx2(xs) };
+    }
+    q8_k_block_scalar(xs)
+}
+
+/// [`q8_k_block`] with AVX2: the largest magnitude by vector maxima (NaNs skipped, as the
+/// scalar comparison skips them), the first value of that magnitude by a scan, and rounding
+/// half away from zero as `trunc(v) ± 1` where `|v − trunc(v)| ≥ 0.5` (exact: both are
+/// representable). A NaN quant becomes 0, as `NaN as i8` does.
+///
+/// # Safety
+/// AVX2 must be available and `xs` must hold 256 values.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx2")]
+unsafe fn q8_k_block_avx2(xs: &[f32]) -> BlockQ8K {
+    use std::arch::x86_64::*;
+    // SAFETY: every load reads `xs[8i..8i + 8]` for i < 32 and every store writes
+    // `b.qs[32i..32i + 32]` for i < 8 (the caller's contract: 256 values).
+    unsafe {
+        let p = xs.as_ptr();
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let mut m = _mm256_setzero_ps();
+        for i in 0..QK_K / 8 {
+            // MAXPS returns its second operand when either is NaN: NaNs never win.
+            m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(p.add(8 * i)), abs_mask), m);
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        let mut b = BlockQ8K::default();
+        if amax == 0.0 {
+            return b;
+        }
+        let max = xs.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
+        let iscale = -127f32 / max;
+        let scale = _mm256_set1_ps(iscale);
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let quant = |i: usize| {
+            let v = _mm256_mul_ps(scale, _mm256_loadu_ps(p.add(8 * i)));
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            let frac = _mm256_and_ps(_mm256_sub_ps(v, t), abs_mask);
+            let away = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), one);
+            let r = _mm256_add_ps(t, _mm256_or_ps(away, _mm256_and_ps(v, sign_mask)));
+            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            // NaN → 0 (the comparison is false for NaN lanes).
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            _mm256_cvtps_epi32(r)
+        };
+        for g in 0..QK_K / 32 {
+            let a01 = _mm256_packs_epi32(quant(4 * g), quant(4 * g + 1));
+            let a23 = _mm256_packs_epi32(quant(4 * g + 2), quant(4 * g + 3));
+            let q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a01, a23), order);
+            _mm256_storeu_si256(b.qs.as_mut_ptr().add(32 * g).cast(), q);
+        }
+        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+        }
+        b.d = 1.0 / iscale;
+        b
+    }
+}
+
+/// [`q8_k_block`] in scalar code.
+pub(super) fn q8_k_block_scalar(xs: &[f32]) -> BlockQ8K {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in xs {
         if amax < v.abs() {
@@ -109,7 +180,7 @@ pub(super) fn q8_k_block(xs: &[f32]) -> BlockQ8K {
 /// bytes (ggml's `get_scale_min_k4`): sub-blocks 0..4 keep 6 bits in bytes 0..8, sub-blocks
 /// 4..8 take 4 bits from bytes 8..12 and their top 2 bits from the spare bits of bytes 0..8.
 #[inline(always)]
-fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..4 {
         sc[j] = s[j] & 63;
@@ -578,6 +649,39 @@ mod tests {
         block(3, &|_, v| -v.abs() - 0.1);
         block(4, &|_, v| v * 1e-6);
         w
+    }
+
+    #[test]
+    fn q8_k_simd_equals_the_scalar_form_bit_for_bit() {
+        let mut rng = Rng(0x51AD_0008);
+        let mut blocks: Vec<Vec<f32>> = (0..200).map(|i| rng.vec(QK_K, 0.01 + i as f32)).collect();
+        // Exact halves after scaling (max 127 → iscale −1), ties of magnitude with both signs,
+        // a NaN, infinities' neighbours, denormals and all-equal blocks.
+        blocks.push(
+            (0..QK_K)
+                .map(|i| if i == 3 { 127.0 } else { (i as f32 - 128.0) / 2.0 })
+                .collect(),
+        );
+        blocks.push((0..QK_K).map(|i| if i % 2 == 0 { -5.0 } else { 5.0 }).collect());
+        blocks.push(
+            (0..QK_K)
+                .map(|i| if i == 9 { f32::NAN } else { i as f32 * 0.1 - 3.0 })
+                .collect(),
+        );
+        blocks.push(
+            (0..QK_K)
+                .map(|i| if i == 0 { f32::MAX } else { -f32::MAX / i as f32 })
+                .collect(),
+        );
+        blocks.push((0..QK_K).map(|i| i as f32 * 1e-41).collect());
+        blocks.push(vec![-0.75; QK_K]);
+        blocks.push(vec![0.0; QK_K]);
+        for (i, x) in blocks.iter().enumerate() {
+            let (a, b) = (q8_k_block(x), q8_k_block_scalar(x));
+            assert_eq!(a.d.to_bits(), b.d.to_bits(), "block {i}: d");
+            assert_eq!(a.qs, b.qs, "block {i}: quants");
+            assert_eq!(a.bsums, b.bsums, "block {i}: sums");
+        }
     }
 
     #[test]

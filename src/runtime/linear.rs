@@ -122,9 +122,10 @@ pub enum MatPath {
     Dense,
     /// Prompts: the quantized path's numbers (activations rounded to its 8-bit grid) up to
     /// float rounding, computed as an f32 GEMM on weights dequantized a tile at a time
-    /// ([`super::tiled`]) — dense speed, no f32 copy kept. Fewer inputs than
-    /// [`super::tiled::min_inputs`] of the format, and formats only candle covers, take the
-    /// quantized path; f32/f16 weights the dense one.
+    /// ([`super::tiled`]) — dense speed, no f32 copy kept; k-quants as integer products on
+    /// rows decoded a tile at a time ([`super::kquant_tiled`]). Fewer inputs than the format's
+    /// `min_inputs`, and formats only candle covers, take the quantized path; f32/f16
+    /// weights the dense one.
     Tiled,
 }
 
@@ -139,6 +140,24 @@ impl MatPath {
             MatPath::Quantized if !off => MatPath::Tiled,
             other => other,
         }
+    }
+}
+
+/// Whether k-quant prompts take the integer tiles ([`super::kquant_tiled`]);
+/// `ACT_INT8_TILES=0` keeps them on the f32 tiles ([`super::tiled`]) for side-by-side
+/// measurements.
+fn int8_tiles() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("ACT_INT8_TILES").is_none_or(|v| v != "0"))
+}
+
+/// Fewest inputs for which a [`MatPath::Tiled`] product of format `dt` leaves the quantized
+/// kernels for the tiles it would take.
+fn prompt_min_inputs(dt: QDType) -> usize {
+    if super::kquant_tiled::supports(dt) && int8_tiles() {
+        super::kquant_tiled::min_inputs(dt)
+    } else {
+        super::tiled::min_inputs(dt)
     }
 }
 
@@ -285,7 +304,7 @@ impl Linear {
     fn on_kernels(&self, n: usize, path: MatPath) -> Option<&QMatrix> {
         match (&self.weights, path) {
             (Weights::Own { q, .. }, MatPath::Quantized) => Some(q),
-            (Weights::Own { q, .. }, MatPath::Tiled) if n < super::tiled::min_inputs(q.dtype()) => Some(q),
+            (Weights::Own { q, .. }, MatPath::Tiled) if n < prompt_min_inputs(q.dtype()) => Some(q),
             _ => None,
         }
     }
@@ -310,9 +329,14 @@ impl Linear {
         match (&self.weights, path) {
             (Weights::Dense(w), _) => w.matmul(x, n, &mut y),
             (Weights::Own { q, .. }, MatPath::Quantized | MatPath::Tiled) => {
-                // `on_kernels` declined: a prompt long enough for the tiled product.
-                super::tiled::matmul(Pool::global(), q, x, n, &mut y)
-                    .map_err(|e| RuntimeError::BadInput(e.to_string()))?;
+                // `on_kernels` declined: a prompt long enough for the tiled product (integer
+                // tiles for k-quants, f32 tiles for the rest).
+                let tiled = if super::kquant_tiled::supports(q.dtype()) && int8_tiles() {
+                    super::kquant_tiled::matmul
+                } else {
+                    super::tiled::matmul
+                };
+                tiled(Pool::global(), q, x, n, &mut y).map_err(|e| RuntimeError::BadInput(e.to_string()))?;
             }
             (Weights::Candle { mm, .. }, MatPath::Quantized | MatPath::Tiled) => {
                 let xt = Tensor::from_slice(x, (n, self.in_dim), &Device::Cpu)?;

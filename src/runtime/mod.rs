@@ -21,6 +21,7 @@ pub mod hf;
 pub mod hf_cache;
 pub mod hooks;
 pub mod kquant;
+pub mod kquant_tiled;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;

@@ -138,6 +138,8 @@ pub enum QuantError {
     },
     /// A row index is out of range.
     Row { row: usize, rows: usize },
+    /// An operation (`what`) that does not cover weights of format `dtype`.
+    Format { what: &'static str, dtype: QDType },
 }
 
 impl fmt::Display for QuantError {
