@@ -491,19 +491,6 @@ mod avx2 {
     }
 }
 
-/// Sizes of one decoded row of `k` values, for the docs' "2.3 bytes per weight".
-#[cfg(test)]
-fn decoded_bytes_per_weight(k: usize) -> f64 {
-    let nb = k / QK_K;
-    (k + nb * CHUNKS * 16 * 2 + nb * 4 + nb * GROUPS * 4) as f64 / k as f64
-}
-
-/// The f16 bits of `v`, for building test blocks.
-#[cfg(test)]
-fn f16_bits(v: f32) -> [u8; 2] {
-    half::f16::from_f32(v).to_le_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,8 +498,18 @@ mod tests {
         quantize_q8_k, vec_dot_q4_k_q8_k_scalar, vec_dot_q5_k_q8_k_scalar, vec_dot_q6_k_q8_k_scalar,
     };
     use crate::runtime::quant::ActScratch;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use candle_core::quantized::GgmlDType;
+
+    /// Sizes of one decoded row of `k` values, for the docs' "2.3 bytes per weight".
+    fn decoded_bytes_per_weight(k: usize) -> f64 {
+        let nb = k / QK_K;
+        (k + nb * CHUNKS * 16 * 2 + nb * 4 + nb * GROUPS * 4) as f64 / k as f64
+    }
+
+    /// The f16 bits of `v`, for building test blocks.
+    fn f16_bits(v: f32) -> [u8; 2] {
+        half::f16::from_f32(v).to_le_bytes()
+    }
 
     /// Deterministic values in [-1, 1) with some large ones.
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -521,12 +518,7 @@ mod tests {
 
     /// `rows × cols` random weights quantized by candle into `dt`, as our matrix.
     fn matrix(dt: GgmlDType, rows: usize, cols: usize, seed: u64) -> QMatrix {
-        let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let q = QTensor::quantize(&w, dt).unwrap_or_else(|e| panic!("{e}"));
-        let own = crate::runtime::linear::own_dtype(dt).unwrap_or_else(|| panic!("{dt:?}"));
-        let bytes = q.data().unwrap_or_else(|e| panic!("{e}")).into_owned();
-        QMatrix::new(own, rows, cols, bytes).unwrap_or_else(|e| panic!("{e}"))
+        crate::runtime::test_values::quantized_matrix(dt, rows, cols, seed)
     }
 
     const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];

@@ -20,3 +20,24 @@ pub(crate) fn values(n: usize, seed: u64, every: u64, (big, small): (f32, f32)) 
         })
         .collect()
 }
+
+/// `rows × cols` of [`values`] (seed `seed`, one in 17 scaled by 6, the rest within ±0.5)
+/// quantized by candle into `dt`, as our matrix: the weights of the tiled products' tests.
+pub(crate) fn quantized_matrix(
+    dt: candle_core::quantized::GgmlDType,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> super::quant::QMatrix {
+    use candle_core::{Device, Tensor, quantized::QTensor};
+    let w = Tensor::from_vec(
+        values(rows * cols, seed, 17, (6.0, 0.5)),
+        (rows, cols),
+        &Device::Cpu,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let q = QTensor::quantize(&w, dt).unwrap_or_else(|e| panic!("{e}"));
+    let own = super::linear::own_dtype(dt).unwrap_or_else(|| panic!("{dt:?}"));
+    let bytes = q.data().unwrap_or_else(|e| panic!("{e}")).into_owned();
+    super::quant::QMatrix::new(own, rows, cols, bytes).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -212,8 +212,7 @@ mod tests {
     use super::*;
     use crate::runtime::dense::PackedMatrix;
     use crate::runtime::quant::ActScratch;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use candle_core::quantized::GgmlDType;
 
     /// Deterministic values in [-1, 1) with some large ones.
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -222,12 +221,7 @@ mod tests {
 
     /// `rows × cols` random weights quantized by candle into `dt`, as our matrix.
     fn matrix(dt: GgmlDType, rows: usize, cols: usize, seed: u64) -> QMatrix {
-        let w = Tensor::from_vec(values(rows * cols, seed), (rows, cols), &Device::Cpu)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let q = QTensor::quantize(&w, dt).unwrap_or_else(|e| panic!("{e}"));
-        let own = crate::runtime::linear::own_dtype(dt).unwrap_or_else(|| panic!("{dt:?}"));
-        let bytes = q.data().unwrap_or_else(|e| panic!("{e}")).into_owned();
-        QMatrix::new(own, rows, cols, bytes).unwrap_or_else(|e| panic!("{e}"))
+        crate::runtime::test_values::quantized_matrix(dt, rows, cols, seed)
     }
 
     const FORMATS: [GgmlDType; 8] = [
