@@ -132,6 +132,7 @@ fn rows_group(
 /// time in AVX registers (a value-by-value scatter, one store per 64-byte line, had cost more
 /// than dequantizing).
 fn to_panel(rows: &[f32], w: usize, panel: &mut [f32]) {
+    #[cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx2")), allow(unused_mut))]
     let mut done = 0;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     if rows.len() >= PANEL * w && panel.len() >= PANEL * w {
