@@ -18,6 +18,8 @@
 //!   where `tiled::min_inputs` comes from;
 //! - the products of a batched decode step (1 … 16 inputs: a server's rows) against one
 //!   matrix × vector per input (`ACT_BENCH_ONLY=fewrows`);
+//! - whole batched decode steps of the demo model (1 … 16 rows, a server's batch after a
+//!   ≈30-token prompt): ms per step and tokens/s, against one row (`ACT_BENCH_ONLY=steps`);
 //! - the sampler on SmolLM2's 49,152-token vocabulary against a full sort of every token
 //!   (`ACT_BENCH_ONLY=sampler`).
 //!
@@ -254,6 +256,7 @@ fn main() {
         Ok("tiled") => return tiled_products(reps_from_env().max(5)),
         Ok("fewrows") => return few_inputs(reps_from_env().max(5)),
         Ok("sampler") => return sampler_speed(reps_from_env().max(5)),
+        Ok("steps") => return decode_steps(reps_from_env().max(3)),
         Ok("quant") => {
             quant_products(&K_FORMATS);
             return quant_products(&Q5_FORMATS);
@@ -693,6 +696,79 @@ fn few_inputs(reps: usize) {
                 macs / s / 1e9
             );
         }
+    }
+}
+
+/// Whole decode steps over `rows` rows of the demo model, as the server's batch engine runs
+/// them (one forward pass per step over every row, on the decode pool), after a ≈30-token
+/// prompt: the median ms per step of 32 steps and the tokens/s it gives, against one row.
+fn decode_steps(reps: usize) {
+    if !model_path().is_file() {
+        eprintln!("SKIP: demo model not found at {}", model_path().display());
+        return;
+    }
+    let m = LoadedModel::load(&model_path()).unwrap_or_else(|e| panic!("{e}"));
+    let ids = m.tokenizer.encode(PROMPT).unwrap_or_default();
+    let n = ids.len();
+    let mut cache = vec![m.new_cache()];
+    let b = Batch {
+        tokens: &ids,
+        batch: 1,
+        seq: n,
+        valid: &[n],
+        prompt_lens: &[n],
+    };
+    let first = m
+        .model
+        .forward(&b, &mut cache, &mut NoHooks, MatPath::Quantized, LogitsMode::Last)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .logits;
+    let steps = 32;
+    let mut single = 0.0;
+    let only: Option<usize> = std::env::var("ACT_BENCH_ROWS").ok().and_then(|v| v.parse().ok());
+    for rows in [1usize, 2, 4, 8, 16] {
+        if only.is_some_and(|o| o != rows && rows != 1) {
+            continue;
+        }
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let mut caches: Vec<_> = (0..rows).map(|_| m.fork_cache(&cache[0], n + steps)).collect();
+            let mut feed = vec![argmax(&first); rows];
+            let (ones, lens) = (vec![1usize; rows], vec![n; rows]);
+            for _ in 0..steps {
+                let b = Batch {
+                    tokens: &feed,
+                    batch: rows,
+                    seq: 1,
+                    valid: &ones,
+                    prompt_lens: &lens,
+                };
+                let t = Instant::now();
+                let out = decode_pool()
+                    .install(|| {
+                        m.model.forward(
+                            &b,
+                            &mut caches,
+                            &mut NoHooks,
+                            MatPath::Quantized,
+                            LogitsMode::Last,
+                        )
+                    })
+                    .unwrap_or_else(|e| panic!("{e}"));
+                times.push(t.elapsed().as_secs_f64());
+                let vocab = out.logits.len() / rows;
+                feed = out.logits.chunks_exact(vocab).map(argmax).collect();
+            }
+        }
+        let ms = median(times) * 1e3;
+        let tps = rows as f64 / ms * 1e3;
+        if rows == 1 {
+            single = tps;
+        }
+        println!(
+            "decode step, {rows} rows: {ms:.2} ms, {tps:.1} tok/s ({:.2}× one row)",
+            tps / single
+        );
     }
 }
 

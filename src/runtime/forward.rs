@@ -170,6 +170,9 @@ pub(crate) fn cached_attention_with(
 ) -> Result<Vec<f32>> {
     let kvw = nkv * hd;
     let t = batch.seq;
+    if t == 1 && batch.batch > 1 {
+        return decode_rows_attention(layer, (q, k, v), batch, caches, starts, (nh, nkv, hd), opts);
+    }
     let mut out = Vec::with_capacity(batch.batch * t * nh * hd);
     for (b, cache) in caches.iter_mut().enumerate() {
         let valid = batch.valid[b];
@@ -192,6 +195,56 @@ pub(crate) fn cached_attention_with(
             opts,
         );
         out.extend_from_slice(&y);
+        cache.release_layer(layer);
+    }
+    Ok(out)
+}
+
+/// [`cached_attention_with`] for a decode step over several rows (one new token each): every row's key and value are appended to its cache, then the rows'
+/// attentions run side by side on the pool, one row per piece, each on one thread
+/// ([`super::attend_one`] run inside a pool piece stays on its thread). A server's batch thus
+/// spreads its attention over the cores, where one row's few heads over a short context stay
+/// below the pool's threshold. Each row's numbers are those of the one-row path, bit for bit.
+fn decode_rows_attention(
+    layer: usize,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    batch: &Batch<'_>,
+    caches: &mut [KvCache],
+    starts: &[usize],
+    (nh, nkv, hd): (usize, usize, usize),
+    opts: AttnOptions,
+) -> Result<Vec<f32>> {
+    let kvw = nkv * hd;
+    for (b, cache) in caches.iter_mut().enumerate().take(batch.batch) {
+        let valid = batch.valid[b].min(1);
+        let (kc, vc) = cache
+            .layer_mut(layer)
+            .ok_or_else(|| RuntimeError::BadInput("cache has too few layers".into()))?;
+        kc.truncate(starts[b] * kvw);
+        vc.truncate(starts[b] * kvw);
+        kc.extend_from_slice(&k[b * kvw..(b + valid) * kvw]);
+        vc.extend_from_slice(&v[b * kvw..(b + valid) * kvw]);
+    }
+    // With a window, the first key the new token sees (keys before it are left out).
+    let rows: Vec<(&[f32], &[f32])> = caches
+        .iter()
+        .zip(starts)
+        .take(batch.batch)
+        .map(|(c, &start)| {
+            let first = opts.window.map_or(0, |w| (start + 1).saturating_sub(w)) * kvw;
+            let (kc, vc) = c.layer(layer).unwrap_or((&[], &[]));
+            (kc.get(first..).unwrap_or(&[]), vc.get(first..).unwrap_or(&[]))
+        })
+        .collect();
+    let width = nh * hd;
+    let mut out = vec![0f32; batch.batch * width];
+    super::pool::Pool::global().for_each_piece(&mut out, width, &|b, y| {
+        if let (Some(&(kc, vc)), Some(qb)) = (rows.get(b), q.get(b * width..(b + 1) * width)) {
+            y.copy_from_slice(&super::attend_one::attend_one(qb, (kc, vc), (nh, nkv, hd), opts));
+        }
+    });
+    drop(rows);
+    for cache in caches.iter_mut() {
         cache.release_layer(layer);
     }
     Ok(out)

@@ -98,6 +98,11 @@ impl KvCache {
         self.layers.get_mut(l)
     }
 
+    /// Layer `l`'s cached keys and values (`[len, kv_width]` each).
+    pub(crate) fn layer(&self, l: usize) -> Option<(&[f32], &[f32])> {
+        self.layers.get(l).map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
     pub(crate) fn set_len(&mut self, len: usize) {
         if !self.transient {
             self.len = len;

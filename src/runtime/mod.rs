@@ -33,6 +33,7 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 pub mod quant_dot4;
+mod quant_dot8;
 pub mod quant_mix;
 pub mod safetensors_shards;
 pub mod sampling;

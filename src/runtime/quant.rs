@@ -23,9 +23,10 @@
 //!   ours accumulate 8 f32 lanes per block as the Q4_0 kernel does (llama.cpp's AVX2 form), so
 //!   they agree with candle's to float rounding, not bit for bit (`cargo bench --bench runtime`,
 //!   `ACT_BENCH_ONLY=q5`, compares speed).
-//! - Batched products ([`QMatrix::matmul`]: prompts, activation collection) take the inputs four
-//!   at a time through [`super::quant_dot4`]'s kernels, which unpack each weight block once for
-//!   four inputs and give every output the one-input kernel's bits.
+//! - Batched products ([`QMatrix::matmul`]: prompts, activation collection, a server's decode
+//!   steps) take the inputs four at a time through [`super::quant_dot4`]'s kernels, which
+//!   unpack each weight block once for four inputs and give every output the one-input
+//!   kernel's bits; Q4_1 rows take whole groups of eight through [`super::quant_dot8`]'s.
 //! - Without those features the scalar references (= candle's `vec_dot_unopt`) are used.
 
 use half::f16;
@@ -793,6 +794,67 @@ fn dot4_row(dtype: QDType, row: &[u8], act: Act, d8: &[f32], i: usize, nb: usize
     }
 }
 
+thread_local! {
+    /// A Q4_1 weight row unpacked to one byte per value for the eight-input kernel (one row
+    /// of `cols` bytes per thread, reused).
+    static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether the eight-input Q4_1 kernel is compiled in (AVX2 + FMA + F16C builds).
+const fn eight_input_kernel() -> bool {
+    cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))
+}
+
+/// [`super::quant_dot8::avx2::unpack_q4_1`]; never called without AVX2 (see
+/// [`eight_input_kernel`]), where it leaves `out` empty.
+#[inline]
+fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
+    unsafe {
+        super::quant_dot8::avx2::unpack_q4_1(row, out)
+    };
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )))]
+    {
+        let _ = row;
+        out.clear();
+    }
+}
+
+/// [`super::quant_dot8::avx2::dot8_q4_1`]; zeros without AVX2 (never called there, see
+/// [`eight_input_kernel`]).
+#[inline]
+fn dot8_q4_1(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32]) -> [f32; 8] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
+    return unsafe { super::quant_dot8::avx2::dot8_q4_1(row, wq, yq, hdr) };
+    #[allow(unreachable_code)]
+    {
+        let _ = (row, wq, yq, hdr);
+        [0.0; 8]
+    }
+}
+
 /// Dots of four weight rows with one input (decode) by the four-row kernels, bit-identical
 /// to four [`dot_row`] calls; `None` for formats without one, or in builds without AVX2 + FMA
 /// + F16C.
@@ -833,6 +895,8 @@ pub struct ActScratch {
     q8k: Vec<BlockQ8K>,
     /// The Q8_0 blocks' scales as f32, for the four-input kernels.
     d8: Vec<f32>,
+    /// Eight-input groups' Q8_1 quants interleaved for the eight-input kernel.
+    y8: Vec<i8>,
 }
 
 impl ActScratch {
@@ -841,10 +905,25 @@ impl ActScratch {
         Self::default()
     }
 
-    /// Quantizes `xs` (whole input rows) for weights that take `kind`; with `scales`, also
-    /// the f32 scales of Q8_0 blocks for the four-input kernels (else those come back empty).
-    fn quantize(&mut self, xs: &[f32], kind: ActKind, scales: bool) -> Result<(Act<'_>, &[f32]), QuantError> {
-        let ActScratch { q8_0, q8_1, q8k, d8 } = self;
+    /// Quantizes `xs` (`inputs` whole input rows) for weights that take `kind`; with `scales`,
+    /// also what the grouped kernels read: the f32 scales of Q8_0 blocks, `[inputs][nb]`, for
+    /// the four-input kernels; for Q8_1, the scales and interleaved quants of each whole group
+    /// of eight inputs ([`super::quant_dot8::q8_1_headers8`], [`super::quant_dot8::interleave8`])
+    /// for the eight-input kernel (else empty).
+    fn quantize(
+        &mut self,
+        xs: &[f32],
+        inputs: usize,
+        kind: ActKind,
+        scales: bool,
+    ) -> Result<(Act<'_>, &[f32], &[i8]), QuantError> {
+        let ActScratch {
+            q8_0,
+            q8_1,
+            q8k,
+            d8,
+            y8,
+        } = self;
         // cols is a multiple of the block size, so quantizing the concatenated inputs block-wise
         // is the same as quantizing each input row on its own.
         let act = match kind {
@@ -862,10 +941,18 @@ impl ActScratch {
             }
         };
         d8.clear();
-        if scales && let Act::Q8_0(q) = act {
-            d8.extend(q.iter().map(|b| b.d.to_f32()));
+        y8.clear();
+        if scales {
+            match act {
+                Act::Q8_0(q) => d8.extend(q.iter().map(|b| b.d.to_f32())),
+                Act::Q8_1(q) => {
+                    super::quant_dot8::q8_1_headers8(q, inputs, d8);
+                    super::quant_dot8::interleave8(q, inputs, y8);
+                }
+                Act::Q8K(_) => {}
+            }
         }
-        Ok((act, d8))
+        Ok((act, d8, y8))
     }
 }
 
@@ -1170,7 +1257,7 @@ impl QMatrix {
             return Ok(());
         }
         let group = n >= 4;
-        let (act, d8) = scratch.quantize(xs, kind, group)?;
+        let (act, d8, y8) = scratch.quantize(xs, n, kind, group)?;
         let outs = ys.map(DisjointWrites::new);
         let pool = Pool::global();
         let threads = pool.threads();
@@ -1178,7 +1265,7 @@ impl QMatrix {
         if threads <= 1 || bytes.saturating_mul(n) < PAR_MIN_BYTES {
             for (m, out) in mats.iter().zip(&outs) {
                 // SAFETY: one piece covers every row of each matrix.
-                unsafe { m.compute_rows(act, d8, n, out, (0, m.rows), true, group) };
+                unsafe { m.compute_rows(act, (d8, y8), n, out, (0, m.rows), true, group) };
             }
             return Ok(());
         }
@@ -1197,7 +1284,7 @@ impl QMatrix {
             unsafe {
                 m.compute_rows(
                     act,
-                    d8,
+                    (d8, y8),
                     n,
                     &outs[j],
                     (c * k, ((c + 1) * k).min(m.rows)),
@@ -1237,23 +1324,23 @@ impl QMatrix {
         if n == 0 {
             return Ok(());
         }
-        let (act, d8) = scratch.quantize(xs, self.dtype.act_kind(), group && n >= 4)?;
-        self.compute(act, d8, n, ys, simd, group && n >= 4);
+        let (act, d8, y8) = scratch.quantize(xs, n, self.dtype.act_kind(), group && n >= 4)?;
+        self.compute(act, (d8, y8), n, ys, simd, group && n >= 4);
         Ok(())
     }
 
-    /// Fills `ys` (`[n, rows]`) with the dots of every row with every input of `act` (`d8`: the
-    /// f32 scales of Q8_0 activations for the four-input kernels, or empty); `group` lets inputs
-    /// go four at a time through those kernels. Split by weight rows over the pool; each piece
+    /// Fills `ys` (`[n, rows]`) with the dots of every row with every input of `act` (`side`:
+    /// what [`ActScratch::quantize`] prepared for the grouped kernels, or empty); `group` lets
+    /// inputs go eight or four at a time through those kernels. Split by weight rows over the pool; each piece
     /// writes its rows' outputs of every input in place.
-    fn compute(&self, act: Act, d8: &[f32], n: usize, ys: &mut [f32], simd: bool, group: bool) {
+    fn compute(&self, act: Act, side: (&[f32], &[i8]), n: usize, ys: &mut [f32], simd: bool, group: bool) {
         let rows = self.rows;
         let out = DisjointWrites::new(ys);
         let pool = Pool::global();
         let threads = pool.threads();
         if threads <= 1 || self.bytes.len().saturating_mul(n) < PAR_MIN_BYTES {
             // SAFETY: one piece covers every row.
-            unsafe { self.compute_rows(act, d8, n, &out, (0, rows), simd, group) };
+            unsafe { self.compute_rows(act, side, n, &out, (0, rows), simd, group) };
         } else {
             let chunk = self.rows_per_piece(threads);
             pool.run(rows.div_ceil(chunk), &|c| {
@@ -1261,7 +1348,7 @@ impl QMatrix {
                 unsafe {
                     self.compute_rows(
                         act,
-                        d8,
+                        side,
                         n,
                         &out,
                         (c * chunk, ((c + 1) * chunk).min(rows)),
@@ -1320,7 +1407,7 @@ impl QMatrix {
     unsafe fn compute_rows(
         &self,
         act: Act,
-        d8: &[f32],
+        (d8, y8): (&[f32], &[i8]),
         n: usize,
         out: &DisjointWrites<f32>,
         (r0, r1): (usize, usize),
@@ -1369,8 +1456,37 @@ impl QMatrix {
             let k1 = (k0 + ROW_TILE).min(r1);
             let mut i = 0;
             while i < n {
+                // Q4_1: every whole group of eight inputs, each row unpacked once for all.
+                let groups8 = (n - i) / 8;
+                if group && groups8 > 0 && self.dtype == QDType::Q4_1 && eight_input_kernel() {
+                    let (per_hdr, per_y) = (nb * 16, nb * 256);
+                    let ahead = self.prefetch_distance();
+                    UNPACKED.with_borrow_mut(|wq| {
+                        for r in k0..k1 {
+                            if i == 0 {
+                                self.prefetch_row(r + ahead);
+                            }
+                            let row = self.row(r);
+                            unpack_q4_1(row, wq);
+                            for g in 0..groups8 {
+                                let at = i / 8 + g;
+                                let hdr = d8.get(at * per_hdr..(at + 1) * per_hdr).unwrap_or(&[]);
+                                let yq = y8.get(at * per_y..(at + 1) * per_y).unwrap_or(&[]);
+                                for (j, v) in dot8_q4_1(row, wq, yq, hdr).into_iter().enumerate() {
+                                    unsafe { out.set((i + 8 * g + j) * rows + r, v) };
+                                }
+                            }
+                        }
+                    });
+                    i += 8 * groups8;
+                    continue;
+                }
                 if group && i + 4 <= n {
+                    let ahead = self.prefetch_distance();
                     for r in k0..k1 {
+                        if i == 0 {
+                            self.prefetch_row(r + ahead);
+                        }
                         let row = self.row(r);
                         let d = dot4_row(self.dtype, row, act, d8, i, nb).unwrap_or_else(|| {
                             std::array::from_fn(|j| dot_row(self.dtype, row, act.input(i + j, nb), simd))
@@ -1918,6 +2034,48 @@ mod tests {
                         .is_err()
                 );
             }
+        }
+    }
+
+    /// The eight-input Q4_1 kernel at the edge of its 16-bit sums: every nibble 15 against
+    /// inputs of ±127 everywhere (|sum of a block| = 30 480 in 16 bits before the widening),
+    /// mixed with random rows and inputs; 8 and 16 inputs (one and two groups), outputs equal
+    /// to the one-input kernel's bit for bit.
+    #[test]
+    fn eight_input_q4_1_sums_stay_exact_at_the_extremes() {
+        let mut rng = Rng(0x0D07_0008);
+        let (rows, cols) = (9, 256);
+        let (_, random) = random_matrix(QDType::Q4_1, rows, cols, &mut rng);
+        let mut bytes = random.bytes().to_vec();
+        // Rows 0..4: all nibbles 15, d = 1, m = −2 (f16 bits 0x3C00, 0xC000).
+        for b in bytes[..4 * (cols / 32) * 20].chunks_exact_mut(20) {
+            b[..4].copy_from_slice(&[0x00, 0x3C, 0x00, 0xC0]);
+            b[4..].fill(0xFF);
+        }
+        let m = QMatrix::new(QDType::Q4_1, rows, cols, bytes).unwrap();
+        let mut scratch = ActScratch::new();
+        for n in [8usize, 16] {
+            let xs: Vec<f32> = (0..n * cols)
+                .map(|k| match (k / cols) % 3 {
+                    0 => 1.0,
+                    1 => -1.0,
+                    _ => rng.vec(1, 2.0)[0],
+                })
+                .collect();
+            let mut ys = vec![0f32; n * rows];
+            m.matmul(&xs, n, &mut ys, &mut scratch).unwrap();
+            let mut y = vec![0f32; rows];
+            for i in 0..n {
+                m.matvec(&xs[i * cols..(i + 1) * cols], &mut y, &mut scratch)
+                    .unwrap();
+                let got = &ys[i * rows..(i + 1) * rows];
+                assert!(
+                    got.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "n = {n}, input {i}: {got:?} vs {y:?}"
+                );
+            }
+            // All-15 rows against all-(+1) inputs: 256 · 15 · d_y · 127 ≈ 256 · 15 − 2 · 256.
+            assert!((ys[0] - (256.0 * 15.0 - 2.0 * 256.0)).abs() < 1.0, "{}", ys[0]);
         }
     }
 

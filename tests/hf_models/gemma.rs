@@ -359,6 +359,56 @@ fn sliding_layers_see_exactly_their_window() {
     }
 }
 
+/// A decode step over several rows (a server's batch: one new token per row, each row's own
+/// cache length, both past the window of 5) gives each row the logits of that row decoded
+/// alone, bit for bit: the rows' attentions run side by side on the pool, each over its own
+/// window of its own cache.
+#[test]
+fn a_decode_step_over_rows_equals_each_row_alone() {
+    let tmp = ok(tempfile::tempdir());
+    fixtures::write(tmp.path(), &fixtures::gemma(true, 3, 3, false, 43), F32);
+    let m = load(tmp.path());
+    let v = m.config().vocab_size;
+    let prompts: [&[u32]; 3] = [&PROMPT, &PROMPT[..9], &PROMPT[3..5]];
+    let prefill = |p: &[u32]| {
+        let mut cache = vec![m.new_cache()];
+        run(&m.model, p, &mut cache, LogitsMode::Last, &mut NoHooks);
+        cache.remove(0)
+    };
+    let mut alone: Vec<_> = prompts.iter().map(|p| prefill(p)).collect();
+    let mut together: Vec<_> = prompts.iter().map(|p| prefill(p)).collect();
+    let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    for (step, &t) in DECODE.iter().enumerate() {
+        let feed = [t, t + 1, t + 2];
+        let batch = Batch {
+            tokens: &feed,
+            batch: 3,
+            seq: 1,
+            valid: &[1, 1, 1],
+            prompt_lens: &lens,
+        };
+        let got = ok(m.model.forward(
+            &batch,
+            &mut together,
+            &mut NoHooks,
+            MatPath::Dense,
+            LogitsMode::Last,
+        ))
+        .logits;
+        assert_eq!(got.len(), 3 * v);
+        for (r, cache) in alone.iter_mut().enumerate() {
+            let want = run(
+                &m.model,
+                &feed[r..r + 1],
+                std::slice::from_mut(cache),
+                LogitsMode::Last,
+                &mut NoHooks,
+            );
+            assert_eq!(&got[r * v..(r + 1) * v], &want[..], "row {r}, step {step}");
+        }
+    }
+}
+
 #[test]
 fn post_norm_hooks_see_the_residual_updates_and_steer() {
     let tmp = ok(tempfile::tempdir());
