@@ -257,9 +257,73 @@ impl BlockQ8_0 {
     }
 }
 
-/// Scale and quants of one 32-value activation block, as candle's `quantize_row_q8_0/1`.
+/// Scale and quants of one 32-value activation block, as candle's `quantize_row_q8_0/1`
+/// (AVX2 where compiled in, the same bits as [`quantize_block_scalar`]).
 #[inline(always)]
 fn quantize_block(xs: &[f32]) -> (f16, [i8; 32]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if xs.len() == QK {
+        // SAFETY: AVX2 is enabled at compile time; `xs` holds 32 values.
+        return unsafe { quantize_block_avx2(xs) };
+    }
+    quantize_block_scalar(xs)
+}
+
+/// [`quantize_block`] with AVX2: the largest magnitude by vector maxima (NaNs skipped, as
+/// `f32::max` skips them), `x · id` rounded half away from zero as `trunc ± 1` where the
+/// dropped fraction is ≥ 0.5 (exact), clamped as `as i8` saturates, NaN → 0 as `as i8` gives.
+/// A decode step over a server's rows quantized its activations on one thread at 3.8 % of
+/// its time with the scalar form.
+///
+/// # Safety
+/// AVX2 must be available and `xs` must hold 32 values.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_block_avx2(xs: &[f32]) -> (f16, [i8; 32]) {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads read `xs[8i..8i + 8]` for i < 4 and the store writes the 32 quants
+    // (the caller's contract: 32 values).
+    unsafe {
+        let p = xs.as_ptr();
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let x = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(p.add(8 * i)));
+        let mut m = _mm256_setzero_ps();
+        for v in x {
+            // MAXPS returns its second operand when either is NaN: NaNs never win.
+            m = _mm256_max_ps(_mm256_and_ps(v, abs_mask), m);
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let scale = _mm256_set1_ps(id);
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+        let quant = |v: __m256| {
+            let v = _mm256_mul_ps(v, scale);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            let frac = _mm256_and_ps(_mm256_sub_ps(v, t), abs_mask);
+            let away = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), one);
+            let r = _mm256_add_ps(t, _mm256_or_ps(away, _mm256_and_ps(v, sign_mask)));
+            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            // NaN → 0 (the comparison is false for NaN lanes).
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            _mm256_cvtps_epi32(r)
+        };
+        let a01 = _mm256_packs_epi32(quant(x[0]), quant(x[1]));
+        let a23 = _mm256_packs_epi32(quant(x[2]), quant(x[3]));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a01, a23), order);
+        let mut qs = [0i8; 32];
+        _mm256_storeu_si256(qs.as_mut_ptr().cast(), q);
+        (f16::from_f32(d), qs)
+    }
+}
+
+/// [`quantize_block`] in scalar code.
+fn quantize_block_scalar(xs: &[f32]) -> (f16, [i8; 32]) {
     let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -2034,6 +2098,57 @@ mod tests {
                         .is_err()
                 );
             }
+        }
+    }
+
+    /// The AVX2 activation quantizer against the scalar one, bit for bit: random blocks of
+    /// many magnitudes, exact .5 ties after scaling, equal magnitudes of both signs, a NaN,
+    /// infinities, ±f32::MAX, denormals, constant and all-zero blocks.
+    #[test]
+    fn q8_block_simd_equals_the_scalar_form_bit_for_bit() {
+        let mut rng = Rng(0x51AD_0032);
+        let mut blocks: Vec<Vec<f32>> = (0..300).map(|i| rng.vec(QK, 0.001 + i as f32 * 0.3)).collect();
+        // amax 127 → id 1: halves stay halves.
+        blocks.push(
+            (0..QK)
+                .map(|i| {
+                    if i == 3 {
+                        127.0
+                    } else {
+                        (i as f32 - 16.0) / 2.0 + 0.5
+                    }
+                })
+                .collect(),
+        );
+        blocks.push((0..QK).map(|i| if i % 2 == 0 { -5.0 } else { 5.0 }).collect());
+        blocks.push(
+            (0..QK)
+                .map(|i| if i == 9 { f32::NAN } else { i as f32 * 0.1 - 1.5 })
+                .collect(),
+        );
+        blocks.push(
+            (0..QK)
+                .map(|i| if i == 1 { f32::INFINITY } else { i as f32 })
+                .collect(),
+        );
+        blocks.push(
+            (0..QK)
+                .map(|i| {
+                    if i == 0 {
+                        f32::MAX
+                    } else {
+                        -f32::MAX / (i + 1) as f32
+                    }
+                })
+                .collect(),
+        );
+        blocks.push((0..QK).map(|i| i as f32 * 1e-41).collect());
+        blocks.push(vec![-0.75; QK]);
+        blocks.push(vec![0.0; QK]);
+        for (i, x) in blocks.iter().enumerate() {
+            let ((da, qa), (db, qb)) = (quantize_block(x), quantize_block_scalar(x));
+            assert_eq!(da.to_bits(), db.to_bits(), "block {i}: d");
+            assert_eq!(qa, qb, "block {i}: quants");
         }
     }
 
