@@ -33,6 +33,7 @@ use crate::runtime::generate::{PREFILL_CHUNK, decode_pool, prefill_chunk};
 use crate::runtime::kv_cache::KvCache;
 use crate::runtime::linear::MatPath;
 use crate::runtime::logprobs::token_logprobs;
+use crate::runtime::pool::Pool;
 use crate::runtime::sampling::{Sampler, SamplingConfig};
 use crate::runtime::steer::RowSteering;
 use crate::runtime::tokenizer::StreamDecoder;
@@ -283,9 +284,16 @@ fn run(
                 }
             }
         }
-        // 2. Sample one token per row; retire rows that end.
+        // 2. Sample one token per row (the rows' samplers side by side on the pool); retire
+        //    rows that end.
         let eos = m.tokenizer.eos();
-        rows.retain_mut(|row| sample_step(m, row, eos, abandoned));
+        let picks = sample_rows(&mut rows);
+        let mut picked = picks.into_iter();
+        rows.retain_mut(|row| {
+            picked
+                .next()
+                .is_some_and(|tok| sample_step(m, row, tok, eos, abandoned))
+        });
         if rows.is_empty() {
             continue;
         }
@@ -385,7 +393,30 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
 
 /// Samples row's next token and reports its text; false when the row is done (counted in
 /// `abandoned` when its client has gone).
-fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32], abandoned: &AtomicUsize) -> bool {
+/// Each row's next token from its logits by its own sampler, the rows side by side on the
+/// model's thread pool (a sampler's draw over a 49 k vocabulary takes ~0.2 ms; eight rows one
+/// after another left the pool idle for 1.7 ms a step). Rows asking for log-probabilities
+/// keep their logits from before sampling (which may change them). A row's token depends only
+/// on its own sampler, so it is the same whatever runs beside it.
+fn sample_rows(rows: &mut [Row]) -> Vec<u32> {
+    for row in rows.iter_mut().filter(|r| r.logprobs.is_some()) {
+        row.raw_logits.clone_from(&row.logits);
+    }
+    let mut work: Vec<(&mut Sampler, &mut [f32], &[u32], u32)> = rows
+        .iter_mut()
+        .map(|r| (&mut r.sampler, r.logits.as_mut_slice(), r.history.as_slice(), 0))
+        .collect();
+    Pool::global().for_each_piece(&mut work, 1, &|_, part| {
+        for (sampler, logits, history, tok) in part.iter_mut() {
+            *tok = sampler.sample(logits, history);
+        }
+    });
+    work.into_iter().map(|w| w.3).collect()
+}
+
+/// Takes row `row`'s sampled token `tok`: sends its text, or ends the row (end of sequence, a
+/// stop string, `max_tokens`, a gone listener); `false` when the row ends.
+fn sample_step(m: &LoadedModel, row: &mut Row, tok: u32, eos: &[u32], abandoned: &AtomicUsize) -> bool {
     {
         let mut job = row.job.borrow_mut();
         if job.dropped || job.sink.is_closed() {
@@ -396,10 +427,6 @@ fn sample_step(m: &LoadedModel, row: &mut Row, eos: &[u32], abandoned: &AtomicUs
             return false;
         }
     }
-    if row.logprobs.is_some() {
-        row.raw_logits.clone_from(&row.logits);
-    }
-    let tok = row.sampler.sample(&mut row.logits, &row.history);
     if eos.contains(&tok) {
         finish(row, FinishReason::Stop);
         return false;
