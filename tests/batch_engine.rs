@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use act_studio::pipeline::batch_engine::BatchEngine;
+use act_studio::pipeline::batch_engine::{BatchEngine, SubmitError};
 use act_studio::pipeline::completion::{CompletionEvent, CompletionJob, CompletionSink};
 use act_studio::runtime::LoadedModel;
 use act_studio::runtime::generate::PREFILL_CHUNK;
@@ -152,11 +152,23 @@ fn jobs_wait_for_kv_cache_room_and_one_that_cannot_fit_is_refused() {
     for j in [
         job(prompt.clone(), 2, 24, "first"),
         job(prompt.clone(), 1, 24, "second"),
-        job(prompt.clone(), 3, 24, "too big"),
     ] {
         if engine.submit(j).is_err() {
             panic!("the engine refused a job at submission");
         }
+    }
+    // A job that could never fit is refused at submission, with the reason, and comes back;
+    // so is one the model cannot run (an empty prompt). Neither reaches the model thread.
+    match engine.submit(job(prompt.clone(), 3, 24, "too big")) {
+        Err(SubmitError::Refused(e, back)) => {
+            assert!(e.to_string().contains("KV cache"), "{e}");
+            assert_eq!(back.n, 3);
+        }
+        _ => panic!("a job needing more KV cache than the limit was queued"),
+    }
+    match engine.submit(job(Vec::new(), 1, 4, "empty")) {
+        Err(SubmitError::Refused(e, _)) => assert!(e.to_string().contains("empty"), "{e}"),
+        _ => panic!("a job with an empty prompt was queued"),
     }
     wait_for(&log, "every job's end", |e| {
         let finished = |label: &str| {
@@ -164,7 +176,7 @@ fn jobs_wait_for_kv_cache_room_and_one_that_cannot_fit_is_refused() {
                 .filter(|(l, ev)| *l == label && matches!(ev, CompletionEvent::Finished { .. }))
                 .count()
         };
-        finished("first") == 2 && finished("second") == 1 && e.iter().any(|(l, _)| *l == "too big")
+        finished("first") == 2 && finished("second") == 1
     });
     let all = events(&log);
     let first_end = all
@@ -177,11 +189,7 @@ fn jobs_wait_for_kv_cache_room_and_one_that_cannot_fit_is_refused() {
         matches!((first_end, second_start), (Some(a), Some(b)) if b > a),
         "the second job ran beside the first although the KV limit leaves room for two rows"
     );
-    // A job that could never fit is told so, and the others are unaffected.
-    let refused: Vec<_> = all.iter().filter(|(l, _)| *l == "too big").collect();
-    assert!(
-        matches!(refused.as_slice(), [(_, CompletionEvent::Failed(m))] if m.contains("KV cache")),
-        "{refused:?}"
-    );
+    // The refused jobs sent nothing, and the others are unaffected.
+    assert!(all.iter().all(|(l, _)| *l != "too big" && *l != "empty"));
     assert_eq!(text_of(&all, "second"), common::greedy(&m, &prompt, 24).text);
 }

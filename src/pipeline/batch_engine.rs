@@ -41,8 +41,8 @@ use crate::runtime::{LoadedModel, RuntimeError};
 use crate::transport::SteeringPlan;
 
 use super::completion::{
-    CompletionEvent, CompletionJob, CompletionSink, FinishReason, StopText, TokenLogprob, TokenText,
-    check_job, check_kv_limit, row_kv_bytes,
+    CompletionError, CompletionEvent, CompletionJob, CompletionSink, FinishReason, StopText, TokenLogprob,
+    TokenText, check_job, check_kv_limit, row_kv_bytes,
 };
 
 /// Most rows decoded together by default: beyond it jobs wait for rows to finish.
@@ -106,10 +106,15 @@ pub struct BatchEngine {
     queued: Arc<AtomicUsize>,
     /// Most bytes of KV cache the running rows may grow to together.
     max_kv_bytes: u64,
+    /// The served model, which jobs are checked against as they are submitted.
+    model: Arc<LoadedModel>,
 }
 
 /// Why a job was not queued (it comes back with the refusal).
 pub enum SubmitError {
+    /// The job cannot run on this model ([`check_job`]) or could never fit the KV cache limit
+    /// ([`check_kv_limit`]).
+    Refused(CompletionError, Box<CompletionJob>),
     /// [`MAX_QUEUED`] jobs are already waiting.
     Busy(Box<CompletionJob>),
     /// The model thread has stopped.
@@ -130,6 +135,7 @@ impl BatchEngine {
             rows: max_rows.max(1),
             kv_bytes: max_kv_bytes,
         };
+        let model = m.clone();
         let thread = std::thread::Builder::new()
             .name("act-serve-engine".into())
             .spawn(move || run(&m, &rx, limits, (&counts.0, &counts.1, &counts.2)))?;
@@ -140,6 +146,7 @@ impl BatchEngine {
             abandoned,
             queued,
             max_kv_bytes,
+            model,
         })
     }
 
@@ -163,9 +170,15 @@ impl BatchEngine {
         self.abandoned.load(Ordering::Relaxed)
     }
 
-    /// Queues `job` (checked with [`check_job`] by the caller); refused when [`MAX_QUEUED`]
-    /// jobs wait already or the model thread has stopped.
+    /// Checks `job` ([`check_job`], [`check_kv_limit`]: the one place jobs are checked) and
+    /// queues it; refused when the check fails, when [`MAX_QUEUED`] jobs wait already, or when
+    /// the model thread has stopped.
     pub fn submit(&self, job: CompletionJob) -> Result<(), SubmitError> {
+        if let Err(e) =
+            check_job(&self.model, &job).and_then(|()| check_kv_limit(&self.model, &job, self.max_kv_bytes))
+        {
+            return Err(SubmitError::Refused(e, Box::new(job)));
+        }
         let Some(tx) = &self.tx else {
             return Err(SubmitError::Stopped(Box::new(job)));
         };
@@ -259,7 +272,7 @@ fn run(
                     break;
                 }
                 queued.fetch_sub(1, Ordering::Relaxed);
-                prefilling = start_prefill(m, job, limits.kv_bytes);
+                prefilling = Some(start_prefill(m, job));
             }
             let Some(p) = prefilling.as_mut() else {
                 continue;
@@ -310,18 +323,14 @@ fn run(
     }
 }
 
-/// Checks a job and sets up its prompt's run (`None`, the job told, when it is refused).
-fn start_prefill(m: &LoadedModel, mut job: CompletionJob, max_kv_bytes: u64) -> Option<Prefilling> {
-    if let Err(e) = check_job(m, &job).and_then(|()| check_kv_limit(m, &job, max_kv_bytes)) {
-        job.sink.send(CompletionEvent::Failed(e.to_string()));
-        return None;
-    }
-    Some(Prefilling {
+/// Sets up the prompt's run of a job ([`BatchEngine::submit`] checked it).
+fn start_prefill(m: &LoadedModel, job: CompletionJob) -> Prefilling {
+    Prefilling {
         hooks: RowSteering::new(vec![job.steering.clone()]),
         cache: vec![m.cache_for(job.prompt.len().saturating_add(job.max_tokens))],
         done: 0,
         job,
-    })
+    }
 }
 
 /// Runs the next chunk of `p`'s prompt (alone: batch 1, steered by its own plan).

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::pipeline::batch_engine::{BatchEngine, MAX_QUEUED, SubmitError};
 use crate::pipeline::completion::{
-    CompletionError, CompletionEvent, CompletionJob, CompletionSink, ConceptSet, check_job, check_kv_limit,
+    CompletionError, CompletionEvent, CompletionJob, CompletionSink, ConceptSet,
 };
 use crate::runtime::LoadedModel;
 use crate::runtime::tokenizer::ChatMessage;
@@ -323,17 +323,15 @@ fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<
         logprobs: s.logprobs,
         sink: Box::new(ChannelSink(tx)),
     };
-    check_job(&st.model, &job)
-        .and_then(|()| check_kv_limit(&st.model, &job, st.engine.max_kv_bytes()))
-        .map_err(|e| {
+    let prompt_tokens = job.prompt.len();
+    st.engine.submit(job).map_err(|e| match e {
+        SubmitError::Refused(e, _) => {
             let mut e = ApiError::from(e);
             if e.param == Some("messages") {
                 e.param = Some(param);
             }
             e
-        })?;
-    let prompt_tokens = job.prompt.len();
-    st.engine.submit(job).map_err(|e| match e {
+        }
         SubmitError::Busy(_) => ApiError::invalid(
             None,
             format!("{MAX_QUEUED} requests are waiting already: try again shortly"),
