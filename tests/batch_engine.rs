@@ -70,6 +70,7 @@ fn greedy_job(
         stop: Vec::new(),
         steering: None,
         logprobs: None,
+        echo: false,
         sink: Box::new(LogSink(label, log.clone())),
     }
 }

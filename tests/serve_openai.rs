@@ -2,9 +2,11 @@
 //! `openai` Python package (`.ci/run` installs it into `target/py-openai`; `ACT_PY_OPENAI`
 //! points elsewhere). The script (`tests/serve/openai_client.py`) checks chat and text
 //! completions, streaming and not, steering (λ = 0 equals unsteered, λ = 1 changes the text),
-//! stop sequences, `n`, 8 concurrent requests against the same requests one at a time, every
-//! bad request's status and message, and that a client going away stops its decoding. Here
-//! the unsteered greedy texts are also compared with the library's own greedy decoding.
+//! stop sequences, `n`, log-probabilities, `echo` (a prompt scored with `max_tokens` 0, as
+//! lm-evaluation-harness asks, and echoed before a completion), 8 concurrent requests against
+//! the same requests one at a time, every bad request's status and message, and that a client
+//! going away stops its decoding. Here the unsteered greedy texts, the served log-probabilities
+//! and the echoed prompt's are also compared with the library's own decoding.
 
 mod common;
 
@@ -83,6 +85,43 @@ fn teacher_forced_logprobs(m: &LoadedModel, prompt: &[u32], tokens: &[u32]) -> V
             .logits;
     }
     out
+}
+
+/// `log p(prompt[i] | prompt[..i])` for i ≥ 1 from one forward pass over the whole prompt with
+/// every position's logits, on the quantized prompt path (log-softmax in f64, written out here).
+fn prompt_logprobs(m: &LoadedModel, prompt: &[u32]) -> Vec<f64> {
+    use act_studio::runtime::forward::{Batch, LogitsMode};
+    use act_studio::runtime::hooks::NoHooks;
+    use act_studio::runtime::linear::MatPath;
+    let b = Batch {
+        tokens: prompt,
+        batch: 1,
+        seq: prompt.len(),
+        valid: &[prompt.len()],
+        prompt_lens: &[prompt.len()],
+    };
+    let mut cache = vec![m.new_cache()];
+    let logits = m
+        .model
+        .forward(
+            &b,
+            &mut cache,
+            &mut NoHooks,
+            MatPath::Quantized.for_prompt(),
+            LogitsMode::All,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .logits;
+    let vocab = m.config().vocab_size;
+    logits
+        .chunks_exact(vocab)
+        .zip(&prompt[1..])
+        .map(|(l, &t)| {
+            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = l.iter().map(|&x| (x as f64 - max).exp()).sum();
+            l[t as usize] as f64 - max - z.ln()
+        })
+        .collect()
 }
 
 /// Kills the server when the test ends, however it ends.
@@ -174,6 +213,31 @@ fn the_openai_client_gets_steered_completions() {
     eprintln!("served vs library log-probabilities: largest difference {worst:.2e}");
     for (i, (a, b)) in served.iter().zip(&own).enumerate() {
         assert!((a - b).abs() < 1e-3, "token {i}: served {a}, library {b}");
+    }
+    // The echoed prompt's log-probabilities: each prompt token given the ones before it, as
+    // log-softmax of the logits of one forward pass over the whole prompt on the prompt path
+    // (as the server runs it), and close to feeding the prompt one token at a time (which
+    // differs by the activations' 8-bit rounding, a few hundredths at most here).
+    let echoed: Vec<f64> = results["echo_logprobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no echo_logprobs"))
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    assert_eq!(echoed.len(), ids.len() - 1);
+    let all = prompt_logprobs(&m, &ids);
+    let one_by_one = teacher_forced_logprobs(&m, &ids[..1], &ids[1..]);
+    for (i, ((a, b), c)) in echoed.iter().zip(&all).zip(&one_by_one).enumerate() {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "prompt token {}: served {a}, library {b}",
+            i + 1
+        );
+        assert!(
+            (a - c).abs() < 0.1,
+            "prompt token {}: served {a}, one at a time {c}",
+            i + 1
+        );
     }
     let chat = act_studio::pipeline::generate_text::prompt_ids(&m, "Tell me about your weekend.", true, "")
         .unwrap_or_else(|e| panic!("{e}"));

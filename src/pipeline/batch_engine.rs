@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::runtime::forward::{Batch, LogitsMode};
-use crate::runtime::generate::{PREFILL_CHUNK, decode_pool, prefill_chunk};
+use crate::runtime::generate::{PREFILL_CHUNK, decode_pool, prefill_chunk, prefill_chunk_logits};
 use crate::runtime::kv_cache::KvCache;
 use crate::runtime::linear::MatPath;
 use crate::runtime::logprobs::token_logprobs;
@@ -202,9 +202,16 @@ impl Drop for BatchEngine {
     }
 }
 
+/// Most bytes of logits an echoed prompt's chunk holds at once (its positions × vocabulary
+/// × 4): 64 MiB, e.g. 341 positions of SmolLM2's 49,152 tokens, 64 of Gemma 3's 262,144.
+const ECHO_LOGITS_BYTES: usize = 64 << 20;
+
 /// A job whose prompt is running through the model, [`PREFILL_CHUNK`] tokens per engine step.
 struct Prefilling {
     job: CompletionJob,
+    /// With `echo` and `logprobs`: the prompt tokens' log-probabilities so far.
+    echo_logprobs: Vec<TokenLogprob>,
+    scratch: Vec<f32>,
     /// The prompt's one-row cache so far.
     cache: Vec<KvCache>,
     hooks: RowSteering,
@@ -325,7 +332,18 @@ fn run(
 
 /// Sets up the prompt's run of a job ([`BatchEngine::submit`] checked it).
 fn start_prefill(m: &LoadedModel, job: CompletionJob) -> Prefilling {
+    // The first prompt token has no context: its log-probability is unknown.
+    let echo_logprobs = match (job.echo, job.logprobs, job.prompt.first()) {
+        (true, Some(_), Some(&first)) => vec![TokenLogprob {
+            token: TokenText::of(m, first),
+            logprob: f32::NAN,
+            top: Vec::new(),
+        }],
+        _ => Vec::new(),
+    };
     Prefilling {
+        echo_logprobs,
+        scratch: Vec::new(),
         hooks: RowSteering::new(vec![job.steering.clone()]),
         cache: vec![m.cache_for(job.prompt.len().saturating_add(job.max_tokens))],
         done: 0,
@@ -337,6 +355,11 @@ fn start_prefill(m: &LoadedModel, job: CompletionJob) -> Prefilling {
 fn prefill_step(m: &LoadedModel, p: &mut Prefilling) -> PrefillStep {
     if p.job.sink.is_closed() {
         return PrefillStep::Gone;
+    }
+    if p.job.echo
+        && let Some(k) = p.job.logprobs
+    {
+        return echo_prefill_step(m, p, k);
     }
     let ran = prefill_chunk(
         m,
@@ -356,10 +379,55 @@ fn prefill_step(m: &LoadedModel, p: &mut Prefilling) -> PrefillStep {
     PrefillStep::Gone
 }
 
+/// [`prefill_step`] of a job that echoes its prompt with log-probabilities: a chunk of at
+/// most [`ECHO_LOGITS_BYTES`] of logits with every position's, each but the last scoring the
+/// next prompt token (with the `k` most likely alternatives); the last position's are the
+/// next-token logits.
+fn echo_prefill_step(m: &LoadedModel, p: &mut Prefilling, k: usize) -> PrefillStep {
+    let vocab = m.config().vocab_size;
+    let chunk = (ECHO_LOGITS_BYTES / vocab.max(1) / 4).clamp(1, PREFILL_CHUNK);
+    let start = p.done;
+    let ran = prefill_chunk_logits(
+        m,
+        &p.job.prompt,
+        &mut p.done,
+        &mut p.cache,
+        &mut p.hooks,
+        MatPath::Quantized,
+        chunk,
+    );
+    let failed = match ran {
+        Ok(logits) if vocab > 0 && logits.len() == (p.done - start) * vocab => {
+            for (j, row) in logits.chunks_exact(vocab).enumerate() {
+                let Some(&next) = p.job.prompt.get(start + j + 1) else {
+                    return PrefillStep::Done(row.to_vec());
+                };
+                let (logprob, top) = token_logprobs(row, next, k, &mut p.scratch);
+                p.echo_logprobs.push(TokenLogprob {
+                    token: TokenText::of(m, next),
+                    logprob,
+                    top: top.into_iter().map(|(id, l)| (TokenText::of(m, id), l)).collect(),
+                });
+            }
+            return PrefillStep::More;
+        }
+        Ok(_) => "the model returned no logits".to_string(),
+        Err(e) => format!("the prompt failed: {e}"),
+    };
+    p.job.sink.send(CompletionEvent::Failed(failed));
+    PrefillStep::Gone
+}
+
 /// The `n` rows of a job whose prompt has run, each with a copy of its cache and the
-/// next-token `logits`.
+/// next-token `logits`. An echoing job first gets its prompt back in each sample; one with
+/// `max_tokens` 0 ends there, with no rows.
 fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
-    let Prefilling { job, mut cache, .. } = p;
+    let Prefilling {
+        job,
+        mut cache,
+        echo_logprobs,
+        ..
+    } = p;
     let kv_bytes = row_kv_bytes(m, &job);
     let CompletionJob {
         prompt,
@@ -369,10 +437,32 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
         stop,
         steering,
         logprobs,
+        echo,
         sink,
     } = job;
     let cache = cache.pop().unwrap_or_else(|| m.new_cache());
     let state = Rc::new(RefCell::new(JobState { sink, dropped: false }));
+    if echo {
+        let text = m.tokenizer.decode(&prompt, true).unwrap_or_default();
+        let mut s = state.borrow_mut();
+        for index in 0..n {
+            s.send(CompletionEvent::Text {
+                index,
+                text: text.clone(),
+                logprobs: echo_logprobs.clone(),
+            });
+            if max_tokens == 0 {
+                s.send(CompletionEvent::Finished {
+                    index,
+                    reason: FinishReason::Length,
+                    tokens: 0,
+                });
+            }
+        }
+        if max_tokens == 0 || s.dropped {
+            return Vec::new();
+        }
+    }
     (0..n)
         .map(|index| Row {
             job: state.clone(),

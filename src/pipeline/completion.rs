@@ -39,6 +39,12 @@ pub struct CompletionJob {
     /// Report each generated token's log-probability and those of the `k` most likely tokens
     /// at its position (`Some(k)`, k ≤ [`MAX_TOP_LOGPROBS`]); `None`: none.
     pub logprobs: Option<usize>,
+    /// Each sample's text starts with the prompt's (the completions API's `echo`): a first
+    /// `Text` event per sample carries the prompt's text and, with `logprobs`, every prompt
+    /// token's log-probability under the (steered) model given the tokens before it (the
+    /// first token's is unknown: NaN, no alternatives). With `echo`, `max_tokens` may be 0:
+    /// the prompt is scored and nothing is generated.
+    pub echo: bool,
     /// Where the results go, as they come.
     pub sink: Box<dyn CompletionSink>,
 }
@@ -193,8 +199,8 @@ pub fn check_job(m: &LoadedModel, job: &CompletionJob) -> Result<(), CompletionE
     if !(1..=MAX_SAMPLES).contains(&job.n) {
         return bad(format!("n = {} is outside 1 … {MAX_SAMPLES}", job.n));
     }
-    if job.max_tokens == 0 {
-        return bad("max_tokens must be at least 1".into());
+    if job.max_tokens == 0 && !job.echo {
+        return bad("max_tokens must be at least 1 (0 only with echo)".into());
     }
     let limit = m.config().max_position;
     if job.prompt.len().saturating_add(job.max_tokens) > limit {

@@ -124,6 +124,37 @@ pub fn prefill_chunk(
     Ok(last.then_some(out.logits))
 }
 
+/// [`prefill_chunk`] with every position's logits: runs prompt tokens `done..done + chunk`
+/// (fewer at the end; `chunk` ≥ 1) into `cache` and advances `done`. Returns `[len, vocab]`
+/// logits, row `j` predicting the token after position `done + j`: a prompt's own
+/// log-probabilities (a server's `echo`), a chunk at a time so a long prompt never holds
+/// `[prompt, vocab]` logits at once. The last row equals [`prefill_chunk`]'s logits up to
+/// float rounding (the logits product runs over several rows).
+pub fn prefill_chunk_logits(
+    m: &LoadedModel,
+    prompt: &[u32],
+    done: &mut usize,
+    cache: &mut [KvCache],
+    hooks: &mut dyn Hooks,
+    path: MatPath,
+    chunk: usize,
+) -> Result<Vec<f32>> {
+    let end = done.saturating_add(chunk.max(1)).min(prompt.len());
+    let part = prompt.get(*done..end).unwrap_or(&[]);
+    let batch = Batch {
+        tokens: part,
+        batch: 1,
+        seq: part.len(),
+        valid: &[part.len()],
+        prompt_lens: &[prompt.len()],
+    };
+    let out = m
+        .model
+        .forward(&batch, cache, hooks, path.for_prompt(), LogitsMode::All)?;
+    *done = end;
+    Ok(out.logits)
+}
+
 /// Refuses what no generation can run: an empty prompt, bad sampling settings, or a prompt
 /// and token budget beyond the model's context.
 pub fn check_request(m: &LoadedModel, prompt: &[u32], opts: &GenerateOptions) -> Result<()> {

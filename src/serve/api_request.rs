@@ -1,8 +1,8 @@
 //! Request bodies of `/v1/chat/completions` and `/v1/completions` (the OpenAI API's fields
 //! that this server honours, plus `steering`), parsed and turned into a
 //! [`CompletionJob`]'s settings. Fields the server does not know are ignored, as OpenAI-style
-//! servers do; fields it knows but cannot honour (`echo`, `suffix`, `best_of`, `tools`) are
-//! refused rather than silently dropped.
+//! servers do; fields it knows but cannot honour (`suffix`, `best_of`, `tools`, and `echo` on
+//! the chat endpoint, which has none) are refused rather than silently dropped.
 
 use std::collections::BTreeMap;
 
@@ -57,8 +57,9 @@ pub struct CommonFields {
     pub logprobs: Option<serde_json::Value>,
     /// Chat: alternatives per token (0 … 20), with `logprobs: true`.
     pub top_logprobs: Option<serde_json::Value>,
-    // Known but not supported: refused when set.
+    /// Completions: the answer's text (and log-probabilities) start with the prompt's.
     pub echo: Option<bool>,
+    // Known but not supported: refused when set.
     pub suffix: Option<serde_json::Value>,
     pub best_of: Option<u64>,
     pub tools: Option<serde_json::Value>,
@@ -185,6 +186,9 @@ pub struct Settings {
     pub scope: TokenScope,
     /// Report log-probabilities with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// Completions: each choice starts with the prompt's text (and, with `logprobs`, the
+    /// prompt tokens' log-probabilities); `max_tokens` may then be 0.
+    pub echo: bool,
 }
 
 /// The `logprobs` / `top_logprobs` fields as the endpoint reads them: the chat API's
@@ -248,7 +252,8 @@ pub fn settings(c: &CommonFields, endpoint: Endpoint, random_seed: u64) -> Resul
         ))
     };
     let logprobs = logprobs_setting(c, endpoint)?;
-    if c.echo == Some(true) {
+    let echo = c.echo == Some(true);
+    if echo && endpoint == Endpoint::Chat {
         return unsupported("echo");
     }
     if c.suffix.as_ref().is_some_and(|v| !v.is_null()) {
@@ -261,10 +266,10 @@ pub fn settings(c: &CommonFields, endpoint: Endpoint, random_seed: u64) -> Resul
         return unsupported("tools");
     }
     let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
-        Some(0) => {
+        Some(0) if !echo => {
             return Err(ApiError::invalid(
                 Some("max_tokens"),
-                "max_tokens must be at least 1",
+                "max_tokens must be at least 1 (0 only with echo, to score the prompt)",
             ));
         }
         Some(v) => Some(usize::try_from(v).unwrap_or(usize::MAX)),
@@ -335,6 +340,7 @@ pub fn settings(c: &CommonFields, endpoint: Endpoint, random_seed: u64) -> Resul
         steering,
         scope,
         logprobs,
+        echo,
     })
 }
 
@@ -385,6 +391,24 @@ mod tests {
             let e = cmpl(body).unwrap_err();
             assert_eq!(e.param, Some(param), "{body}: {}", e.message);
         }
+    }
+
+    /// `echo` belongs to the completions API: there it may come with `max_tokens` 0 (scoring
+    /// the prompt); the chat API has none, and `max_tokens` 0 without it is refused.
+    #[test]
+    fn echo_is_a_completions_field_that_allows_max_tokens_0() {
+        let cmpl = |body: &str| {
+            let b: CompletionBody = parse(body.as_bytes())?;
+            settings(&b.common, Endpoint::Completion, 7)
+        };
+        let s = cmpl(r#"{"prompt":"a","echo":true,"max_tokens":0,"logprobs":1}"#).unwrap();
+        assert_eq!((s.echo, s.max_tokens, s.logprobs), (true, Some(0), Some(1)));
+        assert!(!cmpl(r#"{"prompt":"a","echo":false}"#).unwrap().echo);
+        assert!(!cmpl(r#"{"prompt":"a"}"#).unwrap().echo);
+        let e = cmpl(r#"{"prompt":"a","max_tokens":0}"#).unwrap_err();
+        assert_eq!(e.param, Some("max_tokens"), "{}", e.message);
+        let e = chat(r#"{"messages":[],"echo":true}"#).unwrap_err();
+        assert_eq!(e.param, Some("echo"), "{}", e.message);
     }
 
     #[test]

@@ -105,6 +105,9 @@ impl Envelope {
                 let top: Vec<Value> = l
                     .iter()
                     .map(|e| {
+                        if e.logprob.is_nan() && e.top.is_empty() {
+                            return Value::Null;
+                        }
                         let m: serde_json::Map<String, Value> = e
                             .top
                             .iter()
@@ -165,7 +168,12 @@ impl Envelope {
 
 /// A log-probability as JSON can hold it: `−∞` (a token the model gives no mass) becomes
 /// −9999, the OpenAI API's stand-in.
+/// A log-probability as JSON: NaN (unknown: an echoed prompt's first token) is `null`, −∞
+/// is −9999 as OpenAI sends it.
 fn finite(lp: f32) -> Value {
+    if lp.is_nan() {
+        return Value::Null;
+    }
     json!(if lp.is_finite() { lp } else { -9999.0 })
 }
 

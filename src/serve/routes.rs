@@ -321,6 +321,7 @@ fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<
         stop: s.stop.clone(),
         steering,
         logprobs: s.logprobs,
+        echo: s.echo,
         sink: Box::new(ChannelSink(tx)),
     };
     let prompt_tokens = job.prompt.len();

@@ -189,6 +189,28 @@ check("steering changes the log-probabilities",
       or clp_steer.choices[0].logprobs.tokens[0] != l.tokens[0], clp_steer)
 results["completion_logprobs"] = l.token_logprobs
 
+# --- echo: the prompt scored (as lm-evaluation-harness asks) and echoed before the completion
+escore = complete(echo=True, max_tokens=0, logprobs=1)
+e = escore.choices[0]
+check("echo with max_tokens 0 gives the prompt back and nothing more",
+      e.text == PROMPT and e.finish_reason == "length" and escore.usage.completion_tokens == 0, escore)
+el = e.logprobs
+check("echo logprobs: one entry per prompt token, texts joined = the prompt",
+      len(el.tokens) == cplain.usage.prompt_tokens and "".join(el.tokens) == PROMPT, el)
+check("echo logprobs: the first token's is null, the others ≤ 0 with one alternative",
+      el.token_logprobs[0] is None and el.top_logprobs[0] is None
+      and all(v <= 0 and len(t) == 1 for v, t in zip(el.token_logprobs[1:], el.top_logprobs[1:])), el)
+results["echo_logprobs"] = el.token_logprobs[1:]
+ewith = complete(echo=True)
+check("echo then the completion: the prompt and the plain completion",
+      ewith.choices[0].text == PROMPT + ctext, (ewith, ctext))
+est = "".join(c.choices[0].text for c in complete(stream=True, echo=True) if c.choices)
+check("echo stream equals the whole answer", est == PROMPT + ctext, est)
+esteer = complete(echo=True, max_tokens=0, logprobs=0, extra_body={"steering": {CONCEPT: 1.0}})
+check("steering changes the echoed prompt's log-probabilities",
+      any(not close(a, b, 1e-3) for a, b in zip(esteer.choices[0].logprobs.token_logprobs[1:],
+                                                el.token_logprobs[1:])), esteer)
+
 # --- concurrency: 8 requests together = the same 8 one at a time --------------------------
 lambdas = [0.0, 0.25, 0.5, 0.75, 1.0, -0.5, 0.6, 0.0]
 
@@ -242,6 +264,9 @@ bad("top_logprobs over 20", 400, "top_logprobs", CHATP, {**body, "logprobs": Tru
 bad("wrong API key", 401, "invalid_api_key", CHATP, body, key="wrong")
 bad("missing API key", 401, "invalid_api_key", CHATP, body, key=None)
 bad("unknown endpoint", 404, None, "/v1/embeddings", body)
+bad("echo in chat", 400, "echo", CHATP, {**body, "echo": True})
+bad("max_tokens 0 without echo", 400, "max_tokens", "/v1/completions",
+    {"model": MODEL, "prompt": PROMPT, "max_tokens": 0})
 try:
     chat(extra_body={"steering": {"nonexistent": 1}})
     check("the openai client raises BadRequestError for an unknown concept", False)
