@@ -726,7 +726,7 @@ fn decode_steps(reps: usize) {
     let steps = 32;
     let mut single = 0.0;
     let only: Option<usize> = std::env::var("ACT_BENCH_ROWS").ok().and_then(|v| v.parse().ok());
-    for rows in [1usize, 2, 4, 8, 16] {
+    for rows in [1usize, 2, 4, 6, 8, 16] {
         if only.is_some_and(|o| o != rows && rows != 1) {
             continue;
         }

@@ -1520,8 +1520,10 @@ impl QMatrix {
             let k1 = (k0 + ROW_TILE).min(r1);
             let mut i = 0;
             while i < n {
-                // Q4_1: every whole group of eight inputs, each row unpacked once for all.
-                let groups8 = (n - i) / 8;
+                // Q4_1: every group of eight inputs (a last one of five to seven too, see
+                // `quant_dot8::PARTIAL_GROUP_MIN`), each row unpacked once for all. Groups
+                // start at input 0: this branch comes first.
+                let groups8 = super::quant_dot8::groups(n - i);
                 if group && groups8 > 0 && self.dtype == QDType::Q4_1 && eight_input_kernel() {
                     let (per_hdr, per_y) = (nb * 16, nb * 256);
                     let ahead = self.prefetch_distance();
@@ -1536,13 +1538,15 @@ impl QMatrix {
                                 let at = i / 8 + g;
                                 let hdr = d8.get(at * per_hdr..(at + 1) * per_hdr).unwrap_or(&[]);
                                 let yq = y8.get(at * per_y..(at + 1) * per_y).unwrap_or(&[]);
-                                for (j, v) in dot8_q4_1(row, wq, yq, hdr).into_iter().enumerate() {
+                                let lanes = (n - i - 8 * g).min(8);
+                                for (j, v) in dot8_q4_1(row, wq, yq, hdr).into_iter().take(lanes).enumerate()
+                                {
                                     unsafe { out.set((i + 8 * g + j) * rows + r, v) };
                                 }
                             }
                         }
                     });
-                    i += 8 * groups8;
+                    i += (8 * groups8).min(n - i);
                     continue;
                 }
                 if group && i + 4 <= n {
@@ -2154,8 +2158,8 @@ mod tests {
 
     /// The eight-input Q4_1 kernel at the edge of its 16-bit sums: every nibble 15 against
     /// inputs of ±127 everywhere (|sum of a block| = 30 480 in 16 bits before the widening),
-    /// mixed with random rows and inputs; 8 and 16 inputs (one and two groups), outputs equal
-    /// to the one-input kernel's bit for bit.
+    /// mixed with random rows and inputs; 5 … 16 inputs (partial, whole and two groups), outputs
+    /// equal to the one-input kernel's bit for bit.
     #[test]
     fn eight_input_q4_1_sums_stay_exact_at_the_extremes() {
         let mut rng = Rng(0x0D07_0008);
@@ -2169,7 +2173,7 @@ mod tests {
         }
         let m = QMatrix::new(QDType::Q4_1, rows, cols, bytes).unwrap();
         let mut scratch = ActScratch::new();
-        for n in [8usize, 16] {
+        for n in [5usize, 7, 8, 13, 16] {
             let xs: Vec<f32> = (0..n * cols)
                 .map(|k| match (k / cols) % 3 {
                     0 => 1.0,

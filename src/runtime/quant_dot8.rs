@@ -19,20 +19,33 @@
 //! order): the integer block sum is exact whatever the order of its additions, and each lane's
 //! float steps are `sumf += sumi·dx·dy + mx·sy`, block after block, without FMA.
 
-/// The quants of every whole group of eight inputs of `q` (`inputs` rows of `nb` blocks),
+/// Fewest inputs of a last, partial group that still take the eight-input kernel (its lanes
+/// past the inputs hold zeros and are not read): five inputs through it cost what eight do,
+/// less than a four-input group and one to three inputs one at a time.
+pub(super) const PARTIAL_GROUP_MIN: usize = 5;
+
+/// Groups of eight lanes for `inputs` inputs: the whole groups, and a last partial one of at
+/// least [`PARTIAL_GROUP_MIN`] inputs.
+pub(super) const fn groups(inputs: usize) -> usize {
+    inputs / 8 + (inputs % 8 >= PARTIAL_GROUP_MIN) as usize
+}
+
+/// The quants of the [`groups`] of eight inputs of `q` (`inputs` rows of `nb` blocks),
 /// interleaved for [`avx2::dot8_q4_1`]: `[groups][nb][8 quads][8 inputs][4]` (256 bytes per
-/// block and group), appended to `out`.
+/// block and group; zeros for the lanes of a partial group past its inputs), appended to
+/// `out`.
 pub(super) fn interleave8(q: &[super::quant::BlockQ8_1], inputs: usize, out: &mut Vec<i8>) {
     let Some(nb) = q.len().checked_div(inputs) else {
         return;
     };
-    out.reserve(inputs / 8 * nb * 256);
-    for g in 0..inputs / 8 {
+    out.reserve(groups(inputs) * nb * 256);
+    for g in 0..groups(inputs) {
         for i in 0..nb {
             for quad in 0..8 {
                 for j in 0..8 {
-                    if let Some(b) = q.get((g * 8 + j) * nb + i) {
-                        out.extend_from_slice(&b.qs[quad * 4..quad * 4 + 4]);
+                    match q.get((g * 8 + j) * nb + i).filter(|_| g * 8 + j < inputs) {
+                        Some(b) => out.extend_from_slice(&b.qs[quad * 4..quad * 4 + 4]),
+                        None => out.extend_from_slice(&[0; 4]),
                     }
                 }
             }
@@ -41,17 +54,17 @@ pub(super) fn interleave8(q: &[super::quant::BlockQ8_1], inputs: usize, out: &mu
 }
 
 /// Per block, the eight inputs' Q8_1 scales `d` then their sums `s`, as f32 (exact
-/// conversions of the f16 headers): `[groups][nb][16]` for the whole groups of eight inputs of
-/// `q` (`inputs` rows of `nb` blocks each), appended to `out`.
+/// conversions of the f16 headers): `[groups][nb][16]` for the [`groups`] of eight inputs of
+/// `q` (`inputs` rows of `nb` blocks each; zeros past the inputs), appended to `out`.
 pub(super) fn q8_1_headers8(q: &[super::quant::BlockQ8_1], inputs: usize, out: &mut Vec<f32>) {
     let Some(nb) = q.len().checked_div(inputs) else {
         return;
     };
-    for g in 0..inputs / 8 {
+    for g in 0..groups(inputs) {
         for i in 0..nb {
-            let block = |j: usize| &q[(g * 8 + j) * nb + i];
-            out.extend((0..8).map(|j| block(j).d.to_f32()));
-            out.extend((0..8).map(|j| block(j).s.to_f32()));
+            let block = |j: usize| q.get((g * 8 + j) * nb + i).filter(|_| g * 8 + j < inputs);
+            out.extend((0..8).map(|j| block(j).map_or(0.0, |b| b.d.to_f32())));
+            out.extend((0..8).map(|j| block(j).map_or(0.0, |b| b.s.to_f32())));
         }
     }
 }
