@@ -103,47 +103,28 @@ pub(super) fn q8_k_block(xs: &[f32]) -> BlockQ8K {
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[target_feature(enable = "avx2")]
 unsafe fn q8_k_block_avx2(xs: &[f32]) -> BlockQ8K {
+    use super::quant::quantize_avx2::{abs_max, pack_i8, round_to_i8};
     use std::arch::x86_64::*;
     // SAFETY: every load reads `xs[8i..8i + 8]` for i < 32 and every store writes
     // `b.qs[32i..32i + 32]` for i < 8 (the caller's contract: 256 values).
     unsafe {
         let p = xs.as_ptr();
-        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
-        let mut m = _mm256_setzero_ps();
-        for i in 0..QK_K / 8 {
-            // MAXPS returns its second operand when either is NaN: NaNs never win.
-            m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(p.add(8 * i)), abs_mask), m);
-        }
-        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        let amax = abs_max(p, QK_K / 8);
         let mut b = BlockQ8K::default();
         if amax == 0.0 {
             return b;
         }
         let max = xs.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
         let iscale = -127f32 / max;
-        let scale = _mm256_set1_ps(iscale);
-        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
-        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
-        let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        let quant = |i: usize| {
-            let v = _mm256_mul_ps(scale, _mm256_loadu_ps(p.add(8 * i)));
-            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-            let frac = _mm256_and_ps(_mm256_sub_ps(v, t), abs_mask);
-            let away = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), one);
-            let r = _mm256_add_ps(t, _mm256_or_ps(away, _mm256_and_ps(v, sign_mask)));
-            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
-            // NaN → 0 (the comparison is false for NaN lanes).
-            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
-            _mm256_cvtps_epi32(r)
+        let q = |i: usize| {
+            round_to_i8(_mm256_mul_ps(
+                _mm256_set1_ps(iscale),
+                _mm256_loadu_ps(p.add(8 * i)),
+            ))
         };
         for g in 0..QK_K / 32 {
-            let a01 = _mm256_packs_epi32(quant(4 * g), quant(4 * g + 1));
-            let a23 = _mm256_packs_epi32(quant(4 * g + 2), quant(4 * g + 3));
-            let q = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a01, a23), order);
-            _mm256_storeu_si256(b.qs.as_mut_ptr().add(32 * g).cast(), q);
+            let v = pack_i8(q(4 * g), q(4 * g + 1), q(4 * g + 2), q(4 * g + 3));
+            _mm256_storeu_si256(b.qs.as_mut_ptr().add(32 * g).cast(), v);
         }
         for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
             *s = g.iter().map(|&q| q as i16).sum();
