@@ -176,13 +176,8 @@ pub(crate) fn cached_attention_with(
     let mut out = Vec::with_capacity(batch.batch * t * nh * hd);
     for (b, cache) in caches.iter_mut().enumerate() {
         let valid = batch.valid[b];
-        let (kc, vc) = cache
-            .layer_mut(layer)
-            .ok_or_else(|| RuntimeError::BadInput("cache has too few layers".into()))?;
-        kc.truncate(starts[b] * kvw);
-        vc.truncate(starts[b] * kvw);
-        kc.extend_from_slice(&k[b * t * kvw..(b * t + valid) * kvw]);
-        vc.extend_from_slice(&v[b * t * kvw..(b * t + valid) * kvw]);
+        let rows = b * t * kvw..(b * t + valid) * kvw;
+        let (kc, vc) = store_kv(cache, layer, starts[b] * kvw, (&k[rows.clone()], &v[rows]))?;
         let keys = starts[b] + valid;
         // The first key any query of the chunk sees: keys before it are left out entirely.
         let first = opts.window.map_or(0, |w| (starts[b] + 1).saturating_sub(w));
@@ -200,8 +195,27 @@ pub(crate) fn cached_attention_with(
     Ok(out)
 }
 
-/// [`cached_attention_with`] for a decode step over several rows (one new token each): every row's key and value are appended to its cache, then the rows'
-/// attentions run side by side on the pool, one row per piece, each on one thread
+/// Keeps the first `keep` values of layer `layer`'s cached keys and values (a chunk run again
+/// overwrites what it wrote before) and appends `k`, `v`; returns the layer's keys and values.
+fn store_kv<'c>(
+    cache: &'c mut KvCache,
+    layer: usize,
+    keep: usize,
+    (k, v): (&[f32], &[f32]),
+) -> Result<(&'c [f32], &'c [f32])> {
+    let (kc, vc) = cache
+        .layer_mut(layer)
+        .ok_or_else(|| RuntimeError::BadInput("cache has too few layers".into()))?;
+    kc.truncate(keep);
+    vc.truncate(keep);
+    kc.extend_from_slice(k);
+    vc.extend_from_slice(v);
+    Ok((kc.as_slice(), vc.as_slice()))
+}
+
+/// [`cached_attention_with`] for a decode step over several rows (one new token each): every
+/// row's key and value are appended to its cache, then the rows' attentions run side by side
+/// on the pool, one row per piece, each on one thread
 /// ([`super::attend_one`] run inside a pool piece stays on its thread). A server's batch thus
 /// spreads its attention over the cores, where one row's few heads over a short context stay
 /// below the pool's threshold. Each row's numbers are those of the one-row path, bit for bit.
@@ -216,14 +230,8 @@ fn decode_rows_attention(
 ) -> Result<Vec<f32>> {
     let kvw = nkv * hd;
     for (b, cache) in caches.iter_mut().enumerate().take(batch.batch) {
-        let valid = batch.valid[b].min(1);
-        let (kc, vc) = cache
-            .layer_mut(layer)
-            .ok_or_else(|| RuntimeError::BadInput("cache has too few layers".into()))?;
-        kc.truncate(starts[b] * kvw);
-        vc.truncate(starts[b] * kvw);
-        kc.extend_from_slice(&k[b * kvw..(b + valid) * kvw]);
-        vc.extend_from_slice(&v[b * kvw..(b + valid) * kvw]);
+        let rows = b * kvw..(b + batch.valid[b].min(1)) * kvw;
+        store_kv(cache, layer, starts[b] * kvw, (&k[rows.clone()], &v[rows]))?;
     }
     // With a window, the first key the new token sees (keys before it are left out).
     let rows: Vec<(&[f32], &[f32])> = caches

@@ -108,20 +108,38 @@ pub fn prefill_chunk(
     hooks: &mut dyn Hooks,
     path: MatPath,
 ) -> Result<Option<Vec<f32>>> {
-    let end = done.saturating_add(PREFILL_CHUNK).min(prompt.len());
-    let chunk = prompt.get(*done..end).unwrap_or(&[]);
-    let last = end == prompt.len();
+    let last = done.saturating_add(PREFILL_CHUNK) >= prompt.len();
+    let mode = if last { LogitsMode::Last } else { LogitsMode::None };
+    let logits = run_chunk(m, prompt, done, PREFILL_CHUNK, cache, hooks, path, mode)?;
+    Ok(last.then_some(logits))
+}
+
+/// Runs prompt tokens `done..done + chunk` (fewer at the end; `chunk` ≥ 1) as one row on the
+/// prompt path into `cache`, which holds the first `done`, advances `done`, and returns the
+/// logits `mode` asks for.
+#[allow(clippy::too_many_arguments)]
+fn run_chunk(
+    m: &LoadedModel,
+    prompt: &[u32],
+    done: &mut usize,
+    chunk: usize,
+    cache: &mut [KvCache],
+    hooks: &mut dyn Hooks,
+    path: MatPath,
+    mode: LogitsMode,
+) -> Result<Vec<f32>> {
+    let end = done.saturating_add(chunk.max(1)).min(prompt.len());
+    let part = prompt.get(*done..end).unwrap_or(&[]);
     let batch = Batch {
-        tokens: chunk,
+        tokens: part,
         batch: 1,
-        seq: chunk.len(),
-        valid: &[chunk.len()],
+        seq: part.len(),
+        valid: &[part.len()],
         prompt_lens: &[prompt.len()],
     };
-    let mode = if last { LogitsMode::Last } else { LogitsMode::None };
     let out = m.model.forward(&batch, cache, hooks, path.for_prompt(), mode)?;
     *done = end;
-    Ok(last.then_some(out.logits))
+    Ok(out.logits)
 }
 
 /// [`prefill_chunk`] with every position's logits: runs prompt tokens `done..done + chunk`
@@ -139,20 +157,7 @@ pub fn prefill_chunk_logits(
     path: MatPath,
     chunk: usize,
 ) -> Result<Vec<f32>> {
-    let end = done.saturating_add(chunk.max(1)).min(prompt.len());
-    let part = prompt.get(*done..end).unwrap_or(&[]);
-    let batch = Batch {
-        tokens: part,
-        batch: 1,
-        seq: part.len(),
-        valid: &[part.len()],
-        prompt_lens: &[prompt.len()],
-    };
-    let out = m
-        .model
-        .forward(&batch, cache, hooks, path.for_prompt(), LogitsMode::All)?;
-    *done = end;
-    Ok(out.logits)
+    run_chunk(m, prompt, done, chunk, cache, hooks, path, LogitsMode::All)
 }
 
 /// Refuses what no generation can run: an empty prompt, bad sampling settings, or a prompt
