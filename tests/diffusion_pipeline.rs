@@ -6,7 +6,7 @@ mod sd_common;
 use std::path::Path;
 use std::sync::Arc;
 
-use act_studio::diffusion::hooks::{ActShape, DiffActivation, DiffHooks};
+use act_studio::diffusion::hooks::{ActShape, DiffActivation, DiffHooks, SamplePooling};
 use act_studio::diffusion::image_io::{ImageMeta, read_png_meta, save_png, tensor_to_images};
 use act_studio::diffusion::pipeline::{ImageRequest, LoadOptions, SdPipeline};
 use act_studio::diffusion::scheduler::SchedulerKind;
@@ -53,6 +53,7 @@ fn pair() -> PromptPair {
             .iter()
             .map(|c| format!("{c}, oil painting style, thick brush strokes"))
             .collect(),
+        pooling: None,
     }
 }
 
@@ -68,11 +69,16 @@ fn fit(p: &SdPipeline, hooks: &str) -> MapsFile {
         trajectory: false,
         estimation: act_studio::pipeline::fit_model::Estimation::Causal,
         chunk: 8,
+        pooling: SamplePooling::Mean,
     };
     fit_image_maps(p, &pair(), &opts, &mut |_, _| true).unwrap()
 }
 
 fn fit_with(p: &SdPipeline, estimation: Estimation, chunk: usize) -> MapsFile {
+    fit_pooled(p, estimation, chunk, SamplePooling::Mean)
+}
+
+fn fit_pooled(p: &SdPipeline, estimation: Estimation, chunk: usize, pooling: SamplePooling) -> MapsFile {
     let opts = ImageFitOptions {
         config: FitConfig {
             method: Method::LinearAct,
@@ -84,6 +90,7 @@ fn fit_with(p: &SdPipeline, estimation: Estimation, chunk: usize) -> MapsFile {
         trajectory: false,
         estimation,
         chunk,
+        pooling,
     };
     fit_image_maps(p, &pair(), &opts, &mut |_, _| true).unwrap()
 }
@@ -483,6 +490,47 @@ fn simultaneous_fitting_in_chunks_equals_one_batch_and_differs_from_causal() {
     );
 }
 
+/// Maps fitted on every pixel / token: recorded in chunks they equal one batch (each chunk's
+/// samples land on the right side), they are marked as such in memory and in the metadata,
+/// and they differ from maps fitted on per-prompt means.
+#[test]
+fn maps_fitted_on_positions_in_chunks_equal_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&root, 6).unwrap();
+    let p = load(&root);
+    let pos = SamplePooling::Positions;
+    let whole = fit_pooled(&p, Estimation::Simultaneous, 100, pos);
+    let chunked = fit_pooled(&p, Estimation::Simultaneous, 5, pos);
+    let causal = fit_pooled(&p, Estimation::Causal, 0, pos);
+    let means = fit_with(&p, Estimation::Simultaneous, 100);
+    let diff = |a: &MapsFile, b: &MapsFile, name: &str| -> f32 {
+        let (x, y) = (a.hook(name).unwrap(), b.hook(name).unwrap());
+        x.omega()
+            .iter()
+            .zip(y.omega())
+            .chain(x.beta().iter().zip(y.beta()))
+            .map(|(u, v)| (u - v).abs())
+            .fold(0.0, f32::max)
+    };
+    for m in [&whole, &chunked, &causal] {
+        assert_eq!(m.meta().pooling, "positions");
+        assert!(m.hooks().all(|(_, h)| h.per_position()));
+    }
+    assert!(means.hooks().all(|(_, h)| !h.per_position()));
+    let (mut chunk_vs_whole, mut positions_vs_means) = (0.0f32, 0.0f32);
+    for h in &whole.meta().hook_points {
+        chunk_vs_whole = chunk_vs_whole.max(diff(&chunked, &whole, &h.name));
+        positions_vs_means = positions_vs_means.max(diff(&means, &whole, &h.name));
+    }
+    println!("positions: chunks vs one batch max |Δ| {chunk_vs_whole:.1e}; vs means {positions_vs_means:.2}");
+    assert!(chunk_vs_whole < 1e-3, "{chunk_vs_whole}");
+    assert!(positions_vs_means > 1e-2, "{positions_vs_means}");
+    // The first hook point sees unsteered activations in causal estimation too.
+    let first = &whole.meta().hook_points[0].name;
+    assert!(diff(&causal, &whole, first) < 1e-3);
+}
+
 /// Fitting along denoising trajectories gives one map per step and hook point (`HOOK@tK`
 /// for the schedule's timesteps); steering with them picks each step's map, acts on the
 /// conditional rows only (guidance's unconditional branch is the reference), is the
@@ -509,6 +557,7 @@ fn trajectory_maps_are_per_step_and_steer_the_conditional_branch() {
         trajectory: true,
         estimation: Estimation::Causal,
         chunk: 8,
+        pooling: SamplePooling::Mean,
     };
     let maps = fit_image_maps(&p, &pair(), &opts, &mut |_, _| true).unwrap();
     let timesteps = Scheduler::new(p.scheduler_config(), req.scheduler, req.steps)

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use act_studio::transport::{
-    DatasetInfo, FitConfig, MapsError, MapsFile, MapsMeta, Method, ModelFingerprint, SampleMatrix, Support,
-    fit_hook,
+    DatasetInfo, FitConfig, MapsError, MapsFile, MapsMeta, Method, ModelFingerprint, POSITIONS_POOLING,
+    SampleMatrix, Support, fit_hook,
 };
 use safetensors::tensor::{SafeTensors, TensorView};
 
@@ -113,6 +113,35 @@ fn round_trip_is_bit_exact_for_every_method() -> Result<(), MapsError> {
                 std::fs::read(&p).map_err(|e| MapsError::Invalid(e.to_string()))?
             );
         }
+    }
+    Ok(())
+}
+
+/// Maps fitted on every position (pixel or token) load as such, so 4-D activations are
+/// mapped pixel by pixel again; maps fitted on means keep the spatial-mean rule.
+#[test]
+fn maps_fitted_on_positions_load_as_such() -> Result<(), MapsError> {
+    let dir = tempfile::tempdir().map_err(|e| MapsError::Invalid(e.to_string()))?;
+    let mean = maps(Method::LinearAct, Support::Unbounded);
+    let mut meta = mean.meta().clone();
+    meta.pooling = POSITIONS_POOLING.into();
+    let hooks = mean
+        .hooks()
+        .map(|(n, m)| (n.to_string(), (**m).clone().with_per_position(true)))
+        .collect();
+    let positions = MapsFile::new(meta, hooks)?;
+    for (m, per_position) in [(&mean, false), (&positions, true)] {
+        let back = MapsFile::load(&saved(dir.path(), m))?;
+        assert!(back.hooks().all(|(_, h)| h.per_position() == per_position));
+        // The same parameters, steering differently: pixel by pixel, or by channel means.
+        let h = back.hook("layers.0.mlp_norm").map(|h| (**h).clone());
+        let h = h.ok_or_else(|| MapsError::Invalid("hook missing".into()))?;
+        let mut x = vec![-3.0, 4.0, 1.0, 0.5, 2.0, -1.0, 0.0, 3.0];
+        let (a, b) = (x[0], x[1]);
+        h.apply_4d("layers.0.mlp_norm", &mut x, [1, 4, 1, 2], 1.0)
+            .map_err(|e| MapsError::Invalid(e.to_string()))?;
+        let deviation_kept = ((x[1] - x[0]) - (b - a)).abs() < 1e-5;
+        assert_eq!(deviation_kept, !per_position || h.omega()[0] == 1.0);
     }
     Ok(())
 }

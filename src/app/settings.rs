@@ -136,6 +136,9 @@ pub struct ImageSettings {
     pub fit_simultaneous: bool,
     /// Prompts per forward pass of a simultaneous fit.
     pub fit_chunk: usize,
+    /// Samples of a fit: `mean` (one per prompt), `positions` (every pixel / token), or
+    /// empty for what the concept asks for.
+    pub fit_pooling: String,
 }
 
 impl ImageSettings {
@@ -201,6 +204,7 @@ impl Default for ImageSettings {
             fit_limit: 32,
             fit_size: 0,
             fit_trajectory: true,
+            fit_pooling: String::new(),
             fit_simultaneous: false,
             fit_chunk: 8,
         }

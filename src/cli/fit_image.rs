@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use super::common::{check_output, progress_bar};
 use super::image_args::{ImageModelArgs, load_pipeline};
 use crate::pipeline::diffusion_fit::{DEFAULT_IMAGE_PRESET, IMAGE_PRESETS};
-use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
+use crate::pipeline::fit_image_concept::{
+    ImageConceptSource, ImageFitRequest, SamplePooling, fit_image_concept,
+};
 use crate::pipeline::fit_model::Estimation;
 use crate::pipeline::image_concepts::image_concepts_for;
 use crate::transport::{Method, Support};
@@ -76,6 +78,12 @@ pub struct FitImageArgs {
     /// guidance this is what makes λ = 1 reach the target (see docs/ARCHITECTURE.md).
     #[arg(long)]
     pub first_step: bool,
+    /// Samples of the fit: `mean` (one per prompt, the paper's rule; maps shift whole channels
+    /// of 4-D activations) or `positions` (every pixel or token a sample, at most 256 per
+    /// prompt; maps act pixel by pixel: for local features such as textures). Default: what
+    /// the concept asks for (a model folder's concepts may), else `mean`.
+    #[arg(long, value_parser = ["mean", "positions"])]
+    pub pooling: Option<String>,
     /// List the built-in image concepts and presets, then exit.
     #[arg(long)]
     pub list: bool,
@@ -129,6 +137,7 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
         },
         chunk: a.chunk,
         trajectory: !(a.first_step || a.simultaneous),
+        pooling: a.pooling.as_deref().and_then(SamplePooling::parse),
     };
     let pipe = load_pipeline(&ImageModelArgs {
         model: a.model.clone().context("--model is required")?,

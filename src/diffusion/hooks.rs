@@ -90,6 +90,73 @@ pub fn pool_mean(data: &[f32], shape: ActShape) -> Vec<f32> {
     }
 }
 
+/// How a prompt's activation at a hook point becomes samples for fitting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SamplePooling {
+    /// One sample per prompt: the mean over tokens or pixels ([`pool_mean`]; the AcT paper's
+    /// rule, and with it the spatial-mean rule when steering 4-D activations).
+    #[default]
+    Mean,
+    /// One sample per position: every token or pixel ([`position_rows`]), for local features
+    /// (textures, the colour of an object) that per-prompt means dilute.
+    Positions,
+}
+
+impl SamplePooling {
+    /// The name on the command line and in concept files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplePooling::Mean => "mean",
+            SamplePooling::Positions => "positions",
+        }
+    }
+
+    /// Parses [`SamplePooling::name`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "mean" => Some(SamplePooling::Mean),
+            "positions" => Some(SamplePooling::Positions),
+            _ => None,
+        }
+    }
+
+    /// The samples of `data` (laid out as `shape`), `[batch × per_row, neurons]` row-major,
+    /// and how many samples each batch row gave (`per_row`).
+    pub fn samples(&self, data: &[f32], shape: ActShape) -> (Vec<f32>, usize) {
+        match self {
+            SamplePooling::Mean => (pool_mean(data, shape), 1),
+            SamplePooling::Positions => position_rows(data, shape),
+        }
+    }
+}
+
+/// Most positions [`position_rows`] takes from one batch row: an even spread of the tokens or
+/// pixels when there are more (SD 1.5's 64 × 64 latents give 4096), which bounds the memory
+/// and the sorting of a fit while keeping the distribution's shape.
+pub const MAX_POSITIONS_PER_ROW: usize = 256;
+
+/// Every position of every batch row as a sample (at most [`MAX_POSITIONS_PER_ROW`] per row,
+/// evenly spread, the same positions in every row): `[batch × per_row, neurons]` row-major,
+/// and `per_row`. Pixels of `[b, c, h, w]` are gathered across the channel planes.
+pub fn position_rows(data: &[f32], shape: ActShape) -> (Vec<f32>, usize) {
+    let (b, positions, d) = match shape {
+        ActShape::Tokens([b, t, d]) => (b, t, d),
+        ActShape::Spatial([b, c, h, w]) => (b, h * w, c),
+    };
+    let take = positions.min(MAX_POSITIONS_PER_ROW);
+    let picked: Vec<usize> = (0..take).map(|i| i * positions / take.max(1)).collect();
+    let mut out = Vec::with_capacity(b * take * d);
+    for row in data.chunks_exact((positions * d).max(1)).take(b) {
+        for &p in &picked {
+            match shape {
+                ActShape::Tokens(_) => out.extend_from_slice(&row[p * d..(p + 1) * d]),
+                ActShape::Spatial(_) => out.extend((0..d).map(|j| row[j * positions + p])),
+            }
+        }
+    }
+    (out, take)
+}
+
 /// Receives activations during a diffusion forward pass.
 pub trait DiffHooks: Send {
     /// Whether this object wants hook `id` (ids from [`HookRegistry`]); others cost nothing.
@@ -273,5 +340,39 @@ mod tests {
             pool_mean(&data, ActShape::Spatial([1, 3, 2, 2])),
             vec![1.5, 5.5, 9.5]
         );
+    }
+
+    #[test]
+    fn positions_are_samples_of_their_own() {
+        let data: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        // Tokens: each token's vector as it is.
+        assert_eq!(
+            position_rows(&data, ActShape::Tokens([1, 3, 4])),
+            (data.clone(), 3)
+        );
+        // [2, 3, 1, 2]: two rows of 3 channels × 2 pixels; a pixel's sample gathers its
+        // value in every channel.
+        assert_eq!(
+            SamplePooling::Positions.samples(&data, ActShape::Spatial([2, 3, 1, 2])),
+            (
+                vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0, 6.0, 8.0, 10.0, 7.0, 9.0, 11.0],
+                2
+            )
+        );
+        assert_eq!(
+            SamplePooling::Mean.samples(&data, ActShape::Spatial([1, 3, 2, 2])),
+            (vec![1.5, 5.5, 9.5], 1)
+        );
+        // Large planes: an even spread of MAX_POSITIONS_PER_ROW pixels, the same in each row.
+        let (h, w) = (32, 32);
+        let big: Vec<f32> = (0..2 * h * w).map(|v| v as f32).collect();
+        let (rows, per) = position_rows(&big, ActShape::Spatial([2, 1, h, w]));
+        assert_eq!(per, MAX_POSITIONS_PER_ROW);
+        assert_eq!(rows.len(), 2 * per);
+        assert_eq!((rows[0], rows[1], rows[per]), (0.0, 4.0, (h * w) as f32));
+        for name in ["mean", "positions"] {
+            assert_eq!(SamplePooling::parse(name).map(|p| p.name()), Some(name));
+        }
+        assert_eq!(SamplePooling::parse("max"), None);
     }
 }

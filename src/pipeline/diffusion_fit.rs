@@ -29,15 +29,15 @@ use candle_core::Tensor;
 
 use crate::diffusion::error::{DiffusionError, Result};
 use crate::diffusion::hooks::{
-    ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite, HookSiteKind, RunPosition, pool_mean,
+    ActShape, DiffActivation, DiffHooks, DiffPhase, HookSite, HookSiteKind, RunPosition, SamplePooling,
 };
 use crate::diffusion::pipeline::{ImageRequest, SdPipeline};
 use crate::diffusion::scheduler::Scheduler;
 use crate::diffusion::unet::UNetCond;
 use crate::runtime::HookFlow;
 use crate::transport::{
-    FitConfig, HookMap, MapsFile, MapsMeta, Samples, Side, TokenScope, TokenWindow, fit_hook,
-    timestep_map_name,
+    FitConfig, HookMap, MapsFile, MapsMeta, POSITIONS_POOLING, Samples, Side, TokenScope, TokenWindow,
+    fit_hook, timestep_map_name,
 };
 
 use super::fit_model::Estimation;
@@ -138,6 +138,8 @@ pub struct ImageFitOptions {
     pub estimation: Estimation,
     /// Prompts per forward pass in simultaneous estimation.
     pub chunk: usize,
+    /// One sample per prompt (the mean, the paper's rule) or per pixel / token.
+    pub pooling: SamplePooling,
 }
 
 impl ImageFitOptions {
@@ -169,6 +171,7 @@ impl ImageFitOptions {
             trajectory: true,
             estimation: Estimation::Causal,
             chunk: 8,
+            pooling: SamplePooling::Mean,
         }
     }
 }
@@ -179,6 +182,7 @@ struct FitHooks<'a> {
     last: usize,
     n_src: usize,
     config: FitConfig,
+    pooling: SamplePooling,
     maps: Vec<(usize, HookMap)>,
     progress: &'a mut (dyn FnMut(usize, usize) -> bool + Send),
     total: usize,
@@ -190,37 +194,11 @@ impl DiffHooks for FitHooks<'_> {
     }
 
     fn on_activation(&mut self, id: usize, act: DiffActivation<'_>) -> Result<HookFlow> {
-        let name = &self.sites[id].name;
-        let hook_err = |reason: String| DiffusionError::Hook {
-            hook: name.clone(),
-            reason,
-        };
         if !(self.progress)(self.maps.len(), self.total) {
             return Err(DiffusionError::Cancelled);
         }
-        let d = act.shape.neurons();
-        let b = act.shape.batch();
-        let pooled = pool_mean(act.data, act.shape);
-        let (src, tgt) = pooled.split_at(self.n_src * d);
-        let source = Samples::new(src, self.n_src, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
-        let target =
-            Samples::new(tgt, b - self.n_src, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
-        let map = fit_hook(name, source, target, &self.config).map_err(|e| hook_err(e.to_string()))?;
-        // Causal: later hook points see the source rows already transported.
-        let rows = self.n_src * act.shape.row_len();
-        let src_rows = &mut act.data[..rows];
-        match act.shape {
-            ActShape::Spatial([_, c, h, w]) => map.apply_4d(name, src_rows, [self.n_src, c, h, w], 1.0),
-            ActShape::Tokens([_, t, d]) => map.apply_3d(
-                name,
-                src_rows,
-                [self.n_src, t, d],
-                1.0,
-                TokenScope::All,
-                TokenWindow::default(),
-            ),
-        }
-        .map_err(|e| hook_err(e.to_string()))?;
+        let name = &self.sites[id].name;
+        let map = fit_and_apply(name, act.data, act.shape, self.n_src, self.pooling, &self.config)?;
         self.maps.push((id, map));
         Ok(if id == self.last {
             HookFlow::Stop
@@ -230,11 +208,48 @@ impl DiffHooks for FitHooks<'_> {
     }
 }
 
-/// Records each wanted hook point's pooled rows (appended in prompt order).
+/// Fits one hook point's map on `data` (laid out as `shape`: the first `ns` rows are the
+/// source prompts, the rest the target ones, pooled as `pooling` says), then transports the
+/// source rows at λ = 1, so later hook points see them steered (causal estimation).
+fn fit_and_apply(
+    name: &str,
+    data: &mut [f32],
+    shape: ActShape,
+    ns: usize,
+    pooling: SamplePooling,
+    config: &FitConfig,
+) -> Result<HookMap> {
+    let hook_err = |reason: String| DiffusionError::Hook {
+        hook: name.to_string(),
+        reason,
+    };
+    let (d, n) = (shape.neurons(), shape.batch());
+    let (rows, per) = pooling.samples(data, shape);
+    let (src, tgt) = rows.split_at((ns * per * d).min(rows.len()));
+    let source = Samples::new(src, ns * per, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
+    let target = Samples::new(tgt, n.saturating_sub(ns) * per, d, Side::Target)
+        .map_err(|e| hook_err(e.to_string()))?;
+    let map = fit_hook(name, source, target, config)
+        .map_err(|e| hook_err(e.to_string()))?
+        .with_per_position(pooling == SamplePooling::Positions);
+    let end = (ns * shape.row_len()).min(data.len());
+    let src_rows = &mut data[..end];
+    match shape.with_batch(ns) {
+        ActShape::Spatial(s) => map.apply_4d(name, src_rows, s, 1.0),
+        ActShape::Tokens(s) => map.apply_3d(name, src_rows, s, 1.0, TokenScope::All, TokenWindow::default()),
+    }
+    .map_err(|e| hook_err(e.to_string()))?;
+    Ok(map)
+}
+
+/// Records each wanted hook point's samples (appended in prompt order; `per[id]` samples per
+/// prompt).
 struct RecordHooks {
     wanted: Vec<bool>,
     last: usize,
+    pooling: SamplePooling,
     rows: Vec<Vec<f32>>,
+    per: Vec<usize>,
 }
 
 impl DiffHooks for RecordHooks {
@@ -243,8 +258,10 @@ impl DiffHooks for RecordHooks {
     }
 
     fn on_activation(&mut self, id: usize, act: DiffActivation<'_>) -> Result<HookFlow> {
-        if let Some(rows) = self.rows.get_mut(id) {
-            rows.extend(pool_mean(act.data, act.shape));
+        if let (Some(rows), Some(per)) = (self.rows.get_mut(id), self.per.get_mut(id)) {
+            let (samples, n) = self.pooling.samples(act.data, act.shape);
+            rows.extend(samples);
+            *per = n;
         }
         Ok(if id == self.last {
             HookFlow::Stop
@@ -272,6 +289,7 @@ struct TrajectoryFitHooks<'a> {
     timesteps: Vec<f64>,
     at: RunPosition,
     config: FitConfig,
+    pooling: SamplePooling,
     maps: Vec<(String, HookMap)>,
     progress: &'a mut (dyn FnMut(usize, usize) -> bool + Send),
     total: usize,
@@ -306,20 +324,15 @@ impl DiffHooks for TrajectoryFitHooks<'_> {
                 cond + n
             )));
         }
-        let d = act.shape.neurons();
-        let pooled = pool_mean(&act.data[cond * len..], act.shape.with_batch(n));
-        let (src, tgt) = pooled.split_at(ns * d);
-        let source = Samples::new(src, ns, d, Side::Source).map_err(|e| hook_err(e.to_string()))?;
-        let target = Samples::new(tgt, n - ns, d, Side::Target).map_err(|e| hook_err(e.to_string()))?;
-        let map = fit_hook(name, source, target, &self.config).map_err(|e| hook_err(e.to_string()))?;
-        let rows = &mut act.data[cond * len..(cond + ns) * len];
-        match act.shape.with_batch(ns) {
-            ActShape::Spatial(shape) => map.apply_4d(name, rows, shape, 1.0),
-            ActShape::Tokens(shape) => {
-                map.apply_3d(name, rows, shape, 1.0, TokenScope::All, TokenWindow::default())
-            }
-        }
-        .map_err(|e| hook_err(e.to_string()))?;
+        let rows = &mut act.data[cond * len..];
+        let map = fit_and_apply(
+            name,
+            rows,
+            act.shape.with_batch(n),
+            ns,
+            self.pooling,
+            &self.config,
+        )?;
         let entry = if text {
             name.clone()
         } else {
@@ -482,6 +495,7 @@ pub fn fit_image_maps(
                 timesteps,
                 at: RunPosition::default(),
                 config: opts.config,
+                pooling: opts.pooling,
                 maps: Vec::new(),
                 progress,
                 total,
@@ -503,6 +517,7 @@ pub fn fit_image_maps(
                 last,
                 n_src: ns,
                 config: opts.config,
+                pooling: opts.pooling,
                 maps: Vec::new(),
                 progress,
                 total,
@@ -523,7 +538,9 @@ pub fn fit_image_maps(
             let mut rec = RecordHooks {
                 wanted,
                 last,
+                pooling: opts.pooling,
                 rows: vec![Vec::new(); sites.len()],
+                per: vec![1; sites.len()],
             };
             let chunk = opts.chunk.max(1);
             let n = prompts.len();
@@ -537,14 +554,21 @@ pub fn fit_image_maps(
             let split = |rows: &[Vec<f32>]| -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
                 rows.iter()
                     .zip(sites)
-                    .map(|(r, s)| {
-                        let at = (ns * s.dim).min(r.len());
+                    .zip(&rec.per)
+                    .map(|((r, s), per)| {
+                        let at = (ns * per * s.dim).min(r.len());
                         (r[..at].to_vec(), r[at..].to_vec())
                     })
                     .unzip()
             };
             let (source, target) = split(&rec.rows);
-            named(fit_recorded(sites, &ids, &source, &target, &opts.config)?)
+            let maps = fit_recorded(sites, &ids, &source, &target, &opts.config)?;
+            let per_position = opts.pooling == SamplePooling::Positions;
+            named(
+                maps.into_iter()
+                    .map(|(id, m)| (id, m.with_per_position(per_position)))
+                    .collect(),
+            )
         }
     };
     let mut meta = MapsMeta::new(
@@ -561,6 +585,9 @@ pub fn fit_image_maps(
         prompts_info(&format!("{}:source", pair.name), &pair.source),
         prompts_info(&format!("{}:target", pair.name), &pair.target),
     );
-    meta.pooling = "spatial-mean/token-mean".into();
+    meta.pooling = match opts.pooling {
+        SamplePooling::Mean => "spatial-mean/token-mean".into(),
+        SamplePooling::Positions => POSITIONS_POOLING.into(),
+    };
     MapsFile::new(meta, maps).map_err(|e| DiffusionError::Backend(e.to_string()))
 }

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::diffusion::error::DiffusionError;
+pub use crate::diffusion::hooks::SamplePooling;
 use crate::diffusion::pipeline::SdPipeline;
 use crate::transport::{FitConfig, MapsFile, Method, Support};
 
@@ -65,6 +66,9 @@ pub struct ImageFitRequest {
     /// Fit along the denoising trajectories of the `steps` schedule, one map per step
     /// ([`ImageFitOptions::trajectory`]; causal), instead of on the first step only.
     pub trajectory: bool,
+    /// One sample per prompt (its mean) or per pixel / token; `None`: what the concept asks
+    /// for ([`PromptPair::pooling`]), else the mean.
+    pub pooling: Option<SamplePooling>,
 }
 
 impl ImageFitRequest {
@@ -85,6 +89,7 @@ impl ImageFitRequest {
             estimation: Estimation::Causal,
             chunk: 8,
             trajectory: true,
+            pooling: None,
         }
     }
 }
@@ -136,6 +141,7 @@ pub fn prompt_pair(req: &ImageFitRequest, folder: Option<&Path>) -> Result<Promp
                 .map_or("concept".into(), |s| s.to_string_lossy().into_owned()),
             source: read_prompts(source)?,
             target: read_prompts(target)?,
+            pooling: None,
         },
         ImageConceptSource::Prompts(p) => p.clone(),
     };
@@ -178,6 +184,7 @@ pub fn fit_image_concept(
     opts.estimation = req.estimation;
     opts.chunk = req.chunk;
     opts.trajectory = req.trajectory;
+    opts.pooling = req.pooling.or(pair.pooling).unwrap_or_default();
     let maps = fit_image_maps(pipe, &pair, &opts, progress)?;
     Ok(FittedImageConcept {
         maps,

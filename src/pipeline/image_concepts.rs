@@ -16,6 +16,7 @@ use std::path::Path;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::diffusion::hooks::SamplePooling;
 use crate::transport::DatasetInfo;
 
 const STYLES: &str = include_str!("../../assets/diffusion/style_prompts.json");
@@ -31,6 +32,9 @@ pub struct PromptPair {
     pub source: Vec<String>,
     /// Prompts to move towards.
     pub target: Vec<String>,
+    /// How the concept is best sampled when a fit does not say (a folder concept's
+    /// `pooling`; `None`: the paper's per-prompt mean).
+    pub pooling: Option<SamplePooling>,
 }
 
 impl PromptPair {
@@ -65,7 +69,9 @@ pub enum ImageConceptError {
 }
 
 /// The file in a diffusers folder that lists the folder's own concepts:
-/// `{"concepts": [{"name": "style:neon", "about": "…", "source": ["…"], "target": ["…"]}, …]}`.
+/// `{"concepts": [{"name": "style:neon", "about": "…", "source": ["…"], "target": ["…"]}, …]}`,
+/// where a concept may add `"pooling": "positions"` (or `"mean"`) to say how it is best
+/// fitted ([`SamplePooling`]; a fit request's own choice wins).
 pub const FOLDER_CONCEPTS: &str = "act_studio_concepts.json";
 
 /// A concept that a model folder defines for itself.
@@ -110,11 +116,20 @@ pub fn folder_concepts(folder: &Path) -> Result<Vec<FolderConcept>, ImageConcept
                 "concept `{name}` needs `source` and `target` prompts"
             )));
         }
+        let pooling = match c.get("pooling") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().and_then(SamplePooling::parse).ok_or_else(|| {
+                bad(format!(
+                    "concept `{name}`: `pooling` must be \"mean\" or \"positions\", not {v}"
+                ))
+            })?),
+        };
         out.push(FolderConcept {
             pair: PromptPair {
                 name: name.to_string(),
                 source,
                 target,
+                pooling,
             },
             about: c.get("about").and_then(Value::as_str).unwrap_or("").to_string(),
         });
@@ -222,6 +237,7 @@ pub fn style_concept(style: &str, captions: &[String]) -> Result<PromptPair, Ima
             .iter()
             .map(|c| format!("{}, {tags}", c.trim_end()))
             .collect(),
+        pooling: None,
     })
 }
 
@@ -242,6 +258,7 @@ pub fn negation_concept(concept: &str, captions: &[String]) -> Result<PromptPair
             .map(|(i, c)| format!("{} {}", c.trim_end(), phrases[i % phrases.len()]))
             .collect(),
         target: captions.to_vec(),
+        pooling: None,
     })
 }
 
@@ -267,6 +284,7 @@ pub fn builtin_image_concept(name: &str) -> Result<PromptPair, ImageConceptError
             name: name.to_string(),
             source: strings(c.get("trees")),
             target: strings(c.get("no_trees")),
+            pooling: None,
         });
     }
     Err(unknown(name))
@@ -325,7 +343,7 @@ mod tests {
         write(
             r#"{"concepts": [
             {"name": "style:neon", "about": "plain → neon", "source": ["a circle"], "target": ["a circle, neon style"]},
-            {"name": "style:sketch", "about": "ours", "source": ["a square"], "target": ["a square, pencil sketch"]}]}"#,
+            {"name": "style:sketch", "about": "ours", "source": ["a square"], "target": ["a square, pencil sketch"], "pooling": "positions"}]}"#,
         );
         let list = image_concepts_for(Some(dir.path())).unwrap();
         assert_eq!(list[0].0, "style:neon");
@@ -333,6 +351,12 @@ mod tests {
         assert_eq!(list.len(), 2 + builtin_image_concepts().len() - 1);
         let p = image_concept_for("style:sketch", Some(dir.path())).unwrap();
         assert_eq!(p.target, ["a square, pencil sketch"]);
+        assert_eq!(p.pooling, Some(SamplePooling::Positions));
+        assert_eq!(
+            image_concept_for("style:neon", Some(dir.path())).unwrap().pooling,
+            None
+        );
+        assert_eq!(image_concept_for("style:sketch", None).unwrap().pooling, None);
         assert_eq!(image_concept_for("style:sketch", None).unwrap().source.len(), 98);
         assert_eq!(
             image_concept_for("style:anime", Some(dir.path()))
@@ -359,6 +383,10 @@ mod tests {
             (
                 r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"]}, {"name": "x", "source": ["a"], "target": ["b"]}]}"#,
                 "twice",
+            ),
+            (
+                r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"], "pooling": "pixels"}]}"#,
+                "`pooling` must be",
             ),
         ] {
             write(text);

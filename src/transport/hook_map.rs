@@ -28,6 +28,9 @@ pub struct HookMap {
     lo: Vec<f32>,
     hi: Vec<f32>,
     diagnostics: BTreeMap<String, Vec<f32>>,
+    /// Fitted on every position (pixel or token) as a sample rather than on per-sample means,
+    /// so 4-D activations are mapped pixel by pixel ([`HookMap::apply_4d`]).
+    per_position: bool,
 }
 
 /// Per-neuron diagnostics every estimator records (tensor names in the maps file).
@@ -82,7 +85,20 @@ impl HookMap {
             lo,
             hi,
             diagnostics,
+            per_position: false,
         })
+    }
+
+    /// The same map, marked as fitted on positions (`true`: every pixel or token was a
+    /// sample, [`crate::transport::maps_file::POSITIONS_POOLING`]) or on per-sample means.
+    pub fn with_per_position(mut self, per_position: bool) -> Self {
+        self.per_position = per_position;
+        self
+    }
+
+    /// Whether the map was fitted on positions (see [`HookMap::with_per_position`]).
+    pub fn per_position(&self) -> bool {
+        self.per_position
     }
 
     /// The identity map on `d` neurons (ω = 1, β = 0).
@@ -95,6 +111,7 @@ impl HookMap {
             lo: vec![f32::NEG_INFINITY; d],
             hi: vec![f32::INFINITY; d],
             diagnostics: BTreeMap::new(),
+            per_position: false,
         }
     }
 
@@ -182,6 +199,10 @@ impl HookMap {
     /// Linear-AcT then uses the spatial-mean rule — every pixel gets the shift `T_λ(m) − m`,
     /// so per-pixel deviations from the mean are preserved — while the other methods map each
     /// pixel `x ↦ (1 − λ)x + λ(ωx + β)`.
+    ///
+    /// A map fitted on positions ([`HookMap::per_position`]) saw single pixels, not channel
+    /// means, so it acts as on tokens: each pixel is mapped on its own and the support is
+    /// tested on that pixel's value.
     pub fn apply_4d(
         &self,
         hook: &str,
@@ -193,6 +214,16 @@ impl HookMap {
         self.check_shape(hook, x.len(), &shape, c, b * c * h * w, lambda)?;
         let hw = h * w;
         if lambda == 0.0 || hw == 0 {
+            return Ok(());
+        }
+        if self.per_position {
+            for (k, plane) in x.chunks_exact_mut(hw).enumerate() {
+                let j = k % c;
+                let (om, be, lo, hi) = (self.omega[j], self.beta[j], self.lo[j], self.hi[j]);
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = transport_one(*v, om, be, lo, hi, lambda));
+            }
             return Ok(());
         }
         let unbounded = matches!(self.support, Support::Unbounded);
@@ -343,5 +374,22 @@ mod tests {
         assert_eq!(&x[..2], &[10.0, 12.0]);
         // channel 1 mean 2 → T(2) = 0, shift −2.
         assert_eq!(&x[2..], &[-1.0, 1.0]);
+    }
+
+    #[test]
+    fn a_map_fitted_on_positions_maps_each_pixel_and_tests_its_support() {
+        let m = map().with_per_position(true);
+        assert!(m.per_position() && !map().per_position());
+        // channel 0 (ω 2, β 1, support (0, 10)): 4 → 9, 6 → 13, 11 stays (outside);
+        // channel 1 (ω ½, β −1, support (−10, 10)): 1 → −½, 3 → ½.
+        let mut x = vec![4.0, 6.0, 11.0, 1.0, 3.0, -12.0];
+        m.apply_4d("h", &mut x, [1, 2, 1, 3], 1.0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x, [9.0, 13.0, 11.0, -0.5, 0.5, -12.0]);
+        // Half way: a + ½((ω − 1)a + β).
+        let mut x = vec![4.0, 6.0, 11.0, 1.0, 3.0, -12.0];
+        m.apply_4d("h", &mut x, [1, 2, 1, 3], 0.5)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x, [6.5, 9.5, 11.0, 0.25, 1.75, -12.0]);
     }
 }

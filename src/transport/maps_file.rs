@@ -46,6 +46,9 @@ pub struct HookInfo {
     pub dim: usize,
 }
 
+/// [`MapsMeta::pooling`] of maps fitted with every position (pixel or token) as a sample.
+pub const POSITIONS_POOLING: &str = "positions";
+
 /// Everything known about how a maps file was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MapsMeta {
@@ -61,8 +64,9 @@ pub struct MapsMeta {
     pub method: Method,
     /// The support the bounds were computed for.
     pub support: Support,
-    /// How token activations were pooled per sample: `mean`, `max`, `last`, or `provided`
-    /// for arrays supplied by the user.
+    /// How token activations were pooled per sample: `mean`, `max`, `last`, `provided`
+    /// for arrays supplied by the user, or [`POSITIONS_POOLING`] (no pooling: every pixel or
+    /// token a sample; the maps then act pixel by pixel on 4-D activations).
     pub pooling: String,
     /// `causal`, `simultaneous` or `arrays`.
     pub estimation: String,
@@ -357,7 +361,8 @@ impl MapsFile {
                 }
             }
             let map = HookMap::new(meta.method, meta.support, omega, beta, lo, hi, diagnostics)
-                .map_err(|reason| MapsError::BadMetadata { path: p(), reason })?;
+                .map_err(|reason| MapsError::BadMetadata { path: p(), reason })?
+                .with_per_position(meta.pooling == POSITIONS_POOLING);
             hooks.push((h.name.clone(), map));
         }
         MapsFile::new(meta, hooks)

@@ -25,7 +25,7 @@ pub use error::{MapsError, Side, TransportError};
 pub use estimate::{FitConfig, fit_hook};
 pub use fingerprint::ModelFingerprint;
 pub use hook_map::HookMap;
-pub use maps_file::{DatasetInfo, HookInfo, MAPS_FORMAT_VERSION, MapsFile, MapsMeta};
+pub use maps_file::{DatasetInfo, HookInfo, MAPS_FORMAT_VERSION, MapsFile, MapsMeta, POSITIONS_POOLING};
 pub use method::{Application, Method};
 pub use samples::{SampleMatrix, Samples};
 pub use scope::{TokenScope, TokenWindow};

@@ -344,12 +344,17 @@ def write_concepts(d: Path):
     concepts = []
     for style, name in [("neon", "neon"), ("pixel", "pixel_art"), ("sketch", "sketch")]:
         specs = [plain() for _ in range(48)]
-        concepts.append({
+        concept = {
             "name": f"style:{name}",
             "about": f"plain captions → the same captions + \"{shapes.STYLES[style]}\"",
             "source": [shapes.caption(*sp, None) for sp in specs],
             "target": [shapes.caption(*sp, style) for sp in specs],
-        })
+        }
+        if style == "pixel":
+            # Blockiness is a local texture: fitted on every pixel, not on per-prompt means.
+            concept["about"] += "; fitted on every pixel (a local texture that per-prompt means dilute)"
+            concept["pooling"] = "positions"
+        concepts.append(concept)
     for colour in shapes.COLOURS:
         specs = [plain(colour=colour) for _ in range(48)]
         concepts.append({

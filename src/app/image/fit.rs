@@ -4,7 +4,7 @@
 use eframe::egui;
 
 use crate::pipeline::diffusion_fit::IMAGE_PRESETS;
-use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest};
+use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, SamplePooling};
 use crate::pipeline::fit_model::Estimation;
 use crate::transport::{Method, Support};
 use crate::worker::{Command, JobKind};
@@ -47,6 +47,7 @@ pub fn start_fit(app: &mut StudioApp) {
         },
         chunk: s.fit_chunk.max(1),
         trajectory: s.fit_trajectory,
+        pooling: SamplePooling::parse(&s.fit_pooling),
     };
     app.send(Command::FitImage(Box::new(req)));
 }
@@ -153,6 +154,27 @@ pub fn show_fit(app: &mut StudioApp, ui: &mut egui::Ui) {
         ui.label("fitting size");
         ui.add(egui::DragValue::new(&mut s.fit_size).range(0..=4096).speed(8.0))
             .on_hover_text("pixels of the latents the activations come from; 0 = the model's");
+    });
+    ui.horizontal(|ui| {
+        ui.label("samples");
+        let shown = match SamplePooling::parse(&s.fit_pooling) {
+            Some(SamplePooling::Mean) => "one per prompt (mean)",
+            Some(SamplePooling::Positions) => "every pixel / token",
+            None => "as the concept asks",
+        };
+        egui::ComboBox::from_id_salt("image_fit_pooling")
+            .selected_text(shown)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut s.fit_pooling, String::new(), "as the concept asks")
+                    .on_hover_text("the model folder's concepts may ask for every pixel; others use the mean");
+                ui.selectable_value(&mut s.fit_pooling, "mean".into(), "one per prompt (mean)")
+                    .on_hover_text("the paper's rule: each prompt's mean over pixels or tokens; 4-D maps shift whole channels");
+                ui.selectable_value(&mut s.fit_pooling, "positions".into(), "every pixel / token")
+                    .on_hover_text(
+                        "each pixel or token is a sample and the maps act pixel by pixel: for local \
+                         features such as textures (pixel art), which per-prompt means dilute",
+                    );
+            });
     });
     ui.checkbox(&mut s.fit_trajectory, "along the denoising trajectory")
         .on_hover_text(
