@@ -586,6 +586,58 @@ fn the_image_fit_form_sends_the_pipeline_request_causal_or_simultaneous() {
     assert!(traj.maps.meta().estimation.contains("trajectories"));
 }
 
+/// The fit form's "samples" choice reaches the request: "every pixel / token" fits maps on
+/// positions, the same maps as the pipeline's with `pooling: Some(Positions)`.
+#[test]
+fn the_image_fit_form_can_sample_every_pixel() {
+    use act_studio::diffusion::pipeline::{LoadOptions, SdPipeline};
+    use act_studio::pipeline::fit_image_concept::{
+        ImageConceptSource, ImageFitRequest, SamplePooling, fit_image_concept,
+    };
+
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&model, 11).unwrap_or_else(|e| panic!("{e}"));
+    let mut h = loaded(&model);
+    assert_eq!(
+        h.state().settings.image.fit_pooling,
+        "",
+        "the concept's choice by default"
+    );
+    h.get_by_label("samples").click();
+    h.run();
+    h.get_by_label("every pixel / token").click();
+    h.run();
+    assert_eq!(h.state().settings.image.fit_pooling, "positions");
+    fit(&mut h);
+    let from_app = h.state().stack[0].concept.maps.clone();
+    assert_eq!(from_app.meta().pooling, "positions");
+    assert!(from_app.hooks().all(|(_, m)| m.per_position()));
+
+    let pipe = SdPipeline::load(&model, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let s = &h.state().settings.image;
+    let req = ImageFitRequest {
+        hooks: s.fit_hooks.clone(),
+        limit: s.fit_limit,
+        size: Some(s.fit_size),
+        steps: Some(s.steps),
+        seed: s.seed,
+        pooling: Some(SamplePooling::Positions),
+        ..ImageFitRequest::new(ImageConceptSource::Builtin("negate:cat".into()))
+    };
+    let direct = fit_image_concept(&pipe, &req, &mut |_, _| true).unwrap_or_else(|e| panic!("{e}"));
+    let params = |m: &act_studio::transport::MapsFile| -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        m.hooks()
+            .map(|(n, h)| (n.to_string(), h.omega().to_vec(), h.beta().to_vec()))
+            .collect()
+    };
+    assert_eq!(
+        params(&from_app),
+        params(&direct.maps),
+        "the app's maps are the pipeline's"
+    );
+}
+
 /// Generate pressed while an image concept is being fitted waits for the fit, then steers
 /// with the concept it produced (the request is built when the worker is free).
 #[test]

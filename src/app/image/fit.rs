@@ -156,13 +156,12 @@ pub fn show_fit(app: &mut StudioApp, ui: &mut egui::Ui) {
             .on_hover_text("pixels of the latents the activations come from; 0 = the model's");
     });
     ui.horizontal(|ui| {
-        ui.label("samples");
         let shown = match SamplePooling::parse(&s.fit_pooling) {
             Some(SamplePooling::Mean) => "one per prompt (mean)",
             Some(SamplePooling::Positions) => "every pixel / token",
             None => "as the concept asks",
         };
-        egui::ComboBox::from_id_salt("image_fit_pooling")
+        egui::ComboBox::new("image_fit_pooling", "samples")
             .selected_text(shown)
             .show_ui(ui, |ui| {
                 ui.selectable_value(&mut s.fit_pooling, String::new(), "as the concept asks")
