@@ -451,6 +451,17 @@ fn write_tiny_folder_for_screenshots() {
     write_tiny_sd15(Path::new(&dir), 21).unwrap();
 }
 
+/// Largest |Δ| between two maps files' ω and β at hook point `name`.
+fn param_diff(a: &MapsFile, b: &MapsFile, name: &str) -> f32 {
+    let (x, y) = (a.hook(name).unwrap(), b.hook(name).unwrap());
+    x.omega()
+        .iter()
+        .zip(y.omega())
+        .chain(x.beta().iter().zip(y.beta()))
+        .map(|(u, v)| (u - v).abs())
+        .fold(0.0, f32::max)
+}
+
 #[test]
 fn simultaneous_fitting_in_chunks_equals_one_batch_and_differs_from_causal() {
     let tmp = tempfile::tempdir().unwrap();
@@ -462,20 +473,11 @@ fn simultaneous_fitting_in_chunks_equals_one_batch_and_differs_from_causal() {
     let chunked = fit_with(&p, Estimation::Simultaneous, 5);
     assert_eq!(chunked.meta().estimation, "simultaneous");
     assert_eq!(causal.meta().estimation, "causal");
-    let diff = |a: &MapsFile, b: &MapsFile, name: &str| -> f32 {
-        let (x, y) = (a.hook(name).unwrap(), b.hook(name).unwrap());
-        x.omega()
-            .iter()
-            .zip(y.omega())
-            .chain(x.beta().iter().zip(y.beta()))
-            .map(|(u, v)| (u - v).abs())
-            .fold(0.0, f32::max)
-    };
     let mut chunk_vs_whole = 0.0f32;
     let mut causal_vs_simultaneous = 0.0f32;
     for h in &whole.meta().hook_points {
-        chunk_vs_whole = chunk_vs_whole.max(diff(&chunked, &whole, &h.name));
-        causal_vs_simultaneous = causal_vs_simultaneous.max(diff(&causal, &whole, &h.name));
+        chunk_vs_whole = chunk_vs_whole.max(param_diff(&chunked, &whole, &h.name));
+        causal_vs_simultaneous = causal_vs_simultaneous.max(param_diff(&causal, &whole, &h.name));
     }
     // The first hook point sees unsteered activations either way.
     let first = &whole.meta().hook_points[0].name;
@@ -483,7 +485,7 @@ fn simultaneous_fitting_in_chunks_equals_one_batch_and_differs_from_causal() {
         "chunks of 5 vs one batch: max |Δ| = {chunk_vs_whole:.1e}; causal vs simultaneous: {causal_vs_simultaneous:.2}"
     );
     assert!(chunk_vs_whole < 1e-3, "{chunk_vs_whole}");
-    assert!(diff(&causal, &whole, first) < 1e-3);
+    assert!(param_diff(&causal, &whole, first) < 1e-3);
     assert!(
         causal_vs_simultaneous > 1e-2,
         "causal estimation must see earlier maps"
@@ -504,15 +506,6 @@ fn maps_fitted_on_positions_in_chunks_equal_one_batch() {
     let chunked = fit_pooled(&p, Estimation::Simultaneous, 5, pos);
     let causal = fit_pooled(&p, Estimation::Causal, 0, pos);
     let means = fit_with(&p, Estimation::Simultaneous, 100);
-    let diff = |a: &MapsFile, b: &MapsFile, name: &str| -> f32 {
-        let (x, y) = (a.hook(name).unwrap(), b.hook(name).unwrap());
-        x.omega()
-            .iter()
-            .zip(y.omega())
-            .chain(x.beta().iter().zip(y.beta()))
-            .map(|(u, v)| (u - v).abs())
-            .fold(0.0, f32::max)
-    };
     for m in [&whole, &chunked, &causal] {
         assert_eq!(m.meta().pooling, "positions");
         assert!(m.hooks().all(|(_, h)| h.per_position()));
@@ -520,15 +513,15 @@ fn maps_fitted_on_positions_in_chunks_equal_one_batch() {
     assert!(means.hooks().all(|(_, h)| !h.per_position()));
     let (mut chunk_vs_whole, mut positions_vs_means) = (0.0f32, 0.0f32);
     for h in &whole.meta().hook_points {
-        chunk_vs_whole = chunk_vs_whole.max(diff(&chunked, &whole, &h.name));
-        positions_vs_means = positions_vs_means.max(diff(&means, &whole, &h.name));
+        chunk_vs_whole = chunk_vs_whole.max(param_diff(&chunked, &whole, &h.name));
+        positions_vs_means = positions_vs_means.max(param_diff(&means, &whole, &h.name));
     }
     println!("positions: chunks vs one batch max |Δ| {chunk_vs_whole:.1e}; vs means {positions_vs_means:.2}");
     assert!(chunk_vs_whole < 1e-3, "{chunk_vs_whole}");
     assert!(positions_vs_means > 1e-2, "{positions_vs_means}");
     // The first hook point sees unsteered activations in causal estimation too.
     let first = &whole.meta().hook_points[0].name;
-    assert!(diff(&causal, &whole, first) < 1e-3);
+    assert!(param_diff(&causal, &whole, first) < 1e-3);
 }
 
 /// Fitting along denoising trajectories gives one map per step and hook point (`HOOK@tK`
