@@ -194,3 +194,106 @@ fn jobs_wait_for_kv_cache_room_and_one_that_cannot_fit_is_refused() {
     assert!(all.iter().all(|(l, _)| *l != "too big" && *l != "empty"));
     assert_eq!(text_of(&all, "second"), common::greedy(&m, &prompt, 24).text);
 }
+
+/// Short prompts that wait together run as one right-padded batch on the decoding kernels
+/// (`batch_engine::prefill_together`). Each row's numbers are those of its prompt run alone on
+/// the prompt path, bit for bit, including rows whose padded queries × keys count crosses the
+/// attention's score-order switch at 256 (13 and 15 tokens padded to 23); and jobs submitted
+/// together while the engine is busy give the texts of each decoded alone.
+#[test]
+fn short_prompts_waiting_together_run_as_one_batch_with_the_numbers_of_each_alone() {
+    use act_studio::runtime::forward::{Batch, LogitsMode};
+    use act_studio::runtime::generate::prefill_chunk;
+    use act_studio::runtime::linear::MatPath;
+    use act_studio::runtime::steer::RowSteering;
+
+    let Some(path) = common::demo_model() else { return };
+    let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let prompts: Vec<Vec<u32>> = (0..8u32)
+        .map(|i| (0..9 + 2 * i).map(|t| 100 + 7 * t + i).collect())
+        .collect();
+    let seq = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(
+        m.model.same_kernels_prompt_max() >= seq,
+        "prompts of {seq} tokens must stay on the decoding kernels (limit {})",
+        m.model.same_kernels_prompt_max()
+    );
+    let vocab = m.config().vocab_size;
+    let alone: Vec<Vec<f32>> = prompts
+        .iter()
+        .map(|p| {
+            let (mut cache, mut done) = (vec![m.cache_for(64)], 0);
+            let mut hooks = RowSteering::new(vec![None]);
+            prefill_chunk(&m, p, &mut done, &mut cache, &mut hooks, MatPath::Quantized)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("no logits"))
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for p in &prompts {
+        tokens.extend_from_slice(p);
+        tokens.resize(tokens.len() + seq - p.len(), 0);
+    }
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let mut caches: Vec<_> = prompts.iter().map(|_| m.cache_for(64)).collect();
+    let batch = Batch {
+        tokens: &tokens,
+        batch: prompts.len(),
+        seq,
+        valid: &lens,
+        prompt_lens: &lens,
+    };
+    let mut hooks = RowSteering::new(vec![None; prompts.len()]);
+    let out = m
+        .model
+        .forward(
+            &batch,
+            &mut caches,
+            &mut hooks,
+            MatPath::Quantized,
+            LogitsMode::Last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.logits.len(), vocab * prompts.len());
+    for (i, (together, alone)) in out.logits.chunks_exact(vocab).zip(&alone).enumerate() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(together) == bits(alone),
+            "prompt {i} ({} tokens) in the padded batch",
+            lens[i]
+        );
+    }
+    // Padding is never stored: each cache holds its prompt only.
+    assert!(caches.iter().zip(&lens).all(|(c, &n)| c.len() == n));
+
+    // Through the engine: a running job keeps it busy while six short jobs arrive.
+    let engine = BatchEngine::start(m.clone(), 8, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let log: Log = Arc::default();
+    let labels = ["a", "b", "c", "d", "e", "f"];
+    if engine
+        .submit(greedy_job(prompts[7].clone(), 1, 24, "busy", &log))
+        .is_err()
+    {
+        panic!("the engine refused a job");
+    }
+    for (label, p) in labels.iter().zip(&prompts) {
+        if engine.submit(greedy_job(p.clone(), 1, 12, label, &log)).is_err() {
+            panic!("the engine refused a job");
+        }
+    }
+    wait_for(&log, "every job's end", |e| {
+        e.iter()
+            .filter(|(_, ev)| matches!(ev, CompletionEvent::Finished { .. }))
+            .count()
+            == labels.len() + 1
+    });
+    let all = events(&log);
+    for (label, p) in labels.iter().zip(&prompts) {
+        assert_eq!(
+            text_of(&all, label),
+            common::greedy(&m, p, 12).text,
+            "job {label}"
+        );
+    }
+    assert_eq!(text_of(&all, "busy"), common::greedy(&m, &prompts[7], 24).text);
+}

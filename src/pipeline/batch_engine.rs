@@ -246,6 +246,8 @@ fn run(
 ) {
     let mut rows: Vec<Row> = Vec::new();
     let mut waiting: Option<CompletionJob> = None;
+    // Prompts this short may run together ([`prefill_together`]).
+    let short_max = m.model.same_kernels_prompt_max();
     let mut prefilling: Option<Prefilling> = None;
     loop {
         running.store(rows.len(), Ordering::Relaxed);
@@ -262,24 +264,21 @@ fn run(
         let mut budget = PREFILL_CHUNK;
         while budget > 0 {
             if prefilling.is_none() {
-                let job = match waiting.take() {
-                    Some(j) => j,
-                    None => match rx.try_recv() {
-                        Ok(j) => j,
-                        Err(_) => break,
-                    },
-                };
-                let kv_in_use: u64 = rows.iter().map(|r| r.kv_bytes).sum();
-                let kv_need = row_kv_bytes(m, &job).saturating_mul(job.n as u64);
-                if !rows.is_empty()
-                    && (rows.len() + job.n > limits.rows
-                        || kv_in_use.saturating_add(kv_need) > limits.kv_bytes)
-                {
-                    waiting = Some(job);
+                let sizes = (budget, short_max);
+                let mut group = admit(m, rx, &mut waiting, &rows, limits, sizes);
+                queued.fetch_sub(group.len(), Ordering::Relaxed);
+                if group.len() > 1 {
+                    // Short prompts that arrived together: one pass for all.
+                    budget = budget.saturating_sub(padded_tokens(&group).max(1));
+                    for (p, logits) in prefill_together(m, group) {
+                        rows.extend(rows_of(m, p, logits));
+                    }
+                    continue;
+                }
+                prefilling = group.pop();
+                if prefilling.is_none() {
                     break;
                 }
-                queued.fetch_sub(1, Ordering::Relaxed);
-                prefilling = Some(start_prefill(m, job));
             }
             let Some(p) = prefilling.as_mut() else {
                 continue;
@@ -328,6 +327,114 @@ fn run(
             rows.clear();
         }
     }
+}
+
+/// Takes the next waiting jobs that the running `rows` leave room for (every job when none
+/// run, so a lone large job still runs) and sets up their prompts: one job, or several whose
+/// prompts are at most `short` tokens and, padded to the longest, fit `budget` tokens in all,
+/// to run together
+/// ([`prefill_together`]). A job with a longer prompt, or one that echoes its prompt's
+/// log-probabilities, runs alone, chunk by chunk.
+fn admit(
+    m: &LoadedModel,
+    rx: &Receiver<CompletionJob>,
+    waiting: &mut Option<CompletionJob>,
+    rows: &[Row],
+    limits: Limits,
+    (budget, short): (usize, usize),
+) -> Vec<Prefilling> {
+    let mut group: Vec<Prefilling> = Vec::new();
+    let (mut n_rows, mut kv_in_use) = (rows.len(), rows.iter().map(|r| r.kv_bytes).sum::<u64>());
+    loop {
+        let job = match waiting.take() {
+            Some(j) => j,
+            None => match rx.try_recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
+        let kv_need = row_kv_bytes(m, &job).saturating_mul(job.n as u64);
+        let fits = n_rows + job.n <= limits.rows && kv_in_use.saturating_add(kv_need) <= limits.kv_bytes;
+        let alone = job.prompt.len() > short || (job.echo && job.logprobs.is_some());
+        let longest = group
+            .iter()
+            .map(|p| p.job.prompt.len())
+            .fold(job.prompt.len(), usize::max);
+        let joins = group.is_empty() || (!alone && longest * (group.len() + 1) <= budget);
+        if !joins || (!fits && (n_rows > 0 || !group.is_empty())) {
+            *waiting = Some(job);
+            break;
+        }
+        n_rows += job.n;
+        kv_in_use = kv_in_use.saturating_add(kv_need);
+        group.push(start_prefill(m, job));
+        if alone {
+            break;
+        }
+    }
+    group
+}
+
+/// Tokens a [`prefill_together`] pass of `group` runs: each prompt padded to the longest.
+fn padded_tokens(group: &[Prefilling]) -> usize {
+    let longest = group.iter().map(|p| p.job.prompt.len()).max().unwrap_or(0);
+    longest * group.len()
+}
+
+/// Runs the whole prompts of several jobs as one batch (right-padded to the longest; each
+/// row with its own cache and steering plan) and returns each job still listened to with its
+/// last token's logits. The rows' numbers are those of each prompt run alone: the prompts are
+/// short enough that alone they run on the decoding kernels too
+/// ([`crate::runtime::model::Network::same_kernels_prompt_max`]), which treat every input row
+/// on its own; padding is neither stored nor attended to; attention and steering are per row.
+fn prefill_together(m: &LoadedModel, group: Vec<Prefilling>) -> Vec<(Prefilling, Vec<f32>)> {
+    let mut group: Vec<Prefilling> = group.into_iter().filter(|p| !p.job.sink.is_closed()).collect();
+    if group.is_empty() {
+        return Vec::new();
+    }
+    let vocab = m.config().vocab_size;
+    let seq = group.iter().map(|p| p.job.prompt.len()).max().unwrap_or(1).max(1);
+    let mut tokens = Vec::with_capacity(seq * group.len());
+    for p in &group {
+        tokens.extend_from_slice(&p.job.prompt);
+        tokens.resize(tokens.len() + seq - p.job.prompt.len(), 0);
+    }
+    let lens: Vec<usize> = group.iter().map(|p| p.job.prompt.len()).collect();
+    let mut caches: Vec<KvCache> = group
+        .iter_mut()
+        .map(|p| p.cache.pop().unwrap_or_default())
+        .collect();
+    let mut hooks = RowSteering::new(group.iter().map(|p| p.job.steering.clone()).collect());
+    let batch = Batch {
+        tokens: &tokens,
+        batch: group.len(),
+        seq,
+        valid: &lens,
+        prompt_lens: &lens,
+    };
+    let out = m.model.forward(
+        &batch,
+        &mut caches,
+        &mut hooks,
+        MatPath::Quantized,
+        LogitsMode::Last,
+    );
+    for (p, cache) in group.iter_mut().zip(caches) {
+        p.cache.push(cache);
+        p.done = p.job.prompt.len();
+    }
+    let failed = match out {
+        Ok(out) if out.logits.len() == vocab * group.len() => {
+            let logits: Vec<Vec<f32>> = out.logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect();
+            return group.into_iter().zip(logits).collect();
+        }
+        Ok(_) => "the model returned no logits".to_string(),
+        Err(e) => format!("the prompt failed: {e}"),
+    };
+    for p in &mut group {
+        p.job.sink.send(CompletionEvent::Failed(failed.clone()));
+    }
+    Vec::new()
 }
 
 /// Sets up the prompt's run of a job ([`BatchEngine::submit`] checked it).

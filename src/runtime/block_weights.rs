@@ -21,6 +21,11 @@ pub struct AttnWeights {
 }
 
 impl AttnWeights {
+    /// The four projections.
+    pub fn linears(&self) -> [&Linear; 4] {
+        [&self.wq, &self.wk, &self.wv, &self.wo]
+    }
+
     /// Loads the tensors named `names` (q, k, v, output) with `linear(name, rows, cols, bias)`;
     /// `qkv_bias` gives q, k and v a bias (Qwen2), never the output projection.
     pub fn load(
@@ -53,6 +58,11 @@ pub struct MlpWeights {
 }
 
 impl MlpWeights {
+    /// The three projections.
+    pub fn linears(&self) -> [&Linear; 3] {
+        [&self.w_gate, &self.w_up, &self.w_down]
+    }
+
     /// Loads the tensors named `names` (gate, up, down) with `linear(name, rows, cols, bias)`.
     pub fn load(
         cfg: &ModelConfig,

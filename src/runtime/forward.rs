@@ -181,15 +181,19 @@ pub(crate) fn cached_attention_with(
         let keys = starts[b] + valid;
         // The first key any query of the chunk sees: keys before it are left out entirely.
         let first = opts.window.map_or(0, |w| (starts[b] + 1).saturating_sub(w));
-        let q_rows = &q[b * t * nh * hd..(b + 1) * t * nh * hd];
+        // Only the row's real queries attend, so its numbers do not depend on the padding
+        // (the score order follows the queries × keys count, `attend_prompt`); padding rows
+        // get zeros.
+        let q_rows = &q[b * t * nh * hd..(b * t + valid) * nh * hd];
         let y = attend(
             q_rows,
             (&kc[first * kvw..], &vc[first * kvw..]),
-            (t, keys, first, starts[b]),
+            (valid, keys, first, starts[b]),
             (nh, nkv, hd),
             opts,
         );
         out.extend_from_slice(&y);
+        out.resize((b + 1) * t * nh * hd, 0.0);
         cache.release_layer(layer);
     }
     Ok(out)

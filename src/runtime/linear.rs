@@ -298,6 +298,17 @@ impl Linear {
         self.in_dim
     }
 
+    /// The most inputs for which a prompt's pass ([`MatPath::Tiled`]) runs this matrix on the
+    /// same kernels as decoding ([`MatPath::Quantized`]), so each input's outputs are the
+    /// same on either path, bit for bit: one less than the format's tile threshold for our
+    /// quantized formats, 0 for dense and candle-only weights (not claimed).
+    pub fn same_kernels_below(&self) -> usize {
+        match &self.weights {
+            Weights::Own { q, .. } => prompt_min_inputs(q.dtype()).saturating_sub(1),
+            Weights::Dense(_) | Weights::Candle { .. } => 0,
+        }
+    }
+
     /// The matrix, when a product of `n` inputs on `path` runs on our quantized kernels
     /// ([`QMatrix::matmul`]): [`MatPath::Quantized`], or [`MatPath::Tiled`] below
     /// [`super::tiled::min_inputs`] of the format.

@@ -37,6 +37,33 @@ impl Network {
         }
     }
 
+    /// The longest prompt whose pass runs every layer's matrices on the kernels decoding uses
+    /// ([`super::linear::Linear::same_kernels_below`]): such prompts give the same numbers
+    /// per row whether they run alone on the prompt path or several together as one batch on
+    /// [`MatPath::Quantized`] (the continuous-batching engine's grouped prompts). The output
+    /// head is left out: with [`LogitsMode::Last`] it sees one input per row, not the prompt.
+    pub fn same_kernels_prompt_max(&self) -> usize {
+        let per_layer = |l: &[&super::linear::Linear]| l.iter().map(|m| m.same_kernels_below()).min();
+        let layers: Vec<Option<usize>> = match self {
+            Network::Llama(m) => m
+                .layers
+                .iter()
+                .map(|l| per_layer(&[l.attn.linears().as_slice(), l.mlp.linears().as_slice()].concat()))
+                .collect(),
+            Network::Gemma(m) => m
+                .layers
+                .iter()
+                .map(|l| per_layer(&[l.attn.linears().as_slice(), l.mlp.linears().as_slice()].concat()))
+                .collect(),
+            Network::Gpt2(m) => m
+                .layers
+                .iter()
+                .map(|l| per_layer(&[&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj]))
+                .collect(),
+        };
+        layers.into_iter().flatten().min().unwrap_or(0)
+    }
+
     /// Runs the network on a batch (see [`LlamaModel::forward`]: caches grow by the real
     /// tokens, hooks see `[batch, seq, d]` activations, logits as `mode` asks).
     pub fn forward(
