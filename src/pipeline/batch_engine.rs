@@ -3,18 +3,20 @@
 //! decode steps (the engine behind `act-studio serve`; docs/ARCHITECTURE.md, "Serving").
 //!
 //! Each step the engine
-//! 1. runs up to [`PREFILL_CHUNK`] prompt tokens of waiting jobs, one job at a time in
-//!    arrival order while the batch has room: a job's prompt runs alone (batch 1, steered by
-//!    its own plan) in the chunks of [`crate::runtime::generate::prefill`], so a long prompt
-//!    holds the running rows back by one chunk per step, not by its whole length; when its
-//!    last chunk is done, its `n` samples join as rows with copies of that cache;
+//! 1. runs up to [`PREFILL_CHUNK`] prompt tokens of waiting jobs in arrival order while the
+//!    batch has room: a job's prompt runs alone (batch 1, steered by its own plan) in the
+//!    chunks of [`crate::runtime::generate::prefill`], so a long prompt holds the running rows
+//!    back by one chunk per step, not by its whole length; short prompts that wait together
+//!    run as one padded batch instead ([`prefill_together`]); when a prompt is done, its `n`
+//!    samples join as rows with copies of its cache;
 //! 2. samples one token per row from the row's logits, streams its text through the row's
 //!    stop-sequence matcher, and retires rows that end (end-of-sequence, a stop sequence,
 //!    `max_tokens`, or a listener that has gone);
 //! 3. runs one forward pass over every remaining row (`[rows, 1]` tokens), with
 //!    [`RowSteering`] giving each row its request's plan.
 //!
-//! **Exactness**: a row's numbers never depend on the rows beside it. The prompt runs alone;
+//! **Exactness**: a row's numbers never depend on the rows beside it. The prompt runs alone,
+//! or beside others with the numbers of running alone;
 //! on the quantized path the matrix kernels treat every input row on its own (the four-input
 //! kernels are bit-identical to the one-input ones), attention and norms are per row, and
 //! each row's steering sees only its own tokens. So a request gives the same tokens whether it
@@ -270,7 +272,7 @@ fn run(
                 if group.len() > 1 {
                     // Short prompts that arrived together: one pass for all.
                     budget = budget.saturating_sub(padded_tokens(&group).max(1));
-                    for (p, logits) in prefill_together(m, group) {
+                    for (p, logits) in prefill_together(m, group, abandoned) {
                         rows.extend(rows_of(m, p, logits));
                     }
                     continue;
@@ -332,9 +334,8 @@ fn run(
 /// Takes the next waiting jobs that the running `rows` leave room for (every job when none
 /// run, so a lone large job still runs) and sets up their prompts: one job, or several whose
 /// prompts are at most `short` tokens and, padded to the longest, fit `budget` tokens in all,
-/// to run together
-/// ([`prefill_together`]). A job with a longer prompt, or one that echoes its prompt's
-/// log-probabilities, runs alone, chunk by chunk.
+/// to run together ([`prefill_together`]). A job with a longer prompt, or one that echoes its
+/// prompt's log-probabilities, runs alone, chunk by chunk.
 fn admit(
     m: &LoadedModel,
     rx: &Receiver<CompletionJob>,
@@ -383,12 +384,18 @@ fn padded_tokens(group: &[Prefilling]) -> usize {
 
 /// Runs the whole prompts of several jobs as one batch (right-padded to the longest; each
 /// row with its own cache and steering plan) and returns each job still listened to with its
-/// last token's logits. The rows' numbers are those of each prompt run alone: the prompts are
+/// last token's logits (jobs nobody listens to any more count as `abandoned`). The rows' numbers are those of each prompt run alone: the prompts are
 /// short enough that alone they run on the decoding kernels too
 /// ([`crate::runtime::model::Network::same_kernels_prompt_max`]), which treat every input row
 /// on its own; padding is neither stored nor attended to; attention and steering are per row.
-fn prefill_together(m: &LoadedModel, group: Vec<Prefilling>) -> Vec<(Prefilling, Vec<f32>)> {
-    let mut group: Vec<Prefilling> = group.into_iter().filter(|p| !p.job.sink.is_closed()).collect();
+fn prefill_together(
+    m: &LoadedModel,
+    group: Vec<Prefilling>,
+    abandoned: &AtomicUsize,
+) -> Vec<(Prefilling, Vec<f32>)> {
+    let (gone, mut group): (Vec<Prefilling>, Vec<Prefilling>) =
+        group.into_iter().partition(|p| p.job.sink.is_closed());
+    abandoned.fetch_add(gone.iter().map(|p| p.job.n).sum(), Ordering::Relaxed);
     if group.is_empty() {
         return Vec::new();
     }
