@@ -43,25 +43,27 @@ impl Network {
     /// [`MatPath::Quantized`] (the continuous-batching engine's grouped prompts). The output
     /// head is left out: with [`LogitsMode::Last`] it sees one input per row, not the prompt.
     pub fn same_kernels_prompt_max(&self) -> usize {
-        let per_layer = |l: &[&super::linear::Linear]| l.iter().map(|m| m.same_kernels_below()).min();
-        let layers: Vec<Option<usize>> = match self {
-            Network::Llama(m) => m
-                .layers
-                .iter()
-                .map(|l| per_layer(&[l.attn.linears().as_slice(), l.mlp.linears().as_slice()].concat()))
-                .collect(),
-            Network::Gemma(m) => m
-                .layers
-                .iter()
-                .map(|l| per_layer(&[l.attn.linears().as_slice(), l.mlp.linears().as_slice()].concat()))
-                .collect(),
+        use super::block_weights::{AttnWeights, MlpWeights};
+        use super::linear::Linear;
+        let gated = |a: &'_ AttnWeights, m: &'_ MlpWeights| -> usize {
+            a.linears()
+                .into_iter()
+                .chain(m.linears())
+                .map(Linear::same_kernels_below)
+                .min()
+                .unwrap_or(0)
+        };
+        let per_layer: Vec<usize> = match self {
+            Network::Llama(m) => m.layers.iter().map(|l| gated(&l.attn, &l.mlp)).collect(),
+            Network::Gemma(m) => m.layers.iter().map(|l| gated(&l.attn, &l.mlp)).collect(),
             Network::Gpt2(m) => m
                 .layers
                 .iter()
-                .map(|l| per_layer(&[&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj]))
+                .flat_map(|l| [&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj])
+                .map(Linear::same_kernels_below)
                 .collect(),
         };
-        layers.into_iter().flatten().min().unwrap_or(0)
+        per_layer.into_iter().min().unwrap_or(0)
     }
 
     /// Runs the network on a batch (see [`LlamaModel::forward`]: caches grow by the real
