@@ -70,6 +70,16 @@ pub(crate) fn check_batch(b: &Batch<'_>, caches: &[KvCache], vocab: usize, n_lay
     Ok(())
 }
 
+/// The position of every token of the batch (`[batch·seq]`, row-major): row `b`'s tokens sit
+/// at its cache length `starts[b]` and on.
+pub(crate) fn token_positions<'a>(
+    starts: &'a [usize],
+    batch: &Batch<'_>,
+) -> impl Iterator<Item = usize> + 'a {
+    let seq = batch.seq.max(1);
+    (0..batch.batch * batch.seq).map(move |r| starts.get(r / seq).copied().unwrap_or(0) + r % seq)
+}
+
 /// Per batch row: the position of the chunk's first token (the cache length) and the prompt
 /// length.
 pub(crate) fn token_windows(starts: &[usize], prompt_lens: &[usize]) -> Vec<TokenWindow> {

@@ -45,7 +45,7 @@ use super::embedding::Embedding;
 use super::error::{Result, RuntimeError};
 use super::forward::{
     AttnOptions, Batch, ForwardOutput, LogitsMode, cached_attention_with, check_batch, logit_rows, run_hook,
-    token_windows,
+    token_positions, token_windows,
 };
 use super::hooks::{HookKind, Hooks};
 use super::kv_cache::KvCache;
@@ -114,9 +114,11 @@ impl GemmaModel {
         let n = batch.batch * batch.seq;
         let starts: Vec<usize> = caches.iter().map(KvCache::len).collect();
         let windows = token_windows(&starts, batch.prompt_lens);
-        let global_rope =
-            Rope::new(hd, cfg.rope_theta, cfg.rope_interleaved).linear_scaled(g.global_rope_scale);
-        let local_rope = Rope::new(hd, g.local_rope_theta, cfg.rope_interleaved);
+        let global_rope = Rope::new(hd, cfg.rope_theta, cfg.rope_interleaved)
+            .linear_scaled(g.global_rope_scale)
+            .table(token_positions(&starts, batch));
+        let local_rope =
+            Rope::new(hd, g.local_rope_theta, cfg.rope_interleaved).table(token_positions(&starts, batch));
         let attn_opts = |sliding: bool| AttnOptions {
             scale: 1.0 / f64::from(g.query_pre_attn_scalar).sqrt(),
             softcap: g.attn_softcap.map(f64::from),
@@ -155,9 +157,8 @@ impl GemmaModel {
                 .zip(k.chunks_exact_mut(nkv * hd))
                 .enumerate()
             {
-                let pos = starts[r / batch.seq] + r % batch.seq;
-                rope.apply(qr, pos, hd);
-                rope.apply(kr, pos, hd);
+                rope.apply(r, qr, hd);
+                rope.apply(r, kr, hd);
             }
             let attn = cached_attention_with(
                 l,

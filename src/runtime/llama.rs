@@ -17,7 +17,8 @@ use super::config::ModelConfig;
 use super::embedding::Embedding;
 use super::error::Result;
 use super::forward::{
-    Batch, ForwardOutput, LogitsMode, cached_attention, check_batch, logit_rows, run_hook, token_windows,
+    Batch, ForwardOutput, LogitsMode, cached_attention, check_batch, logit_rows, run_hook, token_positions,
+    token_windows,
 };
 use super::hooks::{HookKind, Hooks};
 use super::kv_cache::KvCache;
@@ -75,7 +76,7 @@ impl LlamaModel {
         let n = batch.batch * batch.seq;
         let starts: Vec<usize> = caches.iter().map(KvCache::len).collect();
         let windows = token_windows(&starts, batch.prompt_lens);
-        let rope = Rope::new(hd, cfg.rope_theta, cfg.rope_interleaved);
+        let rope = Rope::new(hd, cfg.rope_theta, cfg.rope_interleaved).table(token_positions(&starts, batch));
 
         let mut x = Vec::with_capacity(n * d);
         self.embed.lookup(batch.tokens, &mut x)?;
@@ -98,9 +99,8 @@ impl LlamaModel {
                 .zip(k.chunks_exact_mut(nkv * hd))
                 .enumerate()
             {
-                let pos = starts[r / batch.seq] + r % batch.seq;
-                rope.apply(qr, pos, hd);
-                rope.apply(kr, pos, hd);
+                rope.apply(r, qr, hd);
+                rope.apply(r, kr, hd);
             }
             let attn = cached_attention(l, &q, &k, &v, batch, caches, &starts, (nh, nkv, hd))?;
             let mut a = layer.attn.wo.forward(&attn, n, path)?;

@@ -47,8 +47,9 @@ const MIN_ROWS_PER_TASK: usize = 16;
 
 /// Weight rows per tile of the batched product ([`QMatrix::matmul`]).
 const ROW_TILE: usize = 16;
-/// Inputs from which Q4_0 / Q5_0 / Q8_0 products run in 2×4 register tiles (the rows' Q8_0
-/// rewrite is then paid for by enough inputs).
+/// Inputs from which Q4_0 / Q5_0 products run in 2×4 register tiles (the rows' Q8_0 rewrite
+/// is then paid for by enough inputs). Q8_0 rows need no rewrite and take the tiles from
+/// [`Q8_0_TILE_MIN_INPUTS`].
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -56,6 +57,16 @@ const ROW_TILE: usize = 16;
     target_feature = "f16c"
 ))]
 const TILE_MIN_INPUTS: usize = 16;
+/// Inputs from which Q8_0 products run in the 2×4 tiles: at 8 inputs (a server's decode step;
+/// the demo model's tied output matrix is Q8_0) 61 against 54 GMAC/s through the four-input
+/// kernels (`ACT_BENCH_ONLY=fewrows`, 8192 × 576, Intel Xeon, 2 threads).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+const Q8_0_TILE_MIN_INPUTS: usize = 4;
 /// Activation values below which quantizing them is left to the caller alone.
 const PAR_MIN_QUANT_VALUES: usize = 16 * 1024;
 
@@ -907,6 +918,24 @@ const fn eight_input_kernel() -> bool {
     ))
 }
 
+/// Whether the batched kernels may use AVX-VNNI (`vpdpbusd` on 256-bit registers): the CPU
+/// has it (checked once, at run time: the build itself only assumes AVX2, FMA and F16C) and
+/// `ACT_VNNI` is not `0`. Their outputs are the same bits either way; `ACT_VNNI=0` is for
+/// comparing speeds.
+pub fn vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        let wanted = std::env::var("ACT_VNNI").map_or(true, |v| v.trim() != "0");
+        #[cfg(target_arch = "x86_64")]
+        return wanted && std::arch::is_x86_feature_detected!("avxvnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = wanted;
+            false
+        }
+    })
+}
+
 /// [`super::quant_dot8::avx2::unpack_q4_1`]; never called without AVX2 (see
 /// [`eight_input_kernel`]), where it leaves `out` empty.
 #[inline]
@@ -943,8 +972,15 @@ fn dot8_q4_1(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32]) -> [f32; 8] {
         target_feature = "fma",
         target_feature = "f16c"
     ))]
-    // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
-    return unsafe { super::quant_dot8::avx2::dot8_q4_1(row, wq, yq, hdr) };
+    {
+        if vnni() {
+            // SAFETY: AVX2, FMA and F16C are enabled for the whole build; `vnni` checked
+            // AVX-VNNI on this CPU.
+            return unsafe { super::quant_dot8::avx2::dot8_q4_1_vnni(row, wq, yq, hdr) };
+        }
+        // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
+        return unsafe { super::quant_dot8::avx2::dot8_q4_1(row, wq, yq, hdr) };
+    }
     #[allow(unreachable_code)]
     {
         let _ = (row, wq, yq, hdr);
@@ -1457,6 +1493,21 @@ impl QMatrix {
         }
     }
 
+    /// Inputs from which this matrix's batched product takes the 2×4 register tiles.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    fn tile_min_inputs(&self) -> usize {
+        if self.dtype == QDType::Q8_0 {
+            Q8_0_TILE_MIN_INPUTS
+        } else {
+            TILE_MIN_INPUTS
+        }
+    }
+
     /// Rows per pool piece: a multiple of 4 (the 4-row kernels), ≥ 8 pieces per thread so a
     /// slow thread holds back little.
     fn rows_per_piece(&self, threads: usize) -> usize {
@@ -1536,7 +1587,7 @@ impl QMatrix {
         ))]
         if simd
             && group
-            && n >= TILE_MIN_INPUTS
+            && n >= self.tile_min_inputs()
             && let Act::Q8_0(y) = act
             && d8.len() == y.len()
         {
@@ -1655,6 +1706,7 @@ impl QMatrix {
         }
         let nb = self.cols / QK;
         let q8_bytes = nb * 34;
+        let vnni = vnni();
         let rows = self.rows;
         let input = |i: usize| {
             (
@@ -1683,8 +1735,14 @@ impl QMatrix {
                     let mut pairs = tile.chunks_exact(2);
                     let mut r = k0;
                     for pair in &mut pairs {
-                        // SAFETY: compiled only when AVX2, FMA and F16C are enabled.
-                        let d = unsafe { d4::dot2x4_q8_0([pair[0], pair[1]], ys, ds) };
+                        let d = if vnni {
+                            // SAFETY: AVX2, FMA and F16C are enabled for the build; `vnni`
+                            // checked AVX-VNNI on this CPU.
+                            unsafe { d4::dot2x4_q8_0_vnni([pair[0], pair[1]], ys, ds) }
+                        } else {
+                            // SAFETY: compiled only when AVX2, FMA and F16C are enabled.
+                            unsafe { d4::dot2x4_q8_0([pair[0], pair[1]], ys, ds) }
+                        };
                         for (dr, vals) in d.into_iter().enumerate() {
                             for (j, v) in vals.into_iter().enumerate() {
                                 // SAFETY: row r + dr lies in this piece's rows.
@@ -2228,6 +2286,98 @@ mod tests {
             }
             // All-15 rows against all-(+1) inputs: 256 · 15 · d_y · 127 ≈ 256 · 15 − 2 · 256.
             assert!((ys[0] - (256.0 * 15.0 - 2.0 * 256.0)).abs() < 1.0, "{}", ys[0]);
+        }
+    }
+
+    /// The AVX-VNNI forms of the batched kernels against their AVX2 forms, called directly
+    /// (the products pick one form per process), bit for bit: the eight-input Q4_1 kernel on
+    /// random rows and on all-15 rows against ±127 inputs, and the 2×4 Q8_0 tile on random
+    /// rows and on rows of −128 and 127 (the extremes of a `maddubs` pair) against ±127
+    /// inputs. Skipped, with a note, on CPUs without AVX-VNNI.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[test]
+    fn vnni_kernels_equal_the_avx2_kernels_bit_for_bit() {
+        use super::super::quant_dot4::avx2 as d4;
+        use super::super::quant_dot8::{self as d8, avx2 as k8};
+        if !std::arch::is_x86_feature_detected!("avxvnni") {
+            eprintln!("SKIP: this CPU has no AVX-VNNI");
+            return;
+        }
+        let mut rng = Rng(0x0D07_0011);
+        let cols = 256;
+        let nb = cols / QK;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // Inputs: ±1 everywhere (quants ±127) in some, random in the others.
+        let inputs: Vec<Vec<f32>> = (0..8)
+            .map(|j| match j % 3 {
+                0 => vec![1.0; cols],
+                1 => vec![-1.0; cols],
+                _ => rng.vec(cols, 2.0),
+            })
+            .collect();
+
+        let (_, q41) = random_matrix(QDType::Q4_1, 3, cols, &mut rng);
+        let mut rows41: Vec<Vec<u8>> = (0..3).map(|r| q41.row(r).to_vec()).collect();
+        let mut extreme = rows41[0].clone();
+        for b in extreme.chunks_exact_mut(20) {
+            b[..4].copy_from_slice(&[0x00, 0x3C, 0x00, 0xC0]);
+            b[4..].fill(0xFF);
+        }
+        rows41.push(extreme);
+        let q81: Vec<BlockQ8_1> = inputs
+            .iter()
+            .flat_map(|x| x.chunks_exact(QK).map(q8_1_block))
+            .collect();
+        let (mut yq, mut hdr, mut wq) = (Vec::new(), Vec::new(), Vec::new());
+        d8::interleave8(&q81, 8, &mut yq);
+        d8::q8_1_headers8(&q81, 8, &mut hdr);
+        for (r, row) in rows41.iter().enumerate() {
+            // SAFETY: AVX2, FMA and F16C are enabled for this build; AVX-VNNI was checked.
+            let (a, b) = unsafe {
+                k8::unpack_q4_1(row, &mut wq);
+                (
+                    k8::dot8_q4_1(row, &wq, &yq, &hdr),
+                    k8::dot8_q4_1_vnni(row, &wq, &yq, &hdr),
+                )
+            };
+            assert_eq!(bits(&a), bits(&b), "Q4_1 row {r}: {a:?} vs {b:?}");
+        }
+
+        let (_, q80) = random_matrix(QDType::Q8_0, 2, cols, &mut rng);
+        let mut rows80: Vec<Vec<u8>> = (0..2).map(|r| q80.row(r).to_vec()).collect();
+        for fill in [0x80u8, 0x7F] {
+            let mut row = rows80[0].clone();
+            for b in row.chunks_exact_mut(34) {
+                b[..2].copy_from_slice(&[0x00, 0x3C]);
+                b[2..].fill(fill);
+            }
+            rows80.push(row);
+        }
+        let y80: Vec<Vec<BlockQ8_0>> = inputs[..4]
+            .iter()
+            .map(|x| x.chunks_exact(QK).map(q8_0_block).collect())
+            .collect();
+        let yd: Vec<Vec<f32>> = y80
+            .iter()
+            .map(|y| y.iter().map(|b| b.d.to_f32()).collect())
+            .collect();
+        let ys: [&[BlockQ8_0]; 4] = std::array::from_fn(|j| y80[j].as_slice());
+        let ds: [&[f32]; 4] = std::array::from_fn(|j| yd[j].as_slice());
+        assert!(y80.iter().all(|y| y.len() == nb));
+        for pair in rows80.chunks_exact(2) {
+            let rows = [pair[0].as_slice(), pair[1].as_slice()];
+            // SAFETY: as above.
+            let (a, b) = unsafe { (d4::dot2x4_q8_0(rows, ys, ds), d4::dot2x4_q8_0_vnni(rows, ys, ds)) };
+            assert_eq!(
+                a.map(|v| v.map(f32::to_bits)),
+                b.map(|v| v.map(f32::to_bits)),
+                "Q8_0 tile: {a:?} vs {b:?}"
+            );
         }
     }
 

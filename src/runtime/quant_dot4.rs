@@ -400,6 +400,47 @@ pub(super) mod avx2 {
         })
     }
 
+    /// The body of [`dot2x4_q8_0`] and [`dot2x4_q8_0_vnni`], which differ only in how a
+    /// pair's unsigned weights `ax` (|x|) and signed inputs `sy` (y with x's signs) become
+    /// eight lane sums of four products (`$lanes`).
+    macro_rules! dot2x4_q8_0_body {
+        ($rows:ident, $y:ident, $yd:ident, |$ax:ident, $sy:ident| $lanes:expr) => {{
+            let nb = $yd.iter().fold(
+                $rows
+                    .iter()
+                    .fold(blocks($rows[0], 34, &$y), |nb, r| nb.min(r.len() / 34)),
+                |nb, d| nb.min(d.len()),
+            );
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            for i in 0..nb {
+                // SAFETY: i < nb <= r.len() / 34 for both rows: block i (f16 scale, 32 quants)
+                // is in bounds; unaligned loads.
+                let (dx, bx) = unsafe {
+                    let p = [$rows[0].as_ptr().add(i * 34), $rows[1].as_ptr().add(i * 34)];
+                    (
+                        [f16_splat(p[0]), f16_splat(p[1])],
+                        [
+                            _mm256_loadu_si256(p[0].add(2).cast()),
+                            _mm256_loadu_si256(p[1].add(2).cast()),
+                        ],
+                    )
+                };
+                let ax = [_mm256_sign_epi8(bx[0], bx[0]), _mm256_sign_epi8(bx[1], bx[1])];
+                for j in 0..4 {
+                    let dy = _mm256_set1_ps($yd[j][i]);
+                    // SAFETY: 32 quant bytes; unaligned load.
+                    let by = unsafe { _mm256_loadu_si256($y[j][i].qs.as_ptr().cast()) };
+                    for r in 0..2 {
+                        let ($ax, $sy) = (ax[r], _mm256_sign_epi8(by, bx[r]));
+                        let q = _mm256_cvtepi32_ps($lanes);
+                        acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), q, acc[r][j]);
+                    }
+                }
+            }
+            acc.map(|a| a.map(|a| hsum_ps(a)))
+        }};
+    }
+
     /// Two Q8_0-layout weight rows × four Q8_0 inputs (a 2×4 register tile of prompt-sized
     /// products): `out[r][j]` equals `dot_q8_0(rows[r], y[j])` bit for bit, the per-block
     /// float steps of every pair in the one-input kernel's order. Each weight block and each
@@ -412,39 +453,25 @@ pub(super) mod avx2 {
         y: [&[BlockQ8_0]; 4],
         yd: [&[f32]; 4],
     ) -> [[f32; 4]; 2] {
-        let nb = yd.iter().fold(
-            rows.iter()
-                .fold(blocks(rows[0], 34, &y), |nb, r| nb.min(r.len() / 34)),
-            |nb, d| nb.min(d.len()),
-        );
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-        for i in 0..nb {
-            // SAFETY: i < nb <= r.len() / 34 for both rows: block i (f16 scale, 32 quants) is
-            // in bounds; unaligned loads.
-            let (dx, bx) = unsafe {
-                let p = [rows[0].as_ptr().add(i * 34), rows[1].as_ptr().add(i * 34)];
-                (
-                    [f16_splat(p[0]), f16_splat(p[1])],
-                    [
-                        _mm256_loadu_si256(p[0].add(2).cast()),
-                        _mm256_loadu_si256(p[1].add(2).cast()),
-                    ],
-                )
-            };
-            let ax = [_mm256_sign_epi8(bx[0], bx[0]), _mm256_sign_epi8(bx[1], bx[1])];
-            for j in 0..4 {
-                let dy = _mm256_set1_ps(yd[j][i]);
-                // SAFETY: 32 quant bytes; unaligned load.
-                let by = unsafe { _mm256_loadu_si256(y[j][i].qs.as_ptr().cast()) };
-                for r in 0..2 {
-                    let dot = _mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(by, bx[r]));
-                    let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-                    acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), q, acc[r][j]);
-                }
-            }
-        }
-        acc.map(|a| a.map(|a| hsum_ps(a)))
+        dot2x4_q8_0_body!(rows, y, yd, |ax, sy| _mm256_madd_epi16(
+            ones,
+            _mm256_maddubs_epi16(ax, sy)
+        ))
+    }
+
+    /// [`dot2x4_q8_0`] on CPUs with AVX-VNNI: each pair's four-product lane sums come from one
+    /// `vpdpbusd` where [`dot2x4_q8_0`] needs a `maddubs` and a `madd`. The lane sums are the
+    /// same integers (no `maddubs` pair can saturate: |x| ≤ 128 and the inputs' quants lie in
+    /// −127..=127, so a pair is at most 32,512), hence the same bits.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub(in crate::runtime) fn dot2x4_q8_0_vnni(
+        rows: [&[u8]; 2],
+        y: [&[BlockQ8_0]; 4],
+        yd: [&[f32]; 4],
+    ) -> [[f32; 4]; 2] {
+        let zero = _mm256_setzero_si256();
+        dot2x4_q8_0_body!(rows, y, yd, |ax, sy| _mm256_dpbusd_avx_epi32(zero, ax, sy))
     }
 
     /// Rewrites a Q4_0 (`block_bytes` 18) or Q5_0 (22) row as Q8_0 blocks (34 bytes each:
