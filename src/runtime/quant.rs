@@ -1703,10 +1703,17 @@ impl QMatrix {
         thread_local! {
             /// Q8_0 rewrites of the current tile's rows (one per pool thread).
             static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            /// The inputs' starting lane sums for the AVX-VNNI tiles (one per pool thread).
+            static OFFSETS: std::cell::RefCell<Vec<[i32; 8]>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let nb = self.cols / QK;
         let q8_bytes = nb * 34;
         let vnni = vnni();
+        let mut offsets = OFFSETS.take();
+        offsets.clear();
+        if vnni {
+            d4::q8_0_offsets(y, &mut offsets);
+        }
         let rows = self.rows;
         let input = |i: usize| {
             (
@@ -1732,13 +1739,15 @@ impl QMatrix {
                 while i + 4 <= n {
                     let ins: [(&[BlockQ8_0], &[f32]); 4] = std::array::from_fn(|j| input(i + j));
                     let (ys, ds) = (ins.map(|t| t.0), ins.map(|t| t.1));
+                    let os: [&[[i32; 8]]; 4] =
+                        std::array::from_fn(|j| offsets.get((i + j) * nb..(i + j + 1) * nb).unwrap_or(&[]));
                     let mut pairs = tile.chunks_exact(2);
                     let mut r = k0;
                     for pair in &mut pairs {
                         let d = if vnni {
                             // SAFETY: AVX2, FMA and F16C are enabled for the build; `vnni`
                             // checked AVX-VNNI on this CPU.
-                            unsafe { d4::dot2x4_q8_0_vnni([pair[0], pair[1]], ys, ds) }
+                            unsafe { d4::dot2x4_q8_0_vnni([pair[0], pair[1]], ys, ds, os) }
                         } else {
                             // SAFETY: compiled only when AVX2, FMA and F16C are enabled.
                             unsafe { d4::dot2x4_q8_0([pair[0], pair[1]], ys, ds) }
@@ -1771,6 +1780,7 @@ impl QMatrix {
                 k0 = k1;
             }
         });
+        OFFSETS.set(offsets);
     }
 }
 
@@ -2369,10 +2379,24 @@ mod tests {
         let ys: [&[BlockQ8_0]; 4] = std::array::from_fn(|j| y80[j].as_slice());
         let ds: [&[f32]; 4] = std::array::from_fn(|j| yd[j].as_slice());
         assert!(y80.iter().all(|y| y.len() == nb));
+        let offsets: Vec<Vec<[i32; 8]>> = y80
+            .iter()
+            .map(|y| {
+                let mut o = Vec::new();
+                d4::q8_0_offsets(y, &mut o);
+                o
+            })
+            .collect();
+        let os: [&[[i32; 8]]; 4] = std::array::from_fn(|j| offsets[j].as_slice());
         for pair in rows80.chunks_exact(2) {
             let rows = [pair[0].as_slice(), pair[1].as_slice()];
             // SAFETY: as above.
-            let (a, b) = unsafe { (d4::dot2x4_q8_0(rows, ys, ds), d4::dot2x4_q8_0_vnni(rows, ys, ds)) };
+            let (a, b) = unsafe {
+                (
+                    d4::dot2x4_q8_0(rows, ys, ds),
+                    d4::dot2x4_q8_0_vnni(rows, ys, ds, os),
+                )
+            };
             assert_eq!(
                 a.map(|v| v.map(f32::to_bits)),
                 b.map(|v| v.map(f32::to_bits)),

@@ -400,11 +400,16 @@ pub(super) mod avx2 {
         })
     }
 
-    /// The body of [`dot2x4_q8_0`] and [`dot2x4_q8_0_vnni`], which differ only in how a
-    /// pair's unsigned weights `ax` (|x|) and signed inputs `sy` (y with x's signs) become
-    /// eight lane sums of four products (`$lanes`).
+    /// The body of [`dot2x4_q8_0`] and [`dot2x4_q8_0_vnni`], which differ only in what a
+    /// row block's quants `bx` become once for the four inputs (`$prep`, giving `a`) and how a
+    /// pair then gets its eight lane sums of four products (`$lanes`, from `a`, the input's
+    /// quants `by`, `bx`, the input `j` and the block `i`).
     macro_rules! dot2x4_q8_0_body {
-        ($rows:ident, $y:ident, $yd:ident, |$ax:ident, $sy:ident| $lanes:expr) => {{
+        (
+            $rows:ident, $y:ident, $yd:ident,
+            |$bx:ident| $prep:expr,
+            |$a:ident, $by:ident, $bxr:ident, $j:ident, $i:ident| $lanes:expr
+        ) => {{
             let nb = $yd.iter().fold(
                 $rows
                     .iter()
@@ -412,11 +417,11 @@ pub(super) mod avx2 {
                 |nb, d| nb.min(d.len()),
             );
             let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-            for i in 0..nb {
+            for $i in 0..nb {
                 // SAFETY: i < nb <= r.len() / 34 for both rows: block i (f16 scale, 32 quants)
                 // is in bounds; unaligned loads.
                 let (dx, bx) = unsafe {
-                    let p = [$rows[0].as_ptr().add(i * 34), $rows[1].as_ptr().add(i * 34)];
+                    let p = [$rows[0].as_ptr().add($i * 34), $rows[1].as_ptr().add($i * 34)];
                     (
                         [f16_splat(p[0]), f16_splat(p[1])],
                         [
@@ -425,15 +430,15 @@ pub(super) mod avx2 {
                         ],
                     )
                 };
-                let ax = [_mm256_sign_epi8(bx[0], bx[0]), _mm256_sign_epi8(bx[1], bx[1])];
-                for j in 0..4 {
-                    let dy = _mm256_set1_ps($yd[j][i]);
+                let a = bx.map(|$bx| $prep);
+                for $j in 0..4 {
+                    let dy = _mm256_set1_ps($yd[$j][$i]);
                     // SAFETY: 32 quant bytes; unaligned load.
-                    let by = unsafe { _mm256_loadu_si256($y[j][i].qs.as_ptr().cast()) };
+                    let $by = unsafe { _mm256_loadu_si256($y[$j][$i].qs.as_ptr().cast()) };
                     for r in 0..2 {
-                        let ($ax, $sy) = (ax[r], _mm256_sign_epi8(by, bx[r]));
+                        let ($a, $bxr) = (a[r], bx[r]);
                         let q = _mm256_cvtepi32_ps($lanes);
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), q, acc[r][j]);
+                        acc[r][$j] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), q, acc[r][$j]);
                     }
                 }
             }
@@ -454,24 +459,54 @@ pub(super) mod avx2 {
         yd: [&[f32]; 4],
     ) -> [[f32; 4]; 2] {
         let ones = _mm256_set1_epi16(1);
-        dot2x4_q8_0_body!(rows, y, yd, |ax, sy| _mm256_madd_epi16(
-            ones,
-            _mm256_maddubs_epi16(ax, sy)
-        ))
+        // |x| against y with x's signs: `maddubs` multiplies unsigned by signed bytes.
+        dot2x4_q8_0_body!(
+            rows,
+            y,
+            yd,
+            |bx| _mm256_sign_epi8(bx, bx),
+            |ax, by, bx, _j, _i| {
+                _mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, _mm256_sign_epi8(by, bx)))
+            }
+        )
     }
 
-    /// [`dot2x4_q8_0`] on CPUs with AVX-VNNI: each pair's four-product lane sums come from one
-    /// `vpdpbusd` where [`dot2x4_q8_0`] needs a `maddubs` and a `madd`. The lane sums are the
-    /// same integers (no `maddubs` pair can saturate: |x| ≤ 128 and the inputs' quants lie in
-    /// −127..=127, so a pair is at most 32,512), hence the same bits.
+    /// [`dot2x4_q8_0`] on CPUs with AVX-VNNI: each row block's quants are offset once to
+    /// unsigned bytes `x + 128`, and each pair's eight lane sums come from one `vpdpbusd` of
+    /// them with the input's quants, started from `offsets[j][i]`, the lane sums of
+    /// `−128 · y` ([`q8_0_offsets`]): `Σ (x + 128)·y − 128·Σ y = Σ x·y`, the same integers as
+    /// the `maddubs` + `madd` of [`dot2x4_q8_0`] (whose pairs cannot saturate: |x| ≤ 128 and
+    /// the inputs' quants lie in −127..=127, so a pair is at most 32,512), hence the same bits,
+    /// with one instruction per pair where that takes a sign, a `maddubs` and a `madd`.
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     pub(in crate::runtime) fn dot2x4_q8_0_vnni(
         rows: [&[u8]; 2],
         y: [&[BlockQ8_0]; 4],
         yd: [&[f32]; 4],
+        offsets: [&[[i32; 8]]; 4],
     ) -> [[f32; 4]; 2] {
-        let zero = _mm256_setzero_si256();
-        dot2x4_q8_0_body!(rows, y, yd, |ax, sy| _mm256_dpbusd_avx_epi32(zero, ax, sy))
+        let nb = offsets.iter().fold(usize::MAX, |nb, o| nb.min(o.len()));
+        let yd = yd.map(|d| &d[..d.len().min(nb)]);
+        let flip = _mm256_set1_epi8(i8::MIN);
+        dot2x4_q8_0_body!(
+            rows,
+            y,
+            yd,
+            |bx| _mm256_xor_si256(bx, flip),
+            |ux, by, _bx, j, i| {
+                // SAFETY: i < nb <= offsets[j].len(): 8 i32, unaligned load.
+                let start = unsafe { _mm256_loadu_si256(offsets[j][i].as_ptr().cast()) };
+                _mm256_dpbusd_avx_epi32(start, ux, by)
+            }
+        )
+    }
+
+    /// The starting lane sums of [`dot2x4_q8_0_vnni`] for the blocks of `y`: per block, lane
+    /// `l` holds `−128 · (y[4l] + … + y[4l+3])`; appended to `out`.
+    pub(in crate::runtime) fn q8_0_offsets(y: &[BlockQ8_0], out: &mut Vec<[i32; 8]>) {
+        out.extend(y.iter().map(|b| {
+            std::array::from_fn(|l| -128 * b.qs[4 * l..4 * l + 4].iter().map(|&q| i32::from(q)).sum::<i32>())
+        }));
     }
 
     /// Rewrites a Q4_0 (`block_bytes` 18) or Q5_0 (22) row as Q8_0 blocks (34 bytes each:
