@@ -19,7 +19,9 @@
 //! - the products of a batched decode step (1 … 16 inputs: a server's rows) against one
 //!   matrix × vector per input (`ACT_BENCH_ONLY=fewrows`);
 //! - whole batched decode steps of the demo model (1 … 16 rows, a server's batch after a
-//!   ≈30-token prompt): ms per step and tokens/s, against one row (`ACT_BENCH_ONLY=steps`);
+//!   ≈30-token prompt): ms per step and tokens/s, against one row (`ACT_BENCH_ONLY=steps`;
+//!   `ACT_BENCH_STEER=1` steers every row at 30 layers × 2 hook points, `ACT_BENCH_ROWS=N`
+//!   times only one row and N rows);
 //! - the sampler on SmolLM2's 49,152-token vocabulary against a full sort of every token
 //!   (`ACT_BENCH_ONLY=sampler`).
 //!
@@ -725,6 +727,8 @@ fn decode_steps(reps: usize) {
         .logits;
     let steps = 32;
     let mut single = 0.0;
+    // `ACT_BENCH_STEER=1`: every row steered at 30 layers × 2 hook points (as `steering`).
+    let mut steer = std::env::var_os("ACT_BENCH_STEER").map(|_| steering(&m));
     let only: Option<usize> = std::env::var("ACT_BENCH_ROWS").ok().and_then(|v| v.parse().ok());
     for rows in [1usize, 2, 4, 6, 8, 16] {
         if only.is_some_and(|o| o != rows && rows != 1) {
@@ -744,16 +748,12 @@ fn decode_steps(reps: usize) {
                     prompt_lens: &lens,
                 };
                 let t = Instant::now();
+                let hooks: &mut dyn Hooks = match steer.as_mut() {
+                    Some(s) => s,
+                    None => &mut NoHooks,
+                };
                 let out = decode_pool()
-                    .install(|| {
-                        m.model.forward(
-                            &b,
-                            &mut caches,
-                            &mut NoHooks,
-                            MatPath::Quantized,
-                            LogitsMode::Last,
-                        )
-                    })
+                    .install(|| m.model.forward(&b, &mut caches, hooks, MatPath::Quantized, LogitsMode::Last))
                     .unwrap_or_else(|e| panic!("{e}"));
                 times.push(t.elapsed().as_secs_f64());
                 let vocab = out.logits.len() / rows;
