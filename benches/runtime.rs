@@ -753,7 +753,10 @@ fn decode_steps(reps: usize) {
                     None => &mut NoHooks,
                 };
                 let out = decode_pool()
-                    .install(|| m.model.forward(&b, &mut caches, hooks, MatPath::Quantized, LogitsMode::Last))
+                    .install(|| {
+                        m.model
+                            .forward(&b, &mut caches, hooks, MatPath::Quantized, LogitsMode::Last)
+                    })
                     .unwrap_or_else(|e| panic!("{e}"));
                 times.push(t.elapsed().as_secs_f64());
                 let vocab = out.logits.len() / rows;
@@ -837,6 +840,8 @@ fn sampler_speed(reps: usize) {
             top_k,
             top_p,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 1,
         });
         let (mut new, mut old) = (Vec::new(), Vec::new());

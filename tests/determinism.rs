@@ -191,6 +191,8 @@ fn a_batched_row_equals_its_seed_drawn_alone_under_steering() {
             top_k: 50,
             top_p: 0.95,
             repetition_penalty: 1.1,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 11,
         },
         path: MatPath::Quantized,

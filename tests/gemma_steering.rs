@@ -79,6 +79,8 @@ fn post_ln_fit_raises_football_presence_significantly() {
                 top_k: 50,
                 top_p: 0.95,
                 repetition_penalty: 1.0,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 seed: 0,
             },
             path: MatPath::Quantized,

@@ -39,6 +39,8 @@ fn batched_samples_equal_samples_drawn_one_by_one() {
             top_k: 50,
             top_p: 0.95,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 5,
         },
         path: MatPath::Quantized,

@@ -45,6 +45,8 @@ fn sampling(seed: u64, max_tokens: usize) -> GenerateOptions {
             top_k: 50,
             top_p: 0.95,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed,
         },
         path: MatPath::Quantized,

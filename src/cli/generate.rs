@@ -81,6 +81,8 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
                 top_k: a.top_k,
                 top_p: a.top_p,
                 repetition_penalty: a.repetition_penalty,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 seed: a.seed,
             },
             path: if a.dense {

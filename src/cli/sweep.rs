@@ -129,6 +129,8 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
                 top_k: a.top_k,
                 top_p: a.top_p,
                 repetition_penalty: 1.0,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 seed: a.seed,
             },
             path: if a.dense {

@@ -126,6 +126,8 @@ pub fn concept_from_description(
                 top_k: 0,
                 top_p: 0.95,
                 repetition_penalty: 1.0,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 seed: opts.seed.wrapping_add(1000 * round as u64),
             },
             path: MatPath::Quantized,

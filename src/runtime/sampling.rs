@@ -1,4 +1,5 @@
-//! Next-token selection: greedy, temperature, top-k, top-p and repetition penalty, seeded.
+//! Next-token selection: greedy, temperature, top-k, top-p, the repetition penalty and
+//! OpenAI's frequency and presence penalties, seeded.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,6 +16,12 @@ pub struct SamplingConfig {
     /// Divide positive / multiply negative logits of already-seen tokens (1 = off), as in
     /// Keskar et al. (2019) and Hugging Face.
     pub repetition_penalty: f32,
+    /// Subtracted from a token's logit once per time this sampler has already picked it
+    /// (OpenAI's `frequency_penalty`, −2 … 2; 0 = off).
+    pub frequency_penalty: f32,
+    /// Subtracted from the logit of every token this sampler has already picked (OpenAI's
+    /// `presence_penalty`, −2 … 2; 0 = off).
+    pub presence_penalty: f32,
     /// RNG seed.
     pub seed: u64,
 }
@@ -26,6 +33,8 @@ impl Default for SamplingConfig {
             top_k: 50,
             top_p: 0.9,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 42,
         }
     }
@@ -38,6 +47,22 @@ pub const MIN_TEMPERATURE: f32 = 1e-3;
 pub const MAX_TEMPERATURE: f32 = 1e3;
 /// The range of the repetition penalty (1 = off).
 pub const REPETITION_PENALTY_RANGE: std::ops::RangeInclusive<f32> = 0.01..=100.0;
+
+/// The range of the frequency and presence penalties (0 = off), as OpenAI's API.
+pub const OPENAI_PENALTY_RANGE: std::ops::RangeInclusive<f32> = -2.0..=2.0;
+
+/// `v` if it lies in [`OPENAI_PENALTY_RANGE`]; `name` says which penalty in the message.
+pub fn check_openai_penalty(name: &str, v: f32) -> Result<f32, String> {
+    if OPENAI_PENALTY_RANGE.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{name} {v:?} is outside {} … {} (0 = off)",
+            OPENAI_PENALTY_RANGE.start(),
+            OPENAI_PENALTY_RANGE.end()
+        ))
+    }
+}
 
 /// `t` if it is 0 (greedy) or in [`MIN_TEMPERATURE`, `MAX_TEMPERATURE`].
 pub fn check_temperature(t: f32) -> Result<f32, String> {
@@ -78,6 +103,8 @@ impl SamplingConfig {
         check_temperature(self.temperature)?;
         check_top_p(self.top_p)?;
         check_repetition_penalty(self.repetition_penalty)?;
+        check_openai_penalty("frequency penalty", self.frequency_penalty)?;
+        check_openai_penalty("presence penalty", self.presence_penalty)?;
         Ok(())
     }
 
@@ -88,6 +115,8 @@ impl SamplingConfig {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
         }
     }
@@ -101,6 +130,8 @@ pub struct Sampler {
     /// The softmax weights of `probs`, in their order.
     weights: Vec<f32>,
     keys: Vec<u64>,
+    /// How often each token has been picked, while a frequency or presence penalty is set.
+    picked: std::collections::HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -112,11 +143,33 @@ impl Sampler {
             probs: Vec::new(),
             weights: Vec::new(),
             keys: Vec::new(),
+            picked: std::collections::HashMap::new(),
         }
     }
 
-    /// Picks the next token from `logits` (modified in place by the penalty); `history` are
-    /// the tokens seen so far (prompt and generated).
+    /// Picks the next token as [`Self::pick`] does, after lowering the logits of the tokens
+    /// this sampler picked before by the frequency and presence penalties (OpenAI's rule:
+    /// `l − count·frequency − presence` for a token picked `count > 0` times); `history` are
+    /// the tokens seen so far (prompt and generated), for the repetition penalty.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let (freq, pres) = (self.cfg.frequency_penalty, self.cfg.presence_penalty);
+        let counting = freq != 0.0 || pres != 0.0;
+        if counting {
+            for (&t, &count) in &self.picked {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= count as f32 * freq + pres;
+                }
+            }
+        }
+        let t = self.pick(logits, history);
+        if counting {
+            *self.picked.entry(t).or_insert(0) += 1;
+        }
+        t
+    }
+
+    /// Picks the next token from `logits` (modified in place by the repetition penalty);
+    /// `history` are the tokens seen so far (prompt and generated).
     ///
     /// The candidates are the `top_k` highest logits (all when 0), then the smallest set of
     /// the most likely ones whose softmax mass reaches `top_p` (ties in vocabulary order);
@@ -125,7 +178,7 @@ impl Sampler {
     /// is found in a ranked prefix of 64 tokens, growing eightfold while it falls short
     /// (sorting all 49k tokens of SmolLM2 per sampled token had been a tenth of a busy
     /// server's time).
-    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+    fn pick(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let pen = self.cfg.repetition_penalty;
         if pen != 1.0 && pen > 0.0 {
             let mut seen = history.to_vec();
@@ -395,6 +448,8 @@ mod tests {
                 top_k: [0, 0, 40, 0][case % 4],
                 top_p: [0.5, 0.9, 0.97, 0.999][(case / 3) % 4],
                 repetition_penalty: 1.0,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 seed: case as u64,
             };
             let want = top_p_set(&logits, &cfg);
@@ -429,6 +484,8 @@ mod tests {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 5,
         };
         let w: Vec<f64> = logits.iter().map(|&l| f64::from(l).exp()).collect();
@@ -455,6 +512,8 @@ mod tests {
             top_k: 0,
             top_p: 0.9,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 1,
         };
         let mut s = Sampler::new(cfg);
@@ -478,6 +537,8 @@ mod tests {
         assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[]), 1);
         let mut pen = Sampler::new(SamplingConfig {
             repetition_penalty: 2.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             ..SamplingConfig::greedy()
         });
         assert_eq!(pen.sample(&mut [0.1, 3.0, 2.0], &[1]), 2);
@@ -490,6 +551,8 @@ mod tests {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 7,
         };
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
@@ -502,5 +565,40 @@ mod tests {
         assert_eq!(run(), run());
         let mut k1 = Sampler::new(SamplingConfig { top_k: 1, ..cfg });
         assert_eq!(k1.sample(&mut logits.clone(), &[]), argmax(&logits));
+    }
+
+    /// OpenAI's penalties lower a picked token's logit by `count · frequency + presence`:
+    /// greedy over logits where token 0 leads by 1.0 picks it once, then (presence 1.5) the
+    /// runner-up, then token 0 again (the presence penalty counts once: both now lowered by
+    /// 1.5); with a frequency penalty of 0.4 it picks token 0 three times (leads of 1.0, 0.6,
+    /// 0.2) before the runner-up; penalties of 0 change nothing; out-of-range penalties fail
+    /// the check.
+    #[test]
+    fn frequency_and_presence_penalties_follow_openais_rule() {
+        let run = |frequency_penalty: f32, presence_penalty: f32| {
+            let mut s = Sampler::new(SamplingConfig {
+                frequency_penalty,
+                presence_penalty,
+                ..SamplingConfig::greedy()
+            });
+            (0..4)
+                .map(|_| s.sample(&mut vec![3.0, 2.0, -1.0], &[]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(0.0, 0.0), vec![0, 0, 0, 0]);
+        assert_eq!(run(0.0, 1.5), vec![0, 1, 0, 0]);
+        assert_eq!(run(0.4, 0.0), vec![0, 0, 0, 1]);
+        for bad in [2.5, -2.1, f32::NAN] {
+            let c = SamplingConfig {
+                frequency_penalty: bad,
+                ..SamplingConfig::greedy()
+            };
+            assert!(c.check().is_err(), "{bad}");
+            let c = SamplingConfig {
+                presence_penalty: bad,
+                ..SamplingConfig::greedy()
+            };
+            assert!(c.check().is_err(), "{bad}");
+        }
     }
 }

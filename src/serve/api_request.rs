@@ -1,5 +1,6 @@
 //! Request bodies of `/v1/chat/completions` and `/v1/completions` (the OpenAI API's fields
-//! that this server honours, plus `steering`), parsed and turned into a
+//! that this server honours, plus `steering` and llama.cpp's `top_k` and `repeat_penalty`),
+//! parsed and turned into a
 //! [`CompletionJob`]'s settings. Fields the server does not know are ignored, as OpenAI-style
 //! servers do; fields it knows but cannot honour (`suffix`, `best_of`, `tools`, and `echo` on
 //! the chat endpoint, which has none) are refused rather than silently dropped.
@@ -43,6 +44,13 @@ pub struct CommonFields {
     /// Not in the OpenAI API; as llama.cpp's server (0 = off, the default).
     pub top_k: Option<u64>,
     pub seed: Option<i64>,
+    /// −2 … 2: lowers a token's logit by this much per time it was generated before.
+    pub frequency_penalty: Option<f64>,
+    /// −2 … 2: lowers the logit of every token generated before by this much.
+    pub presence_penalty: Option<f64>,
+    /// Not in the OpenAI API; as llama.cpp's server: divides positive (multiplies negative)
+    /// logits of the tokens of the prompt and the text so far (1 = off).
+    pub repeat_penalty: Option<f64>,
     pub stop: Option<StopField>,
     pub n: Option<u64>,
     #[serde(default)]
@@ -292,10 +300,19 @@ pub fn settings(c: &CommonFields, endpoint: Endpoint, random_seed: u64) -> Resul
         },
         top_k: c.top_k.map_or(0, |k| usize::try_from(k).unwrap_or(usize::MAX)),
         top_p: top_p as f32,
-        repetition_penalty: 1.0,
+        repetition_penalty: c.repeat_penalty.unwrap_or(1.0) as f32,
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0) as f32,
+        presence_penalty: c.presence_penalty.unwrap_or(0.0) as f32,
         seed: c.seed.map_or(random_seed, |s| s as u64),
     };
-    crate::runtime::sampling::check_top_p(sampling.top_p).map_err(|m| ApiError::invalid(Some("top_p"), m))?;
+    use crate::runtime::sampling as smp;
+    smp::check_top_p(sampling.top_p).map_err(|m| ApiError::invalid(Some("top_p"), m))?;
+    smp::check_repetition_penalty(sampling.repetition_penalty)
+        .map_err(|m| ApiError::invalid(Some("repeat_penalty"), m))?;
+    smp::check_openai_penalty("frequency_penalty", sampling.frequency_penalty)
+        .map_err(|m| ApiError::invalid(Some("frequency_penalty"), m))?;
+    smp::check_openai_penalty("presence_penalty", sampling.presence_penalty)
+        .map_err(|m| ApiError::invalid(Some("presence_penalty"), m))?;
     let stop = match &c.stop {
         None => Vec::new(),
         Some(StopField::One(s)) => vec![s.clone()],

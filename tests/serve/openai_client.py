@@ -141,6 +141,24 @@ check("n = 3 gives three choices", [c.index for c in many.choices] == [0, 1, 2])
 check("sample i of n draws with seed + i", [c.text for c in many.choices] == singles, (many, singles))
 check("samples differ", len(set(singles)) > 1, singles)
 
+# frequency and presence penalties (OpenAI's rule), and llama.cpp's repeat_penalty
+REP = "one, two, one, two, one, two,"
+unpenalized = complete(prompt=REP, max_tokens=24).choices[0].text
+frequency = complete(prompt=REP, max_tokens=24, frequency_penalty=1.5).choices[0].text
+saturday = complete(max_tokens=24).choices[0].text
+presence = complete(max_tokens=24, presence_penalty=2).choices[0].text
+rewarded = complete(max_tokens=24, presence_penalty=-2).choices[0].text
+repeat = complete(prompt=REP, max_tokens=24, extra_body={"repeat_penalty": 1.3}).choices[0].text
+check("penalties of 0 give the unpenalized text",
+      complete(prompt=REP, max_tokens=24, frequency_penalty=0, presence_penalty=0).choices[0].text == unpenalized)
+check("a frequency penalty changes a greedy text and repeats its commas less",
+      frequency != unpenalized and frequency.count(",") < unpenalized.count(","), (unpenalized, frequency))
+distinct_share = lambda text: len(set(text.split())) / max(1, len(text.split()))
+check("a presence penalty changes a greedy text", presence != saturday, (saturday, presence))
+check("a negative presence penalty makes it repeat itself more",
+      distinct_share(rewarded) < distinct_share(saturday), (saturday, rewarded))
+check("repeat_penalty changes a greedy text", repeat != unpenalized, (unpenalized, repeat))
+
 # --- log-probabilities ----------------------------------------------------------------------
 def close(a, b, tol=1e-4):
     return abs(a - b) <= tol
@@ -258,6 +276,9 @@ bad("wrong field type", 400, None, CHATP, {**body, "messages": "hi"})
 bad("empty messages", 400, "messages", CHATP, {**body, "messages": []})
 bad("unknown role", 400, "messages", CHATP, {**body, "messages": [{"role": "robot", "content": "x"}]})
 bad("temperature out of range", 400, "temperature", CHATP, {**body, "temperature": 5})
+bad("frequency_penalty out of range", 400, "frequency_penalty", CHATP, {**body, "frequency_penalty": 2.5})
+bad("presence_penalty out of range", 400, "presence_penalty", CHATP, {**body, "presence_penalty": -3})
+bad("repeat_penalty out of range", 400, "repeat_penalty", CHATP, {**body, "repeat_penalty": 0})
 bad("body over the size limit", 413, None, CHATP, {**body, "messages": [{"role": "user", "content": "x" * 200_000}]})
 bad("logprobs not a boolean in chat", 400, "logprobs", CHATP, {**body, "logprobs": 2})
 bad("top_logprobs over 20", 400, "top_logprobs", CHATP, {**body, "logprobs": True, "top_logprobs": 21})
