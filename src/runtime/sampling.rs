@@ -582,7 +582,7 @@ mod tests {
                 ..SamplingConfig::greedy()
             });
             (0..4)
-                .map(|_| s.sample(&mut vec![3.0, 2.0, -1.0], &[]))
+                .map(|_| s.sample(&mut [3.0, 2.0, -1.0], &[]))
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(0.0, 0.0), vec![0, 0, 0, 0]);
