@@ -67,6 +67,7 @@ fn greedy_job(
         n,
         max_tokens,
         sampling: SamplingConfig::greedy(),
+        logit_bias: Arc::from([]),
         stop: Vec::new(),
         steering: None,
         logprobs: None,

@@ -548,6 +548,7 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
         n,
         max_tokens,
         sampling,
+        logit_bias,
         stop,
         steering,
         logprobs,
@@ -585,7 +586,8 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
             sampler: Sampler::new(SamplingConfig {
                 seed: sampling.seed.wrapping_add(index as u64),
                 ..sampling
-            }),
+            })
+            .with_logit_bias(logit_bias.clone()),
             history: prompt.clone(),
             prompt_len: prompt.len(),
             generated: 0,

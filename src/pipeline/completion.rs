@@ -32,6 +32,8 @@ pub struct CompletionJob {
     pub max_tokens: usize,
     /// Token selection (temperature 0 = greedy).
     pub sampling: SamplingConfig,
+    /// Added to these tokens' logits before each pick (OpenAI's `logit_bias`; empty: none).
+    pub logit_bias: Arc<[(u32, f32)]>,
     /// Texts that end a sample where they first appear (not included in its text).
     pub stop: Vec<String>,
     /// Per-request steering ([`ConceptSet::plan`]); `None` runs the plain model.

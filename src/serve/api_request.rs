@@ -48,6 +48,8 @@ pub struct CommonFields {
     pub frequency_penalty: Option<f64>,
     /// −2 … 2: lowers the logit of every token generated before by this much.
     pub presence_penalty: Option<f64>,
+    /// Token id (as a string) → bias added to its logit, −100 … 100.
+    pub logit_bias: Option<BTreeMap<String, f64>>,
     /// Not in the OpenAI API; as llama.cpp's server: divides positive (multiplies negative)
     /// logits of the tokens of the prompt and the text so far (1 = off).
     pub repeat_penalty: Option<f64>,
@@ -197,6 +199,49 @@ pub struct Settings {
     /// Completions: each choice starts with the prompt's text (and, with `logprobs`, the
     /// prompt tokens' log-probabilities); `max_tokens` may then be 0.
     pub echo: bool,
+    /// Token id → bias added to its logit before each pick (ids not yet checked against the
+    /// vocabulary: [`check_logit_bias`]).
+    pub logit_bias: std::sync::Arc<[(u32, f32)]>,
+}
+
+/// The largest |bias| of `logit_bias`, as OpenAI's API.
+pub const MAX_LOGIT_BIAS: f64 = 100.0;
+
+/// Refuses a `logit_bias` token id at or past `vocab`.
+pub fn check_logit_bias(s: &Settings, vocab: usize) -> Result<(), ApiError> {
+    match s.logit_bias.iter().find(|(t, _)| *t as usize >= vocab) {
+        Some((t, _)) => Err(ApiError::invalid(
+            Some("logit_bias"),
+            format!(
+                "logit_bias: token id {t} is outside the vocabulary (0 … {})",
+                vocab.saturating_sub(1)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `logit_bias`'s entries as (token id, bias), checked for form and range.
+fn logit_bias(c: &CommonFields) -> Result<std::sync::Arc<[(u32, f32)]>, ApiError> {
+    let mut out = Vec::new();
+    for (key, &bias) in c.logit_bias.iter().flatten() {
+        let Ok(id) = key.trim().parse::<u32>() else {
+            return Err(ApiError::invalid(
+                Some("logit_bias"),
+                format!("logit_bias: `{key}` is not a token id (a whole number)"),
+            ));
+        };
+        if !bias.is_finite() || bias.abs() > MAX_LOGIT_BIAS {
+            return Err(ApiError::invalid(
+                Some("logit_bias"),
+                format!(
+                    "logit_bias: the bias {bias} of token {id} is outside −{MAX_LOGIT_BIAS} … {MAX_LOGIT_BIAS}"
+                ),
+            ));
+        }
+        out.push((id, bias as f32));
+    }
+    Ok(out.into())
 }
 
 /// The `logprobs` / `top_logprobs` fields as the endpoint reads them: the chat API's
@@ -358,6 +403,7 @@ pub fn settings(c: &CommonFields, endpoint: Endpoint, random_seed: u64) -> Resul
         scope,
         logprobs,
         echo,
+        logit_bias: logit_bias(c)?,
     })
 }
 

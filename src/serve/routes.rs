@@ -295,6 +295,7 @@ impl CompletionSink for ChannelSink {
 /// Builds the job (steering plan, token budget, checks) and queues it.
 fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<Running, ApiError> {
     let limit = st.model.config().max_position;
+    super::api_request::check_logit_bias(&s, st.model.config().vocab_size)?;
     let param = match endpoint {
         Endpoint::Chat => "messages",
         Endpoint::Completion => "prompt",
@@ -318,6 +319,7 @@ fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<
         n: s.n,
         max_tokens,
         sampling: s.sampling,
+        logit_bias: s.logit_bias.clone(),
         stop: s.stop.clone(),
         steering,
         logprobs: s.logprobs,

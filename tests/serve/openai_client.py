@@ -159,6 +159,17 @@ check("a negative presence penalty makes it repeat itself more",
       distinct_share(rewarded) < distinct_share(saturday), (saturday, rewarded))
 check("repeat_penalty changes a greedy text", repeat != unpenalized, (unpenalized, repeat))
 
+# logit_bias: +100 all but forces a token, −100 bans it (token 1000 is "()" in SmolLM2)
+forced = complete(max_tokens=6, logprobs=0, logit_bias={"1000": 100}).choices[0].logprobs.tokens
+check("logit_bias +100 forces one token at every step", len(forced) == 6 and len(set(forced)) == 1, forced)
+# After "()" eight times (as token ids) the greedy text starts with "-", token 29.
+PARENS = [1000] * 8
+loop = complete(prompt=PARENS, max_tokens=6, logprobs=0).choices[0].logprobs.tokens
+dash = complete(prompt="x", max_tokens=1, logprobs=0, logit_bias={"29": 100}).choices[0].logprobs.tokens
+banned = complete(prompt=PARENS, max_tokens=6, logprobs=0, logit_bias={"29": -100}).choices[0].logprobs.tokens
+check("logit_bias −100 bans the token greedy decoding would pick",
+      dash == ["-"] and loop[0] == "-" and "-" not in banned, (dash, loop, banned))
+
 # --- log-probabilities ----------------------------------------------------------------------
 def close(a, b, tol=1e-4):
     return abs(a - b) <= tol
@@ -279,6 +290,9 @@ bad("temperature out of range", 400, "temperature", CHATP, {**body, "temperature
 bad("frequency_penalty out of range", 400, "frequency_penalty", CHATP, {**body, "frequency_penalty": 2.5})
 bad("presence_penalty out of range", 400, "presence_penalty", CHATP, {**body, "presence_penalty": -3})
 bad("repeat_penalty out of range", 400, "repeat_penalty", CHATP, {**body, "repeat_penalty": 0})
+bad("logit_bias key not a token id", 400, "logit_bias", CHATP, {**body, "logit_bias": {"hello": 5}})
+bad("logit_bias token outside the vocabulary", 400, "logit_bias", CHATP, {**body, "logit_bias": {"99999999": 5}})
+bad("logit_bias beyond ±100", 400, "logit_bias", CHATP, {**body, "logit_bias": {"5": 101}})
 bad("body over the size limit", 413, None, CHATP, {**body, "messages": [{"role": "user", "content": "x" * 200_000}]})
 bad("logprobs not a boolean in chat", 400, "logprobs", CHATP, {**body, "logprobs": 2})
 bad("top_logprobs over 20", 400, "top_logprobs", CHATP, {**body, "logprobs": True, "top_logprobs": 21})
