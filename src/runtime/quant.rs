@@ -59,14 +59,16 @@ const ROW_TILE: usize = 16;
 const TILE_MIN_INPUTS: usize = 16;
 /// Inputs from which Q8_0 products run in the 2×4 tiles: at 8 inputs (a server's decode step;
 /// the demo model's tied output matrix is Q8_0) 61 against 54 GMAC/s through the four-input
-/// kernels (`ACT_BENCH_ONLY=fewrows`, 8192 × 576, Intel Xeon, 2 threads).
+/// kernels (`ACT_BENCH_ONLY=fewrows`, 8192 × 576, Intel Xeon, 2 threads). At 4 inputs the
+/// tiles measured faster there too, but a whole 4-row decode step slower (15.4 against 14.8
+/// ms, `ACT_BENCH_ONLY=steps`), so they start at 8.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma",
     target_feature = "f16c"
 ))]
-const Q8_0_TILE_MIN_INPUTS: usize = 4;
+const Q8_0_TILE_MIN_INPUTS: usize = 8;
 /// Activation values below which quantizing them is left to the caller alone.
 const PAR_MIN_QUANT_VALUES: usize = 16 * 1024;
 
