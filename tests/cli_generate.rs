@@ -96,6 +96,20 @@ fn generate_with_and_without_steering() {
         "λ = 0 must give exactly the unsteered output"
     );
 
+    // Penalties of 0 change nothing; a frequency penalty changes a greedy text.
+    let no_penalty = act(&[
+        &base[..],
+        &["--frequency-penalty", "0", "--presence-penalty", "0"],
+    ]
+    .concat());
+    assert_eq!(no_penalty.stdout, plain.stdout, "{}", text(&no_penalty.stderr));
+    let penalized = act(&[&base[..], &["--frequency-penalty", "2"]].concat());
+    assert!(penalized.status.success(), "{}", text(&penalized.stderr));
+    assert_ne!(
+        penalized.stdout, plain.stdout,
+        "a frequency penalty of 2 must change the text"
+    );
+
     let full = act(&[&base[..], &["--maps", mapsp, "--lambda", "shift=1"]].concat());
     assert!(full.status.success(), "{}", text(&full.stderr));
     assert_ne!(full.stdout, plain.stdout, "λ = 1 must change the output");

@@ -86,6 +86,30 @@ fn numbers_outside_their_ranges_are_refused_with_the_rule() {
         ),
         (
             vec![
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "hi",
+                "--frequency-penalty",
+                "2.5",
+            ],
+            "frequency penalty 2.5 is outside",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "hi",
+                "--presence-penalty",
+                "-3",
+            ],
+            "presence penalty -3.0 is outside",
+        ),
+        (
+            vec![
                 "generate", "--model", model, "--prompt", "hi", "--lambda", "x=1e30",
             ],
             "λ = 1e30 is not a number within ±2",

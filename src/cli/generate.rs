@@ -44,6 +44,14 @@ pub struct GenerateArgs {
     /// Repetition penalty (1 = off).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_repetition_penalty)]
     pub repetition_penalty: f32,
+    /// Lower a token's logit by this much per time it was generated before (−2 … 2, 0 = off;
+    /// OpenAI's frequency penalty).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_frequency_penalty)]
+    pub frequency_penalty: f32,
+    /// Lower the logit of every token generated before by this much (−2 … 2, 0 = off;
+    /// OpenAI's presence penalty).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = crate::pipeline::presets::parse_presence_penalty)]
+    pub presence_penalty: f32,
     /// RNG seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -81,8 +89,8 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
                 top_k: a.top_k,
                 top_p: a.top_p,
                 repetition_penalty: a.repetition_penalty,
-                frequency_penalty: 0.0,
-                presence_penalty: 0.0,
+                frequency_penalty: a.frequency_penalty,
+                presence_penalty: a.presence_penalty,
                 seed: a.seed,
             },
             path: if a.dense {

@@ -180,6 +180,16 @@ pub fn parse_repetition_penalty(s: &str) -> Result<f32, String> {
     parse_checked(s, sampling::check_repetition_penalty)
 }
 
+/// A frequency penalty ([`sampling::check_openai_penalty`]).
+pub fn parse_frequency_penalty(s: &str) -> Result<f32, String> {
+    parse_checked(s, |v| sampling::check_openai_penalty("frequency penalty", v))
+}
+
+/// A presence penalty ([`sampling::check_openai_penalty`]).
+pub fn parse_presence_penalty(s: &str) -> Result<f32, String> {
+    parse_checked(s, |v| sampling::check_openai_penalty("presence penalty", v))
+}
+
 /// `NAME=VALUE`: a concept's strength (`football=0.8`).
 pub fn parse_named_lambda(s: &str) -> Result<(String, f32), String> {
     let (name, value) = s
