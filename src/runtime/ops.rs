@@ -235,11 +235,6 @@ impl Rope {
         self
     }
 
-    /// Rotates every head of one token's `x` (`[n_heads × head_dim]`) at position `pos`.
-    pub fn apply(&self, x: &mut [f32], pos: usize, head_dim: usize) {
-        self.table([pos]).apply(0, x, head_dim);
-    }
-
     /// The rotations of the tokens at `positions` (one per row of a batch), each angle's sine
     /// and cosine computed once: a forward pass builds it once and every layer and head uses
     /// it ([`RopeTable::apply`]), where computing them per head and layer cost a decode step
@@ -430,8 +425,11 @@ mod tests {
     fn linear_rope_scaling_divides_positions() {
         let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.3 - 2.0).collect();
         let (mut a, mut b) = (x.clone(), x);
-        Rope::new(8, 1e6, false).linear_scaled(8.0).apply(&mut a, 24, 8);
-        Rope::new(8, 1e6, false).apply(&mut b, 3, 8);
+        Rope::new(8, 1e6, false)
+            .linear_scaled(8.0)
+            .table([24])
+            .apply(0, &mut a, 8);
+        Rope::new(8, 1e6, false).table([3]).apply(0, &mut b, 8);
         assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{a:?} {b:?}");
     }
 
@@ -440,9 +438,9 @@ mod tests {
         let r = Rope::new(8, 10000.0, true);
         let mut x: Vec<f32> = (0..16).map(|i| i as f32 * 0.3 - 2.0).collect();
         let orig = x.clone();
-        r.apply(&mut x, 0, 8);
+        r.table([0]).apply(0, &mut x, 8);
         assert_eq!(x, orig);
-        r.apply(&mut x, 17, 8);
+        r.table([17]).apply(0, &mut x, 8);
         let n = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
         assert!((n(&x) - n(&orig)).abs() < 1e-3);
     }
