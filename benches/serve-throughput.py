@@ -33,7 +33,7 @@ def post(url, body):
 
 
 def one(url, seed, tokens, steering):
-    body = {"model": "m", "prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "seed": seed}
+    body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "seed": seed}
     if steering:
         body["steering"] = steering
     return post(url, body)["usage"]["completion_tokens"]

@@ -176,6 +176,18 @@ fn whole_loop(model: std::path::PathBuf, n_hooks: usize, want_fitted: Vec<String
     wait(&mut h, "the server", 30, |a| a.serving.is_some() && !a.busy());
     let url = serving_url(h.state());
     assert!(h.query_by_label(&url).is_some(), "the address is shown");
+    let model = h
+        .state()
+        .serving
+        .as_ref()
+        .map(|s| s.model.clone())
+        .unwrap_or_default();
+    assert!(
+        !model.is_empty() && h.query_by_label(&model).is_some(),
+        "the model name is shown"
+    );
+    let models = common::http_get(&url, "/models");
+    assert!(models.contains(&format!("\"id\":\"{model}\"")), "{models}");
     let concepts = common::http_get(&url, "/concepts");
     assert!(concepts.contains("\"name\":\"football\""), "{concepts}");
     h.get_by_label("Serve").click();

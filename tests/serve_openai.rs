@@ -155,6 +155,7 @@ fn the_openai_client_gets_steered_completions() {
         .arg("--maps")
         .arg(&other)
         .args(["--port", "0", "--max-body-bytes", "65536", "--api-key", key])
+        .args(["--alias", "act-demo"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting the server: {e}"));

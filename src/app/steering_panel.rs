@@ -218,6 +218,17 @@ fn serve_controls(app: &mut StudioApp, ui: &mut egui::Ui) {
             ui.ctx().copy_text(s.url.clone());
         }
     });
+    ui.horizontal(|ui| {
+        ui.small("model:");
+        ui.monospace(&s.model);
+        if ui
+            .small_button("copy")
+            .on_hover_text("copy the model name requests give")
+            .clicked()
+        {
+            ui.ctx().copy_text(s.model.clone());
+        }
+    });
     ui.small(if s.concepts.is_empty() {
         "concepts: none (unsteered only)".to_string()
     } else {

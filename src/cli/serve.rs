@@ -40,6 +40,14 @@ pub struct ServeArgs {
     /// Default: half of this machine's memory.
     #[arg(long)]
     pub max_kv_mb: Option<u64>,
+    /// Another name the model answers to in a request's `model` (repeatable; listed by
+    /// /v1/models after the model's own id, its file or folder name).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Accept any `model` name (for clients that send a fixed one) instead of answering 404
+    /// `model_not_found` to names that are neither the id nor an alias.
+    #[arg(long)]
+    pub any_model: bool,
 }
 
 /// `serve --model M [--maps F …]`: runs until Ctrl-C.
@@ -63,11 +71,19 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
             Some(mb) => mb.saturating_mul(1 << 20),
             None => crate::serve::default_max_kv_bytes(),
         },
+        aliases: a.aliases.clone(),
+        any_model: a.any_model,
     };
     let server = start(Arc::new(m), concepts, &opts, true)?;
+    let mut model_names = vec![format!("`{}`", crate::serve::model_id_of_path(&a.model))];
+    model_names.extend(a.aliases.iter().map(|n| format!("`{}`", n.trim())));
     eprintln!(
         "serving {} at http://{}/v1 (concepts: {}); Ctrl-C stops",
-        crate::serve::model_id_of_path(&a.model),
+        if a.any_model {
+            format!("{} (any model name accepted)", model_names.join(" / "))
+        } else {
+            model_names.join(" / ")
+        },
         server.addr(),
         if names.is_empty() {
             "none".to_string()

@@ -34,7 +34,8 @@ pub struct StreamOptions {
 /// The fields both endpoints share.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CommonFields {
-    /// The model name (any name is accepted: one model is served, and answers carry its id).
+    /// The model name: the served model's id or an alias (any name with `--any-model`);
+    /// absent, the served model.
     pub model: Option<String>,
     pub max_tokens: Option<u64>,
     /// The chat API's newer name for `max_tokens`.

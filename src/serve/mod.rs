@@ -43,6 +43,11 @@ pub struct ServeOptions {
     /// Most bytes of KV cache the running samples may grow to together (each reserves its
     /// prompt + `max_tokens`); default [`default_max_kv_bytes`].
     pub max_kv_bytes: u64,
+    /// More names the model answers to, besides [`model_id`] (listed by `/v1/models`).
+    pub aliases: Vec<String>,
+    /// Accept any `model` name in a request (for clients that send a fixed one); otherwise
+    /// a name that is neither the id nor an alias gets 404 `model_not_found`.
+    pub any_model: bool,
 }
 
 /// Half of this machine's memory (`MemTotal` in `/proc/meminfo`), or 8 GiB where that cannot
@@ -65,6 +70,8 @@ impl Default for ServeOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_rows: crate::pipeline::batch_engine::DEFAULT_MAX_ROWS,
             max_kv_bytes: default_max_kv_bytes(),
+            aliases: Vec::new(),
+            any_model: false,
         }
     }
 }
@@ -169,8 +176,16 @@ pub fn start(
     let addr = listener.local_addr().map_err(bind_err)?;
     let engine =
         BatchEngine::start(model.clone(), opts.max_rows, opts.max_kv_bytes).map_err(ServeError::Threads)?;
+    let mut model_names = vec![model_id(&model)];
+    for a in &opts.aliases {
+        let a = a.trim();
+        if !a.is_empty() && !model_names.iter().any(|n| n == a) {
+            model_names.push(a.to_string());
+        }
+    }
     let state = Arc::new(routes::ServerState {
-        model_id: model_id(&model),
+        model_names,
+        any_model: opts.any_model,
         model,
         concepts,
         engine,

@@ -34,8 +34,10 @@ use super::responses::{Collector, Endpoint, Envelope};
 /// What every handler shares.
 pub struct ServerState {
     pub model: Arc<LoadedModel>,
-    /// The id answers carry (`/v1/models`).
-    pub model_id: String,
+    /// The names `/v1/models` lists: the model's id (which answers carry) first, then its
+    /// aliases. A request's `model` must be one of them unless `any_model`.
+    pub model_names: Vec<String>,
+    pub any_model: bool,
     pub concepts: ConceptSet,
     pub engine: BatchEngine,
     pub api_key: Option<String>,
@@ -118,15 +120,39 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError
 
 async fn models(State(st): State<Shared>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&st, &headers)?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": st.model_id,
-            "object": "model",
-            "created": 0,
-            "owned_by": "act-studio",
-        }],
-    })))
+    let data: Vec<serde_json::Value> = st
+        .model_names
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "act-studio"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// The id answers carry.
+fn model_id(st: &ServerState) -> String {
+    st.model_names.first().cloned().unwrap_or_default()
+}
+
+/// Refuses a request for a model this server does not serve (OpenAI's 404
+/// `model_not_found`), unless the server takes any name. A request without `model` gets the
+/// served one.
+fn check_model(st: &ServerState, asked: Option<&str>) -> Result<(), ApiError> {
+    match asked {
+        Some(name) if !st.any_model && !st.model_names.iter().any(|n| n == name) => {
+            let served: Vec<String> = st.model_names.iter().map(|n| format!("`{n}`")).collect();
+            Err(ApiError::invalid(
+                Some("model"),
+                format!(
+                    "the model `{}` is not served here; this server serves {} (GET /v1/models)",
+                    name.chars().take(200).collect::<String>(),
+                    served.join(", ")
+                ),
+            )
+            .with_status(StatusCode::NOT_FOUND)
+            .with_code("model_not_found"))
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn concepts(State(st): State<Shared>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
@@ -228,6 +254,7 @@ fn run_chat(
 ) -> Result<Running, ApiError> {
     authorize(st, headers)?;
     let body: ChatBody = parse(&body_bytes(body)?)?;
+    check_model(st, body.common.model.as_deref())?;
     let s = settings(&body.common, Endpoint::Chat, random_seed(st))?;
     if body.messages.is_empty() {
         return Err(ApiError::invalid(Some("messages"), "messages is empty"));
@@ -256,6 +283,7 @@ fn run_completion(
 ) -> Result<Running, ApiError> {
     authorize(st, headers)?;
     let body: CompletionBody = parse(&body_bytes(body)?)?;
+    check_model(st, body.common.model.as_deref())?;
     let s = settings(&body.common, Endpoint::Completion, random_seed(st))?;
     let ids =
         match prompt_in(&body.prompt)? {
@@ -354,7 +382,7 @@ fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<
             endpoint,
             id: format!("{prefix}-{n:012x}"),
             created: unix_now(),
-            model: st.model_id.clone(),
+            model: model_id(st),
         },
         settings: s,
         prompt_tokens,

@@ -199,6 +199,8 @@ pub struct ServeRequest {
 pub struct ServingInfo {
     /// The API's base URL (`http://127.0.0.1:8080/v1`).
     pub url: String,
+    /// The model name requests give (`model`), as `/v1/models` lists it.
+    pub model: String,
     /// The concepts it serves, by name.
     pub concepts: Vec<String>,
 }

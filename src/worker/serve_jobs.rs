@@ -28,10 +28,12 @@ impl State {
             names.push(name);
         }
         let concepts = ConceptSet::from_checked(&m, req.concepts);
+        let model = crate::serve::model_id(&m);
         let server = crate::serve::start(m, concepts, &req.options, false)
             .map_err(|e| JobError::failed(format!("the server did not start: {e}")))?;
         self.send(Event::Serving(Some(ServingInfo {
             url: format!("http://{}/v1", server.addr()),
+            model,
             concepts: names,
         })));
         self.server = Some(server);

@@ -20,7 +20,7 @@ import openai
 BASE, KEY, CONCEPT, OTHER, OUT = sys.argv[1:6]
 ROOT = BASE[: -len("/v1")]
 client = openai.OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=300)
-MODEL = "whatever-the-client-says"
+ALIAS = "act-demo"  # given to the server with --alias by tests/serve_openai.rs
 CHAT = [{"role": "user", "content": "Tell me about your weekend."}]
 PROMPT = "My favourite thing to do on a Saturday is"
 results = {}
@@ -64,7 +64,17 @@ def raw(path, body=None, key=KEY, method=None):
 
 # --- listing ------------------------------------------------------------------------------
 models = client.models.list().data
-check("models lists the served model", len(models) == 1 and models[0].id, models)
+check("models lists the served model and its alias", len(models) == 2 and models[0].id and models[1].id == ALIAS,
+      models)
+MODEL = models[0].id
+aliased = client.completions.create(model=ALIAS, prompt="The sea is", max_tokens=2, temperature=0)
+check("a request by the alias is served and answered with the id", aliased.model == MODEL, aliased)
+try:
+    client.completions.create(model="gpt-4o-mini", prompt="The sea is", max_tokens=2)
+    check("the openai client raises NotFoundError for a model not served", False)
+except openai.NotFoundError as e:
+    check("the openai client raises NotFoundError for a model not served",
+          "gpt-4o-mini" in str(e) and MODEL in str(e), str(e))
 status, concepts = raw("/v1/concepts")
 names = [c["name"] for c in concepts["data"]]
 check("concepts lists the loaded maps", status == 200 and names == [CONCEPT, OTHER], concepts)
@@ -299,6 +309,7 @@ bad("top_logprobs over 20", 400, "top_logprobs", CHATP, {**body, "logprobs": Tru
 bad("wrong API key", 401, "invalid_api_key", CHATP, body, key="wrong")
 bad("missing API key", 401, "invalid_api_key", CHATP, body, key=None)
 bad("unknown endpoint", 404, None, "/v1/embeddings", body)
+bad("a model not served", 404, "model_not_found", CHATP, {**body, "model": "not-" + MODEL})
 bad("echo in chat", 400, "echo", CHATP, {**body, "echo": True})
 bad("max_tokens 0 without echo", 400, "max_tokens", "/v1/completions",
     {"model": MODEL, "prompt": PROMPT, "max_tokens": 0})
