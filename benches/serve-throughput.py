@@ -10,10 +10,16 @@ all at once, and the same requests one after another, and reports generated toke
 (from the answers' usage counts) over the wall time: the median of --rounds rounds. Then the cost
 of per-request steering: 8 clients with `"steering": {CONCEPT: 1}` on every row against none,
 rounds interleaved. Needs only the standard library on the client side.
+
+Every request sends the same prompt by default, so a server's prompt cache (ours, and
+llama-cpp-python's reuse of the previous prompt) may skip its prefill; --distinct-prompts gives
+every request its own (a number in front), which no cache can serve whole. --server-arg passes
+more arguments to our server (e.g. --server-arg=--prompt-cache-mb=0).
 """
 
 import argparse
 import concurrent.futures
+import itertools
 import json
 import os
 import statistics
@@ -23,6 +29,13 @@ import time
 import urllib.request
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
+DISTINCT = False
+_request_number = itertools.count(1)
+
+
+def prompt():
+    """The prompt of the next request: each its own with --distinct-prompts."""
+    return f"{next(_request_number)}. {PROMPT}" if DISTINCT else PROMPT
 
 
 def post(url, body):
@@ -33,7 +46,7 @@ def post(url, body):
 
 
 def one(url, seed, tokens, steering):
-    body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0.8, "seed": seed}
+    body = {"prompt": prompt(), "max_tokens": tokens, "temperature": 0.8, "seed": seed}
     if steering:
         body["steering"] = steering
     return post(url, body)["usage"]["completion_tokens"]
@@ -95,8 +108,12 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--port", type=int, default=18431)
+    ap.add_argument("--distinct-prompts", action="store_true")
+    ap.add_argument("--server-arg", action="append", default=[])
     args = ap.parse_args()
-    ours = [args.binary, "serve", "--model", args.model, "--port", str(args.port)]
+    global DISTINCT
+    DISTINCT = args.distinct_prompts
+    ours = [args.binary, "serve", "--model", args.model, "--port", str(args.port), *args.server_arg]
     if args.maps:
         ours += ["--maps", args.maps]
     proc = subprocess.Popen(ours, stderr=subprocess.DEVNULL)

@@ -80,7 +80,7 @@ fn greedy_job(
 fn a_long_prompt_runs_between_the_decode_steps_of_running_rows() {
     let Some(path) = common::demo_model() else { return };
     let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
-    let engine = BatchEngine::start(m.clone(), 8, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let engine = BatchEngine::start(m.clone(), 8, u64::MAX, 0).unwrap_or_else(|e| panic!("{e}"));
     let log: Log = Arc::default();
     let job = |prompt: Vec<u32>, max_tokens: usize, label: &'static str| {
         greedy_job(prompt, 1, max_tokens, label, &log)
@@ -149,7 +149,7 @@ fn jobs_wait_for_kv_cache_room_and_one_that_cannot_fit_is_refused() {
     // Room for the first job's two rows and not one more row of the same size.
     let one_row = row_kv_bytes(&m, &job(prompt.clone(), 1, 24, "probe"));
     let engine =
-        BatchEngine::start(m.clone(), 8, 2 * one_row + one_row / 2).unwrap_or_else(|e| panic!("{e}"));
+        BatchEngine::start(m.clone(), 8, 2 * one_row + one_row / 2, 0).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(engine.max_kv_bytes(), 2 * one_row + one_row / 2);
     for j in [
         job(prompt.clone(), 2, 24, "first"),
@@ -268,7 +268,7 @@ fn short_prompts_waiting_together_run_as_one_batch_with_the_numbers_of_each_alon
     assert!(caches.iter().zip(&lens).all(|(c, &n)| c.len() == n));
 
     // Through the engine: a running job keeps it busy while six short jobs arrive.
-    let engine = BatchEngine::start(m.clone(), 8, u64::MAX).unwrap_or_else(|e| panic!("{e}"));
+    let engine = BatchEngine::start(m.clone(), 8, u64::MAX, 0).unwrap_or_else(|e| panic!("{e}"));
     let log: Log = Arc::default();
     let labels = ["a", "b", "c", "d", "e", "f"];
     if engine
@@ -297,4 +297,131 @@ fn short_prompts_waiting_together_run_as_one_batch_with_the_numbers_of_each_alon
         );
     }
     assert_eq!(text_of(&all, "busy"), common::greedy(&m, &prompts[7], 24).text);
+}
+
+/// The prompt tokens the prompt cache gave job `label` (its `PromptDone` event).
+fn cached_of(events: &[(&'static str, CompletionEvent)], label: &str) -> Option<usize> {
+    events.iter().find_map(|(l, e)| match e {
+        CompletionEvent::PromptDone { cached } if *l == label => Some(*cached),
+        _ => None,
+    })
+}
+
+/// Runs `job` on `engine` and waits for its end; its events land in `log` under `label`.
+fn run_one(engine: &BatchEngine, job: CompletionJob, label: &'static str, log: &Log) {
+    if engine.submit(job).is_err() {
+        panic!("the engine refused job {label}");
+    }
+    wait_for(log, label, |e| {
+        e.iter()
+            .any(|(l, ev)| *l == label && matches!(ev, CompletionEvent::Finished { .. }))
+    });
+}
+
+#[test]
+fn the_prompt_cache_skips_a_repeated_prompt_and_whole_shared_chunks_with_the_same_tokens() {
+    let Some(path) = common::demo_model() else { return };
+    let m = Arc::new(LoadedModel::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let encode = |t: &str| m.tokenizer.encode(t).unwrap_or_else(|e| panic!("{e}"));
+    let short = encode("Once upon a time, in a small village by the sea, there lived");
+    let para = "The lighthouse keeper wrote down the weather every morning, and the fishermen \
+                read his notes before they left the harbour. ";
+    let mut long = encode(&para.repeat(30));
+    assert!(long.len() > PREFILL_CHUNK + 60, "{} tokens", long.len());
+    long.truncate(PREFILL_CHUNK + 60);
+    let mut extended = long.clone();
+    extended.extend(encode(" One stormy night, the keeper saw a light on the water."));
+    // A long prompt that shares less than a chunk with the others.
+    let mut other = long.clone();
+    other[PREFILL_CHUNK - 5] = short[0];
+
+    let cached = BatchEngine::start(m.clone(), 8, u64::MAX, 256 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let plain = BatchEngine::start(m.clone(), 8, u64::MAX, 0).unwrap_or_else(|e| panic!("{e}"));
+    let (log, reference): (Log, Log) = (Arc::default(), Arc::default());
+    let sampled = |prompt: Vec<u32>, label: &'static str, log: &Log| {
+        let mut job = greedy_job(prompt, 2, 10, label, log);
+        job.sampling = SamplingConfig {
+            temperature: 0.8,
+            seed: 7,
+            ..SamplingConfig::greedy()
+        };
+        job
+    };
+    for (label, prompt) in [
+        ("short1", &short),
+        ("short2", &short),
+        ("long", &long),
+        ("extended", &extended),
+        ("other", &other),
+    ] {
+        run_one(
+            &cached,
+            greedy_job(prompt.clone(), 1, 10, label, &log),
+            label,
+            &log,
+        );
+        run_one(
+            &plain,
+            greedy_job(prompt.clone(), 1, 10, label, &reference),
+            label,
+            &reference,
+        );
+    }
+    run_one(
+        &cached,
+        sampled(short.clone(), "sampled1", &log),
+        "sampled1",
+        &log,
+    );
+    run_one(
+        &cached,
+        sampled(short.clone(), "sampled2", &log),
+        "sampled2",
+        &log,
+    );
+    run_one(
+        &plain,
+        sampled(short.clone(), "sampled1", &reference),
+        "sampled1",
+        &reference,
+    );
+
+    let (got, want) = (events(&log), events(&reference));
+    // What the cache gave: nothing the first time, the whole prompt the second; the first
+    // chunk of a long prompt extended; nothing of a long prompt that differs inside it.
+    assert_eq!(cached_of(&got, "short1"), Some(0));
+    assert_eq!(cached_of(&got, "short2"), Some(short.len()));
+    assert_eq!(cached_of(&got, "long"), Some(0));
+    assert_eq!(cached_of(&got, "extended"), Some(PREFILL_CHUNK));
+    assert_eq!(cached_of(&got, "other"), Some(0));
+    assert_eq!(cached_of(&got, "sampled1"), Some(short.len()));
+    assert_eq!(
+        cached_of(&want, "short2"),
+        Some(0),
+        "the cache is off in the reference engine"
+    );
+    // The same tokens as without the cache, greedy and sampled (both samples).
+    for label in ["short1", "short2", "long", "extended", "other"] {
+        assert_eq!(text_of(&got, label), text_of(&want, label), "job {label}");
+    }
+    assert_eq!(text_of(&got, "short2"), common::greedy(&m, &short, 10).text);
+    let per_sample = |events: &[(&'static str, CompletionEvent)], label: &str| -> Vec<String> {
+        (0..2)
+            .map(|i| {
+                events
+                    .iter()
+                    .filter_map(|(l, e)| match e {
+                        CompletionEvent::Text { index, text, .. } if *l == label && *index == i => {
+                            Some(text.as_str())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let sampled_ref = per_sample(&want, "sampled1");
+    assert_ne!(sampled_ref[0], sampled_ref[1], "two samples with their own seeds");
+    assert_eq!(per_sample(&got, "sampled1"), sampled_ref);
+    assert_eq!(per_sample(&got, "sampled2"), sampled_ref);
 }

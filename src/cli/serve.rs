@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// `model_not_found` to names that are neither the id nor an alias.
     #[arg(long)]
     pub any_model: bool,
+    /// MiB of recent prompts' KV caches kept for reuse: a prompt sent again (same steering)
+    /// skips its prefill, and a long one extending an earlier prompt (a chat's next turn)
+    /// starts after the 512-token chunks they share; answers count them in
+    /// `usage.prompt_tokens_details.cached_tokens`. 0 turns it off.
+    #[arg(long, default_value_t = crate::pipeline::batch_engine::DEFAULT_PROMPT_CACHE_BYTES >> 20)]
+    pub prompt_cache_mb: u64,
 }
 
 /// `serve --model M [--maps F …]`: runs until Ctrl-C.
@@ -73,6 +79,7 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
         },
         aliases: a.aliases.clone(),
         any_model: a.any_model,
+        prompt_cache_bytes: a.prompt_cache_mb.saturating_mul(1 << 20),
     };
     let server = start(Arc::new(m), concepts, &opts, true)?;
     let mut model_names = vec![format!("`{}`", crate::serve::model_id_of_path(&a.model))];

@@ -3,6 +3,9 @@
 //! decode steps (the engine behind `act-studio serve`; docs/ARCHITECTURE.md, "Serving").
 //!
 //! Each step the engine
+//! 0. takes what the [`PromptCache`] holds for a waiting job's prompt: a prompt that ran
+//!    before (same tokens, same steering) skips its prefill and joins at once; a long one
+//!    sharing whole chunks with an earlier prompt starts after them;
 //! 1. runs up to [`PREFILL_CHUNK`] prompt tokens of waiting jobs in arrival order while the
 //!    batch has room: a job's prompt runs alone (batch 1, steered by its own plan) in the
 //!    chunks of [`crate::runtime::generate::prefill`], so a long prompt holds the running rows
@@ -46,11 +49,15 @@ use super::completion::{
     CompletionError, CompletionEvent, CompletionJob, CompletionSink, FinishReason, StopText, TokenLogprob,
     TokenText, check_job, check_kv_limit, row_kv_bytes,
 };
+use super::prompt_cache::{PromptCache, Reuse};
 
 /// Most rows decoded together by default: beyond it jobs wait for rows to finish.
 pub const DEFAULT_MAX_ROWS: usize = 32;
 /// Most jobs waiting for a row: beyond it [`BatchEngine::submit`] refuses new ones.
 pub const MAX_QUEUED: usize = 256;
+/// Bytes of KV caches and logits the [`PromptCache`] keeps by default: 256 MiB, e.g. about
+/// 5,600 positions of SmolLM2-135M (46 KiB each).
+pub const DEFAULT_PROMPT_CACHE_BYTES: u64 = 256 << 20;
 
 /// A job's listener, shared by its samples.
 struct JobState {
@@ -126,8 +133,14 @@ pub enum SubmitError {
 impl BatchEngine {
     /// Starts the model thread for `m`, decoding at most `max_rows` rows at once whose KV
     /// caches can grow to at most `max_kv_bytes` together ([`row_kv_bytes`] each: a job
-    /// waits until the running rows leave it room; one that could never fit is refused).
-    pub fn start(m: Arc<LoadedModel>, max_rows: usize, max_kv_bytes: u64) -> std::io::Result<Self> {
+    /// waits until the running rows leave it room; one that could never fit is refused),
+    /// with a [`PromptCache`] of at most `prompt_cache_bytes` (0: none).
+    pub fn start(
+        m: Arc<LoadedModel>,
+        max_rows: usize,
+        max_kv_bytes: u64,
+        prompt_cache_bytes: u64,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let running = Arc::new(AtomicUsize::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -136,6 +149,7 @@ impl BatchEngine {
         let limits = Limits {
             rows: max_rows.max(1),
             kv_bytes: max_kv_bytes,
+            prompt_cache_bytes,
         };
         let model = m.clone();
         let thread = std::thread::Builder::new()
@@ -219,6 +233,10 @@ struct Prefilling {
     hooks: RowSteering,
     /// Prompt tokens already in `cache`.
     done: usize,
+    /// Of those, the ones the prompt cache gave.
+    cached: usize,
+    /// The next-token logits, when the prompt cache held the whole prompt.
+    ready: Option<Vec<f32>>,
 }
 
 /// What one chunk of a prompt led to.
@@ -231,11 +249,12 @@ enum PrefillStep {
     Gone,
 }
 
-/// What the running rows may take together.
+/// What the running rows may take together, and the prompt cache.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     rows: usize,
     kv_bytes: u64,
+    prompt_cache_bytes: u64,
 }
 
 /// The model thread: admit, prefill a chunk, sample, step, until the queue closes and no row
@@ -251,6 +270,7 @@ fn run(
     // Prompts this short may run together ([`prefill_together`]).
     let short_max = m.model.same_kernels_prompt_max();
     let mut prefilling: Option<Prefilling> = None;
+    let mut prompts = PromptCache::new(limits.prompt_cache_bytes);
     loop {
         running.store(rows.len(), Ordering::Relaxed);
         // Block only when there is nothing to do.
@@ -267,18 +287,31 @@ fn run(
         while budget > 0 {
             if prefilling.is_none() {
                 let sizes = (budget, short_max);
-                let mut group = admit(m, rx, &mut waiting, &rows, limits, sizes);
-                queued.fetch_sub(group.len(), Ordering::Relaxed);
+                let admitted = admit(m, rx, &mut waiting, &rows, limits, sizes, &mut prompts);
+                queued.fetch_sub(admitted.len(), Ordering::Relaxed);
+                // Prompts the cache held whole join at once.
+                let (ready, mut group): (Vec<Prefilling>, Vec<Prefilling>) =
+                    admitted.into_iter().partition(|p| p.ready.is_some());
+                let any_ready = !ready.is_empty();
+                for mut p in ready {
+                    if let Some(logits) = p.ready.take() {
+                        rows.extend(rows_of(m, p, logits));
+                    }
+                }
                 if group.len() > 1 {
                     // Short prompts that arrived together: one pass for all.
                     budget = budget.saturating_sub(padded_tokens(&group).max(1));
                     for (p, logits) in prefill_together(m, group, abandoned) {
+                        remember(m, &mut prompts, &p, &logits);
                         rows.extend(rows_of(m, p, logits));
                     }
                     continue;
                 }
                 prefilling = group.pop();
                 if prefilling.is_none() {
+                    if any_ready {
+                        continue;
+                    }
                     break;
                 }
             }
@@ -293,6 +326,7 @@ fn run(
                 PrefillStep::More => {}
                 PrefillStep::Done(logits) => {
                     if let Some(p) = prefilling.take() {
+                        remember(m, &mut prompts, &p, &logits);
                         rows.extend(rows_of(m, p, logits));
                     }
                 }
@@ -336,6 +370,7 @@ fn run(
 /// prompts are at most `short` tokens and, padded to the longest, fit `budget` tokens in all,
 /// to run together ([`prefill_together`]). A job with a longer prompt, or one that echoes its
 /// prompt's log-probabilities, runs alone, chunk by chunk.
+#[allow(clippy::too_many_arguments)]
 fn admit(
     m: &LoadedModel,
     rx: &Receiver<CompletionJob>,
@@ -343,6 +378,7 @@ fn admit(
     rows: &[Row],
     limits: Limits,
     (budget, short): (usize, usize),
+    prompts: &mut PromptCache,
 ) -> Vec<Prefilling> {
     let mut group: Vec<Prefilling> = Vec::new();
     let (mut n_rows, mut kv_in_use) = (rows.len(), rows.iter().map(|r| r.kv_bytes).sum::<u64>());
@@ -356,19 +392,33 @@ fn admit(
         };
         let kv_need = row_kv_bytes(m, &job).saturating_mul(job.n as u64);
         let fits = n_rows + job.n <= limits.rows && kv_in_use.saturating_add(kv_need) <= limits.kv_bytes;
-        let alone = job.prompt.len() > short || (job.echo && job.logprobs.is_some());
-        let longest = group
-            .iter()
-            .map(|p| p.job.prompt.len())
-            .fold(job.prompt.len(), usize::max);
-        let joins = group.is_empty() || (!alone && longest * (group.len() + 1) <= budget);
-        if !joins || (!fits && (n_rows > 0 || !group.is_empty())) {
+        if !fits && (n_rows > 0 || !group.is_empty()) {
             *waiting = Some(job);
             break;
         }
-        n_rows += job.n;
+        let p = start_prefill(m, job, prompts);
+        if p.ready.is_some() {
+            // The cache held the whole prompt: no prefill to fit in the budget.
+            n_rows += p.job.n;
+            kv_in_use = kv_in_use.saturating_add(kv_need);
+            group.push(p);
+            continue;
+        }
+        let alone = p.job.prompt.len() > short || (p.job.echo && p.job.logprobs.is_some()) || p.done > 0;
+        let running: Vec<&Prefilling> = group.iter().filter(|g| g.ready.is_none()).collect();
+        let longest = running
+            .iter()
+            .map(|g| g.job.prompt.len())
+            .fold(p.job.prompt.len(), usize::max);
+        let joins = running.is_empty() || (!alone && longest * (running.len() + 1) <= budget);
+        if !joins {
+            // Back to waiting; what the cache gave is looked up again when it is admitted.
+            *waiting = Some(p.job);
+            break;
+        }
+        n_rows += p.job.n;
         kv_in_use = kv_in_use.saturating_add(kv_need);
-        group.push(start_prefill(m, job));
+        group.push(p);
         if alone {
             break;
         }
@@ -444,8 +494,19 @@ fn prefill_together(
     Vec::new()
 }
 
-/// Sets up the prompt's run of a job ([`BatchEngine::submit`] checked it).
-fn start_prefill(m: &LoadedModel, job: CompletionJob) -> Prefilling {
+/// Keeps a prompt that has run in the prompt cache (not one that echoed its
+/// log-probabilities: it ran in other chunks).
+fn remember(m: &LoadedModel, prompts: &mut PromptCache, p: &Prefilling, logits: &[f32]) {
+    if !(p.job.echo && p.job.logprobs.is_some())
+        && let Some(cache) = p.cache.first()
+    {
+        prompts.insert(m, &p.job.prompt, &p.job.steering, cache, logits);
+    }
+}
+
+/// Sets up the prompt's run of a job ([`BatchEngine::submit`] checked it), from what the
+/// prompt cache holds for it.
+fn start_prefill(m: &LoadedModel, job: CompletionJob, prompts: &mut PromptCache) -> Prefilling {
     // The first prompt token has no context: its log-probability is unknown.
     let echo_logprobs = match (job.echo, job.logprobs, job.prompt.first()) {
         (true, Some(_), Some(&first)) => vec![TokenLogprob {
@@ -455,12 +516,26 @@ fn start_prefill(m: &LoadedModel, job: CompletionJob) -> Prefilling {
         }],
         _ => Vec::new(),
     };
+    let positions = job.prompt.len().saturating_add(job.max_tokens);
+    let reuse = if job.echo && job.logprobs.is_some() {
+        // Every prompt position's logits are needed.
+        Reuse::Miss
+    } else {
+        prompts.lookup(m, &job.prompt, &job.steering, positions)
+    };
+    let (cache, done, ready) = match reuse {
+        Reuse::Whole { cache, logits } => (cache, job.prompt.len(), Some(logits)),
+        Reuse::Prefix { cache, len } => (cache, len, None),
+        Reuse::Miss => (m.cache_for(positions), 0, None),
+    };
     Prefilling {
         echo_logprobs,
         scratch: Vec::new(),
         hooks: RowSteering::new(vec![job.steering.clone()]),
-        cache: vec![m.cache_for(job.prompt.len().saturating_add(job.max_tokens))],
-        done: 0,
+        cache: vec![cache],
+        done,
+        cached: done,
+        ready,
         job,
     }
 }
@@ -540,6 +615,7 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
         job,
         mut cache,
         echo_logprobs,
+        cached,
         ..
     } = p;
     let kv_bytes = row_kv_bytes(m, &job);
@@ -557,6 +633,7 @@ fn rows_of(m: &LoadedModel, p: Prefilling, logits: Vec<f32>) -> Vec<Row> {
     } = job;
     let cache = cache.pop().unwrap_or_else(|| m.new_cache());
     let state = Rc::new(RefCell::new(JobState { sink, dropped: false }));
+    state.borrow_mut().send(CompletionEvent::PromptDone { cached });
     if echo {
         let text = m.tokenizer.decode(&prompt, true).unwrap_or_default();
         let mut s = state.borrow_mut();

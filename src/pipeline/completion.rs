@@ -104,6 +104,9 @@ pub struct TokenLogprob {
 /// What the engine reports about a job, in order per sample.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompletionEvent {
+    /// The prompt has run; its first `cached` tokens came from the prompt cache
+    /// ([`super::prompt_cache`]). Sent once, before anything else.
+    PromptDone { cached: usize },
     /// New text of sample `index`, and the log-probabilities of the tokens generated since the
     /// last `Text` (when the job asked for them). The text is empty only when a token's text
     /// is held back or cut by a stop sequence while its log-probability is reported.

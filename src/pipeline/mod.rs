@@ -21,6 +21,7 @@ pub mod image_concepts;
 pub mod image_sheet;
 pub mod pooling;
 pub mod presets;
+pub mod prompt_cache;
 pub mod quantize_model;
 pub mod steering;
 pub mod sweep;

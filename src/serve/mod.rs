@@ -48,6 +48,9 @@ pub struct ServeOptions {
     /// Accept any `model` name in a request (for clients that send a fixed one); otherwise
     /// a name that is neither the id nor an alias gets 404 `model_not_found`.
     pub any_model: bool,
+    /// Bytes of recent prompts' KV caches kept for reuse
+    /// ([`crate::pipeline::prompt_cache`]; 0: none).
+    pub prompt_cache_bytes: u64,
 }
 
 /// Half of this machine's memory (`MemTotal` in `/proc/meminfo`), or 8 GiB where that cannot
@@ -72,6 +75,7 @@ impl Default for ServeOptions {
             max_kv_bytes: default_max_kv_bytes(),
             aliases: Vec::new(),
             any_model: false,
+            prompt_cache_bytes: crate::pipeline::batch_engine::DEFAULT_PROMPT_CACHE_BYTES,
         }
     }
 }
@@ -174,8 +178,13 @@ pub fn start(
     let listener = TcpListener::bind(&addr_text).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
-    let engine =
-        BatchEngine::start(model.clone(), opts.max_rows, opts.max_kv_bytes).map_err(ServeError::Threads)?;
+    let engine = BatchEngine::start(
+        model.clone(),
+        opts.max_rows,
+        opts.max_kv_bytes,
+        opts.prompt_cache_bytes,
+    )
+    .map_err(ServeError::Threads)?;
     let mut model_names = vec![model_id(&model)];
     for a in &opts.aliases {
         let a = a.trim();

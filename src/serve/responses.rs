@@ -182,6 +182,8 @@ fn finite(lp: f32) -> Value {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens the prompt cache gave (OpenAI's `prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -190,6 +192,7 @@ impl Usage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         })
     }
 }
@@ -227,6 +230,7 @@ impl Collector {
             usage: Usage {
                 prompt_tokens,
                 completion_tokens: 0,
+                cached_tokens: 0,
             },
             failed: None,
         }
@@ -262,6 +266,7 @@ impl Collector {
                 self.usage.completion_tokens += tokens;
             }
             CompletionEvent::Failed(m) => self.failed = Some(m.clone()),
+            CompletionEvent::PromptDone { cached } => self.usage.cached_tokens = *cached,
         }
     }
 

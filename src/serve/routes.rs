@@ -460,6 +460,10 @@ fn stream(r: Running) -> Response {
                 CompletionEvent::Failed(m) => ApiError::invalid(None, m.clone())
                     .with_status(StatusCode::INTERNAL_SERVER_ERROR)
                     .body(),
+                CompletionEvent::PromptDone { .. } => {
+                    c.add(&e);
+                    continue;
+                }
             };
             c.add(&e);
             if !send(v).await {

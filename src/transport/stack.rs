@@ -255,6 +255,21 @@ impl SteeringPlan {
         self.per_hook.iter().all(Vec::is_empty)
     }
 
+    /// Whether `self` and `other` steer alike for sure: the same scope, and at every hook
+    /// point the same maps (the same shared objects, not only equal ones) in the same order
+    /// with the same λ, bit for bit. Plans compiled from one set of loaded concepts with the
+    /// same strengths are; `false` may be a false negative, never a false positive.
+    pub fn same_as(&self, other: &SteeringPlan) -> bool {
+        self.scope == other.scope
+            && self.per_hook.len() == other.per_hook.len()
+            && self.per_hook.iter().zip(&other.per_hook).all(|(a, b)| {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|((ma, la), (mb, lb))| Arc::ptr_eq(ma, mb) && la.to_bits() == lb.to_bits())
+            })
+    }
+
     /// Applies every active concept at hook `hook` to a 3-D activation `[batch, tokens, dim]`.
     pub fn apply_3d(
         &self,
@@ -347,6 +362,39 @@ mod tests {
         // Off or at λ = 0 it steers nothing on purpose: no error.
         other.set_lambda("c", 0.0);
         assert!(other.compile(&model, None).is_ok());
+    }
+
+    #[test]
+    fn plans_of_the_same_maps_and_strengths_are_the_same_and_others_are_not() {
+        let model = ["layers.0.mlp_norm", "layers.1.mlp_norm"];
+        let (a, b) = (concept(&["layers.0.mlp_norm"]), concept(&["layers.1.mlp_norm"]));
+        let plan = |concepts: &[(&Arc<MapsFile>, f32)], scope: TokenScope| {
+            let mut s = SteeringStack {
+                scope,
+                ..Default::default()
+            };
+            for (c, l) in concepts {
+                s.push(Arc::clone(c), *l);
+            }
+            s.compile(&model, None).unwrap()
+        };
+        let base = plan(&[(&a, 0.5), (&b, 1.0)], TokenScope::All);
+        assert!(base.same_as(&plan(&[(&a, 0.5), (&b, 1.0)], TokenScope::All)));
+        assert!(
+            !base.same_as(&plan(&[(&a, 0.5), (&b, 0.75)], TokenScope::All)),
+            "another λ"
+        );
+        assert!(
+            !base.same_as(&plan(&[(&a, 0.5)], TokenScope::All)),
+            "a concept fewer"
+        );
+        assert!(
+            !base.same_as(&plan(&[(&a, 0.5), (&b, 1.0)], TokenScope::LastToken)),
+            "another scope"
+        );
+        // Equal maps loaded twice are not taken as the same (no false positives).
+        let a2 = concept(&["layers.0.mlp_norm"]);
+        assert!(!base.same_as(&plan(&[(&a2, 0.5), (&b, 1.0)], TokenScope::All)));
     }
 
     #[test]

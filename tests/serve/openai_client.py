@@ -75,6 +75,19 @@ try:
 except openai.NotFoundError as e:
     check("the openai client raises NotFoundError for a model not served",
           "gpt-4o-mini" in str(e) and MODEL in str(e), str(e))
+# --- the prompt cache ----------------------------------------------------------------------
+CACHE_PROMPT = "A prompt that only the prompt cache check sends:"
+first_run = complete(prompt=CACHE_PROMPT, max_tokens=6)
+again = complete(prompt=CACHE_PROMPT, max_tokens=6)
+check("a new prompt has no cached tokens", first_run.usage.prompt_tokens_details.cached_tokens == 0,
+      first_run.usage)
+check("a repeated prompt comes whole from the prompt cache, with the same text",
+      again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens > 0
+      and again.choices[0].text == first_run.choices[0].text, (again.usage, again.choices[0].text))
+steered_again = complete(prompt=CACHE_PROMPT, max_tokens=6, extra_body={"steering": {CONCEPT: 1}})
+check("the same prompt with other steering is not taken from the cache",
+      steered_again.usage.prompt_tokens_details.cached_tokens == 0, steered_again.usage)
+
 status, concepts = raw("/v1/concepts")
 names = [c["name"] for c in concepts["data"]]
 check("concepts lists the loaded maps", status == 200 and names == [CONCEPT, OTHER], concepts)
