@@ -78,15 +78,24 @@ def wait_up(url, proc, seconds=300):
 def measure(name, url, args, steering_concept=None):
     rows = []
     one(url, 0, 8, None)  # warm up
-    for clients in (1, 4, 8):
-        seq = [round_tps(url, clients, args.tokens, False, seed0=r * 100) for r in range(args.rounds)]
-        tog = [round_tps(url, clients, args.tokens, True, seed0=r * 100) for r in range(args.rounds)]
-        rows.append((clients, statistics.median(seq), statistics.median(tog)))
-        print(f"{name}: {clients} clients: sequential {statistics.median(seq):.1f} tok/s, "
-              f"concurrent {statistics.median(tog):.1f} tok/s (rounds: {', '.join(f'{x:.1f}' for x in tog)})",
+    counts = (1, 4, 8)
+    seq = {c: [] for c in counts}
+    tog = {c: [] for c in counts}
+    # Rounds outermost, so that a machine that slows down or speeds up meanwhile weighs on
+    # every client count alike; the 8/1 ratio is also taken round by round.
+    for r in range(args.rounds):
+        for clients in counts:
+            seq[clients].append(round_tps(url, clients, args.tokens, False, seed0=r * 100))
+            tog[clients].append(round_tps(url, clients, args.tokens, True, seed0=r * 100))
+    for clients in counts:
+        s, t = statistics.median(seq[clients]), statistics.median(tog[clients])
+        rows.append((clients, s, t))
+        print(f"{name}: {clients} clients: sequential {s:.1f} tok/s, "
+              f"concurrent {t:.1f} tok/s (rounds: {', '.join(f'{x:.1f}' for x in tog[clients])})",
               flush=True)
-    single = rows[0][2]
-    print(f"{name}: 8 clients / 1 client = {rows[2][2] / single:.2f}x", flush=True)
+    ratios = [b / a for a, b in zip(tog[1], tog[8])]
+    print(f"{name}: 8 clients / 1 client = {rows[2][2] / rows[0][2]:.2f}x (medians); per round "
+          f"{', '.join(f'{x:.2f}' for x in ratios)}: median {statistics.median(ratios):.2f}x", flush=True)
     if steering_concept:
         plain, steered = [], []
         for r in range(args.rounds + 2):
