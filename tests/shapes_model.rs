@@ -205,8 +205,11 @@ fn style_pixel_art_rises_with_lambda() {
 
 /// NOT MET YET by the shipped model (issue 17 stays open): measured red share 0.897 → 0.761
 /// at λ = 1 on 8 images with the default trajectory fit (0.897 → 0.859 with first-step
-/// maps; goal: 3× less). The object's colour is a local feature, which per-channel means
-/// (the spatial-mean rule) barely carry. Run with `--ignored`.
+/// maps; 0.896 fitted on every pixel; goal: 3× less), while the concept's own target
+/// captions ("a circle", …) draw a red share of 0.223 at the same seeds unsteered (4.0×
+/// less): the goal is within the target's reach, the maps move only a sixth of the way.
+/// The object's colour is a local feature, which per-channel means (the spatial-mean rule)
+/// barely carry. Run with `--ignored`.
 #[test]
 #[ignore = "not met yet by the shipped model: negate:red cuts the red share 1.2x, not 3x"]
 fn negate_red_removes_the_red_and_keeps_the_shape() {
@@ -221,6 +224,9 @@ fn negate_red_removes_the_red_and_keeps_the_shape() {
     ];
     let n = samples(2).min(6);
     let (mut before, mut after, mut shape_ok, mut total) = (0.0, 0.0, 0, 0);
+    // What the concept's target captions ("a circle", …) draw at the same seeds unsteered:
+    // the most a transport to them can take the red share down to.
+    let mut target = 0.0;
     for prompt in prompts {
         let shape = prompt
             .split(' ')
@@ -229,6 +235,11 @@ fn negate_red_removes_the_red_and_keeps_the_shape() {
         for seed in 0..n as u64 {
             let plain = render(&pipe, prompt, 20 + seed, &SteeringStack::default(), None).remove(0);
             let steered = render(&pipe, prompt, 20 + seed, &stack, None).remove(0);
+            let uncoloured = prompt.replace("red ", "");
+            let aim = render(&pipe, &uncoloured, 20 + seed, &SteeringStack::default(), None).remove(0);
+            if let Some(o) = find_object(&aim) {
+                target += colour_share(&aim, &o, "red");
+            }
             if let Some(o) = find_object(&plain) {
                 before += colour_share(&plain, &o, "red");
             }
@@ -239,10 +250,12 @@ fn negate_red_removes_the_red_and_keeps_the_shape() {
             total += 1;
         }
     }
-    let (before, after) = (before / total as f64, after / total as f64);
+    let (before, after, target) = (before / total as f64, after / total as f64, target / total as f64);
     eprintln!(
-        "negate:red at λ = 1 on {total} images: red share {before:.3} → {after:.3} ({:.1}× less); shape kept {shape_ok}/{total}",
-        before / after.max(1e-9)
+        "negate:red at λ = 1 on {total} images: red share {before:.3} → {after:.3} ({:.1}× less); shape kept {shape_ok}/{total}; \
+         the target captions unsteered: red share {target:.3} ({:.1}× less than \"a red …\")",
+        before / after.max(1e-9),
+        before / target.max(1e-9)
     );
     assert!(before >= 3.0 * after, "red share {before:.3} → {after:.3}");
     assert!(
