@@ -207,7 +207,7 @@ fn style_pixel_art_rises_with_lambda() {
 /// at λ = 1 on 8 images with the default trajectory fit (0.897 → 0.859 with first-step
 /// maps; 0.896 fitted on every pixel; goal: 3× less), while the concept's own target
 /// captions ("a circle", …) draw a red share of 0.223 at the same seeds unsteered (4.0×
-/// less): the goal is within the target's reach, the maps move only a sixth of the way.
+/// less): the goal is within the target's reach; the maps move a fifth of the way.
 /// The object's colour is a local feature, which per-channel means (the spatial-mean rule)
 /// barely carry. Run with `--ignored`.
 #[test]
