@@ -28,7 +28,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -113,10 +113,23 @@ pub struct BatchEngine {
     abandoned: Arc<AtomicUsize>,
     /// Jobs submitted and not yet admitted.
     queued: Arc<AtomicUsize>,
+    /// What the prompt cache holds and has given.
+    prompt_cache: Arc<PromptCacheCounts>,
     /// Most bytes of KV cache the running rows may grow to together.
     max_kv_bytes: u64,
     /// The served model, which jobs are checked against as they are submitted.
     model: Arc<LoadedModel>,
+}
+
+/// The prompt cache's state as the model thread last left it.
+#[derive(Debug, Default)]
+pub struct PromptCacheCounts {
+    /// Prompts held.
+    pub prompts: AtomicUsize,
+    /// Bytes held (KV caches and logits).
+    pub bytes: AtomicU64,
+    /// Prompt tokens taken from the cache instead of run, since the start.
+    pub reused_tokens: AtomicU64,
 }
 
 /// Why a job was not queued (it comes back with the refusal).
@@ -145,7 +158,13 @@ impl BatchEngine {
         let running = Arc::new(AtomicUsize::new(0));
         let queued = Arc::new(AtomicUsize::new(0));
         let abandoned = Arc::new(AtomicUsize::new(0));
-        let counts = (running.clone(), queued.clone(), abandoned.clone());
+        let prompt_cache = Arc::new(PromptCacheCounts::default());
+        let counts = (
+            running.clone(),
+            queued.clone(),
+            abandoned.clone(),
+            prompt_cache.clone(),
+        );
         let limits = Limits {
             rows: max_rows.max(1),
             kv_bytes: max_kv_bytes,
@@ -154,13 +173,14 @@ impl BatchEngine {
         let model = m.clone();
         let thread = std::thread::Builder::new()
             .name("act-serve-engine".into())
-            .spawn(move || run(&m, &rx, limits, (&counts.0, &counts.1, &counts.2)))?;
+            .spawn(move || run(&m, &rx, limits, (&counts.0, &counts.1, &counts.2), &counts.3))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             running,
             abandoned,
             queued,
+            prompt_cache,
             max_kv_bytes,
             model,
         })
@@ -184,6 +204,11 @@ impl BatchEngine {
     /// Rows (samples) dropped since the start because their client went away.
     pub fn abandoned(&self) -> usize {
         self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// What the prompt cache holds and has given.
+    pub fn prompt_cache(&self) -> &PromptCacheCounts {
+        &self.prompt_cache
     }
 
     /// Checks `job` ([`check_job`], [`check_kv_limit`]: the one place jobs are checked) and
@@ -264,6 +289,7 @@ fn run(
     rx: &Receiver<CompletionJob>,
     limits: Limits,
     (running, queued, abandoned): (&AtomicUsize, &AtomicUsize, &AtomicUsize),
+    cache_counts: &PromptCacheCounts,
 ) {
     let mut rows: Vec<Row> = Vec::new();
     let mut waiting: Option<CompletionJob> = None;
@@ -289,6 +315,10 @@ fn run(
                 let sizes = (budget, short_max);
                 let admitted = admit(m, rx, &mut waiting, &rows, limits, sizes, &mut prompts);
                 queued.fetch_sub(admitted.len(), Ordering::Relaxed);
+                let reused: usize = admitted.iter().map(|p| p.cached).sum();
+                cache_counts
+                    .reused_tokens
+                    .fetch_add(reused as u64, Ordering::Relaxed);
                 // Prompts the cache held whole join at once.
                 let (ready, mut group): (Vec<Prefilling>, Vec<Prefilling>) =
                     admitted.into_iter().partition(|p| p.ready.is_some());
@@ -339,6 +369,8 @@ fn run(
                 }
             }
         }
+        cache_counts.prompts.store(prompts.len(), Ordering::Relaxed);
+        cache_counts.bytes.store(prompts.bytes(), Ordering::Relaxed);
         // 2. Sample one token per row (the rows' samplers side by side on the pool); retire
         //    rows that end.
         let eos = m.tokenizer.eos();

@@ -95,14 +95,21 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Liveness, the rows being decoded (`running`: a client that went away leaves none), the
-/// jobs waiting for a row (`queued`), and the rows dropped because their client went away
-/// (`abandoned`, since the start).
+/// jobs waiting for a row (`queued`), the rows dropped because their client went away
+/// (`abandoned`, since the start), and the prompt cache (prompts and bytes held, prompt
+/// tokens it gave since the start).
 async fn health(State(st): State<Shared>) -> Json<serde_json::Value> {
+    let cache = st.engine.prompt_cache();
     Json(json!({
         "status": "ok",
         "running": st.engine.running(),
         "queued": st.engine.queued(),
         "abandoned": st.engine.abandoned(),
+        "prompt_cache": {
+            "prompts": cache.prompts.load(Ordering::Relaxed),
+            "bytes": cache.bytes.load(Ordering::Relaxed),
+            "reused_tokens": cache.reused_tokens.load(Ordering::Relaxed),
+        },
     }))
 }
 

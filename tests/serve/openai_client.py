@@ -84,6 +84,10 @@ check("a new prompt has no cached tokens", first_run.usage.prompt_tokens_details
 check("a repeated prompt comes whole from the prompt cache, with the same text",
       again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens > 0
       and again.choices[0].text == first_run.choices[0].text, (again.usage, again.choices[0].text))
+status, health = raw("/health")
+check("/health reports the prompt cache",
+      status == 200 and health["prompt_cache"]["prompts"] >= 1 and health["prompt_cache"]["bytes"] > 0
+      and health["prompt_cache"]["reused_tokens"] >= again.usage.prompt_tokens, health)
 steered_again = complete(prompt=CACHE_PROMPT, max_tokens=6, extra_body={"steering": {CONCEPT: 1}})
 check("the same prompt with other steering is not taken from the cache",
       steered_again.usage.prompt_tokens_details.cached_tokens == 0, steered_again.usage)
