@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use act_studio::pipeline::batch_engine::{BatchEngine, SubmitError};
-use act_studio::pipeline::completion::{CompletionEvent, CompletionJob, CompletionSink};
+use act_studio::pipeline::completion::{CompletionEvent, CompletionJob, CompletionSink, ConceptSet};
 use act_studio::runtime::LoadedModel;
 use act_studio::runtime::generate::PREFILL_CHUNK;
 use act_studio::runtime::sampling::SamplingConfig;
+use act_studio::transport::{SteeringPlan, TokenScope};
 
 /// Every job's events in the order the engine sent them, with the job's label.
 type Log = Arc<Mutex<Vec<(&'static str, CompletionEvent)>>>;
@@ -307,6 +308,22 @@ fn cached_of(events: &[(&'static str, CompletionEvent)], label: &str) -> Option<
     })
 }
 
+/// The bits of job `label`'s reported log-probabilities: each token's, then its alternatives'.
+fn logprob_bits(events: &[(&'static str, CompletionEvent)], label: &str) -> Vec<u32> {
+    events
+        .iter()
+        .filter(|(l, _)| *l == label)
+        .flat_map(|(_, e)| match e {
+            CompletionEvent::Text { logprobs, .. } => logprobs
+                .iter()
+                .flat_map(|t| std::iter::once(t.logprob).chain(t.top.iter().map(|a| a.1)))
+                .map(f32::to_bits)
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 /// Runs `job` on `engine` and waits for its end; its events land in `log` under `label`.
 fn run_one(engine: &BatchEngine, job: CompletionJob, label: &'static str, log: &Log) {
     if engine.submit(job).is_err() {
@@ -347,25 +364,47 @@ fn the_prompt_cache_skips_a_repeated_prompt_and_whole_shared_chunks_with_the_sam
         };
         job
     };
-    for (label, prompt) in [
-        ("short1", &short),
-        ("short2", &short),
-        ("long", &long),
-        ("extended", &extended),
-        ("other", &other),
-    ] {
-        run_one(
-            &cached,
-            greedy_job(prompt.clone(), 1, 10, label, &log),
-            label,
-            &log,
-        );
-        run_one(
-            &plain,
-            greedy_job(prompt.clone(), 1, 10, label, &reference),
-            label,
-            &reference,
-        );
+    // Steering by a fitted concept: on every token, and on the last token of each chunk
+    // only (a prompt's last chunk is steered differently from the others).
+    let fitted = act_studio::pipeline::fit_concept::fit_concept(
+        &m,
+        &common::builtin_fit("football", Some(16)),
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let concepts = ConceptSet::from_checked(&m, vec![Arc::new(fitted.maps)]);
+    let plan = |scope| {
+        concepts
+            .plan(&[("football".to_string(), 1.0)], scope)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (all, last) = (plan(TokenScope::All), plan(TokenScope::LastToken));
+    assert!(all.is_some() && last.is_some());
+    let jobs: [(&'static str, &Vec<u32>, &Option<Arc<SteeringPlan>>); 11] = [
+        ("short1", &short, &None),
+        ("short2", &short, &None),
+        ("long", &long, &None),
+        ("extended", &extended, &None),
+        ("other", &other, &None),
+        ("short_all1", &short, &all),
+        ("short_all2", &short, &all),
+        ("long_all", &long, &all),
+        ("extended_all", &extended, &all),
+        ("long_last", &long, &last),
+        ("extended_last", &extended, &last),
+    ];
+    for (label, prompt, steering) in jobs {
+        // Greedy, with the log-probabilities of each token and two alternatives: their bits
+        // show any difference in the numbers, not only in the picks.
+        let job = |log: &Log| {
+            let mut job = greedy_job(prompt.clone(), 1, 10, label, log);
+            job.steering = steering.clone();
+            job.logprobs = Some(2);
+            job
+        };
+        run_one(&cached, job(&log), label, &log);
+        run_one(&plain, job(&reference), label, &reference);
     }
     run_one(
         &cached,
@@ -394,6 +433,13 @@ fn the_prompt_cache_skips_a_repeated_prompt_and_whole_shared_chunks_with_the_sam
     assert_eq!(cached_of(&got, "long"), Some(0));
     assert_eq!(cached_of(&got, "extended"), Some(PREFILL_CHUNK));
     assert_eq!(cached_of(&got, "other"), Some(0));
+    // Steered: a hit needs the same plan; the last-token scope reuses whole chunks too.
+    assert_eq!(cached_of(&got, "short_all1"), Some(0), "steered unlike short1");
+    assert_eq!(cached_of(&got, "short_all2"), Some(short.len()));
+    assert_eq!(cached_of(&got, "long_all"), Some(0));
+    assert_eq!(cached_of(&got, "extended_all"), Some(PREFILL_CHUNK));
+    assert_eq!(cached_of(&got, "long_last"), Some(0));
+    assert_eq!(cached_of(&got, "extended_last"), Some(PREFILL_CHUNK));
     assert_eq!(cached_of(&got, "sampled1"), Some(short.len()));
     assert_eq!(
         cached_of(&want, "short2"),
@@ -401,9 +447,21 @@ fn the_prompt_cache_skips_a_repeated_prompt_and_whole_shared_chunks_with_the_sam
         "the cache is off in the reference engine"
     );
     // The same tokens as without the cache, greedy and sampled (both samples).
-    for label in ["short1", "short2", "long", "extended", "other"] {
+    for (label, ..) in jobs {
         assert_eq!(text_of(&got, label), text_of(&want, label), "job {label}");
+        let bits = logprob_bits(&got, label);
+        assert_eq!(
+            bits.len(),
+            10 * 3,
+            "job {label}: 10 tokens, each with 2 alternatives"
+        );
+        assert_eq!(bits, logprob_bits(&want, label), "job {label}");
     }
+    assert_ne!(
+        logprob_bits(&got, "extended_all"),
+        logprob_bits(&got, "extended"),
+        "steering changes the numbers"
+    );
     assert_eq!(text_of(&got, "short2"), common::greedy(&m, &short, 10).text);
     let per_sample = |events: &[(&'static str, CompletionEvent)], label: &str| -> Vec<String> {
         (0..2)

@@ -130,15 +130,13 @@ impl PromptCache {
         let Some(e) = self.entries.remove(i) else {
             return Reuse::Miss;
         };
-        let mut cache = m.fork_cache(&e.cache, positions);
+        let cache = m.fork_cache_prefix(&e.cache, len, positions);
         let reuse = if len == prompt.len() && e.tokens.len() == len {
             Reuse::Whole {
                 cache,
                 logits: e.logits.clone(),
             }
         } else {
-            let c = m.config();
-            cache.truncate(len, c.n_kv_heads * c.head_dim);
             Reuse::Prefix { cache, len }
         };
         self.entries.push_back(e);
@@ -176,9 +174,7 @@ impl PromptCache {
         if bytes > self.limit {
             return;
         }
-        let c = m.config();
-        let mut kept = m.fork_cache(cache, prompt.len());
-        kept.truncate(prompt.len(), c.n_kv_heads * c.head_dim);
+        let kept = m.fork_cache_prefix(cache, prompt.len(), prompt.len());
         self.entries.push_back(Entry {
             tokens: prompt.to_vec(),
             steering: steering.clone(),

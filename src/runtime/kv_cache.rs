@@ -76,6 +76,25 @@ impl KvCache {
         }
     }
 
+    /// A copy of the first `len` positions (all when fewer are cached) with room for
+    /// `positions` positions in all (as [`KvCache::reserve`]): a copy and then a
+    /// [`KvCache::truncate`] would copy, and keep room for, every cached position.
+    pub fn fork_prefix(&self, len: usize, positions: usize, kv_width: usize) -> Self {
+        let len = len.min(self.len);
+        let keep = len.saturating_mul(kv_width);
+        let want = positions.min(RESERVE_LIMIT).saturating_mul(kv_width);
+        let copy = |x: &Vec<f32>| {
+            let mut out = Vec::with_capacity(want.max(keep));
+            out.extend_from_slice(x.get(..keep).unwrap_or(x));
+            out
+        };
+        Self {
+            layers: self.layers.iter().map(|(k, v)| (copy(k), copy(v))).collect(),
+            len,
+            transient: self.transient,
+        }
+    }
+
     /// Forgets everything (keeps the allocations).
     pub fn clear(&mut self) {
         self.len = 0;
@@ -147,5 +166,26 @@ mod tests {
         // Beyond the limit only the limit is set aside.
         let big = c.fork(usize::MAX, 2);
         assert!(big.layers[0].0.capacity() >= RESERVE_LIMIT * 2);
+    }
+
+    #[test]
+    fn a_prefix_fork_copies_and_sets_aside_only_what_it_is_asked_for() {
+        let mut c = KvCache::new(2);
+        for l in 0..2 {
+            if let Some((k, v)) = c.layer_mut(l) {
+                k.extend((0..200).map(|i| i as f32));
+                v.extend((0..200).map(|i| -(i as f32)));
+            }
+        }
+        c.set_len(100);
+        let f = c.fork_prefix(3, 5, 2);
+        assert_eq!(f.len(), 3);
+        for (a, b) in c.layers.iter().zip(&f.layers) {
+            assert_eq!(&a.0[..6], &b.0[..]);
+            assert_eq!(&a.1[..6], &b.1[..]);
+            assert!(b.0.capacity() >= 10 && b.0.capacity() < 200, "{}", b.0.capacity());
+        }
+        // Asked for more than is cached: all of it.
+        assert_eq!(c.fork_prefix(500, 500, 2).len(), 100);
     }
 }

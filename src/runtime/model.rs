@@ -128,6 +128,13 @@ impl LoadedModel {
         cache.fork(positions.min(c.max_position), c.n_kv_heads * c.head_dim)
     }
 
+    /// A copy of the first `len` positions of `cache` with room for `positions` positions in
+    /// all ([`KvCache::fork_prefix`]).
+    pub fn fork_cache_prefix(&self, cache: &KvCache, len: usize, positions: usize) -> KvCache {
+        let c = self.config();
+        cache.fork_prefix(len, positions.min(c.max_position), c.n_kv_heads * c.head_dim)
+    }
+
     /// A cache for a one-shot pass that is never continued (see [`KvCache::transient`]).
     pub fn transient_cache(&self) -> KvCache {
         KvCache::transient(self.config().n_layers)

@@ -91,6 +91,11 @@ check("/health reports the prompt cache",
 steered_again = complete(prompt=CACHE_PROMPT, max_tokens=6, extra_body={"steering": {CONCEPT: 1}})
 check("the same prompt with other steering is not taken from the cache",
       steered_again.usage.prompt_tokens_details.cached_tokens == 0, steered_again.usage)
+steered_twice = complete(prompt=CACHE_PROMPT, max_tokens=6, extra_body={"steering": {CONCEPT: 1}})
+check("with the same steering again it is, with the same text",
+      steered_twice.usage.prompt_tokens_details.cached_tokens == steered_twice.usage.prompt_tokens
+      and steered_twice.choices[0].text == steered_again.choices[0].text,
+      (steered_twice.usage, steered_twice.choices[0].text))
 
 status, concepts = raw("/v1/concepts")
 names = [c["name"] for c in concepts["data"]]
