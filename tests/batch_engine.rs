@@ -308,6 +308,9 @@ fn cached_of(events: &[(&'static str, CompletionEvent)], label: &str) -> Option<
     })
 }
 
+/// A job's label, prompt and steering.
+type Steered<'a> = (&'static str, &'a Vec<u32>, &'a Option<Arc<SteeringPlan>>);
+
 /// The bits of job `label`'s reported log-probabilities: each token's, then its alternatives'.
 fn logprob_bits(events: &[(&'static str, CompletionEvent)], label: &str) -> Vec<u32> {
     events
@@ -381,7 +384,7 @@ fn the_prompt_cache_skips_a_repeated_prompt_and_whole_shared_chunks_with_the_sam
     };
     let (all, last) = (plan(TokenScope::All), plan(TokenScope::LastToken));
     assert!(all.is_some() && last.is_some());
-    let jobs: [(&'static str, &Vec<u32>, &Option<Arc<SteeringPlan>>); 11] = [
+    let jobs: [Steered; 11] = [
         ("short1", &short, &None),
         ("short2", &short, &None),
         ("long", &long, &None),
