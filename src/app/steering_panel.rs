@@ -141,6 +141,19 @@ pub fn start_serving(app: &mut StudioApp) {
     app.send(Command::Serve(Some(Box::new(ServeRequest { concepts, options }))));
 }
 
+/// One row: an optional small label, `text` in monospace, and a button copying `text`.
+fn copyable(ui: &mut egui::Ui, label: Option<&str>, text: &str, hover: &str) {
+    ui.horizontal(|ui| {
+        if let Some(l) = label {
+            ui.small(l);
+        }
+        ui.monospace(text);
+        if ui.small_button("copy").on_hover_text(hover).clicked() {
+            ui.ctx().copy_text(text.to_string());
+        }
+    });
+}
+
 /// Whether the Serve settings allow a start: other machines may connect only with a key.
 pub fn serve_settings_ok(app: &StudioApp) -> bool {
     !app.settings.serve_network || !app.serve_key.trim().is_empty()
@@ -208,27 +221,8 @@ fn serve_controls(app: &mut StudioApp, ui: &mut egui::Ui) {
     if s.url.contains("://0.0.0.0:") {
         ui.small("other machines: this machine's address in place of 0.0.0.0");
     }
-    ui.horizontal(|ui| {
-        ui.monospace(&s.url);
-        if ui
-            .small_button("copy")
-            .on_hover_text("copy the base URL")
-            .clicked()
-        {
-            ui.ctx().copy_text(s.url.clone());
-        }
-    });
-    ui.horizontal(|ui| {
-        ui.small("model:");
-        ui.monospace(&s.model);
-        if ui
-            .small_button("copy")
-            .on_hover_text("copy the model name requests give")
-            .clicked()
-        {
-            ui.ctx().copy_text(s.model.clone());
-        }
-    });
+    copyable(ui, None, &s.url, "copy the base URL");
+    copyable(ui, Some("model:"), &s.model, "copy the model name requests give");
     ui.small(if s.concepts.is_empty() {
         "concepts: none (unsteered only)".to_string()
     } else {
