@@ -400,8 +400,10 @@ fn run(
 /// Takes the next waiting jobs that the running `rows` leave room for (every job when none
 /// run, so a lone large job still runs) and sets up their prompts: one job, or several whose
 /// prompts are at most `short` tokens and, padded to the longest, fit `budget` tokens in all,
-/// to run together ([`prefill_together`]). A job with a longer prompt, or one that echoes its
-/// prompt's log-probabilities, runs alone, chunk by chunk.
+/// to run together ([`prefill_together`]). A job with a longer prompt, one that echoes its
+/// prompt's log-probabilities, or one whose prompt starts from the prompt cache's whole
+/// chunks, runs alone, chunk by chunk; one whose whole prompt the cache holds joins without
+/// taking any of the budget (its `ready` logits are set).
 #[allow(clippy::too_many_arguments)]
 fn admit(
     m: &LoadedModel,
