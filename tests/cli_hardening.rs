@@ -43,83 +43,37 @@ fn numbers_outside_their_ranges_are_refused_with_the_rule() {
     let (s, t) = (s.to_string_lossy().into_owned(), t.to_string_lossy().into_owned());
     let out = dir.path().join("o.safetensors").to_string_lossy().into_owned();
     let model = "no-such-model.gguf";
+    // `generate` on the missing model with a prompt, then `extra`.
+    let generate = |extra: &[&'static str]| -> Vec<&'static str> {
+        ["generate", "--model", model, "--prompt", "hi"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect()
+    };
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec![
-                "generate",
-                "--model",
-                model,
-                "--prompt",
-                "hi",
-                "--temperature",
-                "1e-45",
-            ],
+            generate(&["--temperature", "1e-45"]),
             "temperature 1e-45 is outside",
         ),
+        (generate(&["--temperature", "-1"]), "temperature -1.0 is outside"),
+        (generate(&["--top-p", "NaN"]), "top-p NaN is outside"),
         (
-            vec![
-                "generate",
-                "--model",
-                model,
-                "--prompt",
-                "hi",
-                "--temperature",
-                "-1",
-            ],
-            "temperature -1.0 is outside",
-        ),
-        (
-            vec!["generate", "--model", model, "--prompt", "hi", "--top-p", "NaN"],
-            "top-p NaN is outside",
-        ),
-        (
-            vec![
-                "generate",
-                "--model",
-                model,
-                "--prompt",
-                "hi",
-                "--repetition-penalty",
-                "0",
-            ],
+            generate(&["--repetition-penalty", "0"]),
             "repetition penalty 0.0 is outside",
         ),
         (
-            vec![
-                "generate",
-                "--model",
-                model,
-                "--prompt",
-                "hi",
-                "--frequency-penalty",
-                "2.5",
-            ],
+            generate(&["--frequency-penalty", "2.5"]),
             "frequency penalty 2.5 is outside",
         ),
         (
-            vec![
-                "generate",
-                "--model",
-                model,
-                "--prompt",
-                "hi",
-                "--presence-penalty",
-                "-3",
-            ],
+            generate(&["--presence-penalty", "-3"]),
             "presence penalty -3.0 is outside",
         ),
         (
-            vec![
-                "generate", "--model", model, "--prompt", "hi", "--lambda", "x=1e30",
-            ],
+            generate(&["--lambda", "x=1e30"]),
             "λ = 1e30 is not a number within ±2",
         ),
-        (
-            vec![
-                "generate", "--model", model, "--prompt", "hi", "--lambda", "x=NaN",
-            ],
-            "λ = NaN",
-        ),
+        (generate(&["--lambda", "x=NaN"]), "λ = NaN"),
         (
             vec!["sweep", "--model", model, "--maps", "m", "--lambdas", "-3,0,1"],
             "λ = -3.0 is not a number within ±2",
