@@ -54,6 +54,7 @@ fn pair() -> PromptPair {
             .map(|c| format!("{c}, oil painting style, thick brush strokes"))
             .collect(),
         pooling: None,
+        hooks: None,
     }
 }
 
@@ -134,6 +135,32 @@ fn sd15_end_to_end_png_with_metadata_and_lambda_zero_is_bit_exact() {
     // Maps fitted on this model; λ = 0 is the unsteered image bit for bit, λ = 1 differs.
     let maps = fit(&p, "unet-norms");
     let n_unet = select_hooks(p.hook_sites(), "unet-norms").unwrap().len();
+    // The cross-attention outputs are hook points of their own, one per transformer block,
+    // outside every norm preset.
+    let cross = select_hooks(p.hook_sites(), "unet-cross-attention").unwrap();
+    let norm3 = p
+        .hook_sites()
+        .iter()
+        .filter(|s| s.name.ends_with(".norm3"))
+        .count();
+    assert!(norm3 > 0);
+    assert_eq!(cross.len(), norm3);
+    for preset in ["unet-norms", "all-norms", "unet-layernorms", "text-encoder-norms"] {
+        let ids = select_hooks(p.hook_sites(), preset).unwrap();
+        assert!(
+            ids.iter().all(|i| !cross.contains(i)),
+            "{preset} takes a cross-attention output"
+        );
+    }
+    for &i in &cross {
+        let site = &p.hook_sites()[i];
+        assert!(
+            site.name.starts_with("unet.") && site.name.ends_with(".attn2"),
+            "{}",
+            site.name
+        );
+        assert_eq!(site.kind, act_studio::diffusion::HookSiteKind::CrossAttention);
+    }
     assert_eq!(maps.meta().hook_points.len(), n_unet);
     let zero = run(&p, &r, &stack_of(maps.clone(), 0.0), StepWindow::ALL);
     assert_eq!(
@@ -152,6 +179,24 @@ fn sd15_end_to_end_png_with_metadata_and_lambda_zero_is_bit_exact() {
         .unwrap();
     println!("λ=1 vs unsteered: max |Δ pixel| = {d}");
     assert!(d > 1e-3);
+    // Maps on the cross-attention outputs steer too, and are the identity at λ = 0.
+    let cross_maps = fit(&p, "unet-cross-attention");
+    assert_eq!(cross_maps.meta().hook_points.len(), cross.len());
+    let zero = run(&p, &r, &stack_of(cross_maps.clone(), 0.0), StepWindow::ALL);
+    assert_eq!(bits(&zero), bits(&plain), "cross-attention maps at λ = 0");
+    let one = run(&p, &r, &stack_of(cross_maps, 1.0), StepWindow::ALL);
+    let d_cross = (&one - &plain)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        d_cross > 1e-4,
+        "cross-attention maps at λ = 1 change nothing: {d_cross}"
+    );
     // A step window steers only some steps: different from both.
     let late = run(
         &p,

@@ -5,7 +5,8 @@
 //! - each style concept's statistic rises over λ ∈ {0, 0.25, 0.5, 0.75, 1} on prompts that do
 //!   not name the style, and λ = 0 is the unsteered image bit for bit;
 //! - `negate:red` at λ = 1 cuts the red share of "a red …" objects at least 3× while the shape
-//!   stays right (≥ 80 %);
+//!   stays right (≥ 80 %); what it reaches (the red share falling over λ, 3× at λ = 2) is
+//!   checked apart;
 //! - our pipeline equals diffusers' on the trained weights.
 //!
 //! The negation check is not met by the shipped model yet and is `#[ignore]`d with the
@@ -203,64 +204,131 @@ fn style_pixel_art_rises_with_lambda() {
     style_rises_with_lambda("style:pixel_art", blockiness);
 }
 
-/// NOT MET YET by the shipped model (issue 17 stays open): measured red share 0.897 → 0.761
-/// at λ = 1 on 8 images with the default trajectory fit (0.897 → 0.859 with first-step
-/// maps; 0.896 fitted on every pixel; goal: 3× less), while the concept's own target
-/// captions ("a circle", …) draw a red share of 0.223 at the same seeds unsteered (4.0×
-/// less): the goal is within the target's reach; the maps move a fifth of the way.
-/// The object's colour is a local feature, which per-channel means (the spatial-mean rule)
-/// barely carry. Run with `--ignored`.
-#[test]
-#[ignore = "not met yet by the shipped model: negate:red cuts the red share 1.2x, not 3x"]
-fn negate_red_removes_the_red_and_keeps_the_shape() {
-    let Some(pipe) = model() else { return };
-    let mut stack = fitted(&pipe, "negate:red");
-    stack.concepts[0].lambda = 1.0;
-    let prompts = [
-        "a red circle",
-        "a red square",
-        "a large red cross",
-        "a small red square on the right",
-    ];
-    let n = samples(2).min(6);
-    let (mut before, mut after, mut shape_ok, mut total) = (0.0, 0.0, 0, 0);
-    // What the concept's target captions ("a circle", …) draw at the same seeds unsteered:
-    // the most a transport to them can take the red share down to.
-    let mut target = 0.0;
-    for prompt in prompts {
+/// "A red …" prompts for the negation checks.
+const RED_PROMPTS: [&str; 4] = [
+    "a red circle",
+    "a red square",
+    "a large red cross",
+    "a small red square on the right",
+];
+
+/// Negation figures at one λ: the mean red share of the objects and how many images kept
+/// their caption's shape.
+struct Negation {
+    red: f64,
+    shape_ok: usize,
+}
+
+/// Renders the [`RED_PROMPTS`] at `n` seeds each with the fitted `negate:red` stack at every λ
+/// of `lambdas`, and the concept's target captions ("a circle", …) unsteered at the same seeds
+/// (the most a transport to them can take the red share down to). Returns one [`Negation`] per
+/// λ, the target's red share and the number of images per λ.
+fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negation>, f64, usize) {
+    let mut stack = fitted(pipe, "negate:red");
+    let mut out: Vec<Negation> = lambdas
+        .iter()
+        .map(|_| Negation {
+            red: 0.0,
+            shape_ok: 0,
+        })
+        .collect();
+    let (mut target, mut total) = (0.0, 0);
+    for prompt in RED_PROMPTS {
         let shape = prompt
             .split(' ')
             .find(|w| ["circle", "square", "cross"].contains(w))
             .unwrap_or("");
         for seed in 0..n as u64 {
-            let plain = render(&pipe, prompt, 20 + seed, &SteeringStack::default(), None).remove(0);
-            let steered = render(&pipe, prompt, 20 + seed, &stack, None).remove(0);
-            let uncoloured = prompt.replace("red ", "");
-            let aim = render(&pipe, &uncoloured, 20 + seed, &SteeringStack::default(), None).remove(0);
+            let aim = render(
+                pipe,
+                &prompt.replace("red ", ""),
+                20 + seed,
+                &SteeringStack::default(),
+                None,
+            )
+            .remove(0);
             if let Some(o) = find_object(&aim) {
                 target += colour_share(&aim, &o, "red");
             }
-            if let Some(o) = find_object(&plain) {
-                before += colour_share(&plain, &o, "red");
-            }
-            if let Some(o) = find_object(&steered) {
-                after += colour_share(&steered, &o, "red");
-                shape_ok += usize::from(shape_of(&o, 64) == Some(shape));
+            for (i, &lambda) in lambdas.iter().enumerate() {
+                stack.concepts[0].lambda = lambda;
+                let img = render(pipe, prompt, 20 + seed, &stack, None).remove(0);
+                if let Some(o) = find_object(&img) {
+                    out[i].red += colour_share(&img, &o, "red");
+                    out[i].shape_ok += usize::from(shape_of(&o, 64) == Some(shape));
+                }
             }
             total += 1;
         }
     }
-    let (before, after, target) = (before / total as f64, after / total as f64, target / total as f64);
+    for f in &mut out {
+        f.red /= total as f64;
+    }
+    let line: Vec<String> = lambdas
+        .iter()
+        .zip(&out)
+        .map(|(l, f)| {
+            format!(
+                "λ = {l}: red share {:.3}, shape kept {}/{total}",
+                f.red, f.shape_ok
+            )
+        })
+        .collect();
     eprintln!(
-        "negate:red at λ = 1 on {total} images: red share {before:.3} → {after:.3} ({:.1}× less); shape kept {shape_ok}/{total}; \
-         the target captions unsteered: red share {target:.3} ({:.1}× less than \"a red …\")",
-        before / after.max(1e-9),
-        before / target.max(1e-9)
+        "negate:red on {total} images per λ: {}; the target captions unsteered: red share {:.3}",
+        line.join("; "),
+        target / total as f64
     );
+    (out, target / total as f64, total)
+}
+
+/// NOT MET YET by the shipped model (issue 17 stays open): at λ = 1 the red share falls only
+/// 0.897 → 0.743 on 8 images (1.2×; goal: 3× less), with the concept's own hook points (the
+/// cross-attention outputs, every pixel a sample). The unet-norms trajectory fit gave 0.761,
+/// first-step maps 0.859, unet-norms on every pixel 0.896. The concept's target captions ("a
+/// circle", …) draw a red share of 0.223 at the same seeds unsteered (4.0× less): the per-neuron
+/// marginals are matched at λ = 1 (the maps' W1 diagnostics fall about 8×) but the object's
+/// colour lives in how neurons move together, so the picture goes red → orange → green only
+/// as λ rises to 2 (the check below). Run with `--ignored`.
+#[test]
+#[ignore = "not met yet by the shipped model: negate:red cuts the red share 1.2x at λ = 1, not 3x"]
+fn negate_red_removes_the_red_and_keeps_the_shape() {
+    let Some(pipe) = model() else { return };
+    let (f, _, total) = negation_figures(&pipe, &[0.0, 1.0], samples(2).min(6));
+    let (before, after) = (f[0].red, f[1].red);
     assert!(before >= 3.0 * after, "red share {before:.3} → {after:.3}");
     assert!(
-        shape_ok as f64 >= 0.8 * total as f64,
-        "shape kept {shape_ok}/{total}"
+        f[1].shape_ok as f64 >= 0.8 * total as f64,
+        "shape kept {}/{total}",
+        f[1].shape_ok
+    );
+}
+
+/// What `negate:red` does reach (run in CI): the red share falls with every step of λ and at
+/// λ = 2 it is at least 3× below the unsteered one while the shapes stay right (≥ 80 %).
+/// Measured on 8 images: 0.897 (λ = 0), 0.743 (1), 0.348 (1.5), 0.000 (2), shapes 7/8 at
+/// λ = 2. Maps on the UNet norms at λ = 2 got 0.334 but kept the shape on 2 of 8.
+#[test]
+fn negate_red_falls_with_lambda_and_keeps_the_shape() {
+    let Some(pipe) = model() else { return };
+    let lambdas = [0.0, 1.0, 1.5, 2.0];
+    let (f, _, total) = negation_figures(&pipe, &lambdas, samples(2).min(6));
+    for (w, l) in f.windows(2).zip(lambdas.windows(2)) {
+        assert!(
+            w[1].red < w[0].red,
+            "red share rose from λ = {} to {}: {:.3} → {:.3}",
+            l[0],
+            l[1],
+            w[0].red,
+            w[1].red
+        );
+    }
+    let (before, after) = (f[0].red, f[3].red);
+    assert!(before >= 3.0 * after, "λ = 2: red share {before:.3} → {after:.3}");
+    assert!(
+        f[3].shape_ok as f64 >= 0.8 * total as f64,
+        "λ = 2: shape kept {}/{total}",
+        f[3].shape_ok
     );
 }
 

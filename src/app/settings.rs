@@ -122,7 +122,7 @@ pub struct ImageSettings {
     pub fit_target: String,
     /// Concept name (empty: the built-in name or the target file's stem).
     pub fit_name: String,
-    /// Hook preset or names.
+    /// Hook preset or names (blank: what the concept asks for).
     pub fit_hooks: String,
     /// Prompts per side (0 = all).
     pub fit_limit: usize,
@@ -200,7 +200,7 @@ impl Default for ImageSettings {
             fit_source: String::new(),
             fit_target: String::new(),
             fit_name: String::new(),
-            fit_hooks: crate::pipeline::diffusion_fit::DEFAULT_IMAGE_PRESET.into(),
+            fit_hooks: String::new(),
             fit_limit: 32,
             fit_size: 0,
             fit_trajectory: true,

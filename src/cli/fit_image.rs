@@ -38,9 +38,10 @@ pub struct FitImageArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Hook points: a preset (unet-norms, unet-groupnorms, unet-layernorms,
-    /// text-encoder-norms, all-norms) or names / `prefix*` patterns, comma-separated.
-    #[arg(long, default_value = DEFAULT_IMAGE_PRESET)]
-    pub hooks: String,
+    /// unet-cross-attention, text-encoder-norms, all-norms) or names / `prefix*` patterns,
+    /// comma-separated (default: what the concept asks for, else unet-norms).
+    #[arg(long)]
+    pub hooks: Option<String>,
     /// Estimator.
     #[arg(long, default_value = "linear-act")]
     pub method: Method,
@@ -103,7 +104,7 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
         for (n, d) in concepts {
             outln!("  {n:<24} {d}");
         }
-        outln!("hook presets:");
+        outln!("hook presets (default: the concept's own, else {DEFAULT_IMAGE_PRESET}):");
         for (n, d) in IMAGE_PRESETS {
             outln!("  {n:<24} {d}");
         }
@@ -123,7 +124,7 @@ pub fn fit_image(a: &FitImageArgs) -> Result<()> {
     let req = ImageFitRequest {
         concept,
         name: a.name.clone(),
-        hooks: a.hooks.clone(),
+        hooks: a.hooks.clone().unwrap_or_default(),
         method: a.method,
         support: a.support,
         limit: a.limit,

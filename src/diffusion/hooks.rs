@@ -1,6 +1,6 @@
 //! Hook points of a diffusion pipeline: every normalisation layer of the UNet (GroupNorm and
 //! LayerNorm outputs) and the text encoders' layer norms (AcT paper §5; docs/ARCHITECTURE.md,
-//! "Diffusion").
+//! "Diffusion"), plus each UNet transformer block's cross-attention output (`…attn2`).
 //!
 //! Each component registers its hook points in forward order into one [`HookRegistry`] when it
 //! is built, and keeps the returned ids. Names follow the diffusers module paths with the
@@ -9,8 +9,8 @@
 //! `text_encoder.layers.3.layer_norm1`, `text_encoder_2.final_layer_norm`.
 //!
 //! Activations reach hooks as f32, either spatial `[batch, channels, h, w]` (GroupNorm
-//! outputs) or token-major `[batch, tokens, dim]` (LayerNorm outputs of UNet transformer
-//! blocks and text encoders).
+//! outputs) or token-major `[batch, tokens, dim]` (LayerNorm and cross-attention outputs of
+//! UNet transformer blocks, text encoders' layer norms).
 
 use candle_core::{DType, Tensor};
 
@@ -233,6 +233,10 @@ pub enum HookSiteKind {
     GroupNorm,
     /// A LayerNorm output `[b, tokens, dim]`.
     LayerNorm,
+    /// A UNet transformer block's cross-attention output `[b, h·w, dim]`, before it is added
+    /// to the residual stream: where the text conditioning (an object's colour, say) enters
+    /// the image.
+    CrossAttention,
 }
 
 /// One registered hook point.
@@ -242,7 +246,7 @@ pub struct HookSite {
     pub name: String,
     /// Neurons (channels or features).
     pub dim: usize,
-    /// GroupNorm or LayerNorm.
+    /// GroupNorm, LayerNorm or cross-attention output.
     pub kind: HookSiteKind,
 }
 

@@ -57,6 +57,10 @@ pub const IMAGE_PRESETS: &[(&str, &str)] = &[
         "unet-layernorms",
         "the UNet transformers' LayerNorms only (3-D, per token)",
     ),
+    (
+        "unet-cross-attention",
+        "the UNet transformers' cross-attention outputs (3-D, per token): where the prompt enters the image",
+    ),
     ("text-encoder-norms", "every layer norm of the text encoder(s)"),
     ("all-norms", "text encoder and UNet norms"),
 ];
@@ -68,6 +72,7 @@ pub const DEFAULT_IMAGE_PRESET: &str = "unet-norms";
 /// list of hook names and `prefix*` patterns.
 pub fn select_hooks(sites: &[HookSite], selection: &str) -> Result<Vec<usize>> {
     let is_unet = |s: &HookSite| s.name.starts_with("unet.");
+    let is_norm = |s: &HookSite| s.kind != HookSiteKind::CrossAttention;
     let pick = |f: &dyn Fn(&HookSite) -> bool| -> Vec<usize> {
         sites
             .iter()
@@ -77,11 +82,12 @@ pub fn select_hooks(sites: &[HookSite], selection: &str) -> Result<Vec<usize>> {
             .collect()
     };
     let ids = match selection.trim() {
-        "unet-norms" | "unet" => pick(&|s| is_unet(s)),
+        "unet-norms" | "unet" => pick(&|s| is_unet(s) && is_norm(s)),
         "unet-groupnorms" => pick(&|s| is_unet(s) && s.kind == HookSiteKind::GroupNorm),
         "unet-layernorms" => pick(&|s| is_unet(s) && s.kind == HookSiteKind::LayerNorm),
+        "unet-cross-attention" => pick(&|s| s.kind == HookSiteKind::CrossAttention),
         "text-encoder-norms" | "text" => pick(&|s| !is_unet(s)),
-        "all-norms" | "all" => pick(&|_| true),
+        "all-norms" | "all" => pick(&|s| is_norm(s)),
         list => {
             let mut ids = Vec::new();
             for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {

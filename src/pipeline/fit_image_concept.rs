@@ -43,7 +43,8 @@ pub struct ImageFitRequest {
     /// Concept name (`None` or blank: the built-in name or the target file's stem).
     pub name: Option<String>,
     /// Hook preset, or names / `prefix*` patterns, comma-separated
-    /// ([`super::diffusion_fit::select_hooks`]).
+    /// ([`super::diffusion_fit::select_hooks`]); blank: what the concept asks for
+    /// ([`PromptPair::hooks`]), else [`DEFAULT_IMAGE_PRESET`].
     pub hooks: String,
     /// Estimator.
     pub method: Method,
@@ -72,14 +73,15 @@ pub struct ImageFitRequest {
 }
 
 impl ImageFitRequest {
-    /// A request for `concept` with the CLI's defaults: the default preset, Linear-AcT,
+    /// A request for `concept` with the CLI's defaults: the concept's hook points (else the
+    /// default preset), Linear-AcT,
     /// unbounded support, 32 prompts per side, the model's size and steps, seed 0, causal
     /// along trajectories.
     pub fn new(concept: ImageConceptSource) -> Self {
         Self {
             concept,
             name: None,
-            hooks: DEFAULT_IMAGE_PRESET.to_string(),
+            hooks: String::new(),
             method: Method::LinearAct,
             support: Support::Unbounded,
             limit: 32,
@@ -142,6 +144,7 @@ pub fn prompt_pair(req: &ImageFitRequest, folder: Option<&Path>) -> Result<Promp
             source: read_prompts(source)?,
             target: read_prompts(target)?,
             pooling: None,
+            hooks: None,
         },
         ImageConceptSource::Prompts(p) => p.clone(),
     };
@@ -150,6 +153,19 @@ pub fn prompt_pair(req: &ImageFitRequest, folder: Option<&Path>) -> Result<Promp
         pair.name = n.to_string();
     }
     Ok(pair)
+}
+
+/// The hook points a fit uses: the request's, else the concept's, else the default preset.
+pub fn hook_selection<'a>(req: &'a ImageFitRequest, pair: &'a PromptPair) -> &'a str {
+    let asked = req.hooks.trim();
+    if !asked.is_empty() {
+        return asked;
+    }
+    pair.hooks
+        .as_deref()
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .unwrap_or(DEFAULT_IMAGE_PRESET)
 }
 
 /// Reads the prompts and fits the concept's maps on `pipe`; `progress(done, total)` counts
@@ -176,7 +192,7 @@ pub fn fit_image_concept(
             method: req.method,
             support: req.support,
         },
-        &req.hooks,
+        hook_selection(req, &pair),
         req.seed,
         req.size,
         req.steps,
@@ -196,6 +212,25 @@ pub fn fit_image_concept(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_s_hooks_win_then_the_concept_s_then_the_default() {
+        let mut pair = PromptPair {
+            name: "negate:red".into(),
+            source: vec!["a red circle".into()],
+            target: vec!["a circle".into()],
+            pooling: None,
+            hooks: None,
+        };
+        let mut req = ImageFitRequest::new(ImageConceptSource::Prompts(pair.clone()));
+        assert_eq!(hook_selection(&req, &pair), DEFAULT_IMAGE_PRESET);
+        pair.hooks = Some("unet-cross-attention".into());
+        assert_eq!(hook_selection(&req, &pair), "unet-cross-attention");
+        req.hooks = "  ".into();
+        assert_eq!(hook_selection(&req, &pair), "unet-cross-attention");
+        req.hooks = " text-encoder-norms ".into();
+        assert_eq!(hook_selection(&req, &pair), "text-encoder-norms");
+    }
 
     #[test]
     fn a_request_names_limits_and_reads_its_prompts() {

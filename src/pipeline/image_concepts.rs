@@ -35,6 +35,9 @@ pub struct PromptPair {
     /// How the concept is best sampled when a fit does not say (a folder concept's
     /// `pooling`; `None`: the paper's per-prompt mean).
     pub pooling: Option<SamplePooling>,
+    /// The hook points the concept is best fitted at when a fit does not say (a folder
+    /// concept's `hooks`: a preset or names / `prefix*` patterns; `None`: the default preset).
+    pub hooks: Option<String>,
 }
 
 impl PromptPair {
@@ -70,8 +73,9 @@ pub enum ImageConceptError {
 
 /// The file in a diffusers folder that lists the folder's own concepts:
 /// `{"concepts": [{"name": "style:neon", "about": "…", "source": ["…"], "target": ["…"]}, …]}`,
-/// where a concept may add `"pooling": "positions"` (or `"mean"`) to say how it is best
-/// fitted ([`SamplePooling`]; a fit request's own choice wins).
+/// where a concept may add `"pooling": "positions"` (or `"mean"`) and `"hooks": "PRESET"` (or
+/// names / `prefix*` patterns) to say how it is best fitted ([`SamplePooling`],
+/// [`super::diffusion_fit::select_hooks`]; a fit request's own choice wins).
 pub const FOLDER_CONCEPTS: &str = "act_studio_concepts.json";
 
 /// A concept that a model folder defines for itself.
@@ -124,12 +128,27 @@ pub fn folder_concepts(folder: &Path) -> Result<Vec<FolderConcept>, ImageConcept
                 ))
             })?),
         };
+        let hooks = match c.get("hooks") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_str()
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "concept `{name}`: `hooks` must be a preset or hook names, not {v}"
+                        ))
+                    })?
+                    .to_string(),
+            ),
+        };
         out.push(FolderConcept {
             pair: PromptPair {
                 name: name.to_string(),
                 source,
                 target,
                 pooling,
+                hooks,
             },
             about: c.get("about").and_then(Value::as_str).unwrap_or("").to_string(),
         });
@@ -238,6 +257,7 @@ pub fn style_concept(style: &str, captions: &[String]) -> Result<PromptPair, Ima
             .map(|c| format!("{}, {tags}", c.trim_end()))
             .collect(),
         pooling: None,
+        hooks: None,
     })
 }
 
@@ -259,6 +279,7 @@ pub fn negation_concept(concept: &str, captions: &[String]) -> Result<PromptPair
             .collect(),
         target: captions.to_vec(),
         pooling: None,
+        hooks: None,
     })
 }
 
@@ -285,6 +306,7 @@ pub fn builtin_image_concept(name: &str) -> Result<PromptPair, ImageConceptError
             source: strings(c.get("trees")),
             target: strings(c.get("no_trees")),
             pooling: None,
+            hooks: None,
         });
     }
     Err(unknown(name))
@@ -343,7 +365,7 @@ mod tests {
         write(
             r#"{"concepts": [
             {"name": "style:neon", "about": "plain → neon", "source": ["a circle"], "target": ["a circle, neon style"]},
-            {"name": "style:sketch", "about": "ours", "source": ["a square"], "target": ["a square, pencil sketch"], "pooling": "positions"}]}"#,
+            {"name": "style:sketch", "about": "ours", "source": ["a square"], "target": ["a square, pencil sketch"], "pooling": "positions", "hooks": " unet-cross-attention "}]}"#,
         );
         let list = image_concepts_for(Some(dir.path())).unwrap();
         assert_eq!(list[0].0, "style:neon");
@@ -352,11 +374,16 @@ mod tests {
         let p = image_concept_for("style:sketch", Some(dir.path())).unwrap();
         assert_eq!(p.target, ["a square, pencil sketch"]);
         assert_eq!(p.pooling, Some(SamplePooling::Positions));
+        assert_eq!(p.hooks.as_deref(), Some("unet-cross-attention"));
         assert_eq!(
             image_concept_for("style:neon", Some(dir.path())).unwrap().pooling,
             None
         );
         assert_eq!(image_concept_for("style:sketch", None).unwrap().pooling, None);
+        assert_eq!(
+            image_concept_for("style:neon", Some(dir.path())).unwrap().hooks,
+            None
+        );
         assert_eq!(image_concept_for("style:sketch", None).unwrap().source.len(), 98);
         assert_eq!(
             image_concept_for("style:anime", Some(dir.path()))
@@ -387,6 +414,14 @@ mod tests {
             (
                 r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"], "pooling": "pixels"}]}"#,
                 "`pooling` must be",
+            ),
+            (
+                r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"], "hooks": "  "}]}"#,
+                "`hooks` must be",
+            ),
+            (
+                r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"], "hooks": ["unet-norms"]}]}"#,
+                "`hooks` must be",
             ),
         ] {
             write(text);

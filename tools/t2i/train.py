@@ -359,9 +359,13 @@ def write_concepts(d: Path):
         specs = [plain(colour=colour) for _ in range(48)]
         concepts.append({
             "name": f"negate:{colour}",
-            "about": f"\"a {colour} …\" → \"a …\" (the colour left to the model)",
+            "about": f"\"a {colour} …\" → \"a …\" (the colour left to the model); fitted on every "
+                     "pixel of the cross-attention outputs, where the caption's colour enters the image",
             "source": [shapes.caption(*sp, None) for sp in specs],
             "target": [shapes.caption(*sp, None, name_colour=False) for sp in specs],
+            # The colour is local (the object's pixels) and comes in through cross-attention.
+            "hooks": "unet-cross-attention",
+            "pooling": "positions",
         })
     (d / "act_studio_concepts.json").write_text(json.dumps({"concepts": concepts}, indent=1))
 

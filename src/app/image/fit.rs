@@ -3,7 +3,7 @@
 
 use eframe::egui;
 
-use crate::pipeline::diffusion_fit::IMAGE_PRESETS;
+use crate::pipeline::diffusion_fit::{DEFAULT_IMAGE_PRESET, IMAGE_PRESETS};
 use crate::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, SamplePooling};
 use crate::pipeline::fit_model::Estimation;
 use crate::transport::{Method, Support};
@@ -129,9 +129,23 @@ pub fn show_fit(app: &mut StudioApp, ui: &mut egui::Ui) {
                 }
             }
         });
+    let shown = if s.fit_hooks.trim().is_empty() {
+        "as the concept asks".to_string()
+    } else {
+        s.fit_hooks.clone()
+    };
     egui::ComboBox::from_label("hooks")
-        .selected_text(s.fit_hooks.clone())
+        .selected_text(shown)
         .show_ui(ui, |ui| {
+            if ui
+                .selectable_label(s.fit_hooks.trim().is_empty(), "as the concept asks")
+                .on_hover_text(format!(
+                    "the model folder's concepts may name their hook points (negations: the cross-attention outputs); others use {DEFAULT_IMAGE_PRESET}"
+                ))
+                .clicked()
+            {
+                s.fit_hooks.clear();
+            }
             for (p, help) in IMAGE_PRESETS {
                 if ui
                     .selectable_label(s.fit_hooks == *p, *p)

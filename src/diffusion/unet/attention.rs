@@ -1,10 +1,10 @@
 //! The UNet's transformers (diffusers `Transformer2DModel` with `BasicTransformerBlock`s),
-//! with hook points at the GroupNorm `norm` (4-D) and at each block's LayerNorms
-//! `norm1`/`norm2`/`norm3` (3-D `[b, h·w, c]`).
+//! with hook points at the GroupNorm `norm` (4-D), at each block's LayerNorms
+//! `norm1`/`norm2`/`norm3` and at its cross-attention's output `attn2` (3-D `[b, h·w, c]`).
 //!
 //! ```text
 //! x ─ hook(norm) ─ proj_in ─ [b, hw, c] ─ blocks ─ proj_out ─ + x
-//! block: x += attn1(hook(norm1(x)));  x += attn2(hook(norm2(x)), text);  x += ff(hook(norm3(x)))
+//! block: x += attn1(hook(norm1(x)));  x += hook(attn2(hook(norm2(x)), text));  x += ff(hook(norm3(x)))
 //! ```
 
 use candle_core::{D, DType, Module, Tensor};
@@ -14,7 +14,7 @@ use crate::diffusion::conv::{Conv2d, conv2d};
 use rayon::prelude::*;
 
 use crate::diffusion::error::Result;
-use crate::diffusion::hooks::{DiffHooks, HookRegistry};
+use crate::diffusion::hooks::{DiffHooks, HookRegistry, HookSiteKind, run_hook};
 
 use super::norm::{HookedGroupNorm, HookedLayerNorm, with_cpu_f32};
 
@@ -191,6 +191,8 @@ struct TransformerBlock {
     attn1: Attention,
     norm2: HookedLayerNorm,
     attn2: Attention,
+    /// Hook on the cross-attention's output, before it joins the residual stream.
+    attn2_hook: usize,
     norm3: HookedLayerNorm,
     ff: FeedForward,
 }
@@ -198,7 +200,8 @@ struct TransformerBlock {
 impl TransformerBlock {
     fn forward(&self, x: &Tensor, text: &Tensor, hooks: &mut dyn DiffHooks) -> Result<Tensor> {
         let x = (self.attn1.forward(&self.norm1.forward(x, hooks)?, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x, hooks)?, Some(text))? + x)?;
+        let cross = self.attn2.forward(&self.norm2.forward(&x, hooks)?, Some(text))?;
+        let x = (run_hook(hooks, self.attn2_hook, cross)? + x)?;
         Ok((self.ff.forward(&self.norm3.forward(&x, hooks)?)? + x)?)
     }
 }
@@ -258,6 +261,7 @@ impl SpatialTransformer {
             let attn1 = Attention::new(vb.pp("attn1"), c, c, s.heads)?;
             let norm2 = HookedLayerNorm::new(c, 1e-5, vb.pp("norm2"), reg, format!("{bn}.norm2"))?;
             let attn2 = Attention::new(vb.pp("attn2"), c, s.context_dim, s.heads)?;
+            let attn2_hook = reg.add(format!("{bn}.attn2"), c, HookSiteKind::CrossAttention);
             let norm3 = HookedLayerNorm::new(c, 1e-5, vb.pp("norm3"), reg, format!("{bn}.norm3"))?;
             let ff = FeedForward::new(vb.pp("ff"), c, s.geglu_tanh)?;
             blocks.push(TransformerBlock {
@@ -265,6 +269,7 @@ impl SpatialTransformer {
                 attn1,
                 norm2,
                 attn2,
+                attn2_hook,
                 norm3,
                 ff,
             });
