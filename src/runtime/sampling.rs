@@ -357,12 +357,18 @@ fn max_not_nan(values: &[f32]) -> Option<f32> {
 /// sort of `top_k` keys) gives the same list several times faster than sorting pairs.
 fn ranked(logits: &[f32], inv_t: f32, top_k: usize, keys: &mut Vec<u64>, out: &mut Vec<(u32, f32)>) {
     keys.clear();
-    keys.extend(logits.iter().enumerate().map(|(i, &l)| {
-        let b = (l * inv_t).to_bits();
-        // Ascending in f32's total order, then flipped: ascending keys = descending values.
-        let ordered = if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 };
-        (u64::from(!ordered) << 32) | i as u64
-    }));
+    let key = |i: usize, l: f32| (u64::from(!total_order_bits(l * inv_t)) << 32) | i as u64;
+    match top_k_floor(logits, inv_t, top_k) {
+        // Only the values at or above a floor that the `top_k` best all reach get keys.
+        Some(floor) => keys.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(_, &l)| total_order_bits(l * inv_t) >= floor)
+                .map(|(i, &l)| key(i, l)),
+        ),
+        None => keys.extend(logits.iter().enumerate().map(|(i, &l)| key(i, l))),
+    }
     if top_k > 0 && top_k < keys.len() {
         keys.select_nth_unstable(top_k - 1);
         keys.truncate(top_k);
@@ -373,6 +379,35 @@ fn ranked(logits: &[f32], inv_t: f32, top_k: usize, keys: &mut Vec<u64>, out: &m
         let i = (k & 0xFFFF_FFFF) as usize;
         (i as u32, logits[i] * inv_t)
     }));
+}
+
+/// `v`'s bits mapped so that unsigned order is f32's total order (`f32::total_cmp`).
+#[inline]
+fn total_order_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    // Negative: all bits flipped; positive: the sign bit set.
+    b ^ ((((b as i32) >> 31) as u32) | 0x8000_0000)
+}
+
+/// Values per block of [`top_k_floor`].
+const FLOOR_BLOCK: usize = 64;
+
+/// A floor (in [`total_order_bits`]) that the `top_k` highest scaled logits all reach, when
+/// it pays: the `top_k`-th highest of the blocks' maxima. `top_k` blocks hold a value at or
+/// above it, so at least `top_k` values do, and the `top_k` best are among them. Keys for the
+/// few values above the floor replace keys for the whole vocabulary (and the selection among
+/// them), with the same ranking as a result. `None` when `top_k` is 0 or exceeds the blocks.
+fn top_k_floor(logits: &[f32], inv_t: f32, top_k: usize) -> Option<u32> {
+    let blocks = logits.len() / FLOOR_BLOCK;
+    if top_k == 0 || top_k > blocks || blocks < 8 {
+        return None;
+    }
+    let mut maxima: Vec<u32> = logits
+        .chunks(FLOOR_BLOCK)
+        .map(|c| c.iter().map(|&l| total_order_bits(l * inv_t)).fold(0, u32::max))
+        .collect();
+    let (_, &mut floor, _) = maxima.select_nth_unstable_by(top_k - 1, |a, b| b.cmp(a));
+    Some(floor)
 }
 
 /// Index of the largest value (the first one on ties).
@@ -546,6 +581,73 @@ mod tests {
             // Five standard deviations of a binomial proportion.
             let tol = 5.0 * (p * (1.0 - p) / draws as f64).sqrt();
             assert!((got - p).abs() < tol, "token {i}: {got} vs {p}");
+        }
+    }
+
+    #[test]
+    fn total_order_bits_follow_total_cmp() {
+        let v = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-30,
+            2.0,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for a in v {
+            for b in v {
+                assert_eq!(
+                    total_order_bits(a).cmp(&total_order_bits(b)),
+                    a.total_cmp(&b),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ranking_with_a_floor_equals_ranking_everything() {
+        let mut state = 99u64;
+        for (len, top_k, case) in [
+            (49_152, 64, 0),
+            (49_152, 50, 1),
+            (4096, 40, 2),
+            (1000, 3, 3),
+            (49_152, 768, 4),
+            (49_152, 1, 5),
+        ] {
+            let logits: Vec<f32> = (0..len)
+                .map(|i| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let x = ((state >> 40) as f32) / (1u64 << 24) as f32 * 8.0;
+                    match (case, i % 97) {
+                        // Many ties, infinities and NaNs.
+                        (3, _) => (x * 2.0).round(),
+                        (4, 0) => f32::NAN,
+                        (5, 1) => f32::INFINITY,
+                        (5, 2) => -f32::NAN,
+                        _ => x + if i % 5000 == 7 { 9.0 } else { 0.0 },
+                    }
+                })
+                .collect();
+            let (mut keys, mut out) = (Vec::new(), Vec::new());
+            ranked(&logits, 1.25, top_k, &mut keys, &mut out);
+            // Everything ranked by a stable sort of (value descending in total order).
+            let mut all: Vec<(u32, f32)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * 1.25))
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1));
+            all.truncate(top_k);
+            let bits = |v: &[(u32, f32)]| v.iter().map(|&(i, s)| (i, s.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&all), "case {case}");
         }
     }
 
