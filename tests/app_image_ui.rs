@@ -665,3 +665,60 @@ fn generate_during_an_image_fit_waits_and_steers_with_the_new_concept() {
     assert_ne!(s.image, u.image, "λ = 1 of the new concept changes the image");
     assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
 }
+
+/// The hooks box starts at "as the concept asks": a model folder's concept that names its hook
+/// points (`"hooks"` in `act_studio_concepts.json`) is fitted there, and a preset picked in the
+/// box wins over it.
+#[test]
+fn the_image_fit_form_takes_the_concept_s_hook_points_unless_one_is_picked() {
+    use act_studio::pipeline::image_concepts::{FOLDER_CONCEPTS, image_concept_for};
+
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("tiny-sd15");
+    write_tiny_sd15(&model, 11).unwrap_or_else(|e| panic!("{e}"));
+    let pair = image_concept_for("negate:cat", None).unwrap_or_else(|e| panic!("{e}"));
+    let concepts = serde_json::json!({"concepts": [{
+        "name": "negate:cat",
+        "about": "the built-in prompts, at the cross-attention outputs",
+        "source": pair.source,
+        "target": pair.target,
+        "hooks": "unet-cross-attention",
+    }]});
+    std::fs::write(model.join(FOLDER_CONCEPTS), concepts.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let mut h = loaded(&model);
+    assert_eq!(
+        h.state().settings.image.fit_hooks,
+        "",
+        "the concept's choice by default"
+    );
+    fit(&mut h);
+    let names = |h: &H| -> Vec<String> {
+        h.state().stack[0]
+            .concept
+            .maps
+            .hooks()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
+    let first = names(&h);
+    assert!(!first.is_empty());
+    assert!(
+        first.iter().all(|n| n.contains(".attn2")),
+        "fitted at the concept's hook points: {first:?}"
+    );
+
+    h.get_by_label("hooks").click();
+    h.run();
+    h.get_by_label("unet-norms").click();
+    h.run();
+    assert_eq!(h.state().settings.image.fit_hooks, "unet-norms");
+    h.state_mut().stack.clear();
+    h.step();
+    fit(&mut h);
+    let second = names(&h);
+    assert!(!second.is_empty());
+    assert!(
+        second.iter().all(|n| !n.contains(".attn2")),
+        "fitted at the picked preset: {second:?}"
+    );
+}
