@@ -185,14 +185,7 @@ fn sd15_end_to_end_png_with_metadata_and_lambda_zero_is_bit_exact() {
     let zero = run(&p, &r, &stack_of(cross_maps.clone(), 0.0), StepWindow::ALL);
     assert_eq!(bits(&zero), bits(&plain), "cross-attention maps at λ = 0");
     let one = run(&p, &r, &stack_of(cross_maps, 1.0), StepWindow::ALL);
-    let d_cross = (&one - &plain)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d_cross = sd_common::compare::max_abs_diff(&one, &plain);
     assert!(
         d_cross > 1e-4,
         "cross-attention maps at λ = 1 change nothing: {d_cross}"

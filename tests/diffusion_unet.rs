@@ -78,7 +78,11 @@ fn sd15_structure_matches_candle() {
     assert!(names.contains(&"unet.up_blocks.2.resnets.1.norm2"));
     assert_eq!(*names.last().unwrap(), "unet.conv_norm_out");
     // 3 down blocks × 1 resnet × 2 + 2 attn × 4 + mid (2 resnets × 2 + 4) + up 3 × 2 resnets × 2 + 2 × 2 attn × 4 + 1
-    assert_eq!(names.len(), 6 + 8 + 8 + 12 + 16 + 1);
+    // norms, and one cross-attention output per transformer block (2 down + 1 mid + 4 up).
+    let cross = names.iter().filter(|n| n.ends_with(".attn2")).count();
+    assert_eq!(cross, 2 + 1 + 4);
+    assert!(names.contains(&"unet.mid_block.attentions.0.transformer_blocks.0.attn2"));
+    assert_eq!(names.len() - cross, 6 + 8 + 8 + 12 + 16 + 1);
 }
 
 /// Zeroes the SDXL added-conditioning output layer, so our output must equal candle's

@@ -221,9 +221,9 @@ struct Negation {
 
 /// Renders the [`RED_PROMPTS`] at `n` seeds each with the fitted `negate:red` stack at every λ
 /// of `lambdas`, and the concept's target captions ("a circle", …) unsteered at the same seeds
-/// (the most a transport to them can take the red share down to). Returns one [`Negation`] per
-/// λ, the target's red share and the number of images per λ.
-fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negation>, f64, usize) {
+/// (the most a transport to them can take the red share down to; printed). Returns one
+/// [`Negation`] per λ and the number of images per λ.
+fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negation>, usize) {
     let mut stack = fitted(pipe, "negate:red");
     let mut out: Vec<Negation> = lambdas
         .iter()
@@ -279,7 +279,7 @@ fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negati
         line.join("; "),
         target / total as f64
     );
-    (out, target / total as f64, total)
+    (out, total)
 }
 
 /// NOT MET YET by the shipped model (issue 17 stays open): at λ = 1 the red share falls only
@@ -294,14 +294,8 @@ fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negati
 #[ignore = "not met yet by the shipped model: negate:red cuts the red share 1.2x at λ = 1, not 3x"]
 fn negate_red_removes_the_red_and_keeps_the_shape() {
     let Some(pipe) = model() else { return };
-    let (f, _, total) = negation_figures(&pipe, &[0.0, 1.0], samples(2).min(6));
-    let (before, after) = (f[0].red, f[1].red);
-    assert!(before >= 3.0 * after, "red share {before:.3} → {after:.3}");
-    assert!(
-        f[1].shape_ok as f64 >= 0.8 * total as f64,
-        "shape kept {}/{total}",
-        f[1].shape_ok
-    );
+    let (f, total) = negation_figures(&pipe, &[0.0, 1.0], samples(2).min(6));
+    assert_cut_3x_keeping_shapes(&f[0], &f[1], total, "λ = 1");
 }
 
 /// What `negate:red` does reach (run in CI): the red share falls with every step of λ and at
@@ -312,7 +306,7 @@ fn negate_red_removes_the_red_and_keeps_the_shape() {
 fn negate_red_falls_with_lambda_and_keeps_the_shape() {
     let Some(pipe) = model() else { return };
     let lambdas = [0.0, 1.0, 1.5, 2.0];
-    let (f, _, total) = negation_figures(&pipe, &lambdas, samples(2).min(6));
+    let (f, total) = negation_figures(&pipe, &lambdas, samples(2).min(6));
     for (w, l) in f.windows(2).zip(lambdas.windows(2)) {
         assert!(
             w[1].red < w[0].red,
@@ -323,12 +317,22 @@ fn negate_red_falls_with_lambda_and_keeps_the_shape() {
             w[1].red
         );
     }
-    let (before, after) = (f[0].red, f[3].red);
-    assert!(before >= 3.0 * after, "λ = 2: red share {before:.3} → {after:.3}");
+    assert_cut_3x_keeping_shapes(&f[0], &f[3], total, "λ = 2");
+}
+
+/// The issue's negation criterion: the red share at least 3× below the unsteered one, and the
+/// caption's shape on at least 80 % of the `total` images.
+fn assert_cut_3x_keeping_shapes(before: &Negation, after: &Negation, total: usize, at: &str) {
     assert!(
-        f[3].shape_ok as f64 >= 0.8 * total as f64,
-        "λ = 2: shape kept {}/{total}",
-        f[3].shape_ok
+        before.red >= 3.0 * after.red,
+        "{at}: red share {:.3} → {:.3}",
+        before.red,
+        after.red
+    );
+    assert!(
+        after.shape_ok as f64 >= 0.8 * total as f64,
+        "{at}: shape kept {}/{total}",
+        after.shape_ok
     );
 }
 

@@ -74,9 +74,8 @@ pub struct ImageFitRequest {
 
 impl ImageFitRequest {
     /// A request for `concept` with the CLI's defaults: the concept's hook points (else the
-    /// default preset), Linear-AcT,
-    /// unbounded support, 32 prompts per side, the model's size and steps, seed 0, causal
-    /// along trajectories.
+    /// default preset), Linear-AcT, unbounded support, 32 prompts per side, the model's size
+    /// and steps, seed 0, causal along trajectories.
     pub fn new(concept: ImageConceptSource) -> Self {
         Self {
             concept,
