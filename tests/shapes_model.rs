@@ -336,6 +336,24 @@ fn assert_cut_3x_keeping_shapes(before: &Negation, after: &Negation, total: usiz
     );
 }
 
+/// Maps fitted before the cross-attention outputs became hook points (act-studio 3832b39:
+/// `fit-image --model models/act-shapes-t2i --concept negate:red --hooks unet.conv_norm_out
+/// --limit 8`) still match the model's fingerprint, which counts the norm hook points only,
+/// and still steer.
+#[test]
+fn maps_fitted_before_the_cross_attention_hooks_still_load_and_steer() {
+    let Some(pipe) = model() else { return };
+    let path = Path::new("tests/fixtures/act_shapes/negate-red-conv-norm-out-3832b39.safetensors");
+    let maps = act_studio::transport::MapsFile::load_for(path, pipe.fingerprint())
+        .unwrap_or_else(|e| panic!("maps fitted before no longer match the model: {e}"));
+    let mut stack = SteeringStack::default();
+    stack.push(Arc::new(maps), 0.0);
+    let plain = render(&pipe, "a red circle", 20, &SteeringStack::default(), None).remove(0);
+    assert_eq!(render(&pipe, "a red circle", 20, &stack, None).remove(0), plain);
+    stack.concepts[0].lambda = 1.0;
+    assert_ne!(render(&pipe, "a red circle", 20, &stack, None).remove(0), plain);
+}
+
 /// Our pipeline against diffusers' on the trained weights (fixture written by
 /// tools/t2i/make_reference.py): the same seeds, DDIM, 20 steps, guidance 4.
 #[test]

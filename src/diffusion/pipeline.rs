@@ -356,7 +356,13 @@ impl SdPipeline {
         let fingerprint = ModelFingerprint {
             architecture: family.name().to_string(),
             hidden_size: ctx,
-            n_layers: registry.len(),
+            // The norm hook points, as before the cross-attention outputs became hook points
+            // too, so that maps fitted then still match the model.
+            n_layers: registry
+                .sites()
+                .iter()
+                .filter(|s| s.kind != super::hooks::HookSiteKind::CrossAttention)
+                .count(),
             weights_header_sha256: crate::transport::maps_file::hex(&h.finalize()),
         };
         let mut warnings = warnings;
