@@ -744,3 +744,37 @@ fn previews_come_per_step_when_wanted() {
         }
     }
 }
+
+/// A folder concept whose `"hooks"` match nothing is a clear error naming the concept and its
+/// file; a request that names its own hook points is not affected.
+#[test]
+fn a_folder_concept_asking_for_unknown_hook_points_is_a_clear_error() {
+    use act_studio::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
+    use act_studio::pipeline::image_concepts::FOLDER_CONCEPTS;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sd");
+    write_tiny_sd15(&root, 3).unwrap();
+    std::fs::write(
+        root.join(FOLDER_CONCEPTS),
+        r#"{"concepts": [{"name": "negate:cat", "source": ["a cat", "a black cat"], "target": ["a dog", "a black dog"], "hooks": "unet.no_such_block*"}]}"#,
+    )
+    .unwrap();
+    let p = load(&root);
+    let mut req = ImageFitRequest {
+        size: Some(32),
+        steps: Some(2),
+        trajectory: false,
+        ..ImageFitRequest::new(ImageConceptSource::Builtin("negate:cat".into()))
+    };
+    let e = fit_image_concept(&p, &req, &mut |_, _| true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("negate:cat") && e.contains("unet.no_such_block*") && e.contains(FOLDER_CONCEPTS),
+        "{e}"
+    );
+    req.hooks = "unet-cross-attention".into();
+    let maps = fit_image_concept(&p, &req, &mut |_, _| true).unwrap();
+    assert!(maps.maps.hooks().all(|(n, _)| n.ends_with(".attn2")));
+}

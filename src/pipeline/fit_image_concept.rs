@@ -185,13 +185,23 @@ pub fn fit_image_concept(
             "the chunk (prompts per forward pass) must be at least 1".into(),
         ));
     }
+    let hooks = hook_selection(req, &pair);
+    if req.hooks.trim().is_empty()
+        && let Err(e) = super::diffusion_fit::select_hooks(pipe.hook_sites(), hooks)
+    {
+        return Err(DiffusionError::BadInput(format!(
+            "concept `{}` asks for hook points `{hooks}` (its \"hooks\" in {}): {e}",
+            pair.name,
+            super::image_concepts::FOLDER_CONCEPTS
+        )));
+    }
     let mut opts = ImageFitOptions::new(
         pipe,
         FitConfig {
             method: req.method,
             support: req.support,
         },
-        hook_selection(req, &pair),
+        hooks,
         req.seed,
         req.size,
         req.steps,
