@@ -215,8 +215,11 @@ const RED_PROMPTS: [&str; 4] = [
 /// Negation figures at one λ: the mean red share of the objects and how many images kept
 /// their caption's shape.
 struct Negation {
+    /// Mean over the images (an image without an object adds 0).
     red: f64,
     shape_ok: usize,
+    /// Images in which an object was found.
+    found: usize,
 }
 
 /// Renders the [`RED_PROMPTS`] at `n` seeds each with the fitted `negate:red` stack at every λ
@@ -230,6 +233,7 @@ fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negati
         .map(|_| Negation {
             red: 0.0,
             shape_ok: 0,
+            found: 0,
         })
         .collect();
     let (mut target, mut total) = (0.0, 0);
@@ -254,6 +258,7 @@ fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negati
                 stack.concepts[0].lambda = lambda;
                 let img = render(pipe, prompt, 20 + seed, &stack, None).remove(0);
                 if let Some(o) = find_object(&img) {
+                    out[i].found += 1;
                     out[i].red += colour_share(&img, &o, "red");
                     out[i].shape_ok += usize::from(shape_of(&o, 64) == Some(shape));
                 }
@@ -269,8 +274,8 @@ fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negati
         .zip(&out)
         .map(|(l, f)| {
             format!(
-                "λ = {l}: red share {:.3}, shape kept {}/{total}",
-                f.red, f.shape_ok
+                "λ = {l}: red share {:.3}, shape kept {}/{total}, objects {}/{total}",
+                f.red, f.shape_ok, f.found
             )
         })
         .collect();
@@ -307,6 +312,14 @@ fn negate_red_falls_with_lambda_and_keeps_the_shape() {
     let Some(pipe) = model() else { return };
     let lambdas = [0.0, 1.0, 1.5, 2.0];
     let (f, total) = negation_figures(&pipe, &lambdas, samples(2).min(6));
+    for (n, l) in f.iter().zip(lambdas) {
+        // A picture without an object would count as no red: the fall must come from objects.
+        assert!(
+            n.found as f64 >= 0.8 * total as f64,
+            "λ = {l}: an object in only {}/{total} images",
+            n.found
+        );
+    }
     for (w, l) in f.windows(2).zip(lambdas.windows(2)) {
         assert!(
             w[1].red < w[0].red,
