@@ -611,7 +611,6 @@ mod tests {
 
     #[test]
     fn ranking_with_a_floor_equals_ranking_everything() {
-        let mut state = 99u64;
         for (len, top_k, case) in [
             (49_152, 64, 0),
             (49_152, 50, 1),
@@ -620,19 +619,18 @@ mod tests {
             (49_152, 768, 4),
             (49_152, 1, 5),
         ] {
-            let logits: Vec<f32> = (0..len)
-                .map(|i| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let x = ((state >> 40) as f32) / (1u64 << 24) as f32 * 8.0;
+            // Within ±4, one in 5000 or so up to ±13 (a few clear winners).
+            let logits: Vec<f32> = crate::runtime::test_values::values(len, 99 + case, 5000, (13.0, 4.0))
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| {
                     match (case, i % 97) {
                         // Many ties, infinities and NaNs.
                         (3, _) => (x * 2.0).round(),
                         (4, 0) => f32::NAN,
                         (5, 1) => f32::INFINITY,
                         (5, 2) => -f32::NAN,
-                        _ => x + if i % 5000 == 7 { 9.0 } else { 0.0 },
+                        _ => x,
                     }
                 })
                 .collect();
@@ -653,24 +651,19 @@ mod tests {
 
     #[test]
     fn the_lane_maximum_equals_the_one_lane_maximum() {
-        let mut state = 7u64;
         for len in [0usize, 1, 7, 8, 9, 63, 64, 65, 1000] {
             for case in 0..6 {
-                let v: Vec<f32> = (0..len)
-                    .map(|i| {
-                        state = state
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        let x = ((state >> 40) as f32) / (1u64 << 24) as f32 * 20.0 - 10.0;
-                        match (case, i % 5) {
-                            (1, 0) => f32::NAN,
-                            (2, _) => f32::NEG_INFINITY,
-                            (3, _) => f32::NAN,
-                            (4, 1) => f32::INFINITY,
-                            (5, _) if i % 2 == 0 => f32::NAN,
-                            (5, _) => f32::NEG_INFINITY,
-                            _ => x,
-                        }
+                let v: Vec<f32> = crate::runtime::test_values::values(len, 7 + len as u64, 1, (10.0, 10.0))
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, x)| match (case, i % 5) {
+                        (1, 0) => f32::NAN,
+                        (2, _) => f32::NEG_INFINITY,
+                        (3, _) => f32::NAN,
+                        (4, 1) => f32::INFINITY,
+                        (5, _) if i % 2 == 0 => f32::NAN,
+                        (5, _) => f32::NEG_INFINITY,
+                        _ => x,
                     })
                     .collect();
                 let want = max_scaled(v.iter().copied());
