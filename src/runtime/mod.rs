@@ -34,6 +34,7 @@ pub mod pool;
 pub mod quant;
 pub mod quant_dot4;
 mod quant_dot8;
+mod quant_dot8_512;
 pub mod quant_mix;
 pub mod safetensors_shards;
 pub mod sampling;

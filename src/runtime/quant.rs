@@ -908,6 +908,8 @@ thread_local! {
     /// A Q4_1 weight row unpacked to one byte per value for the eight-input kernel (one row
     /// of `cols` bytes per thread, reused).
     static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Two such rows, for the two-row AVX-512 kernel.
+    static UNPACKED_2: std::cell::RefCell<[Vec<u8>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
 }
 
 /// Whether the eight-input Q4_1 kernel is compiled in (AVX2 + FMA + F16C builds).
@@ -938,8 +940,30 @@ pub fn vnni() -> bool {
     })
 }
 
-/// [`super::quant_dot8::avx2::unpack_q4_1`]; never called without AVX2 (see
-/// [`eight_input_kernel`]), where it leaves `out` empty.
+/// Whether the eight-input Q4_1 kernel may run on 512-bit registers
+/// ([`super::quant_dot8_512`]): [`vnni`] holds, the CPU has AVX-512 F, DQ and VNNI (checked
+/// once, at run time) and `ACT_AVX512` is not `0`. The outputs are the same bits either way;
+/// `ACT_AVX512=0` is for comparing speeds.
+pub fn avx512_vnni() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| {
+        let wanted = std::env::var("ACT_AVX512").map_or(true, |v| v.trim() != "0");
+        #[cfg(target_arch = "x86_64")]
+        return wanted
+            && vnni()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = wanted;
+            false
+        }
+    })
+}
+
+/// [`super::quant_dot8::avx2::unpack_q4_1`] (or its pair layout where [`avx512_vnni`]);
+/// never called without AVX2 (see [`eight_input_kernel`]), where it leaves `out` empty.
 #[inline]
 fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
     #[cfg(all(
@@ -950,7 +974,11 @@ fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
     ))]
     // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
     unsafe {
-        super::quant_dot8::avx2::unpack_q4_1(row, out)
+        if avx512_vnni() {
+            super::quant_dot8_512::avx512::unpack_q4_1_pairs(row, out)
+        } else {
+            super::quant_dot8::avx2::unpack_q4_1(row, out)
+        }
     };
     #[cfg(not(all(
         target_arch = "x86_64",
@@ -964,6 +992,24 @@ fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// [`super::quant_dot8_512::avx512::dot8x2_q4_1_512`] where [`avx512_vnni`], else
+/// [`dot8_q4_1`] row by row (the same bits).
+#[inline]
+fn dot8x2_q4_1(rows: [&[u8]; 2], wq: [&[u8]; 2], yq: &[i8], hdr: &[f32]) -> [[f32; 8]; 2] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    if avx512_vnni() {
+        // SAFETY: AVX2, FMA and F16C are enabled for the whole build; `avx512_vnni` checked
+        // AVX-512 F, DQ and VNNI on this CPU; the layouts are the pair ones (see `dot8_q4_1`).
+        return unsafe { super::quant_dot8_512::avx512::dot8x2_q4_1_512(rows, wq, yq, hdr) };
+    }
+    [0, 1].map(|r| dot8_q4_1(rows[r], wq[r], yq, hdr))
+}
+
 /// [`super::quant_dot8::avx2::dot8_q4_1`]; zeros without AVX2 (never called there, see
 /// [`eight_input_kernel`]).
 #[inline]
@@ -975,6 +1021,12 @@ fn dot8_q4_1(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32]) -> [f32; 8] {
         target_feature = "f16c"
     ))]
     {
+        if avx512_vnni() {
+            // SAFETY: AVX2, FMA and F16C are enabled for the whole build; `avx512_vnni`
+            // checked AVX-512 F, DQ and VNNI on this CPU. `wq` and `yq` are in the pair
+            // layout (`unpack_q4_1`, `ActScratch::quantize` choose it by the same test).
+            return unsafe { super::quant_dot8_512::avx512::dot8_q4_1_512(row, wq, yq, hdr) };
+        }
         if vnni() {
             // SAFETY: AVX2, FMA and F16C are enabled for the whole build; `vnni` checked
             // AVX-VNNI on this CPU.
@@ -1082,7 +1134,11 @@ impl ActScratch {
                 Act::Q8_0(q) => d8.extend(q.iter().map(|b| b.d.to_f32())),
                 Act::Q8_1(q) => {
                     super::quant_dot8::q8_1_headers8(q, inputs, d8);
-                    super::quant_dot8::interleave8(q, inputs, y8);
+                    if avx512_vnni() {
+                        super::quant_dot8_512::interleave8_pairs(q, inputs, y8);
+                    } else {
+                        super::quant_dot8::interleave8(q, inputs, y8);
+                    }
                 }
                 Act::Q8K(_) => {}
             }
@@ -1613,8 +1669,37 @@ impl QMatrix {
                 if group && groups8 > 0 && self.dtype == QDType::Q4_1 && eight_input_kernel() {
                     let (per_hdr, per_y) = (nb * 16, nb * 256);
                     let ahead = self.prefetch_distance();
+                    // AVX-512: two rows at a time (two chains of additions side by side).
+                    let mut r0 = k0;
+                    if avx512_vnni() {
+                        UNPACKED_2.with_borrow_mut(|[wa, wb]| {
+                            while r0 + 2 <= k1 {
+                                if i == 0 {
+                                    self.prefetch_row(r0 + ahead);
+                                    self.prefetch_row(r0 + 1 + ahead);
+                                }
+                                let rs = [self.row(r0), self.row(r0 + 1)];
+                                unpack_q4_1(rs[0], wa);
+                                unpack_q4_1(rs[1], wb);
+                                for g in 0..groups8 {
+                                    let at = i / 8 + g;
+                                    let hdr = d8.get(at * per_hdr..(at + 1) * per_hdr).unwrap_or(&[]);
+                                    let yq = y8.get(at * per_y..(at + 1) * per_y).unwrap_or(&[]);
+                                    let lanes = (n - i - 8 * g).min(8);
+                                    for (dr, vals) in
+                                        dot8x2_q4_1(rs, [wa, wb], yq, hdr).into_iter().enumerate()
+                                    {
+                                        for (j, v) in vals.into_iter().take(lanes).enumerate() {
+                                            unsafe { out.set((i + 8 * g + j) * rows + r0 + dr, v) };
+                                        }
+                                    }
+                                }
+                                r0 += 2;
+                            }
+                        });
+                    }
                     UNPACKED.with_borrow_mut(|wq| {
-                        for r in k0..k1 {
+                        for r in r0..k1 {
                             if i == 0 {
                                 self.prefetch_row(r + ahead);
                             }
@@ -1707,6 +1792,9 @@ impl QMatrix {
             static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
             /// The inputs' starting lane sums for the AVX-VNNI tiles (one per pool thread).
             static OFFSETS: std::cell::RefCell<Vec<[i32; 8]>> = const { std::cell::RefCell::new(Vec::new()) };
+            /// The inputs paired for the AVX-512 tiles: quants, starting sums, scales.
+            static PAIRED: std::cell::RefCell<(Vec<i8>, Vec<i32>, Vec<f32>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
         }
         let nb = self.cols / QK;
         let q8_bytes = nb * 34;
@@ -1716,6 +1804,17 @@ impl QMatrix {
         if vnni {
             d4::q8_0_offsets(y, &mut offsets);
         }
+        // AVX-512: whole groups of eight inputs through the two-row × eight-input tile.
+        let mut paired = PAIRED.take();
+        let (pq, po, ps) = &mut paired;
+        pq.clear();
+        po.clear();
+        ps.clear();
+        let groups8 = if avx512_vnni() {
+            super::quant_dot8_512::pair_inputs_q8_0(y, d8, n, pq, po, ps)
+        } else {
+            0
+        };
         let rows = self.rows;
         let input = |i: usize| {
             (
@@ -1737,7 +1836,42 @@ impl QMatrix {
                     }
                     buf.chunks_exact(q8_bytes).collect()
                 };
-                let mut i = 0;
+                for g in 0..groups8 {
+                    let (q, o, s) = (
+                        pq.get(g * nb * 256..(g + 1) * nb * 256).unwrap_or(&[]),
+                        po.get(g * nb * 64..(g + 1) * nb * 64).unwrap_or(&[]),
+                        ps.get(g * nb * 64..(g + 1) * nb * 64).unwrap_or(&[]),
+                    );
+                    let mut pairs = tile.chunks_exact(2);
+                    let mut r = k0;
+                    for pair in &mut pairs {
+                        // SAFETY: AVX2, FMA and F16C are enabled for the build; `avx512_vnni`
+                        // checked AVX-512 F, DQ and VNNI on this CPU.
+                        let d = unsafe {
+                            super::quant_dot8_512::avx512::dot2x8_q8_0_512([pair[0], pair[1]], q, o, s)
+                        };
+                        for (dr, vals) in d.into_iter().enumerate() {
+                            for (j, v) in vals.into_iter().enumerate() {
+                                // SAFETY: row r + dr lies in this piece's rows.
+                                unsafe { out.set((g * 8 + j) * rows + r + dr, v) };
+                            }
+                        }
+                        r += 2;
+                    }
+                    if let [last] = pairs.remainder() {
+                        for half in 0..2 {
+                            let i = g * 8 + half * 4;
+                            let ins: [(&[BlockQ8_0], &[f32]); 4] = std::array::from_fn(|j| input(i + j));
+                            // SAFETY: compiled only when AVX2, FMA and F16C are enabled.
+                            let d = unsafe { d4::dot4_q8_0(last, ins.map(|t| t.0), ins.map(|t| t.1)) };
+                            for (j, v) in d.into_iter().enumerate() {
+                                // SAFETY: row r lies in this piece's rows.
+                                unsafe { out.set((i + j) * rows + r, v) };
+                            }
+                        }
+                    }
+                }
+                let mut i = groups8 * 8;
                 while i + 4 <= n {
                     let ins: [(&[BlockQ8_0], &[f32]); 4] = std::array::from_fn(|j| input(i + j));
                     let (ys, ds) = (ins.map(|t| t.0), ins.map(|t| t.1));
@@ -1783,6 +1917,7 @@ impl QMatrix {
             }
         });
         OFFSETS.set(offsets);
+        PAIRED.set(paired);
     }
 }
 
@@ -2407,6 +2542,152 @@ mod tests {
         }
     }
 
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[test]
+    fn avx512_eight_input_kernel_equals_the_one_input_kernel_bit_for_bit() {
+        use super::super::quant_dot8::{self as d8, avx2 as k8};
+        use super::super::quant_dot8_512::{self as p8, avx512 as k512};
+        let has = |f: bool, name: &str| {
+            if !f {
+                eprintln!("SKIP: this CPU has no {name}");
+            }
+            f
+        };
+        if !has(std::arch::is_x86_feature_detected!("avx512f"), "AVX-512 F")
+            || !has(std::arch::is_x86_feature_detected!("avx512dq"), "AVX-512 DQ")
+            || !has(std::arch::is_x86_feature_detected!("avx512vnni"), "AVX-512 VNNI")
+        {
+            return;
+        }
+        let mut rng = Rng(0x0D07_0512);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // An even and an odd number of blocks (the kernel takes blocks two at a time), whole
+        // and partial groups of eight inputs.
+        for (cols, inputs) in [(256, 8), (288, 8), (288, 6), (64, 5), (32, 8)] {
+            let xs: Vec<Vec<f32>> = (0..inputs)
+                .map(|j| match j % 3 {
+                    0 => vec![1.0; cols],
+                    1 => vec![-1.0; cols],
+                    _ => rng.vec(cols, 2.0),
+                })
+                .collect();
+            let (_, q41) = random_matrix(QDType::Q4_1, 3, cols, &mut rng);
+            let mut rows: Vec<Vec<u8>> = (0..3).map(|r| q41.row(r).to_vec()).collect();
+            let mut extreme = rows[0].clone();
+            for b in extreme.chunks_exact_mut(20) {
+                b[..4].copy_from_slice(&[0x00, 0x3C, 0x00, 0xC0]);
+                b[4..].fill(0xFF);
+            }
+            rows.push(extreme);
+            let y: Vec<Vec<BlockQ8_1>> = xs
+                .iter()
+                .map(|x| x.chunks_exact(QK).map(q8_1_block).collect())
+                .collect();
+            let q81: Vec<BlockQ8_1> = y.iter().flatten().copied().collect();
+            let (mut yq, mut yp, mut hdr, mut wq, mut wp) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            d8::interleave8(&q81, inputs, &mut yq);
+            p8::interleave8_pairs(&q81, inputs, &mut yp);
+            d8::q8_1_headers8(&q81, inputs, &mut hdr);
+            assert_eq!(yq.len(), yp.len());
+            for (r, row) in rows.iter().enumerate() {
+                // SAFETY: AVX2, FMA and F16C are enabled for this build; AVX-512 F, DQ and
+                // VNNI were checked.
+                let (a, b, one) = unsafe {
+                    k8::unpack_q4_1(row, &mut wq);
+                    k512::unpack_q4_1_pairs(row, &mut wp);
+                    (
+                        k8::dot8_q4_1(row, &wq, &yq, &hdr),
+                        k512::dot8_q4_1_512(row, &wp, &yp, &hdr),
+                        y.iter().map(|y| avx2::dot_q4_1(row, y)).collect::<Vec<_>>(),
+                    )
+                };
+                assert_eq!(bits(&a), bits(&b), "{cols} columns, row {r}: {a:?} vs {b:?}");
+                assert_eq!(bits(&b[..inputs]), bits(&one), "{cols} columns, row {r}");
+                assert!(b[inputs..].iter().all(|&v| v == 0.0), "lanes past the inputs");
+            }
+            // Two rows at a time: each row's bits as alone.
+            let mut wp2 = Vec::new();
+            for pair in rows.windows(2) {
+                // SAFETY: as above.
+                let (two, alone) = unsafe {
+                    k512::unpack_q4_1_pairs(&pair[0], &mut wp);
+                    k512::unpack_q4_1_pairs(&pair[1], &mut wp2);
+                    (
+                        k512::dot8x2_q4_1_512([&pair[0], &pair[1]], [&wp, &wp2], &yp, &hdr),
+                        [
+                            k512::dot8_q4_1_512(&pair[0], &wp, &yp, &hdr),
+                            k512::dot8_q4_1_512(&pair[1], &wp2, &yp, &hdr),
+                        ],
+                    )
+                };
+                assert_eq!(
+                    two.map(|v| v.map(f32::to_bits)),
+                    alone.map(|v| v.map(f32::to_bits))
+                );
+            }
+        }
+        // The Q8_0 tile: two rows × eight inputs, against the one-input kernel; rows of the
+        // extreme quants (−128 everywhere, 127 everywhere) among them.
+        for (cols, inputs) in [(256, 8), (288, 16), (32, 8)] {
+            let (_, q80) = random_matrix(QDType::Q8_0, 2, cols, &mut rng);
+            let mut rows: Vec<Vec<u8>> = (0..2).map(|r| q80.row(r).to_vec()).collect();
+            for fill in [0x80u8, 0x7F] {
+                let mut row = rows[0].clone();
+                for b in row.chunks_exact_mut(34) {
+                    b[..2].copy_from_slice(&[0x00, 0x3C]);
+                    b[2..].fill(fill);
+                }
+                rows.push(row);
+            }
+            let y: Vec<Vec<BlockQ8_0>> = (0..inputs)
+                .map(|j| {
+                    let x = if j % 5 == 0 {
+                        vec![-1.0; cols]
+                    } else {
+                        rng.vec(cols, 3.0)
+                    };
+                    x.chunks_exact(QK).map(q8_0_block).collect()
+                })
+                .collect();
+            let flat: Vec<BlockQ8_0> = y.iter().flatten().copied().collect();
+            let d: Vec<f32> = flat.iter().map(|b| b.d.to_f32()).collect();
+            let (mut q, mut o, mut sc) = (Vec::new(), Vec::new(), Vec::new());
+            let groups = p8::pair_inputs_q8_0(&flat, &d, inputs, &mut q, &mut o, &mut sc);
+            assert_eq!(groups, inputs / 8);
+            let nb = cols / QK;
+            for pair in rows.chunks_exact(2) {
+                for g in 0..groups {
+                    // SAFETY: as above.
+                    let got = unsafe {
+                        k512::dot2x8_q8_0_512(
+                            [&pair[0], &pair[1]],
+                            &q[g * nb * 256..],
+                            &o[g * nb * 64..],
+                            &sc[g * nb * 64..],
+                        )
+                    };
+                    for (r, vals) in got.iter().enumerate() {
+                        // SAFETY: AVX2, FMA and F16C are enabled for this build.
+                        let want: Vec<f32> = (0..8)
+                            .map(|j| unsafe { avx2::dot_q8_0(&pair[r], &y[g * 8 + j]) })
+                            .collect();
+                        assert_eq!(
+                            bits(vals),
+                            bits(&want),
+                            "Q8_0 tile, {cols} columns, group {g}, row {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn grouped_matmul_is_bit_identical_to_matvec_in_every_format() {
         use candle_core::quantized::{GgmlDType, QTensor};
@@ -2426,6 +2707,7 @@ mod tests {
             for (rows, cols, n) in [
                 (37, 512, 4),
                 (37, 512, 9),
+                (37, 512, 8),
                 (19, 256, 6),
                 (1203, 512, 9),
                 (37, 512, 17),
