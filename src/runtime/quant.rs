@@ -962,8 +962,11 @@ pub fn avx512_vnni() -> bool {
     })
 }
 
-/// [`super::quant_dot8::avx2::unpack_q4_1`] (or its pair layout where [`avx512_vnni`]);
-/// never called without AVX2 (see [`eight_input_kernel`]), where it leaves `out` empty.
+/// [`super::quant_dot8::avx2::unpack_q4_1`] (or its pair layout where [`avx512_vnni`]) into
+/// `out`, sized to the row's `row.len() / 20 · 32` values. Its length is written only when it
+/// changes: a rewrite per row made the kernel call after it, which reads the buffer's pointer
+/// and length as one 16-byte load, wait on a store it could not forward. Never called without
+/// AVX2 (see [`eight_input_kernel`]), where it leaves `out` empty.
 #[inline]
 fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
     #[cfg(all(
@@ -972,14 +975,21 @@ fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
         target_feature = "fma",
         target_feature = "f16c"
     ))]
-    // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
-    unsafe {
-        if avx512_vnni() {
-            super::quant_dot8_512::avx512::unpack_q4_1_pairs(row, out)
-        } else {
-            super::quant_dot8::avx2::unpack_q4_1(row, out)
+    {
+        let len = row.len() / 20 * 32;
+        if out.len() != len {
+            // Every byte is written below: resizing alone spares a zero fill per row.
+            out.resize(len, 0);
         }
-    };
+        // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
+        unsafe {
+            if avx512_vnni() {
+                super::quant_dot8_512::avx512::unpack_q4_1_pairs(row, out)
+            } else {
+                super::quant_dot8::avx2::unpack_q4_1(row, out)
+            }
+        };
+    }
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -995,7 +1005,7 @@ fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
 /// [`super::quant_dot8_512::avx512::dot8x2_q4_1_512`] where [`avx512_vnni`], else
 /// [`dot8_q4_1`] row by row (the same bits).
 #[inline]
-fn dot8x2_q4_1(rows: [&[u8]; 2], wq: [&[u8]; 2], yq: &[i8], hdr: &[f32]) -> [[f32; 8]; 2] {
+fn dot8x2_q4_1(rows: &[&[u8]; 2], wq: &[&[u8]; 2], yq: &[i8], hdr: &[f32]) -> [[f32; 8]; 2] {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -1687,7 +1697,7 @@ impl QMatrix {
                                     let yq = y8.get(at * per_y..(at + 1) * per_y).unwrap_or(&[]);
                                     let lanes = (n - i - 8 * g).min(8);
                                     for (dr, vals) in
-                                        dot8x2_q4_1(rs, [wa, wb], yq, hdr).into_iter().enumerate()
+                                        dot8x2_q4_1(&rs, &[wa, wb], yq, hdr).into_iter().enumerate()
                                     {
                                         for (j, v) in vals.into_iter().take(lanes).enumerate() {
                                             unsafe { out.set((i + 8 * g + j) * rows + r0 + dr, v) };
@@ -1848,7 +1858,7 @@ impl QMatrix {
                         // SAFETY: AVX2, FMA and F16C are enabled for the build; `avx512_vnni`
                         // checked AVX-512 F, DQ and VNNI on this CPU.
                         let d = unsafe {
-                            super::quant_dot8_512::avx512::dot2x8_q8_0_512([pair[0], pair[1]], q, o, s)
+                            super::quant_dot8_512::avx512::dot2x8_q8_0_512(&[pair[0], pair[1]], q, o, s)
                         };
                         for (dr, vals) in d.into_iter().enumerate() {
                             for (j, v) in vals.into_iter().enumerate() {
@@ -2480,7 +2490,7 @@ mod tests {
             .iter()
             .flat_map(|x| x.chunks_exact(QK).map(q8_1_block))
             .collect();
-        let (mut yq, mut hdr, mut wq) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut yq, mut hdr, mut wq) = (Vec::new(), Vec::new(), vec![0u8; nb * 32]);
         d8::interleave8(&q81, 8, &mut yq);
         d8::q8_1_headers8(&q81, 8, &mut hdr);
         for (r, row) in rows41.iter().enumerate() {
@@ -2589,8 +2599,9 @@ mod tests {
                 .map(|x| x.chunks_exact(QK).map(q8_1_block).collect())
                 .collect();
             let q81: Vec<BlockQ8_1> = y.iter().flatten().copied().collect();
+            let unpacked = || vec![0u8; cols / QK * 32];
             let (mut yq, mut yp, mut hdr, mut wq, mut wp) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                (Vec::new(), Vec::new(), Vec::new(), unpacked(), unpacked());
             d8::interleave8(&q81, inputs, &mut yq);
             p8::interleave8_pairs(&q81, inputs, &mut yp);
             d8::q8_1_headers8(&q81, inputs, &mut hdr);
@@ -2612,14 +2623,14 @@ mod tests {
                 assert!(b[inputs..].iter().all(|&v| v == 0.0), "lanes past the inputs");
             }
             // Two rows at a time: each row's bits as alone.
-            let mut wp2 = Vec::new();
+            let mut wp2 = unpacked();
             for pair in rows.windows(2) {
                 // SAFETY: as above.
                 let (two, alone) = unsafe {
                     k512::unpack_q4_1_pairs(&pair[0], &mut wp);
                     k512::unpack_q4_1_pairs(&pair[1], &mut wp2);
                     (
-                        k512::dot8x2_q4_1_512([&pair[0], &pair[1]], [&wp, &wp2], &yp, &hdr),
+                        k512::dot8x2_q4_1_512(&[&pair[0], &pair[1]], &[&wp, &wp2], &yp, &hdr),
                         [
                             k512::dot8_q4_1_512(&pair[0], &wp, &yp, &hdr),
                             k512::dot8_q4_1_512(&pair[1], &wp2, &yp, &hdr),
@@ -2666,7 +2677,7 @@ mod tests {
                     // SAFETY: as above.
                     let got = unsafe {
                         k512::dot2x8_q8_0_512(
-                            [&pair[0], &pair[1]],
+                            &[&pair[0], &pair[1]],
                             &q[g * nb * 256..],
                             &o[g * nb * 64..],
                             &sc[g * nb * 64..],

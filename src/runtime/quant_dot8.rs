@@ -82,12 +82,10 @@ pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     /// Row `row`'s nibbles as one byte per value, in value order (`[nb][32]`, 0..=15), into
-    /// `out` (resized to `row.len() / 20 · 32`).
+    /// `out` (`row.len() / 20 · 32` bytes; blocks past the shorter of the two are left out).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::runtime) fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
-        let nb = row.len() / 20;
-        // Every byte is written below: resizing alone spares a zero fill per row.
-        out.resize(nb * 32, 0);
+    pub(in crate::runtime) fn unpack_q4_1(row: &[u8], out: &mut [u8]) {
+        let nb = (row.len() / 20).min(out.len() / 32);
         for i in 0..nb {
             // SAFETY: block i's 16 nibble bytes sit at 20·i + 4 < row.len(); `out` holds
             // 32·nb bytes. Unaligned load and store.
