@@ -2451,6 +2451,46 @@ mod tests {
     /// random rows and on all-15 rows against ±127 inputs, and the 2×4 Q8_0 tile on random
     /// rows and on rows of −128 and 127 (the extremes of a `maddubs` pair) against ±127
     /// inputs. Skipped, with a note, on CPUs without AVX-VNNI.
+    /// Inputs for the grouped kernels' bit tests: ±1 everywhere (quants ±127) in two of every
+    /// three, random in the others.
+    fn extreme_inputs(n: usize, cols: usize, rng: &mut Rng) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|j| match j % 3 {
+                0 => vec![1.0; cols],
+                1 => vec![-1.0; cols],
+                _ => rng.vec(cols, 2.0),
+            })
+            .collect()
+    }
+
+    /// Three random Q4_1 rows and one of the extremes (d = 1, m = −2, every nibble 15).
+    fn q4_1_test_rows(cols: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
+        let (_, q41) = random_matrix(QDType::Q4_1, 3, cols, rng);
+        let mut rows: Vec<Vec<u8>> = (0..3).map(|r| q41.row(r).to_vec()).collect();
+        let mut extreme = rows[0].clone();
+        for b in extreme.chunks_exact_mut(20) {
+            b[..4].copy_from_slice(&[0x00, 0x3C, 0x00, 0xC0]);
+            b[4..].fill(0xFF);
+        }
+        rows.push(extreme);
+        rows
+    }
+
+    /// Two random Q8_0 rows and two of the extreme quants (−128 everywhere, 127 everywhere).
+    fn q8_0_test_rows(cols: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
+        let (_, q80) = random_matrix(QDType::Q8_0, 2, cols, rng);
+        let mut rows: Vec<Vec<u8>> = (0..2).map(|r| q80.row(r).to_vec()).collect();
+        for fill in [0x80u8, 0x7F] {
+            let mut row = rows[0].clone();
+            for b in row.chunks_exact_mut(34) {
+                b[..2].copy_from_slice(&[0x00, 0x3C]);
+                b[2..].fill(fill);
+            }
+            rows.push(row);
+        }
+        rows
+    }
+
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -2469,23 +2509,8 @@ mod tests {
         let cols = 256;
         let nb = cols / QK;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        // Inputs: ±1 everywhere (quants ±127) in some, random in the others.
-        let inputs: Vec<Vec<f32>> = (0..8)
-            .map(|j| match j % 3 {
-                0 => vec![1.0; cols],
-                1 => vec![-1.0; cols],
-                _ => rng.vec(cols, 2.0),
-            })
-            .collect();
-
-        let (_, q41) = random_matrix(QDType::Q4_1, 3, cols, &mut rng);
-        let mut rows41: Vec<Vec<u8>> = (0..3).map(|r| q41.row(r).to_vec()).collect();
-        let mut extreme = rows41[0].clone();
-        for b in extreme.chunks_exact_mut(20) {
-            b[..4].copy_from_slice(&[0x00, 0x3C, 0x00, 0xC0]);
-            b[4..].fill(0xFF);
-        }
-        rows41.push(extreme);
+        let inputs = extreme_inputs(8, cols, &mut rng);
+        let rows41 = q4_1_test_rows(cols, &mut rng);
         let q81: Vec<BlockQ8_1> = inputs
             .iter()
             .flat_map(|x| x.chunks_exact(QK).map(q8_1_block))
@@ -2505,16 +2530,7 @@ mod tests {
             assert_eq!(bits(&a), bits(&b), "Q4_1 row {r}: {a:?} vs {b:?}");
         }
 
-        let (_, q80) = random_matrix(QDType::Q8_0, 2, cols, &mut rng);
-        let mut rows80: Vec<Vec<u8>> = (0..2).map(|r| q80.row(r).to_vec()).collect();
-        for fill in [0x80u8, 0x7F] {
-            let mut row = rows80[0].clone();
-            for b in row.chunks_exact_mut(34) {
-                b[..2].copy_from_slice(&[0x00, 0x3C]);
-                b[2..].fill(fill);
-            }
-            rows80.push(row);
-        }
+        let rows80 = q8_0_test_rows(cols, &mut rng);
         let y80: Vec<Vec<BlockQ8_0>> = inputs[..4]
             .iter()
             .map(|x| x.chunks_exact(QK).map(q8_0_block).collect())
@@ -2579,21 +2595,8 @@ mod tests {
         // An even and an odd number of blocks (the kernel takes blocks two at a time), whole
         // and partial groups of eight inputs.
         for (cols, inputs) in [(256, 8), (288, 8), (288, 6), (64, 5), (32, 8)] {
-            let xs: Vec<Vec<f32>> = (0..inputs)
-                .map(|j| match j % 3 {
-                    0 => vec![1.0; cols],
-                    1 => vec![-1.0; cols],
-                    _ => rng.vec(cols, 2.0),
-                })
-                .collect();
-            let (_, q41) = random_matrix(QDType::Q4_1, 3, cols, &mut rng);
-            let mut rows: Vec<Vec<u8>> = (0..3).map(|r| q41.row(r).to_vec()).collect();
-            let mut extreme = rows[0].clone();
-            for b in extreme.chunks_exact_mut(20) {
-                b[..4].copy_from_slice(&[0x00, 0x3C, 0x00, 0xC0]);
-                b[4..].fill(0xFF);
-            }
-            rows.push(extreme);
+            let xs = extreme_inputs(inputs, cols, &mut rng);
+            let rows = q4_1_test_rows(cols, &mut rng);
             let y: Vec<Vec<BlockQ8_1>> = xs
                 .iter()
                 .map(|x| x.chunks_exact(QK).map(q8_1_block).collect())
@@ -2646,16 +2649,7 @@ mod tests {
         // The Q8_0 tile: two rows × eight inputs, against the one-input kernel; rows of the
         // extreme quants (−128 everywhere, 127 everywhere) among them.
         for (cols, inputs) in [(256, 8), (288, 16), (32, 8)] {
-            let (_, q80) = random_matrix(QDType::Q8_0, 2, cols, &mut rng);
-            let mut rows: Vec<Vec<u8>> = (0..2).map(|r| q80.row(r).to_vec()).collect();
-            for fill in [0x80u8, 0x7F] {
-                let mut row = rows[0].clone();
-                for b in row.chunks_exact_mut(34) {
-                    b[..2].copy_from_slice(&[0x00, 0x3C]);
-                    b[2..].fill(fill);
-                }
-                rows.push(row);
-            }
+            let rows = q8_0_test_rows(cols, &mut rng);
             let y: Vec<Vec<BlockQ8_0>> = (0..inputs)
                 .map(|j| {
                     let x = if j % 5 == 0 {
