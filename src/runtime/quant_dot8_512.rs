@@ -23,7 +23,8 @@
 //! get the same widening: [`avx512::dot2x8_q8_0_512`] is [`super::quant_dot4`]'s two-row ×
 //! four-input AVX-VNNI tile with two inputs per register (lanes 0..8 one input's eight lane
 //! sums, 8..16 the next one's), so two weight rows meet eight inputs with each weight block
-//! loaded once; inputs come paired once per product ([`pair_inputs_q8_0`]).
+//! loaded once; inputs come paired ([`pair_inputs_q8_0`]) once per pool piece of rows, as the
+//! AVX-VNNI tile's starting sums are (a few KiB of work per piece, repeated per piece).
 
 use super::quant::{BlockQ8_0, BlockQ8_1};
 
