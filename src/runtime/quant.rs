@@ -908,8 +908,6 @@ thread_local! {
     /// A Q4_1 weight row unpacked to one byte per value for the eight-input kernel (one row
     /// of `cols` bytes per thread, reused).
     static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Two such rows, for the two-row AVX-512 kernel.
-    static UNPACKED_2: std::cell::RefCell<[Vec<u8>; 2]> = const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
 }
 
 /// Whether the eight-input Q4_1 kernel is compiled in (AVX2 + FMA + F16C builds).
@@ -962,8 +960,8 @@ pub fn avx512_vnni() -> bool {
     })
 }
 
-/// [`super::quant_dot8::avx2::unpack_q4_1`] (or its pair layout where [`avx512_vnni`]) into
-/// `out`, sized to the row's `row.len() / 20 · 32` values. Its length is written only when it
+/// [`super::quant_dot8::avx2::unpack_q4_1`] into `out` (left as it is where [`avx512_vnni`]:
+/// the 512-bit kernels read the raw row), sized to the row's `row.len() / 20 · 32` values. Its length is written only when it
 /// changes: a rewrite per row made the kernel call after it, which reads the buffer's pointer
 /// and length as one 16-byte load, wait on a store it could not forward. Never called without
 /// AVX2 (see [`eight_input_kernel`]), where it leaves `out` empty.
@@ -981,14 +979,11 @@ fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
             // Every byte is written below: resizing alone spares a zero fill per row.
             out.resize(len, 0);
         }
+        if avx512_vnni() {
+            return;
+        }
         // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
-        unsafe {
-            if avx512_vnni() {
-                super::quant_dot8_512::avx512::unpack_q4_1_pairs(row, out)
-            } else {
-                super::quant_dot8::avx2::unpack_q4_1(row, out)
-            }
-        };
+        unsafe { super::quant_dot8::avx2::unpack_q4_1(row, out) };
     }
     #[cfg(not(all(
         target_arch = "x86_64",
@@ -1002,10 +997,10 @@ fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// [`super::quant_dot8_512::avx512::dot8x2_q4_1_512`] where [`avx512_vnni`], else
-/// [`dot8_q4_1`] row by row (the same bits).
+/// [`super::quant_dot8_512::avx512::dot8x2_q4_1_512`] where [`avx512_vnni`]; zeros elsewhere
+/// (never called there: callers check [`avx512_vnni`] first).
 #[inline]
-fn dot8x2_q4_1(rows: &[&[u8]; 2], wq: &[&[u8]; 2], yq: &[i8], hdr: &[f32]) -> [[f32; 8]; 2] {
+fn dot8x2_q4_1_512(rows: &[&[u8]; 2], yq: &[i8], hdr: &[f32]) -> [[f32; 8]; 2] {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -1014,14 +1009,17 @@ fn dot8x2_q4_1(rows: &[&[u8]; 2], wq: &[&[u8]; 2], yq: &[i8], hdr: &[f32]) -> [[
     ))]
     if avx512_vnni() {
         // SAFETY: AVX2, FMA and F16C are enabled for the whole build; `avx512_vnni` checked
-        // AVX-512 F, DQ and VNNI on this CPU; the layouts are the pair ones (see `dot8_q4_1`).
-        return unsafe { super::quant_dot8_512::avx512::dot8x2_q4_1_512(rows, wq, yq, hdr) };
+        // AVX-512 F, DQ and VNNI on this CPU; `yq` is in the pair layout (`ActScratch::quantize`
+        // chooses it by the same test).
+        return unsafe { super::quant_dot8_512::avx512::dot8x2_q4_1_512(rows, yq, hdr) };
     }
-    [0, 1].map(|r| dot8_q4_1(rows[r], wq[r], yq, hdr))
+    let _ = (rows, yq, hdr);
+    [[0.0; 8]; 2]
 }
 
-/// [`super::quant_dot8::avx2::dot8_q4_1`]; zeros without AVX2 (never called there, see
-/// [`eight_input_kernel`]).
+/// [`super::quant_dot8::avx2::dot8_q4_1`] (`wq` from [`unpack_q4_1`]), or its 512-bit form
+/// where [`avx512_vnni`] (which reads the raw row and leaves `wq` unread); zeros without AVX2
+/// (never called there, see [`eight_input_kernel`]).
 #[inline]
 fn dot8_q4_1(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32]) -> [f32; 8] {
     #[cfg(all(
@@ -1033,9 +1031,9 @@ fn dot8_q4_1(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32]) -> [f32; 8] {
     {
         if avx512_vnni() {
             // SAFETY: AVX2, FMA and F16C are enabled for the whole build; `avx512_vnni`
-            // checked AVX-512 F, DQ and VNNI on this CPU. `wq` and `yq` are in the pair
-            // layout (`unpack_q4_1`, `ActScratch::quantize` choose it by the same test).
-            return unsafe { super::quant_dot8_512::avx512::dot8_q4_1_512(row, wq, yq, hdr) };
+            // checked AVX-512 F, DQ and VNNI on this CPU. `yq` is in the pair layout
+            // (`ActScratch::quantize` chooses it by the same test).
+            return unsafe { super::quant_dot8_512::avx512::dot8_q4_1_512(row, yq, hdr) };
         }
         if vnni() {
             // SAFETY: AVX2, FMA and F16C are enabled for the whole build; `vnni` checked
@@ -1682,31 +1680,25 @@ impl QMatrix {
                     // AVX-512: two rows at a time (two chains of additions side by side).
                     let mut r0 = k0;
                     if avx512_vnni() {
-                        UNPACKED_2.with_borrow_mut(|[wa, wb]| {
-                            while r0 + 2 <= k1 {
-                                if i == 0 {
-                                    self.prefetch_row(r0 + ahead);
-                                    self.prefetch_row(r0 + 1 + ahead);
-                                }
-                                let rs = [self.row(r0), self.row(r0 + 1)];
-                                unpack_q4_1(rs[0], wa);
-                                unpack_q4_1(rs[1], wb);
-                                for g in 0..groups8 {
-                                    let at = i / 8 + g;
-                                    let hdr = d8.get(at * per_hdr..(at + 1) * per_hdr).unwrap_or(&[]);
-                                    let yq = y8.get(at * per_y..(at + 1) * per_y).unwrap_or(&[]);
-                                    let lanes = (n - i - 8 * g).min(8);
-                                    for (dr, vals) in
-                                        dot8x2_q4_1(&rs, &[wa, wb], yq, hdr).into_iter().enumerate()
-                                    {
-                                        for (j, v) in vals.into_iter().take(lanes).enumerate() {
-                                            unsafe { out.set((i + 8 * g + j) * rows + r0 + dr, v) };
-                                        }
+                        while r0 + 2 <= k1 {
+                            if i == 0 {
+                                self.prefetch_row(r0 + ahead);
+                                self.prefetch_row(r0 + 1 + ahead);
+                            }
+                            let rs = [self.row(r0), self.row(r0 + 1)];
+                            for g in 0..groups8 {
+                                let at = i / 8 + g;
+                                let hdr = d8.get(at * per_hdr..(at + 1) * per_hdr).unwrap_or(&[]);
+                                let yq = y8.get(at * per_y..(at + 1) * per_y).unwrap_or(&[]);
+                                let lanes = (n - i - 8 * g).min(8);
+                                for (dr, vals) in dot8x2_q4_1_512(&rs, yq, hdr).into_iter().enumerate() {
+                                    for (j, v) in vals.into_iter().take(lanes).enumerate() {
+                                        unsafe { out.set((i + 8 * g + j) * rows + r0 + dr, v) };
                                     }
                                 }
-                                r0 += 2;
                             }
-                        });
+                            r0 += 2;
+                        }
                     }
                     UNPACKED.with_borrow_mut(|wq| {
                         for r in r0..k1 {
@@ -2602,9 +2594,8 @@ mod tests {
                 .map(|x| x.chunks_exact(QK).map(q8_1_block).collect())
                 .collect();
             let q81: Vec<BlockQ8_1> = y.iter().flatten().copied().collect();
-            let unpacked = || vec![0u8; cols / QK * 32];
-            let (mut yq, mut yp, mut hdr, mut wq, mut wp) =
-                (Vec::new(), Vec::new(), Vec::new(), unpacked(), unpacked());
+            let (mut yq, mut yp, mut hdr, mut wq) =
+                (Vec::new(), Vec::new(), Vec::new(), vec![0u8; cols / QK * 32]);
             d8::interleave8(&q81, inputs, &mut yq);
             p8::interleave8_pairs(&q81, inputs, &mut yp);
             d8::q8_1_headers8(&q81, inputs, &mut hdr);
@@ -2614,10 +2605,9 @@ mod tests {
                 // VNNI were checked.
                 let (a, b, one) = unsafe {
                     k8::unpack_q4_1(row, &mut wq);
-                    k512::unpack_q4_1_pairs(row, &mut wp);
                     (
                         k8::dot8_q4_1(row, &wq, &yq, &hdr),
-                        k512::dot8_q4_1_512(row, &wp, &yp, &hdr),
+                        k512::dot8_q4_1_512(row, &yp, &hdr),
                         y.iter().map(|y| avx2::dot_q4_1(row, y)).collect::<Vec<_>>(),
                     )
                 };
@@ -2626,17 +2616,14 @@ mod tests {
                 assert!(b[inputs..].iter().all(|&v| v == 0.0), "lanes past the inputs");
             }
             // Two rows at a time: each row's bits as alone.
-            let mut wp2 = unpacked();
             for pair in rows.windows(2) {
                 // SAFETY: as above.
                 let (two, alone) = unsafe {
-                    k512::unpack_q4_1_pairs(&pair[0], &mut wp);
-                    k512::unpack_q4_1_pairs(&pair[1], &mut wp2);
                     (
-                        k512::dot8x2_q4_1_512(&[&pair[0], &pair[1]], &[&wp, &wp2], &yp, &hdr),
+                        k512::dot8x2_q4_1_512(&[&pair[0], &pair[1]], &yp, &hdr),
                         [
-                            k512::dot8_q4_1_512(&pair[0], &wp, &yp, &hdr),
-                            k512::dot8_q4_1_512(&pair[1], &wp2, &yp, &hdr),
+                            k512::dot8_q4_1_512(&pair[0], &yp, &hdr),
+                            k512::dot8_q4_1_512(&pair[1], &yp, &hdr),
                         ],
                     )
                 };

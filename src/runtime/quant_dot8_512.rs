@@ -4,10 +4,13 @@
 //! The 256-bit kernel spends eight `vpdpbusd` per block, one per quad (four values) of the
 //! block, each on eight lanes (the inputs). Here a register holds sixteen lanes: lane `2j + h`
 //! is input `j`'s quad `k + 4h` at step `k` (k = 0..4), so a block takes four `vpdpbusd`.
-//! Two layouts make each step's operands single loads:
-//! - the weights ([`avx512::unpack_q4_1_pairs`], `[nb][4 steps][2][4]` bytes): per step the
-//!   low and the high nibbles of the same four raw bytes, values `4k..4k+4` and
-//!   `16+4k..16+4k+4`, one 8-byte word that a broadcast puts in every lane pair;
+//! The operands of a step:
+//! - the weights come straight from the raw row, with no unpacked copy: the block's raw bytes
+//!   `4k..4k+4` broadcast to every lane and masked with one AND, `0x0F` in even lanes (their
+//!   low nibbles: values `4k..4k+4`) and `0xF0` in odd lanes (their high nibbles times 16:
+//!   values `16+4k..16+4k+4`, the sums shifted back by 4 bits, exactly, before they are
+//!   added). An earlier form unpacked each row to a byte per value first, a store and reload
+//!   of 32 bytes per block and row;
 //! - the inputs ([`interleave8_pairs`], `[groups][nb][4 steps][8 inputs][2][4]`, 256 bytes per
 //!   block and group as for the 256-bit kernel): per step and input its quads `k` and `k + 4`.
 //!
@@ -158,40 +161,26 @@ pub(super) mod avx512 {
         out
     }
 
-    /// Row `row`'s nibbles as one byte per value in the pair layout (`[nb][4 steps][2][4]`:
-    /// values `4k..4k+4` then `16+4k..16+4k+4` at step `k`), into `out` (`row.len() / 20 ·
-    /// 32` bytes; blocks past the shorter of the two are left out).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in crate::runtime) fn unpack_q4_1_pairs(row: &[u8], out: &mut [u8]) {
-        let nb = (row.len() / 20).min(out.len() / 32);
-        let mask = _mm_set1_epi8(0x0F);
-        for i in 0..nb {
-            // SAFETY: block i's 16 nibble bytes sit at 20·i + 4 < row.len(); `out` holds
-            // 32·nb bytes. Unaligned loads and stores.
-            unsafe {
-                let t = _mm_loadu_si128(row.as_ptr().add(i * 20 + 4).cast());
-                let lo = _mm_and_si128(t, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(t), mask);
-                let dst = out.as_mut_ptr().add(i * 32);
-                _mm_storeu_si128(dst.cast(), _mm_unpacklo_epi32(lo, hi));
-                _mm_storeu_si128(dst.add(16).cast(), _mm_unpackhi_epi32(lo, hi));
-            }
-        }
-    }
-
-    /// One block's sixteen lane sums: lane `2j + h` holds input `j`'s products over quads
-    /// `h·4 .. h·4 + 4` (exact). `w` points at the block's 32 pair-layout weights, `y` at its
-    /// 256 pair-layout quants.
+    /// One block's sixteen lane sums, read straight from the row's raw nibbles: lane `2j`
+    /// holds input `j`'s products over values `4k..4k+4` of the four steps' quads `k`
+    /// (exact), lane `2j + 1` **sixteen times** its products over values `16+4k..16+4k+4`.
+    /// At step `k` the block's raw bytes `4k..4k+4` are broadcast to every lane and masked
+    /// with `0x0F` in even lanes (the low nibbles: values `4k..`) and `0xF0` in odd lanes (the
+    /// high nibbles times 16: values `16+4k..`), so no unpacked copy of the row is needed.
+    /// `w` points at the block's 16 nibble bytes, `y` at its 256 pair-layout quants.
     ///
     /// # Safety
-    /// `w` must point at 32 readable bytes and `y` at 256; AVX-512 F and VNNI must be there.
+    /// `w` must point at 16 readable bytes and `y` at 256; AVX-512 F and VNNI must be there.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq,avx512vnni")]
-    unsafe fn block_lanes(w: *const u8, y: *const i8) -> __m512i {
-        // SAFETY: step k < 4 reads bytes 8k..8k+8 of `w` and 64k..64k+64 of `y`, inside what
+    unsafe fn block_lanes(w: *const u8, y: *const i8, nibbles: __m512i) -> __m512i {
+        // SAFETY: step k < 4 reads bytes 4k..4k+4 of `w` and 64k..64k+64 of `y`, inside what
         // the caller promised; unaligned reads.
         let step = |acc: __m512i, k: usize| unsafe {
-            let wk = _mm512_set1_epi64(w.add(8 * k).cast::<i64>().read_unaligned());
+            let wk = _mm512_and_si512(
+                _mm512_set1_epi32(w.add(4 * k).cast::<i32>().read_unaligned()),
+                nibbles,
+            );
             _mm512_dpbusd_epi32(acc, wk, _mm512_loadu_si512(y.add(64 * k).cast()))
         };
         let zero = _mm512_setzero_si512();
@@ -199,11 +188,12 @@ pub(super) mod avx512 {
         _mm512_add_epi32(step(step(zero, 0), 2), step(step(zero, 1), 3))
     }
 
-    /// The lane permutations of the Q4_1 kernels: `even` and `odd` gather the two halves of
-    /// each lane pair of two blocks' [`block_lanes`] (block a: indices 0..16, block b:
-    /// 16..32); `d` and `s` the two blocks' input scales and sums from their headers (8 `d`
-    /// then 8 `s` per block).
+    /// The constants of the Q4_1 kernels: `nibbles` the masks of [`block_lanes`]; `even` and
+    /// `odd` the lane permutations that gather the two halves of each lane pair of two blocks'
+    /// [`block_lanes`] (block a: indices 0..16, block b: 16..32); `d` and `s` the two blocks'
+    /// input scales and sums from their headers (8 `d` then 8 `s` per block).
     struct Lanes {
+        nibbles: __m512i,
         even: __m512i,
         odd: __m512i,
         d: __m512i,
@@ -214,6 +204,7 @@ pub(super) mod avx512 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq,avx512vnni")]
     fn lanes() -> Lanes {
         Lanes {
+            nibbles: _mm512_set1_epi64(0xF0F0_F0F0_0F0F_0F0F_u64 as i64),
             even: _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
             odd: _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
             d: _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
@@ -225,18 +216,21 @@ pub(super) mod avx512 {
     /// (lanes 8..16), each lane's steps in the one-input kernel's order.
     ///
     /// # Safety
-    /// Blocks `i` and `i + 1` must be in bounds of `row` (20 bytes each), `wq` (32), `yq` (256)
-    /// and `hdr` (16); AVX-512 F, DQ and VNNI must be there.
+    /// Blocks `i` and `i + 1` must be in bounds of `row` (20 bytes each), `yq` (256) and `hdr`
+    /// (16); AVX-512 F, DQ and VNNI must be there.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq,avx512vnni")]
-    unsafe fn terms2(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32], i: usize, l: &Lanes) -> __m512 {
+    unsafe fn terms2(row: &[u8], yq: &[i8], hdr: &[f32], i: usize, l: &Lanes) -> __m512 {
         // SAFETY: the caller's promise; loads are unaligned.
         let (sumi, dm, h0, h1) = unsafe {
-            let a = block_lanes(wq.as_ptr().add(i * 32), yq.as_ptr().add(i * 256));
-            let b = block_lanes(wq.as_ptr().add(i * 32 + 32), yq.as_ptr().add(i * 256 + 256));
+            let w = row.as_ptr().add(i * 20 + 4);
+            let a = block_lanes(w, yq.as_ptr().add(i * 256), l.nibbles);
+            let b = block_lanes(w.add(20), yq.as_ptr().add(i * 256 + 256), l.nibbles);
+            // The odd lanes hold sixteen times their sums: an exact shift, as every product
+            // in them is a multiple of 16.
             let sumi = _mm512_add_epi32(
                 _mm512_permutex2var_epi32(a, l.even, b),
-                _mm512_permutex2var_epi32(a, l.odd, b),
+                _mm512_srai_epi32::<4>(_mm512_permutex2var_epi32(a, l.odd, b)),
             );
             // The blocks' f16 (d, m) pairs: [d m d m …] of block i in lanes 0..8, of block
             // i + 1 in lanes 8..16, as f32.
@@ -258,17 +252,17 @@ pub(super) mod avx512 {
     /// [`terms2`] for block `i` alone (a row's last block when the count is odd).
     ///
     /// # Safety
-    /// Block `i` must be in bounds of `row`, `wq`, `yq` and `hdr`; AVX-512 F, DQ and VNNI must
-    /// be there.
+    /// Block `i` must be in bounds of `row`, `yq` and `hdr`; AVX-512 F, DQ and VNNI must be
+    /// there.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq,avx512vnni")]
-    unsafe fn terms1(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32], i: usize, l: &Lanes) -> __m256 {
+    unsafe fn terms1(row: &[u8], yq: &[i8], hdr: &[f32], i: usize, l: &Lanes) -> __m256 {
         // SAFETY: the caller's promise; loads are unaligned.
         let (sumi, dm, dy, sy) = unsafe {
-            let a = block_lanes(wq.as_ptr().add(i * 32), yq.as_ptr().add(i * 256));
+            let a = block_lanes(row.as_ptr().add(i * 20 + 4), yq.as_ptr().add(i * 256), l.nibbles);
             let sumi = _mm512_add_epi32(
                 _mm512_permutex2var_epi32(a, l.even, a),
-                _mm512_permutex2var_epi32(a, l.odd, a),
+                _mm512_srai_epi32::<4>(_mm512_permutex2var_epi32(a, l.odd, a)),
             );
             let p = row.as_ptr().add(i * 20);
             let dm = _mm256_cvtph_ps(_mm_set1_epi32(p.cast::<i32>().read_unaligned()));
@@ -286,12 +280,9 @@ pub(super) mod avx512 {
         _mm256_add_ps(t, _mm256_mul_ps(mx, sy))
     }
 
-    /// Blocks every argument holds: `row` 20 bytes each, `wq` 32, `yq` 256, `hdr` 16.
-    fn blocks(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32]) -> usize {
-        (row.len() / 20)
-            .min(wq.len() / 32)
-            .min(yq.len() / 256)
-            .min(hdr.len() / 16)
+    /// Blocks every argument holds: `row` 20 bytes each, `yq` 256, `hdr` 16.
+    fn blocks(row: &[u8], yq: &[i8], hdr: &[f32]) -> usize {
+        (row.len() / 20).min(yq.len() / 256).min(hdr.len() / 16)
     }
 
     #[inline]
@@ -304,19 +295,18 @@ pub(super) mod avx512 {
     }
 
     /// Q4_1 row · 8 Q8_1 inputs; lane `j` equals `dot_q4_1(row, y_j)` bit for bit. `row` is the
-    /// raw row (its `d`, `m` headers are read), `wq` its values from [`unpack_q4_1_pairs`],
-    /// `yq` the inputs' quants from [`super::interleave8_pairs`] (`[nb][256]`) and `hdr` their
+    /// raw row (its `d`, `m` headers and nibbles are read as they are), `yq` the inputs' quants from [`super::interleave8_pairs`] (`[nb][256]`) and `hdr` their
     /// scales from [`super::super::quant_dot8::q8_1_headers8`] (`[nb][16]`). Blocks past the
     /// shortest of these are left out.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq,avx512vnni")]
-    pub(in crate::runtime) fn dot8_q4_1_512(row: &[u8], wq: &[u8], yq: &[i8], hdr: &[f32]) -> [f32; 8] {
-        let nb = blocks(row, wq, yq, hdr);
+    pub(in crate::runtime) fn dot8_q4_1_512(row: &[u8], yq: &[i8], hdr: &[f32]) -> [f32; 8] {
+        let nb = blocks(row, yq, hdr);
         let l = lanes();
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
         while i + 2 <= nb {
             // SAFETY: i + 1 < nb: both blocks are in bounds of every argument.
-            let u = unsafe { terms2(row, wq, yq, hdr, i, &l) };
+            let u = unsafe { terms2(row, yq, hdr, i, &l) };
             // Block i's terms first, then block i + 1's: the one-input kernel's order.
             acc = _mm256_add_ps(acc, _mm512_castps512_ps256(u));
             acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps::<1>(u));
@@ -324,32 +314,26 @@ pub(super) mod avx512 {
         }
         if i < nb {
             // SAFETY: i < nb: block i is in bounds of every argument.
-            acc = _mm256_add_ps(acc, unsafe { terms1(row, wq, yq, hdr, i, &l) });
+            acc = _mm256_add_ps(acc, unsafe { terms1(row, yq, hdr, i, &l) });
         }
         store8(acc)
     }
 
-    /// [`dot8_q4_1_512`] of two rows at once (`rows[r]` with its unpacked values `wq[r]`),
-    /// the same bits: each row's sums are its own chain of additions, block after block, and
+    /// [`dot8_q4_1_512`] of two rows at once, the same bits: each row's sums are its own chain of additions, block after block, and
     /// two chains side by side keep the adder busy where one waits on its last addition.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512dq,avx512vnni")]
     ///
     /// The pairs come by reference: an array of slices passed by value is copied to the stack
     /// with 8-byte stores and read back with 16-byte loads, which cannot be forwarded from
     /// them (a stall per call that showed as a fifth of the calling loop's time).
-    pub(in crate::runtime) fn dot8x2_q4_1_512(
-        rows: &[&[u8]; 2],
-        wq: &[&[u8]; 2],
-        yq: &[i8],
-        hdr: &[f32],
-    ) -> [[f32; 8]; 2] {
-        let nb = blocks(rows[0], wq[0], yq, hdr).min(blocks(rows[1], wq[1], yq, hdr));
+    pub(in crate::runtime) fn dot8x2_q4_1_512(rows: &[&[u8]; 2], yq: &[i8], hdr: &[f32]) -> [[f32; 8]; 2] {
+        let nb = blocks(rows[0], yq, hdr).min(blocks(rows[1], yq, hdr));
         let l = lanes();
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut i = 0;
         while i + 2 <= nb {
             // SAFETY: i + 1 < nb: both blocks are in bounds of every argument.
-            let u = unsafe { [0, 1].map(|r| terms2(rows[r], wq[r], yq, hdr, i, &l)) };
+            let u = unsafe { [0, 1].map(|r| terms2(rows[r], yq, hdr, i, &l)) };
             for (a, u) in acc.iter_mut().zip(u) {
                 *a = _mm256_add_ps(*a, _mm512_castps512_ps256(u));
             }
@@ -361,7 +345,7 @@ pub(super) mod avx512 {
         if i < nb {
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: i < nb: block i is in bounds of every argument.
-                *a = _mm256_add_ps(*a, unsafe { terms1(rows[r], wq[r], yq, hdr, i, &l) });
+                *a = _mm256_add_ps(*a, unsafe { terms1(rows[r], yq, hdr, i, &l) });
             }
         }
         acc.map(|a| store8(a))
