@@ -356,9 +356,11 @@ fn max_not_nan(values: &[f32]) -> Option<f32> {
 /// ascending order is that order, so an unstable sort (or, with `top_k`, a selection and a
 /// sort of `top_k` keys) gives the same list several times faster than sorting pairs.
 fn ranked(logits: &[f32], inv_t: f32, top_k: usize, keys: &mut Vec<u64>, out: &mut Vec<(u32, f32)>) {
-    keys.clear();
     let key = |i: usize, l: f32| (u64::from(!total_order_bits(l * inv_t)) << 32) | i as u64;
-    match top_k_floor(logits, inv_t, top_k) {
+    // The floor's block maxima borrow `keys` (no allocation per draw); the keys follow.
+    let floor = top_k_floor(logits, inv_t, top_k, keys);
+    keys.clear();
+    match floor {
         // Only the values at or above a floor that the `top_k` best all reach get keys.
         Some(floor) => keys.extend(
             logits
@@ -397,17 +399,21 @@ const FLOOR_BLOCK: usize = 64;
 /// above it, so at least `top_k` values do, and the `top_k` best are among them. Keys for the
 /// few values above the floor replace keys for the whole vocabulary (and the selection among
 /// them), with the same ranking as a result. `None` when `top_k` is 0 or exceeds the blocks.
-fn top_k_floor(logits: &[f32], inv_t: f32, top_k: usize) -> Option<u32> {
+/// `maxima` is scratch space for the blocks' maxima (its contents are replaced).
+fn top_k_floor(logits: &[f32], inv_t: f32, top_k: usize, maxima: &mut Vec<u64>) -> Option<u32> {
     let blocks = logits.len() / FLOOR_BLOCK;
     if top_k == 0 || top_k > blocks || blocks < 8 {
         return None;
     }
-    let mut maxima: Vec<u32> = logits
-        .chunks(FLOOR_BLOCK)
-        .map(|c| c.iter().map(|&l| total_order_bits(l * inv_t)).fold(0, u32::max))
-        .collect();
+    maxima.clear();
+    maxima.extend(
+        logits
+            .chunks(FLOOR_BLOCK)
+            .map(|c| u64::from(c.iter().map(|&l| total_order_bits(l * inv_t)).fold(0, u32::max))),
+    );
     let (_, &mut floor, _) = maxima.select_nth_unstable_by(top_k - 1, |a, b| b.cmp(a));
-    Some(floor)
+    // A maximum of u32 values: it fits.
+    u32::try_from(floor).ok()
 }
 
 /// Index of the largest value (the first one on ties).
