@@ -262,7 +262,8 @@ impl StudioApp {
             Settings::default()
         } else {
             cc.storage
-                .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+                .and_then(|s| eframe::get_value::<Settings>(s, eframe::APP_KEY))
+                .map(Settings::migrated)
                 .unwrap_or_default()
         };
         Self::with_settings(&cc.egui_ctx, settings, opts)

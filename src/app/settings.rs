@@ -61,7 +61,15 @@ pub struct Settings {
     /// one (127.0.0.1). The key itself is not saved.
     #[serde(default)]
     pub serve_network: bool,
+    /// The layout these settings were saved in ([`SETTINGS_VERSION`]; 0 in files written
+    /// before the field existed), for [`Settings::migrated`].
+    #[serde(default)]
+    pub version: u32,
 }
+
+/// The settings layout written now. 1: the image fit's hook choice is blank ("as the concept
+/// asks") by default; before, it was `unet-norms`, saved as if the user had picked it.
+pub const SETTINGS_VERSION: u32 = 1;
 
 /// A stack entry as it is kept between sessions: where its maps are and how it was set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,11 +246,25 @@ impl Default for Settings {
             scope: "all".into(),
             serve_port: 8080,
             serve_network: false,
+            version: SETTINGS_VERSION,
         }
     }
 }
 
 impl Settings {
+    /// Settings loaded from an earlier version brought to this one: values that were only the
+    /// old defaults (never the user's choice) become the new defaults. Version 0 saved the
+    /// image fit's hooks as `unet-norms` by default, which overrode the hook points a model
+    /// folder's concepts ask for (the negations' cross-attention outputs); blank restores
+    /// "as the concept asks".
+    pub fn migrated(mut self) -> Self {
+        if self.version < 1 && self.image.fit_hooks.trim() == "unet-norms" {
+            self.image.fit_hooks.clear();
+        }
+        self.version = SETTINGS_VERSION;
+        self
+    }
+
     /// The form's sampling settings (temperature 0 is greedy).
     pub fn sampling(&self) -> crate::runtime::sampling::SamplingConfig {
         crate::runtime::sampling::SamplingConfig {
@@ -319,5 +341,23 @@ mod tests {
         let s: Settings = serde_json::from_str(r#"{"prompt": "Hi"}"#).unwrap_or_default();
         assert_eq!(s.prompt, "Hi");
         assert_eq!(s.max_tokens, Settings::default().max_tokens);
+    }
+
+    #[test]
+    fn the_old_default_image_hooks_give_way_to_what_the_concept_asks() {
+        let load = |json: &str| serde_json::from_str::<Settings>(json).map(Settings::migrated);
+        // Saved before the version field: `unet-norms` was the default, not a choice.
+        let old = load(r#"{"image": {"fit_hooks": "unet-norms"}}"#);
+        assert!(matches!(&old, Ok(s) if s.image.fit_hooks.is_empty() && s.version == SETTINGS_VERSION));
+        // Another preset picked then, or `unet-norms` picked since: kept.
+        let picked = load(r#"{"image": {"fit_hooks": "unet-groupnorms"}}"#);
+        assert!(matches!(&picked, Ok(s) if s.image.fit_hooks == "unet-groupnorms"));
+        let now = load(r#"{"version": 1, "image": {"fit_hooks": "unet-norms"}}"#);
+        assert!(matches!(&now, Ok(s) if s.image.fit_hooks == "unet-norms"));
+        // What is saved now carries the version.
+        let saved = serde_json::to_string(&Settings::default()).unwrap_or_default();
+        assert!(
+            matches!(load(&saved), Ok(s) if s.version == SETTINGS_VERSION && s.image.fit_hooks.is_empty())
+        );
     }
 }
