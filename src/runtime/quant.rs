@@ -960,11 +960,12 @@ pub fn avx512_vnni() -> bool {
     })
 }
 
-/// [`super::quant_dot8::avx2::unpack_q4_1`] into `out` (left as it is where [`avx512_vnni`]:
-/// the 512-bit kernels read the raw row), sized to the row's `row.len() / 20 · 32` values. Its length is written only when it
-/// changes: a rewrite per row made the kernel call after it, which reads the buffer's pointer
-/// and length as one 16-byte load, wait on a store it could not forward. Never called without
-/// AVX2 (see [`eight_input_kernel`]), where it leaves `out` empty.
+/// [`super::quant_dot8::avx2::unpack_q4_1`] into `out`, sized to the row's `row.len() / 20 ·
+/// 32` values. Its length is written only when it changes: a rewrite per row made the kernel
+/// call after it, which reads the buffer's pointer and length as one 16-byte load, wait on a
+/// store it could not forward. Nothing is done where [`avx512_vnni`] (the 512-bit kernels read
+/// the raw row). Never called without AVX2 (see [`eight_input_kernel`]), where it leaves `out`
+/// empty.
 #[inline]
 fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
     #[cfg(all(
@@ -974,13 +975,13 @@ fn unpack_q4_1(row: &[u8], out: &mut Vec<u8>) {
         target_feature = "f16c"
     ))]
     {
+        if avx512_vnni() {
+            return;
+        }
         let len = row.len() / 20 * 32;
         if out.len() != len {
             // Every byte is written below: resizing alone spares a zero fill per row.
             out.resize(len, 0);
-        }
-        if avx512_vnni() {
-            return;
         }
         // SAFETY: compiled only when AVX2, FMA and F16C are enabled for the whole build.
         unsafe { super::quant_dot8::avx2::unpack_q4_1(row, out) };
