@@ -18,6 +18,13 @@ Stages (each resumes from the work folder if it was already done; `--stage NAME`
 
 Seeds are fixed (data 1, check set 2, torch 0); two threads (torch.set_num_threads(2)).
 Each stage prints how long it ran; the whole run's times go into MANIFEST.json.
+
+Fine-tuning a model already made (`--init-from DIR`, a folder this program wrote): the VAE is
+taken from DIR with its encoder kept and its decoder trained further for --vae-minutes, the
+latents keep DIR's scaling factor, and the text encoder and UNet start from DIR's weights
+(`--unet-lr` sets the peak learning rate of the same warm-up + cosine schedule). MANIFEST.json
+then keeps DIR's own training record under "init_from". This is for changes to the picture set
+that a model already made can learn in minutes rather than in a new 1.5-hour run.
 """
 
 import argparse
@@ -241,7 +248,54 @@ def stage_vae(work: Path, minutes: float):
     log(f"vae: {step} steps in {time.time() - t0:.0f} s, colour kept {acc:.1%}")
 
 
-def stage_latents(work: Path):
+def stage_vae_from(work: Path, src: Path, minutes: float):
+    """The VAE of an exported folder (f16 weights → f32) with its decoder trained further for
+    `minutes` on this run's pictures (batch 16, lr 3e-4, the loss of `stage_vae`). The encoder
+    stays as it was, so every latent the folder's UNet learnt keeps its meaning; only what the
+    decoder makes of them is taught anew (pictures the first VAE never saw)."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    t0 = time.time()
+    vae = make_vae()
+    vae.load_state_dict(AutoencoderKL.from_pretrained(str(src / "vae")).float().state_dict())
+    d = np.load(work / "data.npz")
+    imgs, masks = d["imgs"], d["masks"].astype(np.float32)
+    c = np.load(work / "check.npz")
+    cimgs, cmasks = c["imgs"], c["masks"].astype(np.float32)
+    specs = json.loads((work / "check.json").read_text())
+    vae.eval()
+    before = colour_accuracy(vae, cimgs, cmasks, specs)
+    log(f"vae: taken from {src}, colour kept {before:.1%}; training its decoder for {minutes} min")
+    dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(dec, lr=3e-4, weight_decay=0.0)
+    rng = np.random.default_rng(7)
+    step = 0
+    vae.decoder.train()
+    while time.time() - t0 < minutes * 60:
+        idx = rng.integers(0, len(imgs), 16)
+        x = to_tensor(imgs[idx])
+        w = 1.0 + 4.0 * torch.from_numpy(masks[idx])[:, None]
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        rec = vae.decode(z).sample
+        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec, 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            log(f"vae decoder step {step} loss {loss.item():.4f}")
+    vae.eval()
+    acc = colour_accuracy(vae, cimgs, cmasks, specs)
+    torch.save(vae.state_dict(), work / "vae.pt")
+    (work / "vae.json").write_text(json.dumps({
+        "from": "the init_from folder's VAE, decoder trained further", "decoder_steps": step,
+        "colour_accuracy_before": before, "colour_accuracy": acc, "seconds": time.time() - t0}))
+    log(f"vae: decoder {step} steps in {time.time() - t0:.0f} s, colour kept {before:.1%} → {acc:.1%}")
+
+
+def stage_latents(work: Path, scale=None):
     t = time.time()
     vae = make_vae()
     vae.load_state_dict(torch.load(work / "vae.pt"))
@@ -251,13 +305,13 @@ def stage_latents(work: Path):
     with torch.no_grad():
         for i in range(0, len(imgs), 256):
             out[i:i + 256] = vae.encode(to_tensor(imgs[i:i + 256])).latent_dist.mean.numpy()
-    scale = float(1.0 / out.std())
+    scale = float(1.0 / out.std()) if scale is None else scale
     np.save(work / "latents.npy", out)
     (work / "latents.json").write_text(json.dumps({"scaling_factor": scale, "mean": float(out.mean())}))
     log(f"latents: std {out.std():.4f} → scaling factor {scale:.5f}, in {time.time() - t:.0f} s")
 
 
-def stage_unet(work: Path, minutes: float):
+def stage_unet(work: Path, minutes: float, peak_lr: float = 1e-3, init_from: Path = None):
     torch.manual_seed(0)
     tok = load_tokenizer(work / "tokenizer")
     caps = json.loads((work / "captions.json").read_text())
@@ -270,8 +324,14 @@ def stage_unet(work: Path, minutes: float):
     unet = make_unet()
     sched = noise_schedule()
     params = list(te.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=1e-2)
     state = {"step": 0, "seconds": 0.0, "losses": []}
+    if init_from is not None and not (work / "unet-ckpt.pt").exists():
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(init_from / "unet")).float().state_dict())
+        te.load_state_dict(CLIPTextModel.from_pretrained(str(init_from / "text_encoder")).float().state_dict())
+        log(f"unet: text encoder and UNet start from {init_from}")
     if (work / "unet-ckpt.pt").exists():
         ck = torch.load(work / "unet-ckpt.pt")
         te.load_state_dict(ck["te"])
@@ -294,7 +354,7 @@ def stage_unet(work: Path, minutes: float):
     acc_loss = []
     while time.time() - t_start < total:
         frac = (time.time() - t_start) / total
-        lr = 1e-3 * min(1.0, (state["step"] + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = peak_lr * min(1.0, (state["step"] + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.from_numpy(rng.integers(0, len(lat), 32))
@@ -378,7 +438,7 @@ def sha256(p: Path):
     return h.hexdigest()
 
 
-def stage_export(work: Path, out: Path):
+def stage_export(work: Path, out: Path, init_from: Path = None, command: str = "tools/t2i/train.py"):
     from diffusers import DDIMScheduler
     t = time.time()
     tmp = out.with_name(out.name + ".tmp")
@@ -417,11 +477,12 @@ def stage_export(work: Path, out: Path):
                     "loss_every_100_steps": ck["state"]["losses"]}
     manifest = {
         "name": "act-shapes-t2i",
-        "made_by": "python tools/t2i/train.py (tools/t2i/requirements.txt), CPU, 2 threads",
+        "made_by": f"python {command} (tools/t2i/requirements.txt), CPU, 2 threads",
         "data": f"{N_TRAIN} procedural 64x64 pictures (tools/t2i/shapes.py, seed 1); "
                 f"held-out colour-shape pairs: {sorted(shapes.HELD_OUT)}",
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "training": logs,
+        **({"init_from": init_from_record(init_from)} if init_from is not None else {}),
         "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files},
     }
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
@@ -430,6 +491,13 @@ def stage_export(work: Path, out: Path):
         shutil.rmtree(out)
     os.replace(tmp, out)
     log(f"export: {out} ({size / 1e6:.1f} MB) in {time.time() - t:.0f} s")
+
+
+def init_from_record(src: Path):
+    """How the folder a fine-tune started from was made (its MANIFEST.json, less the files)."""
+    m = json.loads((src / "MANIFEST.json").read_text())
+    m.pop("files", None)
+    return m
 
 
 def sample_sheet(out: Path, dest: Path):
@@ -443,8 +511,8 @@ def sample_sheet(out: Path, dest: Path):
     imgs = []
     for i in range(0, 64, 16):
         g = torch.Generator().manual_seed(i)
-        imgs += pipe(caps[i:i + 16], num_inference_steps=20, guidance_scale=4.0, height=64, width=64,
-                     generator=g, output_type="np").images
+        imgs.extend(pipe(caps[i:i + 16], num_inference_steps=20, guidance_scale=4.0, height=64, width=64,
+                     generator=g, output_type="np").images)
     sheet = Image.new("RGB", (512, 512))
     for i, im in enumerate(imgs):
         sheet.paste(Image.fromarray((im * 255).round().astype(np.uint8)), ((i % 8) * 64, (i // 8) * 64))
@@ -461,7 +529,14 @@ def main():
                     default="all")
     ap.add_argument("--vae-minutes", type=float, default=30)
     ap.add_argument("--unet-minutes", type=float, default=75)
+    ap.add_argument("--unet-lr", type=float, default=1e-3, help="peak learning rate of the UNet stage")
+    ap.add_argument("--init-from", type=Path, help="fine-tune: start from this exported folder")
     a = ap.parse_args()
+    init = None
+    if a.init_from is not None:  # read it now: --out may be the same folder, replaced on export
+        init = a.work / "init-from"
+        if not (init / "MANIFEST.json").exists():
+            shutil.copytree(a.init_from, init, dirs_exist_ok=True)
     torch.set_num_threads(2)
     a.work.mkdir(parents=True, exist_ok=True)
     t = time.time()
@@ -470,14 +545,24 @@ def main():
         stage_data(a.work)
     if want("tokenizer"):
         log(f"tokenizer: {write_tokenizer(a.work / 'tokenizer')} tokens")
-    if a.stage == "vae" or a.stage == "all" and not (a.work / "vae.pt").exists():
+    if init is not None and want("vae") and not (a.work / "vae.pt").exists():
+        stage_vae_from(a.work, init, a.vae_minutes)
+    elif a.stage == "vae" or a.stage == "all" and not (a.work / "vae.pt").exists():
         stage_vae(a.work, a.vae_minutes)
     if want("latents") and not (a.work / "latents.npy").exists():
-        stage_latents(a.work)
+        scale = None
+        if init is not None:
+            scale = json.loads((init / "vae" / "config.json").read_text())["scaling_factor"]
+        stage_latents(a.work, scale)
     if want("unet"):
-        stage_unet(a.work, a.unet_minutes)
+        stage_unet(a.work, a.unet_minutes, a.unet_lr, init)
     if want("export"):
-        stage_export(a.work, a.out)
+        # The command that makes the folder: this one, less a `--stage` that reran a part of it.
+        argv = sys.argv[1:]
+        if "--stage" in argv:
+            i = argv.index("--stage")
+            argv = argv[:i] + argv[i + 2:]
+        stage_export(a.work, a.out, init, " ".join(["tools/t2i/train.py", *argv]))
     if want("sheet"):
         sample_sheet(a.out, a.work / "sheet.png")
     log(f"total {time.time() - t:.0f} s")
