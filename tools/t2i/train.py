@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -212,6 +213,9 @@ def stage_vae(work: Path, minutes: float):
     if (work / "vae.pt").exists():  # more training for a VAE that stopped on its time limit
         vae.load_state_dict(torch.load(work / "vae.pt"))
         done = json.loads((work / "vae.json").read_text())
+        if "from" in done:
+            sys.exit("train.py: this work folder's VAE is a fine-tune (--init-from); "
+                     "rerun with the same --init-from, or use a fresh --work")
         step, t0 = done["steps"], t0 - done["seconds"]
         rng = np.random.default_rng(3 + step)
         for g in opt.param_groups:
@@ -291,6 +295,7 @@ def stage_vae_from(work: Path, src: Path, minutes: float):
     torch.save(vae.state_dict(), work / "vae.pt")
     (work / "vae.json").write_text(json.dumps({
         "from": "the init_from folder's VAE, decoder trained further", "decoder_steps": step,
+        "init_from": init_id(src),
         "colour_accuracy_before": before, "colour_accuracy": acc, "seconds": time.time() - t0}))
     log(f"vae: decoder {step} steps in {time.time() - t0:.0f} s, colour kept {before:.1%} → {acc:.1%}")
 
@@ -305,13 +310,15 @@ def stage_latents(work: Path, scale=None):
     with torch.no_grad():
         for i in range(0, len(imgs), 256):
             out[i:i + 256] = vae.encode(to_tensor(imgs[i:i + 256])).latent_dist.mean.numpy()
+    scale_given = scale is not None
     scale = float(1.0 / out.std()) if scale is None else scale
     np.save(work / "latents.npy", out)
-    (work / "latents.json").write_text(json.dumps({"scaling_factor": scale, "mean": float(out.mean())}))
+    (work / "latents.json").write_text(json.dumps({"scaling_factor": scale, "mean": float(out.mean()),
+                                                   "scale_from_init": scale_given}))
     log(f"latents: std {out.std():.4f} → scaling factor {scale:.5f}, in {time.time() - t:.0f} s")
 
 
-def stage_unet(work: Path, minutes: float, peak_lr: float = 1e-3, init_from: Path = None):
+def stage_unet(work: Path, minutes: float, peak_lr: float = 1e-3, init_from: Path = None, command: str = ""):
     torch.manual_seed(0)
     tok = load_tokenizer(work / "tokenizer")
     caps = json.loads((work / "captions.json").read_text())
@@ -338,9 +345,15 @@ def stage_unet(work: Path, minutes: float, peak_lr: float = 1e-3, init_from: Pat
         unet.load_state_dict(ck["unet"])
         opt.load_state_dict(ck["opt"])
         state = ck["state"]
+        if state.get("init_from") != (init_id(init_from) if init_from is not None else None):
+            sys.exit("train.py: unet-ckpt.pt in this work folder was not trained from the same "
+                     "--init-from (or was, and this run has none); use a fresh --work")
         log(f"unet: resumed at step {state['step']}")
     log(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, "
         f"text encoder {sum(p.numel() for p in te.parameters()) / 1e6:.2f} M")
+    state["init_from"] = init_id(init_from) if init_from is not None else None
+    runs = state.setdefault("runs", [])
+    runs.append({"command": command, "peak_lr": peak_lr, "minutes": minutes, "from_step": state["step"]})
     rng = np.random.default_rng(4 + state["step"])
     total = minutes * 60
     t_start = time.time() - state["seconds"]
@@ -474,6 +487,7 @@ def stage_export(work: Path, out: Path, init_from: Path = None, command: str = "
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     logs = {name: json.loads((work / f"{name}.json").read_text()) for name in ["vae", "latents"]}
     logs["unet"] = {"steps": ck["state"]["step"], "seconds": ck["state"]["seconds"],
+                    "runs": ck["state"].get("runs", []),
                     "loss_every_100_steps": ck["state"]["losses"]}
     manifest = {
         "name": "act-shapes-t2i",
@@ -491,6 +505,22 @@ def stage_export(work: Path, out: Path, init_from: Path = None, command: str = "
         shutil.rmtree(out)
     os.replace(tmp, out)
     log(f"export: {out} ({size / 1e6:.1f} MB) in {time.time() - t:.0f} s")
+
+
+def init_id(src: Path):
+    """SHA-256 of a folder's MANIFEST.json: which model a fine-tune started from."""
+    return sha256(src / "MANIFEST.json")
+
+
+def check_work_for_init(work: Path, init: Path):
+    """Exits when files already in `work` were not made from `init` (a fine-tune that would
+    silently reuse a from-scratch VAE, latents or UNet checkpoint)."""
+    vae = work / "vae.json"
+    if vae.exists() and json.loads(vae.read_text()).get("init_from") != init_id(init):
+        sys.exit(f"train.py: {work} holds a VAE not fine-tuned from {init}; use a fresh --work")
+    lat = work / "latents.json"
+    if lat.exists() and not json.loads(lat.read_text()).get("scale_from_init"):
+        sys.exit(f"train.py: {work} holds latents scaled on their own, not by {init}; use a fresh --work")
 
 
 def init_from_record(src: Path):
@@ -522,7 +552,8 @@ def sample_sheet(out: Path, dest: Path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stage", choices=["all", "data", "tokenizer", "vae", "latents", "unet", "export", "sheet"],
@@ -532,20 +563,43 @@ def main():
     ap.add_argument("--unet-lr", type=float, default=1e-3, help="peak learning rate of the UNet stage")
     ap.add_argument("--init-from", type=Path, help="fine-tune: start from this exported folder")
     a = ap.parse_args()
-    init = None
-    if a.init_from is not None:  # read it now: --out may be the same folder, replaced on export
-        init = a.work / "init-from"
-        if not (init / "MANIFEST.json").exists():
-            shutil.copytree(a.init_from, init, dirs_exist_ok=True)
-    torch.set_num_threads(2)
+    # The command that makes the folder: this one, less a `--stage` that reran a part of it.
+    argv = sys.argv[1:]
+    for i, x in enumerate(argv):
+        if x == "--stage":
+            argv = argv[:i] + argv[i + 2:]
+            break
+        if x.startswith("--stage="):
+            argv = argv[:i] + argv[i + 1:]
+            break
+    command = shlex.join(["tools/t2i/train.py", *argv])
     a.work.mkdir(parents=True, exist_ok=True)
+    init = a.work / "init-from"  # a copy: --out may be the same folder, replaced on export
+    if a.init_from is None:
+        if init.exists():
+            sys.exit(f"train.py: {a.work} is a fine-tune of the model copied to {init}; pass --init-from")
+        init = None
+    elif not (init / "MANIFEST.json").exists():
+        shutil.copytree(a.init_from, init, dirs_exist_ok=True)
+    elif init_id(init) != init_id(a.init_from) and \
+            json.loads((a.init_from / "MANIFEST.json").read_text()).get("init_from") != init_from_record(init):
+        # Neither the same model nor the one this work folder made from it.
+        sys.exit(f"train.py: {a.work} fine-tunes another model than {a.init_from}; use a fresh --work")
+    if init is not None:
+        check_work_for_init(a.work, init)
+    torch.set_num_threads(2)
     t = time.time()
     want = lambda s: a.stage in ("all", s)  # noqa: E731
     if want("data") and not (a.work / "data.npz").exists():
         stage_data(a.work)
     if want("tokenizer"):
         log(f"tokenizer: {write_tokenizer(a.work / 'tokenizer')} tokens")
-    if init is not None and want("vae") and not (a.work / "vae.pt").exists():
+        if init is not None:  # the text encoder's embedding rows are the init model's tokens
+            for f in ["vocab.json", "merges.txt"]:
+                if (a.work / "tokenizer" / f).read_bytes() != (init / "tokenizer" / f).read_bytes():
+                    sys.exit(f"train.py: the caption words changed since {a.init_from} was made "
+                             f"(tokenizer/{f} differs); a fine-tune cannot change the vocabulary")
+    if init is not None and (a.stage == "vae" or want("vae") and not (a.work / "vae.pt").exists()):
         stage_vae_from(a.work, init, a.vae_minutes)
     elif a.stage == "vae" or a.stage == "all" and not (a.work / "vae.pt").exists():
         stage_vae(a.work, a.vae_minutes)
@@ -555,14 +609,9 @@ def main():
             scale = json.loads((init / "vae" / "config.json").read_text())["scaling_factor"]
         stage_latents(a.work, scale)
     if want("unet"):
-        stage_unet(a.work, a.unet_minutes, a.unet_lr, init)
+        stage_unet(a.work, a.unet_minutes, a.unet_lr, init, command)
     if want("export"):
-        # The command that makes the folder: this one, less a `--stage` that reran a part of it.
-        argv = sys.argv[1:]
-        if "--stage" in argv:
-            i = argv.index("--stage")
-            argv = argv[:i] + argv[i + 2:]
-        stage_export(a.work, a.out, init, " ".join(["tools/t2i/train.py", *argv]))
+        stage_export(a.work, a.out, init, command)
     if want("sheet"):
         sample_sheet(a.out, a.work / "sheet.png")
     log(f"total {time.time() - t:.0f} s")
