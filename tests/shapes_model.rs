@@ -295,8 +295,9 @@ fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negati
 /// marginals are matched at λ = 1 (the maps' W1 diagnostics fall about 8×) but the object's
 /// colour lives in how neurons move together, so the picture goes red → orange → green only
 /// as λ rises to 2 (the check below). Neither a fine-tune whose colourless captions draw grey
-/// (λ = 1: 0.945 → 0.855) nor per-neuron quantile maps (0.903 → 0.843) reached 3× (README).
-/// Run with `--ignored`.
+/// (λ = 1: 0.945 → 0.855) nor per-neuron quantile maps (0.897 → 0.764) reached 3×; a prototype
+/// joint (multivariate Gaussian) map per hook point did (0.897 → 0.233; README). Run with
+/// `--ignored`.
 #[test]
 #[ignore = "not met yet by the shipped model: negate:red cuts the red share 1.2x at λ = 1, not 3x"]
 fn negate_red_removes_the_red_and_keeps_the_shape() {
