@@ -184,6 +184,13 @@ def stage_data(work: Path):
     log(f"data: {N_TRAIN} + 512 pictures in {time.time() - t:.0f} s")
 
 
+def recon_loss(rec, x, masks):
+    """The VAE's reconstruction loss: L1 + L2 per pixel, the object's pixels (`masks`, [b, 64,
+    64] in [0, 1]) counted 5×."""
+    w = 1.0 + 4.0 * torch.from_numpy(masks)[:, None]
+    return (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+
+
 def colour_accuracy(vae, imgs, masks, specs):
     """Share of coloured check pictures whose reconstruction keeps the object's colour."""
     ok = n = 0
@@ -225,10 +232,9 @@ def stage_vae(work: Path, minutes: float):
     while True:
         idx = rng.integers(0, len(imgs), 16)
         x = to_tensor(imgs[idx])
-        w = 1.0 + 4.0 * torch.from_numpy(masks[idx])[:, None]  # the object's pixels count 5×
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-6 * post.kl().mean()
+        loss = recon_loss(rec, x, masks[idx]) + 1e-6 * post.kl().mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -278,11 +284,10 @@ def stage_vae_from(work: Path, src: Path, minutes: float):
     while time.time() - t0 < minutes * 60:
         idx = rng.integers(0, len(imgs), 16)
         x = to_tensor(imgs[idx])
-        w = 1.0 + 4.0 * torch.from_numpy(masks[idx])[:, None]
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
         rec = vae.decode(z).sample
-        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+        loss = recon_loss(rec, x, masks[idx])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dec, 1.0)
