@@ -55,6 +55,7 @@ fn pair() -> PromptPair {
             .collect(),
         pooling: None,
         hooks: None,
+        method: None,
     }
 }
 

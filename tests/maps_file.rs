@@ -81,6 +81,44 @@ fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, out).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Removes tensor `name` from the file and re-stamps the data checksum, so only the missing
+/// tensor is wrong.
+fn drop_tensor(path: &Path, name: &str) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
+    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("act_studio"))
+        .cloned()
+        .unwrap_or_default();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+    let mut tensors: Vec<(String, TensorView<'_>)> = st.tensors();
+    tensors.retain(|(n, _)| n != name);
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (n, t) in &tensors {
+        h.update(n.as_bytes());
+        h.update([0u8]);
+        h.update((t.data().len() as u64).to_le_bytes());
+        h.update(t.data());
+    }
+    v["data_sha256"] = h
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into();
+    let out = safetensors::serialize(
+        tensors,
+        Some(HashMap::from([("act_studio".to_string(), v.to_string())])),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(path, out).unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn round_trip_is_bit_exact_for_every_method() -> Result<(), MapsError> {
     let dir = tempfile::tempdir().map_err(|e| MapsError::Invalid(e.to_string()))?;
@@ -93,7 +131,16 @@ fn round_trip_is_bit_exact_for_every_method() -> Result<(), MapsError> {
             Support::Unbounded,
             Support::Quantile { lo: 5.0, hi: 95.0 },
         ] {
+            if method.is_joint() && support != Support::Unbounded {
+                // A joint map has no per-neuron support.
+                let (s, t) = (sample(1, 12, 4), sample(2, 12, 4));
+                let e = fit_hook("h", s.view(), t.view(), &FitConfig { method, support });
+                assert!(e.is_err_and(|e| e.to_string().contains("unbounded")));
+                continue;
+            }
             let m = maps(method, support);
+            // Version 2 only where a joint matrix needs it, so older builds read the rest.
+            assert_eq!(m.meta().format_version, if method.is_joint() { 2 } else { 1 });
             let p = saved(dir.path(), &m);
             let back = MapsFile::load(&p)?;
             assert_eq!(back.meta().method, method);
@@ -105,6 +152,8 @@ fn round_trip_is_bit_exact_for_every_method() -> Result<(), MapsError> {
                 assert_eq!(bits(a.lo()), bits(b.lo()));
                 assert_eq!(bits(a.hi()), bits(b.hi()));
                 assert_eq!(a.diagnostics(), b.diagnostics());
+                assert_eq!(a.matrix().map(bits), b.matrix().map(bits));
+                assert_eq!(a.matrix().is_some(), method.is_joint());
                 assert_eq!(a, b);
             }
             // Saving what was loaded reproduces the file byte for byte.
@@ -194,7 +243,7 @@ fn wrong_metadata_gives_its_own_errors() {
             e,
             MapsError::UnsupportedVersion {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -225,6 +274,27 @@ fn wrong_metadata_gives_its_own_errors() {
         matches!(e, MapsError::MissingTensor { ref tensor, .. } if tensor == "layers.9.resid.omega"),
         "{e:?}"
     );
+
+    // A joint map whose matrix is gone, and a per-neuron map that claims one.
+    let joint = maps(Method::JointGaussian, Support::Unbounded);
+    let p = saved(dir.path(), &joint);
+    drop_tensor(&p, "layers.1.mlp_norm.matrix");
+    let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(e, MapsError::MissingTensor { ref tensor, .. } if tensor == "layers.1.mlp_norm.matrix"),
+        "{e:?}"
+    );
+    let p = saved(dir.path(), &joint);
+    rewrite_meta(&p, |v| v["method"] = serde_json::json!({"name": "gaussian"}));
+    let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(e, MapsError::BadMetadata { ref reason, .. } if reason.contains("joint matrix")),
+        "{e:?}"
+    );
+    let p = saved(dir.path(), &joint);
+    rewrite_meta(&p, |v| v["hook_points"][0]["dim"] = 2.into());
+    let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
+    assert!(matches!(e, MapsError::ShapeMismatch { .. }), "{e:?}");
 
     // A plain safetensors file without our metadata.
     let p = dir.path().join("plain.safetensors");

@@ -139,3 +139,18 @@ fn toxic_to_non_toxic_maps_lower_the_toxicity_of_continuations() {
 
 /// Prompts of `builtin:toxic-prompts` the toxicity test continues (4 samples each).
 const TOXIC_PROMPTS: usize = 60;
+
+/// A language model refuses joint maps before any work, saying why and what to use instead
+/// (measured: they turn SmolLM2's text to gibberish at λ = 0.5, `JOINT_ON_TEXT`).
+#[test]
+fn joint_maps_are_refused_on_a_language_model() {
+    let Some(path) = common::demo_model() else { return };
+    let m = ok(LoadedModel::load(&path));
+    let mut req = common::builtin_fit("football", None);
+    req.method = act_studio::transport::Method::JointGaussian;
+    let e = fit_concept(&m, &req, &AtomicBool::new(false), &mut |_| {})
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("image models") && e.contains("gaussian"), "{e}");
+}

@@ -60,7 +60,8 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
     egui::ComboBox::from_label("method")
         .selected_text(f.method.label())
         .show_ui(ui, |ui| {
-            for m in Method::ALL {
+            // Joint maps are refused on text (pipeline::fit_model::JOINT_ON_TEXT).
+            for m in Method::ALL.into_iter().filter(|m| !m.is_joint()) {
                 ui.selectable_value(&mut f.method, m, m.label());
             }
         });

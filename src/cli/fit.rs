@@ -29,7 +29,8 @@ pub struct FitArgs {
     /// Use at most this many samples of each set (the first ones).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Estimator: linear-act, mean-act, gaussian, aura, iti-m, det0.
+    /// Estimator: linear-act, mean-act, gaussian, aura, iti-m, det0 (joint-gaussian is for
+    /// image models: `fit-image`).
     #[arg(long, default_value = "linear-act")]
     pub method: Method,
     /// Hook points: default (the measured choice for the model: all-ln on Llama-family

@@ -18,7 +18,7 @@ pub struct FitArraysArgs {
     /// Target samples (the distribution to move to), same format and number of columns.
     #[arg(long)]
     pub target: PathBuf,
-    /// Estimator: linear-act, mean-act, gaussian, aura, iti-m, act-add, det0 (or det0:THRESHOLD
+    /// Estimator: linear-act, mean-act, gaussian, joint-gaussian, aura, iti-m, act-add, det0 (or det0:THRESHOLD
     /// for an Average-Precision threshold other than 0.75).
     #[arg(long, default_value = "linear-act")]
     pub method: Method,

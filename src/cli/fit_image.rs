@@ -42,9 +42,11 @@ pub struct FitImageArgs {
     /// comma-separated (default: what the concept asks for, else unet-norms).
     #[arg(long)]
     pub hooks: Option<String>,
-    /// Estimator.
-    #[arg(long, default_value = "linear-act")]
-    pub method: Method,
+    /// Estimator: linear-act, mean-act, gaussian, joint-gaussian, aura, iti-m, det0 (default:
+    /// what the concept asks for, else linear-act; the demo model's negate:* ask for
+    /// joint-gaussian).
+    #[arg(long)]
+    pub method: Option<Method>,
     /// Support: unbounded (default for images: maps fitted at one step act at every step,
     /// where activations leave the fitted step's range) or qLO-HI.
     #[arg(long, default_value = "unbounded")]

@@ -83,13 +83,21 @@ pub fn maps_info(a: &MapsInfoArgs) -> Result<()> {
             ("lo", map.lo()),
             ("hi", map.hi()),
         ];
+        if let Some(a) = map.matrix() {
+            rows.push(("matrix", a));
+        }
         rows.extend(map.diagnostics().iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         for (suffix, v) in rows {
             let (min, mean, max, inf) = summary(v);
+            let shape = if suffix == "matrix" {
+                format!("[{d}×{d}]", d = map.dim())
+            } else {
+                format!("[{}]", v.len())
+            };
             outln!(
                 "{:<40} {:>7} {:>12.5} {:>12.5} {:>12.5} {:>6}",
                 format!("{name}.{suffix}"),
-                format!("[{}]", v.len()),
+                shape,
                 min,
                 mean,
                 max,

@@ -46,8 +46,8 @@ pub struct ImageFitRequest {
     /// ([`super::diffusion_fit::select_hooks`]); blank: what the concept asks for
     /// ([`PromptPair::hooks`]), else [`DEFAULT_IMAGE_PRESET`].
     pub hooks: String,
-    /// Estimator.
-    pub method: Method,
+    /// Estimator (`None`: what the concept asks for, [`PromptPair::method`], else Linear-AcT).
+    pub method: Option<Method>,
     /// Support (`Unbounded` suits images: maps fitted at one step act at every step).
     pub support: Support,
     /// Use at most this many prompts per side, spread over the lists (0 = all).
@@ -74,14 +74,14 @@ pub struct ImageFitRequest {
 
 impl ImageFitRequest {
     /// A request for `concept` with the CLI's defaults: the concept's hook points (else the
-    /// default preset), Linear-AcT, unbounded support, 32 prompts per side, the model's size
+    /// default preset), the concept's method (else Linear-AcT), unbounded support, 32 prompts per side, the model's size
     /// and steps, seed 0, causal along trajectories.
     pub fn new(concept: ImageConceptSource) -> Self {
         Self {
             concept,
             name: None,
             hooks: String::new(),
-            method: Method::LinearAct,
+            method: None,
             support: Support::Unbounded,
             limit: 32,
             size: None,
@@ -144,6 +144,7 @@ pub fn prompt_pair(req: &ImageFitRequest, folder: Option<&Path>) -> Result<Promp
             target: read_prompts(target)?,
             pooling: None,
             hooks: None,
+            method: None,
         },
         ImageConceptSource::Prompts(p) => p.clone(),
     };
@@ -198,7 +199,7 @@ pub fn fit_image_concept(
     let mut opts = ImageFitOptions::new(
         pipe,
         FitConfig {
-            method: req.method,
+            method: req.method.or(pair.method).unwrap_or(Method::LinearAct),
             support: req.support,
         },
         hooks,
@@ -230,6 +231,7 @@ mod tests {
             target: vec!["a circle".into()],
             pooling: None,
             hooks: None,
+            method: None,
         };
         let mut req = ImageFitRequest::new(ImageConceptSource::Prompts(pair.clone()));
         assert_eq!(hook_selection(&req, &pair), DEFAULT_IMAGE_PRESET);

@@ -17,7 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::diffusion::hooks::SamplePooling;
-use crate::transport::DatasetInfo;
+use crate::transport::{DatasetInfo, Method};
 
 const STYLES: &str = include_str!("../../assets/diffusion/style_prompts.json");
 const CAPTIONS: &str = include_str!("../../assets/diffusion/diffusion_prompts.json");
@@ -38,6 +38,9 @@ pub struct PromptPair {
     /// The hook points the concept is best fitted at when a fit does not say (a folder
     /// concept's `hooks`: a preset or names / `prefix*` patterns; `None`: the default preset).
     pub hooks: Option<String>,
+    /// The estimator the concept is best fitted with when a fit does not say (a folder
+    /// concept's `method`; `None`: Linear-AcT).
+    pub method: Option<Method>,
 }
 
 impl PromptPair {
@@ -73,9 +76,10 @@ pub enum ImageConceptError {
 
 /// The file in a diffusers folder that lists the folder's own concepts:
 /// `{"concepts": [{"name": "style:neon", "about": "…", "source": ["…"], "target": ["…"]}, …]}`,
-/// where a concept may add `"pooling": "positions"` (or `"mean"`) and `"hooks": "PRESET"` (or
-/// names / `prefix*` patterns) to say how it is best fitted ([`SamplePooling`],
-/// [`super::diffusion_fit::select_hooks`]; a fit request's own choice wins).
+/// where a concept may add `"pooling": "positions"` (or `"mean"`), `"hooks": "PRESET"` (or
+/// names / `prefix*` patterns) and `"method": "joint-gaussian"` (any estimator name) to say how
+/// it is best fitted ([`SamplePooling`], [`super::diffusion_fit::select_hooks`], [`Method`]; a
+/// fit request's own choice wins).
 pub const FOLDER_CONCEPTS: &str = "act_studio_concepts.json";
 
 /// A concept that a model folder defines for itself.
@@ -142,6 +146,14 @@ pub fn folder_concepts(folder: &Path) -> Result<Vec<FolderConcept>, ImageConcept
                     .to_string(),
             ),
         };
+        let method = match c.get("method") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().and_then(|m| m.parse::<Method>().ok()).ok_or_else(|| {
+                bad(format!(
+                    "concept `{name}`: `method` must be an estimator name, not {v}"
+                ))
+            })?),
+        };
         out.push(FolderConcept {
             pair: PromptPair {
                 name: name.to_string(),
@@ -149,6 +161,7 @@ pub fn folder_concepts(folder: &Path) -> Result<Vec<FolderConcept>, ImageConcept
                 target,
                 pooling,
                 hooks,
+                method,
             },
             about: c.get("about").and_then(Value::as_str).unwrap_or("").to_string(),
         });
@@ -258,6 +271,7 @@ pub fn style_concept(style: &str, captions: &[String]) -> Result<PromptPair, Ima
             .collect(),
         pooling: None,
         hooks: None,
+        method: None,
     })
 }
 
@@ -280,6 +294,7 @@ pub fn negation_concept(concept: &str, captions: &[String]) -> Result<PromptPair
         target: captions.to_vec(),
         pooling: None,
         hooks: None,
+        method: None,
     })
 }
 
@@ -307,6 +322,7 @@ pub fn builtin_image_concept(name: &str) -> Result<PromptPair, ImageConceptError
             target: strings(c.get("no_trees")),
             pooling: None,
             hooks: None,
+            method: None,
         });
     }
     Err(unknown(name))
@@ -365,7 +381,7 @@ mod tests {
         write(
             r#"{"concepts": [
             {"name": "style:neon", "about": "plain → neon", "source": ["a circle"], "target": ["a circle, neon style"]},
-            {"name": "style:sketch", "about": "ours", "source": ["a square"], "target": ["a square, pencil sketch"], "pooling": "positions", "hooks": " unet-cross-attention "}]}"#,
+            {"name": "style:sketch", "about": "ours", "source": ["a square"], "target": ["a square, pencil sketch"], "pooling": "positions", "hooks": " unet-cross-attention ", "method": "joint-gaussian"}]}"#,
         );
         let list = image_concepts_for(Some(dir.path())).unwrap();
         assert_eq!(list[0].0, "style:neon");
@@ -375,6 +391,11 @@ mod tests {
         assert_eq!(p.target, ["a square, pencil sketch"]);
         assert_eq!(p.pooling, Some(SamplePooling::Positions));
         assert_eq!(p.hooks.as_deref(), Some("unet-cross-attention"));
+        assert_eq!(p.method, Some(Method::JointGaussian));
+        assert_eq!(
+            image_concept_for("style:neon", Some(dir.path())).unwrap().method,
+            None
+        );
         assert_eq!(
             image_concept_for("style:neon", Some(dir.path())).unwrap().pooling,
             None
@@ -414,6 +435,10 @@ mod tests {
             (
                 r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"], "pooling": "pixels"}]}"#,
                 "`pooling` must be",
+            ),
+            (
+                r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"], "method": "telepathy"}]}"#,
+                "`method` must be",
             ),
             (
                 r#"{"concepts": [{"name": "x", "source": ["a"], "target": ["b"], "hooks": "  "}]}"#,

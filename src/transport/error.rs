@@ -61,7 +61,9 @@ pub enum TransportError {
     )]
     BadSupport(String),
     /// An unknown method name.
-    #[error("unknown method `{0}`: use linear-act, mean-act, gaussian, aura, iti-m, act-add or det0")]
+    #[error(
+        "unknown method `{0}`: use linear-act, mean-act, gaussian, joint-gaussian, aura, iti-m, act-add or det0"
+    )]
     BadMethod(String),
     /// An activation tensor whose length does not match its shape, or whose last (3-D) or
     /// channel (4-D) dimension does not match the map.
@@ -106,6 +108,17 @@ pub enum TransportError {
     /// `det0:T` with a threshold outside [0, 1].
     #[error("method `{0}`: det0's AP threshold must lie in [0, 1], e.g. det0:0.8")]
     BadDet0Threshold(String),
+    /// The joint Gaussian map acts on whole activation vectors, so it has no per-neuron
+    /// support: any support but `unbounded` is refused.
+    #[error(
+        "method joint-gaussian maps whole activation vectors and has no per-neuron support: use support `unbounded`, not `{0}`"
+    )]
+    JointNeedsUnbounded(String),
+    /// The symmetric eigendecomposition of the joint estimator did not converge.
+    #[error(
+        "hook point `{hook}`: the joint Gaussian fit did not converge (eigendecomposition of the covariance)"
+    )]
+    JointDidNotConverge { hook: String },
 }
 
 /// Errors raised while reading or writing a maps file.
@@ -126,7 +139,7 @@ pub enum MapsError {
     #[error("{path}: maps metadata is invalid: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
     #[error(
-        "{path}: maps file format version {found} is not supported (this build reads version {supported})"
+        "{path}: maps file format version {found} is not supported (this build reads versions 1 to {supported})"
     )]
     UnsupportedVersion {
         path: PathBuf,

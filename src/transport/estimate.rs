@@ -1,14 +1,16 @@
 //! Estimators: from pooled source and target samples `[n, d]` to a [`HookMap`].
 //!
 //! Every neuron is fitted independently (the paper's "independent marginals" assumption), in
-//! f64, and stored in f32. Neurons are spread over the rayon pool.
+//! f64, and stored in f32. Neurons are spread over the rayon pool. The joint Gaussian method
+//! fits all neurons together ([`super::joint`]) and keeps the per-neuron statistics as
+//! diagnostics.
 
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
 use super::error::{Side, TransportError};
-use super::hook_map::{HookMap, diag, transport_one};
+use super::hook_map::{HookMap, apply_joint, diag, transport_one};
 use super::method::Method;
 use super::samples::Samples;
 use super::stats;
@@ -99,6 +101,9 @@ pub fn fit_hook(
             target_dim: target.cols(),
         });
     }
+    if config.method.is_joint() && config.support != Support::Unbounded {
+        return Err(TransportError::JointNeedsUnbounded(config.support.to_string()));
+    }
     if config.method == Method::ActAdd && (source.rows() != 1 || target.rows() != 1) {
         return Err(TransportError::ActAddNeedsOnePair {
             source_rows: source.rows(),
@@ -106,7 +111,7 @@ pub fn fit_hook(
         });
     }
 
-    let fits: Vec<NeuronFit> = (0..source.cols())
+    let mut fits: Vec<NeuronFit> = (0..source.cols())
         .into_par_iter()
         .with_min_len(16)
         .map_init(Scratch::default, |s, j| {
@@ -114,6 +119,14 @@ pub fn fit_hook(
         })
         .collect();
 
+    let joint = if config.method.is_joint() {
+        let fit = super::joint::fit_joint(hook, &source, &target)?;
+        let w1_after = joint_w1_after(&fit, &source, &target)?;
+        fits.iter_mut().zip(w1_after).for_each(|(f, w)| f.w1_after = w);
+        Some(fit)
+    } else {
+        None
+    };
     let pick = |f: fn(&NeuronFit) -> f32| fits.iter().map(f).collect::<Vec<f32>>();
     let mut diagnostics = BTreeMap::new();
     diagnostics.insert(diag::SRC_MEAN.to_string(), pick(|f| f.src_mean));
@@ -131,6 +144,14 @@ pub fn fit_hook(
         }
         _ => {}
     }
+    let dim_error = |_| TransportError::DimMismatch {
+        hook: hook.to_string(),
+        source_dim: source.cols(),
+        target_dim: target.cols(),
+    };
+    if let Some(fit) = joint {
+        return HookMap::joint(config.method, fit.matrix, fit.beta, diagnostics).map_err(dim_error);
+    }
     HookMap::new(
         config.method,
         config.support,
@@ -140,11 +161,32 @@ pub fn fit_hook(
         pick(|f| f.hi),
         diagnostics,
     )
-    .map_err(|_| TransportError::DimMismatch {
-        hook: hook.to_string(),
-        source_dim: source.cols(),
-        target_dim: target.cols(),
-    })
+    .map_err(dim_error)
+}
+
+/// Per-neuron W1 between the source moved by a joint map (λ = 1) and the target.
+fn joint_w1_after(
+    fit: &super::joint::JointFit,
+    source: &Samples<'_>,
+    target: &Samples<'_>,
+) -> Result<Vec<f32>, TransportError> {
+    let d = source.cols();
+    let mut moved = source.data().to_vec();
+    let mut y = vec![0.0f32; d];
+    for row in moved.chunks_exact_mut(d.max(1)) {
+        apply_joint(row, &fit.matrix, &fit.beta, 1.0, &mut y);
+    }
+    let moved = Samples::new(&moved, source.rows(), d, Side::Source)?;
+    Ok((0..d)
+        .into_par_iter()
+        .with_min_len(16)
+        .map_init(Scratch::default, |s, j| {
+            sorted_column(&moved, j, &mut s.col, &mut s.a);
+            sorted_column(target, j, &mut s.col, &mut s.b);
+            let (pa, pb) = paired(&s.a, &s.b, &mut s.ra, &mut s.rb);
+            stats::w1_sorted(pa, pb) as f32
+        })
+        .collect())
 }
 
 /// Loads column `j` of `m`, sorted, as f64 into `out`.
@@ -198,6 +240,8 @@ fn fit_neuron(
             stats::sorted_least_squares(pa, pb).unwrap_or((1.0, 0.0))
         }
         Method::MeanAct | Method::ItiM => (1.0, mb - ma),
+        // Fitted jointly in `fit_hook`; the per-neuron fit only records the statistics.
+        Method::JointGaussian => (1.0, 0.0),
         Method::Gaussian => {
             // The reference leaves neurons with a (near-)constant side untouched.
             if sa > 1e-4 && sb > 1e-4 {
@@ -254,5 +298,41 @@ fn fit_neuron(
         w1_before: w1_before as f32,
         w1_after: w1_after as f32,
         score: score as f32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Side;
+
+    #[test]
+    fn a_joint_fit_refuses_a_support_and_records_its_w1() {
+        // Two neurons; the target swaps and scales them, which no per-neuron map can do.
+        let src: Vec<f32> = (0..40)
+            .flat_map(|i| [i as f32 * 0.1, (i * 7 % 40) as f32 * 0.1])
+            .collect();
+        let tgt: Vec<f32> = src
+            .chunks(2)
+            .flat_map(|r| [2.0 * r[1] + 1.0, r[0] - 3.0])
+            .collect();
+        let s = Samples::new(&src, 40, 2, Side::Source).unwrap_or_else(|e| panic!("{e}"));
+        let t = Samples::new(&tgt, 40, 2, Side::Target).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = FitConfig::new(Method::JointGaussian);
+        assert_eq!(cfg.support, Support::Unbounded);
+        let bad = FitConfig {
+            support: Support::Q0_100,
+            ..cfg
+        };
+        assert!(matches!(
+            fit_hook("h", s, t, &bad),
+            Err(TransportError::JointNeedsUnbounded(_))
+        ));
+        let m = fit_hook("h", s, t, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.matrix().is_some());
+        let d = m.diagnostics();
+        for (j, (before, after)) in d[diag::W1_BEFORE].iter().zip(&d[diag::W1_AFTER]).enumerate() {
+            assert!(*after < 0.2 * before, "neuron {j}: W1 {before} → {after}");
+        }
     }
 }

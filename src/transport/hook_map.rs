@@ -10,19 +10,26 @@
 //!
 //! (AcT paper, Eq. 2 with the interpolation of §3.3). Additive methods (ITI-M, ActAdd) store
 //! ω = 1, so the same kernel yields `a + λβ`. λ = 1 is full transport, λ > 1 extrapolates.
+//!
+//! A joint map ([`super::joint`]) holds a `d × d` matrix `A` instead of the diagonal ω and
+//! moves a whole activation vector: `x ↦ x + λ(A x + β − x)`, with no support.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::error::TransportError;
 use super::method::Method;
 use super::scope::{TokenScope, TokenWindow};
 use super::support::Support;
 
-/// The fitted parameters of one concept at one hook point: one affine map per neuron.
+/// The fitted parameters of one concept at one hook point: one affine map per neuron, or one
+/// joint affine map on the whole vector ([`HookMap::joint`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HookMap {
     method: Method,
     support: Support,
+    /// Per-neuron slope; for a joint map the diagonal of [`HookMap::matrix`] (a summary for
+    /// plots, not what is applied).
     omega: Vec<f32>,
     beta: Vec<f32>,
     lo: Vec<f32>,
@@ -31,6 +38,8 @@ pub struct HookMap {
     /// Fitted on every position (pixel or token) as a sample rather than on per-sample means,
     /// so 4-D activations are mapped pixel by pixel ([`HookMap::apply_4d`]).
     per_position: bool,
+    /// A joint map's `A`, row-major `[dim, dim]`; `None` for per-neuron maps.
+    matrix: Option<Arc<[f32]>>,
 }
 
 /// Per-neuron diagnostics every estimator records (tensor names in the maps file).
@@ -86,7 +95,41 @@ impl HookMap {
             hi,
             diagnostics,
             per_position: false,
+            matrix: None,
         })
+    }
+
+    /// A joint map `x ↦ A x + β` ([`super::joint`]): `matrix` is `A`, row-major `[d, d]`, and
+    /// `beta` has length `d`. Its support is unbounded and its ω the diagonal of `A`.
+    pub fn joint(
+        method: Method,
+        matrix: Vec<f32>,
+        beta: Vec<f32>,
+        diagnostics: BTreeMap<String, Vec<f32>>,
+    ) -> Result<Self, String> {
+        let d = beta.len();
+        if matrix.len() != d * d {
+            return Err(format!(
+                "a joint map of {d} neurons needs {} matrix values, got {}",
+                d * d,
+                matrix.len()
+            ));
+        }
+        if !method.is_joint() {
+            return Err(format!("method {} has no joint map", method.name()));
+        }
+        let omega = (0..d).map(|i| matrix[i * d + i]).collect();
+        let mut map = Self::new(
+            method,
+            Support::Unbounded,
+            omega,
+            beta,
+            vec![f32::NEG_INFINITY; d],
+            vec![f32::INFINITY; d],
+            diagnostics,
+        )?;
+        map.matrix = Some(matrix.into());
+        Ok(map)
     }
 
     /// The same map, marked as fitted on positions (`true`: every pixel or token was a
@@ -112,6 +155,7 @@ impl HookMap {
             hi: vec![f32::INFINITY; d],
             diagnostics: BTreeMap::new(),
             per_position: false,
+            matrix: None,
         }
     }
 
@@ -147,12 +191,29 @@ impl HookMap {
     pub fn diagnostics(&self) -> &BTreeMap<String, Vec<f32>> {
         &self.diagnostics
     }
+    /// A joint map's matrix `A`, row-major `[dim, dim]`; `None` for per-neuron maps.
+    pub fn matrix(&self) -> Option<&[f32]> {
+        self.matrix.as_deref()
+    }
 
-    /// Transports one neuron's scalar value at strength λ (reference implementation of the
-    /// kernel; the slice functions below are the fast paths).
+    /// Transports one neuron's scalar value at strength λ with its per-neuron map (reference
+    /// implementation of the kernel; the slice functions below are the fast paths). For a
+    /// joint map this is its diagonal alone; [`HookMap::transport_neuron`] is exact.
     #[inline]
     pub fn transport_scalar(&self, j: usize, a: f32, lambda: f32) -> f32 {
         transport_one(a, self.omega[j], self.beta[j], self.lo[j], self.hi[j], lambda)
+    }
+
+    /// Neuron `j` of the activation vector `row` (length `dim`) after full transport (λ = 1):
+    /// `T(row[j])` for a per-neuron map, `(A row + β)[j]` for a joint one.
+    pub fn transport_neuron(&self, j: usize, row: &[f32]) -> f32 {
+        match &self.matrix {
+            Some(a) => {
+                let d = self.dim();
+                self.beta[j] + dot(&a[j * d..(j + 1) * d], row)
+            }
+            None => transport_one(row[j], self.omega[j], self.beta[j], self.lo[j], self.hi[j], 1.0),
+        }
     }
 
     /// Applies the map in place to `rows` consecutive activation vectors: `x` is row-major
@@ -160,6 +221,13 @@ impl HookMap {
     pub fn apply_rows(&self, x: &mut [f32], lambda: f32) {
         let d = self.dim();
         if d == 0 || lambda == 0.0 {
+            return;
+        }
+        if let Some(a) = &self.matrix {
+            let mut y = vec![0.0f32; d];
+            for row in x.chunks_exact_mut(d) {
+                apply_joint(row, a, &self.beta, lambda, &mut y);
+            }
             return;
         }
         for row in x.chunks_exact_mut(d) {
@@ -216,6 +284,10 @@ impl HookMap {
         if lambda == 0.0 || hw == 0 {
             return Ok(());
         }
+        if let Some(a) = &self.matrix {
+            self.apply_4d_joint(a, x, c, hw, lambda);
+            return Ok(());
+        }
         if self.per_position {
             for (k, plane) in x.chunks_exact_mut(hw).enumerate() {
                 let j = k % c;
@@ -253,6 +325,32 @@ impl HookMap {
         Ok(())
     }
 
+    /// [`HookMap::apply_4d`] of a joint map on `[batch, c, hw]` data: each pixel's channel
+    /// vector is moved when fitted on positions, else the channel means are, and each plane
+    /// gets its mean's shift.
+    fn apply_4d_joint(&self, a: &[f32], x: &mut [f32], c: usize, hw: usize, lambda: f32) {
+        let (mut v, mut y) = (vec![0.0f32; c], vec![0.0f32; c]);
+        for item in x.chunks_exact_mut(c * hw) {
+            if self.per_position {
+                for p in 0..hw {
+                    v.iter_mut().enumerate().for_each(|(j, q)| *q = item[j * hw + p]);
+                    apply_joint(&mut v, a, &self.beta, lambda, &mut y);
+                    v.iter().enumerate().for_each(|(j, &q)| item[j * hw + p] = q);
+                }
+            } else {
+                for (m, plane) in v.iter_mut().zip(item.chunks_exact(hw)) {
+                    *m = (plane.iter().map(|&q| f64::from(q)).sum::<f64>() / hw as f64) as f32;
+                }
+                let means = v.clone();
+                apply_joint(&mut v, a, &self.beta, lambda, &mut y);
+                for ((plane, m), moved) in item.chunks_exact_mut(hw).zip(&means).zip(&v) {
+                    let shift = moved - m;
+                    plane.iter_mut().for_each(|q| *q += shift);
+                }
+            }
+        }
+    }
+
     fn check_shape(
         &self,
         hook: &str,
@@ -283,6 +381,37 @@ pub(crate) fn transport_one(a: f32, omega: f32, beta: f32, lo: f32, hi: f32, lam
     let moved = a + lambda * ((omega - 1.0) * a + beta);
     // Non-short-circuit `&` keeps the loop branch-free so it vectorises.
     if (a > lo) & (a < hi) { moved } else { a }
+}
+
+/// `Σ a_k b_k` with eight independent accumulators, so the loop vectorises.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One vector through a joint map: `x ← x + λ(A x + β − x)`; `y` is scratch of length `d`.
+#[inline]
+pub(crate) fn apply_joint(x: &mut [f32], a: &[f32], beta: &[f32], lambda: f32, y: &mut [f32]) {
+    let d = x.len();
+    for (i, yi) in y.iter_mut().enumerate() {
+        *yi = beta[i] + dot(&a[i * d..(i + 1) * d], x);
+    }
+    for (xi, yi) in x.iter_mut().zip(y.iter()) {
+        *xi += lambda * (yi - *xi);
+    }
 }
 
 /// One fused, branch-free pass over a token's activation vector (auto-vectorised).
@@ -391,5 +520,70 @@ mod tests {
         m.apply_4d("h", &mut x, [1, 2, 1, 3], 0.5)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(x, [6.5, 9.5, 11.0, 0.25, 1.75, -12.0]);
+    }
+
+    /// A joint map on 2 neurons: A = [[2, 1], [1, 3]], β = (1, −1).
+    fn joint() -> HookMap {
+        HookMap::joint(
+            Method::JointGaussian,
+            vec![2.0, 1.0, 1.0, 3.0],
+            vec![1.0, -1.0],
+            BTreeMap::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_joint_map_moves_the_whole_vector_and_interpolates_with_lambda() {
+        let m = joint();
+        assert_eq!(m.omega(), [2.0, 3.0]);
+        assert!(m.lo()[0] == f32::NEG_INFINITY && m.hi()[1] == f32::INFINITY);
+        // x = (1, 2): A x + β = (2 + 2 + 1, 1 + 6 − 1) = (5, 6).
+        for (lambda, want) in [
+            (0.0, [1.0, 2.0]),
+            (1.0, [5.0, 6.0]),
+            (0.5, [3.0, 4.0]),
+            (2.0, [9.0, 10.0]),
+        ] {
+            let mut x = [1.0, 2.0, 1.0, 2.0];
+            m.apply_rows(&mut x, lambda);
+            assert_eq!(x, [want[0], want[1], want[0], want[1]], "λ = {lambda}");
+        }
+        assert_eq!(m.transport_neuron(1, &[1.0, 2.0]), 6.0);
+        // A vector longer than 8 goes through the vectorised dot product and its tail.
+        let d = 11;
+        let a: Vec<f32> = (0..d * d).map(|k| ((k * 7) % 5) as f32 - 2.0).collect();
+        let big = HookMap::joint(Method::JointGaussian, a.clone(), vec![0.5; d], BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let x: Vec<f32> = (0..d).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let mut y = x.clone();
+        big.apply_rows(&mut y, 1.0);
+        for i in 0..d {
+            let want: f32 = 0.5 + (0..d).map(|j| a[i * d + j] * x[j]).sum::<f32>();
+            assert!((y[i] - want).abs() < 1e-5, "neuron {i}: {} vs {want}", y[i]);
+        }
+        assert!(HookMap::joint(Method::JointGaussian, vec![1.0; 3], vec![0.0; 2], BTreeMap::new()).is_err());
+        assert!(HookMap::joint(Method::Gaussian, vec![1.0; 4], vec![0.0; 2], BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn a_joint_map_on_4d_moves_channel_means_or_each_pixel() {
+        let m = joint();
+        // One item, 2 channels, 1×2 pixels. Channel means (5, 2) → A m + β = (13, 10):
+        // shifts (8, 8) added to every pixel, deviations kept.
+        let mut x = vec![4.0, 6.0, 1.0, 3.0];
+        m.apply_4d("h", &mut x, [1, 2, 1, 2], 1.0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x, [12.0, 14.0, 9.0, 11.0]);
+        // Fitted on positions: pixel (4, 1) → (10, 6), pixel (6, 3) → (16, 14).
+        let p = joint().with_per_position(true);
+        let mut x = vec![4.0, 6.0, 1.0, 3.0];
+        p.apply_4d("h", &mut x, [1, 2, 1, 2], 1.0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x, [10.0, 16.0, 6.0, 14.0]);
+        let mut x = vec![4.0, 6.0, 1.0, 3.0];
+        p.apply_4d("h", &mut x, [1, 2, 1, 2], 0.0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x, [4.0, 6.0, 1.0, 3.0]);
     }
 }

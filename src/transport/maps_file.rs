@@ -2,7 +2,8 @@
 //!
 //! Tensors (all F32, shape `[dim]`), per hook point `h`: `h.omega`, `h.beta`, `h.lo`, `h.hi`
 //! and the per-neuron diagnostics of [`super::hook_map::diag`] (`h.src_mean`, `h.w1_after`,
-//! `h.auroc`, …). The safetensors `__metadata__` holds one key, `act_studio`, whose value is
+//! `h.auroc`, …); joint maps ([`super::joint`], format version 2) add `h.matrix`, shape
+//! `[dim, dim]`. Files without a joint map are written as version 1, which every build reads. The safetensors `__metadata__` holds one key, `act_studio`, whose value is
 //! the JSON of [`MapsMeta`], including a SHA-256 over all tensor data so that damaged files
 //! are refused instead of silently steering with garbage.
 
@@ -21,8 +22,13 @@ use super::hook_map::HookMap;
 use super::method::Method;
 use super::support::Support;
 
-/// The format version this build writes and reads.
-pub const MAPS_FORMAT_VERSION: u32 = 1;
+/// The newest format version this build writes and reads: 2, which adds the `matrix` of joint
+/// maps. Maps without one are written as version 1.
+pub const MAPS_FORMAT_VERSION: u32 = 2;
+/// The version of files that hold per-neuron maps only.
+const PER_NEURON_FORMAT_VERSION: u32 = 1;
+/// Tensor suffix of a joint map's matrix.
+const MATRIX: &str = "matrix";
 /// The safetensors metadata key holding [`MapsMeta`] as JSON.
 pub const METADATA_KEY: &str = "act_studio";
 
@@ -52,7 +58,7 @@ pub const POSITIONS_POOLING: &str = "positions";
 /// Everything known about how a maps file was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MapsMeta {
-    /// [`MAPS_FORMAT_VERSION`] when written.
+    /// 1, or [`MAPS_FORMAT_VERSION`] when the file holds joint maps (set by [`MapsFile::new`]).
     pub format_version: u32,
     /// `act-studio` version that wrote the file.
     pub app_version: String,
@@ -144,9 +150,14 @@ impl MapsFile {
                 return Err(MapsError::Invalid(format!("hook point `{name}` appears twice")));
             }
         }
+        meta.format_version = if map.values().any(|m| m.matrix().is_some()) {
+            MAPS_FORMAT_VERSION
+        } else {
+            PER_NEURON_FORMAT_VERSION
+        };
         let mut maps = Self { meta, hooks: map };
         let tensors = maps.tensor_bytes();
-        maps.meta.data_sha256 = checksum(tensors.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        maps.meta.data_sha256 = checksum(tensors.iter().map(|(k, (_, v))| (k.as_str(), v.as_slice())));
         Ok(maps)
     }
 
@@ -179,22 +190,26 @@ impl MapsFile {
         Ok(())
     }
 
-    /// The tensors of the file as (name, little-endian bytes, length), sorted by name.
-    fn tensor_bytes(&self) -> BTreeMap<String, Vec<u8>> {
+    /// The tensors of the file as name → (shape, little-endian bytes), sorted by name.
+    fn tensor_bytes(&self) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
         let mut out = BTreeMap::new();
         for (name, m) in &self.hooks {
-            let mut put = |suffix: &str, v: &[f32]| {
+            let mut put = |suffix: &str, shape: Vec<usize>, v: &[f32]| {
                 out.insert(
                     format!("{name}.{suffix}"),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    (shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 );
             };
-            put("omega", m.omega());
-            put("beta", m.beta());
-            put("lo", m.lo());
-            put("hi", m.hi());
+            let d = m.dim();
+            put("omega", vec![d], m.omega());
+            put("beta", vec![d], m.beta());
+            put("lo", vec![d], m.lo());
+            put("hi", vec![d], m.hi());
+            if let Some(a) = m.matrix() {
+                put(MATRIX, vec![d, d], a);
+            }
             for (k, v) in m.diagnostics() {
-                put(k, v);
+                put(k, vec![d], v);
             }
         }
         out
@@ -204,12 +219,12 @@ impl MapsFile {
     pub fn to_bytes(&self) -> Result<Vec<u8>, MapsError> {
         let tensors = self.tensor_bytes();
         let mut meta = self.meta.clone();
-        meta.data_sha256 = checksum(tensors.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        meta.data_sha256 = checksum(tensors.iter().map(|(k, (_, v))| (k.as_str(), v.as_slice())));
         let json = serde_json::to_string(&meta).map_err(|e| MapsError::Invalid(e.to_string()))?;
         let views = tensors
             .iter()
-            .map(|(k, v)| {
-                TensorView::new(Dtype::F32, vec![v.len() / 4], v)
+            .map(|(k, (shape, v))| {
+                TensorView::new(Dtype::F32, shape.clone(), v)
                     .map(|view| (k.clone(), view))
                     .map_err(|e| MapsError::Invalid(e.to_string()))
             })
@@ -265,7 +280,7 @@ impl MapsFile {
                 path: p(),
                 reason: "no format_version".to_string(),
             })?;
-        if version != u64::from(MAPS_FORMAT_VERSION) {
+        if !(1..=u64::from(MAPS_FORMAT_VERSION)).contains(&version) {
             return Err(MapsError::UnsupportedVersion {
                 path: p(),
                 found: u32::try_from(version).unwrap_or(u32::MAX),
@@ -302,43 +317,45 @@ impl MapsFile {
 
         let mut hooks = Vec::with_capacity(meta.hook_points.len());
         for h in &meta.hook_points {
-            let read = |suffix: &str, allow_inf: bool| -> Result<Option<Vec<f32>>, MapsError> {
-                let tensor = format!("{}.{suffix}", h.name);
-                let Some(v) = views.get(&tensor) else {
-                    return Ok(None);
+            let read_shaped =
+                |suffix: &str, shape: &[usize], allow_inf: bool| -> Result<Option<Vec<f32>>, MapsError> {
+                    let tensor = format!("{}.{suffix}", h.name);
+                    let Some(v) = views.get(&tensor) else {
+                        return Ok(None);
+                    };
+                    if v.dtype() != Dtype::F32 {
+                        return Err(MapsError::WrongDtype {
+                            path: p(),
+                            tensor,
+                            found: format!("{:?}", v.dtype()),
+                        });
+                    }
+                    if v.shape() != shape {
+                        return Err(MapsError::ShapeMismatch {
+                            path: p(),
+                            tensor,
+                            expected: shape.to_vec(),
+                            found: v.shape().to_vec(),
+                        });
+                    }
+                    let vals: Vec<f32> = v
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    if let Some(index) = vals
+                        .iter()
+                        .position(|x| x.is_nan() || (!allow_inf && x.is_infinite()))
+                    {
+                        return Err(MapsError::NonFiniteValue {
+                            path: p(),
+                            tensor,
+                            index,
+                        });
+                    }
+                    Ok(Some(vals))
                 };
-                if v.dtype() != Dtype::F32 {
-                    return Err(MapsError::WrongDtype {
-                        path: p(),
-                        tensor,
-                        found: format!("{:?}", v.dtype()),
-                    });
-                }
-                if v.shape() != [h.dim] {
-                    return Err(MapsError::ShapeMismatch {
-                        path: p(),
-                        tensor,
-                        expected: vec![h.dim],
-                        found: v.shape().to_vec(),
-                    });
-                }
-                let vals: Vec<f32> = v
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                if let Some(index) = vals
-                    .iter()
-                    .position(|x| x.is_nan() || (!allow_inf && x.is_infinite()))
-                {
-                    return Err(MapsError::NonFiniteValue {
-                        path: p(),
-                        tensor,
-                        index,
-                    });
-                }
-                Ok(Some(vals))
-            };
+            let read = |suffix: &str, allow_inf: bool| read_shaped(suffix, &[h.dim], allow_inf);
             let required = |suffix: &str, allow_inf: bool| -> Result<Vec<f32>, MapsError> {
                 read(suffix, allow_inf)?.ok_or_else(|| MapsError::MissingTensor {
                     path: p(),
@@ -353,16 +370,35 @@ impl MapsFile {
             let mut diagnostics = BTreeMap::new();
             for name in views.keys() {
                 if let Some(suffix) = name.strip_prefix(&prefix)
-                    && !matches!(suffix, "omega" | "beta" | "lo" | "hi")
+                    && !matches!(suffix, "omega" | "beta" | "lo" | "hi" | MATRIX)
                     && !suffix.contains('.')
                     && let Some(v) = read(suffix, false)?
                 {
                     diagnostics.insert(suffix.to_string(), v);
                 }
             }
-            let map = HookMap::new(meta.method, meta.support, omega, beta, lo, hi, diagnostics)
-                .map_err(|reason| MapsError::BadMetadata { path: p(), reason })?
-                .with_per_position(meta.pooling == POSITIONS_POOLING);
+            let matrix = read_shaped(MATRIX, &[h.dim, h.dim], false)?;
+            let bad = |reason| MapsError::BadMetadata { path: p(), reason };
+            let map = match (meta.method.is_joint(), matrix) {
+                (true, Some(a)) => HookMap::joint(meta.method, a, beta, diagnostics).map_err(bad)?,
+                (true, None) => {
+                    return Err(MapsError::MissingTensor {
+                        path: p(),
+                        tensor: format!("{}.{MATRIX}", h.name),
+                    });
+                }
+                (false, Some(_)) => {
+                    return Err(bad(format!(
+                        "hook point `{}` holds a joint matrix but the method is {}",
+                        h.name,
+                        meta.method.name()
+                    )));
+                }
+                (false, None) => {
+                    HookMap::new(meta.method, meta.support, omega, beta, lo, hi, diagnostics).map_err(bad)?
+                }
+            }
+            .with_per_position(meta.pooling == POSITIONS_POOLING);
             hooks.push((h.name.clone(), map));
         }
         MapsFile::new(meta, hooks)

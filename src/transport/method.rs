@@ -1,6 +1,8 @@
 //! The transport methods: every row of Table 1 of the AcT paper (Rodriguez et al., ICLR 2025)
-//! that is not a search procedure. All of them are per-neuron affine maps `T(a) = ω·a + β`
-//! applied on a support; they differ in how ω and β are estimated and in how λ enters.
+//! that is not a search procedure, plus a joint Gaussian map. The paper's methods are
+//! per-neuron affine maps `T(a) = ω·a + β` applied on a support; they differ in how ω and β
+//! are estimated and in how λ enters. [`Method::JointGaussian`] has the same form with a
+//! `d × d` matrix in place of the diagonal ω ([`super::joint`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,11 @@ pub enum Method {
     /// Gaussian OT: ω = σ_b/σ_a, β = m_b − ω m_a (unbiased standard deviations; identity
     /// where either σ ≤ 1e-4, as the reference does).
     Gaussian,
+    /// Joint Gaussian OT: the optimal transport map between Gaussians fitted to all neurons
+    /// of a hook point together, `x ↦ A x + β` with a symmetric `d × d` matrix `A`
+    /// ([`super::joint`]). Unbounded support only; on 4-D activations it moves the channel
+    /// means (the spatial-mean rule), or each pixel's channel vector when fitted on positions.
+    JointGaussian,
     /// AurA (Suau et al., 2024): ω = 1 − Gini = 1 − 2(AUROC − ½) where the neuron's AUROC as a
     /// source detector exceeds ½, else 1; β = 0. Meant for max-pooled activations.
     Aura,
@@ -48,10 +55,11 @@ pub enum Application {
 
 impl Method {
     /// Every method, in a stable order (for menus and tests).
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::LinearAct,
         Method::MeanAct,
         Method::Gaussian,
+        Method::JointGaussian,
         Method::Aura,
         Method::ItiM,
         Method::ActAdd,
@@ -66,6 +74,7 @@ impl Method {
             Method::LinearAct => "linear-act",
             Method::MeanAct => "mean-act",
             Method::Gaussian => "gaussian",
+            Method::JointGaussian => "joint-gaussian",
             Method::Aura => "aura",
             Method::ItiM => "iti-m",
             Method::ActAdd => "act-add",
@@ -79,6 +88,7 @@ impl Method {
             Method::LinearAct => "Linear-AcT",
             Method::MeanAct => "Mean-AcT",
             Method::Gaussian => "Gaussian OT",
+            Method::JointGaussian => "Joint Gaussian OT",
             Method::Aura => "AurA",
             Method::ItiM => "ITI-M / CAA",
             Method::ActAdd => "ActAdd",
@@ -105,9 +115,15 @@ impl Method {
     }
 
     /// Whether 4-D (UNet) activations are steered through their per-channel spatial mean
-    /// (Linear-AcT) rather than pixel by pixel (every other method).
+    /// (Linear-AcT, joint Gaussian) rather than pixel by pixel (every other method).
     pub fn spatial_mean_rule(&self) -> bool {
-        matches!(self, Method::LinearAct)
+        matches!(self, Method::LinearAct | Method::JointGaussian)
+    }
+
+    /// Whether the map couples neurons (a `d × d` matrix, [`super::joint`]) rather than
+    /// acting on each neuron alone.
+    pub fn is_joint(&self) -> bool {
+        matches!(self, Method::JointGaussian)
     }
 }
 
@@ -120,7 +136,7 @@ impl std::fmt::Display for Method {
 impl std::str::FromStr for Method {
     type Err = TransportError;
 
-    /// Parses `linear-act`, `mean-act`, `gaussian`, `aura`, `iti-m` (alias `caa`), `act-add`,
+    /// Parses `linear-act`, `mean-act`, `gaussian`, `joint-gaussian` (alias `joint`), `aura`, `iti-m` (alias `caa`), `act-add`,
     /// `det0` (default AP threshold) or `det0:0.8`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
@@ -128,6 +144,7 @@ impl std::str::FromStr for Method {
             "linear-act" | "linear" | "linear-ot" => Method::LinearAct,
             "mean-act" | "mean" | "mean-ot" => Method::MeanAct,
             "gaussian" | "gaussian-ot" => Method::Gaussian,
+            "joint-gaussian" | "joint" | "joint-ot" => Method::JointGaussian,
             "aura" => Method::Aura,
             "iti-m" | "iti" | "caa" => Method::ItiM,
             "act-add" | "actadd" => Method::ActAdd,
@@ -147,5 +164,23 @@ impl std::str::FromStr for Method {
                 Method::Det0 { ap_threshold: t }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_and_aliases_work() {
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>().ok(), Some(m));
+        }
+        assert_eq!("joint".parse::<Method>().ok(), Some(Method::JointGaussian));
+        assert!(Method::JointGaussian.is_joint() && !Method::Gaussian.is_joint());
+        assert!(Method::JointGaussian.spatial_mean_rule());
+        assert_eq!(Method::JointGaussian.default_support(), Support::Unbounded);
+        let e = "telepathy".parse::<Method>().map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("joint-gaussian"), "{e}");
     }
 }

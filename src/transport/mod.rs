@@ -11,6 +11,7 @@ pub mod error;
 pub mod estimate;
 pub mod fingerprint;
 pub mod hook_map;
+pub mod joint;
 pub mod maps_file;
 pub mod method;
 pub mod regular_file;

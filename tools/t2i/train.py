@@ -438,12 +438,17 @@ def write_concepts(d: Path):
         concepts.append({
             "name": f"negate:{colour}",
             "about": f"\"a {colour} …\" → \"a …\" (the colour left to the model); fitted on every "
-                     "pixel of the cross-attention outputs, where the caption's colour enters the image",
+                     "pixel of the cross-attention outputs, where the caption's colour enters the image, "
+                     "with one joint Gaussian map per hook point (the colour lives in how the channels "
+                     "move together)",
             "source": [shapes.caption(*sp, None) for sp in specs],
             "target": [shapes.caption(*sp, None, name_colour=False) for sp in specs],
             # The colour is local (the object's pixels) and comes in through cross-attention.
             "hooks": "unet-cross-attention",
             "pooling": "positions",
+            # Per-neuron maps match each channel's marginal and leave the colour (AcT Studio's
+            # joint-gaussian estimator moves the channels together).
+            "method": "joint-gaussian",
         })
     (d / "act_studio_concepts.json").write_text(json.dumps({"concepts": concepts}, indent=1))
 

@@ -11,6 +11,9 @@ use crate::worker::{Command, JobKind};
 
 use super::super::{DialogResult, StudioApp};
 
+/// The method entry that leaves the choice to the concept.
+const CONCEPT_METHOD: &str = "as the concept asks";
+
 /// Sends the image fit described by the form.
 pub fn start_fit(app: &mut StudioApp) {
     let s = &app.settings.image;
@@ -108,10 +111,12 @@ pub fn show_fit(app: &mut StudioApp, ui: &mut egui::Ui) {
     });
     let f = &mut app.image;
     egui::ComboBox::from_label("method")
-        .selected_text(f.fit_method.label())
+        .selected_text(f.fit_method.map_or(CONCEPT_METHOD, |m| m.label()))
         .show_ui(ui, |ui| {
+            ui.selectable_value(&mut f.fit_method, None, CONCEPT_METHOD)
+                .on_hover_text("the method the concept names (the demo model's negate:* use Joint Gaussian OT), else Linear-AcT");
             for m in Method::ALL {
-                ui.selectable_value(&mut f.fit_method, m, m.label());
+                ui.selectable_value(&mut f.fit_method, Some(m), m.label());
             }
         });
     egui::ComboBox::from_label("image support")

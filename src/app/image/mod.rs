@@ -130,8 +130,8 @@ pub struct ImageState {
     pub queued: Option<ImageAction>,
     /// Concept varied by strips and grids.
     pub sheet_concept: String,
-    /// Estimator of image fits.
-    pub fit_method: Method,
+    /// Estimator of image fits (`None`: the concept's own, else Linear-AcT).
+    pub fit_method: Option<Method>,
     /// Support of image fits.
     pub fit_support: Support,
     /// The built-in image concepts (name, description); the loaded folder's own first.
@@ -181,7 +181,7 @@ impl Default for ImageState {
             regenerate_at: None,
             queued: None,
             sheet_concept: String::new(),
-            fit_method: Method::LinearAct,
+            fit_method: None,
             fit_support: Support::Unbounded,
             builtin: builtin_image_concepts(),
             show_on_load: true,

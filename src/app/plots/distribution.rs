@@ -1,8 +1,9 @@
 //! One neuron at one hook point: outlined histograms of the source, target and transported
 //! source samples (share of samples per bin, or density), the transport support drawn as a
 //! shaded band, the prompt's own activation, and the map line T(a) = ωa + β inside the
-//! support (identity outside, so the jump at the support's edges shows). Loaded maps carry
-//! no samples: they get the map line over their support alone.
+//! support (identity outside, so the jump at the support's edges shows). A joint map moves
+//! whole vectors: its line is the slice through the source mean (every other neuron held at
+//! its source mean). Loaded maps carry no samples: they get the map line alone.
 
 use eframe::egui;
 use egui_plot::{Legend, Line, LineStyle, Plot, PlotPoints, Polygon, VLine};
@@ -19,13 +20,19 @@ pub const MOVED: egui::Color32 = egui::Color32::from_rgb(60, 190, 120);
 /// Bins of the histograms.
 pub const BINS: usize = 30;
 
-/// `a` moved by the map at λ = 1 (strictly inside the support), else unchanged.
+/// `a` moved by the map at λ = 1 (strictly inside the support), else unchanged. For a joint
+/// map, neuron `k` of the moved source mean with `a` in place of its own value.
 pub fn transport(map: &HookMap, k: usize, a: f32) -> f32 {
-    if a > map.lo()[k] && a < map.hi()[k] {
-        map.omega()[k] * a + map.beta()[k]
-    } else {
-        a
+    if map.matrix().is_some() {
+        let mut row = map
+            .diagnostics()
+            .get(crate::transport::hook_map::diag::SRC_MEAN)
+            .cloned()
+            .unwrap_or_else(|| vec![0.0; map.dim()]);
+        row[k] = a;
+        return map.transport_neuron(k, &row);
     }
+    map.transport_scalar(k, a, 1.0)
 }
 
 /// Bin counts of `values` over `[lo, lo + bins·width)` (outliers go to the end bins).
@@ -195,7 +202,12 @@ pub fn show(
                         .style(LineStyle::dashed_dense()),
                 );
                 let line = PlotPoints::from(map_line(map, k, a, b));
-                p.line(Line::new("T(a) = ωa + β inside the support", line).width(2.0));
+                let name = if map.matrix().is_some() {
+                    "T(a): joint map, other neurons at their source mean"
+                } else {
+                    "T(a) = ωa + β inside the support"
+                };
+                p.line(Line::new(name, line).width(2.0));
                 for edge in [map.lo()[k], map.hi()[k]] {
                     if edge.is_finite() {
                         p.vline(

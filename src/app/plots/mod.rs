@@ -49,18 +49,18 @@ impl PlotsState {
     }
 }
 
-/// The neuron whose source mean the map moves most: argmax |ω·m + β − m| inside the support.
+/// The neuron whose source mean the map moves most: argmax |T(m)_k − m_k| for the source mean
+/// vector `m` (per neuron inside the support; the whole vector for a joint map).
 pub fn most_moved(map: &HookMap) -> usize {
-    let means = map.diagnostics().get("src_mean");
-    let (o, b) = (map.omega(), map.beta());
+    let means = map
+        .diagnostics()
+        .get("src_mean")
+        .filter(|v| v.len() == map.dim())
+        .cloned()
+        .unwrap_or_else(|| vec![0.0; map.dim()]);
+    let shift = |k: usize| (map.transport_neuron(k, &means) - means[k]).abs();
     (0..map.dim())
-        .max_by(|&i, &j| {
-            let shift = |k: usize| {
-                let m = means.and_then(|v| v.get(k)).copied().unwrap_or(0.0);
-                (o[k] * m + b[k] - m).abs()
-            };
-            shift(i).total_cmp(&shift(j))
-        })
+        .max_by(|&i, &j| shift(i).total_cmp(&shift(j)))
         .unwrap_or(0)
 }
 
@@ -125,13 +125,21 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
             st.neuron = None;
             neuron = most_moved(&map);
         }
-        ui.label(format!(
-            "ω = {:.3}, β = {:.3}, support ({:.3}, {:.3})",
-            map.omega()[neuron],
-            map.beta()[neuron],
-            map.lo()[neuron],
-            map.hi()[neuron]
-        ));
+        ui.label(if map.matrix().is_some() {
+            format!(
+                "joint map x ↦ Ax + β: A[{neuron},{neuron}] = {:.3}, β = {:.3}",
+                map.omega()[neuron],
+                map.beta()[neuron]
+            )
+        } else {
+            format!(
+                "ω = {:.3}, β = {:.3}, support ({:.3}, {:.3})",
+                map.omega()[neuron],
+                map.beta()[neuron],
+                map.lo()[neuron],
+                map.hi()[neuron]
+            )
+        });
         ui.checkbox(&mut st.density, "density");
     });
     let prompt_value = app
@@ -148,9 +156,12 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) {
                 (0..m.rows).map(|r| m.data[r * m.cols + neuron]).collect()
             };
             let source = col(&fs.source);
-            let moved = source
-                .iter()
-                .map(|&a| distribution::transport(&map, neuron, a))
+            let cols = fs.source.cols.max(1);
+            let moved = fs
+                .source
+                .data
+                .chunks_exact(cols)
+                .map(|row| map.transport_neuron(neuron, row))
                 .collect();
             distribution::NeuronSamples {
                 source,
