@@ -81,9 +81,10 @@ fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, out).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Removes tensor `name` from the file and re-stamps the data checksum, so only the missing
-/// tensor is wrong.
-fn drop_tensor(path: &Path, name: &str) {
+/// Removes tensor `name` from the file (or, with `reshape`, stores its data as one flat
+/// vector) and re-stamps the data checksum, so only that tensor is wrong. The checksum rule is
+/// the format's documented one (name, NUL, length, data; names sorted).
+fn edit_tensor(path: &Path, name: &str, reshape: bool) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
     let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{e}"));
@@ -95,7 +96,16 @@ fn drop_tensor(path: &Path, name: &str) {
         .unwrap_or_default();
     let mut v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
     let mut tensors: Vec<(String, TensorView<'_>)> = st.tensors();
-    tensors.retain(|(n, _)| n != name);
+    if reshape {
+        for (n, t) in tensors.iter_mut() {
+            if n == name {
+                *t = TensorView::new(t.dtype(), vec![t.data().len() / 4], t.data())
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    } else {
+        tensors.retain(|(n, _)| n != name);
+    }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
@@ -278,7 +288,7 @@ fn wrong_metadata_gives_its_own_errors() {
     // A joint map whose matrix is gone, and a per-neuron map that claims one.
     let joint = maps(Method::JointGaussian, Support::Unbounded);
     let p = saved(dir.path(), &joint);
-    drop_tensor(&p, "layers.1.mlp_norm.matrix");
+    edit_tensor(&p, "layers.1.mlp_norm.matrix", false);
     let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
     assert!(
         matches!(e, MapsError::MissingTensor { ref tensor, .. } if tensor == "layers.1.mlp_norm.matrix"),
@@ -292,9 +302,21 @@ fn wrong_metadata_gives_its_own_errors() {
         "{e:?}"
     );
     let p = saved(dir.path(), &joint);
-    rewrite_meta(&p, |v| v["hook_points"][0]["dim"] = 2.into());
+    edit_tensor(&p, "layers.0.mlp_norm.matrix", true);
     let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
-    assert!(matches!(e, MapsError::ShapeMismatch { .. }), "{e:?}");
+    assert!(
+        matches!(e, MapsError::ShapeMismatch { ref tensor, ref found, .. } if tensor == "layers.0.mlp_norm.matrix" && found == &[16]),
+        "{e:?}"
+    );
+    let p = saved(dir.path(), &joint);
+    rewrite_meta(&p, |v| {
+        v["support"] = serde_json::to_value(Support::Q0_100).unwrap_or_default()
+    });
+    let e = MapsFile::load(&p).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(e, MapsError::BadMetadata { ref reason, .. } if reason.contains("no per-neuron support")),
+        "{e:?}"
+    );
 
     // A plain safetensors file without our metadata.
     let p = dir.path().join("plain.safetensors");

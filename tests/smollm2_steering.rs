@@ -152,5 +152,5 @@ fn joint_maps_are_refused_on_a_language_model() {
         .map(|_| ())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("image models") && e.contains("gaussian"), "{e}");
+    assert!(e.contains("image models") && e.contains("Use gaussian"), "{e}");
 }

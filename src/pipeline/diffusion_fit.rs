@@ -460,6 +460,20 @@ pub fn fit_image_maps(
             opts.hooks
         )));
     }
+    if opts.config.method.is_joint()
+        && opts.pooling == SamplePooling::Mean
+        && let Some(site) = ids
+            .iter()
+            .map(|&i| &sites[i])
+            .find(|s| s.kind != HookSiteKind::GroupNorm)
+    {
+        // Token-shaped activations have no spatial-mean rule: a d × d map fitted on
+        // per-prompt means would act on every token, the mismatch that breaks text models.
+        return Err(DiffusionError::BadInput(format!(
+            "joint-gaussian maps fitted on per-prompt means cannot act on the tokens of `{}`: fit them on every position (pooling positions) or on the UNet's GroupNorms (unet-groupnorms)",
+            site.name
+        )));
+    }
     let mut wanted = vec![false; sites.len()];
     ids.iter().for_each(|&i| wanted[i] = true);
     let last = *ids.last().unwrap_or(&0);

@@ -64,8 +64,27 @@ pub mod diag {
 
 impl HookMap {
     /// Builds a map from per-neuron parameters. All vectors must have the same length, and
-    /// every diagnostic vector too.
+    /// every diagnostic vector too; a joint method is refused (it needs [`HookMap::joint`]).
     pub fn new(
+        method: Method,
+        support: Support,
+        omega: Vec<f32>,
+        beta: Vec<f32>,
+        lo: Vec<f32>,
+        hi: Vec<f32>,
+        diagnostics: BTreeMap<String, Vec<f32>>,
+    ) -> Result<Self, String> {
+        if method.is_joint() {
+            return Err(format!(
+                "method {} needs its matrix: HookMap::joint",
+                method.name()
+            ));
+        }
+        Self::per_neuron(method, support, omega, beta, lo, hi, diagnostics)
+    }
+
+    /// [`HookMap::new`] without the method check ([`HookMap::joint`] builds on it).
+    fn per_neuron(
         method: Method,
         support: Support,
         omega: Vec<f32>,
@@ -119,7 +138,7 @@ impl HookMap {
             return Err(format!("method {} has no joint map", method.name()));
         }
         let omega = (0..d).map(|i| matrix[i * d + i]).collect();
-        let mut map = Self::new(
+        let mut map = Self::per_neuron(
             method,
             Support::Unbounded,
             omega,
@@ -205,8 +224,12 @@ impl HookMap {
     }
 
     /// Neuron `j` of the activation vector `row` (length `dim`) after full transport (λ = 1):
-    /// `T(row[j])` for a per-neuron map, `(A row + β)[j]` for a joint one.
+    /// `T(row[j])` for a per-neuron map, `(A row + β)[j]` for a joint one. NaN when `j` or the
+    /// row's length does not fit the map.
     pub fn transport_neuron(&self, j: usize, row: &[f32]) -> f32 {
+        if row.len() != self.dim() || j >= self.dim() {
+            return f32::NAN;
+        }
         match &self.matrix {
             Some(a) => {
                 let d = self.dim();
@@ -329,6 +352,9 @@ impl HookMap {
     /// vector is moved when fitted on positions, else the channel means are, and each plane
     /// gets its mean's shift.
     fn apply_4d_joint(&self, a: &[f32], x: &mut [f32], c: usize, hw: usize, lambda: f32) {
+        if c == 0 {
+            return;
+        }
         let (mut v, mut y) = (vec![0.0f32; c], vec![0.0f32; c]);
         for item in x.chunks_exact_mut(c * hw) {
             if self.per_position {
@@ -564,6 +590,38 @@ mod tests {
         }
         assert!(HookMap::joint(Method::JointGaussian, vec![1.0; 3], vec![0.0; 2], BTreeMap::new()).is_err());
         assert!(HookMap::joint(Method::Gaussian, vec![1.0; 4], vec![0.0; 2], BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn a_joint_map_on_4d_handles_batches_fractions_and_an_asymmetric_matrix() {
+        // A = [[1, 2], [0, 1]] (asymmetric: a transposed product would differ), β = 0.
+        let m = HookMap::joint(
+            Method::JointGaussian,
+            vec![1.0, 2.0, 0.0, 1.0],
+            vec![0.0, 0.0],
+            BTreeMap::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_per_position(true);
+        // Two items, 2 channels, 1 pixel each: (1, 1) → (3, 1), (0, 2) → (4, 2); at λ = ½
+        // halfway: (2, 1) and (2, 2).
+        let mut x = vec![1.0, 1.0, 0.0, 2.0];
+        m.apply_4d("h", &mut x, [2, 2, 1, 1], 0.5)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x, [2.0, 1.0, 2.0, 2.0]);
+        assert!(
+            HookMap::new(
+                Method::JointGaussian,
+                Support::Unbounded,
+                vec![1.0],
+                vec![0.0],
+                vec![0.0],
+                vec![1.0],
+                BTreeMap::new()
+            )
+            .is_err()
+        );
+        assert!(m.transport_neuron(0, &[1.0]).is_nan() && m.transport_neuron(2, &[1.0, 1.0]).is_nan());
     }
 
     #[test]

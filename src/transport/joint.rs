@@ -107,22 +107,23 @@ pub fn mean_and_shrunk_covariance(s: &Samples<'_>) -> (DVector<f64>, DMatrix<f64
     (mean, cov, alpha)
 }
 
-/// `f(M)` for a symmetric matrix `M`: `V diag(f(w)) Vᵀ` with its eigenvalues `w` clamped at 0.
-fn symmetric_function(
-    hook: &str,
-    m: DMatrix<f64>,
-    f: impl Fn(f64) -> f64,
-) -> Result<DMatrix<f64>, TransportError> {
+/// The eigendecomposition of a symmetric matrix: eigenvalues `[d]`, eigenvectors as columns.
+fn eigen(hook: &str, m: DMatrix<f64>) -> Result<SymmetricEigen<f64, nalgebra::Dyn>, TransportError> {
     let d = m.nrows();
-    let eig = SymmetricEigen::try_new(m, f64::EPSILON, 100 * d.max(10)).ok_or_else(|| {
+    SymmetricEigen::try_new(m, f64::EPSILON, 100 * d.max(10)).ok_or_else(|| {
         TransportError::JointDidNotConverge {
             hook: hook.to_string(),
         }
-    })?;
+    })
+}
+
+/// `V diag(f(w)) Vᵀ` for an eigendecomposition `(w, V)`, with `w` clamped at 0.
+fn apply_fn(eig: &SymmetricEigen<f64, nalgebra::Dyn>, f: impl Fn(f64) -> f64) -> DMatrix<f64> {
+    let d = eig.eigenvalues.len();
     let fw = eig.eigenvalues.map(|w| f(w.max(0.0)));
     let v = &eig.eigenvectors;
     let scaled = DMatrix::from_fn(d, d, |r, c| v[(r, c)] * fw[c]);
-    Ok(&scaled * v.transpose())
+    scaled * v.transpose()
 }
 
 /// `(M + Mᵀ) / 2`: removes the rounding that makes a product of symmetric matrices asymmetric.
@@ -134,6 +135,12 @@ fn symmetrise(m: DMatrix<f64>) -> DMatrix<f64> {
 /// row each; the caller checks shapes and finiteness). `O(n d² + d³)`.
 pub fn fit_joint(hook: &str, source: &Samples<'_>, target: &Samples<'_>) -> Result<JointFit, TransportError> {
     let d = source.cols();
+    if d == 0 {
+        return Ok(JointFit {
+            matrix: Vec::new(),
+            beta: Vec::new(),
+        });
+    }
     let (mu_s, mut cov_s, _) = mean_and_shrunk_covariance(source);
     let (mu_t, mut cov_t, _) = mean_and_shrunk_covariance(target);
     let mean_var = (cov_s.trace() + cov_t.trace()) / (2 * d.max(1)) as f64;
@@ -144,10 +151,11 @@ pub fn fit_joint(hook: &str, source: &Samples<'_>, target: &Samples<'_>) -> Resu
     }
     // Eigenvalues of Σ_s are ≥ ε after the ridge (up to rounding); the floor keeps 1/√w finite.
     let floor = eps * 1e-6;
-    let s_half = symmetric_function(hook, cov_s.clone(), f64::sqrt)?;
-    let s_inv_half = symmetric_function(hook, cov_s, |w| 1.0 / w.max(floor).sqrt())?;
+    let eig_s = eigen(hook, cov_s)?;
+    let s_half = apply_fn(&eig_s, f64::sqrt);
+    let s_inv_half = apply_fn(&eig_s, |w| 1.0 / w.max(floor).sqrt());
     let middle = symmetrise(&s_half * &cov_t * &s_half);
-    let middle_half = symmetric_function(hook, middle, f64::sqrt)?;
+    let middle_half = apply_fn(&eigen(hook, middle)?, f64::sqrt);
     let a = symmetrise(&s_inv_half * middle_half * &s_inv_half);
     let beta = &mu_t - &a * &mu_s;
     // Row-major (A is symmetric, but keep the layout explicit).
@@ -233,19 +241,46 @@ mod tests {
     }
 
     #[test]
-    fn equal_distributions_give_nearly_the_identity_and_few_samples_do_not_break_it() {
-        let d = 8;
-        let l = DMatrix::<f64>::identity(d, d);
-        let x = gaussian(3, &[0.0; 8], &l, 3);
-        // 3 samples of 8 neurons: both covariances are singular without the ridge.
+    fn equal_distributions_give_nearly_the_identity() {
+        let d = 3;
+        let ls = DMatrix::from_row_slice(3, 3, &[1.0, 0.0, 0.0, 0.8, 0.6, 0.0, 0.0, 0.5, 0.3]);
+        let x = gaussian(500, &[1.0, 2.0, 3.0], &ls, 3);
         let fit = fit_joint("h", &samples(&x, d), &samples(&x, d)).unwrap_or_else(|e| panic!("{e}"));
-        assert!(fit.matrix.iter().chain(&fit.beta).all(|v| v.is_finite()));
         for i in 0..d {
             for j in 0..d {
                 let want = if i == j { 1.0 } else { 0.0 };
                 assert!((fit.matrix[i * d + j] - want).abs() < 1e-3, "A[{i},{j}]");
             }
         }
+        assert!(fit.beta.iter().all(|b| b.abs() < 1e-3), "{:?}", fit.beta);
+        // No neurons: an empty map, not a panic.
+        let empty = Samples::new(&[], 4, 0, Side::Source).unwrap_or_else(|e| panic!("{e}"));
+        let none = fit_joint("h", &empty, &empty);
+        assert!(none.is_ok_and(|f| f.matrix.is_empty()));
+    }
+
+    #[test]
+    fn fewer_samples_than_neurons_give_a_bounded_map() {
+        // 6 samples of 20 neurons per side, from different distributions: both sample
+        // covariances are singular. Shrinkage keeps A's eigenvalues near the per-neuron
+        // ratios σ_t/σ_s (here 2), not the ridge's √(v/ε) ≈ 30.
+        let d = 20;
+        let src = gaussian(6, &[0.0; 20], &DMatrix::identity(d, d), 6);
+        let tgt = gaussian(6, &[1.0; 20], &(DMatrix::identity(d, d) * 2.0), 7);
+        let fit = fit_joint("h", &samples(&src, d), &samples(&tgt, d)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(fit.matrix.iter().chain(&fit.beta).all(|v| v.is_finite()));
+        let a = DMatrix::from_row_slice(
+            d,
+            d,
+            &fit.matrix.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        );
+        let w = SymmetricEigen::new(a).eigenvalues;
+        assert!(
+            w.min() > 0.0 && w.max() < 8.0,
+            "eigenvalues {} … {}",
+            w.min(),
+            w.max()
+        );
     }
 
     #[test]

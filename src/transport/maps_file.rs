@@ -380,6 +380,12 @@ impl MapsFile {
             let matrix = read_shaped(MATRIX, &[h.dim, h.dim], false)?;
             let bad = |reason| MapsError::BadMetadata { path: p(), reason };
             let map = match (meta.method.is_joint(), matrix) {
+                (true, _) if meta.support != Support::Unbounded => {
+                    return Err(bad(format!(
+                        "joint maps have no per-neuron support, but the file says {}",
+                        meta.support
+                    )));
+                }
                 (true, Some(a)) => HookMap::joint(meta.method, a, beta, diagnostics).map_err(bad)?,
                 (true, None) => {
                     return Err(MapsError::MissingTensor {
