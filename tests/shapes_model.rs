@@ -194,9 +194,12 @@ fn style_sketch_rises_with_lambda() {
     style_rises_with_lambda("style:sketch", greyness);
 }
 
-/// Pixel art: blockiness rises as λ rises. The concept is fitted on every pixel (its
-/// `"pooling": "positions"` in the model's concepts file): fitted on per-prompt means, the
-/// spatial-mean rule moved it only 0.239 → 0.295, dipping at λ = 0.25.
+/// Pixel art: blockiness rises as λ rises. The concept is fitted on every pixel of the
+/// cross-attention outputs with joint maps (its `"pooling"`, `"hooks"` and `"method"` in the
+/// model's concepts file): 0.353, 0.354, 0.386, 0.425, 0.494 over the five λ. With per-neuron
+/// Linear-AcT on this (grey-default) model blockiness fell: on every pixel of the UNet norms
+/// 0.353 → 0.241, of the cross-attention outputs 0.353 → 0.290 at λ = 0.75; on per-prompt
+/// means of the norms 0.353 → 0.240.
 #[test]
 fn style_pixel_art_rises_with_lambda() {
     style_rises_with_lambda("style:pixel_art", blockiness);
@@ -287,13 +290,11 @@ fn negation_figures(pipe: &SdPipeline, lambdas: &[f32], n: usize) -> (Vec<Negati
 
 /// `negate:red` (fitted as the model's concepts file asks: every pixel of the cross-attention
 /// outputs, one joint Gaussian map per hook point) at λ = 1 cuts the red share of "a red …"
-/// objects at least 3× while the shapes stay right (≥ 80 %). Measured on 8 images (CI): 0.897
-/// (λ = 0), 0.900 (λ = 0.5: the colour flips late, not gradually), 0.233 (λ = 1; shapes 7/8);
-/// the target captions ("a circle", …) draw 0.223 unsteered at the same seeds. On 24 images
-/// (`ACT_SHAPES_SAMPLES=6`) this model reaches 0.905 → 0.408 only: its colourless captions
-/// themselves draw red (0.341), the floor of any transport to them. Per-neuron maps
-/// (Linear-AcT, quantile maps) stopped at 0.743–0.764 on 8 images: they match each channel's
-/// marginal, but the colour lives in how the channels move together.
+/// objects at least 3× while the shapes stay right (≥ 80 %). Measured: 0.948 → 0.012 on 8
+/// images (CI; shapes 8/8), 0.945 → 0.004 on 24 (`ACT_SHAPES_SAMPLES=6`; shapes 23/24); the
+/// target captions ("a circle", …) draw 0.000 red (grey objects). Per-neuron Linear-AcT maps
+/// stopped at 0.855 on 24 images: they match each channel's marginal, but the colour lives in
+/// how the channels move together (README).
 #[test]
 fn negate_red_removes_the_red_and_keeps_the_shape() {
     let Some(pipe) = model() else { return };

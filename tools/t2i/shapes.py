@@ -12,7 +12,10 @@ plain style):
 - sketch:     grey pencil outline and diagonal hatching on paper, no colour (", pencil sketch").
 
 Captions: "a [size] [colour] shape [position][, style]". The colour is left out of 15 % of the
-captions (the object then takes a random colour), the size and the position are named only
+captions: the object is then drawn in the neutral grey (`NEUTRAL`), the colour a thing has
+when nobody names one (the paper's "an elephant" is grey, its "pink elephant" is not). Concept
+negation ("a red circle" → "a circle") thus has one place to go, not a mixture of every
+colour, which an affine per-neuron map can only reach in its middle. The size and the position are named only
 when they are not the default (medium, centre) and otherwise drawn from the default. Four
 colour × shape pairs never occur in training (HELD_OUT): the held-out check of issue 17
 generates them.
@@ -39,6 +42,8 @@ COLOURS = {
     "purple": (140, 45, 190),
     "pink": (245, 130, 190),
 }
+# The colour of an object whose caption names none (never a caption word).
+NEUTRAL = (128, 128, 128)
 SHAPES = ["circle", "square", "triangle", "cross"]
 SIZES = {"small": (14, 18), None: (22, 28), "large": (34, 40)}
 POSITIONS = {
@@ -112,14 +117,14 @@ def jitter(rng, rgb, amount=14):
 
 def render(spec, rng):
     """Draws a spec. Returns (uint8 [64, 64, 3], float32 [64, 64] object mask)."""
-    colour, shape, size, position, style, _ = spec
+    colour, shape, size, position, style, name_colour = spec
     lo, hi = SIZES[size]
     r = rng.uniform(lo, hi) / 2.0
     dx, dy = POSITIONS[position]
     cx = SIZE / 2 + dx + rng.uniform(-3, 3)
     cy = SIZE / 2 + dy + rng.uniform(-3, 3)
     cx, cy = (float(np.clip(c, r + 1, SIZE - 1 - r)) for c in (cx, cy))  # whole object in view
-    rgb = jitter(rng, COLOURS[colour])
+    rgb = jitter(rng, COLOURS[colour] if name_colour else NEUTRAL)
     pts = shape_points(shape, cx, cy, r)
 
     mask_img = Image.new("L", (SIZE, SIZE), 0)
@@ -180,13 +185,15 @@ def render(spec, rng):
 
 
 def colour_of(img, mask):
-    """Nearest named colour to the mean of the masked pixels (training-time check only)."""
+    """Nearest colour (a named one or "grey", `NEUTRAL`) to the mean of the masked pixels
+    (training-time check only)."""
     m = mask > 0.5
     if m.sum() < 4:
         return None
     mean = img[m].astype(np.float32).mean(axis=0)
-    names = list(COLOURS)
-    dist = [np.sum((mean - np.array(COLOURS[n], np.float32)) ** 2) for n in names]
+    palette = {**COLOURS, "grey": NEUTRAL}
+    names = list(palette)
+    dist = [np.sum((mean - np.array(palette[n], np.float32)) ** 2) for n in names]
     return names[int(np.argmin(dist))]
 
 

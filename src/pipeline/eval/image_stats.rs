@@ -17,9 +17,10 @@
 
 use image::RgbImage;
 
-/// The eight colours of the training set (`COLOURS` in tools/t2i/shapes.py), as drawn before
-/// the ±14 jitter per channel.
-pub const COLOURS: [(&str, [u8; 3]); 8] = [
+/// The eight caption colours of the training set (`COLOURS` in tools/t2i/shapes.py) and the
+/// grey of objects whose caption names none (`NEUTRAL`), as drawn before the ±14 jitter per
+/// channel.
+pub const COLOURS: [(&str, [u8; 3]); 9] = [
     ("red", [220, 30, 30]),
     ("orange", [245, 140, 20]),
     ("yellow", [240, 215, 30]),
@@ -28,6 +29,7 @@ pub const COLOURS: [(&str, [u8; 3]); 8] = [
     ("blue", [35, 70, 220]),
     ("purple", [140, 45, 190]),
     ("pink", [245, 130, 190]),
+    ("grey", [128, 128, 128]),
 ];
 
 /// The four shapes of the training set.
