@@ -779,3 +779,47 @@ fn a_folder_concept_asking_for_unknown_hook_points_is_a_clear_error() {
     let maps = fit_image_concept(&p, &req, &mut |_, _| true).unwrap();
     assert!(maps.maps.hooks().all(|(n, _)| n.ends_with(".attn2")));
 }
+
+/// A folder concept's `"method"` is used when the request names none: joint maps fitted on
+/// every pixel of the cross-attention outputs carry a d × d matrix per hook point. Fitted on
+/// per-prompt means they are refused at those token-shaped hook points (no spatial-mean rule
+/// there), and a request's own method wins over the concept's.
+#[test]
+fn a_folder_concept_s_method_is_used_and_joint_maps_on_means_at_token_hooks_are_refused() {
+    use act_studio::pipeline::fit_image_concept::{
+        ImageConceptSource, ImageFitRequest, SamplePooling, fit_image_concept,
+    };
+    use act_studio::pipeline::image_concepts::FOLDER_CONCEPTS;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("sd");
+    write_tiny_sd15(&root, 3).unwrap();
+    std::fs::write(
+        root.join(FOLDER_CONCEPTS),
+        r#"{"concepts": [{"name": "negate:cat", "source": ["a cat", "a black cat"], "target": ["a dog", "a black dog"], "hooks": "unet-cross-attention", "pooling": "positions", "method": "joint-gaussian"}]}"#,
+    )
+    .unwrap();
+    let p = load(&root);
+    let mut req = ImageFitRequest {
+        size: Some(32),
+        steps: Some(2),
+        trajectory: false,
+        ..ImageFitRequest::new(ImageConceptSource::Builtin("negate:cat".into()))
+    };
+    let maps = fit_image_concept(&p, &req, &mut |_, _| true).unwrap().maps;
+    assert_eq!(maps.meta().method, Method::JointGaussian);
+    assert!(
+        maps.hooks()
+            .all(|(_, m)| m.matrix().is_some_and(|a| a.len() == m.dim() * m.dim()))
+    );
+    req.pooling = Some(SamplePooling::Mean);
+    let e = fit_image_concept(&p, &req, &mut |_, _| true)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("positions") && e.contains(".attn2"), "{e}");
+    req.method = Some(Method::LinearAct);
+    let maps = fit_image_concept(&p, &req, &mut |_, _| true).unwrap().maps;
+    assert_eq!(maps.meta().method, Method::LinearAct);
+    assert!(maps.hooks().all(|(_, m)| m.matrix().is_none()));
+}

@@ -59,32 +59,14 @@ fn saved(dir: &Path, m: &MapsFile) -> PathBuf {
     p
 }
 
-/// Rewrites the file's metadata JSON with `edit`, keeping the tensors.
-fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
-    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
-    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{e}"));
-    let json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("act_studio"))
-        .cloned()
-        .unwrap_or_default();
-    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
-    edit(&mut v);
-    let tensors: Vec<(String, TensorView<'_>)> = st.tensors();
-    let out = safetensors::serialize(
-        tensors,
-        Some(HashMap::from([("act_studio".to_string(), v.to_string())])),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(path, out).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Removes tensor `name` from the file (or, with `reshape`, stores its data as one flat
-/// vector) and re-stamps the data checksum, so only that tensor is wrong. The checksum rule is
-/// the format's documented one (name, NUL, length, data; names sorted).
-fn edit_tensor(path: &Path, name: &str, reshape: bool) {
+/// Rewrites the file with `edit` applied to its metadata JSON and its tensors; with
+/// `restamp`, the data checksum is recomputed (the format's documented rule: name, NUL,
+/// length, data; names sorted), so only the edit is wrong.
+fn rewrite(
+    path: &Path,
+    restamp: bool,
+    edit: impl FnOnce(&mut serde_json::Value, &mut Vec<(String, TensorView<'_>)>),
+) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
     let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{e}"));
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{e}"));
@@ -96,37 +78,52 @@ fn edit_tensor(path: &Path, name: &str, reshape: bool) {
         .unwrap_or_default();
     let mut v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
     let mut tensors: Vec<(String, TensorView<'_>)> = st.tensors();
-    if reshape {
-        for (n, t) in tensors.iter_mut() {
-            if n == name {
-                *t = TensorView::new(t.dtype(), vec![t.data().len() / 4], t.data())
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
+    edit(&mut v, &mut tensors);
+    if restamp {
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (n, t) in &tensors {
+            h.update(n.as_bytes());
+            h.update([0u8]);
+            h.update((t.data().len() as u64).to_le_bytes());
+            h.update(t.data());
         }
-    } else {
-        tensors.retain(|(n, _)| n != name);
+        v["data_sha256"] = h
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into();
     }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for (n, t) in &tensors {
-        h.update(n.as_bytes());
-        h.update([0u8]);
-        h.update((t.data().len() as u64).to_le_bytes());
-        h.update(t.data());
-    }
-    v["data_sha256"] = h
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()
-        .into();
     let out = safetensors::serialize(
         tensors,
         Some(HashMap::from([("act_studio".to_string(), v.to_string())])),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(path, out).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Rewrites the file's metadata JSON with `edit`, keeping the tensors.
+fn rewrite_meta(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    rewrite(path, false, |v, _| edit(v));
+}
+
+/// Removes tensor `name` from the file (or, with `reshape`, stores its data as one flat
+/// vector), keeping the checksum right.
+fn edit_tensor(path: &Path, name: &str, reshape: bool) {
+    rewrite(path, true, |_, tensors| {
+        if reshape {
+            for (n, t) in tensors.iter_mut() {
+                if n == name {
+                    *t = TensorView::new(t.dtype(), vec![t.data().len() / 4], t.data())
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+        } else {
+            tensors.retain(|(n, _)| n != name);
+        }
+    });
 }
 
 #[test]

@@ -15,7 +15,7 @@ pub enum Metric {
     /// Mean W1 before and after transport.
     #[default]
     W1,
-    /// Mean |ω − 1|.
+    /// Mean |ω − 1|; for a joint map the mean row sum of |A − I| (the same for a diagonal A).
     Omega,
     /// Mean |β|.
     Beta,
@@ -45,7 +45,18 @@ pub fn value(m: &HookMap, metric: Metric, after: bool) -> Option<f64> {
     match metric {
         Metric::W1 if after => mean(m.diagnostics().get(diag::W1_AFTER)),
         Metric::W1 => mean(m.diagnostics().get(diag::W1_BEFORE)),
-        Metric::Omega => Some(m.omega().iter().map(|w| (w - 1.0).abs() as f64).sum::<f64>() / d),
+        Metric::Omega => match m.matrix() {
+            Some(a) => {
+                let n = m.dim();
+                let off: f64 = a
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &v)| f64::from(v - if k / n == k % n { 1.0 } else { 0.0 }).abs())
+                    .sum();
+                Some(off / d)
+            }
+            None => Some(m.omega().iter().map(|w| (w - 1.0).abs() as f64).sum::<f64>() / d),
+        },
         Metric::Beta => Some(m.beta().iter().map(|b| b.abs() as f64).sum::<f64>() / d),
     }
 }
@@ -155,5 +166,21 @@ mod tests {
             (1.0, "attentions.0.norm".into())
         );
         assert_eq!(layer_and_kind("final_norm", 7), (7.0, "hook point".into()));
+    }
+
+    #[test]
+    fn the_omega_metric_of_a_joint_map_counts_its_off_diagonal_coupling() {
+        use crate::transport::Method;
+        use std::collections::BTreeMap;
+        // A = [[2, −1], [0.5, 1]]: rows |A − I| sum to 2 and 0.5, mean 1.25; diag(A) alone
+        // would give (1 + 0) / 2 = 0.5.
+        let m = HookMap::joint(
+            Method::JointGaussian,
+            vec![2.0, -1.0, 0.5, 1.0],
+            vec![0.0; 2],
+            BTreeMap::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(value(&m, Metric::Omega, false), Some(1.25));
     }
 }
