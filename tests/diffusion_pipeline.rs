@@ -746,28 +746,45 @@ fn previews_come_per_step_when_wanted() {
     }
 }
 
-/// A folder concept whose `"hooks"` match nothing is a clear error naming the concept and its
-/// file; a request that names its own hook points is not affected.
-#[test]
-fn a_folder_concept_asking_for_unknown_hook_points_is_a_clear_error() {
-    use act_studio::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest, fit_image_concept};
+/// A tiny SD 1.5 folder whose concepts file holds `negate:cat` (a cat → a dog) with the extra
+/// JSON fields `extra`, loaded, and a first-step fit request for it at 32 px, 2 steps.
+fn folder_with_negate_cat(
+    extra: &str,
+) -> (
+    tempfile::TempDir,
+    SdPipeline,
+    act_studio::pipeline::fit_image_concept::ImageFitRequest,
+) {
+    use act_studio::pipeline::fit_image_concept::{ImageConceptSource, ImageFitRequest};
     use act_studio::pipeline::image_concepts::FOLDER_CONCEPTS;
-
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("sd");
     write_tiny_sd15(&root, 3).unwrap();
     std::fs::write(
         root.join(FOLDER_CONCEPTS),
-        r#"{"concepts": [{"name": "negate:cat", "source": ["a cat", "a black cat"], "target": ["a dog", "a black dog"], "hooks": "unet.no_such_block*"}]}"#,
+        format!(
+            r#"{{"concepts": [{{"name": "negate:cat", "source": ["a cat", "a black cat"], "target": ["a dog", "a black dog"], {extra}}}]}}"#
+        ),
     )
     .unwrap();
     let p = load(&root);
-    let mut req = ImageFitRequest {
+    let req = ImageFitRequest {
         size: Some(32),
         steps: Some(2),
         trajectory: false,
         ..ImageFitRequest::new(ImageConceptSource::Builtin("negate:cat".into()))
     };
+    (tmp, p, req)
+}
+
+/// A folder concept whose `"hooks"` match nothing is a clear error naming the concept and its
+/// file; a request that names its own hook points is not affected.
+#[test]
+fn a_folder_concept_asking_for_unknown_hook_points_is_a_clear_error() {
+    use act_studio::pipeline::fit_image_concept::fit_image_concept;
+    use act_studio::pipeline::image_concepts::FOLDER_CONCEPTS;
+
+    let (_tmp, p, mut req) = folder_with_negate_cat(r#""hooks": "unet.no_such_block*""#);
     let e = fit_image_concept(&p, &req, &mut |_, _| true)
         .unwrap_err()
         .to_string();
@@ -786,26 +803,11 @@ fn a_folder_concept_asking_for_unknown_hook_points_is_a_clear_error() {
 /// there), and a request's own method wins over the concept's.
 #[test]
 fn a_folder_concept_s_method_is_used_and_joint_maps_on_means_at_token_hooks_are_refused() {
-    use act_studio::pipeline::fit_image_concept::{
-        ImageConceptSource, ImageFitRequest, SamplePooling, fit_image_concept,
-    };
-    use act_studio::pipeline::image_concepts::FOLDER_CONCEPTS;
+    use act_studio::pipeline::fit_image_concept::{SamplePooling, fit_image_concept};
 
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("sd");
-    write_tiny_sd15(&root, 3).unwrap();
-    std::fs::write(
-        root.join(FOLDER_CONCEPTS),
-        r#"{"concepts": [{"name": "negate:cat", "source": ["a cat", "a black cat"], "target": ["a dog", "a black dog"], "hooks": "unet-cross-attention", "pooling": "positions", "method": "joint-gaussian"}]}"#,
-    )
-    .unwrap();
-    let p = load(&root);
-    let mut req = ImageFitRequest {
-        size: Some(32),
-        steps: Some(2),
-        trajectory: false,
-        ..ImageFitRequest::new(ImageConceptSource::Builtin("negate:cat".into()))
-    };
+    let (_tmp, p, mut req) = folder_with_negate_cat(
+        r#""hooks": "unet-cross-attention", "pooling": "positions", "method": "joint-gaussian""#,
+    );
     let maps = fit_image_concept(&p, &req, &mut |_, _| true).unwrap().maps;
     assert_eq!(maps.meta().method, Method::JointGaussian);
     assert!(
