@@ -17,14 +17,29 @@ use super::layers::{Metric, layer_and_kind, value};
 pub fn neuron_csv(concept: &str, hook: &str, map: &HookMap, k: usize, s: Option<&NeuronSamples>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# concept: {concept}, hook point: {hook}, neuron: {k}");
-    let _ = writeln!(
-        out,
-        "# omega: {}, beta: {}, support: ({}, {})",
-        map.omega()[k],
-        map.beta()[k],
-        map.lo()[k],
-        map.hi()[k]
-    );
+    match map.matrix() {
+        // A joint map moves neuron k by a whole row of A: write the row, not a lone ω.
+        Some(a) => {
+            let d = map.dim();
+            let row: Vec<String> = a[k * d..(k + 1) * d].iter().map(f32::to_string).collect();
+            let _ = writeln!(
+                out,
+                "# joint map x -> A x + beta: beta[{k}]: {}, row {k} of A: {}",
+                map.beta()[k],
+                row.join(" ")
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "# omega: {}, beta: {}, support: ({}, {})",
+                map.omega()[k],
+                map.beta()[k],
+                map.lo()[k],
+                map.hi()[k]
+            );
+        }
+    }
     out.push_str("series,value\n");
     if let Some(s) = s {
         for (name, v) in [
@@ -171,5 +186,17 @@ mod tests {
             ]
         );
         assert!(csv.contains("omega: 2, beta: 0.5, support: (0, 4)"), "{csv}");
+        let joint = HookMap::joint(
+            crate::transport::Method::JointGaussian,
+            vec![2.0, -1.0, 0.5, 1.0],
+            vec![0.25, 0.0],
+            Default::default(),
+        );
+        let Ok(joint) = joint else {
+            panic!("a valid joint map")
+        };
+        let csv = neuron_csv("negate:red", "unet.x.attn2", &joint, 1, None);
+        assert!(csv.contains("beta[1]: 0, row 1 of A: 0.5 1"), "{csv}");
+        assert!(!csv.contains("omega"), "{csv}");
     }
 }

@@ -59,7 +59,9 @@ pub fn show(
 ) -> Option<(usize, usize)> {
     ui.horizontal(|ui| {
         ui.strong("heatmap:");
-        ui.selectable_value(beta, false, "ω");
+        // A joint map's ω is the diagonal of its matrix A (what it does to each neuron alone).
+        let joint = hooks.iter().any(|(_, m)| m.matrix().is_some());
+        ui.selectable_value(beta, false, if joint { "diag A" } else { "ω" });
         ui.selectable_value(beta, true, "β");
         ui.small("rows: hook points, columns: neurons; click a cell to plot it");
     });
