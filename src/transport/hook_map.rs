@@ -355,7 +355,7 @@ impl HookMap {
         if c == 0 {
             return;
         }
-        let (mut v, mut y) = (vec![0.0f32; c], vec![0.0f32; c]);
+        let (mut v, mut y, mut means) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
         for item in x.chunks_exact_mut(c * hw) {
             if self.per_position {
                 for p in 0..hw {
@@ -367,7 +367,7 @@ impl HookMap {
                 for (m, plane) in v.iter_mut().zip(item.chunks_exact(hw)) {
                     *m = (plane.iter().map(|&q| f64::from(q)).sum::<f64>() / hw as f64) as f32;
                 }
-                let means = v.clone();
+                means.copy_from_slice(&v);
                 apply_joint(&mut v, a, &self.beta, lambda, &mut y);
                 for ((plane, m), moved) in item.chunks_exact_mut(hw).zip(&means).zip(&v) {
                     let shift = moved - m;

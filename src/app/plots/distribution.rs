@@ -23,14 +23,19 @@ pub const BINS: usize = 30;
 /// `a` moved by the map at λ = 1 (strictly inside the support), else unchanged. For a joint
 /// map, neuron `k` of the moved source mean with `a` in place of its own value.
 pub fn transport(map: &HookMap, k: usize, a: f32) -> f32 {
-    if map.matrix().is_some() {
-        let mut row = map
-            .diagnostics()
-            .get(crate::transport::hook_map::diag::SRC_MEAN)
-            .cloned()
-            .unwrap_or_else(|| vec![0.0; map.dim()]);
-        row[k] = a;
-        return map.transport_neuron(k, &row);
+    if let Some(m) = map.matrix() {
+        // (A x + β)_k with x = the source mean, x_k = a: linear in a, no vector to build.
+        let d = map.dim();
+        let means = map.diagnostics().get(crate::transport::hook_map::diag::SRC_MEAN);
+        let mean = |j: usize| means.and_then(|v| v.get(j)).copied().unwrap_or(0.0);
+        let row = &m[k * d..(k + 1) * d];
+        let others: f32 = row
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != k)
+            .map(|(j, &w)| w * mean(j))
+            .sum();
+        return map.beta()[k] + others + row[k] * a;
     }
     map.transport_scalar(k, a, 1.0)
 }
@@ -245,5 +250,26 @@ mod tests {
     fn counts_keep_outliers_in_the_end_bins_and_skip_nan() {
         let c = counts(&[-5.0, 0.5, 99.0, f32::NAN], 0.0, 1.0, 3);
         assert_eq!(c, [2, 0, 1]);
+    }
+
+    #[test]
+    fn a_joint_map_s_line_is_its_slice_through_the_source_mean() {
+        use crate::transport::Method;
+        use crate::transport::hook_map::diag;
+        let mut d = std::collections::BTreeMap::new();
+        d.insert(diag::SRC_MEAN.to_string(), vec![1.0, -2.0]);
+        let m = HookMap::joint(
+            Method::JointGaussian,
+            vec![2.0, 0.5, 3.0, 1.0],
+            vec![0.25, -1.0],
+            d,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for a in [-1.0f32, 0.0, 4.0] {
+            // Neuron 0 at a, neuron 1 at its source mean −2; and the other way round.
+            assert_eq!(transport(&m, 0, a), m.transport_neuron(0, &[a, -2.0]));
+            assert_eq!(transport(&m, 1, a), m.transport_neuron(1, &[1.0, a]));
+        }
+        assert_eq!(transport(&m, 0, 4.0), 0.25 + 2.0 * 4.0 + 0.5 * -2.0);
     }
 }
