@@ -111,9 +111,11 @@ impl DecodedRows {
         let Some(row_bytes) = w.dtype().row_bytes(k) else {
             return;
         };
+        // k-quants: the matrix's own bytes, borrowed (no rebuilding).
+        let bytes = w.bytes();
         for i in 0..rows {
             let start = (r0 + i) * row_bytes;
-            let Some(src) = w.bytes().get(start..start + row_bytes) else {
+            let Some(src) = bytes.get(start..start + row_bytes) else {
                 continue;
             };
             for (b, blk) in src.chunks_exact(bb).enumerate() {

@@ -36,6 +36,7 @@ pub mod quant_dot4;
 mod quant_dot8;
 mod quant_dot8_512;
 pub mod quant_mix;
+mod quant_x16;
 pub mod safetensors_shards;
 pub mod sampling;
 pub mod spm_tokenizer;

@@ -910,6 +910,40 @@ thread_local! {
     static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Whether Q4_1 matrices hold their rows in sixteen-row groups for [`super::quant_x16`],
+/// whose kernel then runs every product of them with any number of inputs: AVX2 + FMA +
+/// F16C builds on a CPU with AVX-512 VNNI ([`avx512_vnni`]).
+fn x16_kernel() -> bool {
+    eight_input_kernel() && avx512_vnni()
+}
+
+/// [`super::quant_x16::avx512::dot16_q4_1`] of group `w` with inputs `i..i + N` of `y`
+/// (`[n][nb]`, scales `ds` `[n][nb][2]`), each input's sixteen outputs handed to `put`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+fn x16_run<const N: usize>(
+    w: &[u8],
+    y: &[BlockQ8_1],
+    ds: &[f32],
+    i: usize,
+    nb: usize,
+    put: impl Fn(usize, &[f32; 16]),
+) {
+    let ys: [&[BlockQ8_1]; N] = std::array::from_fn(|j| y.get((i + j) * nb..(i + j + 1) * nb).unwrap_or(&[]));
+    let ss: [&[f32]; N] =
+        std::array::from_fn(|j| ds.get(2 * (i + j) * nb..2 * (i + j + 1) * nb).unwrap_or(&[]));
+    // SAFETY: the caller checked AVX-512 F and VNNI at run time ([`avx512_vnni`]); AVX2,
+    // FMA and F16C are compiled in.
+    let vals = unsafe { super::quant_x16::avx512::dot16_q4_1::<N>(w, &ys, &ss) };
+    for (j, v) in vals.iter().enumerate() {
+        put(j, v);
+    }
+}
+
 /// Whether the eight-input Q4_1 kernel is compiled in (AVX2 + FMA + F16C builds).
 const fn eight_input_kernel() -> bool {
     cfg!(all(
@@ -1093,6 +1127,9 @@ pub struct ActScratch {
     d8: Vec<f32>,
     /// Eight-input groups' Q8_1 quants interleaved for the eight-input kernel.
     y8: Vec<i8>,
+    /// Every Q8_1 block's `d` and `s` as f32 (`[inputs][nb][2]`), for the sixteen-row
+    /// kernel ([`super::quant_x16`]); empty where it does not run.
+    ds: Vec<f32>,
 }
 
 impl ActScratch {
@@ -1112,13 +1149,15 @@ impl ActScratch {
         inputs: usize,
         kind: ActKind,
         scales: bool,
-    ) -> Result<(Act<'_>, &[f32], &[i8]), QuantError> {
+        x16: bool,
+    ) -> Result<(Act<'_>, Side<'_>), QuantError> {
         let ActScratch {
             q8_0,
             q8_1,
             q8k,
             d8,
             y8,
+            ds,
         } = self;
         // cols is a multiple of the block size, so quantizing the concatenated inputs block-wise
         // is the same as quantizing each input row on its own.
@@ -1152,8 +1191,24 @@ impl ActScratch {
                 Act::Q8K(_) => {}
             }
         }
-        Ok((act, d8, y8))
+        ds.clear();
+        if x16 && let Act::Q8_1(q) = act {
+            super::quant_x16::q8_1_scales(q, ds);
+        }
+        Ok((act, Side { d8, y8, ds }))
     }
+}
+
+/// What [`ActScratch::quantize`] prepares beside the quantized inputs for the grouped
+/// kernels; each part empty where its kernel does not run.
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    /// Q8_0 scales `[inputs][nb]`, or the eight-input Q8_1 groups' headers.
+    d8: &'a [f32],
+    /// The eight-input Q8_1 groups' interleaved quants.
+    y8: &'a [i8],
+    /// Every Q8_1 block's `d`, `s` as f32, for the sixteen-row kernel.
+    ds: &'a [f32],
 }
 
 /// A quantized weight matrix `[rows, cols]` stored as raw GGUF bytes (row-major blocks).
@@ -1163,7 +1218,14 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
+    /// The GGUF bytes of rows `grouped..rows` (all rows where `grouped` is 0).
     bytes: Vec<u8>,
+    /// Q4_1 only, where the CPU has AVX-512 VNNI ([`x16_kernel`]): rows `0..grouped`, whole
+    /// groups of sixteen, rearranged for [`super::quant_x16`] (their only copy: the same
+    /// bytes, reordered); else empty.
+    x16: Vec<u8>,
+    /// Rows held in `x16` (a multiple of 16; 0 without it).
+    grouped: usize,
 }
 
 impl QMatrix {
@@ -1182,12 +1244,22 @@ impl QMatrix {
                 got: bytes.len(),
             });
         }
+        let (mut bytes, mut x16, mut grouped) = (bytes, Vec::new(), 0);
+        if dtype == QDType::Q4_1 && x16_kernel() && rows >= super::quant_x16::ROWS {
+            x16 = super::quant_x16::interleave16_q4_1(&bytes, rows, cols / QK);
+            if !x16.is_empty() {
+                grouped = rows - rows % super::quant_x16::ROWS;
+                bytes = bytes.get(grouped * row_bytes..).unwrap_or(&[]).to_vec();
+            }
+        }
         Ok(Self {
             dtype,
             rows,
             cols,
             row_bytes,
             bytes,
+            x16,
+            grouped,
         })
     }
 
@@ -1206,17 +1278,78 @@ impl QMatrix {
         self.cols
     }
 
-    /// The raw GGUF bytes, `[rows * cols / 32 * block_bytes]`.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// The raw GGUF bytes, `[rows * cols / 32 * block_bytes]` (put back in GGUF order where
+    /// the rows are held for [`super::quant_x16`]).
+    pub fn bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.grouped == 0 {
+            return std::borrow::Cow::Borrowed(&self.bytes);
+        }
+        let mut out = vec![0u8; self.rows * self.row_bytes];
+        for (r, o) in out.chunks_exact_mut(self.row_bytes).enumerate() {
+            o.copy_from_slice(&self.gguf_row(r));
+        }
+        std::borrow::Cow::Owned(out)
     }
 
-    /// Raw bytes of row `r` (`[cols / 32 * block_bytes]`); empty if out of range.
+    /// Bytes the matrix holds (its GGUF size).
+    fn byte_len(&self) -> usize {
+        self.bytes.len() + self.x16.len()
+    }
+
+    /// Raw GGUF bytes of row `r` (`[cols / 32 * block_bytes]`) where the matrix holds it in
+    /// GGUF order; empty if out of range or held for [`super::quant_x16`] (rows below
+    /// `grouped`, which the products take from there and [`Self::gguf_row`] rebuilds).
     fn row(&self, r: usize) -> &[u8] {
+        let Some(r) = r.checked_sub(self.grouped) else {
+            return &[];
+        };
         let start = r.saturating_mul(self.row_bytes);
         self.bytes
             .get(start..start.saturating_add(self.row_bytes))
             .unwrap_or(&[])
+    }
+
+    /// Raw GGUF bytes of row `r`, wherever the matrix holds it (rebuilt from the sixteen-row
+    /// groups for rows below `grouped`); empty if out of range.
+    fn gguf_row(&self, r: usize) -> std::borrow::Cow<'_, [u8]> {
+        if r >= self.grouped {
+            return std::borrow::Cow::Borrowed(self.row(r));
+        }
+        let mut out = vec![0u8; self.row_bytes];
+        self.rebuild_row(r, &mut out);
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// Row `r` (below `grouped`) rebuilt in GGUF order from its sixteen-row group into
+    /// `out` (`row_bytes` long); nothing written for a row past the groups.
+    fn rebuild_row(&self, r: usize, out: &mut [u8]) {
+        let per_group = self.x16.len() / (self.grouped / super::quant_x16::ROWS).max(1);
+        let g = r / super::quant_x16::ROWS;
+        if let Some(group) = self.x16.get(g * per_group..(g + 1) * per_group) {
+            super::quant_x16::gguf_row(group, r, out);
+        }
+    }
+
+    /// `f` of row `r`'s raw GGUF bytes ([`Self::gguf_row`]), rebuilt into a per-thread buffer
+    /// where the row is held in a sixteen-row group (no allocation per row).
+    fn with_gguf_row<R>(&self, r: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        thread_local! {
+            /// One rebuilt GGUF row (per thread, reused).
+            static REBUILT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        if r >= self.grouped {
+            return f(self.row(r));
+        }
+        REBUILT.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                buf.resize(self.row_bytes, 0);
+                self.rebuild_row(r, &mut buf);
+                f(&buf)
+            }
+            // Called from inside `f` on this thread: an allocation for this one.
+            Err(_) => f(&self.gguf_row(r)),
+        })
     }
 
     /// Dequantizes row `r` into `out` (`[cols]`), e.g. for an embedding lookup.
@@ -1229,46 +1362,48 @@ impl QMatrix {
         }
         check_len("dequantize_row output", self.cols, out.len())?;
         let bb = self.dtype.block_bytes();
-        if self.dtype.block_size() == QK_K {
-            kquant::dequantize_k(bb, self.row(r), out);
-            return Ok(());
-        }
-        for (b, o) in self.row(r).chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
-            let d = get16(b, 0).to_f32();
-            match self.dtype {
-                QDType::Q4_0 => {
-                    for (j, &q) in b[2..18].iter().enumerate() {
-                        o[j] = ((q & 0x0F) as i16 - 8) as f32 * d;
-                        o[j + 16] = ((q >> 4) as i16 - 8) as f32 * d;
-                    }
-                }
-                QDType::Q4_1 => {
-                    let m = get16(b, 2).to_f32();
-                    for (j, &q) in b[4..20].iter().enumerate() {
-                        o[j] = (q & 0x0F) as f32 * d + m;
-                        o[j + 16] = (q >> 4) as f32 * d + m;
-                    }
-                }
-                QDType::Q8_0 => {
-                    for (o, &q) in o.iter_mut().zip(&b[2..34]) {
-                        *o = q as i8 as f32 * d;
-                    }
-                }
-                QDType::Q5_0 => {
-                    for (o, v) in o.iter_mut().zip(q5_values(b, 2)) {
-                        *o = (v - 16) as f32 * d;
-                    }
-                }
-                QDType::Q5_1 => {
-                    let m = get16(b, 2).to_f32();
-                    for (o, v) in o.iter_mut().zip(q5_values(b, 4)) {
-                        *o = v as f32 * d + m;
-                    }
-                }
-                // Handled above.
-                QDType::Q4K | QDType::Q5K | QDType::Q6K => {}
+        self.with_gguf_row(r, |row| {
+            if self.dtype.block_size() == QK_K {
+                kquant::dequantize_k(bb, row, out);
+                return;
             }
-        }
+            for (b, o) in row.chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+                let d = get16(b, 0).to_f32();
+                match self.dtype {
+                    QDType::Q4_0 => {
+                        for (j, &q) in b[2..18].iter().enumerate() {
+                            o[j] = ((q & 0x0F) as i16 - 8) as f32 * d;
+                            o[j + 16] = ((q >> 4) as i16 - 8) as f32 * d;
+                        }
+                    }
+                    QDType::Q4_1 => {
+                        let m = get16(b, 2).to_f32();
+                        for (j, &q) in b[4..20].iter().enumerate() {
+                            o[j] = (q & 0x0F) as f32 * d + m;
+                            o[j + 16] = (q >> 4) as f32 * d + m;
+                        }
+                    }
+                    QDType::Q8_0 => {
+                        for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                            *o = q as i8 as f32 * d;
+                        }
+                    }
+                    QDType::Q5_0 => {
+                        for (o, v) in o.iter_mut().zip(q5_values(b, 2)) {
+                            *o = (v - 16) as f32 * d;
+                        }
+                    }
+                    QDType::Q5_1 => {
+                        let m = get16(b, 2).to_f32();
+                        for (o, v) in o.iter_mut().zip(q5_values(b, 4)) {
+                            *o = v as f32 * d + m;
+                        }
+                    }
+                    // Handled above.
+                    QDType::Q4K | QDType::Q5K | QDType::Q6K => {}
+                }
+            }
+        });
         Ok(())
     }
 
@@ -1357,21 +1492,23 @@ impl QMatrix {
         }
         let bb = self.dtype.block_bytes();
         let (vals, mins) = out.split_at_mut(k);
-        let blocks = self.row(r).chunks_exact(bb).zip(vals.chunks_exact_mut(QK));
-        for ((b, o), m) in blocks.zip(mins.iter_mut()) {
-            let d = get16(b, 0).to_f32();
-            *m = get16(b, 2).to_f32();
-            if self.dtype == QDType::Q4_1 {
-                for (j, &q) in b[4..20].iter().enumerate() {
-                    o[j] = (q & 0x0F) as f32 * d;
-                    o[j + 16] = (q >> 4) as f32 * d;
-                }
-            } else {
-                for (o, v) in o.iter_mut().zip(q5_values(b, 4)) {
-                    *o = v as f32 * d;
+        self.with_gguf_row(r, |row| {
+            let blocks = row.chunks_exact(bb).zip(vals.chunks_exact_mut(QK));
+            for ((b, o), m) in blocks.zip(mins.iter_mut()) {
+                let d = get16(b, 0).to_f32();
+                *m = get16(b, 2).to_f32();
+                if self.dtype == QDType::Q4_1 {
+                    for (j, &q) in b[4..20].iter().enumerate() {
+                        o[j] = (q & 0x0F) as f32 * d;
+                        o[j + 16] = (q >> 4) as f32 * d;
+                    }
+                } else {
+                    for (o, v) in o.iter_mut().zip(q5_values(b, 4)) {
+                        *o = v as f32 * d;
+                    }
                 }
             }
-        }
+        });
         Ok(())
     }
 
@@ -1457,15 +1594,16 @@ impl QMatrix {
             return Ok(());
         }
         let group = n >= 4;
-        let (act, d8, y8) = scratch.quantize(xs, n, kind, group)?;
+        let x16 = mats.iter().any(|m| m.grouped > 0);
+        let (act, side) = scratch.quantize(xs, n, kind, group, x16)?;
         let outs = ys.map(DisjointWrites::new);
         let pool = Pool::global();
         let threads = pool.threads();
-        let bytes = mats.iter().map(|m| m.bytes.len()).sum::<usize>();
+        let bytes = mats.iter().map(|m| m.byte_len()).sum::<usize>();
         if threads <= 1 || bytes.saturating_mul(n) < PAR_MIN_BYTES {
             for (m, out) in mats.iter().zip(&outs) {
                 // SAFETY: one piece covers every row of each matrix.
-                unsafe { m.compute_rows(act, (d8, y8), n, out, (0, m.rows), true, group) };
+                unsafe { m.compute_rows(act, side, n, out, (0, m.rows), true, group) };
             }
             return Ok(());
         }
@@ -1484,7 +1622,7 @@ impl QMatrix {
             unsafe {
                 m.compute_rows(
                     act,
-                    (d8, y8),
+                    side,
                     n,
                     &outs[j],
                     (c * k, ((c + 1) * k).min(m.rows)),
@@ -1524,8 +1662,9 @@ impl QMatrix {
         if n == 0 {
             return Ok(());
         }
-        let (act, d8, y8) = scratch.quantize(xs, n, self.dtype.act_kind(), group && n >= 4)?;
-        self.compute(act, (d8, y8), n, ys, simd, group && n >= 4);
+        let x16 = self.grouped > 0;
+        let (act, side) = scratch.quantize(xs, n, self.dtype.act_kind(), group && n >= 4, x16)?;
+        self.compute(act, side, n, ys, simd, group && n >= 4);
         Ok(())
     }
 
@@ -1533,12 +1672,12 @@ impl QMatrix {
     /// what [`ActScratch::quantize`] prepared for the grouped kernels, or empty); `group` lets
     /// inputs go eight or four at a time through those kernels. Split by weight rows over the pool; each piece
     /// writes its rows' outputs of every input in place.
-    fn compute(&self, act: Act, side: (&[f32], &[i8]), n: usize, ys: &mut [f32], simd: bool, group: bool) {
+    fn compute(&self, act: Act, side: Side, n: usize, ys: &mut [f32], simd: bool, group: bool) {
         let rows = self.rows;
         let out = DisjointWrites::new(ys);
         let pool = Pool::global();
         let threads = pool.threads();
-        if threads <= 1 || self.bytes.len().saturating_mul(n) < PAR_MIN_BYTES {
+        if threads <= 1 || self.byte_len().saturating_mul(n) < PAR_MIN_BYTES {
             // SAFETY: one piece covers every row.
             unsafe { self.compute_rows(act, side, n, &out, (0, rows), simd, group) };
         } else {
@@ -1578,9 +1717,15 @@ impl QMatrix {
     /// Rows per pool piece: a multiple of 4 (the 4-row kernels), ≥ 8 pieces per thread so a
     /// slow thread holds back little.
     fn rows_per_piece(&self, threads: usize) -> usize {
+        // Pieces start on whole groups of the sixteen-row kernel where it may run.
+        let step = if self.grouped == 0 {
+            4
+        } else {
+            super::quant_x16::ROWS
+        };
         self.rows
             .div_ceil(threads * 8)
-            .next_multiple_of(4)
+            .next_multiple_of(step)
             .max(MIN_ROWS_PER_TASK)
     }
 
@@ -1622,18 +1767,41 @@ impl QMatrix {
     unsafe fn compute_rows(
         &self,
         act: Act,
-        (d8, y8): (&[f32], &[i8]),
+        side: Side,
         n: usize,
         out: &DisjointWrites<f32>,
         (r0, r1): (usize, usize),
         simd: bool,
         group: bool,
     ) {
+        let Side { d8, y8, ds } = side;
         let nb = self.cols / self.dtype.block_size();
         let rows = self.rows;
         // SAFETY (every `set` below): pieces cover disjoint row ranges, and each writes
         // only indices `i * rows + r` of its own rows `r`.
         let mut k0 = r0;
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma",
+            target_feature = "f16c"
+        ))]
+        if simd
+            && !ds.is_empty()
+            && let Act::Q8_1(y) = act
+        {
+            // SAFETY: the caller's promise on rows k0..r1.
+            k0 = unsafe { self.x16_groups(y, ds, n, k0, r1, out) };
+        }
+        // Grouped rows the kernel did not take (the scalar reference path): rebuilt one by
+        // one and dotted with each input, the one-input kernels' bits.
+        while k0 < r1.min(self.grouped) {
+            let row = self.gguf_row(k0);
+            for i in 0..n {
+                unsafe { out.set(i * rows + k0, dot_row(self.dtype, &row, act.input(i, nb), simd)) };
+            }
+            k0 += 1;
+        }
         if simd && n == 1 {
             while k0 + 4 <= r1 {
                 let rs = [self.row(k0), self.row(k0 + 1), self.row(k0 + 2), self.row(k0 + 3)];
@@ -1767,6 +1935,63 @@ impl QMatrix {
             }
             k0 = k1;
         }
+    }
+
+    /// The whole groups of sixteen rows in `r0..r1` (from `r0`, which must start a group)
+    /// against the `n` Q8_1 inputs `y` (`[n][nb]`, scales `ds` from
+    /// [`super::quant_x16::q8_1_scales`]) by [`super::quant_x16::avx512::dot16_q4_1`], eight
+    /// inputs at a time while each group's bytes stay in cache; writes `out[i * rows + r]`
+    /// and returns the first row left to the other kernels (`r0` itself where none ran).
+    ///
+    /// # Safety
+    /// No other thread may write the outputs of rows `r0..r1` meanwhile.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    unsafe fn x16_groups(
+        &self,
+        y: &[BlockQ8_1],
+        ds: &[f32],
+        n: usize,
+        r0: usize,
+        r1: usize,
+        out: &DisjointWrites<f32>,
+    ) -> usize {
+        use super::quant_x16::{BLOCK_BYTES, ROWS};
+        let nb = self.cols / QK;
+        let per_group = nb * BLOCK_BYTES;
+        let groups = self.x16.len() / per_group.max(1);
+        if !r0.is_multiple_of(ROWS) || y.len() != n * nb || ds.len() != 2 * n * nb || !avx512_vnni() {
+            return r0;
+        }
+        let g1 = (r1 / ROWS).min(groups);
+        for g in r0 / ROWS..g1 {
+            let w = &self.x16[g * per_group..(g + 1) * per_group];
+            let mut i = 0;
+            while i < n {
+                let m = (n - i).min(8);
+                let put = |j: usize, v: &[f32; 16]| {
+                    // SAFETY: the caller's promise: this piece alone writes rows
+                    // g·16 .. g·16 + 16, which lie in r0..r1.
+                    unsafe { out.set_slice((i + j) * self.rows + g * ROWS, v) }
+                };
+                match m {
+                    1 => x16_run::<1>(w, y, ds, i, nb, put),
+                    2 => x16_run::<2>(w, y, ds, i, nb, put),
+                    3 => x16_run::<3>(w, y, ds, i, nb, put),
+                    4 => x16_run::<4>(w, y, ds, i, nb, put),
+                    5 => x16_run::<5>(w, y, ds, i, nb, put),
+                    6 => x16_run::<6>(w, y, ds, i, nb, put),
+                    7 => x16_run::<7>(w, y, ds, i, nb, put),
+                    _ => x16_run::<8>(w, y, ds, i, nb, put),
+                }
+                i += m;
+            }
+        }
+        r0.max(g1 * ROWS)
     }
 
     /// Rows `r0..r1` of a Q4_0 / Q5_0 / Q8_0 matrix against `n` Q8_0 inputs (`y`, with their
@@ -2174,7 +2399,8 @@ mod tests {
         let deq = m.dequantize();
         (0..m.rows())
             .map(|r| {
-                let row = m.row(r);
+                let row = m.gguf_row(r);
+                let row = &row[..];
                 let dot = match m.dtype() {
                     QDType::Q4_0 => vec_dot_q4_0_q8_0_scalar(row, &a0),
                     QDType::Q4_1 => vec_dot_q4_1_q8_1_scalar(row, &a1),
@@ -2233,11 +2459,59 @@ mod tests {
                 }
                 // A row on its own (a different split into pieces) gives the same bits.
                 for r in [0, rows / 2, rows - 1] {
-                    let one = QMatrix::new(dtype, 1, cols, m.row(r).to_vec()).unwrap();
+                    let one = QMatrix::new(dtype, 1, cols, m.gguf_row(r).to_vec()).unwrap();
                     one.matvec(&x, &mut y1, &mut scratch).unwrap();
                     assert_eq!(y1[0].to_bits(), y[r].to_bits());
                 }
             }
+        }
+    }
+
+    /// Where the CPU has AVX-512 VNNI, a Q4_1 matrix holds its whole sixteen-row groups only
+    /// in the rearranged layout (no second copy), and everything that reads GGUF rows gets
+    /// them back exactly: `bytes`, dequantizing, the tiled product's rows.
+    #[test]
+    fn q4_1_in_sixteen_row_groups_keeps_one_copy_and_gives_back_its_gguf_rows() {
+        let mut rng = Rng(0x0D07_0016);
+        let (rows, cols) = (53, 96);
+        let w = rng.vec(rows * cols, 0.5);
+        let gguf = quantize_weights(QDType::Q4_1, &w);
+        let m = QMatrix::new(QDType::Q4_1, rows, cols, gguf.clone()).unwrap();
+        assert_eq!(m.byte_len(), gguf.len());
+        if !x16_kernel() {
+            eprintln!("SKIP (partly): no AVX-512 VNNI here, Q4_1 rows stay in GGUF order");
+            assert_eq!(m.grouped, 0);
+        } else {
+            assert_eq!((m.grouped, m.bytes.len()), (48, 5 * m.row_bytes));
+        }
+        assert_eq!(&m.bytes()[..], &gguf[..]);
+        let plain = QMatrix {
+            x16: Vec::new(),
+            grouped: 0,
+            bytes: gguf,
+            ..m.clone()
+        };
+        let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+        let (mut ta, mut tb) = (vec![0f32; m.tiled_width()], vec![0f32; m.tiled_width()]);
+        for r in 0..rows {
+            m.dequantize_row(r, &mut a).unwrap();
+            plain.dequantize_row(r, &mut b).unwrap();
+            assert_eq!(a, b, "row {r}");
+            m.tiled_row(r, &mut ta).unwrap();
+            plain.tiled_row(r, &mut tb).unwrap();
+            assert_eq!(ta, tb, "row {r}");
+        }
+        // The products agree with the GGUF-order matrix's, bit for bit, for one to 17 inputs.
+        let mut scratch = ActScratch::new();
+        for n in [1, 2, 5, 8, 9, 17] {
+            let xs = rng.vec(n * cols, 2.0);
+            let (mut ya, mut yb) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+            m.matmul(&xs, n, &mut ya, &mut scratch).unwrap();
+            plain.matmul(&xs, n, &mut yb, &mut scratch).unwrap();
+            assert!(
+                ya.iter().zip(&yb).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "n {n}"
+            );
         }
     }
 
@@ -2698,8 +2972,11 @@ mod tests {
             .chain(k_quants.map(|(g, d)| (Some(g), d)));
         for (gdt, dtype) in formats {
             for (rows, cols, n) in [
+                (37, 512, 2),
+                (37, 512, 3),
                 (37, 512, 4),
                 (37, 512, 9),
+                (403, 512, 16),
                 (37, 512, 8),
                 (19, 256, 6),
                 (1203, 512, 9),
