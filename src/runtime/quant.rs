@@ -910,11 +910,48 @@ thread_local! {
     static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether Q4_1 matrices hold their rows in sixteen-row groups for [`super::quant_x16`],
-/// whose kernel then runs every product of them with any number of inputs: AVX2 + FMA +
-/// F16C builds on a CPU with AVX-512 VNNI ([`avx512_vnni`]).
+/// Whether Q4_1 and Q8_0 matrices hold their rows in sixteen-row groups for
+/// [`super::quant_x16`], whose kernels then run every product of them with any number of
+/// inputs: AVX2 + FMA + F16C builds on a CPU with AVX-512 VNNI ([`avx512_vnni`]).
 fn x16_kernel() -> bool {
     eight_input_kernel() && avx512_vnni()
+}
+
+/// The sixteen-row layout of format `dtype`, where its matrices take it ([`x16_kernel`]).
+fn x16_layout(dtype: QDType) -> Option<super::quant_x16::Layout> {
+    match dtype {
+        QDType::Q4_1 if x16_kernel() => Some(super::quant_x16::Q4_1),
+        QDType::Q8_0 if x16_kernel() => Some(super::quant_x16::Q8_0),
+        _ => None,
+    }
+}
+
+/// [`super::quant_x16::avx512::dot16_q8_0`] of group `w` with inputs `i..i + N` of `y`
+/// (`[n][nb]`, scales `ds` `[n][nb]`, starting sums `offs` `[n][nb]`), each input's sixteen
+/// outputs handed to `put`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+fn x16_run_q8_0<const N: usize>(
+    w: &[u8],
+    (y, ds, offs): (&[BlockQ8_0], &[f32], &[[i32; 8]]),
+    i: usize,
+    nb: usize,
+    put: impl Fn(usize, &[f32; 16]),
+) {
+    let at = |j: usize| (i + j) * nb..(i + j + 1) * nb;
+    let ys: [&[BlockQ8_0]; N] = std::array::from_fn(|j| y.get(at(j)).unwrap_or(&[]));
+    let ss: [&[f32]; N] = std::array::from_fn(|j| ds.get(at(j)).unwrap_or(&[]));
+    let os: [&[[i32; 8]]; N] = std::array::from_fn(|j| offs.get(at(j)).unwrap_or(&[]));
+    // SAFETY: the caller checked AVX-512 F and VNNI at run time ([`avx512_vnni`]); AVX2,
+    // FMA and F16C are compiled in.
+    let vals = unsafe { super::quant_x16::avx512::dot16_q8_0::<N>(w, &ys, &ss, &os) };
+    for (j, v) in vals.iter().enumerate() {
+        put(j, v);
+    }
 }
 
 /// [`super::quant_x16::avx512::dot16_q4_1`] of group `w` with inputs `i..i + N` of `y`
@@ -1127,9 +1164,12 @@ pub struct ActScratch {
     d8: Vec<f32>,
     /// Eight-input groups' Q8_1 quants interleaved for the eight-input kernel.
     y8: Vec<i8>,
-    /// Every Q8_1 block's `d` and `s` as f32 (`[inputs][nb][2]`), for the sixteen-row
-    /// kernel ([`super::quant_x16`]); empty where it does not run.
+    /// For the sixteen-row kernels ([`super::quant_x16`]), empty where they do not run:
+    /// every Q8_1 block's `d` and `s` as f32 (`[inputs][nb][2]`), or every Q8_0 block's `d`
+    /// (`[inputs][nb]`) …
     ds: Vec<f32>,
+    /// … and each Q8_0 block's starting lane sums (`−128 ·` each quad's sum).
+    offs: Vec<[i32; 8]>,
 }
 
 impl ActScratch {
@@ -1158,6 +1198,7 @@ impl ActScratch {
             d8,
             y8,
             ds,
+            offs,
         } = self;
         // cols is a multiple of the block size, so quantizing the concatenated inputs block-wise
         // is the same as quantizing each input row on its own.
@@ -1192,10 +1233,18 @@ impl ActScratch {
             }
         }
         ds.clear();
-        if x16 && let Act::Q8_1(q) = act {
-            super::quant_x16::q8_1_scales(q, ds);
+        offs.clear();
+        if x16 {
+            match act {
+                Act::Q8_1(q) => super::quant_x16::q8_1_scales(q, ds),
+                Act::Q8_0(q) => {
+                    ds.extend(q.iter().map(|b| b.d.to_f32()));
+                    offs.extend(q.iter().map(super::quant_x16::q8_0_offsets));
+                }
+                Act::Q8K(_) => {}
+            }
         }
-        Ok((act, Side { d8, y8, ds }))
+        Ok((act, Side { d8, y8, ds, offs }))
     }
 }
 
@@ -1207,8 +1256,10 @@ struct Side<'a> {
     d8: &'a [f32],
     /// The eight-input Q8_1 groups' interleaved quants.
     y8: &'a [i8],
-    /// Every Q8_1 block's `d`, `s` as f32, for the sixteen-row kernel.
+    /// Every Q8_1 block's `d`, `s` (or Q8_0 block's `d`) as f32, for the sixteen-row kernels.
     ds: &'a [f32],
+    /// Every Q8_0 block's starting lane sums, for the sixteen-row Q8_0 kernel.
+    offs: &'a [[i32; 8]],
 }
 
 /// A quantized weight matrix `[rows, cols]` stored as raw GGUF bytes (row-major blocks).
@@ -1245,8 +1296,10 @@ impl QMatrix {
             });
         }
         let (mut bytes, mut x16, mut grouped) = (bytes, Vec::new(), 0);
-        if dtype == QDType::Q4_1 && x16_kernel() && rows >= super::quant_x16::ROWS {
-            x16 = super::quant_x16::interleave16_q4_1(&bytes, rows, cols / QK);
+        if let Some(layout) = x16_layout(dtype)
+            && rows >= super::quant_x16::ROWS
+        {
+            x16 = layout.interleave(&bytes, rows, cols / QK);
             if !x16.is_empty() {
                 grouped = rows - rows % super::quant_x16::ROWS;
                 bytes = bytes.get(grouped * row_bytes..).unwrap_or(&[]).to_vec();
@@ -1325,8 +1378,11 @@ impl QMatrix {
     fn rebuild_row(&self, r: usize, out: &mut [u8]) {
         let per_group = self.x16.len() / (self.grouped / super::quant_x16::ROWS).max(1);
         let g = r / super::quant_x16::ROWS;
-        if let Some(group) = self.x16.get(g * per_group..(g + 1) * per_group) {
-            super::quant_x16::gguf_row(group, r, out);
+        if let (Some(layout), Some(group)) = (
+            x16_layout(self.dtype),
+            self.x16.get(g * per_group..(g + 1) * per_group),
+        ) {
+            layout.gguf_row(group, r, out);
         }
     }
 
@@ -1774,7 +1830,7 @@ impl QMatrix {
         simd: bool,
         group: bool,
     ) {
-        let Side { d8, y8, ds } = side;
+        let Side { d8, y8, ds, .. } = side;
         let nb = self.cols / self.dtype.block_size();
         let rows = self.rows;
         // SAFETY (every `set` below): pieces cover disjoint row ranges, and each writes
@@ -1786,12 +1842,9 @@ impl QMatrix {
             target_feature = "fma",
             target_feature = "f16c"
         ))]
-        if simd
-            && !ds.is_empty()
-            && let Act::Q8_1(y) = act
-        {
+        if simd && !ds.is_empty() {
             // SAFETY: the caller's promise on rows k0..r1.
-            k0 = unsafe { self.x16_groups(y, ds, n, k0, r1, out) };
+            k0 = unsafe { self.x16_groups(act, side, n, k0, r1, out) };
         }
         // Grouped rows the kernel did not take (the scalar reference path): rebuilt one by
         // one and dotted with each input, the one-input kernels' bits.
@@ -1953,18 +2006,28 @@ impl QMatrix {
     ))]
     unsafe fn x16_groups(
         &self,
-        y: &[BlockQ8_1],
-        ds: &[f32],
+        act: Act,
+        Side { ds, offs, .. }: Side,
         n: usize,
         r0: usize,
         r1: usize,
         out: &DisjointWrites<f32>,
     ) -> usize {
-        use super::quant_x16::{BLOCK_BYTES, ROWS};
+        use super::quant_x16::ROWS;
         let nb = self.cols / QK;
-        let per_group = nb * BLOCK_BYTES;
+        let Some(layout) = x16_layout(self.dtype) else {
+            return r0;
+        };
+        let per_group = nb * layout.group_block();
         let groups = self.x16.len() / per_group.max(1);
-        if !r0.is_multiple_of(ROWS) || y.len() != n * nb || ds.len() != 2 * n * nb || !avx512_vnni() {
+        let fits = match act {
+            Act::Q8_1(y) => self.dtype == QDType::Q4_1 && y.len() == n * nb && ds.len() == 2 * n * nb,
+            Act::Q8_0(y) => {
+                self.dtype == QDType::Q8_0 && y.len() == n * nb && ds.len() == n * nb && offs.len() == n * nb
+            }
+            Act::Q8K(_) => false,
+        };
+        if !r0.is_multiple_of(ROWS) || !fits || !avx512_vnni() {
             return r0;
         }
         let g1 = (r1 / ROWS).min(groups);
@@ -1972,11 +2035,25 @@ impl QMatrix {
             let w = &self.x16[g * per_group..(g + 1) * per_group];
             let mut i = 0;
             while i < n {
-                let m = (n - i).min(8);
+                // Up to eight Q8_1 inputs per call, two Q8_0 ones (eight registers each).
+                let m = (n - i).min(if let Act::Q8_0(_) = act { 2 } else { 8 });
                 let put = |j: usize, v: &[f32; 16]| {
                     // SAFETY: the caller's promise: this piece alone writes rows
                     // g·16 .. g·16 + 16, which lie in r0..r1.
                     unsafe { out.set_slice((i + j) * self.rows + g * ROWS, v) }
+                };
+                let y = match act {
+                    Act::Q8_0(y) => {
+                        if m == 1 {
+                            x16_run_q8_0::<1>(w, (y, ds, offs), i, nb, put);
+                        } else {
+                            x16_run_q8_0::<2>(w, (y, ds, offs), i, nb, put);
+                        }
+                        i += m;
+                        continue;
+                    }
+                    Act::Q8_1(y) => y,
+                    Act::Q8K(_) => return r0,
                 };
                 match m {
                     1 => x16_run::<1>(w, y, ds, i, nb, put),
@@ -2255,6 +2332,15 @@ mod tests {
         out
     }
 
+    /// Q8_0 matrix `m` with every block's first quant set to −128 (GGUF Q8_0 weights may hold
+    /// it; the kernels' sign and offset tricks must handle it), built anew from its GGUF bytes
+    /// so that every storage layout holds it.
+    fn with_minus_128(m: &QMatrix) -> QMatrix {
+        let mut bytes = m.bytes().into_owned();
+        bytes.chunks_exact_mut(34).for_each(|b| b[2] = 0x80);
+        QMatrix::new(m.dtype, m.rows, m.cols, bytes).unwrap()
+    }
+
     fn random_matrix(dtype: QDType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<f32>, QMatrix) {
         let w = rng.vec(rows * cols, 0.5);
         (
@@ -2436,7 +2522,7 @@ mod tests {
                 let (_, mut m) = random_matrix(dtype, rows, cols, &mut rng);
                 if dtype == QDType::Q8_0 {
                     // GGUF Q8_0 weights may hold -128, which the sign trick must handle.
-                    m.bytes.chunks_exact_mut(34).for_each(|b| b[2] = 0x80);
+                    m = with_minus_128(&m);
                 }
                 let x = rng.vec(cols, 3.0);
                 let (mut y, mut ys, mut y1) = (vec![0f32; rows], vec![0f32; rows], [0f32; 1]);
@@ -2467,51 +2553,56 @@ mod tests {
         }
     }
 
-    /// Where the CPU has AVX-512 VNNI, a Q4_1 matrix holds its whole sixteen-row groups only
-    /// in the rearranged layout (no second copy), and everything that reads GGUF rows gets
-    /// them back exactly: `bytes`, dequantizing, the tiled product's rows.
+    /// Where the CPU has AVX-512 VNNI, Q4_1 and Q8_0 matrices hold their whole sixteen-row
+    /// groups only in the rearranged layout (no second copy); everything that reads GGUF rows
+    /// gets them back exactly (`bytes`, dequantizing, the tiled product's rows), and the
+    /// sixteen-row kernels give the GGUF-order kernels' bits for one to 17 inputs (Q8_0 with
+    /// −128 in every block).
     #[test]
-    fn q4_1_in_sixteen_row_groups_keeps_one_copy_and_gives_back_its_gguf_rows() {
+    fn sixteen_row_groups_keep_one_copy_and_the_gguf_kernels_bits() {
         let mut rng = Rng(0x0D07_0016);
         let (rows, cols) = (53, 96);
-        let w = rng.vec(rows * cols, 0.5);
-        let gguf = quantize_weights(QDType::Q4_1, &w);
-        let m = QMatrix::new(QDType::Q4_1, rows, cols, gguf.clone()).unwrap();
-        assert_eq!(m.byte_len(), gguf.len());
-        if !x16_kernel() {
-            eprintln!("SKIP (partly): no AVX-512 VNNI here, Q4_1 rows stay in GGUF order");
-            assert_eq!(m.grouped, 0);
-        } else {
-            assert_eq!((m.grouped, m.bytes.len()), (48, 5 * m.row_bytes));
-        }
-        assert_eq!(&m.bytes()[..], &gguf[..]);
-        let plain = QMatrix {
-            x16: Vec::new(),
-            grouped: 0,
-            bytes: gguf,
-            ..m.clone()
-        };
-        let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
-        let (mut ta, mut tb) = (vec![0f32; m.tiled_width()], vec![0f32; m.tiled_width()]);
-        for r in 0..rows {
-            m.dequantize_row(r, &mut a).unwrap();
-            plain.dequantize_row(r, &mut b).unwrap();
-            assert_eq!(a, b, "row {r}");
-            m.tiled_row(r, &mut ta).unwrap();
-            plain.tiled_row(r, &mut tb).unwrap();
-            assert_eq!(ta, tb, "row {r}");
-        }
-        // The products agree with the GGUF-order matrix's, bit for bit, for one to 17 inputs.
         let mut scratch = ActScratch::new();
-        for n in [1, 2, 5, 8, 9, 17] {
-            let xs = rng.vec(n * cols, 2.0);
-            let (mut ya, mut yb) = (vec![0f32; n * rows], vec![0f32; n * rows]);
-            m.matmul(&xs, n, &mut ya, &mut scratch).unwrap();
-            plain.matmul(&xs, n, &mut yb, &mut scratch).unwrap();
-            assert!(
-                ya.iter().zip(&yb).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "n {n}"
-            );
+        for dtype in [QDType::Q4_1, QDType::Q8_0] {
+            let w = rng.vec(rows * cols, 0.5);
+            let mut gguf = quantize_weights(dtype, &w);
+            if dtype == QDType::Q8_0 {
+                gguf.chunks_exact_mut(34).for_each(|b| b[2] = 0x80);
+            }
+            let m = QMatrix::new(dtype, rows, cols, gguf.clone()).unwrap();
+            assert_eq!(m.byte_len(), gguf.len());
+            if !x16_kernel() {
+                eprintln!("SKIP (partly): no AVX-512 VNNI here, {dtype:?} rows stay in GGUF order");
+                assert_eq!(m.grouped, 0);
+            } else {
+                assert_eq!((m.grouped, m.bytes.len()), (48, 5 * m.row_bytes));
+            }
+            assert_eq!(&m.bytes()[..], &gguf[..]);
+            let plain = QMatrix {
+                x16: Vec::new(),
+                grouped: 0,
+                bytes: gguf,
+                ..m.clone()
+            };
+            let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+            let (mut ta, mut tb) = (vec![0f32; m.tiled_width()], vec![0f32; m.tiled_width()]);
+            for r in 0..rows {
+                m.dequantize_row(r, &mut a).unwrap();
+                plain.dequantize_row(r, &mut b).unwrap();
+                assert_eq!(a, b, "{dtype:?} row {r}");
+                m.tiled_row(r, &mut ta).unwrap();
+                plain.tiled_row(r, &mut tb).unwrap();
+                assert_eq!(ta, tb, "{dtype:?} row {r}");
+            }
+            for n in [1, 2, 3, 5, 8, 9, 17] {
+                let xs = rng.vec(n * cols, 2.0);
+                let (mut ya, mut yb) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                m.matmul(&xs, n, &mut ya, &mut scratch).unwrap();
+                plain.matmul(&xs, n, &mut yb, &mut scratch).unwrap();
+                for (k, (a, b)) in ya.iter().zip(&yb).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} n {n} output {k}");
+                }
+            }
         }
     }
 
@@ -2995,7 +3086,7 @@ mod tests {
                 };
                 let mut m = m;
                 if dtype == QDType::Q8_0 {
-                    m.bytes.chunks_exact_mut(34).for_each(|b| b[2] = 0x80);
+                    m = with_minus_128(&m);
                 }
                 let xs = rng.vec(n * cols, 2.5);
                 let (mut ys, mut ones, mut y) =

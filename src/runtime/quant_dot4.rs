@@ -504,9 +504,7 @@ pub(super) mod avx2 {
     /// The starting lane sums of [`dot2x4_q8_0_vnni`] for the blocks of `y`: per block, lane
     /// `l` holds `−128 · (y[4l] + … + y[4l+3])`; appended to `out`.
     pub(in crate::runtime) fn q8_0_offsets(y: &[BlockQ8_0], out: &mut Vec<[i32; 8]>) {
-        out.extend(y.iter().map(|b| {
-            std::array::from_fn(|l| -128 * b.qs[4 * l..4 * l + 4].iter().map(|&q| i32::from(q)).sum::<i32>())
-        }));
+        out.extend(y.iter().map(super::super::quant_x16::q8_0_offsets));
     }
 
     /// Rewrites a Q4_0 (`block_bytes` 18) or Q5_0 (22) row as Q8_0 blocks (34 bytes each:

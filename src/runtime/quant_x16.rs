@@ -22,63 +22,105 @@
 //! `16+4k..16+4k+4`). The bytes are those of the GGUF rows, reordered: the same size. A
 //! [`super::quant::QMatrix`] that uses this layout holds its whole groups only so (no second
 //! copy); what reads GGUF rows (dequantizing, the tiled prompt product, the scalar
-//! reference) gets them rebuilt by [`gguf_row`].
+//! reference) gets them rebuilt by [`Layout::gguf_row`].
 //!
 //! Measured on the demo model (2-core Xeon with AVX-512 VNNI, `ACT_BENCH_ONLY=steps cargo
 //! bench --bench runtime`, same session): a one-row decode step 4.5 → 3.0 ms, an eight-row
 //! step 14.7 → 11.1 ms.
 
-use super::quant::BlockQ8_1;
+use super::quant::{BlockQ8_0, BlockQ8_1};
 
 /// Weight rows per group.
 pub(super) const ROWS: usize = 16;
-/// Bytes of one block of a group: 16 scales, 16 minimums (f16), 4 steps × 16 rows × 4 bytes.
-pub(super) const BLOCK_BYTES: usize = 64 + 4 * 64;
-/// Bytes of a Q4_1 block in a GGUF row.
-const Q4_1_BYTES: usize = 20;
 
-/// The whole groups of sixteen of `rows` raw Q4_1 rows of `nb` blocks each (`bytes`,
-/// `rows · nb · 20` long), rearranged as the module describes: `[rows / 16][nb][320]`. Rows
-/// past the last whole group are left out (their products take the other kernels). Empty
-/// if `bytes` is shorter than `rows` rows.
-pub(super) fn interleave16_q4_1(bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
-    let row_bytes = nb * Q4_1_BYTES;
-    let groups = rows / ROWS;
-    if row_bytes == 0 || bytes.len() < groups * ROWS * row_bytes {
-        return Vec::new();
+/// How one format's GGUF blocks are laid out in a sixteen-row group: a GGUF block is
+/// `fields` f16 values (`d`, and `m` for Q4_1) then `quads` 4-byte words of quants; a group's
+/// block is each field of the sixteen rows (32 bytes per field), then per word `k` the
+/// sixteen rows' word `k` (64 bytes), each quant byte XORed with `flip`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Layout {
+    fields: usize,
+    quads: usize,
+    flip: u8,
+}
+
+/// Q4_1: `d`, `m`, then 16 bytes of nibbles (4 words; word `k` holds values `4k..4k+4` in its
+/// low nibbles and `16+4k..16+4k+4` in its high ones). 320 bytes per group block.
+pub(super) const Q4_1: Layout = Layout {
+    fields: 2,
+    quads: 4,
+    flip: 0,
+};
+
+/// Q8_0: `d`, then 32 signed quants (8 words), stored as unsigned `q + 128` (XOR 0x80) for
+/// `vpdpbusd`'s unsigned operand. 544 bytes per group block.
+pub(super) const Q8_0: Layout = Layout {
+    fields: 1,
+    quads: 8,
+    flip: 0x80,
+};
+
+impl Layout {
+    /// Bytes of one block of a GGUF row.
+    pub(super) const fn gguf_block(self) -> usize {
+        2 * self.fields + 4 * self.quads
     }
-    let mut out = vec![0u8; groups * nb * BLOCK_BYTES];
-    for (g, dst_group) in out.chunks_exact_mut(nb * BLOCK_BYTES).enumerate() {
-        let src_rows = &bytes[g * ROWS * row_bytes..(g + 1) * ROWS * row_bytes];
-        for (b, dst) in dst_group.chunks_exact_mut(BLOCK_BYTES).enumerate() {
-            for (r, row) in src_rows.chunks_exact(row_bytes).enumerate() {
-                let src = &row[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
-                dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
-                dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
-                for k in 0..4 {
-                    let at = 64 + 64 * k + 4 * r;
-                    dst[at..at + 4].copy_from_slice(&src[4 + 4 * k..8 + 4 * k]);
+
+    /// Bytes of one block of a sixteen-row group.
+    pub(super) const fn group_block(self) -> usize {
+        32 * self.fields + 64 * self.quads
+    }
+
+    /// The whole groups of sixteen of `rows` raw GGUF rows of `nb` blocks each (`bytes`),
+    /// rearranged: `[rows / 16][nb][group_block]`. Rows past the last whole group are left
+    /// out. Empty if `bytes` is shorter than the groups' rows.
+    pub(super) fn interleave(self, bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
+        let (gb, row_bytes) = (self.gguf_block(), nb * self.gguf_block());
+        let groups = rows / ROWS;
+        if row_bytes == 0 || bytes.len() < groups * ROWS * row_bytes {
+            return Vec::new();
+        }
+        let mut out = vec![0u8; groups * nb * self.group_block()];
+        for (g, dst_group) in out.chunks_exact_mut(nb * self.group_block()).enumerate() {
+            let src_rows = &bytes[g * ROWS * row_bytes..(g + 1) * ROWS * row_bytes];
+            for (b, dst) in dst_group.chunks_exact_mut(self.group_block()).enumerate() {
+                for (r, row) in src_rows.chunks_exact(row_bytes).enumerate() {
+                    let src = &row[b * gb..(b + 1) * gb];
+                    for f in 0..self.fields {
+                        dst[32 * f + 2 * r..32 * f + 2 * r + 2].copy_from_slice(&src[2 * f..2 * f + 2]);
+                    }
+                    let (head, q) = (32 * self.fields, 2 * self.fields);
+                    for k in 0..self.quads {
+                        let at = head + 64 * k + 4 * r;
+                        for (d, s) in dst[at..at + 4].iter_mut().zip(&src[q + 4 * k..q + 4 * k + 4]) {
+                            *d = s ^ self.flip;
+                        }
+                    }
                 }
             }
         }
+        out
     }
-    out
-}
 
-/// Row `r` of a group `group` (`[nb][320]`, [`interleave16_q4_1`]) in its GGUF layout
-/// (`nb` blocks of 20 bytes), written to `out` (`nb · 20` bytes; fewer blocks where either is
-/// shorter): the inverse of the interleaving, for the paths that read GGUF rows.
-pub(super) fn gguf_row(group: &[u8], r: usize, out: &mut [u8]) {
-    let r = r % ROWS;
-    for (src, dst) in group
-        .chunks_exact(BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(Q4_1_BYTES))
-    {
-        dst[0..2].copy_from_slice(&src[2 * r..2 * r + 2]);
-        dst[2..4].copy_from_slice(&src[32 + 2 * r..32 + 2 * r + 2]);
-        for k in 0..4 {
-            let at = 64 + 64 * k + 4 * r;
-            dst[4 + 4 * k..8 + 4 * k].copy_from_slice(&src[at..at + 4]);
+    /// Row `r` of a group `group` (`[nb][group_block]`, [`Self::interleave`]) in its GGUF
+    /// layout, written to `out` (`nb` GGUF blocks; fewer where either is shorter): the inverse
+    /// of the interleaving, for the paths that read GGUF rows.
+    pub(super) fn gguf_row(self, group: &[u8], r: usize, out: &mut [u8]) {
+        let r = r % ROWS;
+        let (head, q) = (32 * self.fields, 2 * self.fields);
+        for (src, dst) in group
+            .chunks_exact(self.group_block())
+            .zip(out.chunks_exact_mut(self.gguf_block()))
+        {
+            for f in 0..self.fields {
+                dst[2 * f..2 * f + 2].copy_from_slice(&src[32 * f + 2 * r..32 * f + 2 * r + 2]);
+            }
+            for k in 0..self.quads {
+                let at = head + 64 * k + 4 * r;
+                for (d, s) in dst[q + 4 * k..q + 4 * k + 4].iter_mut().zip(&src[at..at + 4]) {
+                    *d = s ^ self.flip;
+                }
+            }
         }
     }
 }
@@ -93,6 +135,12 @@ pub(super) fn q8_1_scales(q: &[BlockQ8_1], out: &mut Vec<f32>) {
     }
 }
 
+/// The starting lane sums of [`avx512::dot16_q8_0`] for a Q8_0 block: lane `l` holds
+/// `−128 · (q[4l] + … + q[4l+3])`, which `Σ (x + 128)·y` starts from to give `Σ x·y`.
+pub(super) fn q8_0_offsets(b: &BlockQ8_0) -> [i32; 8] {
+    std::array::from_fn(|l| -128 * b.qs[4 * l..4 * l + 4].iter().map(|&q| i32::from(q)).sum::<i32>())
+}
+
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -100,13 +148,18 @@ pub(super) fn q8_1_scales(q: &[BlockQ8_1], out: &mut Vec<f32>) {
     target_feature = "f16c"
 ))]
 pub(super) mod avx512 {
-    use super::{BLOCK_BYTES, BlockQ8_1};
+    use super::{BlockQ8_0, BlockQ8_1};
     use std::arch::x86_64::*;
+
+    /// Bytes of a Q4_1 group block.
+    const BLOCK_BYTES: usize = super::Q4_1.group_block();
+    /// Bytes of a Q8_0 group block.
+    const Q8_0_BLOCK: usize = super::Q8_0.group_block();
 
     /// Blocks ahead of the current one whose bytes the kernel prefetches (about 2 KiB).
     const PREFETCH_BLOCKS: usize = 6;
 
-    /// Group `w` (`[nb][320]`, [`super::interleave16_q4_1`]) against `N` (1 to 8) Q8_1 inputs
+    /// Group `w` (`[nb][320]`, [`super::Layout::interleave`] of [`super::Q4_1`]) against `N` (1 to 8) Q8_1 inputs
     /// `ys[j]` (`nb` blocks each) with their scales `ds[j]` (`[nb][2]`, [`super::q8_1_scales`]):
     /// `out[j][r]` is row `r`'s dot with input `j`, bit-identical to `dot_q4_1` on the row's
     /// GGUF bytes. Blocks past the shortest argument are left out.
@@ -181,6 +234,60 @@ pub(super) mod avx512 {
         }
         out
     }
+
+    /// Group `w` (`[nb][544]`, [`super::Layout::interleave`] of [`super::Q8_0`]) against `N`
+    /// (1 or 2) Q8_0 inputs `ys[j]` (`nb` blocks each), with their scales `ds[j]` (`[nb]`, f32)
+    /// and starting lane sums `offs[j]` (`[nb]`, lane `l`: `−128 · Σ` of quad `l`): `out[j][r]`
+    /// is row `r`'s dot with input `j`, bit-identical to `dot_q8_0` on the row's GGUF bytes.
+    /// That kernel keeps eight lane sums per output (lane `l`: quad `l` of every block,
+    /// `acc_l = (dx·dy)·sum + acc_l` with one FMA) and adds them at the end as `hsum_ps` does;
+    /// here each lane sum is a register of sixteen rows, and the final additions are the same
+    /// tree, `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`. Eight registers per input
+    /// hold at most two inputs per call. Blocks past the shortest argument are left out.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni")]
+    pub(in crate::runtime) fn dot16_q8_0<const N: usize>(
+        w: &[u8],
+        ys: &[&[BlockQ8_0]; N],
+        ds: &[&[f32]; N],
+        offs: &[&[[i32; 8]]; N],
+    ) -> [[f32; 16]; N] {
+        let mut nb = w.len() / Q8_0_BLOCK;
+        for j in 0..N {
+            nb = nb.min(ys[j].len()).min(ds[j].len()).min(offs[j].len());
+        }
+        let mut acc = [[_mm512_setzero_ps(); 8]; N];
+        for b in 0..nb {
+            // SAFETY: b < nb: the block's 544 weight bytes and block b of every input, its
+            // scale and its starting sums are in bounds; loads are unaligned.
+            unsafe {
+                let blk = w.as_ptr().add(b * Q8_0_BLOCK);
+                let ahead = blk.wrapping_add(PREFETCH_BLOCKS * BLOCK_BYTES);
+                for line in 0..Q8_0_BLOCK.div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+                }
+                let dx = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+                let dxdy: [__m512; N] = std::array::from_fn(|j| _mm512_mul_ps(dx, _mm512_set1_ps(ds[j][b])));
+                for l in 0..8 {
+                    let wl = _mm512_loadu_si512(blk.add(32 + 64 * l).cast());
+                    for j in 0..N {
+                        let q = std::ptr::addr_of!((*ys[j].as_ptr().add(b)).qs).cast::<u8>();
+                        let y = _mm512_set1_epi32(q.add(4 * l).cast::<i32>().read_unaligned());
+                        let start = _mm512_set1_epi32(offs[j][b][l]);
+                        let sum = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wl, y));
+                        acc[j][l] = _mm512_fmadd_ps(dxdy[j], sum, acc[j][l]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; 16]; N];
+        for (o, a) in out.iter_mut().zip(acc) {
+            let lo = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
+            let hi = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]));
+            // SAFETY: `o` holds 16 f32; the store is unaligned.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(lo, hi)) };
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -188,11 +295,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn q8_0_groups_hold_unsigned_quants_and_give_back_the_gguf_rows() {
+        let (nb, rows) = (2, 19);
+        let bytes: Vec<u8> = (0..rows * nb * 34).map(|i| (i * 13 % 256) as u8).collect();
+        let x = Q8_0.interleave(&bytes, rows, nb);
+        assert_eq!(x.len(), nb * 544);
+        // Row 3, block 1: scale at 2·3, quant word 5 at 32 + 64·5 + 4·3, each byte + 128.
+        let src = &bytes[3 * nb * 34 + 34..3 * nb * 34 + 68];
+        let blk = &x[544..1088];
+        assert_eq!(&blk[6..8], &src[0..2]);
+        let at = 32 + 64 * 5 + 12;
+        let want: Vec<u8> = src[2 + 20..2 + 24].iter().map(|b| b ^ 0x80).collect();
+        assert_eq!(&blk[at..at + 4], &want[..]);
+        let mut row = vec![0u8; nb * 34];
+        for r in 0..16 {
+            Q8_0.gguf_row(&x, r, &mut row);
+            assert_eq!(&row[..], &bytes[r * nb * 34..(r + 1) * nb * 34], "row {r}");
+        }
+    }
+
+    #[test]
     fn interleaving_moves_every_byte_once_and_leaves_partial_groups_out() {
         let nb = 3;
         let rows = 35; // two whole groups and three rows left over
         let bytes: Vec<u8> = (0..rows * nb * 20).map(|i| (i * 7 % 251) as u8).collect();
-        let x = interleave16_q4_1(&bytes, rows, nb);
+        const BLOCK_BYTES: usize = Q4_1.group_block();
+        let x = Q4_1.interleave(&bytes, rows, nb);
         assert_eq!(x.len(), 2 * nb * BLOCK_BYTES);
         let at = |g: usize, b: usize| &x[(g * nb + b) * BLOCK_BYTES..(g * nb + b + 1) * BLOCK_BYTES];
         for r in 0..32 {
@@ -212,12 +340,12 @@ mod tests {
                 }
             }
         }
-        assert!(interleave16_q4_1(&bytes[..100], rows, nb).is_empty());
+        assert!(Q4_1.interleave(&bytes[..100], rows, nb).is_empty());
         // And back: every whole-group row comes out as it went in.
         let mut row = vec![0u8; nb * 20];
         for r in 0..32 {
             let g = r / 16;
-            gguf_row(&x[g * nb * BLOCK_BYTES..(g + 1) * nb * BLOCK_BYTES], r, &mut row);
+            Q4_1.gguf_row(&x[g * nb * BLOCK_BYTES..(g + 1) * nb * BLOCK_BYTES], r, &mut row);
             assert_eq!(&row[..], &bytes[r * nb * 20..(r + 1) * nb * 20], "row {r}");
         }
     }
