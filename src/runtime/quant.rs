@@ -1651,7 +1651,10 @@ impl QMatrix {
         }
         let group = n >= 4;
         let x16 = mats.iter().any(|m| m.grouped > 0);
-        let (act, side) = scratch.quantize(xs, n, kind, group, x16)?;
+        // The grouped kernels' inputs are prepared only for rows the sixteen-row kernels
+        // leave to them.
+        let scales = group && mats.iter().any(|m| m.grouped < m.rows);
+        let (act, side) = scratch.quantize(xs, n, kind, scales, x16)?;
         let outs = ys.map(DisjointWrites::new);
         let pool = Pool::global();
         let threads = pool.threads();
@@ -1719,7 +1722,8 @@ impl QMatrix {
             return Ok(());
         }
         let x16 = self.grouped > 0;
-        let (act, side) = scratch.quantize(xs, n, self.dtype.act_kind(), group && n >= 4, x16)?;
+        let scales = group && n >= 4 && self.grouped < self.rows;
+        let (act, side) = scratch.quantize(xs, n, self.dtype.act_kind(), scales, x16)?;
         self.compute(act, side, n, ys, simd, group && n >= 4);
         Ok(())
     }
