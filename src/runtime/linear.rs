@@ -311,11 +311,16 @@ impl Linear {
 
     /// The matrix, when a product of `n` inputs on `path` runs on our quantized kernels
     /// ([`QMatrix::matmul`]): [`MatPath::Quantized`], or [`MatPath::Tiled`] below
-    /// [`super::tiled::min_inputs`] of the format.
+    /// [`super::tiled::min_inputs`] of the format, or at any count where the matrix's
+    /// sixteen-row kernels outrun the tiled product ([`QMatrix::prompts_on_kernels`]).
     fn on_kernels(&self, n: usize, path: MatPath) -> Option<&QMatrix> {
         match (&self.weights, path) {
             (Weights::Own { q, .. }, MatPath::Quantized) => Some(q),
-            (Weights::Own { q, .. }, MatPath::Tiled) if n < prompt_min_inputs(q.dtype()) => Some(q),
+            (Weights::Own { q, .. }, MatPath::Tiled)
+                if n < prompt_min_inputs(q.dtype()) || q.prompts_on_kernels() =>
+            {
+                Some(q)
+            }
             _ => None,
         }
     }

@@ -917,6 +917,13 @@ fn x16_kernel() -> bool {
     eight_input_kernel() && avx512_vnni()
 }
 
+/// Whether matrices of format `dtype` are held in sixteen-row groups on this CPU
+/// ([`super::quant_x16`]: Q4_1 and Q8_0 where AVX-512 VNNI is there and `ACT_AVX512` is not
+/// `0`); their products, prompts included, then all run on the decode kernels.
+pub fn sixteen_row_groups(dtype: QDType) -> bool {
+    x16_layout(dtype).is_some()
+}
+
 /// The sixteen-row layout of format `dtype`, where its matrices take it ([`x16_kernel`]).
 fn x16_layout(dtype: QDType) -> Option<super::quant_x16::Layout> {
     match dtype {
@@ -1342,6 +1349,17 @@ impl QMatrix {
             o.copy_from_slice(&self.gguf_row(r));
         }
         std::borrow::Cow::Owned(out)
+    }
+
+    /// Whether a prompt's products of this matrix stay on the decode kernels at any length:
+    /// Q4_1 held in sixteen-row groups ([`super::quant_x16`]), whose products outrun the tiled
+    /// prompt product at every count measured (`ACT_BENCH_ONLY=tiled cargo bench --bench
+    /// runtime`, `[n, 576] × [1536, 576]ᵀ`: the tiled product at 0.13–0.46× from 8 to 512
+    /// inputs). Q8_0 in groups is as fast (the tiled product at 0.15–0.54×) but keeps its
+    /// prompts on the tiles: on Gemma 3 270M (Q8_0 beside Q5_0 and k-quants) the mix moved a
+    /// passage's perplexity from 0.995 to 0.990 of llama.cpp's (`tests/gemma_reference.rs`).
+    pub fn prompts_on_kernels(&self) -> bool {
+        self.grouped > 0 && self.dtype == QDType::Q4_1
     }
 
     /// Bytes the matrix holds (its GGUF size).

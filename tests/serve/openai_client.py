@@ -368,10 +368,13 @@ check("the engine counts the stream's row as abandoned", abandoned == abandoned_
       (abandoned_before, abandoned))
 
 # A whole (non-streamed) answer whose client gives up: the closed connection ends its rows too.
+# The end-of-text tokens (ids 0 and 2) are banned, so the answer cannot end before the client
+# gives up (an unbanned one could end within the second: 3000 tokens at several hundred a
+# second may stop at the first end-of-text).
 slow = urllib.request.Request(
     BASE + "/completions",
     data=json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 3000, "temperature": 0.9,
-                     "seed": 5}).encode(),
+                     "seed": 5, "logit_bias": {"0": -100, "2": -100}}).encode(),
     method="POST",
 )
 slow.add_header("Content-Type", "application/json")
