@@ -1269,7 +1269,9 @@ struct Side<'a> {
     offs: &'a [[i32; 8]],
 }
 
-/// A quantized weight matrix `[rows, cols]` stored as raw GGUF bytes (row-major blocks).
+/// A quantized weight matrix `[rows, cols]` stored as raw GGUF bytes (row-major blocks), or,
+/// for Q4_1 and Q8_0 on CPUs with AVX-512 VNNI, its whole groups of sixteen rows rearranged
+/// for [`super::quant_x16`] and the rows past them as GGUF bytes.
 #[derive(Clone, Debug)]
 pub struct QMatrix {
     dtype: QDType,
@@ -1278,9 +1280,9 @@ pub struct QMatrix {
     row_bytes: usize,
     /// The GGUF bytes of rows `grouped..rows` (all rows where `grouped` is 0).
     bytes: Vec<u8>,
-    /// Q4_1 only, where the CPU has AVX-512 VNNI ([`x16_kernel`]): rows `0..grouped`, whole
-    /// groups of sixteen, rearranged for [`super::quant_x16`] (their only copy: the same
-    /// bytes, reordered); else empty.
+    /// Q4_1 and Q8_0, where the CPU has AVX-512 VNNI ([`x16_kernel`]): rows `0..grouped`,
+    /// whole groups of sixteen, rearranged for [`super::quant_x16`] (their only copy: the
+    /// same bytes, reordered); else empty.
     x16: Vec<u8>,
     /// Rows held in `x16` (a multiple of 16; 0 without it).
     grouped: usize,
