@@ -1347,8 +1347,12 @@ impl QMatrix {
             return std::borrow::Cow::Borrowed(&self.bytes);
         }
         let mut out = vec![0u8; self.rows * self.row_bytes];
-        for (r, o) in out.chunks_exact_mut(self.row_bytes).enumerate() {
-            o.copy_from_slice(&self.gguf_row(r));
+        let (grouped, tail) = out.split_at_mut(self.grouped * self.row_bytes);
+        for (r, o) in grouped.chunks_exact_mut(self.row_bytes).enumerate() {
+            self.rebuild_row(r, o);
+        }
+        for (d, s) in tail.iter_mut().zip(&self.bytes) {
+            *d = *s;
         }
         std::borrow::Cow::Owned(out)
     }
@@ -1873,10 +1877,11 @@ impl QMatrix {
         // Grouped rows the kernel did not take (the scalar reference path): rebuilt one by
         // one and dotted with each input, the one-input kernels' bits.
         while k0 < r1.min(self.grouped) {
-            let row = self.gguf_row(k0);
-            for i in 0..n {
-                unsafe { out.set(i * rows + k0, dot_row(self.dtype, &row, act.input(i, nb), simd)) };
-            }
+            self.with_gguf_row(k0, |row| {
+                for i in 0..n {
+                    unsafe { out.set(i * rows + k0, dot_row(self.dtype, row, act.input(i, nb), simd)) };
+                }
+            });
             k0 += 1;
         }
         if simd && n == 1 {

@@ -156,8 +156,9 @@ pub(super) mod avx512 {
     /// Bytes of a Q8_0 group block.
     const Q8_0_BLOCK: usize = super::Q8_0.group_block();
 
-    /// Blocks ahead of the current one whose bytes the kernel prefetches (about 2 KiB).
-    const PREFETCH_BLOCKS: usize = 6;
+    /// Bytes ahead of the current block that the kernels prefetch: six Q4_1 group blocks
+    /// (about 2 KiB; the Q8_0 kernel uses the same distance).
+    const PREFETCH_BYTES: usize = 6 * BLOCK_BYTES;
 
     /// Group `w` (`[nb][320]`, [`super::Layout::interleave`] of [`super::Q4_1`]) against `N` (1 to 8) Q8_1 inputs
     /// `ys[j]` (`nb` blocks each) with their scales `ds[j]` (`[nb][2]`, [`super::q8_1_scales`]):
@@ -185,9 +186,9 @@ pub(super) mod avx512 {
             unsafe {
                 let blk = w.as_ptr().add(b * BLOCK_BYTES);
                 // A decode step streams every weight once from memory: ask for the bytes
-                // PREFETCH_BLOCKS blocks ahead (past the group's end, the next group's; a
+                // PREFETCH_BYTES ahead (past the group's end, the next group's; a
                 // prefetch never faults).
-                let ahead = blk.wrapping_add(PREFETCH_BLOCKS * BLOCK_BYTES);
+                let ahead = blk.wrapping_add(PREFETCH_BYTES);
                 for line in 0..BLOCK_BYTES / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
                 }
@@ -261,7 +262,7 @@ pub(super) mod avx512 {
             // scale and its starting sums are in bounds; loads are unaligned.
             unsafe {
                 let blk = w.as_ptr().add(b * Q8_0_BLOCK);
-                let ahead = blk.wrapping_add(PREFETCH_BLOCKS * BLOCK_BYTES);
+                let ahead = blk.wrapping_add(PREFETCH_BYTES);
                 for line in 0..Q8_0_BLOCK.div_ceil(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
                 }
