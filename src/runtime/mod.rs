@@ -47,6 +47,7 @@ mod test_values;
 pub mod tiled;
 pub mod token_table;
 pub mod tokenizer;
+pub mod weight_bytes;
 
 pub use error::{Result, RuntimeError};
 pub use hf_cache::{CachedModel, discover_hf_cache};

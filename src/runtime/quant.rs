@@ -34,6 +34,7 @@ use std::fmt;
 
 use super::kquant::{self, BlockQ8K, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K};
 use super::pool::{DisjointWrites, Pool};
+use super::weight_bytes::WeightBytes;
 
 /// Values per block in every format of this module.
 pub const QK: usize = 32;
@@ -1175,7 +1176,7 @@ pub struct ActScratch {
     /// every Q8_1 block's `d` and `s` as f32 (`[inputs][nb][2]`), or every Q8_0 block's `d`
     /// (`[inputs][nb]`) …
     ds: Vec<f32>,
-    /// … and each Q8_0 block's starting lane sums (`−128 ·` each quad's sum).
+    /// … and each Q8_0 block's starting lane sums ([`super::quant_x16::q8_0_starts`]).
     offs: Vec<[i32; 8]>,
 }
 
@@ -1246,7 +1247,7 @@ impl ActScratch {
                 Act::Q8_1(q) => super::quant_x16::q8_1_scales(q, ds),
                 Act::Q8_0(q) => {
                     ds.extend(q.iter().map(|b| b.d.to_f32()));
-                    offs.extend(q.iter().map(super::quant_x16::q8_0_offsets));
+                    offs.extend(q.iter().map(super::quant_x16::q8_0_starts));
                 }
                 Act::Q8K(_) => {}
             }
@@ -1278,12 +1279,13 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    /// The GGUF bytes of rows `grouped..rows` (all rows where `grouped` is 0).
-    bytes: Vec<u8>,
+    /// The GGUF bytes of rows `grouped..rows` (all rows where `grouped` is 0), on huge
+    /// pages where they can be ([`WeightBytes`]).
+    bytes: WeightBytes,
     /// Q4_1 and Q8_0, where the CPU has AVX-512 VNNI ([`x16_kernel`]): rows `0..grouped`,
     /// whole groups of sixteen, rearranged for [`super::quant_x16`] (their only copy: the
     /// same bytes, reordered); else empty.
-    x16: Vec<u8>,
+    x16: WeightBytes,
     /// Rows held in `x16` (a multiple of 16; 0 without it).
     grouped: usize,
 }
@@ -1304,16 +1306,17 @@ impl QMatrix {
                 got: bytes.len(),
             });
         }
-        let (mut bytes, mut x16, mut grouped) = (bytes, Vec::new(), 0);
+        let (mut x16, mut grouped) = (WeightBytes::default(), 0);
         if let Some(layout) = x16_layout(dtype)
             && rows >= super::quant_x16::ROWS
         {
-            x16 = layout.interleave(&bytes, rows, cols / QK);
-            if !x16.is_empty() {
+            let len = layout.interleaved_len(bytes.len(), rows, cols / QK);
+            if len > 0 {
+                x16 = WeightBytes::filled(len, |out| layout.interleave_into(&bytes, rows, cols / QK, out));
                 grouped = rows - rows % super::quant_x16::ROWS;
-                bytes = bytes.get(grouped * row_bytes..).unwrap_or(&[]).to_vec();
             }
         }
+        let bytes = WeightBytes::copy_of(bytes.get(grouped * row_bytes..).unwrap_or(&[]));
         Ok(Self {
             dtype,
             rows,
@@ -1351,7 +1354,7 @@ impl QMatrix {
         for (r, o) in grouped.chunks_exact_mut(self.row_bytes).enumerate() {
             self.rebuild_row(r, o);
         }
-        for (d, s) in tail.iter_mut().zip(&self.bytes) {
+        for (d, s) in tail.iter_mut().zip(self.bytes.iter()) {
             *d = *s;
         }
         std::borrow::Cow::Owned(out)
@@ -2608,9 +2611,9 @@ mod tests {
             }
             assert_eq!(&m.bytes()[..], &gguf[..]);
             let plain = QMatrix {
-                x16: Vec::new(),
+                x16: WeightBytes::default(),
                 grouped: 0,
-                bytes: gguf,
+                bytes: WeightBytes::from_vec(gguf),
                 ..m.clone()
             };
             let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);

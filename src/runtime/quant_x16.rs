@@ -71,16 +71,33 @@ impl Layout {
         32 * self.fields + 64 * self.quads
     }
 
-    /// The whole groups of sixteen of `rows` raw GGUF rows of `nb` blocks each (`bytes`),
-    /// rearranged: `[rows / 16][nb][group_block]`. Rows past the last whole group are left
-    /// out. Empty if `bytes` is shorter than the groups' rows.
+    /// [`Self::interleave_into`] into a new `Vec`.
+    #[cfg(test)]
     pub(super) fn interleave(self, bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
-        let (gb, row_bytes) = (self.gguf_block(), nb * self.gguf_block());
-        let groups = rows / ROWS;
-        if row_bytes == 0 || bytes.len() < groups * ROWS * row_bytes {
-            return Vec::new();
+        let mut out = vec![0u8; self.interleaved_len(bytes.len(), rows, nb)];
+        self.interleave_into(bytes, rows, nb, &mut out);
+        out
+    }
+
+    /// Bytes of [`Self::interleave_into`]'s output for `len` GGUF bytes of `rows` rows of `nb`
+    /// blocks (0 where `len` is too short for the groups' rows).
+    pub(super) fn interleaved_len(self, len: usize, rows: usize, nb: usize) -> usize {
+        let (groups, row_bytes) = (rows / ROWS, nb * self.gguf_block());
+        if row_bytes == 0 || len < groups * ROWS * row_bytes {
+            return 0;
         }
-        let mut out = vec![0u8; groups * nb * self.group_block()];
+        groups * nb * self.group_block()
+    }
+
+    /// The whole groups of sixteen of `rows` raw GGUF rows of `nb` blocks each (`bytes`),
+    /// rearranged into `out` ([`Self::interleaved_len`] bytes): `[rows / 16][nb][group_block]`.
+    /// Rows past the last whole group are left out; nothing is written if `bytes` is shorter
+    /// than the groups' rows (and only the groups that fit where `out` is short).
+    pub(super) fn interleave_into(self, bytes: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
+        let (gb, row_bytes) = (self.gguf_block(), nb * self.gguf_block());
+        if self.interleaved_len(bytes.len(), rows, nb) == 0 {
+            return;
+        }
         for (g, dst_group) in out.chunks_exact_mut(nb * self.group_block()).enumerate() {
             let src_rows = &bytes[g * ROWS * row_bytes..(g + 1) * ROWS * row_bytes];
             for (b, dst) in dst_group.chunks_exact_mut(self.group_block()).enumerate() {
@@ -99,10 +116,9 @@ impl Layout {
                 }
             }
         }
-        out
     }
 
-    /// Row `r` of a group `group` (`[nb][group_block]`, [`Self::interleave`]) in its GGUF
+    /// Row `r` of a group `group` (`[nb][group_block]`, [`Self::interleave_into`]) in its GGUF
     /// layout, written to `out` (`nb` GGUF blocks; fewer where either is shorter): the inverse
     /// of the interleaving, for the paths that read GGUF rows.
     pub(super) fn gguf_row(self, group: &[u8], r: usize, out: &mut [u8]) {
@@ -135,11 +151,28 @@ pub(super) fn q8_1_scales(q: &[BlockQ8_1], out: &mut Vec<f32>) {
     }
 }
 
-/// The starting lane sums of [`avx512::dot16_q8_0`] for a Q8_0 block: lane `l` holds
+/// The offsets of a Q8_0 block for `vpdpbusd` on unsigned `x + 128`: lane `l` holds
 /// `−128 · (q[4l] + … + q[4l+3])`, which `Σ (x + 128)·y` starts from to give `Σ x·y`.
 pub(super) fn q8_0_offsets(b: &BlockQ8_0) -> [i32; 8] {
     std::array::from_fn(|l| -128 * b.qs[4 * l..4 * l + 4].iter().map(|&q| i32::from(q)).sum::<i32>())
 }
+
+/// The starting lane sums of [`avx512::dot16_q8_0`] for a Q8_0 block: [`q8_0_offsets`] plus
+/// [`MAGIC_BITS`], so that each lane's sum ends as the f32 bits of `MAGIC + Σ x·y`.
+pub(super) fn q8_0_starts(b: &BlockQ8_0) -> [i32; 8] {
+    q8_0_offsets(b).map(|o| o + MAGIC_BITS)
+}
+
+/// 1.5 · 2²³: the f32 whose bits, plus any integer `x` with `|x| < 2²²`, are the bits of
+/// `MAGIC + x` exactly (the exponent stays that of 2²³, the units are the mantissa's last
+/// bit). The kernels start their integer sums from [`MAGIC_BITS`] and subtract `MAGIC` in
+/// f32, which gives `x` as `f32` exactly, the bits `vcvtdq2ps` gives: one operation that
+/// runs on either of the two 512-bit ports, where the conversion takes port 0 from
+/// `vpdpbusd`. Every sum here is far inside: a Q4_1 block's at most 32 · 15 · 128, a Q8_0
+/// quad's 4 · 128².
+pub(super) const MAGIC: f32 = 12_582_912.0;
+/// The bits of [`MAGIC`].
+pub(super) const MAGIC_BITS: i32 = 0x4B40_0000;
 
 #[cfg(all(
     target_arch = "x86_64",
@@ -160,7 +193,7 @@ pub(super) mod avx512 {
     /// (about 2 KiB; the Q8_0 kernel uses the same distance).
     const PREFETCH_BYTES: usize = 6 * BLOCK_BYTES;
 
-    /// Group `w` (`[nb][320]`, [`super::Layout::interleave`] of [`super::Q4_1`]) against `N` (1 to 8) Q8_1 inputs
+    /// Group `w` (`[nb][320]`, [`super::Layout::interleave_into`] of [`super::Q4_1`]) against `N` (1 to 8) Q8_1 inputs
     /// `ys[j]` (`nb` blocks each) with their scales `ds[j]` (`[nb][2]`, [`super::q8_1_scales`]):
     /// `out[j][r]` is row `r`'s dot with input `j`, bit-identical to `dot_q4_1` on the row's
     /// GGUF bytes. Blocks past the shortest argument are left out.
@@ -179,6 +212,7 @@ pub(super) mod avx512 {
             nb = nb.min(ys[j].len()).min(ds[j].len() / 2);
         }
         let low = _mm512_set1_epi8(0x0F);
+        let (magic, magic_f) = (_mm512_set1_epi32(super::MAGIC_BITS), _mm512_set1_ps(super::MAGIC));
         let mut f = [_mm512_setzero_ps(); N];
         for b in 0..nb {
             // SAFETY: b < nb: the block's 320 weight bytes, block b of every input and its
@@ -194,7 +228,9 @@ pub(super) mod avx512 {
                 }
                 let dx = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
                 let mx = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32).cast()));
-                let mut a = [_mm512_setzero_si512(); N];
+                // The sums start from MAGIC's bits, so that each ends as the f32 bits of
+                // MAGIC + sumi ([`super::MAGIC`]).
+                let mut a = [magic; N];
                 let mut a2 = [_mm512_setzero_si512(); N];
                 for k in 0..4 {
                     let raw = _mm512_loadu_si512(blk.add(64 + 64 * k).cast());
@@ -223,7 +259,8 @@ pub(super) mod avx512 {
                     };
                     let s = ds[j].as_ptr().add(2 * b);
                     let (dy, sy) = (_mm512_set1_ps(s.read()), _mm512_set1_ps(s.add(1).read()));
-                    let t = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sumi), dx), dy);
+                    let sumi = _mm512_sub_ps(_mm512_castsi512_ps(sumi), magic_f);
+                    let t = _mm512_mul_ps(_mm512_mul_ps(sumi, dx), dy);
                     f[j] = _mm512_add_ps(f[j], _mm512_add_ps(t, _mm512_mul_ps(mx, sy)));
                 }
             }
@@ -236,10 +273,11 @@ pub(super) mod avx512 {
         out
     }
 
-    /// Group `w` (`[nb][544]`, [`super::Layout::interleave`] of [`super::Q8_0`]) against `N`
+    /// Group `w` (`[nb][544]`, [`super::Layout::interleave_into`] of [`super::Q8_0`]) against `N`
     /// (1 or 2) Q8_0 inputs `ys[j]` (`nb` blocks each), with their scales `ds[j]` (`[nb]`, f32)
-    /// and starting lane sums `offs[j]` (`[nb]`, lane `l`: `−128 · Σ` of quad `l`): `out[j][r]`
-    /// is row `r`'s dot with input `j`, bit-identical to `dot_q8_0` on the row's GGUF bytes.
+    /// and starting lane sums `offs[j]` (`[nb]`, [`super::q8_0_starts`]: lane `l` holds
+    /// [`super::MAGIC_BITS`] `− 128 · Σ` of quad `l`): `out[j][r]` is row `r`'s dot with input
+    /// `j`, bit-identical to `dot_q8_0` on the row's GGUF bytes.
     /// That kernel keeps eight lane sums per output (lane `l`: quad `l` of every block,
     /// `acc_l = (dx·dy)·sum + acc_l` with one FMA) and adds them at the end as `hsum_ps` does;
     /// here each lane sum is a register of sixteen rows, and the final additions are the same
@@ -256,6 +294,7 @@ pub(super) mod avx512 {
         for j in 0..N {
             nb = nb.min(ys[j].len()).min(ds[j].len()).min(offs[j].len());
         }
+        let magic_f = _mm512_set1_ps(super::MAGIC);
         let mut acc = [[_mm512_setzero_ps(); 8]; N];
         for b in 0..nb {
             // SAFETY: b < nb: the block's 544 weight bytes and block b of every input, its
@@ -274,7 +313,8 @@ pub(super) mod avx512 {
                         let q = std::ptr::addr_of!((*ys[j].as_ptr().add(b)).qs).cast::<u8>();
                         let y = _mm512_set1_epi32(q.add(4 * l).cast::<i32>().read_unaligned());
                         let start = _mm512_set1_epi32(offs[j][b][l]);
-                        let sum = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wl, y));
+                        let sum = _mm512_castsi512_ps(_mm512_dpbusd_epi32(start, wl, y));
+                        let sum = _mm512_sub_ps(sum, magic_f);
                         acc[j][l] = _mm512_fmadd_ps(dxdy[j], sum, acc[j][l]);
                     }
                 }
