@@ -12,7 +12,7 @@
 //! `madvise` mode, `ACT_BENCH_ONLY=steps cargo bench --bench runtime`, alternating with the
 //! previous build): see docs/ARCHITECTURE.md and the README's Measured table.
 //!
-//! A mapping is freed when the last [`WeightBytes`] in it is dropped. Elsewhere (other
+//! A mapping is unmapped when the last [`WeightBytes`] in it is dropped. Elsewhere (other
 //! systems, small matrices, a mapping the system refuses) the bytes are an ordinary `Vec`.
 //! `ACT_HUGE_PAGES=0` keeps every matrix in a `Vec` (for comparing speeds).
 
@@ -120,7 +120,7 @@ pub fn huge_pages() -> bool {
 #[cfg(target_os = "linux")]
 mod os {
     use super::{ALIGN, CHUNK};
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Mutex, Weak};
 
     /// Huge page size.
     const HUGE: usize = 2 << 20;
@@ -195,8 +195,10 @@ mod os {
         }
     }
 
-    /// The shared mapping being filled and the bytes of it handed out.
-    static CURRENT: Mutex<Option<(Arc<Mapping>, usize)>> = Mutex::new(None);
+    /// The shared mapping being filled and the bytes of it handed out; weak, so that a
+    /// mapping whose matrices were all dropped (a model unloaded) is unmapped, not kept for
+    /// the next one.
+    static CURRENT: Mutex<Option<(Weak<Mapping>, usize)>> = Mutex::new(None);
 
     /// Room for `len` bytes: a range of the current shared mapping (a new one when it is
     /// full), or a mapping of its own past `CHUNK / 4`; `None` where the system refuses.
@@ -208,15 +210,17 @@ mod os {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let Some((map, used)) = current.as_mut() {
+        if let Some((weak, used)) = current.as_mut()
+            && let Some(map) = weak.upgrade()
+        {
             let start = used.next_multiple_of(ALIGN);
             if start + len <= map.len {
                 *used = start + len;
-                return Some((Arc::clone(map), start));
+                return Some((map, start));
             }
         }
         let map = Arc::new(Mapping::new(CHUNK)?);
-        *current = Some((Arc::clone(&map), len));
+        *current = Some((Arc::downgrade(&map), len));
         Some((map, 0))
     }
 }
