@@ -1316,7 +1316,11 @@ impl QMatrix {
                 grouped = rows - rows % super::quant_x16::ROWS;
             }
         }
-        let bytes = WeightBytes::copy_of(bytes.get(grouped * row_bytes..).unwrap_or(&[]));
+        let bytes = if grouped == 0 {
+            WeightBytes::from_vec_or_mapped(bytes)
+        } else {
+            WeightBytes::copy_of(bytes.get(grouped * row_bytes..).unwrap_or(&[]))
+        };
         Ok(Self {
             dtype,
             rows,
@@ -2634,6 +2638,42 @@ mod tests {
                 for (k, (a, b)) in ya.iter().zip(&yb).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} n {n} output {k}");
                 }
+            }
+        }
+    }
+
+    /// Matrices of 64 KiB or more keep their bytes in huge-page mappings (Linux): the bytes
+    /// read back as given, and the products equal those of the same matrix held in `Vec`s.
+    #[test]
+    fn matrices_in_huge_page_mappings_give_the_vec_held_products() {
+        let mut rng = Rng(0x0D07_0048);
+        let (rows, cols) = (293, 576); // > 64 KiB in every format, with a partial group
+        let mut scratch = ActScratch::new();
+        for dtype in DTYPES {
+            let w = rng.vec(rows * cols, 0.5);
+            let gguf = quantize_weights(dtype, &w);
+            let m = QMatrix::new(dtype, rows, cols, gguf.clone()).unwrap();
+            if cfg!(target_os = "linux") && crate::runtime::weight_bytes::huge_pages() {
+                assert!(
+                    m.bytes.is_mapped() || m.x16.is_mapped(),
+                    "{dtype:?} should be mapped"
+                );
+            }
+            assert_eq!(&m.bytes()[..], &gguf[..], "{dtype:?}");
+            let held = QMatrix {
+                bytes: WeightBytes::from_vec(m.bytes.to_vec()),
+                x16: WeightBytes::from_vec(m.x16.to_vec()),
+                ..m.clone()
+            };
+            for n in [1, 8] {
+                let xs = rng.vec(n * cols, 2.0);
+                let (mut ya, mut yb) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                m.matmul(&xs, n, &mut ya, &mut scratch).unwrap();
+                held.matmul(&xs, n, &mut yb, &mut scratch).unwrap();
+                assert!(
+                    ya.iter().zip(&yb).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dtype:?} n {n}"
+                );
             }
         }
     }

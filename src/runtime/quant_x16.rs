@@ -98,7 +98,12 @@ impl Layout {
         if self.interleaved_len(bytes.len(), rows, nb) == 0 {
             return;
         }
-        for (g, dst_group) in out.chunks_exact_mut(nb * self.group_block()).enumerate() {
+        let groups = rows / ROWS;
+        for (g, dst_group) in out
+            .chunks_exact_mut(nb * self.group_block())
+            .take(groups)
+            .enumerate()
+        {
             let src_rows = &bytes[g * ROWS * row_bytes..(g + 1) * ROWS * row_bytes];
             for (b, dst) in dst_group.chunks_exact_mut(self.group_block()).enumerate() {
                 for (r, row) in src_rows.chunks_exact(row_bytes).enumerate() {
@@ -334,6 +339,27 @@ pub(super) mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_subtraction_gives_the_conversions_bits_over_every_sum_the_kernels_make() {
+        let edges = [
+            0i32,
+            1,
+            -1,
+            61_440,
+            -61_440,
+            65_536,
+            -65_536,
+            130_560,
+            (1 << 22) - 1,
+            -(1 << 22),
+        ];
+        let steps = (-70_000..=70_000).step_by(7);
+        for x in edges.into_iter().chain(steps) {
+            let got = f32::from_bits((MAGIC_BITS + x) as u32) - MAGIC;
+            assert_eq!(got.to_bits(), (x as f32).to_bits(), "{x}");
+        }
+    }
 
     #[test]
     fn q8_0_groups_hold_unsigned_quants_and_give_back_the_gguf_rows() {

@@ -8,13 +8,17 @@
 //! [`CHUNK`] bytes (a matrix past [`CHUNK`]` / 4` gets a mapping of its own). The kernel backs
 //! a mapping with huge pages when it is 2 MiB-aligned and marked `MADV_HUGEPAGE` before it is
 //! first written, which is how [`WeightBytes::filled`] makes it: the pages are faulted in
-//! huge as the weights are written. Measured on the demo model (2-core Xeon, THP in
-//! `madvise` mode, `ACT_BENCH_ONLY=steps cargo bench --bench runtime`, alternating with the
-//! previous build): see docs/ARCHITECTURE.md and the README's Measured table.
+//! huge as the weights are written (THP in `madvise` or `always` mode; `never` leaves
+//! ordinary pages). Measured on the demo model (2-core Xeon, THP in `madvise` mode,
+//! `ACT_BENCH_ONLY=steps cargo bench --bench runtime`, `ACT_HUGE_PAGES=1` and `0`
+//! alternated): docs/ARCHITECTURE.md ("Weight storage") and the README.
 //!
-//! A mapping is unmapped when the last [`WeightBytes`] in it is dropped. Elsewhere (other
-//! systems, small matrices, a mapping the system refuses) the bytes are an ordinary `Vec`.
-//! `ACT_HUGE_PAGES=0` keeps every matrix in a `Vec` (for comparing speeds).
+//! A mapping is unmapped when the last [`WeightBytes`] in it is dropped. Space is never
+//! reused within a mapping, so a model loaded before the previous one is dropped may share
+//! that model's last mapping and keep it resident: at most one mapping ([`CHUNK`]) per such
+//! swap. Elsewhere (other systems, buffers under 64 KiB, a mapping the system refuses) the
+//! bytes are an ordinary `Vec`; `ACT_HUGE_PAGES=0` keeps every buffer in a `Vec` (for
+//! comparing speeds).
 
 use std::sync::Arc;
 
@@ -23,6 +27,7 @@ pub const CHUNK: usize = 64 << 20;
 /// Matrices smaller than this stay in a `Vec` (a norm's or a tiny model's weights).
 const MIN_BYTES: usize = 64 << 10;
 /// Alignment of each matrix in a mapping (a cache line).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const ALIGN: usize = 64;
 
 /// A matrix's weight bytes, immutable once made: in a shared huge-page mapping, or a `Vec`.
@@ -54,7 +59,7 @@ impl std::fmt::Debug for WeightBytes {
 
 impl WeightBytes {
     /// `len` bytes written by `fill` (which gets them zeroed), placed in a huge-page mapping
-    /// where [`huge_pages`] holds and `len` is at least [`MIN_BYTES`], else in a `Vec`.
+    /// where [`huge_pages`] holds and `len` is at least 64 KiB (`MIN_BYTES`), else in a `Vec`.
     pub fn filled(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
         if len >= MIN_BYTES
             && huge_pages()
@@ -75,6 +80,18 @@ impl WeightBytes {
     /// A copy of `bytes` ([`Self::filled`]).
     pub fn copy_of(bytes: &[u8]) -> Self {
         Self::filled(bytes.len(), |out| out.copy_from_slice(bytes))
+    }
+
+    /// `v`'s bytes: copied into a mapping where [`Self::filled`] would place them, else `v`
+    /// itself (no copy).
+    pub fn from_vec_or_mapped(v: Vec<u8>) -> Self {
+        if v.len() >= MIN_BYTES && huge_pages() {
+            let mapped = Self::copy_of(&v);
+            if mapped.is_mapped() {
+                return mapped;
+            }
+        }
+        Self::from_vec(v)
     }
 
     /// `v` itself, in no mapping.
@@ -160,8 +177,9 @@ mod os {
                 return None;
             }
             let addr = raw as usize;
-            let start = addr.next_multiple_of(HUGE);
-            let (head, tail) = (start - addr, addr + over - (start + len));
+            let head = addr.next_multiple_of(HUGE) - addr;
+            let start = raw.cast::<u8>().wrapping_add(head);
+            let tail = over - head - len;
             // SAFETY: the head and tail are the parts of the fresh mapping outside
             // `start..start + len`; nothing refers to them.
             unsafe {
@@ -169,13 +187,13 @@ mod os {
                     libc::munmap(raw, head);
                 }
                 if tail > 0 {
-                    libc::munmap((start + len) as *mut libc::c_void, tail);
+                    libc::munmap(start.wrapping_add(len).cast(), tail);
                 }
                 // A hint: without it (or where THP is off) the pages are ordinary ones.
-                libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+                libc::madvise(start.cast(), len, libc::MADV_HUGEPAGE);
             }
             Some(Self {
-                ptr: std::ptr::NonNull::new(start as *mut u8)?,
+                ptr: std::ptr::NonNull::new(start)?,
                 len,
             })
         }
