@@ -61,20 +61,27 @@ impl WeightBytes {
     /// `len` bytes written by `fill` (which gets them zeroed), placed in a huge-page mapping
     /// where [`huge_pages`] holds and `len` is at least 64 KiB (`MIN_BYTES`), else in a `Vec`.
     pub fn filled(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
-        if len >= MIN_BYTES
-            && huge_pages()
-            && let Some((map, start)) = os::place(len)
-        {
-            // SAFETY: `place` hands out `start..start + len` of `map` once, to this call
-            // alone, in bounds; the bytes are initialized (zero pages of an anonymous
-            // mapping) and nothing else refers to them until this returns.
-            let out = unsafe { std::slice::from_raw_parts_mut(map.ptr().add(start), len) };
-            fill(out);
-            return Self(Inner::Mapped { map, start, len });
+        match Self::mapped(len) {
+            Ok(mut fill_here) => {
+                fill(fill_here.as_mut_slice());
+                fill_here.done()
+            }
+            Err(()) => {
+                let mut v = vec![0u8; len];
+                fill(&mut v);
+                Self::from_vec(v)
+            }
         }
-        let mut v = vec![0u8; len];
-        fill(&mut v);
-        Self::from_vec(v)
+    }
+
+    /// Room for `len` bytes in a mapping, where [`huge_pages`] holds, `len` is at least
+    /// `MIN_BYTES` and the system gives one.
+    fn mapped(len: usize) -> Result<Unfilled, ()> {
+        if len < MIN_BYTES || !huge_pages() {
+            return Err(());
+        }
+        let (map, start) = os::place(len).ok_or(())?;
+        Ok(Unfilled { map, start, len })
     }
 
     /// A copy of `bytes` ([`Self::filled`]).
@@ -85,13 +92,13 @@ impl WeightBytes {
     /// `v`'s bytes: copied into a mapping where [`Self::filled`] would place them, else `v`
     /// itself (no copy).
     pub fn from_vec_or_mapped(v: Vec<u8>) -> Self {
-        if v.len() >= MIN_BYTES && huge_pages() {
-            let mapped = Self::copy_of(&v);
-            if mapped.is_mapped() {
-                return mapped;
+        match Self::mapped(v.len()) {
+            Ok(mut here) => {
+                here.as_mut_slice().copy_from_slice(&v);
+                here.done()
             }
+            Err(()) => Self::from_vec(v),
         }
-        Self::from_vec(v)
     }
 
     /// `v` itself, in no mapping.
@@ -106,6 +113,28 @@ impl WeightBytes {
     /// Whether the bytes are in a huge-page mapping.
     pub fn is_mapped(&self) -> bool {
         matches!(self.0, Inner::Mapped { .. })
+    }
+}
+
+/// A range of a mapping handed out by `os::place` and not yet shared: written through
+/// [`Self::as_mut_slice`], then made a [`WeightBytes`] by [`Self::done`].
+struct Unfilled {
+    map: Arc<os::Mapping>,
+    start: usize,
+    len: usize,
+}
+
+impl Unfilled {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `place` hands out `start..start + len` of `map` once, in bounds, to the
+        // `Unfilled` alone (it is neither `Clone` nor shared until `done`); the bytes are
+        // initialized (zero pages of an anonymous mapping).
+        unsafe { std::slice::from_raw_parts_mut(self.map.ptr().add(self.start), self.len) }
+    }
+
+    fn done(self) -> WeightBytes {
+        let Unfilled { map, start, len } = self;
+        WeightBytes(Inner::Mapped { map, start, len })
     }
 }
 
