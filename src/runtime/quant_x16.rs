@@ -194,9 +194,18 @@ pub(super) mod avx512 {
     /// Bytes of a Q8_0 group block.
     const Q8_0_BLOCK: usize = super::Q8_0.group_block();
 
-    /// Bytes ahead of the current block that the kernels prefetch: six Q4_1 group blocks
-    /// (about 2 KiB; the Q8_0 kernel uses the same distance).
+    /// Bytes ahead of the current block that the kernels prefetch into L1: six Q4_1 group
+    /// blocks (about 2 KiB; the Q8_0 kernel uses the same distance).
     const PREFETCH_BYTES: usize = 6 * BLOCK_BYTES;
+    /// Bytes ahead of the current block that the kernels also prefetch into L2 (`T1`), so
+    /// that the weight stream runs that far ahead of the products: the L1 distance alone
+    /// leaves the memory latency exposed, and the time of a step with several inputs was
+    /// close to the memory time plus the product time rather than the larger of the two.
+    /// Measured on the demo model, one thread (`ACT_THREADS=1`, `ACT_BENCH_ONLY=steps`
+    /// `ACT_BENCH_ROWS=4`, runs alternated): a one-row step 5.2 → 4.1 ms, a four-row step
+    /// 9.6 → 7.3 ms (16 KiB gave 7.7–8.4, 64 KiB 7.2–9.2); two threads, one row 3.6–3.8 →
+    /// 3.1–3.3 ms.
+    const FAR_PREFETCH_BYTES: usize = 32 * 1024;
 
     /// Group `w` (`[nb][320]`, [`super::Layout::interleave_into`] of [`super::Q4_1`]) against `N` (1 to 8) Q8_1 inputs
     /// `ys[j]` (`nb` blocks each) with their scales `ds[j]` (`[nb][2]`, [`super::q8_1_scales`]):
@@ -230,6 +239,10 @@ pub(super) mod avx512 {
                 let ahead = blk.wrapping_add(PREFETCH_BYTES);
                 for line in 0..BLOCK_BYTES / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+                }
+                let far = blk.wrapping_add(FAR_PREFETCH_BYTES);
+                for line in 0..BLOCK_BYTES / 64 {
+                    _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64 * line).cast());
                 }
                 let dx = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
                 let mx = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32).cast()));
@@ -309,6 +322,10 @@ pub(super) mod avx512 {
                 let ahead = blk.wrapping_add(PREFETCH_BYTES);
                 for line in 0..Q8_0_BLOCK.div_ceil(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast());
+                }
+                let far = blk.wrapping_add(FAR_PREFETCH_BYTES);
+                for line in 0..Q8_0_BLOCK.div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64 * line).cast());
                 }
                 let dx = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
                 let dxdy: [__m512; N] = std::array::from_fn(|j| _mm512_mul_ps(dx, _mm512_set1_ps(ds[j][b])));
