@@ -26,6 +26,9 @@ const PAR_MIN_MACS: usize = 1 << 15;
 const HEADS_PER_PASS: usize = 4;
 /// Head-dimension values accumulated per pass of the values.
 const DIMS_PER_PASS: usize = 16;
+/// Positions whose values are weighed together: every pass over a block reads its rows from
+/// cache (16 SmolLM2 rows of keys and values: 12 KiB each).
+const BLOCK: usize = 16;
 /// How many positions ahead the key and value rows are prefetched.
 const PREFETCH_AHEAD: usize = 8;
 
@@ -59,24 +62,13 @@ pub(crate) fn attend_one(
         hd,
     };
     let rep = nh / nkv;
-    // Heads `h0 ..` into `part` (`[heads, hd]`), in runs of heads that share a kv head.
-    let heads = |h0: usize, part: &mut [f32], scores: &mut Vec<f32>| {
-        let h1 = h0 + part.len() / hd;
-        let mut h = h0;
-        while h < h1 {
-            let end = ((h / rep + 1) * rep).min(h1);
-            let y = &mut part[(h - h0) * hd..(end - h0) * hd];
-            group(&cache, &q[h * hd..end * hd], (h / rep) * hd, opts, y, scores);
-            h = end;
-        }
-    };
     let pool = Pool::global();
     if nh * n * hd < PAR_MIN_MACS || pool.threads() <= 1 {
-        heads(0, &mut out, &mut Vec::new());
+        heads(&cache, q, (0, rep), opts, &mut out, &mut Vec::new());
     } else {
         let per = nh.div_ceil(pool.threads());
         pool.for_each_piece(&mut out, per * hd, &|c, part| {
-            heads(c * per, part, &mut Vec::new())
+            heads(&cache, q, (c * per, rep), opts, part, &mut Vec::new())
         });
     }
     out
@@ -113,24 +105,46 @@ fn prefetch(rows: &[f32], i: usize, len: usize) {
     let _ = (rows, i, len);
 }
 
-/// The query heads `qs` (`[m, hd]`) that read the kv head at column `off`, into `y`
-/// (`[m, hd]`); `scores` is scratch. Each head's numbers are those of the one-head loop:
-/// scores by [`dot`] in position order, softmax, then `y = Σ_p w_p·v_p` in position order.
-fn group(c: &Cache<'_>, qs: &[f32], off: usize, opts: AttnOptions, y: &mut [f32], scores: &mut Vec<f32>) {
-    let (n, hd) = (c.n, c.hd);
-    let m = qs.len() / hd;
+/// Query heads `h0 ..` (as many as `y` holds, `[heads, hd]`; head `h` reads kv head
+/// `h / rep`) of the query `q` (`[nh·hd]`), into `y`; `scores` is scratch. Each head's numbers
+/// are those of the one-head loop: scores by [`dot`] in position order, softmax, then
+/// `y = Σ_p w_p·v_p` in position order.
+///
+/// The loops run over positions outermost, every head inside, so the cached keys and values
+/// are read row after row in memory order, a stream the processor's prefetchers follow (a
+/// loop per kv head had read each row in `nkv` separate strided passes, and the scores loop
+/// stalled on its prefetches); the values are weighed a block of [`BLOCK`] positions at a
+/// time, the heads' partial sums kept in `y` between blocks.
+fn heads(
+    c: &Cache<'_>,
+    q: &[f32],
+    (h0, rep): (usize, usize),
+    opts: AttnOptions,
+    y: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let (n, hd, kvw) = (c.n, c.hd, c.kvw);
+    let m = y.len() / hd;
+    if m == 0 || rep == 0 {
+        return;
+    }
+    let h1 = h0 + m;
+    // The columns this run of heads reads in every cached row.
+    let (col0, col1) = ((h0 / rep) * hd, ((h1 - 1) / rep + 1) * hd);
     scores.clear();
     scores.resize(m * n, 0.0);
+    // The first block of values, to be there once the scores are done.
+    for p in 0..BLOCK.min(n) {
+        prefetch(c.vc, p * kvw + col0, col1 - col0);
+    }
     let scale = opts.scale as f32;
     for p in 0..n {
-        prefetch(c.kc, (p + PREFETCH_AHEAD) * c.kvw + off, hd);
-        // The values too: the passes over them below then read from cache, where each pass
-        // (one line of every position) would meet a miss per position.
-        prefetch(c.vc, (p + PREFETCH_AHEAD) * c.kvw + off, hd);
-        let k = &c.kc[p * c.kvw + off..p * c.kvw + off + hd];
-        for (r, qh) in qs.chunks_exact(hd).enumerate() {
-            let s = dot(qh, k) * scale;
-            scores[r * n + p] = match opts.softcap {
+        prefetch(c.kc, (p + PREFETCH_AHEAD) * kvw + col0, col1 - col0);
+        let row = &c.kc[p * kvw..(p + 1) * kvw];
+        for h in h0..h1 {
+            let off = (h / rep) * hd;
+            let s = dot(&q[h * hd..(h + 1) * hd], &row[off..off + hd]) * scale;
+            scores[(h - h0) * n + p] = match opts.softcap {
                 Some(cap) => (cap as f32) * (s / cap as f32).tanh(),
                 None => s,
             };
@@ -147,36 +161,57 @@ fn group(c: &Cache<'_>, qs: &[f32], off: usize, opts: AttnOptions, y: &mut [f32]
             *s /= sum;
         }
     }
-    for r0 in (0..m).step_by(HEADS_PER_PASS) {
-        let r1 = (r0 + HEADS_PER_PASS).min(m);
-        for d0 in (0..hd).step_by(DIMS_PER_PASS) {
-            let d1 = (d0 + DIMS_PER_PASS).min(hd);
-            let w = &scores[r0 * n..r1 * n];
-            match (r1 - r0, d1 - d0) {
-                (4, DIMS_PER_PASS) => weigh_values::<4>(c, w, off + d0, y, (r0, d0)),
-                (3, DIMS_PER_PASS) => weigh_values::<3>(c, w, off + d0, y, (r0, d0)),
-                (2, DIMS_PER_PASS) => weigh_values::<2>(c, w, off + d0, y, (r0, d0)),
-                (1, DIMS_PER_PASS) => weigh_values::<1>(c, w, off + d0, y, (r0, d0)),
-                _ => weigh_values_any(c, w, (off + d0, d1 - d0), y, (r0, d0)),
+    y.fill(0.0);
+    for p0 in (0..n).step_by(BLOCK) {
+        let ps = p0..(p0 + BLOCK).min(n);
+        // The next block's rows, read by the passes below from cache.
+        for p in ps.clone() {
+            prefetch(c.vc, (p + BLOCK) * kvw + col0, col1 - col0);
+        }
+        // Per kv head, its heads in passes of up to HEADS_PER_PASS, 16 values at a time.
+        let mut h = h0;
+        while h < h1 {
+            let end = ((h / rep + 1) * rep).min(h1);
+            let off = (h / rep) * hd;
+            for r0 in (h - h0..end - h0).step_by(HEADS_PER_PASS) {
+                let r1 = (r0 + HEADS_PER_PASS).min(end - h0);
+                for d0 in (0..hd).step_by(DIMS_PER_PASS) {
+                    let d1 = (d0 + DIMS_PER_PASS).min(hd);
+                    let w = (&scores[r0 * n..r1 * n], n);
+                    let at = (r0, d0);
+                    match (r1 - r0, d1 - d0) {
+                        (4, DIMS_PER_PASS) => weigh_values::<4>(c, w, off + d0, y, at, ps.clone()),
+                        (3, DIMS_PER_PASS) => weigh_values::<3>(c, w, off + d0, y, at, ps.clone()),
+                        (2, DIMS_PER_PASS) => weigh_values::<2>(c, w, off + d0, y, at, ps.clone()),
+                        (1, DIMS_PER_PASS) => weigh_values::<1>(c, w, off + d0, y, at, ps.clone()),
+                        _ => weigh_values_any(c, w, (off + d0, d1 - d0), y, at, ps.clone()),
+                    }
+                }
             }
+            h = end;
         }
     }
 }
 
-/// `y[r0 + r][d0 .. d0 + 16] = Σ_p w[r][p] · v_p[col ..]` for `M` heads, `w` holding their
-/// `[M, n]` weights, the sums in position order with the accumulators in registers.
+/// `y[r0 + r][d0 .. d0 + 16] += Σ_p w[r][p] · v_p[col ..]` over the positions `ps`, in
+/// order, for `M` heads, `w` holding their `[M, n]` weights; the sums in registers, taken
+/// from `y` and put back (the order of one running sum over every position).
 #[inline]
 fn weigh_values<const M: usize>(
     c: &Cache<'_>,
-    w: &[f32],
+    (w, n): (&[f32], usize),
     col: usize,
     y: &mut [f32],
     (r0, d0): (usize, usize),
+    ps: std::ops::Range<usize>,
 ) {
-    let (n, hd) = (c.n, c.hd);
+    let hd = c.hd;
     let mut acc = [[0f32; DIMS_PER_PASS]; M];
-    for p in 0..n {
-        prefetch(c.vc, (p + PREFETCH_AHEAD) * c.kvw + col, DIMS_PER_PASS);
+    for (r, a) in acc.iter_mut().enumerate() {
+        let at = (r0 + r) * hd + d0;
+        a.copy_from_slice(&y[at..at + DIMS_PER_PASS]);
+    }
+    for p in ps {
         let Some(v) = c.vc[p * c.kvw + col..].first_chunk::<DIMS_PER_PASS>() else {
             return;
         };
@@ -196,18 +231,18 @@ fn weigh_values<const M: usize>(
 /// [`weigh_values`] for any number of heads and values (the last, narrower passes).
 fn weigh_values_any(
     c: &Cache<'_>,
-    w: &[f32],
+    (w, n): (&[f32], usize),
     (col, width): (usize, usize),
     y: &mut [f32],
     (r0, d0): (usize, usize),
+    ps: std::ops::Range<usize>,
 ) {
-    let (n, hd) = (c.n, c.hd);
+    let hd = c.hd;
     let m = w.len() / n;
     for r in 0..m {
         let at = (r0 + r) * hd + d0;
         let out = &mut y[at..at + width];
-        out.fill(0.0);
-        for p in 0..n {
+        for p in ps.clone() {
             let wp = w[r * n + p];
             let v = &c.vc[p * c.kvw + col..p * c.kvw + col + width];
             for (o, &v) in out.iter_mut().zip(v) {
