@@ -21,7 +21,8 @@
 //! - whole batched decode steps of the demo model (1 … 16 rows, a server's batch after a
 //!   ≈30-token prompt): ms per step and tokens/s, against one row (`ACT_BENCH_ONLY=steps`;
 //!   `ACT_BENCH_STEER=1` steers every row at 30 layers × 2 hook points, `ACT_BENCH_ROWS=N`
-//!   times only one row and N rows);
+//!   times only one row and N rows; each step is split per thread as the server splits it,
+//!   `runtime::split_step`, where `ACT_SPLIT_STEP=0` keeps one batch and `1` always splits);
 //! - the sampler on SmolLM2's 49,152-token vocabulary against a full sort of every token
 //!   (`ACT_BENCH_ONLY=sampler`).
 //!
@@ -37,6 +38,7 @@ use act_studio::runtime::forward::{Batch, LogitsMode};
 use act_studio::runtime::generate::decode_pool;
 use act_studio::runtime::linear::MatPath;
 use act_studio::runtime::sampling::argmax;
+use act_studio::runtime::split_step;
 use act_studio::runtime::steer::SteeringHooks;
 use act_studio::runtime::{HookKind, HookPoint, Hooks, LoadedModel, NoHooks};
 use act_studio::transport::{HookMap, Method, SteeringPlan, Support, TokenScope};
@@ -701,6 +703,32 @@ fn few_inputs(reps: usize) {
     }
 }
 
+/// The hooks of one part of a benchmarked decode step: none, or the `steering` plan.
+enum BenchHooks {
+    Plain(NoHooks),
+    Steer(SteeringHooks),
+}
+
+impl Hooks for BenchHooks {
+    fn wants(&self, point: HookPoint) -> bool {
+        match self {
+            BenchHooks::Plain(h) => h.wants(point),
+            BenchHooks::Steer(h) => h.wants(point),
+        }
+    }
+
+    fn on_activation(
+        &mut self,
+        point: HookPoint,
+        act: act_studio::runtime::Activation<'_>,
+    ) -> act_studio::runtime::Result<act_studio::runtime::HookFlow> {
+        match self {
+            BenchHooks::Plain(h) => h.on_activation(point, act),
+            BenchHooks::Steer(h) => h.on_activation(point, act),
+        }
+    }
+}
+
 /// Whole decode steps over `rows` rows of the demo model, as the server's batch engine runs
 /// them (one forward pass per step over every row, on the decode pool), after a ≈30-token
 /// prompt: the median ms per step of 32 steps and the tokens/s it gives, against one row.
@@ -728,7 +756,7 @@ fn decode_steps(reps: usize) {
     let steps = 32;
     let mut single = 0.0;
     // `ACT_BENCH_STEER=1`: every row steered at 30 layers × 2 hook points (as `steering`).
-    let mut steer = std::env::var_os("ACT_BENCH_STEER").map(|_| steering(&m));
+    let steer = std::env::var_os("ACT_BENCH_STEER").is_some();
     let only: Option<usize> = std::env::var("ACT_BENCH_ROWS").ok().and_then(|v| v.parse().ok());
     for rows in [1usize, 2, 4, 6, 8, 16] {
         if only.is_some_and(|o| o != rows && rows != 1) {
@@ -747,15 +775,28 @@ fn decode_steps(reps: usize) {
                     valid: &ones,
                     prompt_lens: &lens,
                 };
+                // As the batch engine runs a step: split per thread where `split_step` says
+                // (`ACT_SPLIT_STEP=0` never, `1` always), each part with its own hooks.
+                let ranges = split_step::part_ranges(rows, split_step::parts(&m.model, rows));
+                let mut hooks: Vec<BenchHooks> = ranges
+                    .iter()
+                    .map(|_| match steer {
+                        true => BenchHooks::Steer(steering(&m)),
+                        false => BenchHooks::Plain(NoHooks),
+                    })
+                    .collect();
                 let t = Instant::now();
-                let hooks: &mut dyn Hooks = match steer.as_mut() {
-                    Some(s) => s,
-                    None => &mut NoHooks,
-                };
                 let out = decode_pool()
                     .install(|| {
-                        m.model
-                            .forward(&b, &mut caches, hooks, MatPath::Quantized, LogitsMode::Last)
+                        split_step::forward_parts(
+                            &m.model,
+                            &b,
+                            &mut caches,
+                            &ranges,
+                            &mut hooks,
+                            MatPath::Quantized,
+                            LogitsMode::Last,
+                        )
                     })
                     .unwrap_or_else(|e| panic!("{e}"));
                 times.push(t.elapsed().as_secs_f64());

@@ -16,7 +16,8 @@
 //!    stop-sequence matcher, and retires rows that end (end-of-sequence, a stop sequence,
 //!    `max_tokens`, or a listener that has gone);
 //! 3. runs one forward pass over every remaining row (`[rows, 1]` tokens), with
-//!    [`RowSteering`] giving each row its request's plan.
+//!    [`RowSteering`] giving each row its request's plan; on few cores with several rows
+//!    per core, as one sub-batch per thread ([`split_step`]), the same numbers either way.
 //!
 //! **Exactness**: a row's numbers never depend on the rows beside it. The prompt runs alone,
 //! or beside others with the numbers of running alone;
@@ -40,6 +41,7 @@ use crate::runtime::linear::MatPath;
 use crate::runtime::logprobs::token_logprobs;
 use crate::runtime::pool::Pool;
 use crate::runtime::sampling::{Sampler, SamplingConfig};
+use crate::runtime::split_step;
 use crate::runtime::steer::RowSteering;
 use crate::runtime::tokenizer::StreamDecoder;
 use crate::runtime::{LoadedModel, RuntimeError};
@@ -824,7 +826,13 @@ fn forward_step(m: &LoadedModel, rows: &mut [Row]) -> Result<(), RuntimeError> {
     let ones = vec![1usize; rows.len()];
     let prompt_lens: Vec<usize> = rows.iter().map(|r| r.prompt_len).collect();
     let mut caches: Vec<KvCache> = rows.iter_mut().map(|r| std::mem::take(&mut r.cache)).collect();
-    let mut hooks = RowSteering::new(rows.iter().map(|r| r.steering.clone()).collect());
+    // Few cores and several rows each: one sub-batch per thread ([`split_step`]); each part
+    // steers its own rows.
+    let ranges = split_step::part_ranges(rows.len(), split_step::parts(&m.model, rows.len()));
+    let mut hooks: Vec<RowSteering> = ranges
+        .iter()
+        .map(|r| RowSteering::new(rows[r.clone()].iter().map(|r| r.steering.clone()).collect()))
+        .collect();
     let batch = Batch {
         tokens: &feed,
         batch: rows.len(),
@@ -833,9 +841,11 @@ fn forward_step(m: &LoadedModel, rows: &mut [Row]) -> Result<(), RuntimeError> {
         prompt_lens: &prompt_lens,
     };
     let out = decode_pool().install(|| {
-        m.model.forward(
+        split_step::forward_parts(
+            &m.model,
             &batch,
             &mut caches,
+            &ranges,
             &mut hooks,
             MatPath::Quantized,
             LogitsMode::Last,

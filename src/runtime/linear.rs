@@ -298,6 +298,14 @@ impl Linear {
         self.in_dim
     }
 
+    /// Whether this layer's products run on the sixteen-row kernels of
+    /// [`super::quant_x16`] (Q4_1 and Q8_0 weights on a CPU with AVX-512 VNNI,
+    /// [`super::quant::sixteen_row_groups`]), whose weight stream is prefetched far enough
+    /// ahead to overlap a thread's products ([`super::split_step`] relies on it).
+    pub fn on_sixteen_row_kernels(&self) -> bool {
+        matches!(&self.weights, Weights::Own { q, .. } if super::quant::sixteen_row_groups(q.dtype()))
+    }
+
     /// The most inputs for which a prompt's pass ([`MatPath::Tiled`]) runs this matrix on the
     /// same kernels as decoding ([`MatPath::Quantized`]), so each input's outputs are the
     /// same on either path, bit for bit: one less than the format's tile threshold for our

@@ -39,6 +39,7 @@ pub mod quant_mix;
 mod quant_x16;
 pub mod safetensors_shards;
 pub mod sampling;
+pub mod split_step;
 pub mod spm_tokenizer;
 pub mod spm_vocab;
 pub mod steer;

@@ -66,6 +66,28 @@ impl Network {
         per_layer.into_iter().min().unwrap_or(0)
     }
 
+    /// Whether every matrix of every layer runs on the sixteen-row kernels
+    /// ([`super::linear::Linear::on_sixteen_row_kernels`]); the output head is left out.
+    pub fn layers_on_sixteen_row_kernels(&self) -> bool {
+        use super::block_weights::{AttnWeights, MlpWeights};
+        use super::linear::Linear;
+        let gated = |a: &'_ AttnWeights, m: &'_ MlpWeights| {
+            a.linears()
+                .into_iter()
+                .chain(m.linears())
+                .all(Linear::on_sixteen_row_kernels)
+        };
+        match self {
+            Network::Llama(m) => m.layers.iter().all(|l| gated(&l.attn, &l.mlp)),
+            Network::Gemma(m) => m.layers.iter().all(|l| gated(&l.attn, &l.mlp)),
+            Network::Gpt2(m) => m
+                .layers
+                .iter()
+                .flat_map(|l| [&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj])
+                .all(Linear::on_sixteen_row_kernels),
+        }
+    }
+
     /// Runs the network on a batch (see [`LlamaModel::forward`]: caches grow by the real
     /// tokens, hooks see `[batch, seq, d]` activations, logits as `mode` asks).
     pub fn forward(

@@ -1,0 +1,196 @@
+//! A decode step over many rows run as independent sub-batches, one per pool thread.
+//!
+//! A step over `rows` rows normally runs as one batch: every matrix product is split by weight
+//! rows over the model's thread pool ([`super::pool`]), so the threads meet at a barrier after
+//! every product (five or six per layer), and what runs between the products (norms, the
+//! activations' quantization, rotary embeddings, hooks) runs on one thread while the others
+//! wait. With few cores and several rows per core, the step can instead be dealt out: each
+//! thread runs the whole forward pass on its own consecutive rows, with its own caches and
+//! hooks, and its products run on that thread alone (a pool job started inside a pool job runs
+//! on its caller). Each thread then streams every weight once per step instead of its share,
+//! which pays where the kernels overlap that stream with their products: the sixteen-row
+//! kernels of [`super::quant_x16`] prefetch the weights far ahead.
+//!
+//! Rows are independent on the quantized path (each row's numbers are the same whatever rows
+//! run beside it; the batch engine's tests hold it), so the split changes no result, only the
+//! time.
+//!
+//! Measured on the demo model (2-core Xeon, `ACT_BENCH_ONLY=steps cargo bench --bench
+//! runtime`, split against one batch, two alternations): four rows 4.89 / 5.15 against
+//! 5.94 / 5.63 ms a step, eight rows 8.75 / 8.69 against 10.34 / 9.99 ms, sixteen rows 16.0 /
+//! 16.4 against 21.0 / 19.4 ms. On Gemma 3 270M Q4_K_M, whose k-quant kernels do not prefetch
+//! that far, eight rows took 35.0 / 35.1 against 32.3 / 32.9 ms: such models keep one batch.
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use super::error::{Result, RuntimeError};
+use super::forward::{Batch, ForwardOutput, LogitsMode};
+use super::hooks::Hooks;
+use super::kv_cache::KvCache;
+use super::linear::MatPath;
+use super::model::Network;
+use super::pool::Pool;
+
+/// Pools of more threads than this keep one batch per step: each part streams every weight,
+/// so the memory traffic of a step grows with the parts, and only two cores were measured.
+const SPLIT_MAX_THREADS: usize = 4;
+/// Rows each thread gets at least before a step is split: with fewer, streaming every weight
+/// per thread costs about what the barriers save (two rows on two threads: 3.91 / 3.95
+/// against 4.54 / 3.99 ms).
+const MIN_ROWS_PER_PART: usize = 2;
+
+/// How a step is split: `ACT_SPLIT_STEP=0` never, `1` whenever there are rows for every
+/// thread (any kernels, any pool size, for comparisons), unset as [`parts`] decides.
+fn forced() -> Option<bool> {
+    match std::env::var("ACT_SPLIT_STEP").ok()?.trim() {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+/// How many sub-batches a decode step over `rows` rows of `net` runs as on a pool of
+/// `threads` threads: `threads` when the layers run on the sixteen-row kernels
+/// ([`Network::layers_on_sixteen_row_kernels`]), the pool has 2 to [`SPLIT_MAX_THREADS`]
+/// threads and every thread gets [`MIN_ROWS_PER_PART`] rows; else 1 (one batch on the whole
+/// pool).
+pub fn parts_for(net: &Network, rows: usize, threads: usize) -> usize {
+    let split = match forced() {
+        Some(f) => f && rows >= threads,
+        None => {
+            (2..=SPLIT_MAX_THREADS).contains(&threads)
+                && rows >= MIN_ROWS_PER_PART * threads
+                && net.layers_on_sixteen_row_kernels()
+        }
+    };
+    if split && threads >= 2 { threads } else { 1 }
+}
+
+/// [`parts_for`] on the model's pool ([`Pool::global`]).
+pub fn parts(net: &Network, rows: usize) -> usize {
+    parts_for(net, rows, Pool::global().threads())
+}
+
+/// `rows` rows dealt into `parts` runs of consecutive rows whose sizes differ by at most one
+/// (the larger first); no empty run, and one run `0..rows` when `parts` is 0 or 1.
+pub fn part_ranges(rows: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, rows.max(1));
+    let (each, extra) = (rows / parts, rows % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let len = each + usize::from(i < extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .collect()
+}
+
+/// What one part works on and gives back.
+struct Part<'c, H> {
+    caches: &'c mut [KvCache],
+    hooks: &'c mut H,
+    out: Option<Result<ForwardOutput>>,
+}
+
+/// Runs `net` on `batch` as one sub-batch per range of `ranges` (consecutive rows, in order,
+/// covering the batch: [`part_ranges`]), side by side on the pool, part `i` with `hooks[i]`
+/// (which sees only its rows, numbered from 0) and its rows' `caches`. The logits are the
+/// parts' in row order, as one [`Network::forward`] over the whole batch gives them (the same
+/// numbers wherever rows are independent: the quantized path). `stopped` is set when a hook
+/// stopped any part. One range runs as a plain forward pass on the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_parts<H: Hooks>(
+    net: &Network,
+    batch: &Batch<'_>,
+    caches: &mut [KvCache],
+    ranges: &[Range<usize>],
+    hooks: &mut [H],
+    path: MatPath,
+    mode: LogitsMode,
+) -> Result<ForwardOutput> {
+    let covers = ranges.first().is_some_and(|r| r.start == 0)
+        && ranges.last().is_some_and(|r| r.end == batch.batch)
+        && ranges.windows(2).all(|w| w[0].end == w[1].start)
+        && ranges.iter().all(|r| r.start < r.end);
+    if !covers || hooks.len() != ranges.len() || caches.len() != batch.batch {
+        return Err(RuntimeError::BadInput(format!(
+            "{} parts with {} hook sets do not cover a batch of {} rows with {} caches",
+            ranges.len(),
+            hooks.len(),
+            batch.batch,
+            caches.len()
+        )));
+    }
+    if let ([_], [h]) = (ranges, &mut *hooks) {
+        return net.forward(batch, caches, h, path, mode);
+    }
+    let mut parts: Vec<Mutex<Part<'_, H>>> = Vec::with_capacity(ranges.len());
+    let mut rest = caches;
+    for (r, h) in ranges.iter().zip(hooks.iter_mut()) {
+        let (mine, tail) = rest.split_at_mut(r.len());
+        rest = tail;
+        parts.push(Mutex::new(Part {
+            caches: mine,
+            hooks: h,
+            out: None,
+        }));
+    }
+    let seq = batch.seq;
+    Pool::global().run(parts.len(), &|i| {
+        let (Some(part), Some(r)) = (parts.get(i), ranges.get(i)) else {
+            return;
+        };
+        let mut part = part.lock().unwrap_or_else(|p| p.into_inner());
+        let sub = Batch {
+            tokens: &batch.tokens[r.start * seq..r.end * seq],
+            batch: r.len(),
+            seq,
+            valid: &batch.valid[r.clone()],
+            prompt_lens: &batch.prompt_lens[r.clone()],
+        };
+        let Part { caches, hooks, out } = &mut *part;
+        *out = Some(net.forward(&sub, caches, *hooks, path, mode));
+    });
+    let mut all = ForwardOutput::default();
+    for part in parts {
+        let part = part.into_inner().unwrap_or_else(|p| p.into_inner());
+        let out = part
+            .out
+            .unwrap_or_else(|| Err(RuntimeError::BadInput("a part of the step did not run".into())))?;
+        all.logits.extend_from_slice(&out.logits);
+        all.stopped |= out.stopped;
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_the_rows_in_order_with_sizes_within_one() {
+        assert_eq!(part_ranges(8, 2), vec![0..4, 4..8]);
+        assert_eq!(part_ranges(7, 2), vec![0..4, 4..7]);
+        assert_eq!(part_ranges(5, 3), vec![0..2, 2..4, 4..5]);
+        assert_eq!(part_ranges(2, 4), vec![0..1, 1..2]);
+        assert_eq!(part_ranges(3, 0), vec![0..3]);
+        for rows in 1..40 {
+            for parts in 1..9 {
+                let r = part_ranges(rows, parts);
+                assert_eq!(r.len(), parts.min(rows));
+                assert_eq!(r[0].start, 0);
+                assert_eq!(r[r.len() - 1].end, rows);
+                assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+                let lens: Vec<usize> = r.iter().map(|x| x.len()).collect();
+                let (lo, hi) = (lens.iter().min(), lens.iter().max());
+                assert!(
+                    hi.zip(lo).is_some_and(|(h, l)| h - l <= 1 && *l >= 1),
+                    "{rows} {parts}"
+                );
+            }
+        }
+    }
+}
