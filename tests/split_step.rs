@@ -206,6 +206,23 @@ fn parts_must_cover_the_batch_in_order() {
         LogitsMode::Last,
     );
     assert!(got.is_err());
+    // A batch whose buffers do not match its shape: an error, not a panic in a part.
+    let short = Batch {
+        tokens: &feed[..3],
+        ..b
+    };
+    let mut hooks = vec![act_studio::runtime::NoHooks, act_studio::runtime::NoHooks];
+    let got = forward_parts(
+        &m.model,
+        &short,
+        &mut caches,
+        &two,
+        &mut hooks,
+        MatPath::Quantized,
+        LogitsMode::Last,
+    );
+    assert!(got.is_err());
+    assert!(caches.iter().all(|c| c.is_empty()));
 }
 
 #[test]

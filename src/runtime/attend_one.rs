@@ -8,12 +8,12 @@
 //! 2023, query head `h` reading kv head `h / (nh / nkv)`).
 //!
 //! During a decode step the weight stream (tens to hundreds of MB per token) pushes the cache
-//! out of L2/L3, so the cached keys and values come from memory: the query heads that share a
-//! kv head are served together ([`group`]), each key and value row read once for all of them
-//! (SmolLM2: 3 heads per kv head, Gemma 3 270M: 4), with the rows a few positions ahead
-//! prefetched: keys and values both while the scores are computed, so the passes over the
-//! values read from cache (an 8-row SmolLM2 decode step 16.6 → 16.2 ms, medians of 3
-//! alternations). Every sum keeps the order of the one-head loop (`tests`, bit for bit).
+//! out of L2/L3, so the cached keys and values come from memory: every head is served in one
+//! pass over the positions ([`heads`]), each key row read once for all of them, in memory
+//! order (SmolLM2: 9 heads on 3 kv heads, Gemma 3 270M: 4 on 1), with the rows a few
+//! positions ahead prefetched; the values are weighed a block of positions at a time, the
+//! next block prefetched, so the passes over a block read from cache. Every sum keeps the
+//! order of the one-head loop (`tests`, bit for bit).
 
 use super::forward::AttnOptions;
 use super::pool::Pool;
@@ -431,6 +431,7 @@ mod tests {
             (6, 2, 40, 33),
             (9, 3, 13, 7),
             (2, 2, 16, 1),
+            (9, 3, 64, 2 * BLOCK),
         ];
         for (nh, nkv, hd, n) in shapes {
             for softcap in [None, Some(30.0)] {
@@ -445,6 +446,36 @@ mod tests {
                 let want = one_head_at_a_time(&q, (&kc, &vc), (nh, nkv, hd), opts);
                 let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
                 assert!(same, "({nh},{nkv},{hd},{n}) softcap {softcap:?}");
+            }
+        }
+    }
+
+    /// Every run of heads a pool piece can get (groups cut anywhere), whatever the pool's
+    /// size on the machine running the tests.
+    #[test]
+    fn any_run_of_heads_gives_the_one_head_loop_bit_for_bit() {
+        for (nh, nkv, hd, n) in [(9, 3, 64, 37), (4, 1, 64, 2 * BLOCK), (6, 2, 40, 5)] {
+            let opts = AttnOptions::causal(hd);
+            let q = values(nh * hd, 17);
+            let (kc, vc) = (values(n * nkv * hd, 18), values(n * nkv * hd, 19));
+            let want = one_head_at_a_time(&q, (&kc, &vc), (nh, nkv, hd), opts);
+            let cache = Cache {
+                kc: &kc,
+                vc: &vc,
+                n,
+                kvw: nkv * hd,
+                hd,
+            };
+            for h0 in 0..nh {
+                for m in 1..=nh - h0 {
+                    let mut y = vec![f32::NAN; m * hd];
+                    heads(&cache, &q, (h0, nh / nkv), opts, &mut y, &mut Vec::new());
+                    let same = y
+                        .iter()
+                        .zip(&want[h0 * hd..(h0 + m) * hd])
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "({nh},{nkv},{hd},{n}) heads {h0}..{}", h0 + m);
+                }
             }
         }
     }

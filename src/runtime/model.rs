@@ -66,8 +66,8 @@ impl Network {
         per_layer.into_iter().min().unwrap_or(0)
     }
 
-    /// Whether every matrix of every layer runs on the sixteen-row kernels
-    /// ([`super::linear::Linear::on_sixteen_row_kernels`]); the output head is left out.
+    /// Whether every matrix of every layer, and the output head, runs on the sixteen-row
+    /// kernels ([`super::linear::Linear::on_sixteen_row_kernels`]).
     pub fn layers_on_sixteen_row_kernels(&self) -> bool {
         use super::block_weights::{AttnWeights, MlpWeights};
         use super::linear::Linear;
@@ -78,13 +78,19 @@ impl Network {
                 .all(Linear::on_sixteen_row_kernels)
         };
         match self {
-            Network::Llama(m) => m.layers.iter().all(|l| gated(&l.attn, &l.mlp)),
-            Network::Gemma(m) => m.layers.iter().all(|l| gated(&l.attn, &l.mlp)),
-            Network::Gpt2(m) => m
-                .layers
-                .iter()
-                .flat_map(|l| [&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj])
-                .all(Linear::on_sixteen_row_kernels),
+            Network::Llama(m) => {
+                m.lm_head.on_sixteen_row_kernels() && m.layers.iter().all(|l| gated(&l.attn, &l.mlp))
+            }
+            Network::Gemma(m) => {
+                m.lm_head.on_sixteen_row_kernels() && m.layers.iter().all(|l| gated(&l.attn, &l.mlp))
+            }
+            Network::Gpt2(m) => {
+                m.lm_head.on_sixteen_row_kernels()
+                    && m.layers
+                        .iter()
+                        .flat_map(|l| [&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj])
+                        .all(Linear::on_sixteen_row_kernels)
+            }
         }
     }
 

@@ -142,7 +142,8 @@ impl Pool {
     }
 
     /// Runs `f(0) … f(chunks − 1)`, each exactly once, on the caller and the workers; returns
-    /// when all have returned. `f` must not panic (a panic in a worker aborts the process).
+    /// when all have returned. A chunk that panics still counts as done, and the panic is
+    /// raised again on the caller once every chunk has run.
     pub fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
         let solo = || (0..chunks).for_each(f);
         if chunks <= 1 || self.workers == 0 || IN_WORKER.get() {

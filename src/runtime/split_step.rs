@@ -96,7 +96,8 @@ pub fn parts(net: &Network, rows: usize) -> usize {
 }
 
 /// `rows` rows dealt into `parts` runs of consecutive rows whose sizes differ by at most one
-/// (the larger first); no empty run, and one run `0..rows` when `parts` is 0 or 1.
+/// (the larger first), at most `rows` runs, none empty (but for the one run `0..0` of no
+/// rows); one run `0..rows` when `parts` is 0 or 1.
 pub fn part_ranges(rows: usize, parts: usize) -> Vec<Range<usize>> {
     let parts = parts.clamp(1, rows.max(1));
     let (each, extra) = (rows / parts, rows % parts);
@@ -116,19 +117,27 @@ struct Part<'c, H> {
     caches: &'c mut [KvCache],
     hooks: &'c mut H,
     out: Option<Result<ForwardOutput>>,
-    span: Option<(Instant, Instant)>,
+    span: Option<(Instant, Instant, usize)>,
 }
 
-/// Whether the parts' `(start, end)` times show a straggler: the last part ended more than
-/// half the shortest part's time after the first (parts of equal rows take about equal
-/// times; one that did not ran late, on a thread another process took, or after another part
-/// on the same thread).
-fn straggled(spans: &[(Instant, Instant)]) -> bool {
-    let first_end = spans.iter().map(|s| s.1).min();
-    let last_end = spans.iter().map(|s| s.1).max();
+/// Whether the parts' `(start, end, rows)` show a straggler: a part that started later than a
+/// quarter of the shortest part's time after the first (it waited for a thread: another
+/// process held it, or it ran after another part on the same thread), or one whose time per
+/// row was over 1.5 times another's (parts of a row more or less take about as much longer;
+/// one descheduled midway, or holding rows of much longer contexts, does not).
+fn straggled(spans: &[(Instant, Instant, usize)]) -> bool {
+    let first_start = spans.iter().map(|s| s.0).min();
+    let last_start = spans.iter().map(|s| s.0).max();
     let shortest = spans.iter().map(|s| s.1.duration_since(s.0)).min();
-    match (first_end, last_end, shortest) {
-        (Some(a), Some(b), Some(d)) => b.duration_since(a) > d / 2,
+    let per_row: Vec<f64> = spans
+        .iter()
+        .map(|s| s.1.duration_since(s.0).as_secs_f64() / s.2.max(1) as f64)
+        .collect();
+    let (lo, hi) = per_row
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    match (first_start, last_start, shortest) {
+        (Some(a), Some(b), Some(d)) => b.duration_since(a) > d / 4 || hi > 1.5 * lo,
         _ => false,
     }
 }
@@ -137,8 +146,10 @@ fn straggled(spans: &[(Instant, Instant)]) -> bool {
 /// covering the batch: [`part_ranges`]), side by side on the pool, part `i` with `hooks[i]`
 /// (which sees only its rows, numbered from 0) and its rows' `caches`. The logits are the
 /// parts' in row order, as one [`Network::forward`] over the whole batch gives them (the same
-/// numbers wherever rows are independent: the quantized path). `stopped` is set when a hook
-/// stopped any part. One range runs as a plain forward pass on the caller.
+/// numbers wherever rows are independent: the quantized path); when a hook stopped any part,
+/// `stopped` is set and there are none, as a stopped pass has none. One range runs as a plain
+/// forward pass on the caller. Ranges that do not cover the batch, or buffers that do not
+/// match it, are an error (nothing runs).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_parts<H: Hooks>(
     net: &Network,
@@ -149,13 +160,17 @@ pub fn forward_parts<H: Hooks>(
     path: MatPath,
     mode: LogitsMode,
 ) -> Result<ForwardOutput> {
-    let covers = ranges.first().is_some_and(|r| r.start == 0)
+    let consistent = batch.seq.checked_mul(batch.batch) == Some(batch.tokens.len())
+        && batch.valid.len() == batch.batch
+        && batch.prompt_lens.len() == batch.batch;
+    let covers = consistent
+        && ranges.first().is_some_and(|r| r.start == 0)
         && ranges.last().is_some_and(|r| r.end == batch.batch)
         && ranges.windows(2).all(|w| w[0].end == w[1].start)
         && ranges.iter().all(|r| r.start < r.end);
     if !covers || hooks.len() != ranges.len() || caches.len() != batch.batch {
         return Err(RuntimeError::BadInput(format!(
-            "{} parts with {} hook sets do not cover a batch of {} rows with {} caches",
+            "{} parts with {} hook sets do not cover a batch of {} rows with {} caches (or its buffers do not match it)",
             ranges.len(),
             hooks.len(),
             batch.batch,
@@ -198,13 +213,13 @@ pub fn forward_parts<H: Hooks>(
         } = &mut *part;
         let start = Instant::now();
         *out = Some(net.forward(&sub, caches, *hooks, path, mode));
-        *span = Some((start, Instant::now()));
+        *span = Some((start, Instant::now(), r.len()));
     });
     let parts: Vec<Part<'_, H>> = parts
         .into_iter()
         .map(|p| p.into_inner().unwrap_or_else(|p| p.into_inner()))
         .collect();
-    let spans: Vec<(Instant, Instant)> = parts.iter().filter_map(|p| p.span).collect();
+    let spans: Vec<(Instant, Instant, usize)> = parts.iter().filter_map(|p| p.span).collect();
     if straggled(&spans) {
         let period = BACKOFF.load(Ordering::Relaxed);
         ONE_BATCH_LEFT.store(period, Ordering::Relaxed);
@@ -212,6 +227,7 @@ pub fn forward_parts<H: Hooks>(
     } else {
         BACKOFF.store(BACKOFF_MIN, Ordering::Relaxed);
     }
+    // As one forward pass: a hook that stops it leaves no logits.
     let mut all = ForwardOutput::default();
     for part in parts {
         let out = part
@@ -219,6 +235,9 @@ pub fn forward_parts<H: Hooks>(
             .unwrap_or_else(|| Err(RuntimeError::BadInput("a part of the step did not run".into())))?;
         all.logits.extend_from_slice(&out.logits);
         all.stopped |= out.stopped;
+    }
+    if all.stopped {
+        all.logits.clear();
     }
     Ok(all)
 }
@@ -232,13 +251,16 @@ mod tests {
         use std::time::Duration;
         let t = Instant::now();
         let ms = |x: u64| t + Duration::from_millis(x);
-        // Two parts of 8 ms ending 1 ms apart: none; 5 ms apart: one.
-        assert!(!straggled(&[(ms(0), ms(8)), (ms(1), ms(9))]));
-        assert!(straggled(&[(ms(0), ms(8)), (ms(5), ms(13))]));
+        // Two parts of 4 rows, 8 ms, starting 1 ms apart: none; starting 3 ms apart: one.
+        assert!(!straggled(&[(ms(0), ms(8), 4), (ms(1), ms(9), 4)]));
+        assert!(straggled(&[(ms(0), ms(8), 4), (ms(3), ms(11), 4)]));
         // One after the other on the same thread.
-        assert!(straggled(&[(ms(0), ms(8)), (ms(8), ms(16))]));
+        assert!(straggled(&[(ms(0), ms(8), 4), (ms(8), ms(16), 4)]));
+        // 3 rows in 7 ms beside 2 rows in 5 ms: none; a part held up midway: one.
+        assert!(!straggled(&[(ms(0), ms(7), 3), (ms(0), ms(5), 2)]));
+        assert!(straggled(&[(ms(0), ms(7), 4), (ms(0), ms(12), 4)]));
         assert!(!straggled(&[]));
-        assert!(!straggled(&[(ms(0), ms(8))]));
+        assert!(!straggled(&[(ms(0), ms(8), 4)]));
     }
 
     #[test]
