@@ -202,9 +202,9 @@ pub(super) mod avx512 {
     /// leaves the memory latency exposed, and the time of a step with several inputs was
     /// close to the memory time plus the product time rather than the larger of the two.
     /// Measured on the demo model, one thread (`ACT_THREADS=1`, `ACT_BENCH_ONLY=steps`
-    /// `ACT_BENCH_ROWS=4`, runs alternated): a one-row step 5.2 → 4.1 ms, a four-row step
-    /// 9.6 → 7.3 ms (16 KiB gave 7.7–8.4, 64 KiB 7.2–9.2); two threads, one row 3.6–3.8 →
-    /// 3.1–3.3 ms.
+    /// `ACT_BENCH_ROWS=4`, two alternations): a one-row step 5.21 / 5.16 → 4.11 / 4.46 ms, a
+    /// four-row step 9.60 / 9.61 → 7.33 / 8.84 ms (16 KiB gave 7.72 / 8.40, 64 KiB 7.24 /
+    /// 9.23); two threads, one row 3.73–4.29 → 3.19–3.45 ms (three alternations).
     const FAR_PREFETCH_BYTES: usize = 32 * 1024;
 
     /// Group `w` (`[nb][320]`, [`super::Layout::interleave_into`] of [`super::Q4_1`]) against `N` (1 to 8) Q8_1 inputs
