@@ -174,55 +174,39 @@ fn parts_must_cover_the_batch_in_order() {
         valid: &ones,
         prompt_lens: &lens,
     };
-    // Short of the end, a gap, an empty part, none at all.
-    let short: Vec<Range<usize>> = part_ranges(2, 1);
-    let bad: [&[Range<usize>]; 4] = [&short, &[0..2, 3..4], &[0..2, 2..2, 2..4], &[]];
-    for ranges in bad {
+    // Runs `batch` as `ranges` with `hooks` NoHooks on fresh caches: whether it was refused
+    // with nothing run.
+    let refused = |batch: &Batch<'_>, ranges: &[Range<usize>], hooks: usize| {
         let mut caches: Vec<_> = (0..4).map(|_| m.new_cache()).collect();
-        let mut hooks: Vec<_> = ranges.iter().map(|_| act_studio::runtime::NoHooks).collect();
+        let mut hooks: Vec<_> = (0..hooks).map(|_| act_studio::runtime::NoHooks).collect();
         let got = forward_parts(
             &m.model,
-            &b,
+            batch,
             &mut caches,
             ranges,
             &mut hooks,
             MatPath::Quantized,
             LogitsMode::Last,
         );
-        assert!(got.is_err(), "{ranges:?} accepted");
-        assert!(caches.iter().all(|c| c.is_empty()), "{ranges:?} ran");
+        got.is_err() && caches.iter().all(|c| c.is_empty())
+    };
+    // Short of the end, a gap, an empty part, none at all.
+    let short: Vec<Range<usize>> = part_ranges(2, 1);
+    let bad: [&[Range<usize>]; 4] = [&short, &[0..2, 3..4], &[0..2, 2..2, 2..4], &[]];
+    for ranges in bad {
+        assert!(refused(&b, ranges, ranges.len()), "{ranges:?} accepted or ran");
     }
     // Hooks that do not match the parts.
-    let mut caches: Vec<_> = (0..4).map(|_| m.new_cache()).collect();
-    let mut hooks = vec![act_studio::runtime::NoHooks];
     let two = part_ranges(4, 2);
-    let got = forward_parts(
-        &m.model,
-        &b,
-        &mut caches,
-        &two,
-        &mut hooks,
-        MatPath::Quantized,
-        LogitsMode::Last,
-    );
-    assert!(got.is_err());
+    assert!(refused(&b, &two, 1));
     // A batch whose buffers do not match its shape: an error, not a panic in a part.
     let short = Batch {
         tokens: &feed[..3],
         ..b
     };
-    let mut hooks = vec![act_studio::runtime::NoHooks, act_studio::runtime::NoHooks];
-    let got = forward_parts(
-        &m.model,
-        &short,
-        &mut caches,
-        &two,
-        &mut hooks,
-        MatPath::Quantized,
-        LogitsMode::Last,
-    );
-    assert!(got.is_err());
-    assert!(caches.iter().all(|c| c.is_empty()));
+    assert!(refused(&short, &two, 2));
+    // And the same batch, well formed, runs.
+    assert!(!refused(&b, &two, 2));
 }
 
 #[test]
