@@ -17,6 +17,10 @@ pub enum LogitsMode {
     Last,
     /// Every token: `[batch, tokens, vocab]` (padding rows included, to be ignored).
     All,
+    /// No logits: the last real token of each batch row after the final norm, `[batch, d]`,
+    /// in [`ForwardOutput::hidden`], for a caller that runs the output head itself
+    /// ([`super::model::Network::head`]) over the rows of several passes at once.
+    LastHidden,
 }
 
 /// A batch of token sequences, right-padded to `seq` tokens.
@@ -39,6 +43,8 @@ pub struct Batch<'a> {
 pub struct ForwardOutput {
     /// Logits as requested by [`LogitsMode`].
     pub logits: Vec<f32>,
+    /// The final-normed hidden states [`LogitsMode::LastHidden`] asks for, `[batch, d]`.
+    pub hidden: Vec<f32>,
     /// True if a hook stopped the pass early.
     pub stopped: bool,
 }
@@ -309,7 +315,7 @@ pub(crate) fn logit_rows(
 ) -> Option<(Vec<f32>, usize)> {
     let rows: Vec<usize> = match mode {
         LogitsMode::None => return None,
-        LogitsMode::Last => (0..batch.batch)
+        LogitsMode::Last | LogitsMode::LastHidden => (0..batch.batch)
             .map(|b| b * batch.seq + batch.valid[b] - 1)
             .collect(),
         LogitsMode::All => (0..batch.batch * batch.seq).collect(),

@@ -205,11 +205,22 @@ impl GemmaModel {
             return Ok(out);
         };
         rms_norm(&sel, &self.final_norm, cfg.norm_eps, &mut h);
-        out.logits = self.lm_head.forward(&h, rows, path)?;
-        if let Some(c) = g.final_softcap {
-            soft_cap(&mut out.logits, c);
+        if mode == LogitsMode::LastHidden {
+            out.hidden = h;
+            return Ok(out);
         }
+        out.logits = self.head(&h, rows, path)?;
         Ok(out)
+    }
+
+    /// The output head on final-normed hidden states `h` (`[rows, d]`): logits `[rows, vocab]`,
+    /// soft-capped where the model says so.
+    pub fn head(&self, h: &[f32], rows: usize, path: MatPath) -> Result<Vec<f32>> {
+        let mut logits = self.lm_head.forward(h, rows, path)?;
+        if let Some(c) = self.gemma()?.final_softcap {
+            soft_cap(&mut logits, c);
+        }
+        Ok(logits)
     }
 }
 

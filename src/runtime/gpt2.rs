@@ -161,7 +161,16 @@ impl Gpt2Model {
             return Ok(out);
         };
         layer_norm(&sel, &self.ln_f.weight, &self.ln_f.bias, cfg.norm_eps, &mut h);
-        out.logits = self.lm_head.forward(&h, rows, path)?;
+        if mode == LogitsMode::LastHidden {
+            out.hidden = h;
+            return Ok(out);
+        }
+        out.logits = self.head(&h, rows, path)?;
         Ok(out)
+    }
+
+    /// The output head on final-normed hidden states `h` (`[rows, d]`): logits `[rows, vocab]`.
+    pub fn head(&self, h: &[f32], rows: usize, path: MatPath) -> Result<Vec<f32>> {
+        self.lm_head.forward(h, rows, path)
     }
 }

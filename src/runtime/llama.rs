@@ -135,7 +135,16 @@ impl LlamaModel {
             return Ok(out);
         };
         rms_norm(&sel, &self.final_norm, cfg.norm_eps, &mut h);
-        out.logits = self.lm_head.forward(&h, rows, path)?;
+        if mode == LogitsMode::LastHidden {
+            out.hidden = h;
+            return Ok(out);
+        }
+        out.logits = self.head(&h, rows, path)?;
         Ok(out)
+    }
+
+    /// The output head on final-normed hidden states `h` (`[rows, d]`): logits `[rows, vocab]`.
+    pub fn head(&self, h: &[f32], rows: usize, path: MatPath) -> Result<Vec<f32>> {
+        self.lm_head.forward(h, rows, path)
     }
 }

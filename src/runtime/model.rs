@@ -94,6 +94,17 @@ impl Network {
         }
     }
 
+    /// The output head on final-normed hidden states `h` (`[rows, d]`, what
+    /// [`LogitsMode::LastHidden`] gives): logits `[rows, vocab]`, as [`LogitsMode::Last`] gives
+    /// them for the same rows.
+    pub fn head(&self, h: &[f32], rows: usize, path: MatPath) -> Result<Vec<f32>> {
+        match self {
+            Network::Llama(m) => m.head(h, rows, path),
+            Network::Gpt2(m) => m.head(h, rows, path),
+            Network::Gemma(m) => m.head(h, rows, path),
+        }
+    }
+
     /// Runs the network on a batch (see [`LlamaModel::forward`]: caches grow by the real
     /// tokens, hooks see `[batch, seq, d]` activations, logits as `mode` asks).
     pub fn forward(

@@ -11,6 +11,13 @@
 //! which pays where the kernels overlap that stream with their products: the sixteen-row
 //! kernels of [`super::quant_x16`] prefetch the weights far ahead.
 //!
+//! The output head is the exception: the parts stop at the final norm
+//! ([`LogitsMode::LastHidden`]) and the head then runs once over every row on the whole pool
+//! ([`Network::head`]), so the largest matrix (SmolLM2's tied embedding, 30 MB in Q8_0, a third
+//! of the weights) is streamed once per step, not once per part. Measured on the demo model,
+//! eight-row steps, five alternations: a median 8.69 ms against 9.46 ms with the head in
+//! every part.
+//!
 //! Rows are independent on the quantized path (each row's numbers are the same whatever rows
 //! run beside it; the batch engine's tests hold it), so the split changes no result, only the
 //! time.
@@ -193,6 +200,12 @@ pub fn forward_parts<H: Hooks>(
         }));
     }
     let seq = batch.seq;
+    // The parts stop before the output head, which then runs once over every row on the
+    // whole pool: the largest matrix is streamed once per step instead of once per part.
+    let part_mode = match mode {
+        LogitsMode::Last => LogitsMode::LastHidden,
+        other => other,
+    };
     Pool::global().run(parts.len(), &|i| {
         let (Some(part), Some(r)) = (parts.get(i), ranges.get(i)) else {
             return;
@@ -212,7 +225,7 @@ pub fn forward_parts<H: Hooks>(
             span,
         } = &mut *part;
         let start = Instant::now();
-        *out = Some(net.forward(&sub, caches, *hooks, path, mode));
+        *out = Some(net.forward(&sub, caches, *hooks, path, part_mode));
         *span = Some((start, Instant::now(), r.len()));
     });
     let parts: Vec<Part<'_, H>> = parts
@@ -234,10 +247,15 @@ pub fn forward_parts<H: Hooks>(
             .out
             .unwrap_or_else(|| Err(RuntimeError::BadInput("a part of the step did not run".into())))?;
         all.logits.extend_from_slice(&out.logits);
+        all.hidden.extend_from_slice(&out.hidden);
         all.stopped |= out.stopped;
     }
     if all.stopped {
         all.logits.clear();
+        all.hidden.clear();
+    } else if part_mode != mode {
+        all.logits = net.head(&all.hidden, batch.batch, path)?;
+        all.hidden.clear();
     }
     Ok(all)
 }

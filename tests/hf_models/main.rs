@@ -835,3 +835,55 @@ fn inspect_lists_folder_tensor_groups_from_the_headers() {
     }
     assert_eq!(ok(ModelHeader::read(&gpt2)).fingerprint, load(&gpt2).fingerprint);
 }
+
+/// The output head run apart — `LogitsMode::LastHidden`, then `Network::head` — as a decode
+/// step split per thread runs it over all its parts' rows at once, gives `LogitsMode::Last`'s
+/// logits bit for bit, for every architecture (Gemma 2 with its final soft cap), on a
+/// right-padded batch; each row's hidden state is the one it gets run alone.
+#[test]
+fn the_output_head_run_apart_gives_the_last_tokens_logits() {
+    let models = [
+        tiny(Arch::Llama),
+        tiny(Arch::Qwen2),
+        tiny(Arch::Gpt2),
+        fixtures::gemma(false, 2, 2, false, 5),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for model in models {
+        let tmp = ok(tempfile::tempdir());
+        fixtures::write(tmp.path(), &model, F32);
+        let m = load(tmp.path());
+        let arch = m.config().architecture.clone();
+        let (d, vocab) = (m.config().hidden_size, m.config().vocab_size);
+        let tokens = [0u32, 2, 3, 4, 5, 7, 8, 9, 0, 0];
+        let b = Batch {
+            tokens: &tokens,
+            batch: 2,
+            seq: 5,
+            valid: &[5, 3],
+            prompt_lens: &[5, 3],
+        };
+        let run = |b: &Batch<'_>, mode| {
+            let mut caches: Vec<_> = (0..b.batch).map(|_| m.new_cache()).collect();
+            ok(m.model
+                .forward(b, &mut caches, &mut NoHooks, MatPath::Dense, mode))
+        };
+        let last = run(&b, LogitsMode::Last);
+        let apart = run(&b, LogitsMode::LastHidden);
+        assert_eq!(last.logits.len(), 2 * vocab, "{arch}");
+        assert!(last.hidden.is_empty() && apart.logits.is_empty(), "{arch}");
+        assert_eq!(apart.hidden.len(), 2 * d, "{arch}");
+        let head = ok(m.model.head(&apart.hidden, 2, MatPath::Dense));
+        assert_eq!(bits(&head), bits(&last.logits), "{arch}");
+        let alone = Batch {
+            tokens: &tokens[5..8],
+            batch: 1,
+            seq: 3,
+            valid: &[3],
+            prompt_lens: &[3],
+        };
+        let alone = run(&alone, LogitsMode::LastHidden);
+        assert_eq!(bits(&alone.hidden), bits(&apart.hidden[d..]), "{arch}");
+        assert_ne!(bits(&apart.hidden[..d]), bits(&apart.hidden[d..]), "{arch}");
+    }
+}
