@@ -30,7 +30,6 @@
 
 use std::ops::Range;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::error::{Result, RuntimeError};
@@ -49,13 +48,62 @@ const SPLIT_MAX_THREADS: usize = 4;
 /// against 4.54 / 3.99 ms).
 const MIN_ROWS_PER_PART: usize = 2;
 
-/// Steps left to run as one batch after a split step met a straggler (see [`forward_parts`]).
-static ONE_BATCH_LEFT: AtomicUsize = AtomicUsize::new(0);
-/// The next such period, in steps: doubled by each straggler up to [`BACKOFF_MAX`], back to
-/// [`BACKOFF_MIN`] after a split step without one.
-static BACKOFF: AtomicUsize = AtomicUsize::new(BACKOFF_MIN);
+/// When steps run as one batch instead of split: for a period after split steps met
+/// stragglers (see [`parts`]).
+#[derive(Debug)]
+struct Fallback {
+    /// Steps left to run as one batch.
+    left: usize,
+    /// The next such period, in steps: doubled by each period up to [`BACKOFF_MAX`], back to
+    /// [`BACKOFF_MIN`] after a split step without a straggler.
+    period: usize,
+    /// Whether the last split step met a straggler.
+    last_straggled: bool,
+}
+
+impl Fallback {
+    const fn new() -> Self {
+        Fallback {
+            left: 0,
+            period: BACKOFF_MIN,
+            last_straggled: false,
+        }
+    }
+
+    /// Whether the next step runs as one batch (counting it off the period).
+    fn one_batch(&mut self) -> bool {
+        let yes = self.left > 0;
+        self.left = self.left.saturating_sub(1);
+        yes
+    }
+
+    /// Records a split step. A straggler only starts a period when the split step before met
+    /// one too: a pool worker parked through an idle spell (between a server's requests)
+    /// takes milliseconds to wake, so the first split step after it starts one part late once
+    /// (3.3–4.0 ms late on this 2-core VM, where a period of 16 one-batch steps then cost a
+    /// quarter of a 64-token burst), while another process on a core delays every step.
+    fn record(&mut self, straggled: bool) {
+        if !straggled {
+            self.last_straggled = false;
+            self.period = BACKOFF_MIN;
+            return;
+        }
+        if std::mem::replace(&mut self.last_straggled, true) {
+            self.left = self.period;
+            self.period = (self.period * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// The process's [`Fallback`] state (one model pool per process).
+static FALLBACK: Mutex<Fallback> = Mutex::new(Fallback::new());
 const BACKOFF_MIN: usize = 16;
 const BACKOFF_MAX: usize = 1024;
+
+/// [`FALLBACK`], whatever a panicking holder left.
+fn fallback() -> std::sync::MutexGuard<'static, Fallback> {
+    FALLBACK.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// How a step is split: `ACT_SPLIT_STEP=0` never, `1` whenever there are rows for every
 /// thread (any kernels, any pool size, for comparisons), unset as [`parts`] decides.
@@ -84,19 +132,15 @@ pub fn parts_for(net: &Network, rows: usize, threads: usize) -> usize {
     if split && threads >= 2 { threads } else { 1 }
 }
 
-/// [`parts_for`] on the model's pool ([`Pool::global`]), or 1 for a while after a split step
-/// met a straggler: a part has no one to take over its rows, so when another process holds a
+/// [`parts_for`] on the model's pool ([`Pool::global`]), or 1 for a while after two split
+/// steps in a row met a straggler ([`Fallback`]): a part has no one to take over its rows, so when another process holds a
 /// core, the step waits for the thread it took from us (one batch on the pool hands the
 /// remaining products to whichever thread is free, and the pool itself falls back to one
 /// thread). Measured with a busy loop on one of the two cores, eight-row steps: before this
 /// fallback 16.9 / 18.5 ms split against 15.4 / 15.9 ms as one batch; with it 15.9 / 16.6 /
 /// 15.3 against 17.1 / 17.6 / 17.1 ms (`ACT_SPLIT_STEP=0`), runs alternated.
 pub fn parts(net: &Network, rows: usize) -> usize {
-    if forced().is_none()
-        && ONE_BATCH_LEFT
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-    {
+    if forced().is_none() && fallback().one_batch() {
         return 1;
     }
     parts_for(net, rows, Pool::global().threads())
@@ -233,13 +277,7 @@ pub fn forward_parts<H: Hooks>(
         .map(|p| p.into_inner().unwrap_or_else(|p| p.into_inner()))
         .collect();
     let spans: Vec<(Instant, Instant, usize)> = parts.iter().filter_map(|p| p.span).collect();
-    if straggled(&spans) {
-        let period = BACKOFF.load(Ordering::Relaxed);
-        ONE_BATCH_LEFT.store(period, Ordering::Relaxed);
-        BACKOFF.store((period * 2).min(BACKOFF_MAX), Ordering::Relaxed);
-    } else {
-        BACKOFF.store(BACKOFF_MIN, Ordering::Relaxed);
-    }
+    fallback().record(straggled(&spans));
     // As one forward pass: a hook that stops it leaves no logits.
     let mut all = ForwardOutput::default();
     for part in parts {
@@ -279,6 +317,37 @@ mod tests {
         assert!(straggled(&[(ms(0), ms(7), 4), (ms(0), ms(12), 4)]));
         assert!(!straggled(&[]));
         assert!(!straggled(&[(ms(0), ms(8), 4)]));
+    }
+
+    #[test]
+    fn one_straggler_is_forgiven_and_two_in_a_row_start_a_doubling_period() {
+        let mut f = Fallback::new();
+        let ones = |f: &mut Fallback| (0..2000).take_while(|_| f.one_batch()).count();
+        // A lone late step (a worker waking from its park) changes nothing.
+        f.record(true);
+        f.record(false);
+        f.record(true);
+        assert_eq!(ones(&mut f), 0);
+        // Two in a row: 16 steps of one batch, then split again.
+        f.record(true);
+        assert_eq!(ones(&mut f), BACKOFF_MIN);
+        assert!(!f.one_batch());
+        // Still straggling after the period: at once a period twice as long, and so on up to
+        // the cap.
+        f.record(true);
+        assert_eq!(ones(&mut f), 2 * BACKOFF_MIN);
+        for _ in 0..10 {
+            f.record(true);
+            ones(&mut f);
+        }
+        f.record(true);
+        assert_eq!(ones(&mut f), BACKOFF_MAX);
+        // A clean split step resets both the memory and the period.
+        f.record(false);
+        f.record(true);
+        assert_eq!(ones(&mut f), 0);
+        f.record(true);
+        assert_eq!(ones(&mut f), BACKOFF_MIN);
     }
 
     #[test]
