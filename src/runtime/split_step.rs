@@ -133,10 +133,10 @@ pub fn parts_for(net: &Network, rows: usize, threads: usize) -> usize {
 }
 
 /// [`parts_for`] on the model's pool ([`Pool::global`]), or 1 for a while after two split
-/// steps in a row met a straggler ([`Fallback`]): a part has no one to take over its rows, so when another process holds a
-/// core, the step waits for the thread it took from us (one batch on the pool hands the
-/// remaining products to whichever thread is free, and the pool itself falls back to one
-/// thread). Measured with a busy loop on one of the two cores, eight-row steps: before this
+/// steps in a row met a straggler ([`Fallback`]): a part has no one to take over its rows,
+/// so when another process holds a core, the step waits for the thread it took from us (one
+/// batch on the pool hands the remaining products to whichever thread is free, and the pool
+/// itself falls back to one thread). Measured with a busy loop on one of the two cores, eight-row steps: before this
 /// fallback 16.9 / 18.5 ms split against 15.4 / 15.9 ms as one batch; with it 15.9 / 16.6 /
 /// 15.3 against 17.1 / 17.6 / 17.1 ms (`ACT_SPLIT_STEP=0`), runs alternated.
 pub fn parts(net: &Network, rows: usize) -> usize {
