@@ -106,13 +106,15 @@ fn fallback() -> std::sync::MutexGuard<'static, Fallback> {
 }
 
 /// How a step is split: `ACT_SPLIT_STEP=0` never, `1` whenever there are rows for every
-/// thread (any kernels, any pool size, for comparisons), unset as [`parts`] decides.
+/// thread (any kernels, any pool size, for comparisons), unset as [`parts`] decides. Read
+/// once per process, as `ACT_THREADS` is.
 fn forced() -> Option<bool> {
-    match std::env::var("ACT_SPLIT_STEP").ok()?.trim() {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("ACT_SPLIT_STEP").ok()?.trim() {
         "0" => Some(false),
         "1" => Some(true),
         _ => None,
-    }
+    })
 }
 
 /// How many sub-batches a decode step over `rows` rows of `net` runs as on a pool of
