@@ -144,32 +144,25 @@ fn heads(
         Some(cap) => (cap as f32) * (s / cap as f32).tanh(),
         None => s,
     };
-    // Eight positions at a time where the head dim allows ([`dots8`]), the rest one by one.
-    let mut p = 0;
-    while p + DOTS_AT_ONCE <= n {
-        let Some(rows) = c.kc.get(p * kvw..(p + DOTS_AT_ONCE) * kvw) else {
-            break;
-        };
+    // Eight positions at a time ([`dots8`], or [`dot`] eight times where the head dim does
+    // not allow it), the rest one by one.
+    let whole = n / DOTS_AT_ONCE * DOTS_AT_ONCE;
+    for p in (0..whole).step_by(DOTS_AT_ONCE) {
+        let rows = &c.kc[p * kvw..(p + DOTS_AT_ONCE) * kvw];
         for ahead in p..p + DOTS_AT_ONCE {
             prefetch(c.kc, (ahead + PREFETCH_AHEAD) * kvw + col0, col1 - col0);
         }
-        let mut done = true;
         for h in h0..h1 {
-            let off = (h / rep) * hd;
-            let Some(s) = dots8(&q[h * hd..(h + 1) * hd], &rows[off..], kvw) else {
-                done = false;
-                break;
-            };
+            let (off, qh) = ((h / rep) * hd, &q[h * hd..(h + 1) * hd]);
+            let s = dots8(qh, &rows[off..], kvw).unwrap_or_else(|| {
+                std::array::from_fn(|i| dot(qh, &rows[i * kvw + off..i * kvw + off + hd]))
+            });
             for (i, s) in s.into_iter().enumerate() {
                 scores[(h - h0) * n + p + i] = finish(s * scale);
             }
         }
-        if !done {
-            break;
-        }
-        p += DOTS_AT_ONCE;
     }
-    for p in p..n {
+    for p in whole..n {
         prefetch(c.kc, (p + PREFETCH_AHEAD) * kvw + col0, col1 - col0);
         let row = &c.kc[p * kvw..(p + 1) * kvw];
         for h in h0..h1 {
@@ -509,8 +502,9 @@ mod tests {
     fn grouped_heads_give_the_one_head_loop_bit_for_bit() {
         // (heads, kv heads, head dim, keys): SmolLM2's 9:3 and Gemma 3 270M's 4:1 at 64 (full
         // 16-value passes), 6 heads per kv head (a pass of 4, then 2), head dims with a
-        // narrower last pass (40, 13), one key, and contexts long enough for the pool's split,
-        // which then cuts groups of heads sharing a kv head.
+        // narrower last pass (40, 13; 13 also over blocks of eight keys, by `dot`), one key,
+        // and contexts long enough for the pool's split, which then cuts groups of heads
+        // sharing a kv head.
         let shapes = [
             (9, 3, 64, 300),
             (9, 3, 64, 5),
@@ -518,6 +512,7 @@ mod tests {
             (12, 2, 64, 200),
             (6, 2, 40, 33),
             (9, 3, 13, 7),
+            (9, 3, 13, 20),
             (2, 2, 16, 1),
             (9, 3, 64, 2 * BLOCK),
         ];
