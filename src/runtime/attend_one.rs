@@ -172,11 +172,8 @@ fn heads(
     }
     for s in scores.chunks_exact_mut(n) {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in s.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
+        super::ops::exp_shift_in_place(s, max);
+        let sum = s.iter().fold(0f32, |a, &w| a + w);
         for s in s.iter_mut() {
             *s /= sum;
         }
@@ -482,7 +479,12 @@ mod tests {
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
+                let a = *s - max;
+                *s = if a >= -87.3 {
+                    crate::runtime::ops::exp_poly(a)
+                } else {
+                    0.0
+                };
                 sum += *s;
             }
             for s in scores.iter_mut() {

@@ -23,7 +23,7 @@ use super::forward::{
 use super::hooks::{HookKind, Hooks};
 use super::kv_cache::KvCache;
 use super::linear::{Linear, MatPath};
-use super::ops::{Rope, add_in_place, rms_norm, silu_mul};
+use super::ops::{Rope, add_in_place, rms_norm, silu_mul, silu_mul_poly};
 
 /// One decoder layer's weights.
 #[derive(Debug)]
@@ -115,7 +115,13 @@ impl LlamaModel {
                 return Ok(out);
             }
             let [mut g, u] = Linear::forward_group([&layer.mlp.w_gate, &layer.mlp.w_up], &h, n, path)?;
-            silu_mul(&mut g, &u);
+            // A decode step (one new token per row) takes the SIMD polynomial `exp`; prompts keep
+            // libm's `expf`, so their logits stay candle's `quantized_llama`'s bit for bit.
+            if batch.seq == 1 {
+                silu_mul_poly(&mut g, &u);
+            } else {
+                silu_mul(&mut g, &u);
+            }
             let mut m = layer.mlp.w_down.forward(&g, n, path)?;
             if run_hook(hooks, l, HookKind::MlpOut, &mut m, batch, d, &windows)? {
                 stopped(&mut out);

@@ -130,6 +130,8 @@ pub struct Sampler {
     /// The softmax weights of `probs`, in their order.
     weights: Vec<f32>,
     keys: Vec<u64>,
+    /// [`block_sums`] of `weights`, for the draw.
+    blocks: Vec<f64>,
     /// How often each token has been picked, while a frequency or presence penalty is set.
     picked: std::collections::HashMap<u32, u32>,
     /// Added to these tokens' logits before anything else ([`Self::with_logit_bias`]).
@@ -145,6 +147,7 @@ impl Sampler {
             probs: Vec::new(),
             weights: Vec::new(),
             keys: Vec::new(),
+            blocks: Vec::new(),
             picked: std::collections::HashMap::new(),
             bias: std::sync::Arc::from([]),
         }
@@ -243,7 +246,7 @@ impl Sampler {
             self.weights
                 .extend(self.probs.iter().map(|&(_, s)| weight(s, max)));
         }
-        let sum: f64 = self.weights.iter().map(|&w| f64::from(w)).sum();
+        let sum = block_sums(&self.weights, &mut self.blocks);
         if !(sum > 0.0 && sum.is_finite()) {
             return argmax(logits);
         }
@@ -261,7 +264,7 @@ impl Sampler {
                     self.weights.clear();
                     self.weights
                         .extend(self.probs.iter().map(|&(_, s)| weight(s, max)));
-                    let ranked_mass: f64 = self.weights.iter().map(|&w| f64::from(w)).sum();
+                    let ranked_mass = block_sums(&self.weights, &mut self.blocks);
                     if k >= n || ranked_mass / sum >= top_p {
                         break;
                     }
@@ -279,31 +282,82 @@ impl Sampler {
             }
             self.probs.truncate(keep.max(1));
             self.weights.truncate(keep.max(1));
-            total = self.weights.iter().map(|&w| f64::from(w)).sum();
+            total = block_sums(&self.weights, &mut self.blocks);
         }
         if !(total > 0.0 && total.is_finite()) {
             return argmax(logits);
         }
-        let mut u = f64::from(self.rng.random::<f32>()) * total;
-        let mut last = None;
-        let ranked = !self.probs.is_empty();
-        for (i, &w) in self.weights.iter().enumerate() {
-            let t = if ranked {
-                self.probs.get(i).map_or(0, |c| c.0)
-            } else {
+        let u = f64::from(self.rng.random::<f32>()) * total;
+        let token = |i: usize| {
+            if self.probs.is_empty() {
                 i as u32
-            };
-            if w > 0.0 {
-                let w = f64::from(w);
-                if u < w {
-                    return t;
-                }
-                u -= w;
-                last = Some(t);
+            } else {
+                self.probs.get(i).map_or(0, |c| c.0)
+            }
+        };
+        match draw(&self.weights, &self.blocks, u) {
+            Some(i) => token(i),
+            None => argmax(logits),
+        }
+    }
+}
+
+/// Weights summed per block by [`block_sums`]: the draw walks the blocks' sums, then one
+/// block's weights (a walk over all 49 k weights of a vocabulary, one dependent f64 subtraction
+/// after another, had been half of a draw).
+const DRAW_BLOCK: usize = 64;
+
+/// The sum of `w` in f64, and each [`DRAW_BLOCK`] of it into `blocks`: a block's weights in 8
+/// independent lanes (offset `i` into lane `i mod 8`), the lanes added in order, the blocks'
+/// sums added in order. A fixed order, whoever runs it.
+fn block_sums(w: &[f32], blocks: &mut Vec<f64>) -> f64 {
+    blocks.clear();
+    blocks.extend(w.chunks(DRAW_BLOCK).map(|b| {
+        let mut lanes = [0f64; 8];
+        for part in b.chunks(8) {
+            for (l, &v) in lanes.iter_mut().zip(part) {
+                *l += f64::from(v);
             }
         }
-        last.unwrap_or_else(|| argmax(logits))
+        lanes.iter().sum::<f64>()
+    }));
+    blocks.iter().sum()
+}
+
+/// The index drawn by `u ∈ [0, Σw)`: the first weight `w_i > 0` with `u` below it after
+/// subtracting the weights before it, found block by block with `blocks` ([`block_sums`] of
+/// `w`); the last positive weight when rounding leaves `u` past them all; `None` when no
+/// weight is positive.
+fn draw(w: &[f32], blocks: &[f64], mut u: f64) -> Option<usize> {
+    // The last positive weight passed: walked one by one, or in the last skipped block of
+    // positive sum.
+    let (mut last, mut skipped) = (None, None);
+    for (j, (b, &sum)) in w.chunks(DRAW_BLOCK).zip(blocks).enumerate() {
+        if u >= sum && j + 1 < blocks.len() {
+            u -= sum;
+            if sum > 0.0 {
+                skipped = Some(j);
+            }
+            continue;
+        }
+        // `u` falls in this block (or rounding carries it past the block's weights, on to the
+        // next block).
+        for (i, &v) in b.iter().enumerate() {
+            if v > 0.0 {
+                let v = f64::from(v);
+                if u < v {
+                    return Some(j * DRAW_BLOCK + i);
+                }
+                u -= v;
+                last = Some(j * DRAW_BLOCK + i);
+            }
+        }
     }
+    let in_skipped = skipped.and_then(|j| {
+        let b = w.chunks(DRAW_BLOCK).nth(j)?;
+        Some(j * DRAW_BLOCK + b.iter().rposition(|&v| v > 0.0)?)
+    });
+    last.max(in_skipped)
 }
 
 /// Tokens ranked first when top-p needs a ranking and top-k gives none; the ranking grows
@@ -429,6 +483,63 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    /// The block-wise draw picks what one walk over every weight picks, where the sums are
+    /// exact (weights in 1/1024ths): never a zero weight, the last positive one for `u` past
+    /// the total, `None` without a positive weight.
+    #[test]
+    fn the_block_wise_draw_is_the_one_by_one_walk() {
+        fn walk(w: &[f32], mut u: f64) -> Option<usize> {
+            let mut last = None;
+            for (i, &v) in w.iter().enumerate() {
+                if v > 0.0 {
+                    if u < f64::from(v) {
+                        return Some(i);
+                    }
+                    u -= f64::from(v);
+                    last = Some(i);
+                }
+            }
+            last
+        }
+        for (n, zeros) in [
+            (1usize, 0usize),
+            (63, 3),
+            (64, 5),
+            (65, 7),
+            (1_000, 2),
+            (4_100, 64),
+        ] {
+            // Every `zeros`-th weight 0, and the tail's last 70 weights 0 for long lists.
+            let w: Vec<f32> = (0..n)
+                .map(|i| {
+                    let zero = (zeros > 0 && i % zeros.max(1) == 0 && n > 1) || (n > 200 && i >= n - 70);
+                    if zero {
+                        0.0
+                    } else {
+                        ((i * 37 % 11) + 1) as f32 / 1024.0
+                    }
+                })
+                .collect();
+            let mut blocks = Vec::new();
+            let total = block_sums(&w, &mut blocks);
+            let exact: f64 = w.iter().map(|&v| f64::from(v)).sum();
+            assert_eq!(total, exact);
+            assert_eq!(blocks.len(), n.div_ceil(DRAW_BLOCK));
+            for k in 0..=2_000 {
+                let u = total * k as f64 / 2_000.0 * 1.01;
+                let got = draw(&w, &blocks, u);
+                assert_eq!(got, walk(&w, u), "n {n}, u {u}");
+                if let Some(i) = got {
+                    assert!(w[i] > 0.0);
+                }
+            }
+        }
+        let none = [0f32; 130];
+        let mut blocks = Vec::new();
+        assert_eq!(block_sums(&none, &mut blocks), 0.0);
+        assert_eq!(draw(&none, &blocks, 0.0), None);
+    }
+
     use super::*;
 
     #[test]
