@@ -327,6 +327,33 @@ impl CompletionSink for ChannelSink {
     }
 }
 
+/// A gathered (not streamed) answer's sink: each piece of text waits on the engine's thread and
+/// goes on with the next event that is not text (its sample's end), so the answer's handler
+/// wakes once per sample, not once per token. Eight gathered rows had woken the async runtime
+/// eight times a decode step, each wake taking one of the model's cores for a moment.
+struct GatherSink {
+    tx: mpsc::UnboundedSender<CompletionEvent>,
+    held: Vec<CompletionEvent>,
+}
+
+impl CompletionSink for GatherSink {
+    fn send(&mut self, event: CompletionEvent) -> bool {
+        if matches!(event, CompletionEvent::Text { .. }) {
+            self.held.push(event);
+            return !self.tx.is_closed();
+        }
+        for e in self.held.drain(..) {
+            if self.tx.send(e).is_err() {
+                return false;
+            }
+        }
+        self.tx.send(event).is_ok()
+    }
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// Builds the job (steering plan, token budget, checks) and queues it.
 fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<Running, ApiError> {
     let limit = st.model.config().max_position;
@@ -359,7 +386,11 @@ fn queue(st: &Shared, endpoint: Endpoint, ids: Vec<u32>, s: Settings) -> Result<
         steering,
         logprobs: s.logprobs,
         echo: s.echo,
-        sink: Box::new(ChannelSink(tx)),
+        sink: if s.stream {
+            Box::new(ChannelSink(tx))
+        } else {
+            Box::new(GatherSink { tx, held: Vec::new() })
+        },
     };
     let prompt_tokens = job.prompt.len();
     st.engine.submit(job).map_err(|e| match e {
@@ -488,4 +519,54 @@ fn stream(r: Running) -> Response {
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::completion::FinishReason;
+
+    fn text(index: usize, t: &str) -> CompletionEvent {
+        CompletionEvent::Text {
+            index,
+            text: t.to_string(),
+            logprobs: Vec::new(),
+        }
+    }
+
+    /// Text waits until the next event that is not text, then everything arrives in the order
+    /// sent; a gone reader makes every send `false`.
+    #[test]
+    fn a_gathered_answer_gets_its_text_with_the_samples_end_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut sink = GatherSink { tx, held: Vec::new() };
+        assert!(sink.send(CompletionEvent::PromptDone { cached: 3 }));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(CompletionEvent::PromptDone { cached: 3 })
+        ));
+        assert!(sink.send(text(0, "a")));
+        assert!(sink.send(text(1, "b")));
+        assert!(sink.send(text(0, "c")));
+        assert!(rx.try_recv().is_err(), "text is held until a sample ends");
+        let end = |index| CompletionEvent::Finished {
+            index,
+            reason: FinishReason::Length,
+            tokens: 2,
+        };
+        assert!(sink.send(end(0)));
+        let got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| match e {
+                CompletionEvent::Text { index, text, .. } => format!("{index}:{text}"),
+                CompletionEvent::Finished { index, .. } => format!("end {index}"),
+                _ => "other".to_string(),
+            })
+            .collect();
+        assert_eq!(got, ["0:a", "1:b", "0:c", "end 0"]);
+        assert!(sink.send(text(1, "d")));
+        drop(rx);
+        assert!(sink.is_closed());
+        assert!(!sink.send(text(1, "e")), "a gone reader ends the job");
+        assert!(!sink.send(end(1)));
+    }
 }
