@@ -196,24 +196,26 @@ mod simd {
         _mm256_mul_ps(y, _mm256_castsi256_ps(e))
     }
 
+    /// `exp8(a)` where `a ≥ −87.3`, else 0; the ordered compare is false for NaN, so NaN gives 0
+    /// too (masked tokens and scores get no weight).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8_or_zero(a: __m256) -> __m256 {
+        _mm256_and_ps(exp8(a), _mm256_cmp_ps::<_CMP_GE_OQ>(a, _mm256_set1_ps(-87.3)))
+    }
+
     /// [`super::exp_weights`] on the first multiple of 8 values of `x` into `out` (at least as
     /// long); returns how many.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn exp_weights(x: &[f32], scale: f32, shift: f32, out: &mut [f32]) -> usize {
         let n = x.len().min(out.len()) / 8 * 8;
-        let (sc, sh, lo) = (
-            _mm256_set1_ps(scale),
-            _mm256_set1_ps(shift),
-            _mm256_set1_ps(-87.3),
-        );
+        let (sc, sh) = (_mm256_set1_ps(scale), _mm256_set1_ps(shift));
         for (o, v) in out[..n].chunks_exact_mut(8).zip(x.chunks_exact(8)) {
             // SAFETY: both chunks hold 8 f32; unaligned load and store.
             unsafe {
                 // Multiply, then subtract (no fused rounding): the scalar tail's arithmetic.
                 let a = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(v.as_ptr()), sc), sh);
-                // Ordered compare: false for NaN, so NaN and masked arguments give 0.
-                let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(a, lo);
-                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_and_ps(exp8(a), keep));
+                _mm256_storeu_ps(o.as_mut_ptr(), exp8_or_zero(a));
             }
         }
         n
@@ -223,14 +225,12 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn exp_shift_in_place(x: &mut [f32], shift: f32) -> usize {
         let n = x.len() / 8 * 8;
-        let (sh, lo) = (_mm256_set1_ps(shift), _mm256_set1_ps(-87.3));
+        let sh = _mm256_set1_ps(shift);
         for v in x[..n].chunks_exact_mut(8) {
             // SAFETY: the chunk holds 8 f32; unaligned load and store.
             unsafe {
                 let a = _mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), sh);
-                // Ordered compare: false for NaN, so NaN and arguments below −87.3 give 0.
-                let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(a, lo);
-                _mm256_storeu_ps(v.as_mut_ptr(), _mm256_and_ps(exp8(a), keep));
+                _mm256_storeu_ps(v.as_mut_ptr(), exp8_or_zero(a));
             }
         }
         n
